@@ -1,0 +1,42 @@
+"""Install byzshield: `pip install .` or `pip install -e .` (extras: test, bench)."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+
+def _requirements() -> list[str]:
+    lines = (HERE / "requirements.txt").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+setup(
+    name="byzshield",
+    version="0.1.0",
+    description="ByzShield: Byzantine-robust distributed training with redundant gradient placement",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["byzshield", "byzshield.conf", "launch"],
+    package_dir={"byzshield": "byzshield", "byzshield.conf": "conf", "launch": "launch"},
+    package_data={
+        "byzshield": ["data/*"],
+        "byzshield.conf": ["*.yaml", "*/*.yaml"],
+    },
+    include_package_data=True,
+    install_requires=_requirements(),
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6",
+            "ruff>=0.6",
+            "moto[server]>=5",
+        ],
+        "bench": ["byzfl"],
+        "tensorboard": ["tensorboard"],
+    },
+    entry_points={"console_scripts": ["byzshield-placement=byzshield.placement:main"]},
+)
