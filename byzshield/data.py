@@ -1,0 +1,501 @@
+"""Datasets held in memory as tensors, and the (seed, step, file) -> samples map.
+
+    >>> from byzshield.data import file_batch, load_dataset
+    >>> train = load_dataset("digits", root="data", download=False, train=True)
+    >>> x, y = file_batch(train, seed=0, step=0, batch_size=60, num_files=5, file=2)
+    >>> tuple(x.shape), tuple(y.shape)
+    ((12, 1, 8, 8), (12,))
+
+Datasets (registry :data:`DATASETS`; :func:`load_dataset` returns an :class:`ImageDataset`):
+
+- ``digits`` (default, embedded): the UCI ML hand-written digits (Alpaydin & Kaynak, 1998),
+  1,797 8x8 grey images with pixel levels 0..16, 10 classes, in the copy scikit-learn ships
+  (``byzshield/data/digits.csv.gz``; attribution and licence in ``byzshield/data/README.md``).
+  It needs nothing but numpy and torch. Fixed split: the legacy NumPy stream
+  ``RandomState(0).permutation(1797)`` (frozen by NumPy, so it never changes) puts its first
+  359 indices (20 %) in the test set and the other 1,438 in the training set, each kept in
+  file order.
+- ``mnist``, ``cifar10``, ``cifar100``, ``svhn``: read with torchvision's dataset classes
+  from ``root`` in torchvision's layout (downloaded there when ``download=True``). Missing
+  files raise :class:`DatasetNotFound` with one line naming the expected paths.
+
+Images stay uint8 in memory; batches are float32, scaled to [0, 1] and normalised per
+channel with the dataset's training-set mean/std. CIFAR-10/100 training batches are
+augmented (reflect-pad 4, random 32x32 crop, horizontal flip, as in the original
+ByzShield code); SVHN, MNIST and digits are not (the original also cropped and flipped
+SVHN, but a mirrored digit is not the same digit).
+
+Sampling. Every replica of a file must see the same samples in the same order (the vote
+compares bytes), so batches are a pure function of (seed, step), never of the rank:
+
+    position p = step * batch_size + i                  for i in 0 .. batch_size-1
+    sample(p)  = perm(seed, p // N)[p % N]              N = number of samples
+    perm(seed, e) = torch.randperm(N, generator=manual_seed(derive_seed("epoch", seed, e)))
+
+Consecutive steps walk through one random permutation per epoch, so each epoch visits
+every sample exactly once; a batch that crosses an epoch boundary takes the end of one
+permutation and the start of the next (no dropped or short batches). The step's batch is
+split into ``num_files`` equal contiguous files (:func:`file_slice`), and the augmentation
+of file ``j`` draws from a generator seeded with ``derive_seed("augment", seed, step, j)``.
+:func:`derive_seed` is BLAKE2b of the purpose and the integers, so streams for different
+purposes or arguments are unrelated and stable across processes and Python versions. The
+global torch/numpy/random generators are never touched. Identical bytes across processes
+still need the same torch build (``randperm``'s algorithm is torch's), as BYZSHIELD.md
+section 4 requires anyway.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "DatasetNotFound",
+    "ImageDataset",
+    "augment_crop_flip",
+    "batch_indices",
+    "derive_seed",
+    "epoch_permutation",
+    "eval_batches",
+    "file_batch",
+    "file_slice",
+    "load_dataset",
+    "step_batch",
+]
+
+PathLike = str | os.PathLike[str]
+
+DIGITS_SPLIT_SEED = 0
+"""Seed of the legacy ``numpy.random.RandomState`` permutation that splits ``digits``."""
+DIGITS_NUM_TEST = 359
+"""Size of the ``digits`` test set: the first 359 (20 %) of the split permutation."""
+AUGMENT_PADDING = 4
+"""Reflect padding, in pixels, before the random crop of the CIFAR augmentation."""
+
+
+class DatasetNotFound(ValueError):
+    """A dataset's files are missing or corrupted under ``root`` (or could not be downloaded).
+
+    The message is one line: where the files are expected and how to get them.
+    """
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """An image classification dataset held in memory.
+
+    Attributes:
+        name: registry name (``"digits"``, ``"cifar10"``...).
+        images: (N, C, H, W) tensor, H == W, pixel values in [0, max_value] (uint8 for the
+            registered datasets).
+        labels: (N,) int64 tensor of classes in [0, num_classes).
+        num_classes: number of classes (fixed by the dataset, not by the labels present).
+        mean, std: per-channel statistics of the training set on the [0, 1] scale.
+        augment: whether training batches get the random crop + flip augmentation.
+        max_value: pixel value that maps to 1.0 (255, or 16 for digits).
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    max_value: float = 255.0
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or self.images.shape[2] != self.images.shape[3]:
+            raise ValueError(
+                f"{self.name}: images must be (N, C, H, H), got {tuple(self.images.shape)}"
+            )
+        if self.labels.shape != (self.images.shape[0],) or self.labels.dtype != torch.int64:
+            raise ValueError(
+                f"{self.name}: labels must be int64 of shape ({self.images.shape[0]},), "
+                f"got {self.labels.dtype} {tuple(self.labels.shape)}"
+            )
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError(
+                f"{self.name}: mean and std need one value per channel ({self.in_channels}), "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+        if min(self.std) <= 0 or self.max_value <= 0:
+            raise ValueError(f"{self.name}: std and max_value must be positive")
+        if len(self.labels):
+            low, high = int(self.labels.min()), int(self.labels.max())
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(
+                    f"{self.name}: labels must lie in [0, {self.num_classes}), got [{low}, {high}]"
+                )
+
+    @property
+    def num_samples(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[2]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) raw pixels -> float32 ``(images / max_value - mean) / std``."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return (images.to(torch.float32) / self.max_value - mean) / std
+
+
+# ---------------------------------------------------------------------------------------
+# Seeds, sampling and files
+# ---------------------------------------------------------------------------------------
+
+
+def derive_seed(purpose: str, *values: int) -> int:
+    """A 63-bit seed that is a stable function of ``purpose`` and integer ``values``.
+
+    ``BLAKE2b-64(b"byzshield/" + purpose + b"/" + v_1 + ... + v_k)`` with each value as 8
+    little-endian signed bytes, read little-endian and masked to 63 bits. Unlike ``hash()``
+    or ``seed * 1000 + step`` it is the same in every process and never collides in
+    practice (e.g. (seed=1, step=0) vs (seed=0, step=1000)).
+
+        >>> derive_seed("epoch", 0, 0) == derive_seed("epoch", 0, 0) != derive_seed("epoch", 0, 1)
+        True
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(b"byzshield/" + purpose.encode() + b"/")
+    for value in values:
+        try:
+            digest.update(int(value).to_bytes(8, "little", signed=True))
+        except OverflowError:
+            raise ValueError(f"seed values must fit in 64 bits, got {value}") from None
+    return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
+
+
+def _generator(purpose: str, *values: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(purpose, *values))
+
+
+def epoch_permutation(num_samples: int, *, seed: int, epoch: int) -> torch.Tensor:
+    """The (num_samples,) int64 visiting order of epoch ``epoch``: ``randperm`` seeded by
+    ``derive_seed("epoch", seed, epoch)``."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    return torch.randperm(num_samples, generator=_generator("epoch", seed, epoch))
+
+
+def batch_indices(num_samples: int, batch_size: int, *, seed: int, step: int) -> torch.Tensor:
+    """The (batch_size,) int64 sample indices of step ``step`` (0-based).
+
+    Positions ``step * batch_size + i`` of the endless stream formed by concatenating
+    :func:`epoch_permutation` for epochs 0, 1, 2... (see the module docstring), so steps
+    ``0 .. N // batch_size - 1`` visit distinct samples and each epoch covers all N.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    start = step * batch_size
+    chunks = []
+    position, end = start, start + batch_size
+    while position < end:  # one chunk per epoch the batch touches
+        epoch, offset = divmod(position, num_samples)
+        take = min(end - position, num_samples - offset)
+        perm = epoch_permutation(num_samples, seed=seed, epoch=epoch)
+        chunks.append(perm[offset : offset + take])
+        position += take
+    return torch.cat(chunks)
+
+
+def file_slice(batch_size: int, num_files: int, file: int) -> slice:
+    """Rows of the step's batch that make up file ``file``: the ``file``-th of
+    ``num_files`` equal contiguous slices."""
+    if num_files < 1:
+        raise ValueError(f"num_files must be >= 1, got {num_files}")
+    if batch_size < 1 or batch_size % num_files != 0:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be a positive multiple of the number of "
+            f"files ({num_files})"
+        )
+    if not 0 <= file < num_files:
+        raise ValueError(f"file must be in [0, {num_files}), got {file}")
+    size = batch_size // num_files
+    return slice(file * size, (file + 1) * size)
+
+
+def augment_crop_flip(
+    images: torch.Tensor, *, generator: torch.Generator, padding: int = AUGMENT_PADDING
+) -> torch.Tensor:
+    """Reflect-pad by ``padding``, crop back to (H, W) at a random offset, flip half.
+
+    ``images`` is a float (B, C, H, W) batch. Draws, in this order, B vertical and B
+    horizontal offsets in [0, 2 * padding] and B flip bits from ``generator`` only. As
+    torchvision's ``Pad(reflect) + RandomCrop + RandomHorizontalFlip``, applied per sample;
+    the original applied them before normalisation, which commutes with reflection.
+    """
+    b, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding), mode="reflect")
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
+    flips = torch.randint(0, 2, (b,), generator=generator).bool()
+    rows = offsets[0, :, None] + torch.arange(h)  # (b, h)
+    cols = offsets[1, :, None] + torch.arange(w)  # (b, w)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    return padded[
+        torch.arange(b)[:, None, None, None],
+        torch.arange(c)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+
+
+def file_batch(
+    data: ImageDataset, *, seed: int, step: int, batch_size: int, num_files: int, file: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """File ``file`` of step ``step``: x float32 (batch_size / num_files, C, H, W), y int64.
+
+    The samples are ``batch_indices(...)[file_slice(...)]``, normalised; with
+    ``data.augment`` they are augmented from ``derive_seed("augment", seed, step, file)``.
+    Every call with the same arguments returns bit-identical tensors, in any process.
+    """
+    rows = file_slice(batch_size, num_files, file)
+    idx = batch_indices(data.num_samples, batch_size, seed=seed, step=step)[rows]
+    x = data.normalize(data.images[idx])
+    if data.augment:
+        x = augment_crop_flip(x, generator=_generator("augment", seed, step, file))
+    return x, data.labels[idx]
+
+
+def step_batch(
+    data: ImageDataset, *, seed: int, step: int, batch_size: int, num_files: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole batch of step ``step``: the ``num_files`` file batches concatenated in order
+    (for single-process references and BatchNorm re-estimation)."""
+    parts = [
+        file_batch(data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, file=j)
+        for j in range(num_files)
+    ]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def eval_batches(
+    data: ImageDataset, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive, unaugmented, normalised batches covering ``data`` once, in order;
+    the last one may be smaller."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, data.num_samples, batch_size):
+            stop = start + batch_size
+            yield data.normalize(data.images[start:stop]), data.labels[start:stop]
+
+    return batches()
+
+
+# ---------------------------------------------------------------------------------------
+# Readers: (root, download, train) -> (images (N, C, H, W) uint8, labels (N,) int64)
+# ---------------------------------------------------------------------------------------
+
+Reader = Callable[[Path, bool, bool], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _read_digits(root: Path, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded digits; ``root`` and ``download`` are ignored."""
+    source = resources.files("byzshield").joinpath("data").joinpath("digits.csv.gz")
+    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+        table = np.loadtxt(text, delimiter=",", dtype=np.int64)  # (1797, 64 pixels + label)
+    order = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(table))
+    rows = np.sort(order[DIGITS_NUM_TEST:] if train else order[:DIGITS_NUM_TEST])
+    images = torch.from_numpy(table[rows, :64].astype(np.uint8)).view(-1, 1, 8, 8)
+    return images, torch.from_numpy(table[rows, 64])
+
+
+def _read_mnist(root: Path, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import MNIST
+
+    ds = MNIST(root, train=train, download=download)
+    return ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)
+
+
+def _read_cifar(cls_name: str) -> Reader:
+    def read(root: Path, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision import datasets
+
+        ds = getattr(datasets, cls_name)(root, train=train, download=download)
+        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+        return images, torch.tensor(ds.targets, dtype=torch.int64)
+
+    return read
+
+
+def _read_svhn(root: Path, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import SVHN
+
+    ds = SVHN(root, split="train" if train else "test", download=download)
+    images = torch.from_numpy(np.ascontiguousarray(ds.data))  # already (N, 3, 32, 32)
+    return images, torch.from_numpy(ds.labels.astype(np.int64))
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a dataset before reading it, and how to read it.
+
+    ``files`` names the expected files relative to ``root`` for error messages (None for
+    the embedded dataset, whose read errors are packaging bugs and propagate unchanged).
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    max_value: float
+    files: str | None
+    read: Reader
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        # Statistics: digits computed on its training split (tests/test_data.py checks
+        # them); the others are the usual published training-set values. The original
+        # normalised CIFAR-100 with CIFAR-10's values and SVHN with (0.4914, 0.4822,
+        # 0.4465) / (0.2023, 0.1994, 0.2010); here each dataset uses its own.
+        DatasetInfo(
+            name="digits",
+            num_classes=10,
+            in_channels=1,
+            image_size=8,
+            mean=(0.3056,),
+            std=(0.3763,),
+            augment=False,
+            max_value=16.0,
+            files=None,
+            read=_read_digits,
+        ),
+        DatasetInfo(
+            name="mnist",
+            num_classes=10,
+            in_channels=1,
+            image_size=28,
+            mean=(0.1307,),
+            std=(0.3081,),
+            augment=False,
+            max_value=255.0,
+            files="MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+            read=_read_mnist,
+        ),
+        DatasetInfo(
+            name="cifar10",
+            num_classes=10,
+            in_channels=3,
+            image_size=32,
+            mean=(125.3 / 255, 123.0 / 255, 113.9 / 255),
+            std=(63.0 / 255, 62.1 / 255, 66.7 / 255),
+            augment=True,
+            max_value=255.0,
+            files="cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+            read=_read_cifar("CIFAR10"),
+        ),
+        DatasetInfo(
+            name="cifar100",
+            num_classes=100,
+            in_channels=3,
+            image_size=32,
+            mean=(0.5071, 0.4865, 0.4409),
+            std=(0.2673, 0.2564, 0.2762),
+            augment=True,
+            max_value=255.0,
+            files="cifar-100-python/{train,test,meta}",
+            read=_read_cifar("CIFAR100"),
+        ),
+        DatasetInfo(
+            name="svhn",
+            num_classes=10,
+            in_channels=3,
+            image_size=32,
+            mean=(0.4377, 0.4438, 0.4728),
+            std=(0.1980, 0.2010, 0.1970),
+            augment=False,
+            max_value=255.0,
+            files="{train,test}_32x32.mat",
+            read=_read_svhn,
+        ),
+    )
+}
+"""Dataset name -> :class:`DatasetInfo`; the names are the config's ``dataset`` options."""
+
+
+def load_dataset(name: str, *, root: PathLike, download: bool, train: bool) -> ImageDataset:
+    """Read the training (``train=True``) or test split of dataset ``name`` into memory.
+
+    ``root`` is the directory in torchvision's layout (see :data:`DATASETS` ``files``),
+    created and filled by torchvision when ``download`` is true. ``digits`` is embedded and
+    ignores both. Raises ValueError for an unknown name and :class:`DatasetNotFound` (one
+    line) when the files are missing, corrupted or could not be downloaded.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    info = DATASETS[name]
+    root = Path(root).expanduser()
+    if info.files is None:
+        images, labels = info.read(root, download, train)
+    else:
+        images, labels = _read_files(info, root, download, train)
+    if images.shape[1:] != (info.in_channels, info.image_size, info.image_size):
+        raise DatasetNotFound(
+            f"{name}: images under {root} have shape {tuple(images.shape[1:])}, expected "
+            f"{(info.in_channels, info.image_size, info.image_size)}"
+        )
+    return ImageDataset(
+        name=name,
+        images=images,
+        labels=labels,
+        num_classes=info.num_classes,
+        mean=info.mean,
+        std=info.std,
+        augment=info.augment and train,
+        max_value=info.max_value,
+    )
+
+
+def _read_files(
+    info: DatasetInfo, root: Path, download: bool, train: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``info.read`` with torchvision's missing/corrupted/download errors turned into one
+    :class:`DatasetNotFound` line."""
+    try:
+        return info.read(root, download, train)
+    except (RuntimeError, OSError) as err:  # URLError is an OSError
+        lines = str(err).strip().splitlines()
+        reason = (lines[0] if lines else type(err).__name__).split(". ")[0].rstrip(".:")
+        how = (
+            "download failed: check the network, or place the files there yourself"
+            if download
+            else "run once with download=True on a machine with internet access, "
+            "or place the files there yourself"
+        )
+        raise DatasetNotFound(
+            f"{info.name}: files not found or corrupted ({reason}); expected "
+            f"{root / str(info.files)} (torchvision's layout); {how}"
+        ) from err
