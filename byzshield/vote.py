@@ -1,0 +1,206 @@
+"""Majority vote over the r replicas of each file (ByzShield section 3, DETOX section 3).
+
+The parameter server receives r copies of every file's gradient, one from each worker
+that holds the file. Honest replicas are bit-identical (same samples, same order, same
+torch build, one thread per worker), so the vote compares **bits**, never values with a
+tolerance:
+
+- Two copies agree exactly when their bit patterns are equal. Copies are compared
+  through an integer view of the same element size (``float32 -> int32``) with
+  ``torch.equal``: NaN payloads agree with identical NaN payloads, ``-0.0`` and ``0.0``
+  disagree, and no rounding enters.
+- Why no digest (hash) first: a digest costs a full read of every copy at about 1 GB/s
+  (blake2b) and still needs a verification; a bit comparison is exact by itself and runs
+  at memory speed (about 5x faster here). Copies are grouped by comparing each copy with
+  the first member of every existing group, after a cheap strided pre-check that rejects
+  most different copies without a full read. With r copies and g distinct groups this is
+  at most r * g comparisons; honest files (g = 1) cost r - 1 full comparisons.
+
+Policy when no copy has a strict majority (``count <= r / 2``): the largest group of
+agreeing copies wins; among equally large groups the one whose first member has the
+lowest copy index wins. The result reports ``strict=False`` so the server can count it.
+The rule is deterministic and depends only on the copies and their order (the order the
+placement lists the file's workers in). It replaces the original research code's
+Boyer-Moore pass, which returned whichever candidate survived last.
+
+Example::
+
+    >>> import torch
+    >>> from byzshield.vote import majority_vote
+    >>> honest = torch.tensor([1.0, 2.0])
+    >>> result = majority_vote(torch.stack([honest, -100 * honest, honest]))
+    >>> result.winner.tolist(), result.index, result.count, result.strict
+    ([1.0, 2.0], 0, 2, True)
+
+Run the tests: ``OMP_NUM_THREADS=1 python -m pytest tests/test_vote.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["VoteBatch", "VoteResult", "majority_vote", "same_bits", "vote_files"]
+
+# Integer dtypes with the same element size as a tensor's dtype: comparing through
+# them compares bit patterns (torch.equal on floats would say NaN != NaN).
+_BIT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+# Elements sampled by the cheap pre-check before a full comparison.
+_PRECHECK_SAMPLES = 4096
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    """Outcome of the vote over one file's r copies.
+
+    Attributes:
+        winner: the winning copy, shape (d,) (a view of ``copies[index]``, not a copy).
+        index: which copy won: the lowest index in the winning group of agreeing copies.
+        count: how many copies are bit-identical to the winner (1 <= count <= r).
+        strict: ``count > r / 2``: an honest majority of replicas decided the file.
+        num_copies: r.
+    """
+
+    winner: Tensor
+    index: int
+    count: int
+    strict: bool
+    num_copies: int
+
+
+@dataclass(frozen=True)
+class VoteBatch:
+    """Outcome of the vote over f files.
+
+    Attributes:
+        winners: (f, d) tensor, row j is file j's winner.
+        counts: LongTensor (f,), copies agreeing with each winner.
+        strict: BoolTensor (f,), whether each file had a strict majority.
+        indices: LongTensor (f,), which copy of each file won.
+    """
+
+    winners: Tensor
+    counts: Tensor
+    strict: Tensor
+    indices: Tensor
+
+    @property
+    def all_strict(self) -> bool:
+        """True when every file was decided by a strict majority."""
+        return bool(self.strict.all())
+
+    @property
+    def num_files(self) -> int:
+        return int(self.counts.numel())
+
+
+def _bits(x: Tensor) -> Tensor:
+    """A flat integer view of ``x``'s bit pattern (no copy for contiguous tensors)."""
+    x = x.detach().reshape(-1)
+    if x.dtype.is_complex:
+        x = torch.view_as_real(x).reshape(-1)
+    dtype = _BIT_VIEW.get(x.element_size())
+    if dtype is None:  # pragma: no cover - every torch dtype has size 1, 2, 4 or 8
+        return x.contiguous().view(torch.uint8)
+    return x if x.dtype == dtype else x.view(dtype)
+
+
+def same_bits(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors have the same shape, dtype and bit pattern.
+
+    Exact: NaN payloads compare as bits (identical NaNs agree), and ``-0.0 != 0.0``.
+    """
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ab, bb = _bits(a), _bits(b)
+    step = max(1, ab.numel() // _PRECHECK_SAMPLES)
+    if step > 1 and not torch.equal(ab[::step], bb[::step]):
+        return False
+    return torch.equal(ab, bb)
+
+
+def majority_vote(copies: Tensor) -> VoteResult:
+    """Exact majority vote over one file's copies.
+
+    Groups the r copies into classes of bit-identical tensors and returns a member of
+    the largest class: ``winner = copies[index]`` where ``index`` is the first member of
+    the largest class (ties between classes: the class whose first member has the lowest
+    index). ``strict = count > r / 2``.
+
+    Args:
+        copies: (r, d) tensor, row i is the copy sent by the file's i-th worker
+            (any dtype; rows of any trailing shape are compared whole).
+
+    Returns:
+        A :class:`VoteResult`.
+
+    Raises:
+        ValueError: when ``copies`` has fewer than 1 dimension or no row.
+
+    Reference: the vote of DETOX (Rajput et al., NeurIPS 2019) and ByzShield
+    (Konstantinidis & Ramamoorthy, MLSys 2021), section 3.
+    """
+    if not isinstance(copies, Tensor):
+        raise ValueError(f"copies must be a torch.Tensor of shape (r, d), got {type(copies)}")
+    if copies.dim() < 1 or copies.shape[0] == 0:
+        raise ValueError(f"copies must have shape (r, d) with r >= 1, got {tuple(copies.shape)}")
+    r = copies.shape[0]
+    firsts: list[int] = []  # first member (lowest index) of each class, in creation order
+    sizes: list[int] = []
+    for i in range(r):
+        for g, first in enumerate(firsts):
+            if same_bits(copies[first], copies[i]):
+                sizes[g] += 1
+                break
+        else:
+            firsts.append(i)
+            sizes.append(1)
+    # Classes are created in order of their first member, so the first maximum is the
+    # class with the lowest first index among the largest ones.
+    best = max(range(len(sizes)), key=lambda g: (sizes[g], -firsts[g]))
+    count = sizes[best]
+    index = firsts[best]
+    return VoteResult(
+        winner=copies[index], index=index, count=count, strict=2 * count > r, num_copies=r
+    )
+
+
+def vote_files(copies: Sequence[Tensor]) -> VoteBatch:
+    """Majority vote (see :func:`majority_vote`) for each of f files.
+
+    Args:
+        copies: f tensors, element j of shape (r_j, d): the copies of file j. The
+            replication r_j may differ between files; d and the dtype may not. A single
+            (f, r, d) tensor works too.
+
+    Returns:
+        A :class:`VoteBatch` with ``winners`` (f, d) (a new tensor), ``counts``,
+        ``strict`` and ``indices`` of shape (f,).
+
+    Raises:
+        ValueError: when there is no file, or files disagree on the row shape or dtype.
+    """
+    if len(copies) == 0:
+        raise ValueError("vote_files needs at least one file, got an empty sequence")
+    first = copies[0]
+    results = []
+    for j, file_copies in enumerate(copies):
+        if not isinstance(file_copies, Tensor):
+            raise ValueError(f"file {j}: copies must be a torch.Tensor, got {type(file_copies)}")
+        if file_copies.shape[1:] != first.shape[1:] or file_copies.dtype != first.dtype:
+            raise ValueError(
+                f"file {j} has copies of shape {tuple(file_copies.shape)} and dtype "
+                f"{file_copies.dtype}; every file needs rows of shape {tuple(first.shape[1:])} "
+                f"and dtype {first.dtype}"
+            )
+        results.append(majority_vote(file_copies))
+    return VoteBatch(
+        winners=torch.stack([res.winner for res in results]),
+        counts=torch.tensor([res.count for res in results], dtype=torch.long),
+        strict=torch.tensor([res.strict for res in results], dtype=torch.bool),
+        indices=torch.tensor([res.index for res in results], dtype=torch.long),
+    )
