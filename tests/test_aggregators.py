@@ -1,0 +1,632 @@
+"""Robust aggregators: hand-computed cases, properties, NaN/Inf, n-vs-f refusals, ByzFL."""
+
+import itertools
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from byzshield import aggregators as agg
+from byzshield.aggregators import (
+    AGGREGATORS,
+    AggregateResult,
+    aggregate,
+    bulyan,
+    centered_clipping,
+    check_requirement,
+    coordinate_median,
+    geometric_median,
+    mean,
+    multi_krum,
+    multi_krum_select,
+    sign_majority,
+    trimmed_mean,
+)
+
+NAMES = [
+    "coord-median",
+    "multi-krum",
+    "bulyan",
+    "mean",
+    "trimmed-mean",
+    "geometric-median",
+    "centered-clipping",
+    "sign-majority",
+]
+# Rules whose output stays inside the honest per-coordinate range whatever f inputs say.
+RANGE_ROBUST = ["coord-median", "multi-krum", "bulyan", "trimmed-mean"]
+
+
+def col(*values):
+    """A (n, 1) stack from scalars."""
+    return torch.tensor([[float(v)] for v in values])
+
+
+def rand(n, d, seed=0, scale=1.0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def max_f(name, n):
+    """Largest f the rule accepts for n inputs (the requirement table)."""
+    if name == "multi-krum":
+        return (n - 3) // 2
+    if name == "bulyan":
+        return (n - 3) // 4
+    if name == "mean":
+        return n  # any f
+    return (n - 1) // 2
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_registry_holds_exactly_the_config_names():
+    assert sorted(AGGREGATORS) == sorted(NAMES)
+    assert AGGREGATORS["coord-median"] is coordinate_median
+    assert AGGREGATORS["multi-krum"] is multi_krum
+    for name, rule in AGGREGATORS.items():
+        out = rule(rand(7, 3), f=1)
+        assert out.shape == (3,) and out.dtype == torch.float32, name
+
+
+def test_aggregate_returns_value_and_nonfinite_rows():
+    result = aggregate("coord-median", col(1, 2, 3), f=1)
+    assert isinstance(result, AggregateResult)
+    assert result.value.tolist() == [2.0] and result.nonfinite_rows == []
+    assert result.selected is None
+
+
+# ------------------------------------------------------------------ hand-computed cases
+
+
+def test_coordinate_median_odd_count_is_middle_value():
+    stack = torch.tensor([[3.0, -1.0], [1.0, 7.0], [2.0, 5.0]])
+    assert coordinate_median(stack, f=1).tolist() == [2.0, 5.0]
+
+
+def test_coordinate_median_even_count_is_mean_of_two_middle_values():
+    # torch.median would say 2.0 (the lower middle value)
+    assert coordinate_median(col(4, 1, 2, 100), f=1).tolist() == [3.0]
+
+
+def test_coordinate_median_even_count_does_not_overflow_near_float32_max():
+    big = 3.0e38
+    assert coordinate_median(col(big, big, -1, big), f=1).tolist() == [pytest.approx(big)]
+
+
+def test_coordinate_median_of_bucket_means_uses_contiguous_buckets():
+    stack = col(1, 2, 3, 4, 5, 6)
+    # buckets (1,2) (3,4) (5,6): means 1.5 3.5 5.5
+    assert coordinate_median(stack, f=1, num_buckets=3).tolist() == [3.5]
+    # sizes as np.array_split: (1,2) (3,4) (5) (6): means 1.5 3.5 5 6 -> (3.5 + 5) / 2
+    assert coordinate_median(stack, f=1, num_buckets=4).tolist() == [4.25]
+    # one bucket per input is the plain median
+    assert coordinate_median(stack, f=1, num_buckets=6).tolist() == [3.5]
+    assert coordinate_median(stack, f=0, num_buckets=1).tolist() == [3.5]  # the mean
+
+
+def test_coordinate_median_bucketing_with_generator_is_seeded():
+    stack = rand(12, 5)
+    one = coordinate_median(stack, f=1, num_buckets=4, generator=torch.Generator().manual_seed(3))
+    two = coordinate_median(stack, f=1, num_buckets=4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(one, two)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(3))
+    means = stack[perm].reshape(4, 3, 5).double().mean(dim=1).float()
+    expected = 0.5 * means.sort(dim=0).values[1] + 0.5 * means.sort(dim=0).values[2]
+    assert torch.equal(one, expected)
+
+
+def test_multi_krum_averages_the_n_minus_f_lowest_scores():
+    stack = col(0, 1, 2, 3, 100)
+    # n=5, f=1: k = 2 neighbours; scores 5, 2, 2, 5, huge; m = 4
+    assert multi_krum_select(stack, f=1) == [0, 1, 2, 3]
+    assert multi_krum(stack, f=1).tolist() == [1.5]
+
+
+def test_krum_ties_are_broken_by_more_neighbours_then_by_lower_index():
+    stack = col(0, 1, 2, 3, 100)
+    # k=2: rows 1 and 2 tie at 2; k=3: tie at 6; k=4: 6 + 99^2 > 6 + 98^2 -> row 2
+    assert multi_krum_select(stack, f=1, m=1) == [2]
+    assert multi_krum(stack, f=1, m=1).tolist() == [2.0]
+    # symmetric: rows 1 and 2 tie for every neighbour count -> lower index
+    assert multi_krum_select(col(0, 1, 2, 3), f=0, m=1) == [1]
+
+
+def test_multi_krum_neighbour_count_changes_the_scores():
+    stack = col(0, 1, 3, 6, 10, 100)
+    # n=6, f=1, k=3 (default n-f-2): scores 0:46 1:30 3:22 6:50 10:146
+    assert multi_krum_select(stack, f=1, m=2) == [1, 2]
+    # k=1, nearest only: 0:1 1:1 3:4 6:9 10:16
+    assert multi_krum_select(stack, f=1, m=2, num_neighbours=1) == [0, 1]
+
+
+def test_bulyan_matches_hand_computation():
+    stack = col(0, 1, 2, 4, 8, 9, 1e6)
+    # Krum rounds (k = 4, 3, 2, 1, 1 neighbours) pick 4, 2, 8, 1, 9 (the ties 2/4, 1/8,
+    # 0/1 and 0/9 are broken by one more neighbour); median 4; closest three: 4, 2, 1
+    assert aggregate("bulyan", stack, f=1).selected == [1, 2, 3, 4, 5]
+    assert bulyan(stack, f=1).tolist() == [pytest.approx(7 / 3)]
+
+
+def test_bulyan_keeps_values_closest_to_median_not_a_centred_window():
+    # theta = n = 3 (f = 0): beta = 3, everything; with f = 1, n = 7 choose stack so the
+    # closest-to-median window is off-centre: selected values 1.5 1.9 2 3 4.
+    stack = col(1.5, 1.9, 2, 3, 4, 1e6, -1e6)
+    result = aggregate("bulyan", stack, f=1)
+    assert result.selected == [0, 1, 2, 3, 4]
+    # median 2, distances .5 .1 0 1 2 -> keep 1.5 1.9 2 (a centred window would be 1.9 2 3)
+    assert bulyan(stack, f=1).tolist() == [pytest.approx((1.5 + 1.9 + 2) / 3)]
+
+
+def test_bulyan_with_f_zero_is_the_mean():
+    stack = col(1, 2, 4)
+    assert bulyan(stack, f=0).tolist() == [pytest.approx(7 / 3)]
+
+
+def test_mean_and_trimmed_mean_hand_cases():
+    assert mean(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), f=0).tolist() == [2.0, 3.0]
+    assert trimmed_mean(col(-50, 1, 2, 3, 50), f=1).tolist() == [2.0]
+    assert trimmed_mean(col(-50, 1, 2, 3, 50), f=2).tolist() == [2.0]
+    assert trimmed_mean(col(10, 1, 2, 3), f=1).tolist() == [2.5]
+    assert trimmed_mean(col(10, 1, 2, 3), f=0).tolist() == [4.0]
+
+
+def test_mean_does_not_overflow_near_float32_max():
+    assert mean(col(3e38, 3e38), f=0).tolist() == [pytest.approx(3e38)]
+
+
+def test_geometric_median_of_collinear_points_is_their_median():
+    out = geometric_median(col(0, 1, 5), f=1, num_iterations=50)
+    assert out.tolist() == [pytest.approx(1.0, abs=1e-5)]
+
+
+def test_geometric_median_of_symmetric_points_is_the_centre():
+    stack = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.0, 0.0]])
+    out = geometric_median(stack, f=2, init=torch.tensor([0.3, -0.2]), num_iterations=100)
+    assert torch.allclose(out, torch.zeros(2), atol=1e-5)
+
+
+def test_centered_clipping_clips_each_difference_to_tau():
+    stack = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    out = centered_clipping(stack, f=0, tau=1.0, center=torch.zeros(2))
+    # (3, 4) has norm 5 -> (0.6, 0.8); mean with (0, 0)
+    assert torch.allclose(out, torch.tensor([0.3, 0.4]))
+    # starting from the median (1.5, 2): differences +-(1.5, 2) of norm 2.5 clip to 1
+    out = centered_clipping(stack, f=0, tau=1.0)
+    assert torch.allclose(out, torch.tensor([1.5, 2.0]))
+    out = centered_clipping(col(1, 2, 3, 1000), f=1, tau=1.0)
+    assert out.tolist() == [2.5]
+
+
+def test_centered_clipping_iterations_approach_the_mean_of_close_inputs():
+    stack = col(0, 1, 2, 3)
+    out = centered_clipping(stack, f=1, tau=10.0, num_iterations=3, center=torch.tensor([15.0]))
+    # 15 -> 5 (every difference clipped to -10) -> 1.5 (all within tau) -> 1.5
+    assert out.tolist() == [pytest.approx(1.5)]
+
+
+def test_sign_majority_votes_signs_and_reports_ties_as_zero():
+    stack = torch.tensor([[0.5, -2.0, 1.0], [3.0, -1.0, -1.0], [-9.0, 4.0, 0.0]])
+    assert sign_majority(stack, f=1).tolist() == [1.0, -1.0, 0.0]
+    # buckets (0.5, 3) (-9) (1): signs of sums +, -, + -> +
+    assert sign_majority(col(0.5, 3, -9, 1), f=1, num_buckets=3).tolist() == [1.0]
+
+
+# -------------------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rule_is_invariant_to_permuting_the_inputs(name):
+    n, f = 11, 2
+    stack = rand(n, 40, seed=1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(2))
+    a = aggregate(name, stack, f=f).value
+    b = aggregate(name, stack[perm], f=f).value
+    assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+    if name in ("coord-median", "trimmed-mean", "bulyan", "sign-majority"):
+        assert torch.equal(a, b)  # order statistics: bit-identical
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "sign-majority"])
+def test_rule_is_translation_equivariant(name):
+    stack = rand(11, 30, seed=4)
+    shift = rand(1, 30, seed=5)[0] * 10
+    a = aggregate(name, stack, f=2).value + shift
+    b = aggregate(name, stack + shift, f=2).value
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", RANGE_ROBUST)
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_f_inputs_at_1e30_cannot_leave_the_honest_range(name, sign):
+    n, f, d = 11, 2, 50
+    honest = rand(n - f, d, seed=6)
+    stack = torch.cat([torch.full((f, d), sign * 1e30), honest])
+    out = aggregate(name, stack, f=f).value
+    assert torch.isfinite(out).all()
+    assert (out >= honest.min(dim=0).values).all() and (out <= honest.max(dim=0).values).all()
+
+
+def test_f_inputs_at_1e30_move_geometric_median_and_clipping_only_boundedly():
+    n, f, d = 11, 2, 50
+    honest = rand(n - f, d, seed=7)
+    stack = torch.cat([torch.full((f, d), 1e30), honest])
+    lo, hi = honest.min(dim=0).values, honest.max(dim=0).values
+    tau = 0.5
+    out = centered_clipping(stack, f=f, tau=tau)
+    # median start in range, honest part a convex mix, each outlier moves <= tau / n
+    slack = f * tau / n + 1e-6
+    assert (out >= lo - slack).all() and (out <= hi + slack).all()
+    out = geometric_median(stack, f=f)
+    centre = honest.mean(dim=0)
+    radius = (honest - centre).norm(dim=1).max()
+    # Minsker 2015: |GM - y| <= 2 (n - f) / (n - 2f) * radius for honest points in B(y, r)
+    assert (out - centre).norm() <= 2 * (n - f) / (n - 2 * f) * radius
+
+
+def test_sign_majority_follows_unanimous_honest_signs_against_f_outliers():
+    n, f = 9, 4
+    honest = rand(n - f, 20, seed=8).abs() + 0.1
+    stack = torch.cat([torch.full((f, 20), -1e30), honest])
+    assert torch.equal(sign_majority(stack, f=f), torch.ones(20))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "sign-majority"])
+def test_rule_equals_the_input_when_all_inputs_agree(name):
+    x = rand(1, 64, seed=9)[0]
+    stack = x.repeat(11, 1)
+    out = aggregate(name, stack, f=2).value
+    assert torch.allclose(out, x, rtol=1e-6, atol=0)
+    if name in ("coord-median", "multi-krum", "bulyan", "mean", "trimmed-mean"):
+        assert torch.equal(out, x)
+
+
+def test_sign_majority_equals_the_sign_when_all_inputs_agree():
+    x = rand(1, 64, seed=9)[0]
+    assert torch.equal(sign_majority(x.repeat(5, 1), f=2), torch.sign(x))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(3, 12),
+    st.integers(1, 6),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["coord-median", "trimmed-mean"]),
+)
+def test_order_statistic_rules_match_a_sort_based_oracle(n, d, seed, name):
+    f = (n - 1) // 2
+    stack = rand(n, d, seed=seed)
+    srt = np.sort(stack.numpy(), axis=0).astype(np.float64)
+    if name == "coord-median":
+        expected = 0.5 * srt[(n - 1) // 2] + 0.5 * srt[n // 2]
+    else:
+        expected = srt[f : n - f].sum(axis=0) / (n - 2 * f)
+    out = aggregate(name, stack, f=f).value
+    assert np.allclose(out.numpy(), expected.astype(np.float32), rtol=1e-6, atol=1e-7)
+
+
+def _exact_sq_distances(x):
+    x = x.astype(np.float64)
+    n = len(x)
+    return np.array([[float(((x[i] - x[j]) ** 2).sum()) for j in range(n)] for i in range(n)])
+
+
+def _krum_key(dist, i, candidates, k):
+    """(sum of k nearest, sum of k + 1 nearest, ..., i): Krum score with tie-breaks."""
+    near = sorted(dist[i][j] for j in candidates if j != i)
+    return (*(sum(near[:t]) for t in range(k, len(near) + 1)), i)
+
+
+def _krum_oracle(x, f, m, k=None):
+    n = len(x)
+    dist = _exact_sq_distances(x)
+    k = n - f - 2 if k is None else k
+    return sorted(sorted(range(n), key=lambda i: _krum_key(dist, i, range(n), k))[:m])
+
+
+def _bulyan_oracle(x, f):
+    """Straightforward per-coordinate Bulyan (El Mhamdi et al.), Python loops."""
+    n = len(x)
+    dist = _exact_sq_distances(x)
+    active, chosen = list(range(n)), []
+    while len(chosen) < n - 2 * f:
+        k = max(len(active) - f - 2, 1)
+        best = min(active, key=lambda i: _krum_key(dist, i, active, k))
+        chosen.append(best)
+        active.remove(best)
+    sel = x[sorted(chosen)]
+    theta, beta = len(sel), len(sel) - 2 * f
+    out = np.empty(x.shape[1], dtype=np.float32)
+    for c in range(x.shape[1]):
+        vals = sorted(sel[:, c].tolist())
+        if theta % 2:
+            med = vals[theta // 2]
+        else:  # mean of the two middle values, in float32 as 0.5 a + 0.5 b
+            half = np.float32(0.5)
+            med = float(
+                half * np.float32(vals[theta // 2 - 1]) + half * np.float32(vals[theta // 2])
+            )
+        kept = sorted(sorted(vals, key=lambda v: (abs(v - med), v))[:beta])
+        out[c] = np.float32(sum(kept) / beta)
+    return sorted(chosen), out
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 4), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_bulyan_is_identical_to_a_straightforward_oracle(f, extra, d, seed):
+    n = 4 * f + 3 + extra
+    stack = rand(n, d, seed=seed)
+    stack[:f] *= 50  # some far-away inputs
+    result = aggregate("bulyan", stack, f=f)
+    chosen, expected = _bulyan_oracle(stack.numpy(), f)
+    assert result.selected == chosen
+    assert np.array_equal(result.value.numpy(), expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(3, 12), st.integers(1, 6), st.integers(0, 2**31 - 1), st.booleans())
+def test_multi_krum_selects_the_same_inputs_as_an_exact_oracle(n, d, seed, byzfl_neighbours):
+    f = (n - 3) // 2
+    stack = rand(n, d, seed=seed)
+    k = n - f - 1 if byzfl_neighbours else None
+    for m in {1, n - f}:
+        got = multi_krum_select(stack, f=f, m=m, num_neighbours=k)
+        assert got == _krum_oracle(stack.numpy(), f, m, k)
+
+
+def test_multi_krum_selection_is_exact_for_nearly_identical_large_inputs():
+    # Inputs 1e4 in norm that differ by a few ulps: a float64 Gram matrix cannot order
+    # their distances (its error ~1e-16 * |x|^2 exceeds them); the exact recomputation can.
+    d, n, f = 4096, 9, 2
+    base = rand(1, d, seed=10)[0] * 100
+    stack = base.repeat(n, 1)
+    gen = np.random.default_rng(0)
+    for i in range(n):
+        idx = gen.choice(d, size=i + 1, replace=False)  # row i differs in i + 1 places
+        stack[i, idx] = torch.nextafter(stack[i, idx], torch.full((i + 1,), math.inf))
+    dist = agg._PairwiseDistances(stack.numpy(), list(range(n)))
+    assert (dist.err[~np.eye(n, dtype=bool)] > dist.dist[~np.eye(n, dtype=bool)]).any()
+    for m in (1, 3, n - f):
+        assert multi_krum_select(stack, f=f, m=m) == _krum_oracle(stack.numpy(), f, m)
+
+
+def test_multi_krum_handles_duplicate_inputs_with_lowest_index_ties():
+    x = rand(3, 16, seed=11)
+    stack = torch.cat([x[[0, 0, 1, 1, 2, 2]], rand(1, 16, seed=12) * 100])
+    assert multi_krum_select(stack, f=2, m=1) == _krum_oracle(stack.numpy(), 2, 1)
+
+
+def test_sorting_network_sorts_every_zero_one_input():
+    # 0-1 principle (Knuth 5.3.4): a comparator network sorting all 0-1 inputs sorts all.
+    for n in range(1, 15):
+        bits = ((np.arange(2**n)[None, :] >> np.arange(n)[:, None]) & 1).astype(np.float32)
+        rows = [bits[i].copy() for i in range(n)]
+        agg._apply_network(rows, np.empty(2**n, np.float32), agg._sorting_network(n))
+        assert np.array_equal(np.stack(rows), np.sort(bits, axis=0)), n
+        for outputs in [(n // 2,), ((n - 1) // 2, n // 2), tuple(range(n // 3, n - n // 3))]:
+            rows = [bits[i].copy() for i in range(n)]
+            net = agg._selection_network(n, outputs)
+            agg._apply_network(rows, np.empty(2**n, np.float32), net)
+            for o in outputs:
+                assert np.array_equal(rows[o], np.sort(bits, axis=0)[o]), (n, outputs)
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    stack = rand(9, 70_000, seed=13)  # wide enough to be split across threads
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = {name: aggregate(name, stack, f=1).value for name in NAMES}
+        torch.set_num_threads(2)
+        two = {name: aggregate(name, stack, f=1).value for name in NAMES}
+    finally:
+        torch.set_num_threads(before)
+    for name in NAMES:
+        assert torch.equal(one[name], two[name]), name
+
+
+def test_float64_stacks_give_float64_results():
+    stack = rand(7, 5).double()
+    for name in NAMES:
+        assert aggregate(name, stack, f=1).value.dtype == torch.float64, name
+
+
+@pytest.mark.parametrize("name", ["coord-median", "trimmed-mean", "bulyan", "mean"])
+def test_order_statistic_rules_allocate_less_than_one_stack(name):
+    stack = rand(25, 100_000, seed=14)
+    aggregate(name, stack, f=5)  # warm caches (networks, thread pool)
+    tracemalloc.start()
+    aggregate(name, stack, f=5)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < stack.numel() * 4
+
+
+# ----------------------------------------------------------------------------- NaN/Inf
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_rows_are_dropped_reported_and_never_reach_the_output(name):
+    n, f, d = 11, 2, 20
+    clean = rand(n - 2, d, seed=15)
+    stack = torch.cat([clean[:3], torch.full((1, d), math.nan), clean[3:]])
+    stack = torch.cat([stack[:7], rand(1, d, seed=16), stack[7:]])
+    stack[7, 4] = math.inf
+    stack[7, 5] = -math.inf
+    result = aggregate(name, stack, f=f)
+    assert result.nonfinite_rows == [3, 7]
+    assert torch.isfinite(result.value).all()
+    expected = aggregate(name, clean, f=0).value  # both Byzantine rows were the bad ones
+    assert torch.allclose(result.value, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_rows_count_against_f(name):
+    n, f, d = 11, 2, 20
+    clean = rand(n - 1, d, seed=18)
+    stack = torch.cat([clean[:5], torch.full((1, d), -math.inf), clean[5:]])
+    result = aggregate(name, stack, f=f)
+    assert result.nonfinite_rows == [5]
+    expected = aggregate(name, clean, f=1).value  # one of the f Byzantine rows is known
+    assert torch.allclose(result.value, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_all_rows_nonfinite_gives_zeros(name):
+    stack = torch.full((7, 3), math.nan)
+    result = aggregate(name, stack, f=1)
+    assert result.nonfinite_rows == list(range(7))
+    assert torch.equal(result.value, torch.zeros(3))
+
+
+def test_more_nonfinite_rows_than_f_falls_back_to_the_mean_of_what_is_left():
+    stack = torch.cat([torch.full((5, 2), math.inf), torch.tensor([[1.0, 2.0], [3.0, 4.0]])])
+    result = aggregate("multi-krum", stack, f=2)  # 2 finite rows: too few for Krum
+    assert result.nonfinite_rows == [0, 1, 2, 3, 4]
+    assert result.value.tolist() == [2.0, 3.0]
+
+
+def test_finite_rows_whose_sum_overflows_are_not_called_nonfinite():
+    stack = torch.cat([torch.full((2, 4), 3e38), torch.ones(3, 4)])
+    result = aggregate("coord-median", stack, f=2)
+    assert result.nonfinite_rows == [] and result.value.tolist() == [1.0] * 4
+
+
+# ------------------------------------------------------------------ requirements (n, f)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 11, 12])
+def test_rule_accepts_n_at_its_bound_and_refuses_one_more_f(name, n):
+    f = max_f(name, n)
+    if f < 0:
+        with pytest.raises(ValueError, match=f"{name} needs"):
+            check_requirement(name, n, 0)
+        with pytest.raises(ValueError, match=f"{name} needs"):
+            aggregate(name, rand(n, 2), f=0)
+        return
+    check_requirement(name, n, f)
+    assert torch.isfinite(aggregate(name, rand(n, 2), f=f).value).all()
+    if name == "mean":
+        return
+    with pytest.raises(ValueError, match=f"{name} needs .*got n={n}, f={f + 1}"):
+        check_requirement(name, n, f + 1)
+    with pytest.raises(ValueError, match=f"{name} needs"):
+        AGGREGATORS[name](rand(n, 2), f=f + 1)
+
+
+def test_requirement_messages_state_the_rule():
+    with pytest.raises(ValueError, match=r"n > 2f \+ 2"):
+        check_requirement("multi-krum", 6, 2)
+    with pytest.raises(ValueError, match=r"n >= 4f \+ 3"):
+        check_requirement("bulyan", 10, 2)
+    with pytest.raises(ValueError, match=r"n > 2f"):
+        check_requirement("coord-median", 4, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "match"),
+    [
+        ("coord-median", {"num_buckets": 2}, "num_buckets > 2f"),
+        ("coord-median", {"num_buckets": 12}, r"num_buckets must be in \[1, 11\]"),
+        ("coord-median", {"num_buckets": 0}, "num_buckets must be"),
+        ("coord-median", {"num_buckets": 2.5}, "must be an integer"),
+        ("coord-median", {"generator": 3}, "torch.Generator"),
+        ("sign-majority", {"num_buckets": 4}, "num_buckets > 2f"),
+        ("multi-krum", {"m": 0}, r"m must be in \[1, 9\]"),
+        ("multi-krum", {"m": 10}, r"m must be in \[1, 9\]"),
+        ("multi-krum", {"num_neighbours": 11}, r"num_neighbours must be in \[1, 10\]"),
+        ("multi-krum", {"num_neighbours": 0}, "num_neighbours"),
+        ("geometric-median", {"num_iterations": 0}, "num_iterations"),
+        ("geometric-median", {"nu": 0.0}, "nu must be"),
+        ("geometric-median", {"tol": -1.0}, "tol must be"),
+        ("geometric-median", {"init": [0.0]}, "init must be"),
+        ("centered-clipping", {"tau": -1.0}, "tau must be"),
+        ("centered-clipping", {"tau": math.inf}, "tau must be"),
+        ("centered-clipping", {"num_iterations": 0}, "num_iterations"),
+        ("bulyan", {"m": 3}, "bulyan has no parameter m; allowed: none"),
+        ("mean", {"num_buckets": 3}, "no parameter num_buckets"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_the_value(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        check_requirement(name, 11, 2, **params)
+    with pytest.raises(ValueError, match=match):
+        aggregate(name, rand(11, 3), f=2, **params)
+
+
+def test_bad_names_counts_and_stacks_are_refused():
+    with pytest.raises(ValueError, match="unknown aggregator 'krum'; choose one of"):
+        check_requirement("krum", 11, 2)
+    with pytest.raises(ValueError, match="f .* must be >= 0"):
+        check_requirement("coord-median", 11, -1)
+    with pytest.raises(ValueError, match="must be an integer"):
+        check_requirement("coord-median", 11, True)
+    with pytest.raises(ValueError, match="must be an integer"):
+        check_requirement("coord-median", 11, 1.0)
+    with pytest.raises(ValueError, match="n .* must be >= 1"):
+        check_requirement("mean", 0, 0)
+    with pytest.raises(ValueError, match="shape"):
+        coordinate_median(torch.zeros(5), f=1)
+    with pytest.raises(ValueError, match="shape"):
+        coordinate_median(torch.zeros(5, 0), f=1)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        coordinate_median(torch.zeros(5, 2, dtype=torch.int64), f=1)
+    with pytest.raises(ValueError, match="torch.Tensor"):
+        coordinate_median(np.zeros((5, 2), np.float32), f=1)
+    with pytest.raises(ValueError, match=r"init must have shape \(3,\)"):
+        geometric_median(rand(5, 3), f=1, init=torch.zeros(4))
+    with pytest.raises(ValueError, match="center must be finite"):
+        centered_clipping(rand(5, 3), f=1, center=torch.full((3,), math.nan))
+
+
+# ---------------------------------------------------------------- agreement with ByzFL
+
+
+@pytest.fixture(scope="module")
+def byzfl():
+    return pytest.importorskip(
+        "byzfl.aggregators.aggregators",
+        reason="byzfl (optional, `pip install byzfl` or the bench extra) is not installed",
+    )
+
+
+@pytest.mark.parametrize(("n", "f"), [(9, 2), (10, 3), (25, 5)])
+def test_agrees_with_byzfl_median_trimmed_mean_and_average(byzfl, n, f):
+    stack = rand(n, 500, seed=n)
+    assert torch.allclose(coordinate_median(stack, f=f), byzfl.Median()(stack), atol=1e-6)
+    assert torch.allclose(trimmed_mean(stack, f=f), byzfl.TrMean(f=f)(stack), atol=1e-6)
+    assert torch.allclose(mean(stack, f=f), byzfl.Average()(stack), atol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "f"), [(9, 2), (10, 3), (25, 5)])
+def test_agrees_with_byzfl_multi_krum_given_its_neighbour_count(byzfl, n, f):
+    stack = rand(n, 500, seed=n)
+    stack[:f] += 3.0
+    ours = multi_krum(stack, f=f, num_neighbours=n - f - 1)  # ByzFL scores n - f - 1
+    assert torch.allclose(ours, byzfl.MultiKrum(f=f)(stack), atol=1e-6)
+
+
+def test_agrees_with_byzfl_geometric_median_and_centered_clipping(byzfl):
+    stack = rand(9, 300, seed=17)
+    stack[:2] += 5.0
+    ours = geometric_median(stack, f=2, nu=0.1, num_iterations=3, tol=0.0, init=torch.zeros(300))
+    assert torch.allclose(ours, byzfl.GeometricMedian(nu=0.1, T=3)(stack), atol=1e-5)
+    ours = centered_clipping(stack, f=2, tau=2.0, num_iterations=3, center=torch.zeros(300))
+    assert torch.allclose(ours, byzfl.CenteredClipping(L=3, tau=2.0)(stack), atol=1e-5)
+
+
+def test_requirement_table_is_monotone_in_f():
+    # Sanity of the table itself: whatever is refused at f stays refused at f + 1.
+    for name, n in itertools.product(NAMES, range(1, 16)):
+        refused = False
+        for f in range(n + 1):
+            try:
+                check_requirement(name, n, f)
+                assert not refused, (name, n, f)
+            except ValueError:
+                refused = True
