@@ -1,0 +1,360 @@
+"""What Byzantine workers send (ByzShield section 6).
+
+Every attack is a small frozen dataclass built from its parameters and called as::
+
+    attack(own, *, honest=None, generator=None) -> Tensor   # same shape and dtype as own
+
+- ``own``: the gradient the Byzantine worker computed honestly for one file.
+- ``honest``: (m, *own.shape) stack of honest gradients, only for attacks with
+  ``needs_honest = True`` (ALIE, IPM). Those model an **omniscient** adversary that sees
+  what honest workers send; the trainer simulates that in one explicit place (the
+  parameter server, after gathering and before the vote) and passes the stack here.
+- ``generator``: an explicit ``torch.Generator`` (seeded from (seed, step, file) by the
+  caller). Attacks are deterministic given it; only ``gaussian`` draws from it and it
+  refuses to run without one. No attack touches global random state.
+
+The output always has ``own``'s shape and dtype (a gradient that changes size would
+crash the transport). ``label_flip`` is a data-side attack: its gradient transform is
+the identity and ``flips_labels = True`` tells the worker to compute its gradients on
+:func:`flip_labels` applied to the labels.
+
+=========  =====================================  =====================================
+name       sends                                  reference
+=========  =====================================  =====================================
+none       own                                    -
+rev_grad   -scale * own (scale = 100)             ByzShield / DETOX code
+constant   value everywhere (value = -100)        ByzShield / DETOX code
+alie       mu + z * sigma of honest               Baruch et al. 2019 (z from n and q)
+ipm        -eps * mu of honest (eps = 100)        Xie et al. 2019 ("Fall of Empires")
+sign_flip  -own                                   e.g. Allen-Zhu et al. 2021
+gaussian   N(mean, std^2) noise (0, 1)            e.g. ByzFL's Gaussian
+label_flip own, computed on labels C - 1 - y      Allen-Zhu et al. 2021; ByzFL
+=========  =====================================  =====================================
+
+Example::
+
+    >>> import torch
+    >>> from byzshield.attacks import make_attack
+    >>> attack = make_attack("rev_grad", scale=2.0)
+    >>> attack(torch.tensor([1.0, -3.0])).tolist()
+    [-2.0, 6.0]
+
+Tests: ``OMP_NUM_THREADS=1 python -m pytest tests/test_attacks.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from statistics import NormalDist
+from typing import ClassVar, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ATTACKS",
+    "ALittleIsEnough",
+    "Attack",
+    "Constant",
+    "Gaussian",
+    "InnerProductManipulation",
+    "LabelFlip",
+    "NoAttack",
+    "ReverseGradient",
+    "SignFlip",
+    "alie_z",
+    "flip_labels",
+    "make_attack",
+]
+
+
+class Attack(Protocol):
+    """What the trainer relies on: a name, two flags and the uniform call."""
+
+    name: ClassVar[str]
+    needs_honest: ClassVar[bool]
+    flips_labels: ClassVar[bool]
+
+    def __call__(
+        self,
+        own: Tensor,
+        *,
+        honest: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor: ...
+
+
+def _finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_own(name: str, own: object) -> Tensor:
+    if not isinstance(own, Tensor):
+        raise ValueError(f"{name}: own must be a torch.Tensor, got {type(own)}")
+    return own
+
+
+def _check_honest(name: str, own: Tensor, honest: object, min_rows: int) -> Tensor:
+    if not isinstance(honest, Tensor):
+        raise ValueError(
+            f"{name} needs the honest gradients: pass honest=Tensor of shape "
+            f"(m, {', '.join(map(str, own.shape))}) (the omniscient simulation), got {honest!r}"
+        )
+    if honest.dim() != own.dim() + 1 or honest.shape[1:] != own.shape:
+        raise ValueError(
+            f"{name}: honest must have shape (m, {', '.join(map(str, own.shape))}), "
+            f"got {tuple(honest.shape)}"
+        )
+    if honest.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} honest rows, got {honest.shape[0]}")
+    return honest
+
+
+@dataclass(frozen=True)
+class NoAttack:
+    """Sends its honest gradient unchanged (returns ``own`` itself, no copy)."""
+
+    name: ClassVar[str] = "none"
+    needs_honest: ClassVar[bool] = False
+    flips_labels: ClassVar[bool] = False
+
+    def __call__(self, own, *, honest=None, generator=None):
+        return _check_own(self.name, own)
+
+
+@dataclass(frozen=True)
+class ReverseGradient:
+    """Sends -scale * own (the ByzShield/DETOX ``rev_grad`` error mode, scale 100)."""
+
+    scale: float = 100.0
+    name: ClassVar[str] = "rev_grad"
+    needs_honest: ClassVar[bool] = False
+    flips_labels: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _finite(self.scale, "rev_grad: scale")
+
+    def __call__(self, own, *, honest=None, generator=None):
+        return _check_own(self.name, own) * (-self.scale)
+
+
+@dataclass(frozen=True)
+class Constant:
+    """Sends ``value`` in every coordinate (the ByzShield/DETOX ``constant`` mode, -100)."""
+
+    value: float = -100.0
+    name: ClassVar[str] = "constant"
+    needs_honest: ClassVar[bool] = False
+    flips_labels: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _finite(self.value, "constant: value")
+
+    def __call__(self, own, *, honest=None, generator=None):
+        return torch.full_like(_check_own(self.name, own), self.value)
+
+
+def alie_z(n: int, q: int) -> float:
+    """The ALIE paper's z for n workers of which q are Byzantine.
+
+    s = floor(n/2 + 1) - q honest workers must be won over; z = Phi^-1((n - q - s) /
+    (n - q)), Phi the standard normal CDF (Baruch, Baruch & Goldberg, "A little is
+    enough: circumventing defenses for distributed learning", NeurIPS 2019, Algorithm 3).
+    For example n = 25, q = 5 gives z = Phi^-1(0.6) = 0.2533.
+
+    Raises:
+        ValueError: unless 0 <= q < n and 0 < (n - q - s) / (n - q) < 1 (when q >=
+            floor(n/2 + 1) the Byzantine workers are a majority and z would be +inf).
+    """
+    if (
+        isinstance(n, bool)
+        or isinstance(q, bool)
+        or not (isinstance(n, int) and isinstance(q, int))
+    ):
+        raise ValueError(f"alie: n and q must be integers, got n={n!r}, q={q!r}")
+    if not 0 <= q < n:
+        raise ValueError(f"alie: needs 0 <= q < n, got n={n}, q={q}")
+    s = math.floor(n / 2 + 1) - q
+    ratio = (n - q - s) / (n - q)
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(
+            f"alie: z = Phi^-1((n - q - s) / (n - q)) with s = floor(n/2 + 1) - q is "
+            f"undefined for n={n}, q={q} (ratio {ratio:.3g} not in (0, 1)); pass z explicitly"
+        )
+    return NormalDist().inv_cdf(ratio)
+
+
+@dataclass(frozen=True)
+class ALittleIsEnough:
+    """ALIE: every Byzantine copy becomes mu + z * sigma of the honest gradients.
+
+    mu and sigma are the coordinate-wise mean and standard deviation of ``honest``
+    (sigma with ``ddof`` = 1 by default, as Baruch et al.'s code and ByzFL; the original
+    ByzShield simulation used numpy's ddof = 0). z defaults to :func:`alie_z` (n, q):
+    the number of workers whose gradients the defence compares and how many of them are
+    Byzantine (the trainer passes K and q). The original ByzShield code hard-coded
+    z = 1.0; pass ``z`` to override. Output dtype follows ``own``.
+    """
+
+    n: int | None = None
+    q: int | None = None
+    z: float | None = None
+    ddof: int = 1
+    name: ClassVar[str] = "alie"
+    needs_honest: ClassVar[bool] = True
+    flips_labels: ClassVar[bool] = False
+    z_used: float = field(init=False)
+
+    def __post_init__(self):
+        if self.z is None:
+            if self.n is None or self.q is None:
+                raise ValueError("alie needs n and q (to compute z) or an explicit z")
+            z = alie_z(self.n, self.q)
+        else:
+            z = _finite(self.z, "alie: z")
+        if self.ddof not in (0, 1):
+            raise ValueError(f"alie: ddof must be 0 or 1, got {self.ddof!r}")
+        object.__setattr__(self, "z_used", z)
+
+    def __call__(self, own, *, honest=None, generator=None):
+        own = _check_own(self.name, own)
+        honest = _check_honest(self.name, own, honest, min_rows=1 + self.ddof)
+        stats = honest.to(torch.float64)
+        mu = stats.mean(dim=0)
+        sigma = stats.std(dim=0, correction=self.ddof)
+        return (mu + self.z_used * sigma).to(own.dtype)
+
+
+@dataclass(frozen=True)
+class InnerProductManipulation:
+    """IPM / "Fall of Empires": sends -eps * mu, mu the mean of the honest gradients.
+
+    Xie, Koyejo & Gupta, "Fall of empires: breaking Byzantine-tolerant SGD by inner
+    product manipulation", UAI 2019. Default eps = 100 as in the ByzShield code (the
+    paper studies small eps such as 0.1 and 0.5; ByzFL's default is 2).
+    """
+
+    eps: float = 100.0
+    name: ClassVar[str] = "ipm"
+    needs_honest: ClassVar[bool] = True
+    flips_labels: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _finite(self.eps, "ipm: eps")
+
+    def __call__(self, own, *, honest=None, generator=None):
+        own = _check_own(self.name, own)
+        honest = _check_honest(self.name, own, honest, min_rows=1)
+        return (honest.to(torch.float64).mean(dim=0) * (-self.eps)).to(own.dtype)
+
+
+@dataclass(frozen=True)
+class SignFlip:
+    """Sends -own (rev_grad with scale 1; ByzFL's SignFlipping is IPM with eps 1)."""
+
+    name: ClassVar[str] = "sign_flip"
+    needs_honest: ClassVar[bool] = False
+    flips_labels: ClassVar[bool] = False
+
+    def __call__(self, own, *, honest=None, generator=None):
+        return -_check_own(self.name, own)
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """Sends N(mean, std^2) noise of own's shape, drawn from the given generator."""
+
+    mean: float = 0.0
+    std: float = 1.0
+    name: ClassVar[str] = "gaussian"
+    needs_honest: ClassVar[bool] = False
+    flips_labels: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _finite(self.mean, "gaussian: mean")
+        if _finite(self.std, "gaussian: std") < 0:
+            raise ValueError(f"gaussian: std must be >= 0, got {self.std}")
+
+    def __call__(self, own, *, honest=None, generator=None):
+        own = _check_own(self.name, own)
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(
+                "gaussian needs an explicit torch.Generator (seeded from (seed, step, file)), "
+                f"got {generator!r}"
+            )
+        dtype = own.dtype if own.dtype.is_floating_point else torch.float32
+        noise = torch.empty(own.shape, dtype=dtype, device=own.device)
+        noise.normal_(self.mean, self.std, generator=generator)
+        return noise.to(own.dtype)
+
+
+@dataclass(frozen=True)
+class LabelFlip:
+    """Data-side attack: the worker trains on labels y -> C - 1 - y (:func:`flip_labels`).
+
+    The gradient transform is the identity: with ``flips_labels = True`` the worker
+    computes ``own`` on flipped labels, and this call returns it unchanged.
+    """
+
+    name: ClassVar[str] = "label_flip"
+    needs_honest: ClassVar[bool] = False
+    flips_labels: ClassVar[bool] = True
+
+    def __call__(self, own, *, honest=None, generator=None):
+        return _check_own(self.name, own)
+
+
+def flip_labels(labels: Tensor, num_classes: int) -> Tensor:
+    """y -> num_classes - 1 - y for integer class labels in [0, num_classes).
+
+    Raises:
+        ValueError: when labels are not integers or lie outside [0, num_classes).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.is_complex():
+        raise ValueError(f"labels must be an integer torch.Tensor, got {labels!r}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got range "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+    return (num_classes - 1) - labels
+
+
+ATTACKS: dict[str, type] = {
+    cls.name: cls
+    for cls in (
+        NoAttack,
+        ReverseGradient,
+        Constant,
+        ALittleIsEnough,
+        InnerProductManipulation,
+        SignFlip,
+        Gaussian,
+        LabelFlip,
+    )
+}
+"""Config name -> attack class; build instances with :func:`make_attack`."""
+
+
+def make_attack(name: str, **params: object) -> Attack:
+    """Build the attack registered as ``name`` from its parameters.
+
+    Raises:
+        ValueError: unknown name, unknown parameter, or an invalid parameter value.
+    """
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    cls = ATTACKS[name]
+    allowed = [fl.name for fl in fields(cls) if fl.init]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"attack {name} has no parameter {', '.join(unknown)}; "
+            f"allowed: {', '.join(allowed) if allowed else 'none'}"
+        )
+    return cls(**params)
