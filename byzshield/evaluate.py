@@ -1,0 +1,92 @@
+"""Re-evaluate saved checkpoints on the test set, like the original's separate evaluator.
+
+    python -m byzshield.evaluate runs/2026-11-25_18-00-00
+    python -m byzshield.evaluate runs/.../checkpoints/step_000200.pt --data-root data
+
+Each checkpoint stores its network, dataset and model state (with the BatchNorm
+statistics the server recomputed); the test set is read from ``--data-root`` (default:
+the root the run used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from byzshield.data import DatasetNotFound, eval_batches, load_dataset
+from byzshield.networks import build_network
+
+
+def checkpoints(path: Path) -> list[Path]:
+    """The checkpoint files at ``path`` (a file, a run folder, or a folder of runs)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ValueError(f"{path} is neither a checkpoint file nor a folder")
+    found = sorted(path.rglob("step_*.pt"))
+    if not found:
+        raise ValueError(f"no checkpoints (checkpoints/step_*.pt) under {path}")
+    return found
+
+
+@torch.no_grad()
+def evaluate_checkpoint(path: Path, *, data_root: str | None = None, batch_size: int = 500) -> dict:
+    """{"step", "top1", "top5", "test_loss"} of one checkpoint on its test set."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        network, dataset = state["network"], state["dataset"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
+        raise ValueError(f"{path}: not a byzshield checkpoint ({type(exc).__name__})") from None
+    test = load_dataset(
+        dataset, root=data_root or state.get("dataset_root", "data"), download=False, train=False
+    )
+    model = build_network(
+        network,
+        num_classes=state["num_classes"],
+        in_channels=test.in_channels,
+        image_size=test.image_size,
+    )
+    model.load_state_dict(state["model"])
+    model.eval()
+    n = c1 = c5 = 0
+    loss = 0.0
+    for x, y in eval_batches(test, batch_size):
+        out = model(x)
+        loss += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
+        c1 += int((top[:, 0] == y).sum())
+        c5 += int((top == y[:, None]).any(dim=1).sum())
+        n += len(y)
+    return {"step": state["step"], "top1": c1 / n, "top5": c5 / n, "test_loss": loss / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m byzshield.evaluate",
+        description="Evaluate byzshield checkpoints on the test set.",
+    )
+    ap.add_argument("path", type=Path, help="checkpoint file, run folder or folder of runs")
+    ap.add_argument("--data-root", default=None, help="dataset root (default: the run's)")
+    ap.add_argument("--batch-size", type=int, default=500)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        paths = checkpoints(args.path)
+        print(f"{'checkpoint':<50} {'step':>7} {'top-1':>7} {'top-5':>7} {'loss':>8}")
+        for p in paths:
+            r = evaluate_checkpoint(p, data_root=args.data_root, batch_size=args.batch_size)
+            print(
+                f"{str(p)[-50:]:<50} {r['step']:>7} {r['top1']:>7.4f} {r['top5']:>7.4f} "
+                f"{r['test_loss']:>8.4f}"
+            )
+    except (ValueError, DatasetNotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
