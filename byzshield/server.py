@@ -261,6 +261,7 @@ class ParameterServer:
         self.prev_aggregate: torch.Tensor | None = None
         self.metrics = _Metrics(folder)
         self.last_eval: dict = {}
+        self._buffers: torch.Tensor | None = None
 
     # -- one step ---------------------------------------------------------------------
     def step(self, step: int) -> dict:
@@ -276,7 +277,9 @@ class ParameterServer:
         t0 = time.perf_counter()
         self.comm.send_to_workers(control)
         self.comm.send_to_workers(params)
-        buffers = torch.empty(K, l * d + 2)
+        if self._buffers is None or self._buffers.shape != (K, l * d + 2):
+            self._buffers = torch.empty(K, l * d + 2)  # reused: no page faults per step
+        buffers = self._buffers
         self.comm.receive_from_workers(buffers)
         t1 = time.perf_counter()
         grads = buffers[:, :-2].view(K, l, d)

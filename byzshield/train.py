@@ -4,15 +4,18 @@
     torchrun --standalone --nproc-per-node 16 -m byzshield.train approach=mols mode=bulyan \
         attack=alie attack.q=3
     torchrun --standalone --nproc-per-node 16 -m byzshield.train -m mode=coord-median,multi-krum
+    python -m byzshield.train approach=rama_two   # launches torchrun with K+1 processes
 
 The composed config (conf/config.yaml) is validated once, before the process group
-starts; rank 0 prints the one-line error when it cannot run.
+starts; rank 0 prints the one-line error when it cannot run. Started without torchrun,
+the module validates the config and then runs torchrun itself with K+1 processes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,13 +40,16 @@ register_schema()
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(1)  # bit-identical replicas need equal thread counts
     try:
-        spec = validate(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        world = os.environ.get("WORLD_SIZE")
+        spec = validate(cfg, world_size=None if world is None else int(world))
         data = [
             load_dataset(spec.dataset, root=spec.dataset_root, download=spec.download, train=train)
             for train in (True, False)
         ]
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
+    if "WORLD_SIZE" not in os.environ:  # plain `python -m byzshield.train`: launch torchrun
+        sys.exit(_launch(spec.world_size))
     comm = init(timeout=spec.train.timeout, job=HydraConfig.get().job.get("num") or 0)
     try:
         folder = Path(comm.broadcast_text(HydraConfig.get().runtime.output_dir))
@@ -77,6 +83,25 @@ def main(cfg: DictConfig) -> None:
         _fail(f"error (rank {comm.rank}): {exc}", 1)
     finally:
         comm.close()
+
+
+def _launch(world_size: int) -> int:
+    """Run this config under `torchrun --standalone` with the right process count."""
+    hc = HydraConfig.get()
+    if hc.mode.name == "MULTIRUN":
+        _fail(f"error: a multirun needs torchrun: torchrun --standalone --nproc-per-node "
+              f"{world_size} -m byzshield.train -m ...", 2)
+    overrides = [o for o in hc.overrides.task if not o.startswith("train_dir=")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", str(world_size), "-m", "byzshield.train", *overrides,
+           f"train_dir={hc.runtime.output_dir}"]
+    print(f"launching {world_size} processes: torchrun --standalone --nproc-per-node "
+          f"{world_size} -m byzshield.train {' '.join(overrides)}", flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _fail(message: str, code: int) -> None:
