@@ -13,6 +13,7 @@ leaves nothing billing behind.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import time
@@ -46,7 +47,6 @@ from launch.state import ClusterState, Node
 
 CHECKIP_URL = "https://checkip.amazonaws.com"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
-EFS_MOUNT_POINT = "/mnt/byzshield"
 
 Log = Callable[[str], None]
 Scan = Callable[[str, int, float], list[str]]
@@ -124,8 +124,10 @@ def my_public_ip(url: str = CHECKIP_URL, attempts: int = 3, timeout: float = 5.0
     for attempt in range(attempts):
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
-                return response.read(64).decode().strip()
-        except OSError as e:
+                text = response.read(64).decode(errors="replace").strip()
+            ipaddress.ip_address(text)
+            return text
+        except (OSError, ValueError) as e:
             last = e
             time.sleep(min(2.0**attempt, 4.0))
     raise UsageError(f"could not find this machine's public address ({last}): pass --ssh-from")

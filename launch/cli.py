@@ -20,7 +20,13 @@ from invoke.exceptions import Exit
 
 from launch import aws, remote
 from launch import state as state_io
-from launch.commands import DEFAULT_MASTER_PORT, DEFAULT_MODULE, DEFAULT_TRAIN_DIR, valid_module
+from launch.commands import (
+    DEFAULT_MASTER_PORT,
+    DEFAULT_MODULE,
+    DEFAULT_TRAIN_DIR,
+    EFS_MOUNT_POINT,
+    valid_module,
+)
 from launch.errors import LaunchError, UsageError
 from launch.plan import DEFAULT_HOSTFILE, DEFAULT_STATE_DIR, LaunchOptions, describe_plan
 
@@ -183,7 +189,7 @@ def do_setup(
         efs_dns=efs_dns,
         timeout=timeout,
     )
-    mounted = f"; EFS mounted at {aws.EFS_MOUNT_POINT}" if efs_dns else ""
+    mounted = f"; EFS mounted at {EFS_MOUNT_POINT}" if efs_dns else ""
     print(f"setup done on {len(state.nodes)} hosts{mounted}")
 
 
@@ -293,5 +299,5 @@ def do_terminate(
         if hostfile.exists() and hostfile.read_text() == state_io.hostfile_text(state):
             hostfile.unlink()
         state_io.remove(state_dir, run)
-    print(f"run {run} in {region}: {report.summary()}; nothing tagged with it is left")
+    print(f"run {run} in {region}: {report.summary()}; AWS lists no instance, group or key of it")
     return report

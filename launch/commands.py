@@ -4,9 +4,8 @@ Pure string builders (every value quoted with shlex), so the exact command a hos
 receives is unit-tested without SSH. On every host the project lives in
 ``$HOME/byzshield`` and its virtualenv in ``$HOME/byzshield-venv``.
 
-    >>> print(train_command(node_rank=0, num_nodes=16, master_addr="10.0.0.4", run="demo",
-    ...                     private_ip="10.0.0.4", overrides=["approach=mols"]).splitlines()[-1])
-    exec "$HOME/byzshield-venv/bin/python" -m torch.distributed.run --nnodes 16 ...
+    >>> torchrun_args(node_rank=2, num_nodes=16, master_addr="10.0.0.4", run="demo")[:6]
+    ['--nnodes', '16', '--nproc-per-node', '1', '--node-rank', '2']
 """
 
 from __future__ import annotations
@@ -102,7 +101,9 @@ def setup_script(
     ]
     if torch_pins and torch_index:
         pins = " ".join(q(p) for p in torch_pins)
-        lines.append(f"{pip}{extra} --index-url {q(torch_index)} {pins}")
+        # torch X.Y.Z+cpu from this index, anything else it needs from PyPI.
+        index = f"--index-url {q(torch_index)} --extra-index-url https://pypi.org/simple"
+        lines.append(f"{pip}{extra} {index} {pins}")
     lines.append(f"{pip}{extra} -r requirements.txt -e .")
     if efs_dns:
         options = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"

@@ -349,10 +349,10 @@ def test_setup_script_is_valid_bash(system_site_packages, efs_dns):
         efs_dns=efs_dns,
     )
     subprocess.run(["bash", "-n", "-c", script], check=True, timeout=10)
-    assert (
-        "--index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1"
-        in script
+    index = (
+        "--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple"
     )
+    assert f"{index} torch==2.14.1 torchvision==0.29.1" in script
     assert ("/mnt/byzshield" in script) == bool(efs_dns)
 
 
