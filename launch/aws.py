@@ -398,9 +398,10 @@ def _create(
             KeyType="ed25519",
             TagSpecifications=[{"ResourceType": "key-pair", "Tags": run_tags(opts.run)}],
         )
+        # The file first: a rollback deletes the key file only if this run wrote it.
+        write_private_key(Path(state.key_file), created["KeyMaterial"])
         state.key_created = True
         state_io.save(state, opts.state_dir)
-        write_private_key(Path(state.key_file), created["KeyMaterial"])
         log(f"key pair {state.key_name}: created; private key {state.key_file} (mode 0600)")
 
     group_id = ec2.create_security_group(

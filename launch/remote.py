@@ -89,6 +89,8 @@ def ssh_problem(node: Node, exc: BaseException) -> str:
         return f"{where}: offered no host key recorded at launch; refusing to connect"
     if isinstance(exc, LaunchError):
         return str(exc)
+    if isinstance(exc, RemoteCommandFailed):
+        return f"{where}: {exc}"
     if isinstance(exc, (OSError, paramiko.SSHException, EOFError)):
         return f"{where}: SSH failed ({type(exc).__name__}: {exc})"
     return f"{where}: {type(exc).__name__}: {exc}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +64,20 @@ def fab(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProc
         text=True,
         timeout=timeout,
     )
+
+
+def _probe_importable() -> str:
+    """Why `python -m tests.launch_support.gloo_probe` would not find this checkout's probe
+    (an installed distribution shipping its own top-level `tests` package), or ""."""
+    check = (
+        "import importlib.util as u; s = u.find_spec('tests.launch_support.gloo_probe'); "
+        "print(s.origin if s else '')"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    expected = ROOT / "tests" / "launch_support" / "gloo_probe.py"
+    return "" if found == str(expected) else f"`tests` resolves outside this checkout ({found!r})"
 
 
 def _loopback_usable() -> str:
@@ -133,6 +148,15 @@ def _login_user() -> str:
 
 
 @pytest.fixture(scope="module")
+def probe() -> str:
+    """The module `fab train --module` runs in the probe tests (skips if unimportable)."""
+    reason = _probe_importable()
+    if reason:
+        pytest.skip(reason)
+    return PROBE
+
+
+@pytest.fixture(scope="module")
 def installed(cluster) -> subprocess.CompletedProcess:
     """`fab setup` once for the module (the train tests need the hosts installed)."""
     return fab(cluster.cwd, "setup", *OFFLINE_SETUP, timeout=600)
@@ -180,20 +204,22 @@ def test_fab_setup_installs_this_checkout_on_every_host(cluster, installed):
         assert where.stdout.strip() == str(project / "launch" / "__init__.py")
 
 
-def test_fab_train_runs_two_node_torchrun_and_fetch_brings_outputs_back(cluster, installed):
+def test_fab_train_runs_two_node_torchrun_and_fetch_brings_outputs_back(cluster, installed, probe):
     assert installed.returncode == 0, installed.stderr
     train = fab(
         cluster.cwd,
         "train",
         "--module",
-        PROBE,
+        probe,
         "--nproc-per-node",
         "2",
         "--",
         "train_dir=probe_out",
     )
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
-    assert "gloo_probe: world_size=4 sum=6 expected=6 ifname=lo" in train.stdout
+    # GLOO_SOCKET_IFNAME comes from `ip` (iproute2); without it gloo resolves the hostname.
+    ifname = "lo" if shutil.which("ip") else ""
+    assert f"gloo_probe: world_size=4 sum=6 expected=6 ifname={ifname}\n" in train.stdout
     assert "training finished on all 2 nodes" in train.stdout
     worker_log = cluster.cwd / ".byzshield" / "loop" / "logs" / "train-worker-1.log"
     assert worker_log.exists()
@@ -204,9 +230,9 @@ def test_fab_train_runs_two_node_torchrun_and_fetch_brings_outputs_back(cluster,
     assert "world_size=4" in copied.read_text()
 
 
-def test_fab_train_fails_in_one_line_and_stops_every_node_when_one_fails(cluster, installed):
+def test_fab_train_fails_in_one_line_and_stops_every_node_when_one_fails(cluster, installed, probe):
     assert installed.returncode == 0, installed.stderr
-    train = fab(cluster.cwd, "train", "--module", PROBE, "--", "fail_rank=1")
+    train = fab(cluster.cwd, "train", "--module", probe, "--", "fail_rank=1")
     assert train.returncode == 1
     last = train.stderr.strip().splitlines()[-1]
     assert last.startswith(
@@ -250,3 +276,9 @@ def test_fab_train_runs_byzshield_train_on_two_loopback_nodes(cluster, installed
     fetched = fab(cluster.cwd, "fetch", "--train-dir", str(tmp_path / "runs"), "--dest", "copy")
     assert fetched.returncode == 0, fetched.stderr
     assert sorted(p.name for p in (cluster.cwd / "copy" / "server" / "runs").iterdir()) == outputs
+
+
+def test_fab_stop_with_nothing_running_reports_each_host_idle(cluster):
+    result = fab(cluster.cwd, "stop")
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["server", "worker-1"]
