@@ -445,10 +445,13 @@ def _create(
         )
 
     attempts = max(1, math.ceil(wait_timeout / max(poll, 0.01)))
-    ec2.get_waiter("instance_running").wait(
-        InstanceIds=instance_ids,
-        WaiterConfig={"Delay": max(1, round(poll)), "MaxAttempts": attempts},
-    )
+    try:
+        ec2.get_waiter("instance_running").wait(
+            InstanceIds=instance_ids,
+            WaiterConfig={"Delay": max(1, round(poll)), "MaxAttempts": attempts},
+        )
+    except WaiterError as e:
+        raise LaunchError(not_running_reason(e.last_response, wait_timeout)) from None
     by_id = {i["InstanceId"]: i for i in find_instances(ec2, opts.run, instance_ids)}
     nodes = []
     for index, launched_instance in enumerate(ordered):
@@ -493,6 +496,20 @@ def _create(
     path = state_io.save(state, opts.state_dir)
     hostfile = state_io.write_hostfile(state, opts.hostfile)
     log(f"wrote {hostfile} and {path}")
+
+
+def not_running_reason(last_response: dict | None, wait_timeout: float) -> str:
+    """Why the instances did not all reach "running", from the waiter's last answer (EC2
+    puts e.g. "Server.InsufficientInstanceCapacity" in a terminated instance's StateReason)."""
+    for reservation in (last_response or {}).get("Reservations", []):
+        for instance in reservation.get("Instances", []):
+            state = instance.get("State", {}).get("Name", "?")
+            if state != "running":
+                reason = instance.get("StateReason", {}).get("Message", "")
+                return f"instance {instance.get('InstanceId')} is {state}" + (
+                    f" ({reason})" if reason else ""
+                )
+    return f"instances not running after {wait_timeout:.0f}s"
 
 
 def wait_for_ssh(nodes: list[Node], port: int, scan: Scan, timeout: float, poll: float) -> None:

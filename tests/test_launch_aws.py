@@ -315,6 +315,35 @@ def test_ctrl_c_while_waiting_rolls_back(session, ec2, ami, tmp_path):
     assert_nothing_left(ec2, tmp_path)
 
 
+def test_instance_terminated_by_ec2_while_starting_is_reported_and_rolled_back(
+    session, ec2, ami, tmp_path
+):
+    # EC2 accepted the request, then could not place an instance: the waiter sees it
+    # "terminated" with a StateReason. (The launcher's 1st DescribeInstances is preflight.)
+    reason = "Server.InsufficientInstanceCapacity: Insufficient capacity."
+    seen = {"calls": 0}
+
+    def handler(**_):
+        seen["calls"] += 1
+        if seen["calls"] != 2:
+            return None
+        instance = {
+            "InstanceId": "i-0123456789abcdef0",
+            "State": {"Code": 48, "Name": "terminated"},
+            "StateReason": {"Code": "Server.InsufficientInstanceCapacity", "Message": reason},
+        }
+        body = {"Reservations": [{"Instances": [instance]}], "ResponseMetadata": {}}
+        return AWSResponse("http://injected", 200, {}, None), body
+
+    session.events.register("before-call.ec2.DescribeInstances", handler)
+    with pytest.raises(
+        LaunchError,
+        match=r"instance i-0123456789abcdef0 is terminated \(Server.InsufficientInstanceCapacity",
+    ):
+        launch(session, make_options(tmp_path, ami))
+    assert_nothing_left(ec2, tmp_path)
+
+
 def test_unreachable_hosts_are_terminated_after_the_ssh_timeout(session, ec2, ami, tmp_path):
     def unreachable(host, port, timeout):
         raise OSError(f"{host}:{port} not reachable over SSH (timed out)")
