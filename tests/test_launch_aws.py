@@ -21,7 +21,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from launch_support.moto_server import NO_AWS_ENV, REGION, MotoServer
 
-from launch import aws
+from launch import aws, cli
 from launch import state as state_io
 from launch.errors import LaunchError, UsageError
 from launch.plan import TAG_RUN, LaunchOptions
@@ -395,3 +395,32 @@ def test_missing_credentials_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(UsageError, match="^no AWS credentials found: run `aws configure`"):
         launch(boto3.Session(region_name=REGION), make_options(tmp_path, "ami-12345678"))
+
+
+def test_cli_launch_prints_the_plan_then_the_next_steps(
+    session, ami, tmp_path, monkeypatch, capsys
+):
+    real = aws.launch_cluster
+
+    def launch_without_ssh(session_, opts, **kwargs):
+        assert opts.ssh_cidr == "127.0.0.1/32" and opts.num_nodes == 3
+        return real(session_, opts, **{**kwargs, "scan": fake_scan, "poll": 0.05})
+
+    monkeypatch.setattr(cli.aws, "launch_cluster", launch_without_ssh)
+    monkeypatch.chdir(tmp_path)
+    cli.do_launch(
+        workers="2",
+        run="demo",
+        server_type="c5.2xlarge",
+        worker_type="c5.xlarge",
+        region=REGION,
+        ami=ami,
+        volume_size="20",
+        ssh_from="127.0.0.1",
+        ssh_user="ubuntu",
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("byzshield launch plan\n")
+    assert "ready: run demo, 3 nodes in" in out and "fab terminate --run demo" in out
+    assert len((tmp_path / "hostfile").read_text().split()) == 3
+    assert state_io.resolve_run(tmp_path / ".byzshield") == "demo"
