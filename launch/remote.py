@@ -272,6 +272,7 @@ def train_cluster(
     deadline = time.monotonic() + timeout if timeout > 0 else None
     failure, failed_rank = "", -1
     stop_deadline: float | None = None
+    killed = False
     try:
         pending = set(jobs)
         while pending:
@@ -296,10 +297,12 @@ def train_cluster(
                 _stop(state, [nodes[jobs[j]] for j in pending])
                 stop_deadline = now + STOP_GRACE
             elif stop_deadline is not None and pending and now > stop_deadline:
+                if killed:  # SIGKILL and closed connections did not end them: give up
+                    break
                 _stop(state, [nodes[jobs[j]] for j in pending], signal="KILL")
                 for job in pending:
                     conns[jobs[job]].close()
-                stop_deadline = now + STOP_GRACE
+                stop_deadline, killed = now + STOP_GRACE, True
     except KeyboardInterrupt:
         _stop(state, nodes)
         raise LaunchError(
@@ -308,7 +311,7 @@ def train_cluster(
     finally:
         for conn in conns:
             conn.close()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=not killed, cancel_futures=True)
     if failure:
         detail = ""
         log_file = log_dir / f"train-{nodes[failed_rank].name}.log"
