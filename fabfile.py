@@ -37,6 +37,7 @@ cli.install_remainder_executor()
 
 
 @task(
+    auto_shortflags=False,
     help={
         "workers": "K, the number of workers (the cluster has K+1 instances)",
         "run": "run name, tags everything (default: bz-<utc time>)",
@@ -56,7 +57,7 @@ cli.install_remainder_executor()
         "dry-run": "print the plan and stop; nothing is called or created",
         "wait-timeout": "seconds to wait for the instances to run",
         "ssh-timeout": "seconds to wait for SSH on every instance",
-    }
+    },
 )
 def launch(
     c,
@@ -105,6 +106,7 @@ def launch(
 
 
 @task(
+    auto_shortflags=False,
     help={
         "run": RUN,
         "python": "interpreter that creates the virtualenv on the hosts (default python3)",
@@ -113,7 +115,7 @@ def launch(
         "torch-index": f"index for torch/torchvision (default {DEFAULT_TORCH_INDEX}; '' for PyPI)",
         "efs": "create an EFS file system for the run and mount it at /mnt/byzshield",
         "timeout": "seconds allowed for the install on each host",
-    }
+    },
 )
 def setup(
     c,
@@ -141,6 +143,7 @@ def setup(
 
 
 @task(
+    auto_shortflags=False,
     help={
         "run": RUN,
         "hostfile": f"nodes in order, parameter server first (default {DEFAULT_HOSTFILE})",
@@ -149,7 +152,7 @@ def setup(
         "master-port": f"rendezvous port on the parameter server (default {DEFAULT_MASTER_PORT})",
         "module": f"module torchrun runs (default {DEFAULT_MODULE})",
         "timeout": "stop every node after this many seconds (default 0: no limit)",
-    }
+    },
 )
 def train(
     c,
@@ -178,7 +181,7 @@ def train(
 train.takes_remainder = True
 
 
-@task(help={"run": RUN})
+@task(auto_shortflags=False, help={"run": RUN})
 def stop(c, run=""):
     """Stop the run's torchrun on every host."""
     with cli.one_line_errors("stop"):
@@ -186,12 +189,13 @@ def stop(c, run=""):
 
 
 @task(
+    auto_shortflags=False,
     help={
         "run": RUN,
         "train-dir": f"the run's output folder on the hosts (default {DEFAULT_TRAIN_DIR}/)",
         "dest": "local folder (default fetched/<run>/)",
         "all-nodes": "fetch from every host, not only the parameter server",
-    }
+    },
 )
 def fetch(c, run="", train_dir=DEFAULT_TRAIN_DIR, dest="", all_nodes=False):
     """Copy the output folder (metrics, checkpoints) back from the hosts."""
@@ -205,14 +209,14 @@ def fetch(c, run="", train_dir=DEFAULT_TRAIN_DIR, dest="", all_nodes=False):
         )
 
 
-@task(help={"run": RUN, "region": "region (default: the run's state file)"})
+@task(auto_shortflags=False, help={"run": RUN, "region": "region (default: the run's state file)"})
 def status(c, run="", region=""):
     """The run's instances and resources as AWS sees them."""
     with cli.one_line_errors("status"):
         cli.do_status(run=run, region=region, state_dir=DEFAULT_STATE_DIR)
 
 
-@task(help={"run": RUN, "region": "region (default: the run's state file)"})
+@task(auto_shortflags=False, help={"run": RUN, "region": "region (default: the run's state file)"})
 def terminate(c, run="", region=""):
     """Delete everything tagged with the run (instances, group, key, EFS); idempotent."""
     with cli.one_line_errors("terminate"):
