@@ -14,8 +14,11 @@ import subprocess
 import tarfile
 from pathlib import Path, PurePosixPath
 
-# Top-level entries that stay local: launcher state and keys, outputs, environments.
+# Top-level entries that stay local: launcher state and keys, outputs, environments, and
+# the dataset download cache (conf/dataset/*: root "data"; each host fetches its own copy
+# with dataset.download=true rather than this machine uploading it once per host).
 LOCAL_ONLY_TOP = {
+    "data",
     ".git",
     ".byzshield",
     "hostfile",
