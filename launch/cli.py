@@ -42,6 +42,8 @@ def one_line_errors(task: str) -> Iterator[None]:
         raise Exit(f"fab {task}: {' '.join(aws.explain(e).split())}", code=1) from None
     except KeyboardInterrupt:
         raise Exit(f"fab {task}: interrupted (Ctrl-C)", code=130) from None
+    except OSError as e:  # this machine's side: a file we cannot read or write, a dead link
+        raise Exit(f"fab {task}: {e}", code=1) from None
 
 
 class RemainderExecutor(Executor):
@@ -55,7 +57,11 @@ class RemainderExecutor(Executor):
             return super().expand_calls(calls, apply_hosts)
         for call in takers:
             if call.kwargs.get("overrides"):
-                raise Exit("give Hydra overrides after -- or with --overrides, not both", code=2)
+                raise Exit(
+                    f"fab {call.task.name}: give Hydra overrides after -- or with --overrides, "
+                    "not both",
+                    code=2,
+                )
             call.kwargs["overrides"] = remainder
         self.core.remainder = ""
         try:

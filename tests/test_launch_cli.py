@@ -123,7 +123,9 @@ def test_fab_train_bad_flag_is_one_line(tmp_path, args, expected):
 def test_fab_train_takes_overrides_after_double_dash_or_by_flag_but_not_both(tmp_path):
     result = fab(tmp_path, "train", "--overrides", "approach=mols", "--", "attack=alie")
     assert result.returncode == 2
-    assert result.stderr.strip() == "give Hydra overrides after -- or with --overrides, not both"
+    assert "give Hydra overrides after -- or with --overrides, not both" in one_line_error(
+        result, "train"
+    )
 
 
 @pytest.mark.parametrize("task", ["setup", "status", "fetch", "stop", "terminate"])
