@@ -167,7 +167,7 @@ def _weighted_row_sum(
     scale = [1.0] * len(rows) if weights is None else [float(w) for w in weights]
 
     def body(lo: int, hi: int) -> None:
-        width = min(_chunk_width(1) * 4, hi - lo)
+        width = min(16384, hi - lo)  # a float64 accumulator chunk that stays in cache
         tmp = np.empty(width, dtype=np.float64)
         for a, b in _chunks(lo, hi, width):
             acc = out[a:b]
