@@ -11,7 +11,7 @@ if ! command -v /usr/sbin/sshd >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/run.sh: installing openssh-server (Debian package) for the launcher tests"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client iproute2 >/dev/null
   else
     echo "tests/run.sh: openssh-server not installed and not root: SSH tests will be skipped"
   fi
