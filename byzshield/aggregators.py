@@ -63,6 +63,7 @@ import functools
 import inspect
 import math
 import operator
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -118,7 +119,7 @@ _BLOCK_COLUMNS = 1 << 16
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_pool_key: tuple[int, int] = (0, 0)  # (process id, threads): a forked child needs its own
 
 
 def _chunk_width(num_rows: int) -> int:
@@ -126,13 +127,15 @@ def _chunk_width(num_rows: int) -> int:
 
 
 def _executor(num_threads: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
+    global _pool, _pool_key
+    key = (os.getpid(), num_threads)
     with _pool_lock:
-        if _pool is None or _pool_size != num_threads:
-            if _pool is not None:
+        if _pool is None or _pool_key != key:
+            if _pool is not None and _pool_key[0] == key[0]:
                 _pool.shutdown(wait=False)
+            # A pool inherited through fork() has no threads left: never reuse it.
             _pool = ThreadPoolExecutor(num_threads, thread_name_prefix="byzshield-agg")
-            _pool_size = num_threads
+            _pool_key = key
         return _pool
 
 
@@ -592,7 +595,7 @@ def _check_sign_majority(n, f, num_buckets=None, generator=None):
 # --------------------------------------------------------------------------------------
 
 
-def _vector_param(value: Tensor | None, d: int, dtype: np.dtype, what: str) -> np.ndarray | None:
+def _vector_param(value: Tensor | None, d: int, what: str) -> np.ndarray | None:
     if value is None:
         return None
     if value.shape != (d,):
@@ -696,7 +699,7 @@ def _mean_core(x, rows, f):
 
 def _geometric_median_core(x, rows, f, num_iterations=10, nu=1e-6, tol=1e-7, init=None):
     d = x.shape[1]
-    z = _vector_param(init, d, x.dtype, "geometric-median: init")
+    z = _vector_param(init, d, "geometric-median: init")
     if z is None:
         z = _coord_median_core(x, rows, f)[0].astype(np.float64)
     for _ in range(num_iterations):
@@ -713,7 +716,7 @@ def _geometric_median_core(x, rows, f, num_iterations=10, nu=1e-6, tol=1e-7, ini
 
 def _centered_clipping_core(x, rows, f, tau=100.0, num_iterations=1, center=None):
     d = x.shape[1]
-    v = _vector_param(center, d, x.dtype, "centered-clipping: center")
+    v = _vector_param(center, d, "centered-clipping: center")
     if v is None:
         v = _coord_median_core(x, rows, f)[0].astype(np.float64)
     k = len(rows)

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import multiprocessing
 import tracemalloc
 
 import numpy as np
@@ -427,6 +428,24 @@ def test_result_does_not_depend_on_the_thread_count():
         torch.set_num_threads(before)
     for name in NAMES:
         assert torch.equal(one[name], two[name]), name
+
+
+def _median_in_child(d):
+    stack = torch.from_numpy(np.arange(5 * d, dtype=np.float32).reshape(5, d))
+    return coordinate_median(stack, f=1)[:3].tolist()
+
+
+def test_aggregation_works_in_a_child_forked_after_the_threads_started():
+    before = torch.get_num_threads()
+    d = 3 * agg._BLOCK_COLUMNS  # several blocks: the work goes to the thread pool
+    try:
+        torch.set_num_threads(2)
+        coordinate_median(rand(5, d), f=1)  # the parent's pool now has threads
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_median_in_child, (d,)).get(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert got == [2.0 * d, 2.0 * d + 1, 2.0 * d + 2]
 
 
 def test_float64_stacks_give_float64_results():
