@@ -366,6 +366,10 @@ class _PairwiseDistances:
     are nearly identical, so :meth:`refine` recomputes whole rows from exact
     differences (sum of squares of x_i - x_j in float64: relative error gamma_(d+2)).
     ``lo``/``hi`` bracket the exact distances.
+
+    The Gram pass doubles as the non-finite scan: float32 squares cannot overflow a
+    float64 sum, so G_ii is non-finite exactly when row i holds NaN or +-Inf
+    (:attr:`nonfinite`). Such an object is only good for finding those rows.
     """
 
     def __init__(self, x: np.ndarray, rows: Sequence[int]):
@@ -378,17 +382,22 @@ class _PairwiseDistances:
             gram = np.zeros((a, a))
             width = min(_GRAM_COLUMNS, hi - lo)
             buf = np.empty((a, width))
-            for c0, c1 in _chunks(lo, hi, width):
-                block = buf[:, : c1 - c0]
-                if everything:
-                    np.copyto(block, x[:, c0:c1])
-                else:  # only the finite rows (rare)
-                    np.copyto(block, x[self.rows, c0:c1])
-                gram += block @ block.T
+            with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf rows: see above
+                for c0, c1 in _chunks(lo, hi, width):
+                    block = buf[:, : c1 - c0]
+                    if everything:
+                        np.copyto(block, x[:, c0:c1])
+                    else:  # only the finite rows (rare)
+                        np.copyto(block, x[self.rows, c0:c1])
+                    gram += block @ block.T
             return gram
 
         g = np.sum(_over_columns(d, body), axis=0)
-        sq = np.clip(np.diag(g).copy(), 0.0, None)
+        diag = np.diag(g).copy()
+        self.nonfinite = self.rows[~np.isfinite(diag)].tolist()
+        if self.nonfinite:
+            return
+        sq = np.clip(diag, 0.0, None)
         norms = np.sqrt(sq)
         dist = sq[:, None] + sq[None, :] - 2.0 * g
         np.clip(dist, 0.0, None, out=dist)
@@ -628,11 +637,18 @@ def _trimmed_mean_core(x, rows, f):
     return _order_statistics(x, [(i,) for i in rows], network, reduce), None
 
 
-def _multi_krum_core(x, rows, f, m=None, num_neighbours=None):
+def _distances(x, rows, dist: _PairwiseDistances | None) -> _PairwiseDistances:
+    """The distances between ``rows``: ``dist`` if it covers exactly them, else new."""
+    if dist is not None and dist.rows.tolist() == list(rows):
+        return dist
+    return _PairwiseDistances(x, rows)
+
+
+def _multi_krum_core(x, rows, f, m=None, num_neighbours=None, *, dist=None):
     k = len(rows)
     m = k - f if m is None else min(m, k - f)
     neighbours = k - f - 2 if num_neighbours is None else min(num_neighbours, k - 1)
-    local = _krum_select(_PairwiseDistances(x, rows), range(k), neighbours, m)
+    local = _krum_select(_distances(x, rows, dist), range(k), neighbours, m)
     chosen = [rows[i] for i in local]
     return _mean_rows(x, chosen), chosen
 
@@ -671,13 +687,13 @@ def _bulyan_window_reduce(theta: int, f: int):
     return reduce
 
 
-def _bulyan_core(x, rows, f):
+def _bulyan_core(x, rows, f, *, dist=None):
     k = len(rows)
     theta = k - 2 * f
     if theta == k:
         chosen = list(rows)
     else:
-        dist = _PairwiseDistances(x, rows)
+        dist = _distances(x, rows, dist)
         active, local = list(range(k)), []
         while len(local) < theta:
             # Krum on what is left, same f (El Mhamdi et al., Algorithm 1). |R| ends at
@@ -754,12 +770,13 @@ class _Rule:
     check: Callable[..., None]
     core: Callable[..., tuple[np.ndarray, list[int] | None]]
     min_rows_without_f: int  # rows the rule needs with f = 0
+    uses_distances: bool = False  # core takes dist=: the Gram pass replaces the scan
 
 
 _RULES: dict[str, _Rule] = {
     "coord-median": _Rule(_check_coord_median, _coord_median_core, 1),
-    "multi-krum": _Rule(_check_multi_krum, _multi_krum_core, 3),
-    "bulyan": _Rule(_check_bulyan, _bulyan_core, 3),
+    "multi-krum": _Rule(_check_multi_krum, _multi_krum_core, 3, uses_distances=True),
+    "bulyan": _Rule(_check_bulyan, _bulyan_core, 3, uses_distances=True),
     "mean": _Rule(_check_mean, _mean_core, 1),
     "trimmed-mean": _Rule(_check_trimmed_mean, _trimmed_mean_core, 1),
     "geometric-median": _Rule(_check_geometric_median, _geometric_median_core, 1),
@@ -847,7 +864,12 @@ def aggregate(name: str, stack: Tensor, *, f: int, **params: object) -> Aggregat
     n, d = stack.shape
     check_requirement(name, n, f, **params)
     x = stack.numpy()
-    bad = _nonfinite_rows(x)
+    dist = None
+    if rule.uses_distances and f > 0:  # with f = 0 both rules keep every row
+        dist = _PairwiseDistances(x, range(n))
+        bad = dist.nonfinite
+    else:
+        bad = _nonfinite_rows(x)
     rows = sorted(set(range(n)) - set(bad))
     f_eff = max(f - len(bad), 0)
     selected = None
@@ -855,6 +877,8 @@ def aggregate(name: str, stack: Tensor, *, f: int, **params: object) -> Aggregat
         value = np.zeros(d, dtype=x.dtype)
     elif f_eff == 0 and len(rows) < rule.min_rows_without_f:
         value = _mean_rows(x, rows)  # the declared f is already exceeded; see module doc
+    elif dist is not None:
+        value, selected = rule.core(x, rows, f_eff, dist=dist, **params)
     else:
         value, selected = rule.core(x, rows, f_eff, **params)
     return AggregateResult(torch.from_numpy(value), bad, selected)

@@ -455,7 +455,7 @@ def test_float64_stacks_give_float64_results():
 
 
 @pytest.mark.parametrize("name", ["coord-median", "trimmed-mean", "bulyan", "mean"])
-def test_order_statistic_rules_allocate_less_than_one_stack(name):
+def test_rule_allocates_less_than_one_stack_in_numpy_buffers(name):
     stack = rand(25, 100_000, seed=14)
     aggregate(name, stack, f=5)  # warm caches (networks, thread pool)
     tracemalloc.start()
