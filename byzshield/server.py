@@ -37,7 +37,7 @@ from byzshield.aggregators import aggregate
 from byzshield.comm import Comm
 from byzshield.data import ImageDataset, eval_batches, step_batch
 from byzshield.placement import Placement
-from byzshield.vote import vote_files
+from byzshield.vote import vote_rows
 from byzshield.worker import CONTROL_FIELDS, attack_generator, flat_params, load_flat
 
 __all__ = [
@@ -140,13 +140,14 @@ def vote_and_aggregate(
     ci = copy_index or _CopyIndex(placement)
     K, l, d = grads.shape
     t0 = time.perf_counter()
-    copies = grads.reshape(K * l, d)[ci.index]  # (f, r, d)
+    rows = grads.reshape(K * l, d)
     if placement.replication > 1:
-        vb = vote_files(copies)
-        winners, indices, strict = vb.winners, vb.indices.tolist(), vb.strict
-        non_strict = int((~strict).sum())
+        vb = vote_rows(rows, ci.index)  # compares copies in place; copies out f winners
+        winners, indices = vb.winners, vb.indices.tolist()
+        non_strict = int((~vb.strict).sum())
     else:
-        winners, indices, non_strict = copies[:, 0], [0] * placement.num_files, 0
+        winners = rows.index_select(0, ci.index[:, 0])
+        indices, non_strict = [0] * placement.num_files, 0
     bad = set(byzantine)
     distorted = []
     if bad:
@@ -158,7 +159,7 @@ def vote_and_aggregate(
                 ref = truth[j]
             else:
                 honest = [k for k, w in enumerate(holders) if w not in bad]
-                ref = copies[j, honest[0]] if honest else None
+                ref = rows[ci.index[j, honest[0]]] if honest else None
             if ref is None or not torch.equal(winners[j], ref):
                 distorted.append(j)
     t1 = time.perf_counter()

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["VoteBatch", "VoteResult", "majority_vote", "same_bits", "vote_files"]
+__all__ = ["VoteBatch", "VoteResult", "majority_vote", "same_bits", "vote_files", "vote_rows"]
 
 # Integer dtypes with the same element size as a tensor's dtype: comparing through
 # them compares bit patterns (torch.equal on floats would say NaN != NaN).
@@ -149,11 +149,19 @@ def majority_vote(copies: Tensor) -> VoteResult:
     if copies.dim() < 1 or copies.shape[0] == 0:
         raise ValueError(f"copies must have shape (r, d) with r >= 1, got {tuple(copies.shape)}")
     r = copies.shape[0]
+    index, count = _largest_class(lambda i: copies[i], r)
+    return VoteResult(
+        winner=copies[index], index=index, count=count, strict=2 * count > r, num_copies=r
+    )
+
+
+def _largest_class(row, r: int) -> tuple[int, int]:
+    """(index, count) of the winning class among copies ``row(0) .. row(r-1)``."""
     firsts: list[int] = []  # first member (lowest index) of each class, in creation order
     sizes: list[int] = []
     for i in range(r):
         for g, first in enumerate(firsts):
-            if same_bits(copies[first], copies[i]):
+            if same_bits(row(first), row(i)):
                 sizes[g] += 1
                 break
         else:
@@ -162,11 +170,7 @@ def majority_vote(copies: Tensor) -> VoteResult:
     # Classes are created in order of their first member, so the first maximum is the
     # class with the lowest first index among the largest ones.
     best = max(range(len(sizes)), key=lambda g: (sizes[g], -firsts[g]))
-    count = sizes[best]
-    index = firsts[best]
-    return VoteResult(
-        winner=copies[index], index=index, count=count, strict=2 * count > r, num_copies=r
-    )
+    return firsts[best], sizes[best]
 
 
 def vote_files(copies: Sequence[Tensor]) -> VoteBatch:
@@ -203,4 +207,38 @@ def vote_files(copies: Sequence[Tensor]) -> VoteBatch:
         counts=torch.tensor([res.count for res in results], dtype=torch.long),
         strict=torch.tensor([res.strict for res in results], dtype=torch.bool),
         indices=torch.tensor([res.index for res in results], dtype=torch.long),
+    )
+
+
+def vote_rows(rows: Tensor, groups: Tensor) -> VoteBatch:
+    """Majority vote per file over copies given as row indices, without gathering them.
+
+    The same vote as :func:`vote_files` on ``rows[groups]``, but the (f, r, d) stack of
+    copies is never built: copies are compared in place, and only the f winners are
+    copied out. This is what the parameter server calls on the (K * l, d) view of what
+    it received, where row ``groups[j, i]`` is file j's i-th copy.
+
+    Args:
+        rows: (N, d) tensor of every received copy.
+        groups: (f, r) integer tensor of row indices, one row of copies per file.
+
+    Returns:
+        A :class:`VoteBatch`; ``indices[j]`` is the position in ``groups[j]`` that won.
+    """
+    if not isinstance(rows, Tensor) or rows.dim() != 2:
+        raise ValueError(f"rows must be an (N, d) tensor, got {getattr(rows, 'shape', rows)}")
+    if not isinstance(groups, Tensor) or groups.dim() != 2 or groups.shape[0] == 0:
+        raise ValueError("groups must be an (f, r) integer tensor with f >= 1")
+    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= rows.shape[0]):
+        raise ValueError(f"groups index rows 0..{rows.shape[0] - 1}; got out-of-range indices")
+    table = groups.tolist()
+    r = groups.shape[1]
+    picks = [_largest_class(lambda i, g=g: rows[g[i]], r) for g in table]
+    winner_rows = torch.tensor([g[i] for g, (i, _) in zip(table, picks, strict=True)])
+    counts = torch.tensor([c for _, c in picks], dtype=torch.long)
+    return VoteBatch(
+        winners=rows.index_select(0, winner_rows),
+        counts=counts,
+        strict=2 * counts > r,
+        indices=torch.tensor([i for i, _ in picks], dtype=torch.long),
     )
