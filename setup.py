@@ -34,6 +34,7 @@ setup(
             "hypothesis>=6",
             "ruff>=0.6",
             "moto[server]>=5",
+            "byzfl",  # reference implementations the aggregator tests compare against
         ],
         "bench": ["byzfl"],
         "tensorboard": ["tensorboard"],

@@ -71,7 +71,9 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
                 except (HydraException, OmegaConfBaseException):
                     pass
             raise UsageError(f"unknown config key {key!r}{hint}") from None
-        raise UsageError(f"bad config override: {msg}") from None
+        cause = str(exc.__cause__ or "").strip().splitlines()
+        detail = f" ({cause[0]})" if cause else ""
+        raise UsageError(f"bad config override: {msg}{detail}") from None
 
 
 def approach_params(cfg: DictConfig) -> tuple[str, dict]:

@@ -121,7 +121,20 @@ def _log_to(folder: Path, rank: int) -> None:
     root.propagate = False
 
 
+def _check_overrides(argv: list[str]) -> None:
+    """Compose once before Hydra does, so a bad key or value is one line, from rank 0."""
+    if any(a.startswith("-") for a in argv):  # multirun sweeps and Hydra's own flags
+        return
+    from byzshield.cli import UsageError, compose
+
+    try:
+        compose("config", argv)
+    except UsageError as exc:
+        _fail(f"error: {exc}", 2)
+
+
 if __name__ == "__main__":
+    _check_overrides(sys.argv[1:])
     if RANK != 0:  # only rank 0 writes Hydra's folders; it broadcasts the one it chose
         sys.argv += [
             "hydra.run.dir=.",

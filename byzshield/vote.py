@@ -227,8 +227,8 @@ def vote_rows(rows: Tensor, groups: Tensor) -> VoteBatch:
     """
     if not isinstance(rows, Tensor) or rows.dim() != 2:
         raise ValueError(f"rows must be an (N, d) tensor, got {getattr(rows, 'shape', rows)}")
-    if not isinstance(groups, Tensor) or groups.dim() != 2 or groups.shape[0] == 0:
-        raise ValueError("groups must be an (f, r) integer tensor with f >= 1")
+    if not isinstance(groups, Tensor) or groups.dim() != 2 or 0 in groups.shape:
+        raise ValueError("groups must be an (f, r) integer tensor with f >= 1 and r >= 1")
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= rows.shape[0]):
         raise ValueError(f"groups index rows 0..{rows.shape[0] - 1}; got out-of-range indices")
     table = groups.tolist()

@@ -85,6 +85,19 @@ def test_short_training_under_attack_beats_chance_by_far(torchrun):
         "step_000060.pt",
     ]
     assert (folder / "rank0.log").exists() and (folder / "rank9.log").exists()
+    # the separate evaluator reproduces the in-run evaluation from the checkpoints
+    from byzshield.evaluate import checkpoints, evaluate_checkpoint
+
+    again = [evaluate_checkpoint(p) for p in checkpoints(folder)]
+    assert [(e["step"], e["top1"]) for e in again] == [(e["step"], e["top1"]) for e in evals]
+
+
+def test_bad_override_is_one_line_from_rank_0_only(torchrun):
+    proc, _ = torchrun(10, *RAMA, "lr=abc", check=False, timeout=120)
+    assert proc.returncode != 0
+    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert ours == ["error: bad config override: Error merging override lr=abc (Value 'abc' "
+                    "of type 'str' could not be converted to Float)"]
 
 
 def test_wrong_process_count_stops_with_one_line_naming_nproc_per_node(torchrun):

@@ -30,3 +30,8 @@ def test_vote_rows_outputs_byzantine_value_when_majority_corrupted():
 def test_vote_rows_rejects_out_of_range_indices():
     with pytest.raises(ValueError, match="out-of-range"):
         vote_rows(torch.zeros(3, 2), torch.tensor([[0, 3]]))
+
+
+def test_vote_rows_rejects_groups_without_copies():
+    with pytest.raises(ValueError, match="r >= 1"):
+        vote_rows(torch.zeros(3, 2), torch.zeros(2, 0, dtype=torch.long))
