@@ -15,7 +15,7 @@ def _requirements() -> list[str]:
 setup(
     name="byzshield",
     version="0.1.0",
-    description="ByzShield: Byzantine-robust distributed training with redundant gradient placement",
+    description="Byzantine-robust distributed training with redundant gradient placement",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
