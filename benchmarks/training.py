@@ -31,10 +31,24 @@ KEYS = ("compute_s", "communication_s", "vote_s", "aggregation_s", "update_s", "
 
 def run(name: str, overrides: list[str], steps: int, folder: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "16", "-m", "byzshield.train", *overrides, "attack=rev_grad", "attack.q=3",
-           "mode=coord-median", f"max_steps={steps}", "eval_freq=0", "checkpoint=false",
-           f"train_dir={folder}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "16",
+        "-m",
+        "byzshield.train",
+        *overrides,
+        "attack=rev_grad",
+        "attack.q=3",
+        "mode=coord-median",
+        f"max_steps={steps}",
+        "eval_freq=0",
+        "checkpoint=false",
+        f"train_dir={folder}",
+    ]
     print(f"running {name} ...", file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -53,20 +67,43 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, ov) in enumerate(CONFIGS.items()):
             results[name] = run(name, ov, args.steps, Path(tmp) / str(i))
-    head = ["design", "step ms", "compute", "comm", "vote", "aggregate", "update", "MB/step",
-            "PS outside recv", "top-1"]
+    head = [
+        "design",
+        "step ms",
+        "compute",
+        "comm",
+        "vote",
+        "aggregate",
+        "update",
+        "MB/step",
+        "PS outside recv",
+        "top-1",
+    ]
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for name, r in results.items():
         outside = (r["vote_s"] + r["aggregation_s"] + r["update_s"]) / r["step_s"]
-        print(" | ".join([
-            name, f"{r['step_s'] * 1e3:.0f}", f"{r['compute_s'] * 1e3:.0f}",
-            f"{r['communication_s'] * 1e3:.0f}", f"{r['vote_s'] * 1e3:.1f}",
-            f"{r['aggregation_s'] * 1e3:.1f}", f"{r['update_s'] * 1e3:.1f}",
-            f"{r['MB/step']:.1f}", f"{outside:.0%}", f"{r['top1']:.3f}"]))
+        print(
+            " | ".join(
+                [
+                    name,
+                    f"{r['step_s'] * 1e3:.0f}",
+                    f"{r['compute_s'] * 1e3:.0f}",
+                    f"{r['communication_s'] * 1e3:.0f}",
+                    f"{r['vote_s'] * 1e3:.1f}",
+                    f"{r['aggregation_s'] * 1e3:.1f}",
+                    f"{r['update_s'] * 1e3:.1f}",
+                    f"{r['MB/step']:.1f}",
+                    f"{outside:.0%}",
+                    f"{r['top1']:.3f}",
+                ]
+            )
+        )
     a, b = results["mols l=5 r=3"], results["baseline K=15"]
-    print(f"\nmols / baseline step time: {a['step_s'] / b['step_s']:.2f}x "
-          f"(the MOLS workers compute 5 files each, the baseline's 1)")
+    print(
+        f"\nmols / baseline step time: {a['step_s'] / b['step_s']:.2f}x "
+        f"(the MOLS workers compute 5 files each, the baseline's 1)"
+    )
     return 0
 
 

@@ -89,14 +89,29 @@ def _launch(world_size: int) -> int:
     """Run this config under `torchrun --standalone` with the right process count."""
     hc = HydraConfig.get()
     if hc.mode.name == "MULTIRUN":
-        _fail(f"error: a multirun needs torchrun: torchrun --standalone --nproc-per-node "
-              f"{world_size} -m byzshield.train -m ...", 2)
+        _fail(
+            f"error: a multirun needs torchrun: torchrun --standalone --nproc-per-node "
+            f"{world_size} -m byzshield.train -m ...",
+            2,
+        )
     overrides = [o for o in hc.overrides.task if not o.startswith("train_dir=")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", str(world_size), "-m", "byzshield.train", *overrides,
-           f"train_dir={hc.runtime.output_dir}"]
-    print(f"launching {world_size} processes: torchrun --standalone --nproc-per-node "
-          f"{world_size} -m byzshield.train {' '.join(overrides)}", flush=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(world_size),
+        "-m",
+        "byzshield.train",
+        *overrides,
+        f"train_dir={hc.runtime.output_dir}",
+    ]
+    print(
+        f"launching {world_size} processes: torchrun --standalone --nproc-per-node "
+        f"{world_size} -m byzshield.train {' '.join(overrides)}",
+        flush=True,
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     try:
         return subprocess.call(cmd, env=env)

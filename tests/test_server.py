@@ -52,8 +52,7 @@ def test_alie_simulation_gives_every_byzantine_copy_of_a_file_the_same_value():
     for w in range(p.num_workers):
         for i in range(p.load):
             assert torch.equal(grads[w, i], alie if w in byz else truth[p.worker_files[w][i]])
-    res = vote_and_aggregate(grads, p, byz, aggregator="coord-median", f=4, params={},
-                             truth=truth)
+    res = vote_and_aggregate(grads, p, byz, aggregator="coord-median", f=4, params={}, truth=truth)
     assert res.distorted == distorted_files(p, byz)
 
 
@@ -64,17 +63,29 @@ def test_evaluation_recomputes_batchnorm_statistics_instead_of_trusting_buffers(
     model = build_network("resnet18", num_classes=10, in_channels=1, image_size=8)
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     bn.running_mean.fill_(1e6)  # garbage a worker could have sent
-    out = evaluate(model, train, test, seed=0, bn_batches=2, batch_size=60,
-                   eval_batch_size=200, num_files=6)
+    out = evaluate(
+        model, train, test, seed=0, bn_batches=2, batch_size=60, eval_batch_size=200, num_files=6
+    )
     assert abs(float(bn.running_mean.abs().max())) < 1e3
     assert set(out) == {"top1", "top5", "test_loss"} and 0 <= out["top1"] <= 1
 
 
 def test_missing_dataset_stops_before_launch_with_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "byzshield.train", "dataset=mnist", f"dataset.root={tmp_path}",
-         f"train_dir={tmp_path}/run"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=run_env())
+        [
+            sys.executable,
+            "-m",
+            "byzshield.train",
+            "dataset=mnist",
+            f"dataset.root={tmp_path}",
+            f"train_dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=run_env(),
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(tmp_path) in lines[0]

@@ -96,8 +96,10 @@ def test_bad_override_is_one_line_from_rank_0_only(torchrun):
     proc, _ = torchrun(10, *RAMA, "lr=abc", check=False, timeout=120)
     assert proc.returncode != 0
     ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert ours == ["error: bad config override: Error merging override lr=abc (Value 'abc' "
-                    "of type 'str' could not be converted to Float)"]
+    assert ours == [
+        "error: bad config override: Error merging override lr=abc (Value 'abc' "
+        "of type 'str' could not be converted to Float)"
+    ]
 
 
 def test_wrong_process_count_stops_with_one_line_naming_nproc_per_node(torchrun):
