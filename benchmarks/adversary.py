@@ -74,7 +74,7 @@ def main() -> int:
             ref_s = f"{ref:.2f}"
         else:
             t0 = time.perf_counter()
-            _, seen = enumerate_q(inc, p.threshold, q_max, limit=200_000)
+            _, seen = enumerate_q(inc, p.threshold, min(q_max, p.num_workers // 2), limit=200_000)
             rate = seen / (time.perf_counter() - t0)
             ref = sets_total / rate
             ref_s = f"~{ref:.0f} (est.)"
