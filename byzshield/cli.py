@@ -93,14 +93,17 @@ def approach_params(cfg: DictConfig) -> tuple[str, dict]:
     return str(name), node
 
 
-def _detox_reference(K: int, r: int):
-    """The DETOX placement with the same K (group size r if it divides K, else 3)."""
-    from byzshield.placement import detox
+def _detox_eps(K: int, r: int, q_max: int) -> tuple[int | None, list[float] | None]:
+    """(group size, eps per q) of DETOX with the same K, from its closed form.
 
+    Group size r if it divides K, else 3, 5 or 2; c_max(q) = min(q // r', K / r) (a
+    test checks the closed form against the exhaustive search).
+    """
     for size in (r, 3, 5, 2):
         if size >= 2 and K % size == 0:
-            return detox(K, size)
-    return None
+            groups, rp = K // size, (size + 1) // 2
+            return size, [min(q // rp, groups) / groups for q in range(q_max + 1)]
+    return None, None
 
 
 class _Progress:
@@ -162,8 +165,7 @@ def placement_main(argv: Sequence[str]) -> int:
     progress = _Progress("searching")
     rows = worst_case_table(placement, q_max, time_budget=float(budget), progress=progress)
     progress.close()
-    ref = _detox_reference(K, placement.replication)
-    ref_rows = worst_case_table(ref, q_max) if ref is not None else None
+    detox_r, detox_eps = _detox_eps(K, placement.replication, q_max)
     f = placement.num_files
 
     if cfg.format == "json":
@@ -179,9 +181,7 @@ def placement_main(argv: Sequence[str]) -> int:
                     "q": row.q,
                     "c_max": row.c_max,
                     "eps": row.c_max / f,
-                    "eps_detox": None
-                    if ref_rows is None
-                    else ref_rows[row.q].c_max / ref.num_files,
+                    "eps_detox": None if detox_eps is None else detox_eps[row.q],
                     "eps_baseline": row.q / K,
                     "certified": row.certified,
                     "byzantine": list(row.byzantine),
@@ -199,14 +199,14 @@ def placement_main(argv: Sequence[str]) -> int:
         return 0
 
     print(placement.describe())
-    detox_name = "eps_detox" if ref is None else f"eps_detox(r={ref.replication})"
+    detox_name = "eps_detox" if detox_r is None else f"eps_detox(r={detox_r})"
     head = (
         f"{'q':>3} {'c_max':>5} {'eps':>6} {detox_name:>15} {'eps_base':>8} "
         f"{'bound':>5} {'certified':>9} {'seconds':>8}  byzantine (0-based)"
     )
     print(head)
     for row in rows:
-        d = "-" if ref_rows is None else f"{ref_rows[row.q].c_max / ref.num_files:.3f}"
+        d = "-" if detox_eps is None else f"{detox_eps[row.q]:.3f}"
         print(
             f"{row.q:>3} {row.c_max:>5} {row.c_max / f:>6.3f} {d:>15} {row.q / K:>8.3f} "
             f"{row.upper_bound:>5} {'yes' if row.certified else 'NO':>9} {row.seconds:>8.4f}  "

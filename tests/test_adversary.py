@@ -188,3 +188,16 @@ def test_random_selection_is_seeded_and_per_step():
     assert len(steps) > 1
     with pytest.raises(ValueError):
         random_selection(15, 16, seed=0)
+
+
+def test_uncertified_rows_report_a_set_between_greedy_and_the_exact_value():
+    from byzshield.adversary import _greedy
+
+    exact = [r.c_max for r in worst_case_table(mols(7, 5), 11)]
+    bare = Placement("custom", mols(7, 5).worker_files, 49)
+    rows = worst_case_table(bare, 11, time_budget=3)
+    for row in rows:
+        greedy = len(distorted_files(bare, _greedy(bare, row.q)))
+        assert greedy <= row.c_max <= exact[row.q] <= row.upper_bound
+        assert len(distorted_files(bare, row.byzantine)) == row.c_max
+    assert sum(r.c_max for r in rows) >= sum(exact) - 2  # local search gets close
