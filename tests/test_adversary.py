@@ -200,4 +200,13 @@ def test_uncertified_rows_report_a_set_between_greedy_and_the_exact_value():
         greedy = len(distorted_files(bare, _greedy(bare, row.q)))
         assert greedy <= row.c_max <= exact[row.q] <= row.upper_bound
         assert len(distorted_files(bare, row.byzantine)) == row.c_max
-    assert sum(r.c_max for r in rows) >= sum(exact) - 2  # local search gets close
+
+
+def test_local_search_finds_the_exact_worst_case_on_all_but_one_q_of_mols_7_5():
+    from byzshield.adversary import _local_search
+
+    exact = [r.c_max for r in worst_case_table(mols(7, 5), 13)]
+    bare = Placement("custom", mols(7, 5).worker_files, 49)
+    found = [len(distorted_files(bare, _local_search(bare, q, 60))) for q in range(14)]
+    assert all(a <= b for a, b in zip(found, exact, strict=True))
+    assert sum(a == b for a, b in zip(found, exact, strict=True)) >= 13, (found, exact)
