@@ -403,20 +403,7 @@ def rama_one(m: int, s: int) -> Placement:
         raise ValueError(f"rama_one: s must be a prime (2, 3, 5, 7, 11, ...), got {s}")
     if m >= s:
         raise ValueError(f"rama_one: case 1 needs m < s, got m={m}, s={s} (use rama_two)")
-    files: list[list[int]] = [[] for _ in range(m * s)]
-    for row, col in _ramanujan_incidence(m, s):
-        files[col].append(row)
-    classes = tuple(tuple(b * s + y for y in range(s)) for b in range(m))
-    shift = tuple(b * s + (y + 1) % s for b in range(m) for y in range(s))
-    skew = tuple(b * s + (y + b) % s for b in range(m) for y in range(s))
-    return Placement(
-        "rama_one",
-        tuple(tuple(fs) for fs in files),
-        s * s,
-        classes=classes,
-        symmetries=(shift, skew),
-        params={"m": m, "s": s},
-    )
+    return _ramanujan("rama_one", m, s, workers_are_columns=True)
 
 
 def rama_two(m: int, s: int) -> Placement:
@@ -431,16 +418,33 @@ def rama_two(m: int, s: int) -> Placement:
         raise ValueError(f"rama_two: s must be a prime (2, 3, 5, 7, 11, ...), got {s}")
     if m < s or m % s:
         raise ValueError(f"rama_two: case 2 needs m >= s and s dividing m, got m={m}, s={s}")
-    files: list[list[int]] = [[] for _ in range(s * s)]
-    for row, col in _ramanujan_incidence(m, s):
-        files[row].append(col)
-    classes = tuple(tuple(a * s + x for x in range(s)) for a in range(s))
-    shift = tuple(a * s + (x + 1) % s for a in range(s) for x in range(s))
-    skew = tuple(a * s + (x + a) % s for a in range(s) for x in range(s))
+    return _ramanujan("rama_two", m, s, workers_are_columns=False)
+
+
+def _ramanujan(name: str, m: int, s: int, *, workers_are_columns: bool) -> Placement:
+    """The placement whose workers are the columns (case 1) or rows (case 2) of B.
+
+    Either way worker c*s + y lies in class c (block column b = c in case 1, block row
+    a = c in case 2), the workers of a class hold disjoint files, and y -> y + 1 and
+    y -> y + c (within class c) are automorphisms that keep every class in place.
+    """
+    cells = _ramanujan_incidence(m, s)
+    if workers_are_columns:
+        num_workers, num_files = m * s, s * s
+        cells = [(col, row) for row, col in cells]
+    else:
+        num_workers, num_files = s * s, m * s
+    files: list[list[int]] = [[] for _ in range(num_workers)]
+    for worker, file in cells:
+        files[worker].append(file)
+    n_classes = num_workers // s
+    classes = tuple(tuple(c * s + y for y in range(s)) for c in range(n_classes))
+    shift = tuple(c * s + (y + 1) % s for c in range(n_classes) for y in range(s))
+    skew = tuple(c * s + (y + c) % s for c in range(n_classes) for y in range(s))
     return Placement(
-        "rama_two",
+        name,
         tuple(tuple(fs) for fs in files),
-        m * s,
+        num_files,
         classes=classes,
         symmetries=(shift, skew),
         params={"m": m, "s": s},
