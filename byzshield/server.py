@@ -38,7 +38,7 @@ from byzshield.comm import Comm
 from byzshield.data import ImageDataset, eval_batches, step_batch
 from byzshield.placement import Placement
 from byzshield.vote import vote_rows
-from byzshield.worker import CONTROL_FIELDS, attack_generator, flat_params, load_flat
+from byzshield.worker import CONTROL_FIELDS, attack_generator, flat_params
 
 __all__ = [
     "ParameterServer",
@@ -285,7 +285,8 @@ class ParameterServer:
         t1 = time.perf_counter()
         grads = buffers[:, :-2].view(K, l, d)
         compute_s = float(buffers[:, -2].max())
-        honest_losses = [float(buffers[w, -1]) for w in range(K) if w not in set(byz)]
+        bad = set(byz)
+        honest_losses = [float(buffers[w, -1]) for w in range(K) if w not in bad]
         truth = None
         if byz and self.attack.needs_honest:
             truth = grads.reshape(K * l, d)[self.copy_index.index[:, 0]].clone()
@@ -426,8 +427,3 @@ class ParameterServer:
         control[0], control[1] = step, 1
         with contextlib.suppress(Exception):  # already stopping: a dead worker must not hang us
             self.comm.send_to_workers(control)
-
-
-def load_state(model: nn.Module, flat: torch.Tensor) -> None:
-    """Load flat parameters into ``model`` (for tests and tools)."""
-    load_flat(model, flat)
