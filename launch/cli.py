@@ -28,7 +28,13 @@ from launch.commands import (
     valid_module,
 )
 from launch.errors import LaunchError, UsageError
-from launch.plan import DEFAULT_HOSTFILE, DEFAULT_STATE_DIR, LaunchOptions, describe_plan
+from launch.plan import (
+    DEFAULT_HOSTFILE,
+    DEFAULT_STATE_DIR,
+    LaunchOptions,
+    check_workers,
+    describe_plan,
+)
 
 
 @contextlib.contextmanager
@@ -129,6 +135,7 @@ def do_launch(
     ssh_timeout: int | str = 600,
 ) -> state_io.ClusterState | None:
     workers = whole_number(workers, "--workers")
+    check_workers(workers)  # before any AWS lookup: a bad flag is the first thing said
     volume_size = whole_number(volume_size, "--volume-size")
     wait_timeout = whole_number(wait_timeout, "--wait-timeout")
     ssh_timeout = whole_number(ssh_timeout, "--ssh-timeout")

@@ -51,6 +51,14 @@ _KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
+def check_workers(workers: object) -> None:
+    """--workers (K) must be a whole number in 1..MAX_WORKERS."""
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise UsageError(f"--workers must be a whole number, got {workers!r}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}, got {workers}")
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
     """Everything `fab launch` needs; checked on construction (UsageError: one line).
@@ -79,10 +87,7 @@ class LaunchOptions:
     hostfile: str = DEFAULT_HOSTFILE
 
     def __post_init__(self) -> None:
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int):
-            raise UsageError(f"--workers must be a whole number, got {self.workers!r}")
-        if not 1 <= self.workers <= MAX_WORKERS:
-            raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}, got {self.workers}")
+        check_workers(self.workers)
         validate_run(self.run)
         validate_instance_type(self.server_type, "--server-type")
         validate_instance_type(self.worker_type, "--worker-type")

@@ -178,3 +178,23 @@ def test_fab_terminate_removes_the_run_and_is_safe_to_repeat(tmp_path, monkeypat
     again = fab(tmp_path, "terminate", "--run", "demo", "--region", REGION, env=env)
     assert again.returncode == 0, again.stderr
     assert "nothing left to delete" in again.stdout
+
+
+def test_bad_worker_count_is_reported_before_any_aws_lookup(monkeypatch):
+    """No region and no credentials: the bad flag still comes first."""
+    import pytest
+
+    from launch import cli
+    from launch.plan import UsageError
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    with pytest.raises(UsageError, match="--workers must be between 1"):
+        cli.do_launch(
+            workers="0",
+            server_type="c5.xlarge",
+            worker_type="c5.xlarge",
+            volume_size="30",
+            ssh_user="ubuntu",
+            dry_run=True,
+        )
