@@ -12,7 +12,6 @@ value and what is allowed.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,24 +134,6 @@ def _group(cfg: DictConfig, key: str) -> dict:
     return out
 
 
-def _params_for(fn, params: dict, what: str) -> dict:
-    """Check ``params`` against the keyword parameters ``fn`` accepts."""
-    sig = inspect.signature(fn)
-    allowed = [
-        p
-        for p, v in sig.parameters.items()
-        if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in ("f", "generator")
-    ]
-    if any(v.kind is inspect.Parameter.VAR_KEYWORD for v in sig.parameters.values()):
-        return params
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"{what} takes {', '.join(allowed) or 'no parameters'}; unknown key(s) {unknown}"
-        )
-    return params
-
-
 def validate(cfg: DictConfig, *, world_size: int | None = None) -> RunSpec:
     """Check a composed config and resolve it into a RunSpec (raises ConfigError)."""
     from byzshield import aggregators, attacks
@@ -193,7 +174,6 @@ def validate(cfg: DictConfig, *, world_size: int | None = None) -> RunSpec:
             f"unknown mode {agg!r}; choose one of {', '.join(aggregators.AGGREGATORS)}"
         )
     agg_params = {k: v for k, v in mode.items() if v is not None}
-    _params_for(aggregators.AGGREGATORS[agg], mode, f"mode {agg}")
     notes = []
     if name == "maj_vote" and agg != "mean":
         notes.append(
