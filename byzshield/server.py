@@ -76,24 +76,27 @@ def simulate_omniscient_attack(
     *,
     seed: int,
     step: int,
-) -> None:
+) -> torch.Tensor | None:
     """In place: Byzantine copies of ``grads`` (K, l, d) become the omniscient attack.
 
     The adversary sees the true gradient of every file (all copies are still honest
     here), so ``honest`` is the (f, d) stack of file gradients; each Byzantine copy of
     file j becomes ``attack(g_j, honest=..., generator=(seed, step, j))``. All Byzantine
     copies of a file are equal, so where they hold r' copies they win the vote.
+
+    Returns the honest (f, d) stack (the server counts distorted files against it), or
+    None when there is nothing to simulate.
     """
     if not byzantine or not attack.needs_honest:
-        return
-    first = [placement.file_workers[j][0] for j in range(placement.num_files)]
-    pos = {(w, j): i for w, fs in enumerate(placement.worker_files) for i, j in enumerate(fs)}
-    honest = torch.stack([grads[w, pos[(w, j)]] for j, w in enumerate(first)])
+        return None
+    K, l, d = grads.shape
+    honest = grads.reshape(K * l, d).index_select(0, _CopyIndex(placement).index[:, 0])
     for w in byzantine:
         for i, j in enumerate(placement.worker_files[w]):
             grads[w, i] = attack(
                 honest[j], honest=honest, generator=attack_generator(seed, step, j)
             )
+    return honest
 
 
 @dataclass
@@ -287,10 +290,9 @@ class ParameterServer:
         compute_s = float(buffers[:, -2].max())
         bad = set(byz)
         honest_losses = [float(buffers[w, -1]) for w in range(K) if w not in bad]
-        truth = None
-        if byz and self.attack.needs_honest:
-            truth = grads.reshape(K * l, d)[self.copy_index.index[:, 0]].clone()
-            simulate_omniscient_attack(grads, p, byz, self.attack, seed=spec.train.seed, step=step)
+        truth = simulate_omniscient_attack(
+            grads, p, byz, self.attack, seed=spec.train.seed, step=step
+        )
         params_agg = dict(spec.aggregator_params)
         if spec.aggregator == "centered-clipping" and self.prev_aggregate is not None:
             params_agg["center"] = self.prev_aggregate
