@@ -41,7 +41,11 @@ import numpy as np
 from byzshield.placement import Placement
 
 __all__ = [
+    "SELECTIONS",
+    "Budget",
+    "Selection",
     "WorstCase",
+    "build_selection",
     "branch_and_bound",
     "detox_selection",
     "distorted_files",
@@ -53,6 +57,47 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None]  # (done, total)
+
+
+class Budget:
+    """A search budget in work units, in seconds, or both (whichever runs out first).
+
+    A work unit is one node of the branch and bound, one vectorised block of the class
+    search, or one move of the local search. A budget of work alone makes the search do
+    the same steps on any machine, so the Byzantine set it picks does not depend on the
+    machine's speed or load (training uses that); seconds suit an interactive table.
+    """
+
+    def __init__(self, work: int | None = None, seconds: float | None = None):
+        if work is not None and (isinstance(work, bool) or not isinstance(work, int) or work < 1):
+            raise ValueError(f"work must be a positive integer (search steps), got {work!r}")
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0
+        ):
+            raise ValueError(f"time_budget must be a positive number of seconds, got {seconds!r}")
+        self.work = work
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+        self.used = 0
+
+    def share(self, parts: int) -> Budget:
+        """A budget for one of ``parts`` remaining pieces of the search (split evenly)."""
+        work = None if self.work is None else max(1, (self.work - self.used) // max(parts, 1))
+        seconds = None
+        if self.deadline is not None:
+            seconds = max(0.01, (self.deadline - time.monotonic()) / max(parts, 1))
+        child = Budget(work, seconds)
+        child.parent = self
+        return child
+
+    def spend(self, units: int = 1) -> bool:
+        """Record ``units`` of work; False once the budget is exhausted."""
+        self.used += units
+        parent = getattr(self, "parent", None)
+        if parent is not None:
+            parent.used += units
+        if self.work is not None and self.used > self.work:
+            return False
+        return self.deadline is None or time.monotonic() <= self.deadline
 
 
 @dataclass(frozen=True)
@@ -263,7 +308,7 @@ class _ClassSolver:
         reduction = max(1, len(self.group[0])) if self.group else 1
         return self.outer_choices() / reduction * rows * self.f <= 2e11
 
-    def solve(self, q_max: int, deadline: float, progress: Progress | None):
+    def solve(self, q_max: int, budget: Budget, progress: Progress | None):
         f, t = self.f, self.t
         # Block rows: all combinations of subsets of the block classes, sorted by size.
         if self.block:
@@ -326,7 +371,7 @@ class _ClassSolver:
             cover = self.cover[tuple(c)]
             for m in range(1 << len(c)):
                 if level == 0:
-                    if time.monotonic() > deadline:
+                    if not budget.spend():
                         complete = False
                         return
                     done += 1
@@ -417,8 +462,10 @@ def branch_and_bound(
     placement: Placement,
     q: int,
     *,
-    time_budget: float = 10.0,
+    time_budget: float | None = None,
+    work: int | None = None,
     initial: Sequence[int] | None = None,
+    budget: Budget | None = None,
 ) -> tuple[int, tuple[int, ...], bool, int]:
     """Maximise distorted files over q-sets by depth-first branch and bound.
 
@@ -428,19 +475,20 @@ def branch_and_bound(
     most the b largest useful incidences, and (designs where two workers share at most
     lambda files) at most lambda * C(b, 2) sharing pairs; files are bought cheapest first.
     Symmetry: one representative per orbit of ``placement.symmetries`` is forced in.
+    The search stops when the budget (``work`` nodes and/or ``time_budget`` seconds;
+    10 s when neither is given) runs out; the answer then says ``certified=False``.
     """
     _check_q(placement, q)
+    search = budget or Budget(work, time_budget if (time_budget or work) else 10.0)
     K, f, t = placement.num_workers, placement.num_files, placement.threshold
     wf = [list(fs) for fs in placement.worker_files]
     inc = placement.incidence().astype(np.int64)
     overlap = inc @ inc.T
     np.fill_diagonal(overlap, 0)
     lam = int(overlap.max()) if K > 1 else 0
-    start = time.monotonic()
-    deadline = start + time_budget
 
     if initial is None:
-        initial = _local_search(placement, q, min(0.5, 0.1 * time_budget))
+        initial = _local_search(placement, q, budget=search.share(10))
     init = list(initial)
     best_val = len(distorted_files(placement, init))
     best_set = tuple(sorted(init))
@@ -503,7 +551,7 @@ def branch_and_bound(
             b = bound_excluding(nxt, budget, skip)
             if b <= best_val:
                 return
-            if time.monotonic() > deadline:
+            if not search.spend():
                 timed_out = True
                 max_open = max(max_open, b)
                 return
@@ -567,10 +615,18 @@ def _greedy(placement: Placement, q: int) -> list[int]:
     return chosen
 
 
-def _local_search(placement: Placement, q: int, seconds: float, seed: int = 0) -> list[int]:
+def _local_search(
+    placement: Placement,
+    q: int,
+    seconds: float | None = None,
+    seed: int = 0,
+    *,
+    budget: Budget | None = None,
+) -> list[int]:
     """Greedy start, then best-improving single swaps with seeded random restarts.
 
-    Stops after ``seconds`` or 50 restarts in a row that found nothing better.
+    Stops when the budget runs out (``seconds``, or a :class:`Budget` counting one unit
+    per move) or after 50 restarts in a row that found nothing better.
 
     Used where the exact search cannot finish: a better set found early lets branch and
     bound prune more, and is what an uncertified row reports.
@@ -591,9 +647,10 @@ def _local_search(placement: Placement, q: int, seconds: float, seed: int = 0) -
     cur[start] = True
     best = cur.copy()
     best_val = int(score(inc[best].sum(axis=0)) // big)
-    deadline = time.monotonic() + seconds
+    if budget is None:
+        budget = Budget(seconds=seconds if seconds is not None else 1.0)
     stale = 0  # restarts since the best set last improved
-    while time.monotonic() < deadline and stale < 50:
+    while stale < 50 and budget.spend():
         counts = inc[cur].sum(axis=0)
         ins, outs = np.flatnonzero(~cur), np.flatnonzero(cur)
         # every swap (out, in) at once: counts - inc[out] + inc[in]
@@ -623,29 +680,37 @@ def worst_case_table(
     placement: Placement,
     q_max: int,
     *,
-    time_budget: float = 60.0,
+    time_budget: float | None = None,
+    work: int | None = None,
     progress: Progress | None = None,
+    q_min: int = 0,
 ) -> list[WorstCase]:
-    """c_max(q) for q = 0..q_max, each with a maximising set, bounds and certification.
+    """c_max(q) for q = q_min..q_max, each with a maximising set, bounds and certification.
 
     Exhaustive over parallel classes where the design has them and the search fits;
-    otherwise branch and bound per q, sharing ``time_budget`` (seconds) over the q's.
+    otherwise branch and bound per q, sharing the budget over the q's. The budget is
+    ``work`` search steps and/or ``time_budget`` seconds (60 s when neither is given);
+    a budget of work alone gives the same answer on every machine (see :class:`Budget`).
+    Rows are indexed by q - q_min.
     """
     _check_q(placement, q_max, "q_max")
-    if not isinstance(time_budget, int | float) or time_budget <= 0:
-        raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    _check_q(placement, q_min, "q_min")
+    if time_budget is None and work is None:
+        time_budget = 60.0
+    budget = Budget(work, time_budget)
     start = time.monotonic()
+    qs = range(q_min, q_max + 1)
     solver = _ClassSolver(placement) if placement.classes else None
     if solver is not None and solver.feasible():
-        best, sets, complete = solver.solve(q_max, start + time_budget, progress)
-        per_q = (time.monotonic() - start) / (q_max + 1)
+        best, sets, complete = solver.solve(q_max, budget, progress)
+        per_q = (time.monotonic() - start) / len(qs)
         rows = []
-        for q in range(q_max + 1):
+        for q in qs:
             upper, naive, spec = _upper(placement, q)
             value = best[q]
             byz = sets[q]
             if not complete:  # keep a heuristic answer if it beats the partial search
-                g = _local_search(placement, q, 0.2)
+                g = _local_search(placement, q, budget=Budget(work=200, seconds=time_budget))
                 gv = len(distorted_files(placement, g))
                 if gv > value:
                     value, byz = gv, tuple(sorted(g))
@@ -664,11 +729,10 @@ def worst_case_table(
             )
         return rows
     rows = []
-    for q in range(q_max + 1):
+    for k, q in enumerate(qs):
         t0 = time.monotonic()
-        remaining = start + time_budget - t0
-        share = max(0.01, remaining / (q_max + 1 - q))
-        value, byz, certified, upper = branch_and_bound(placement, q, time_budget=share)
+        share = budget.share(len(qs) - k)
+        value, byz, certified, upper = branch_and_bound(placement, q, budget=share)
         _, naive, spec = _upper(placement, q)
         rows.append(
             WorstCase(
@@ -684,11 +748,116 @@ def worst_case_table(
             )
         )
         if progress:
-            progress(q + 1, q_max + 1)
+            progress(k + 1, len(qs))
     return rows
 
 
-def worst_case(placement: Placement, q: int, *, time_budget: float = 60.0) -> WorstCase:
+def worst_case(
+    placement: Placement, q: int, *, time_budget: float | None = None, work: int | None = None
+) -> WorstCase:
     """c_max(q) and one Byzantine set achieving it (see :func:`worst_case_table`)."""
     _check_q(placement, q)
-    return worst_case_table(placement, q, time_budget=time_budget)[q]
+    solver = _ClassSolver(placement) if placement.classes else None
+    if solver is not None and solver.feasible():  # one pass solves every q <= q anyway
+        return worst_case_table(placement, q, time_budget=time_budget, work=work)[q]
+    return worst_case_table(placement, q, time_budget=time_budget, work=work, q_min=q)[0]
+
+
+# --------------------------------------------------------------------------------------
+# Byzantine selections: which workers are Byzantine at each step of a run.
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which workers are Byzantine at every step of a run (0-based ids).
+
+    Built once per run, on the parameter server only. ``kind`` names the rule,
+    ``search`` is the worst-case search result when one ran (it also gives the f the
+    aggregator assumes), ``fixed`` the set when it does not change between steps.
+    """
+
+    kind: str
+    num_workers: int
+    q: int
+    seed: int = 0
+    fixed: tuple[int, ...] | None = None
+    search: WorstCase | None = None
+
+    def workers(self, step: int) -> tuple[int, ...]:
+        """The Byzantine workers at ``step``."""
+        if self.fixed is not None:
+            return self.fixed
+        return tuple(random_selection(self.num_workers, self.q, seed=self.seed, step=step))
+
+    def describe(self) -> str:
+        """One line for the start of a run."""
+        if self.q == 0:
+            return "no Byzantine workers"
+        if self.kind == "worst_case" and self.search is not None:
+            s = self.search
+            how = "certified" if s.certified else f"not certified, c_max <= {s.upper_bound}"
+            return (
+                f"worst case for q={self.q}: workers {list(self.fixed or ())} distort "
+                f"{s.c_max} files ({how})"
+            )
+        if self.fixed is None:
+            return f"{self.q} random Byzantine workers, drawn anew every step (seed {self.seed})"
+        return f"Byzantine workers {list(self.fixed)} ({self.kind}), fixed for the run"
+
+    def info(self) -> dict:
+        """What run.json stores about the selection."""
+        out: dict = {"kind": self.kind, "q": self.q, "workers": None}
+        if self.fixed is not None:
+            out["workers"] = list(self.fixed)
+        if self.search is not None:
+            out.update(
+                c_max=self.search.c_max,
+                certified=self.search.certified,
+                upper_bound=self.search.upper_bound,
+                method=self.search.method,
+            )
+        return out
+
+
+SELECTIONS = ("worst_case", "random", "random_fixed")
+"""Names of the selection rules; a list of worker ids is accepted as well."""
+
+
+def build_selection(
+    placement: Placement, q: int, rule: str | Sequence[int], *, seed: int, work: int
+) -> Selection:
+    """The selection ``rule`` for q Byzantine workers of ``placement``.
+
+    ``rule`` is ``worst_case`` (the set the search finds, fixed), ``random`` (a new
+    seeded set every step), ``random_fixed`` (one seeded set for the run) or a list of
+    q distinct worker ids. The worst-case search runs once, bounded by ``work`` search
+    steps so that it picks the same set on any machine; its c_max (or proven upper
+    bound) is the f the aggregator assumes whatever the rule.
+    """
+    K = placement.num_workers
+    _check_q(placement, q)
+    search = worst_case(placement, q, work=work) if q > 0 else None
+    if not isinstance(rule, str):
+        ids = tuple(rule)
+        if (
+            len(set(ids)) != len(ids)
+            or len(ids) != q
+            or not all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w < K for w in ids)
+        ):
+            raise ValueError(
+                f"attack.selection as a list needs q={q} distinct worker ids in 0..{K - 1}, "
+                f"got {list(ids)}"
+            )
+        return Selection("list", K, q, seed, tuple(sorted(ids)), search)
+    if rule not in SELECTIONS:
+        raise ValueError(
+            f"attack.selection must be one of {', '.join(SELECTIONS)} or a list of worker "
+            f"ids, got {rule!r}"
+        )
+    if q == 0:
+        return Selection(rule, K, 0, seed, (), None)
+    if rule == "worst_case":
+        return Selection(rule, K, q, seed, tuple(search.byzantine), search)
+    if rule == "random_fixed":
+        return Selection(rule, K, q, seed, tuple(random_selection(K, q, seed=seed)), search)
+    return Selection(rule, K, q, seed, None, search)
