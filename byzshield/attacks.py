@@ -27,7 +27,7 @@ constant   value everywhere (value = -100)        ByzShield / DETOX code
 alie       mu + z * sigma of honest               Baruch et al. 2019 (z from n and q)
 ipm        -eps * mu of honest (eps = 100)        Xie et al. 2019 ("Fall of Empires")
 sign_flip  -own                                   e.g. Allen-Zhu et al. 2021
-gaussian   N(mean, std^2) noise (0, 1)            e.g. ByzFL's Gaussian
+gaussian   N(mean, std^2) noise (0, 200)          e.g. ByzFL's Gaussian (std 1)
 label_flip own, computed on labels C - 1 - y      Allen-Zhu et al. 2021; ByzFL
 =========  =====================================  =====================================
 
@@ -64,7 +64,9 @@ __all__ = [
     "ReverseGradient",
     "SignFlip",
     "alie_z",
+    "attack_generator",
     "flip_labels",
+    "forge",
     "make_attack",
 ]
 
@@ -83,6 +85,34 @@ class Attack(Protocol):
         honest: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor: ...
+
+
+def attack_generator(seed: int, step: int, file: int) -> torch.Generator:
+    """The generator a Byzantine copy of ``file`` at ``step`` draws from.
+
+    Seeded from (seed, step, file) only, so all Byzantine copies of a file agree (they
+    collude), both engines draw the same numbers, and a rerun reproduces them.
+    """
+    from byzshield.data import derive_seed
+
+    return torch.Generator().manual_seed(derive_seed("attack", seed, step, file))
+
+
+def forge(attack: Attack, honest: Tensor, files: list[int], *, seed: int, step: int) -> Tensor:
+    """The omniscient adversary's copies of ``files``, from the (f, d) honest stack.
+
+    Returns an (m, d) tensor: row k is the copy of ``files[k]``, or a single row
+    (m = 1) shared by every file when the attack sends the same vector everywhere
+    (ALIE and IPM: their statistics are computed once per step, not once per copy).
+    An attack may define ``forge(honest, files, seed=, step=)`` itself; otherwise each
+    file's copy is ``attack(honest[j], honest=honest, generator=(seed, step, j))``.
+    """
+    own = getattr(attack, "forge", None)
+    if own is not None:
+        return own(honest, files, seed=seed, step=step)
+    return torch.stack(
+        [attack(honest[j], honest=honest, generator=attack_generator(seed, step, j)) for j in files]
+    )
 
 
 def _finite(value: object, what: str) -> float:
@@ -227,6 +257,10 @@ class ALittleIsEnough:
         sigma = stats.std(dim=0, correction=self.ddof)
         return (mu + self.z_used * sigma).to(own.dtype)
 
+    def forge(self, honest: Tensor, files: list[int], *, seed: int, step: int) -> Tensor:
+        """One (1, d) row for every Byzantine copy: the statistics are computed once."""
+        return self(honest[0], honest=honest).unsqueeze(0)
+
 
 @dataclass(frozen=True)
 class InnerProductManipulation:
@@ -250,6 +284,10 @@ class InnerProductManipulation:
         honest = _check_honest(self.name, own, honest, min_rows=1)
         return (honest.to(torch.float64).mean(dim=0) * (-self.eps)).to(own.dtype)
 
+    def forge(self, honest: Tensor, files: list[int], *, seed: int, step: int) -> Tensor:
+        """One (1, d) row for every Byzantine copy: the mean is computed once."""
+        return self(honest[0], honest=honest).unsqueeze(0)
+
 
 @dataclass(frozen=True)
 class SignFlip:
@@ -268,7 +306,7 @@ class Gaussian:
     """Sends N(mean, std^2) noise of own's shape, drawn from the given generator."""
 
     mean: float = 0.0
-    std: float = 1.0
+    std: float = 200.0
     name: ClassVar[str] = "gaussian"
     needs_honest: ClassVar[bool] = False
     flips_labels: ClassVar[bool] = False

@@ -43,7 +43,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["VoteBatch", "VoteResult", "majority_vote", "same_bits", "vote_files", "vote_rows"]
+__all__ = [
+    "Rows",
+    "VoteBatch",
+    "VoteResult",
+    "majority_vote",
+    "same_bits",
+    "vote_files",
+    "vote_rows",
+]
 
 # Integer dtypes with the same element size as a tensor's dtype: comparing through
 # them compares bit patterns (torch.equal on floats would say NaN != NaN).
@@ -155,13 +163,17 @@ def majority_vote(copies: Tensor) -> VoteResult:
     )
 
 
-def _largest_class(row, r: int) -> tuple[int, int]:
-    """(index, count) of the winning class among copies ``row(0) .. row(r-1)``."""
+def _largest_class(row, r: int, key=None) -> tuple[int, int]:
+    """(index, count) of the winning class among copies ``row(0) .. row(r-1)``.
+
+    ``key(i)``, when given, names the storage of copy i: copies with equal keys are the
+    same memory and agree without being compared.
+    """
     firsts: list[int] = []  # first member (lowest index) of each class, in creation order
     sizes: list[int] = []
     for i in range(r):
         for g, first in enumerate(firsts):
-            if same_bits(row(first), row(i)):
+            if (key is not None and key(first) == key(i)) or same_bits(row(first), row(i)):
                 sizes[g] += 1
                 break
         else:
@@ -210,34 +222,98 @@ def vote_files(copies: Sequence[Tensor]) -> VoteBatch:
     )
 
 
-def vote_rows(rows: Tensor, groups: Tensor) -> VoteBatch:
+class Rows:
+    """Rows of one or more (n_k, d) blocks, addressed by one running index.
+
+    Row ``i`` of the first block is index i, row 0 of the second block is index n_0,
+    and so on. Lets a vote run over what arrived plus copies made afterwards (e.g. an
+    omniscient attack's rows) without concatenating them.
+
+        >>> rows = Rows(torch.zeros(2, 3), torch.ones(1, 3))
+        >>> rows.gather([2, 0]).tolist()
+        [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    """
+
+    def __init__(self, *blocks: Tensor):
+        if not blocks:
+            raise ValueError("Rows needs at least one (n, d) block")
+        d = blocks[0].shape[1] if blocks[0].dim() == 2 else None
+        for b in blocks:
+            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != d:
+                raise ValueError(f"every block must be an (n, {d}) tensor, got {tuple(b.shape)}")
+        self.blocks = list(blocks)
+        self.starts = []
+        total = 0
+        for b in self.blocks:
+            self.starts.append(total)
+            total += b.shape[0]
+        self.num_rows = total
+
+    def append(self, block: Tensor) -> int:
+        """Add a block; returns the index of its first row."""
+        if block.dim() != 2 or block.shape[1] != self.blocks[0].shape[1]:
+            raise ValueError(f"block must be (n, {self.blocks[0].shape[1]}), got {block.shape}")
+        start = self.num_rows
+        self.blocks.append(block)
+        self.starts.append(start)
+        self.num_rows += block.shape[0]
+        return start
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        for k in range(len(self.blocks) - 1, -1, -1):
+            if i >= self.starts[k]:
+                return k, i - self.starts[k]
+        raise IndexError(i)  # pragma: no cover - callers check the range
+
+    def __getitem__(self, i: int) -> Tensor:
+        k, local = self._locate(int(i))
+        return self.blocks[k][local]
+
+    def gather(self, indices) -> Tensor:
+        """A new (len(indices), d) tensor of the given rows, in order."""
+        indices = [int(i) for i in indices]
+        if len(self.blocks) == 1:
+            return self.blocks[0].index_select(0, torch.tensor(indices, dtype=torch.long))
+        out = torch.empty(len(indices), self.blocks[0].shape[1], dtype=self.blocks[0].dtype)
+        for pos, i in enumerate(indices):
+            out[pos] = self[i]
+        return out
+
+
+def vote_rows(rows: Tensor | Rows, groups: Tensor) -> VoteBatch:
     """Majority vote per file over copies given as row indices, without gathering them.
 
     The same vote as :func:`vote_files` on ``rows[groups]``, but the (f, r, d) stack of
     copies is never built: copies are compared in place, and only the f winners are
-    copied out. This is what the parameter server calls on the (K * l, d) view of what
-    it received, where row ``groups[j, i]`` is file j's i-th copy.
+    copied out. Copies that name the same row agree without a comparison (the
+    simulator's honest copies are one row per file). This is what the robust update
+    (:mod:`byzshield.step`) calls on what the server received, where row
+    ``groups[j, i]`` is file j's i-th copy.
 
     Args:
-        rows: (N, d) tensor of every received copy.
+        rows: (N, d) tensor of every received copy, or :class:`Rows` over several blocks.
         groups: (f, r) integer tensor of row indices, one row of copies per file.
 
     Returns:
         A :class:`VoteBatch`; ``indices[j]`` is the position in ``groups[j]`` that won.
     """
-    if not isinstance(rows, Tensor) or rows.dim() != 2:
-        raise ValueError(f"rows must be an (N, d) tensor, got {getattr(rows, 'shape', rows)}")
+    if isinstance(rows, Tensor):
+        if rows.dim() != 2:
+            raise ValueError(f"rows must be an (N, d) tensor, got {tuple(rows.shape)}")
+        rows = Rows(rows)
+    elif not isinstance(rows, Rows):
+        raise ValueError(f"rows must be an (N, d) tensor or Rows, got {type(rows)}")
     if not isinstance(groups, Tensor) or groups.dim() != 2 or 0 in groups.shape:
         raise ValueError("groups must be an (f, r) integer tensor with f >= 1 and r >= 1")
-    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= rows.shape[0]):
-        raise ValueError(f"groups index rows 0..{rows.shape[0] - 1}; got out-of-range indices")
+    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= rows.num_rows):
+        raise ValueError(f"groups index rows 0..{rows.num_rows - 1}; got out-of-range indices")
     table = groups.tolist()
     r = groups.shape[1]
-    picks = [_largest_class(lambda i, g=g: rows[g[i]], r) for g in table]
-    winner_rows = torch.tensor([g[i] for g, (i, _) in zip(table, picks, strict=True)])
+    picks = [_largest_class(lambda i, g=g: rows[g[i]], r, key=lambda i, g=g: g[i]) for g in table]
+    winner_rows = [g[i] for g, (i, _) in zip(table, picks, strict=True)]
     counts = torch.tensor([c for _, c in picks], dtype=torch.long)
     return VoteBatch(
-        winners=rows.index_select(0, winner_rows),
+        winners=rows.gather(winner_rows),
         counts=counts,
         strict=2 * counts > r,
         indices=torch.tensor([i for i, _ in picks], dtype=torch.long),
