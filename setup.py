@@ -39,5 +39,5 @@ setup(
         "bench": ["byzfl"],
         "tensorboard": ["tensorboard"],
     },
-    entry_points={"console_scripts": ["byzshield-placement=byzshield.placement:main"]},
+    entry_points={"console_scripts": ["byzshield-placement=byzshield.placement_cli:main"]},
 )

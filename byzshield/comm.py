@@ -63,7 +63,8 @@ class Comm:
             raw = (text or "").encode()
             if len(raw) > data.numel():
                 raise ValueError(f"text of {len(raw)} bytes is too long to broadcast (max 4096)")
-            data[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+            if raw:
+                data[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
         self.broadcast(data)
         return bytes(data.tolist()).rstrip(b"\0").decode()
 
@@ -91,11 +92,12 @@ class Comm:
         except RuntimeError as exc:
             raise RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}") from None
 
-    def receive_from_workers(self, buffers: torch.Tensor) -> None:
-        """Rank 0: fill ``buffers[w]`` with worker rank w+1's message, naming any failure."""
+    def receive_from_workers(self, buffers) -> None:
+        """Rank 0: fill ``buffers[w]`` (a tensor's rows, or a list of tensors) with worker
+        rank w+1's next message, naming any worker that fails."""
         if not self.distributed:
             return
-        self._wait_each([dist.irecv(buffers[w], src=w + 1) for w in range(buffers.shape[0])])
+        self._wait_each([dist.irecv(buffers[w], src=w + 1) for w in range(len(buffers))])
 
     def _wait_each(self, works: list) -> None:
         """Wait for per-worker operations (works[i] is rank i+1's) under one deadline."""

@@ -1,286 +1,840 @@
-"""The training configuration: typed schema, and its validation into a RunSpec.
+"""The training configuration as typed options that build the run's objects.
 
-Hydra composes ``conf/config.yaml`` (groups approach/ mode/ attack/ network/ dataset/)
-over the :class:`TrainConfig` schema registered in Hydra's ConfigStore, so unknown
-top-level keys and wrongly typed values are refused by Hydra itself. :func:`validate`
-then checks everything the schema cannot express (group keys, combinations such as
-Bulyan with too few files for the assumed f) and returns a :class:`RunSpec`: the plain,
-fully-resolved description of one run that the server and workers execute. Every
-check raises :class:`ConfigError`, a ValueError whose message is one line naming the
-value and what is allowed.
+Hydra composes ``conf/config.yaml`` over :class:`TrainConfig`. Every group option
+(``conf/approach/mols.yaml``, ``conf/mode/bulyan.yaml``, ...) extends a dataclass schema
+registered in Hydra's ConfigStore (:func:`register_schema`), so:
+
+- each default is written once, in the option's dataclass below (the YAML files only
+  pick the schema and describe the option; ``--cfg job`` prints the composed values);
+- an unknown key or a value of the wrong type fails when Hydra composes, and a bad
+  value when :func:`load_config` turns the composition into dataclasses (each
+  ``__post_init__`` raises :class:`ConfigError`, one line naming key, value and what is
+  allowed);
+- per-option behaviour is data on the option (``ApproachOption.forced_mode``,
+  ``AttackOption.honest``), not a check of its name.
+
+:func:`build_run` then builds the objects one run needs, once: the placement, the
+attack, the datasets and the network, and on the parameter server also the Byzantine
+selection (whose worst-case search runs once, bounded by work) and the aggregation
+rule. Cross-option checks (batch size vs files, the rule's n-vs-f requirement, BatchNorm
+vs file size, process count vs K) happen there, before any process group starts.
+
+    >>> from byzshield.config import compose_config, build_run
+    >>> run = build_run(compose_config(["approach=mols", "attack.q=2"]))
+    >>> run.placement.num_workers, run.aggregator_f
+    (15, 1)
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from byzshield.placement import Placement, build_placement
+from byzshield import attacks, placement
+from byzshield.adversary import SELECTIONS, Selection, build_selection
+from byzshield.placement import Placement
 
-__all__ = ["ConfigError", "RunSpec", "TrainConfig", "register_schema", "validate"]
+__all__ = [
+    "ApproachOption",
+    "AttackOption",
+    "ConfigError",
+    "DatasetOption",
+    "ModeOption",
+    "NetworkOption",
+    "Run",
+    "TrainConfig",
+    "add_server_parts",
+    "build_run",
+    "compose_config",
+    "load_config",
+    "register_schema",
+]
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot run; the message is one line."""
 
 
+def _int(owner: str, key: str, value: object, low: int, high: int | None = None) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        allowed = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ConfigError(f"{owner}{key} must be an integer {allowed}, got {value!r}")
+    return value
+
+
+def _positive(owner: str, key: str, value: object, allow_zero: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(
+            f"{owner}{key} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}"
+        )
+    return float(value)
+
+
+class _Option:
+    """Shared by every group option: ``name`` must be the option's own name."""
+
+    group: ClassVar[str] = ""
+    option: ClassVar[str] = ""
+
+    def _check_name(self) -> None:
+        if self.name != self.option:  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"{self.group}.name is {self.name!r} but the chosen option is "  # type: ignore[attr-defined]
+                f"{self.option!r}; pick another option with {self.group}=NAME"
+            )
+
+
+# --------------------------------------------------------------------------------------
+# approach/: the placement
+
+
+@dataclass
+class ApproachOption(_Option):
+    """A placement design (BYZSHIELD.md section 2). ``build()`` returns the Placement."""
+
+    name: str = MISSING
+    group: ClassVar[str] = "approach"
+    forced_mode: ClassVar[str | None] = None  # the aggregation rule the approach implies
+
+    def __post_init__(self) -> None:
+        self._check_name()
+        try:
+            self._placement = self._build()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def build(self) -> Placement:
+        return self._placement
+
+    def _build(self) -> Placement:  # pragma: no cover - every option overrides it
+        raise NotImplementedError
+
+
+@dataclass
+class BaselineApproach(ApproachOption):
+    """Plain data parallelism: K workers, one file each, no vote."""
+
+    name: str = "baseline"
+    K: int = 15
+    option: ClassVar[str] = "baseline"
+
+    def _build(self) -> Placement:
+        return placement.baseline(self.K)
+
+
+@dataclass
+class DracoLiteApproach(ApproachOption):
+    """DETOX: groups of r consecutive workers compute the same file (f = K / r)."""
+
+    name: str = "draco_lite"
+    K: int = 15
+    r: int = 3
+    option: ClassVar[str] = "draco_lite"
+
+    def _build(self) -> Placement:
+        return placement.detox(self.K, self.r, approach=self.option)
+
+
+@dataclass
+class DracoLiteAttackApproach(DracoLiteApproach):
+    """DETOX under the original's attack strategies (the ``draco_lite_attack`` runs)."""
+
+    name: str = "draco_lite_attack"
+    option: ClassVar[str] = "draco_lite_attack"
+
+
+@dataclass
+class MajVoteApproach(DracoLiteApproach):
+    """DRACO-style repetition: DETOX groups, vote, then a plain mean (mode is ignored)."""
+
+    name: str = "maj_vote"
+    option: ClassVar[str] = "maj_vote"
+    forced_mode: ClassVar[str | None] = "mean"
+
+
+@dataclass
+class MolsApproach(ApproachOption):
+    """ByzShield MOLS: r orthogonal Latin squares of order l (prime power); K = r*l."""
+
+    name: str = "mols"
+    l: int = 5  # noqa: E741 - the paper's name
+    r: int = 3
+    option: ClassVar[str] = "mols"
+
+    def _build(self) -> Placement:
+        return placement.mols(self.l, self.r)
+
+
+@dataclass
+class RamaOneApproach(ApproachOption):
+    """ByzShield Ramanujan bigraph, case 1: m = r < s, s prime; K = m*s, f = s^2."""
+
+    name: str = "rama_one"
+    m: int = 3
+    s: int = 5
+    option: ClassVar[str] = "rama_one"
+
+    def _build(self) -> Placement:
+        return placement.rama_one(self.m, self.s)
+
+
+@dataclass
+class RamaTwoApproach(ApproachOption):
+    """ByzShield Ramanujan bigraph, case 2: m >= s, s | m, s prime; K = s^2, f = m*s."""
+
+    name: str = "rama_two"
+    m: int = 5
+    s: int = 5
+    option: ClassVar[str] = "rama_two"
+
+    def _build(self) -> Placement:
+        return placement.rama_two(self.m, self.s)
+
+
+@dataclass
+class CustomApproach(ApproachOption):
+    """A placement read from JSON: ``[[files of worker 0], [files of worker 1], ...]``."""
+
+    name: str = "custom"
+    path: str = MISSING
+    option: ClassVar[str] = "custom"
+
+    def _build(self) -> Placement:
+        return placement.from_file(self.path)
+
+
+# --------------------------------------------------------------------------------------
+# mode/: the aggregation rule
+
+
+@dataclass
+class ModeOption(_Option):
+    """A robust aggregation rule on the f vote winners (BYZSHIELD.md section 5)."""
+
+    name: str = MISSING
+    group: ClassVar[str] = "mode"
+
+    def __post_init__(self) -> None:
+        self._check_name()
+
+    def params(self) -> dict:
+        """The rule's parameters (None means the rule's own default)."""
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if k != "name" and not k.startswith("_") and v is not None
+        }
+
+    def build(self):
+        """The rule object, built once per run (it keeps its own state across steps)."""
+        return _RuleAdapter(self.option, self.params())
+
+
+@dataclass
+class CoordMedianMode(ModeOption):
+    """Coordinate-wise median; ``num_buckets`` averages buckets first (median of means)."""
+
+    name: str = "coord-median"
+    num_buckets: int | None = None
+    option: ClassVar[str] = "coord-median"
+
+
+@dataclass
+class MultiKrumMode(ModeOption):
+    """Multi-Krum (Blanchard et al. 2017): mean of the m lowest Krum scores (m: n - f)."""
+
+    name: str = "multi-krum"
+    m: int | None = None
+    option: ClassVar[str] = "multi-krum"
+
+
+@dataclass
+class BulyanMode(ModeOption):
+    """Bulyan (El Mhamdi et al. 2018); needs n >= 4f + 3."""
+
+    name: str = "bulyan"
+    option: ClassVar[str] = "bulyan"
+
+
+@dataclass
+class MeanMode(ModeOption):
+    """Plain mean (no robustness)."""
+
+    name: str = "mean"
+    option: ClassVar[str] = "mean"
+
+
+@dataclass
+class TrimmedMeanMode(ModeOption):
+    """Coordinate-wise trimmed mean: drop the f largest and f smallest values."""
+
+    name: str = "trimmed-mean"
+    option: ClassVar[str] = "trimmed-mean"
+
+
+@dataclass
+class GeometricMedianMode(ModeOption):
+    """Geometric median by smoothed Weiszfeld iterations (Pillutla et al. 2022)."""
+
+    name: str = "geometric-median"
+    num_iterations: int = 10
+    nu: float = 1e-6
+    option: ClassVar[str] = "geometric-median"
+
+
+@dataclass
+class CenteredClippingMode(ModeOption):
+    """Centered clipping (Karimireddy et al. 2021) around the previous aggregate."""
+
+    name: str = "centered-clipping"
+    tau: float = 100.0
+    num_iterations: int = 1
+    option: ClassVar[str] = "centered-clipping"
+
+
+@dataclass
+class SignMajorityMode(ModeOption):
+    """signSGD with majority vote (Bernstein et al. 2019)."""
+
+    name: str = "sign-majority"
+    option: ClassVar[str] = "sign-majority"
+
+
+class _RuleAdapter:
+    """A rule object over :func:`byzshield.aggregators.aggregate` with its own state."""
+
+    def __init__(self, name: str, params: dict):
+        self.name, self.params = name, dict(params)
+        self.center: torch.Tensor | None = None  # centered clipping: previous aggregate
+        self.needs_generator = False
+
+    def check(self, n: int, f: int) -> None:
+        from byzshield.aggregators import check_requirement
+
+        check_requirement(self.name, n, f, **self.params)
+
+    def describe(self) -> str:
+        ps = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}({ps})" if ps else self.name
+
+    def __call__(self, stack: torch.Tensor, *, f: int, generator=None):
+        from byzshield.aggregators import aggregate
+
+        params = dict(self.params)
+        if self.name == "centered-clipping":
+            params["center"] = self.center
+        result = aggregate(self.name, stack, f=f, **params)
+        if self.name == "centered-clipping":
+            self.center = result.value
+        return result
+
+    def state_dict(self) -> dict:
+        return {} if self.center is None else {"center": self.center}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.center = state.get("center")
+
+
+# --------------------------------------------------------------------------------------
+# attack/: what Byzantine workers send, how many there are and who
+
+
+@dataclass
+class AttackOption(_Option):
+    """An attack (BYZSHIELD.md section 6) with ``q`` Byzantine workers chosen by
+    ``selection``: worst_case, random (a new set every step), random_fixed, or a list of
+    0-based worker ids."""
+
+    name: str = MISSING
+    q: int = 3
+    selection: Any = "worst_case"
+    search_work: int = 200_000
+    group: ClassVar[str] = "attack"
+    honest: ClassVar[bool] = False  # no Byzantine workers whatever q says
+
+    def __post_init__(self) -> None:
+        self._check_name()
+        _int("attack.", "q", self.q, 0)
+        _int("attack.", "search_work", self.search_work, 1)
+        sel = self.selection
+        if isinstance(sel, str):
+            if sel not in SELECTIONS:
+                raise ConfigError(
+                    f"attack.selection must be one of {', '.join(SELECTIONS)} or a list of "
+                    f"worker ids, got {sel!r}"
+                )
+        elif not (
+            isinstance(sel, Sequence)
+            and all(isinstance(w, int) and not isinstance(w, bool) for w in sel)
+        ):
+            raise ConfigError(
+                f"attack.selection must be one of {', '.join(SELECTIONS)} or a list of "
+                f"worker ids, got {sel!r}"
+            )
+        try:
+            self._validate()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"attack {self.name}: {exc}") from None
+
+    @property
+    def effective_q(self) -> int:
+        return 0 if self.honest else self.q
+
+    def params(self) -> dict:
+        return {}
+
+    def _validate(self) -> None:
+        self.build(num_files=1, aggregator_f=0)
+
+    def build(self, *, num_files: int, aggregator_f: int):
+        """The attack object; ``num_files`` and ``aggregator_f`` describe what the
+        defence compares (ALIE's default z depends on them)."""
+        return attacks.make_attack(self.option, **self.params())
+
+    def worker_attack(self):
+        """What a worker process applies itself: the attack, or None for an omniscient
+        attack, which the parameter server simulates (workers then send honest
+        gradients; see :mod:`byzshield.step`)."""
+        attack = self.build(num_files=1, aggregator_f=0)
+        return None if attack.needs_honest else attack
+
+    def info(self, attack) -> dict:
+        return {"name": self.name, **self.params()}
+
+
+@dataclass
+class NoAttackOption(AttackOption):
+    """Every worker is honest."""
+
+    name: str = "none"
+    q: int = 0
+    option: ClassVar[str] = "none"
+    honest: ClassVar[bool] = True
+
+
+@dataclass
+class RevGradAttack(AttackOption):
+    """Byzantine workers send -scale * g."""
+
+    name: str = "rev_grad"
+    scale: float = attacks.ReverseGradient.scale
+    option: ClassVar[str] = "rev_grad"
+
+    def params(self) -> dict:
+        return {"scale": self.scale}
+
+
+@dataclass
+class ConstantAttack(AttackOption):
+    """Byzantine workers send ``value`` in every coordinate."""
+
+    name: str = "constant"
+    value: float = attacks.Constant.value
+    option: ClassVar[str] = "constant"
+
+    def params(self) -> dict:
+        return {"value": self.value}
+
+
+@dataclass
+class AlieAttack(AttackOption):
+    """A Little Is Enough (Baruch et al. 2019): mu + z * sigma of the honest gradients.
+
+    z null: the paper's formula with n = files reaching the aggregator and q = the
+    aggregator's assumed f (the original ByzShield code used z = 1.0).
+    """
+
+    name: str = "alie"
+    z: float | None = None
+    option: ClassVar[str] = "alie"
+
+    def _validate(self) -> None:
+        if self.z is not None:
+            attacks.make_attack("alie", z=self.z)
+
+    def build(self, *, num_files: int, aggregator_f: int):
+        return attacks.make_attack("alie", n=num_files, q=aggregator_f, z=self.z)
+
+    def worker_attack(self):
+        return None
+
+    def info(self, attack) -> dict:
+        return {"name": self.name, "z": self.z, "z_used": attack.z_used}
+
+
+@dataclass
+class IpmAttack(AttackOption):
+    """Inner product manipulation (Xie et al. 2019): -eps * mean of the honest gradients."""
+
+    name: str = "ipm"
+    eps: float = attacks.InnerProductManipulation.eps
+    option: ClassVar[str] = "ipm"
+
+    def params(self) -> dict:
+        return {"eps": self.eps}
+
+
+@dataclass
+class SignFlipAttack(AttackOption):
+    """Byzantine workers send -g."""
+
+    name: str = "sign_flip"
+    option: ClassVar[str] = "sign_flip"
+
+
+@dataclass
+class GaussianAttack(AttackOption):
+    """Byzantine workers send N(mean, std^2) noise seeded by (seed, step, file)."""
+
+    name: str = "gaussian"
+    mean: float = attacks.Gaussian.mean
+    std: float = attacks.Gaussian.std
+    option: ClassVar[str] = "gaussian"
+
+    def params(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+
+@dataclass
+class LabelFlipAttack(AttackOption):
+    """Byzantine workers compute their gradients on labels C - 1 - y."""
+
+    name: str = "label_flip"
+    option: ClassVar[str] = "label_flip"
+
+
+# --------------------------------------------------------------------------------------
+# network/ and dataset/
+
+
+@dataclass
+class NetworkOption(_Option):
+    """A network of :data:`byzshield.networks.NETWORKS`; classes and input size come
+    from the dataset."""
+
+    name: str = MISSING
+    group: ClassVar[str] = "network"
+
+    def __post_init__(self) -> None:
+        from byzshield.networks import NETWORKS
+
+        if self.name not in NETWORKS:
+            raise ConfigError(f"unknown network {self.name!r}; choose one of {', '.join(NETWORKS)}")
+
+    def build(self, data) -> torch.nn.Module:
+        from byzshield.networks import build_network
+
+        return build_network(
+            self.name,
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+            image_size=data.image_size,
+        )
+
+
+@dataclass
+class DatasetOption(_Option):
+    """A dataset of :data:`byzshield.data.DATASETS`, read from ``root`` (``download``
+    fetches it where that is possible; the embedded ones ignore both)."""
+
+    name: str = MISSING
+    root: str = "data"
+    download: bool = False
+    group: ClassVar[str] = "dataset"
+
+    def __post_init__(self) -> None:
+        from byzshield.data import DATASETS
+
+        if self.name not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
+
+    def build(self, *, train: bool):
+        from byzshield.data import load_dataset
+
+        return load_dataset(self.name, root=self.root, download=self.download, train=train)
+
+
+# --------------------------------------------------------------------------------------
+# The top level
+
+
+ENGINES = ("auto", "torchrun", "simulate")
+DEVICES = ("cpu", "cuda")
+
+
 @dataclass
 class TrainConfig:
-    """Top-level keys of ``conf/config.yaml`` (the groups are validated in validate())."""
+    """Top-level keys (``python -m byzshield.train --cfg job`` prints them all)."""
 
-    approach: Any = MISSING
-    mode: Any = MISSING
-    attack: Any = MISSING
-    network: Any = MISSING
-    dataset: Any = MISSING
-    lr: float = 0.05
-    momentum: float = 0.9
-    gamma: float = 0.1
-    lr_step: int = 10_000
-    batch_size: int = 300
-    max_steps: int = 300
-    epochs: float | None = None
-    eval_freq: int = 50
-    seed: int = 0
-    train_dir: str = MISSING
-    aggregator_f: int | None = None
-    timeout: float = 300.0
-    checkpoint: bool = True
-    bn_batches: int = 8
+    approach: ApproachOption = MISSING
+    mode: ModeOption = MISSING
+    attack: AttackOption = MISSING
+    network: NetworkOption = MISSING
+    dataset: DatasetOption = MISSING
+    # engine: torchrun (rank 0 server + K worker processes over gloo), simulate (one
+    # process, each file computed once), auto (torchrun under torchrun, else simulate)
+    engine: str = "auto"
+    device: str = "cpu"  # simulate only: cuda where a GPU exists
+    threads: int | None = None  # simulate: threads computing file gradients (null: CPUs)
+    lr: float = 0.05  # SGD learning rate lr0; lr = lr0 * gamma^(step // lr_step)
+    momentum: float = 0.9  # SGD momentum (PyTorch form, no dampening)
+    gamma: float = 0.1  # LR decay factor
+    lr_step: int = 10_000  # decay every lr_step steps
+    batch_size: int = 300  # samples per step, cut into f equal files (a multiple of f)
+    max_steps: int = 200  # training steps (epochs wins when set)
+    epochs: float | None = None  # passes over the training set
+    eval_freq: int = 50  # evaluate + checkpoint every eval_freq steps (0: at the end)
+    seed: int = 0  # data order, augmentation, model init, random Byzantine sets
+    train_dir: str = "runs/${now:%Y-%m-%d_%H-%M-%S}"  # output folder
+    aggregator_f: int | None = None  # f the rule assumes (null: c_max(q) of the placement)
+    timeout: float = 300.0  # torchrun: seconds before a silent rank is declared dead
+    checkpoint: bool = True  # write checkpoints/step_NNNNNN.pt at every evaluation
+    bn_batches: int = 8  # training batches to recompute BatchNorm statistics on the PS
     eval_batch_size: int = 500
-    log_every: int = 10
+    log_every: int = 10  # steps between progress lines when stdout is not a terminal
 
-    def __post_init__(self) -> None:  # runs in OmegaConf.to_object and direct use
-        _positive("lr", self.lr)
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.threads is not None:
+            _int("", "threads", self.threads, 1)
+        _positive("", "lr", self.lr)
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma (LR decay factor) must be in (0, 1], got {self.gamma}")
-        _positive("lr_step", self.lr_step)
-        _positive("batch_size", self.batch_size)
-        _positive("max_steps", self.max_steps)
+        _int("", "lr_step", self.lr_step, 1)
+        _int("", "batch_size", self.batch_size, 1)
+        _int("", "max_steps", self.max_steps, 1)
         if self.epochs is not None:
-            _positive("epochs", self.epochs)
-        if self.eval_freq < 0:
+            _positive("", "epochs", self.epochs)
+        if isinstance(self.eval_freq, bool) or self.eval_freq < 0:
             raise ConfigError(
                 f"eval_freq must be >= 0 (0: evaluate only at the end), got {self.eval_freq}"
             )
-        _positive("timeout", self.timeout)
-        _positive("bn_batches", self.bn_batches)
-        _positive("eval_batch_size", self.eval_batch_size)
-        _positive("log_every", self.log_every)
-        if self.aggregator_f is not None and self.aggregator_f < 0:
-            raise ConfigError(f"aggregator_f must be >= 0 or null, got {self.aggregator_f}")
+        _positive("", "timeout", self.timeout)
+        _int("", "bn_batches", self.bn_batches, 1)
+        _int("", "eval_batch_size", self.eval_batch_size, 1)
+        _int("", "log_every", self.log_every, 1)
+        if self.aggregator_f is not None:
+            _int("", "aggregator_f", self.aggregator_f, 0)
 
 
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
+_OPTIONS: tuple[type[_Option], ...] = (
+    BaselineApproach,
+    DracoLiteApproach,
+    DracoLiteAttackApproach,
+    MajVoteApproach,
+    MolsApproach,
+    RamaOneApproach,
+    RamaTwoApproach,
+    CustomApproach,
+    CoordMedianMode,
+    MultiKrumMode,
+    BulyanMode,
+    MeanMode,
+    TrimmedMeanMode,
+    GeometricMedianMode,
+    CenteredClippingMode,
+    SignMajorityMode,
+    NoAttackOption,
+    RevGradAttack,
+    ConstantAttack,
+    AlieAttack,
+    IpmAttack,
+    SignFlipAttack,
+    GaussianAttack,
+    LabelFlipAttack,
+)
 
 
 def register_schema() -> None:
-    """Register :class:`TrainConfig` as ``train_schema`` in Hydra's ConfigStore."""
+    """Register the schemas in Hydra's ConfigStore: ``train_schema`` for the top level,
+    ``<group>/<option>_schema`` for every option, ``network/network_schema`` and
+    ``dataset/dataset_schema``."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for cls in _OPTIONS:
+        cs.store(group=cls.group, name=f"{cls.option}_schema", node=cls)
+    cs.store(group="network", name="network_schema", node=NetworkOption)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetOption)
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything one run needs, resolved and checked (plain values, no OmegaConf)."""
+def load_config(cfg: DictConfig) -> TrainConfig:
+    """The composed config as typed dataclasses; bad values raise one-line ConfigErrors."""
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-    placement: Placement
-    approach: str
-    aggregator: str
-    aggregator_params: dict
-    aggregator_f: int
-    attack: str
-    attack_params: dict
-    q: int
-    selection: str | tuple[int, ...]
-    network: str
-    dataset: str
-    dataset_root: str
-    download: bool
-    num_classes: int
-    train: TrainConfig
-    max_steps: int
-    worst_case: Any = field(repr=False, default=None)  # adversary.WorstCase for q
-    notes: tuple[str, ...] = ()  # things the user should know (printed at start)
-
-    @property
-    def world_size(self) -> int:
-        """K + 1 processes: the parameter server and K workers."""
-        return self.placement.num_workers + 1
-
-    @property
-    def vote(self) -> bool:
-        """Whether the server majority-votes the copies of each file."""
-        return self.placement.replication > 1
-
-
-SELECTIONS = ("worst_case", "random", "random_fixed")
-
-
-def _group(cfg: DictConfig, key: str) -> dict:
-    node = cfg.get(key)
-    if node is None:
-        raise ConfigError(f"config group {key} is missing; pick one with {key}=NAME")
-    out = OmegaConf.to_container(node, resolve=True)
-    if not isinstance(out, dict) or "name" not in out:
-        raise ConfigError(f"config group {key} must be chosen with {key}=NAME")
+    try:
+        out = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except MissingMandatoryValue as exc:
+        key = getattr(exc, "full_key", "") or str(exc).split(":")[-1].strip()
+        raise ConfigError(f"{key} has no value; set it with {key}=...") from None
+    except (OmegaConfBaseException, ValueError, TypeError) as exc:
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    if not isinstance(out, TrainConfig):
+        raise ConfigError("the config is not a training config (compose conf/config.yaml)")
     return out
 
 
-def validate(cfg: DictConfig, *, world_size: int | None = None) -> RunSpec:
-    """Check a composed config and resolve it into a RunSpec (raises ConfigError)."""
-    from byzshield import aggregators, attacks
-    from byzshield.adversary import worst_case
-    from byzshield.data import DATASETS
-    from byzshield.networks import NETWORKS
+def compose_config(overrides: Sequence[str] = ()) -> TrainConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides (for tests and notebooks)."""
+    from byzshield.overrides import compose
 
-    try:
-        top = {
-            k: v
-            for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-            if k in TrainConfig.__dataclass_fields__
-        }
-        train = TrainConfig(**top)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+    register_schema()
+    return load_config(compose("config", overrides))
 
-    approach = _group(cfg, "approach")
-    name = approach.pop("name")
-    try:
-        placement = build_placement(name, **approach)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    K = placement.num_workers
+
+# --------------------------------------------------------------------------------------
+# Building a run
+
+
+@dataclass
+class Run:
+    """The objects one run needs, built once from a :class:`TrainConfig`.
+
+    ``selection``, ``aggregator`` and ``aggregator_f`` exist on the parameter server only
+    (``build_run(..., server=True)``): workers never run the worst-case search.
+    """
+
+    config: TrainConfig
+    placement: Placement
+    attack: Any
+    q: int
+    train_data: Any
+    test_data: Any
+    max_steps: int
+    selection: Selection | None = None
+    aggregator: Any = None
+    aggregator_f: int = 0
+    notes: tuple[str, ...] = ()
+    info: dict = field(default_factory=dict)
+    mode_option: Any = field(default=None, repr=False)  # the rule actually used
+
+    @property
+    def world_size(self) -> int:
+        """K + 1 processes under torchrun: the parameter server and K workers."""
+        return self.placement.num_workers + 1
+
+    def build_model(self) -> torch.nn.Module:
+        """A fresh network, initialised from ``seed`` (identical in every process)."""
+        torch.manual_seed(self.config.seed)
+        return self.config.network.build(self.train_data)
+
+
+def build_run(config: TrainConfig, *, server: bool = True, world_size: int | None = None) -> Run:
+    """Build and cross-check everything a run needs (raises one-line ConfigErrors)."""
+    from byzshield.data import DatasetNotFound
+
+    cfg = config
+    p = cfg.approach.build()
+    K, f = p.num_workers, p.num_files
     if world_size is not None and world_size != K + 1:
         raise ConfigError(
-            f"approach {placement.describe()} needs K+1 = {K + 1} processes "
-            f"(1 parameter server + {K} workers), but WORLD_SIZE is {world_size}: "
-            f"run torchrun --nproc-per-node {K + 1}"
+            f"approach {p.describe()} needs K+1 = {K + 1} processes (1 parameter server + "
+            f"{K} workers), but WORLD_SIZE is {world_size}: run torchrun --nproc-per-node {K + 1}"
         )
-
-    mode = _group(cfg, "mode")
-    agg = mode.pop("name")
-    if agg not in aggregators.AGGREGATORS:
+    q = cfg.attack.effective_q
+    if q > K:
+        raise ConfigError(f"attack.q must be an integer in 0..K={K}, got {q}")
+    if cfg.batch_size % f:
         raise ConfigError(
-            f"unknown mode {agg!r}; choose one of {', '.join(aggregators.AGGREGATORS)}"
+            f"batch_size={cfg.batch_size} must be a multiple of the number of files f={f} "
+            f"(each file is an equal slice of the batch)"
         )
-    agg_params = {k: v for k, v in mode.items() if v is not None}
-    notes = []
-    if name == "maj_vote" and agg != "mean":
-        notes.append(
-            f"approach maj_vote takes a plain mean of the vote winners; mode={agg} is not used"
-        )
-        agg, agg_params = "mean", {}
-
-    atk = _group(cfg, "attack")
-    attack = atk.pop("name")
-    if attack not in attacks.ATTACKS:
-        raise ConfigError(f"unknown attack {attack!r}; choose one of {', '.join(attacks.ATTACKS)}")
-    q = atk.pop("q", 0)
-    if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= K:
-        raise ConfigError(f"attack.q must be an integer in 0..K={K}, got {q!r}")
-    if attack == "none":
-        q = 0
-    selection = atk.pop("selection", "worst_case")
-    if isinstance(selection, list):
-        ids = tuple(selection)
-        if (
-            len(set(ids)) != len(ids)
-            or not all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w < K for w in ids)
-            or len(ids) != q
-        ):
-            raise ConfigError(
-                f"attack.selection as a list needs q={q} distinct worker ids in "
-                f"0..{K - 1}, got {list(ids)}"
-            )
-        selection = ids
-    elif selection not in SELECTIONS:
-        raise ConfigError(
-            f"attack.selection must be one of {', '.join(SELECTIONS)} or a list "
-            f"of worker ids, got {selection!r}"
-        )
-    attack_params = {k: v for k, v in atk.items() if v is not None}
-
-    if q > 0:
-        wc = worst_case(placement, q, time_budget=30.0)
-        c_max = wc.upper_bound  # the proven bound when the search is not certified
-    else:
-        wc, c_max = None, 0
-    f_assumed = c_max if train.aggregator_f is None else train.aggregator_f
-    n = placement.num_files
+    if cfg.device == "cuda":
+        if cfg.engine == "torchrun" or (cfg.engine == "auto" and world_size is not None):
+            raise ConfigError("device=cuda needs engine=simulate; the torchrun engine runs on CPUs")
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but torch sees no CUDA GPU here; use device=cpu")
     try:
-        aggregators.check_requirement(agg, n, f_assumed, **agg_params)
+        train_data, test_data = cfg.dataset.build(train=True), cfg.dataset.build(train=False)
+    except DatasetNotFound as exc:
+        raise ConfigError(str(exc)) from None
+    model = _model_probe(cfg, train_data)
+    per_file = cfg.batch_size // f
+    if per_file < 2 and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        raise ConfigError(
+            f"network {cfg.network.name} uses BatchNorm and needs >= 2 samples per file; "
+            f"batch_size={cfg.batch_size} gives {per_file} for f={f} files"
+        )
+    max_steps = cfg.max_steps
+    if cfg.epochs is not None:
+        max_steps = max(1, int(cfg.epochs * train_data.num_samples // cfg.batch_size))
+    notes = []
+    mode = cfg.mode
+    forced = cfg.approach.forced_mode
+    if forced is not None and mode.name != forced:
+        notes.append(
+            f"approach {cfg.approach.name} takes a plain {forced} of the vote winners; "
+            f"mode={mode.name} is not used"
+        )
+        mode = next(c for c in _OPTIONS if issubclass(c, ModeOption) and c.option == forced)()
+    run = Run(cfg, p, cfg.attack.worker_attack(), q, train_data, test_data, max_steps)
+    run.notes, run.mode_option = tuple(notes), mode
+    if server:
+        add_server_parts(run)
+    return run
+
+
+def add_server_parts(run: Run) -> None:
+    """Build what only the parameter server needs: the Byzantine selection (running the
+    worst-case search, once), the f the rule assumes, the rule, the full attack."""
+    cfg, p, q, mode = run.config, run.placement, run.q, run.mode_option
+    f = p.num_files
+    try:
+        run.selection = build_selection(
+            p, q, cfg.attack.selection, seed=cfg.seed, work=cfg.attack.search_work
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    c_max = run.selection.search.upper_bound if run.selection.search else 0
+    run.aggregator_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
+    run.aggregator = mode.build()
+    try:
+        run.aggregator.check(f, run.aggregator_f)
     except ValueError as exc:
         raise ConfigError(
-            f"mode {agg} with {n} files and f={f_assumed} (c_max for q={q}): {exc}"
+            f"mode {mode.name} with {f} files and f={run.aggregator_f} (c_max for q={q}): {exc}"
         ) from None
-    if attack == "alie":
-        attack_params.setdefault("n", n)
-        attack_params.setdefault("q", f_assumed)
     try:
-        attacks.make_attack(attack, **attack_params)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"attack {attack}: {exc}") from None
+        run.attack = cfg.attack.build(num_files=f, aggregator_f=run.aggregator_f)
+    except ValueError as exc:
+        raise ConfigError(f"attack {cfg.attack.name}: {exc}") from None
+    run.info = {
+        "placement": p.describe(),
+        "K": p.num_workers,
+        "f": f,
+        "r": p.replication,
+        "load": p.load,
+        "mode": run.aggregator.describe(),
+        "aggregator_f": run.aggregator_f,
+        "attack": cfg.attack.info(run.attack),
+        "selection": run.selection.info(),
+        "max_steps": run.max_steps,
+    }
 
-    net = _group(cfg, "network")
-    if net["name"] not in NETWORKS:
-        raise ConfigError(f"unknown network {net['name']!r}; choose one of {', '.join(NETWORKS)}")
-    if set(net) - {"name"}:
-        raise ConfigError(f"network takes only name; unknown key(s) {sorted(set(net) - {'name'})}")
-    ds = _group(cfg, "dataset")
-    if ds["name"] not in DATASETS:
-        raise ConfigError(f"unknown dataset {ds['name']!r}; choose one of {', '.join(DATASETS)}")
-    extra = set(ds) - {"name", "root", "download"}
-    if extra:
-        raise ConfigError(f"dataset takes name, root, download; unknown key(s) {sorted(extra)}")
-    info = DATASETS[ds["name"]]
 
-    if train.batch_size % n:
-        raise ConfigError(
-            f"batch_size={train.batch_size} must be a multiple of the number of "
-            f"files f={n} (each file is an equal slice of the batch)"
-        )
-    per_file = train.batch_size // n
-    if per_file < 2 and net["name"] != "lenet":
-        raise ConfigError(
-            f"network {net['name']} uses BatchNorm and needs >= 2 samples per file;"
-            f" batch_size={train.batch_size} gives {per_file} for f={n} files"
-        )
-    max_steps = train.max_steps
-    if train.epochs is not None:
-        from byzshield.data import load_dataset
-
-        size = load_dataset(
-            ds["name"], root=ds.get("root", "data"), download=bool(ds.get("download")), train=True
-        ).num_samples
-        max_steps = max(1, int(train.epochs * size // train.batch_size))
-
-    return RunSpec(
-        placement=placement,
-        approach=name,
-        aggregator=agg,
-        aggregator_params=agg_params,
-        aggregator_f=f_assumed,
-        attack=attack,
-        attack_params=attack_params,
-        q=q,
-        selection=selection,
-        network=net["name"],
-        dataset=ds["name"],
-        dataset_root=str(ds.get("root", "data")),
-        download=bool(ds.get("download", False)),
-        num_classes=info.num_classes,
-        train=train,
-        max_steps=max_steps,
-        worst_case=wc,
-        notes=tuple(notes),
-    )
+def _model_probe(cfg: TrainConfig, data) -> torch.nn.Module:
+    try:
+        return cfg.network.build(data)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from byzshield.data import DatasetNotFound, eval_batches, load_dataset
+from byzshield.data import DatasetNotFound, load_dataset
 from byzshield.networks import build_network
+from byzshield.trainer import score_test_set
 
 
 def checkpoints(path: Path) -> list[Path]:
@@ -36,7 +37,8 @@ def checkpoints(path: Path) -> list[Path]:
 def evaluate_checkpoint(path: Path, *, data_root: str | None = None, batch_size: int = 500) -> dict:
     """{"step", "top1", "top5", "test_loss"} of one checkpoint on its test set."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # tensors and plain values only: a crafted file cannot run code here
+        state = torch.load(path, map_location="cpu", weights_only=True)
         network, dataset = state["network"], state["dataset"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
         raise ValueError(f"{path}: not a byzshield checkpoint ({type(exc).__name__})") from None
@@ -50,17 +52,8 @@ def evaluate_checkpoint(path: Path, *, data_root: str | None = None, batch_size:
         image_size=test.image_size,
     )
     model.load_state_dict(state["model"])
-    model.eval()
-    n = c1 = c5 = 0
-    loss = 0.0
-    for x, y in eval_batches(test, batch_size):
-        out = model(x)
-        loss += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
-        top = out.topk(min(5, out.shape[1]), dim=1).indices
-        c1 += int((top[:, 0] == y).sum())
-        c5 += int((top == y[:, None]).any(dim=1).sum())
-        n += len(y)
-    return {"step": state["step"], "top1": c1 / n, "top5": c5 / n, "test_loss": loss / n}
+    scores = score_test_set(model, test, batch_size)
+    return {"step": state["step"], **scores}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,16 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = checkpoints(args.path)
         print(f"{'checkpoint':<50} {'step':>7} {'top-1':>7} {'top-5':>7} {'loss':>8}")
-        for p in paths:
-            r = evaluate_checkpoint(p, data_root=args.data_root, batch_size=args.batch_size)
-            print(
-                f"{str(p)[-50:]:<50} {r['step']:>7} {r['top1']:>7.4f} {r['top5']:>7.4f} "
-                f"{r['test_loss']:>8.4f}"
-            )
-    except (ValueError, DatasetNotFound) as exc:
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    bad = 0
+    for p in paths:
+        try:
+            r = evaluate_checkpoint(p, data_root=args.data_root, batch_size=args.batch_size)
+        except (ValueError, DatasetNotFound) as exc:  # report it and go on with the others
+            print(f"error: {exc}", file=sys.stderr)
+            bad += 1
+            continue
+        print(
+            f"{str(p)[-50:]:<50} {r['step']:>7} {r['top1']:>7.4f} {r['top5']:>7.4f} "
+            f"{r['test_loss']:>8.4f}"
+        )
+    return 2 if bad else 0
 
 
 if __name__ == "__main__":

@@ -511,12 +511,7 @@ def build_placement(name: str, **params) -> Placement:
     return builder(**{k: params[k] for k in keys})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m byzshield.placement`` (see :mod:`byzshield.cli`)."""
-    from byzshield.cli import placement_main
+if __name__ == "__main__":  # python -m byzshield.placement: the table's command line
+    from byzshield.placement_cli import main
 
-    return placement_main(sys.argv[1:] if argv is None else list(argv))
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -1,14 +1,13 @@
-"""Distributed training entry point: rank 0 parameter server, ranks 1..K workers.
+"""Training entry point: build the run, pick the engine, train, tear down.
 
-    torchrun --standalone --nproc-per-node 16 -m byzshield.train
-    torchrun --standalone --nproc-per-node 16 -m byzshield.train approach=mols mode=bulyan \
-        attack=alie attack.q=3
-    torchrun --standalone --nproc-per-node 16 -m byzshield.train -m mode=coord-median,multi-krum
-    python -m byzshield.train approach=rama_two   # launches torchrun with K+1 processes
+    python -m byzshield.train                                   # one process (simulate)
+    python -m byzshield.train -m mode=coord-median,bulyan attack.q=1,3   # a sweep
+    torchrun --standalone --nproc-per-node 16 -m byzshield.train    # server + 15 workers
+    python -m byzshield.train engine=torchrun approach=rama_two      # launches torchrun
 
-The composed config (conf/config.yaml) is validated once, before the process group
-starts; rank 0 prints the one-line error when it cannot run. Started without torchrun,
-the module validates the config and then runs torchrun itself with K+1 processes.
+``engine=auto`` (the default) is torchrun under torchrun and simulate otherwise; both
+give the same bits for the same config (see byzshield/engines). Bad configs stop with
+one line before any process group starts.
 """
 
 from __future__ import annotations
@@ -22,16 +21,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from byzshield.attacks import make_attack
-from byzshield.cli import check_train_overrides, fail, launch_torchrun, log_to_folder
 from byzshield.comm import RankFailure, init
-from byzshield.config import register_schema, validate
-from byzshield.data import load_dataset
-from byzshield.networks import build_network
-from byzshield.server import ParameterServer
-from byzshield.worker import run_worker
+from byzshield.config import add_server_parts, build_run, load_config, register_schema
+from byzshield.engines.simulate import SimulateEngine
+from byzshield.engines.torchrun import TorchrunEngine, run_worker
+from byzshield.gradients import num_params
+from byzshield.launcher import check_train_overrides, fail, launch_torchrun, log_to_folder
+from byzshield.trainer import Trainer, announce
 
-RANK = int(os.environ.get("RANK", "0"))
+UNDER_TORCHRUN = "WORLD_SIZE" in os.environ
 register_schema()
 
 
@@ -39,45 +37,47 @@ register_schema()
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(1)  # bit-identical replicas need equal thread counts
     try:
-        world = os.environ.get("WORLD_SIZE")
-        spec = validate(cfg, world_size=None if world is None else int(world))
-        data = [
-            load_dataset(spec.dataset, root=spec.dataset_root, download=spec.download, train=train)
-            for train in (True, False)
-        ]
+        config = load_config(cfg)
+        engine = (
+            config.engine
+            if config.engine != "auto"
+            else ("torchrun" if UNDER_TORCHRUN else "simulate")
+        )
+        if engine == "simulate" and UNDER_TORCHRUN:
+            raise ValueError("engine=simulate runs in one process: python -m byzshield.train")
+        world = int(os.environ["WORLD_SIZE"]) if UNDER_TORCHRUN else None
+        run = build_run(config, server=not UNDER_TORCHRUN, world_size=world)
     except ValueError as exc:
         fail(f"error: {exc}", 2)
-    if "WORLD_SIZE" not in os.environ:  # plain `python -m byzshield.train`: launch torchrun
-        sys.exit(launch_torchrun(spec.world_size))
-    comm = init(timeout=spec.train.timeout, job=HydraConfig.get().job.get("num") or 0)
+    if engine == "torchrun" and not UNDER_TORCHRUN:  # plain python: launch K+1 processes
+        sys.exit(launch_torchrun(run.world_size))
+    comm = init(timeout=config.timeout, job=HydraConfig.get().job.get("num") or 0)
     try:
+        status = ""
+        if comm.is_server and UNDER_TORCHRUN:
+            try:
+                add_server_parts(run)  # the worst-case search: once, on rank 0 only
+            except ValueError as exc:
+                status = f"error: {exc}"
+        if comm.broadcast_text(status):
+            fail(status, 2)
         folder = Path(comm.broadcast_text(HydraConfig.get().runtime.output_dir))
         log_to_folder(folder, comm.rank)
-        torch.manual_seed(spec.train.seed)
-        model = build_network(
-            spec.network,
-            num_classes=spec.num_classes,
-            in_channels=data[0].in_channels,
-            image_size=data[0].image_size,
-        )
-        attack = make_attack(spec.attack, **spec.attack_params)
-        if comm.is_server:
-            for note in spec.notes:
-                print(f"note: {note}")
-            print(
-                f"{spec.placement.describe()}; mode={spec.aggregator} "
-                f"(f={spec.aggregator_f}); attack={spec.attack} q={spec.q}; "
-                f"{spec.network} on {spec.dataset}; output {folder}",
-                flush=True,
-            )
-            result = ParameterServer(comm, spec, model, *data, attack, folder).run()
-            print(
-                f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
-                f"loss {result['test_loss']:.4f} after {spec.max_steps} steps",
-                flush=True,
-            )
+        if not comm.is_server:
+            return run_worker(comm, run)
+        d = num_params(run.build_model())
+        if engine == "torchrun":
+            gather = TorchrunEngine(comm, run, d)
         else:
-            run_worker(comm, spec, model, data[0], attack)
+            gather = SimulateEngine(run, d, threads=config.threads, device=config.device)
+        announce(run, folder, engine)
+        trainer = Trainer(run, gather, folder, device=config.device)
+        result = trainer.train()
+        print(
+            f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
+            f"loss {result['test_loss']:.4f} after {run.max_steps} steps",
+            flush=True,
+        )
     except RankFailure as exc:
         fail(f"error (rank {comm.rank}): {exc}", 1)
     finally:
@@ -86,7 +86,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_train_overrides(sys.argv[1:])
-    if RANK != 0:  # only rank 0 writes Hydra's folders; it broadcasts the one it chose
+    if int(os.environ.get("RANK", "0")) != 0:  # only rank 0 writes Hydra's folders
         sys.argv += [
             "hydra.run.dir=.",
             "hydra.sweep.dir=.",

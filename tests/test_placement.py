@@ -199,15 +199,12 @@ def test_custom_placement_missing_file_names_the_path(tmp_path):
 
 
 def test_every_registered_approach_builds_with_its_conf_defaults():
-    from pathlib import Path
+    from byzshield.config import compose_config
 
-    import yaml
-
-    conf = Path(__file__).resolve().parents[1] / "conf" / "approach"
     for name in APPROACHES:
-        path = conf / f"{name}.yaml"
         if name in ("detox", "custom"):
             continue
-        params = yaml.safe_load(path.read_text())
-        assert params.pop("name") == name
-        build_placement(name, **params)
+        option = compose_config([f"approach={name}"]).approach
+        assert option.name == name
+        params = {k: v for k, v in vars(option).items() if k != "name" and not k.startswith("_")}
+        assert build_placement(name, **params).describe() == option.build().describe()

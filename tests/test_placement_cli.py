@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from byzshield.cli import placement_main
+from byzshield.placement_cli import placement_main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

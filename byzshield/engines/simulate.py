@@ -1,0 +1,169 @@
+"""The simulate engine: a whole run in one process, each file's gradient computed once.
+
+    python -m byzshield.train engine=simulate approach=mols mode=bulyan attack=alie
+
+Honest replicas are bit-identical by construction, so the vote's outcome depends only on
+each file's gradient computed once. Every step this engine
+
+1. loads the parameters into its model replicas (one per thread) and computes the
+   gradient of every file with :func:`byzshield.gradients.file_gradients`, the very
+   function a torchrun worker calls, one intra-op thread per replica;
+2. makes the Byzantine copies a torchrun worker would send, with the same attack code
+   and generators (:func:`byzshield.attacks.attack_generator`): for a non-omniscient
+   attack one copy per file with a Byzantine holder (all Byzantine copies of a file are
+   equal: they are a function of the file, the step and the seed), for label flip the
+   gradient on flipped labels;
+3. hands the trainer :class:`byzshield.step.Copies` whose honest copies of file j all
+   point at row j.
+
+Omniscient attacks (ALIE, IPM) are then simulated by :mod:`byzshield.step`, as in the
+torchrun engine. Memory is the (f, d) honest rows plus the Byzantine rows; there is no
+(K, l, d) tensor. Metrics report the bytes the torchrun server would have received.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from byzshield.attacks import attack_generator
+from byzshield.config import Run
+from byzshield.gradients import file_gradients, load_flat
+from byzshield.step import Copies
+from byzshield.vote import Rows
+
+__all__ = ["SimulateEngine"]
+
+
+class SimulateEngine:
+    """Computes every copy the torchrun workers would send, each distinct one once."""
+
+    name = "simulate"
+
+    def __init__(self, run: Run, d: int, *, threads: int | None = None, device: str = "cpu"):
+        p = run.placement
+        self.run, self.d, self.device = run, d, torch.device(device)
+        self.f = p.num_files
+        self.holders = [list(ws) for ws in p.file_workers]
+        self.threads = max(1, min(threads or os.cpu_count() or 1, self.f))
+        base = run.build_model().to(self.device)
+        self.replicas = [base] + [copy.deepcopy(base) for _ in range(self.threads - 1)]
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.honest = torch.empty(self.f, d)  # reused: no page faults per step
+        self.attack = run.config.attack.worker_attack()  # what the workers themselves send
+
+    def _gradients(self, files: list[int], step: int, *, flip: bool, out: torch.Tensor):
+        """Gradients of ``files`` into ``out`` rows, split over the replicas; losses."""
+        cfg = self.run.config
+        chunks = [c for c in _split(len(files), self.threads) if c[0] < c[1]]
+
+        def work(k: int, lo: int, hi: int) -> list[float]:
+            return file_gradients(
+                self.replicas[k],
+                self.run.train_data,
+                files[lo:hi],
+                seed=cfg.seed,
+                step=step,
+                batch_size=cfg.batch_size,
+                num_files=self.f,
+                flip=flip,
+                out=out[lo:hi],
+            )[1]
+
+        if self.pool is None or len(chunks) == 1:
+            parts = [work(k, lo, hi) for k, (lo, hi) in enumerate(chunks)]
+        else:
+            parts = list(self.pool.map(lambda a: work(*a), [(k, *c) for k, c in enumerate(chunks)]))
+        return [x for part in parts for x in part]
+
+    def gather(self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]):
+        t0 = time.perf_counter()
+        flat = params.to(self.device)
+        for model in self.replicas:
+            load_flat(model, flat)
+        t1 = time.perf_counter()
+        losses = self._gradients(list(range(self.f)), step, flip=False, out=self.honest)
+        bad = set(byzantine)
+        attack = self.attack if bad else None
+        attacked = sorted({j for w in bad for j in self.run.placement.worker_files[w]})
+        rows = Rows(self.honest)
+        row_of: dict[int, int] = {}
+        bad_losses: dict[int, float] = {}
+        if attack is not None and attacked:
+            forged = torch.empty(len(attacked), self.d)
+            if attack.flips_labels:
+                flipped = self._gradients(attacked, step, flip=True, out=forged)
+                bad_losses = dict(zip(attacked, flipped, strict=True))
+            else:
+                forged.copy_(self.honest[attacked])
+            seed = self.run.config.seed
+            for k, j in enumerate(attacked):
+                forged[k] = attack(forged[k], generator=attack_generator(seed, step, j))
+            start = rows.append(forged)
+            row_of = {j: start + k for k, j in enumerate(attacked)}
+        index = torch.empty(self.f, len(self.holders[0]), dtype=torch.long)
+        copy_losses = torch.empty(index.shape, dtype=torch.float64)
+        for j, ws in enumerate(self.holders):
+            for i, w in enumerate(ws):
+                forged_copy = w in bad and j in row_of
+                index[j, i] = row_of[j] if forged_copy else j
+                copy_losses[j, i] = bad_losses.get(j, losses[j]) if forged_copy else losses[j]
+        return Copies(rows, index, copy_losses), {
+            "compute_s": time.perf_counter() - t1,
+            "communication_s": t1 - t0,
+        }
+
+    def close(self, step: int) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges covering 0..n, sizes differing by at most one."""
+    size, extra = divmod(n, parts)
+    out, lo = [], 0
+    for k in range(parts):
+        hi = lo + size + (1 if k < extra else 0)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = True) -> dict:
+    """Run a whole training job in this process, as ``python -m byzshield.train
+    engine=simulate OVERRIDES train_dir=FOLDER`` would (without Hydra's .hydra/ folder);
+    returns the final evaluation. For notebooks and tests.
+
+        >>> from byzshield.engines.simulate import simulate
+        >>> simulate(["max_steps=5", "eval_freq=0"], "/tmp/sim")["top1"] > 0  # doctest: +SKIP
+        True
+    """
+    import contextlib
+    import io
+    from pathlib import Path
+
+    from byzshield.config import build_run, compose_config
+    from byzshield.gradients import num_params
+    from byzshield.trainer import Trainer, announce
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = compose_config([*overrides, f"train_dir={folder}"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a worker: one intra-op thread per replica
+    try:
+        run = build_run(config)
+        engine = SimulateEngine(
+            run, num_params(run.build_model()), threads=config.threads, device=config.device
+        )
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
+            announce(run, folder, "simulate")
+            return Trainer(run, engine, folder, device=config.device).train()
+    finally:
+        torch.set_num_threads(threads)

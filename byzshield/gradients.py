@@ -1,0 +1,97 @@
+"""File gradients: the one function that turns a model and a file into a gradient.
+
+A torchrun worker calls :func:`file_gradients` for the files it holds; the simulate
+engine calls it for every file once. With the same parameters, thread count (one
+intra-op thread) and torch build, the same call gives the same bits in any process, so
+the two engines agree bit for bit (BYZSHIELD.md sections 4 and 8).
+
+    >>> import torch
+    >>> from byzshield.data import load_dataset
+    >>> from byzshield.gradients import file_gradients
+    >>> from byzshield.networks import build_network
+    >>> data = load_dataset("digits", root="data", download=False, train=True)
+    >>> model = build_network("lenet", num_classes=10, in_channels=1, image_size=8)
+    >>> grads, losses = file_gradients(model, data, (0, 3), seed=0, step=0, batch_size=60,
+    ...                                num_files=5)
+    >>> grads.shape[0], len(losses)
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from byzshield.attacks import flip_labels
+from byzshield.data import ImageDataset, file_batch
+
+__all__ = ["file_gradients", "flat_params", "load_flat", "num_params"]
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """All trainable parameters as one float32 vector (d,), on the CPU."""
+    return torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()])
+
+
+def num_params(model: nn.Module) -> int:
+    """d, the number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
+    """Copy a (d,) vector into the model's parameters (inverse of :func:`flat_params`)."""
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+
+def file_gradients(
+    model: nn.Module,
+    data: ImageDataset,
+    files: Sequence[int],
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_files: int,
+    flip: bool = False,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[float]]:
+    """(len(files), d) gradients of the mean cross-entropy over each file, and each loss.
+
+    The model is in training mode; each file is a separate forward/backward pass, so
+    BatchNorm sees only that file's samples, exactly as every other replica does. With
+    ``flip`` the labels are flipped first (the label-flip attack). ``out``, when given,
+    is the (len(files), d) float32 CPU buffer the gradients are written to (reusing
+    one avoids page faults every step).
+    """
+    model.train()
+    params = list(model.parameters())
+    d = sum(p.numel() for p in params)
+    if out is None:
+        out = torch.empty(len(files), d)
+    device = params[0].device
+    losses = []
+    for i, j in enumerate(files):
+        x, y = file_batch(
+            data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, file=j
+        )
+        if flip:
+            y = flip_labels(y, data.num_classes)
+        if device.type != "cpu":
+            x, y = x.to(device), y.to(device)
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if device.type == "cpu":
+            torch.cat([p.grad.reshape(-1) for p in params], out=out[i])
+        else:
+            out[i].copy_(torch.cat([p.grad.reshape(-1) for p in params]))
+        losses.append(float(loss.detach()))
+    return out, losses

@@ -1,0 +1,71 @@
+"""Hydra's compose API with one-line errors, for the command-line front ends.
+
+>>> from byzshield.overrides import compose
+>>> compose("placement", ["approach=mols"]).approach.l
+5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["UsageError", "approach_params", "compose"]
+
+
+class UsageError(ValueError):
+    """A bad command-line or config value; printed as one line."""
+
+
+def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides, errors as UsageError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from byzshield.config import register_schema
+
+    register_schema()
+
+    def run(ovs: Sequence[str]) -> DictConfig:
+        with initialize_config_module(config_module="byzshield.conf", version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(ovs))
+
+    try:
+        return run(overrides)
+    except MissingConfigException as exc:
+        first = str(exc).strip().splitlines()[0]
+        options = ", ".join(exc.options or [])
+        raise UsageError(f"{first.split(': ', 1)[-1]}; available: {options}") from None
+    except (HydraException, OmegaConfBaseException) as exc:
+        msg = str(exc).strip().splitlines()[0]
+        if msg.startswith("Could not override '"):
+            key = msg.split("'")[1]
+            hint = ""
+            if "." in key:  # list the keys the chosen group option does take
+                node = key.rsplit(".", 1)[0]
+                choices = [o for o in overrides if "=" in o and "." not in o.split("=")[0]]
+                try:
+                    keys = list(OmegaConf.select(run(choices), node) or {})
+                    hint = f"; {node} takes: {', '.join(keys)}"
+                except (HydraException, OmegaConfBaseException):
+                    pass
+            raise UsageError(f"unknown config key {key!r}{hint}") from None
+        cause = str(exc.__cause__ or "").strip().splitlines()
+        detail = f" ({cause[0]})" if cause else ""
+        raise UsageError(f"bad config override: {msg}{detail}") from None
+
+
+def approach_params(cfg: DictConfig) -> tuple[str, dict]:
+    """(approach name, builder parameters) from the composed ``approach`` group."""
+    node = OmegaConf.to_container(cfg.approach, resolve=True)
+    assert isinstance(node, dict)
+    name = node.pop("name", None)
+    if name is None:
+        raise UsageError("approach has no name; pick one with approach=NAME")
+    for key, value in node.items():
+        if value == "???" or value is None:
+            raise UsageError(f"approach {name}: set approach.{key}=...")
+    return str(name), node

@@ -1,0 +1,173 @@
+"""``python -m byzshield.placement [overrides]``: a placement's worst-case table.
+
+python -m byzshield.placement approach=mols approach.l=7 approach.r=5 q_max=13
+python -m byzshield.placement approach=rama_two format=json
+python -m byzshield.placement approach=draco_lite approach.K=15 approach.r=3
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from byzshield.overrides import UsageError, approach_params, compose
+
+__all__ = ["main", "placement_main"]
+
+PLACEMENT_HELP = """\
+usage: python -m byzshield.placement [KEY=VALUE ...]
+
+Prints, for q = 0..q_max Byzantine workers, the most files an omniscient adversary
+can distort (c_max), eps = c_max / f, DETOX's and the baseline's eps for the same K,
+the upper bound, whether c_max is certified optimal, and the time taken.
+
+Config (Hydra overrides, composed from conf/placement.yaml and conf/approach/):
+  approach=NAME        {approaches}
+  approach.l, approach.r   mols: order l (prime power), r <= l-1 squares
+  approach.m, approach.s   rama_one (m < s) / rama_two (m >= s, s | m), s prime
+  approach.K, approach.r   baseline (K), draco_lite / draco_lite_attack / maj_vote
+  approach.path        custom: JSON file [[files of worker 0], ...]
+  q_max=INT            largest q to tabulate (default K // 2)
+  format=table|json    json: one object {{K, f, r, load, rows: [...]}}
+  show_assignment=true also print which files each worker holds
+  time_budget=SECONDS  search budget (default 60); past it rows say certified: false
+"""
+
+
+def _detox_eps(K: int, r: int, q_max: int) -> tuple[int | None, list[float] | None]:
+    """(group size, eps per q) of DETOX with the same K, from its closed form.
+
+    Group size r if it divides K, else 3, 5 or 2; c_max(q) = min(q // r', K / r) (a
+    test checks the closed form against the exhaustive search).
+    """
+    for size in (r, 3, 5, 2):
+        if size >= 2 and K % size == 0:
+            groups, rp = K // size, (size + 1) // 2
+            return size, [min(q // rp, groups) / groups for q in range(q_max + 1)]
+    return None, None
+
+
+class _Progress:
+    """Progress on stderr for searches that take longer than a second."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.start = time.monotonic()
+        self.shown = False
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.start < 1.0 or (
+            now - self.last < (0.2 if self.tty else 5.0) and done < total
+        ):
+            return
+        self.last = now
+        self.shown = True
+        end = "\r" if self.tty and done < total else "\n"
+        print(
+            f"{self.label}: {done}/{total} ({now - self.start:.0f} s)",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.shown and self.tty:
+            print(file=sys.stderr)
+
+
+def placement_main(argv: Sequence[str]) -> int:
+    """``python -m byzshield.placement``; returns the exit status."""
+    from byzshield.adversary import worst_case_table
+    from byzshield.placement import APPROACHES, build_placement
+
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(PLACEMENT_HELP.format(approaches=" | ".join(APPROACHES)))
+        return 0
+    try:
+        cfg = compose("placement", argv)
+        name, params = approach_params(cfg)
+        placement = build_placement(name, **params)
+        K = placement.num_workers
+        q_max = cfg.q_max if cfg.q_max is not None else K // 2
+        if isinstance(q_max, bool) or not isinstance(q_max, int) or not 0 <= q_max <= K:
+            raise UsageError(f"q_max must be an integer in 0..K={K}, got {q_max!r}")
+        if cfg.format not in ("table", "json"):
+            raise UsageError(f"format must be table or json, got {cfg.format!r}")
+        budget = cfg.time_budget
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0:
+            raise UsageError(f"time_budget must be a positive number of seconds, got {budget!r}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    progress = _Progress("searching")
+    rows = worst_case_table(placement, q_max, time_budget=float(budget), progress=progress)
+    progress.close()
+    detox_r, detox_eps = _detox_eps(K, placement.replication, q_max)
+    f = placement.num_files
+
+    if cfg.format == "json":
+        out = {
+            "approach": name,
+            "params": params,
+            "K": K,
+            "f": f,
+            "r": placement.replication,
+            "load": placement.load,
+            "rows": [
+                {
+                    "q": row.q,
+                    "c_max": row.c_max,
+                    "eps": row.c_max / f,
+                    "eps_detox": None if detox_eps is None else detox_eps[row.q],
+                    "eps_baseline": row.q / K,
+                    "certified": row.certified,
+                    "byzantine": list(row.byzantine),
+                    "bound": row.upper_bound,
+                    "naive_bound": row.naive_bound,
+                    "spectral_bound": row.spectral_bound,
+                    "seconds": round(row.seconds, 6),
+                }
+                for row in rows
+            ],
+        }
+        if cfg.show_assignment:
+            out["worker_files"] = [list(fs) for fs in placement.worker_files]
+        print(json.dumps(out, indent=2))
+        return 0
+
+    print(placement.describe())
+    detox_name = "eps_detox" if detox_r is None else f"eps_detox(r={detox_r})"
+    head = (
+        f"{'q':>3} {'c_max':>5} {'eps':>6} {detox_name:>15} {'eps_base':>8} "
+        f"{'bound':>5} {'certified':>9} {'seconds':>8}  byzantine (0-based)"
+    )
+    print(head)
+    for row in rows:
+        d = "-" if detox_eps is None else f"{detox_eps[row.q]:.3f}"
+        print(
+            f"{row.q:>3} {row.c_max:>5} {row.c_max / f:>6.3f} {d:>15} {row.q / K:>8.3f} "
+            f"{row.upper_bound:>5} {'yes' if row.certified else 'NO':>9} {row.seconds:>8.4f}  "
+            f"{list(row.byzantine)}"
+        )
+    if not all(row.certified for row in rows):
+        print("rows with certified NO: best set found within time_budget; c_max <= bound")
+    if cfg.show_assignment:
+        print("worker -> files")
+        for w, fs in enumerate(placement.worker_files):
+            print(f"{w:>4}: {list(fs)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m byzshield.placement`` and ``byzshield-placement``."""
+    return placement_main(sys.argv[1:] if argv is None else list(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

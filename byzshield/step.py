@@ -1,0 +1,225 @@
+"""One robust update: omniscient attack simulation, majority vote, aggregation.
+
+This is everything that decides the model's next gradient from what reached the
+parameter server, and nothing else (no processes, no optimizer). Both engines call it:
+the torchrun engine on the copies it received over gloo, the simulate engine on the
+copies it computed in process (each file once, plus the Byzantine copies). Given the
+same copies it returns the same bits, whichever engine built them.
+
+    received copies --(omniscient attack)--> copies --(vote)--> f winners
+                    --(aggregation rule)--> gradient (d,)
+
+:class:`Copies` is what arrived: rows of one or more blocks (:class:`byzshield.vote.Rows`)
+and an (f, r) index whose entry (j, i) is the row of file j's copy from its i-th holder
+(``placement.file_workers[j][i]``), with the loss reported along with every copy.
+
+Definitions the metrics use (BYZSHIELD.md section 7):
+
+- A file is **distorted** when its vote winner was sent by a Byzantine worker and
+  differs bit for bit from the file's honest gradient, or when no honest copy of the
+  file exists to compare with (every holder is Byzantine and the attack is not
+  omniscient).
+- The step's **loss** is the mean over files of the loss reported with each file's
+  vote winner (so a worker cannot move it unless it wins a vote).
+
+    >>> from byzshield.step import RobustUpdate  # see tests/test_step.py for examples
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from byzshield.attacks import Attack, forge
+from byzshield.data import derive_seed
+from byzshield.placement import Placement
+from byzshield.vote import Rows, same_bits, vote_rows
+
+__all__ = ["Copies", "Outcome", "RobustUpdate", "copy_index"]
+
+
+def copy_index(placement: Placement) -> Tensor:
+    """(f, r) rows of each file's copies in a (K * l, d) stack of what workers send.
+
+    Worker w's i-th file (``placement.worker_files[w][i]``) is row ``w * l + i``; entry
+    (j, i) is the row of file j's copy from ``placement.file_workers[j][i]``.
+    """
+    pos = {(w, j): i for w, fs in enumerate(placement.worker_files) for i, j in enumerate(fs)}
+    return torch.tensor(
+        [
+            [w * placement.load + pos[(w, j)] for w in ws]
+            for j, ws in enumerate(placement.file_workers)
+        ],
+        dtype=torch.long,
+    )
+
+
+@dataclass
+class Copies:
+    """The copies of every file that reached the server in one step.
+
+    Attributes:
+        rows: the storage of every copy.
+        index: (f, r) long; ``index[j, i]`` is the row of file j's copy from its i-th
+            holder (``placement.file_workers[j][i]``).
+        losses: (f, r) float64; the training loss reported with each copy.
+    """
+
+    rows: Rows
+    index: Tensor
+    losses: Tensor
+
+
+@dataclass
+class Outcome:
+    """The gradient the robust update decided on, and what happened on the way.
+
+    Attributes:
+        gradient: (d,) the aggregate of the vote winners.
+        metrics: per-step values for metrics.jsonl (see :meth:`RobustUpdate.__call__`).
+    """
+
+    gradient: Tensor
+    metrics: dict
+
+
+class RobustUpdate:
+    """Attack simulation, vote and aggregation for one run (built once, called per step).
+
+    Args:
+        placement: who holds which file.
+        attack: the attack; only attacks with ``needs_honest`` (omniscient: ALIE, IPM)
+            are simulated here, the others are already in the copies.
+        aggregator: the rule object (``aggregator(stack, f=, generator=)``), which keeps
+            its own state across steps (centered clipping's centre).
+        aggregator_f: the f the rule assumes.
+        seed: the run's seed; per-step generators are derived from (seed, step).
+    """
+
+    def __init__(
+        self,
+        placement: Placement,
+        attack: Attack,
+        aggregator,
+        *,
+        aggregator_f: int,
+        seed: int,
+    ):
+        self.placement = placement
+        self.attack = attack
+        self.aggregator = aggregator
+        self.f = aggregator_f
+        self.seed = seed
+        self.holders = [list(ws) for ws in placement.file_workers]
+        self.position = {(w, j): i for j, ws in enumerate(self.holders) for i, w in enumerate(ws)}
+
+    def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
+        """The step's gradient and metrics.
+
+        Metrics: ``loss``, ``distorted`` (count) and ``distorted_files``, ``all_strict``
+        and ``non_strict_files`` (files without a strict majority), ``nonfinite_winners``
+        (winners the rule dropped), and the times ``attack_s``, ``vote_s``,
+        ``aggregation_s``.
+        """
+        bad = set(byzantine)
+        original = copies.index
+        t0 = time.perf_counter()
+        index, rows = self._simulate_attack(copies, bad, step)
+        t1 = time.perf_counter()
+        if self.placement.replication > 1:
+            vote = vote_rows(rows, index)
+            winners, positions = vote.winners, vote.indices.tolist()
+            non_strict = int((~vote.strict).sum())
+        else:
+            winners = rows.gather(index[:, 0].tolist())
+            positions, non_strict = [0] * self.placement.num_files, 0
+        distorted = self._distorted(rows, original, index, positions, winners, bad)
+        losses = copies.losses[torch.arange(len(positions)), torch.tensor(positions)].tolist()
+        t2 = time.perf_counter()
+        generator = None
+        if getattr(self.aggregator, "needs_generator", False):
+            generator = torch.Generator().manual_seed(derive_seed("aggregate", self.seed, step))
+        result = self.aggregator(winners, f=self.f, generator=generator)
+        t3 = time.perf_counter()
+        return Outcome(
+            gradient=result.value,
+            metrics={
+                "loss": _mean(losses),
+                "distorted": len(distorted),
+                "distorted_files": distorted,
+                "all_strict": non_strict == 0,
+                "non_strict_files": non_strict,
+                "nonfinite_winners": len(result.nonfinite_rows),
+                "attack_s": t1 - t0,
+                "vote_s": t2 - t1,
+                "aggregation_s": t3 - t2,
+            },
+        )
+
+    def _simulate_attack(self, copies: Copies, bad: set[int], step: int) -> tuple[Tensor, Rows]:
+        """The omniscient adversary: the one place where Byzantine copies are computed
+        from honest gradients. Returns the (possibly re-pointed) index and the rows."""
+        rows, index = copies.rows, copies.index
+        if not bad or not self.attack.needs_honest:
+            return index, rows
+        honest = self._honest_stack(rows, index, bad)
+        files = sorted({j for w in bad for j in self.placement.worker_files[w]})
+        forged = forge(self.attack, honest, files, seed=self.seed, step=step)
+        rows = Rows(*rows.blocks)
+        start = rows.append(forged)
+        row_of = {j: start + (k if forged.shape[0] > 1 else 0) for k, j in enumerate(files)}
+        index = index.clone()
+        for w in bad:
+            for j in self.placement.worker_files[w]:
+                index[j, self.position[(w, j)]] = row_of[j]
+        return index, rows
+
+    def _honest_stack(self, rows: Rows, index: Tensor, bad: set[int]) -> Tensor:
+        """(f, d): each file's gradient as an honest holder sent it (for an omniscient
+        attack Byzantine workers send honest gradients too, so any holder will do)."""
+        picks = []
+        for j, ws in enumerate(self.holders):
+            i = next((i for i, w in enumerate(ws) if w not in bad), 0)
+            picks.append(int(index[j, i]))
+        first = rows.blocks[0]
+        if picks == list(range(len(picks))) and first.shape[0] >= len(picks):
+            return first[: len(picks)]  # the simulator's honest rows: no copy
+        return rows.gather(picks)
+
+    def _distorted(
+        self,
+        rows: Rows,
+        original: Tensor,
+        index: Tensor,
+        positions: list[int],
+        winners: Tensor,
+        bad: set[int],
+    ) -> list[int]:
+        if not bad:
+            return []
+        out = []
+        for j, i in enumerate(positions):
+            ws = self.holders[j]
+            if ws[i] not in bad:
+                continue
+            honest = next((k for k, w in enumerate(ws) if w not in bad), None)
+            if honest is not None:
+                ref = int(original[j, honest])
+            elif self.attack.needs_honest:
+                ref = int(original[j, i])  # what the Byzantine worker computed honestly
+            else:
+                out.append(j)  # nothing honest to compare with
+                continue
+            if ref == int(index[j, i]):
+                continue  # the winner is the honest row itself
+            if not same_bits(winners[j], rows[ref]):
+                out.append(j)
+        return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan

@@ -1,0 +1,368 @@
+"""What both engines share: the training loop, apply (optimizer and schedule), metrics,
+checkpoints, evaluation and the progress display.
+
+One step, whichever engine gathers the copies::
+
+    byzantine = selection.workers(step)                  # adversary.Selection
+    copies, times = engine.gather(step, params, byzantine)  # torchrun or simulate
+    outcome = robust_update(copies, byzantine, step)    # step.py: attack, vote, rule
+    apply(outcome.gradient)                              # SGD with momentum, step LR
+
+The per-step record in ``metrics.jsonl`` has the same keys for both engines; its time
+split (compute, communication, attack simulation, vote, aggregation, update) adds up to
+``step_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from byzshield.config import Run
+from byzshield.data import ImageDataset, eval_batches, step_batch
+from byzshield.gradients import flat_params
+from byzshield.protocol import ReplyLayout
+from byzshield.step import Copies, RobustUpdate
+
+__all__ = [
+    "TIME_KEYS",
+    "Checkpoints",
+    "Engine",
+    "MetricsLog",
+    "Progress",
+    "Trainer",
+    "evaluate",
+    "recompute_batchnorm",
+    "score_test_set",
+]
+
+log = logging.getLogger("byzshield.trainer")
+
+TIME_KEYS = (
+    "compute_s",
+    "communication_s",
+    "attack_s",
+    "vote_s",
+    "aggregation_s",
+    "update_s",
+)
+"""The columns of the time split; they add up to ``step_s``."""
+
+
+class Engine(Protocol):
+    """How the copies of a step's files reach the parameter server."""
+
+    name: str
+
+    def gather(
+        self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]
+    ) -> tuple[Copies, dict]:
+        """The step's copies and the times ``compute_s`` and ``communication_s``."""
+        ...
+
+    def close(self, step: int) -> None: ...
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def score_test_set(model: nn.Module, test: ImageDataset, batch_size: int) -> dict:
+    """Top-1/top-5 accuracy and mean cross-entropy of ``model`` (eval mode) on ``test``."""
+    model.eval()
+    device = next(model.parameters()).device
+    n = correct1 = correct5 = 0
+    loss = 0.0
+    for x, y in eval_batches(test, batch_size):
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss += float(F.cross_entropy(out, y, reduction="sum"))
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(dim=1).sum())
+        n += len(y)
+    return {"top1": correct1 / n, "top5": correct5 / n, "test_loss": loss / n}
+
+
+@torch.no_grad()
+def recompute_batchnorm(
+    model: nn.Module,
+    train: ImageDataset,
+    *,
+    seed: int,
+    batches: int,
+    batch_size: int,
+    num_files: int,
+) -> None:
+    """Re-estimate BatchNorm running statistics as the cumulative average over
+    ``batches`` training batches in training mode; they never travel from workers."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    device = next(model.parameters()).device
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for b in range(batches):
+        x, _ = step_batch(train, seed=seed + 1, step=b, batch_size=batch_size, num_files=num_files)
+        model(x.to(device))
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+
+
+def evaluate(model: nn.Module, run: Run) -> dict:
+    """BatchNorm statistics recomputed, then :func:`score_test_set` on the run's test set."""
+    cfg = run.config
+    recompute_batchnorm(
+        model,
+        run.train_data,
+        seed=cfg.seed,
+        batches=cfg.bn_batches,
+        batch_size=cfg.batch_size,
+        num_files=run.placement.num_files,
+    )
+    return score_test_set(model, run.test_data, cfg.eval_batch_size)
+
+
+# --------------------------------------------------------------------------------------
+# Metrics, checkpoints, progress
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line, non-finite numbers as null), plus
+    TensorBoard events under tensorboard/ when the tensorboard package is installed."""
+
+    def __init__(self, folder: Path):
+        self.file = open(folder / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(folder / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        clean = {k: _finite_or_none(v) for k, v in record.items()}
+        self.file.write(json.dumps(clean, allow_nan=False) + "\n")
+        if self.tb is not None:
+            prefix = "eval/" if record.get("event") == "eval" else "train/"
+            for k, v in clean.items():
+                if isinstance(v, int | float) and not isinstance(v, bool) and k != "step":
+                    self.tb.add_scalar(prefix + k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Checkpoints:
+    """checkpoints/step_NNNNNN.pt, each written atomically (temporary file + rename)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder / "checkpoints"
+
+    def save(self, step: int, state: dict) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"step_{step:06d}.pt"
+        tmp = self.folder / f".step_{step:06d}.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+
+class Progress:
+    """A tqdm bar on a terminal, otherwise one line every ``every`` steps."""
+
+    def __init__(self, total: int, every: int):
+        self.total, self.every = total, every
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
+
+    def step(self, step: int, record: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", distorted=record["distorted"])
+        elif step % self.every == 0 or step == self.total - 1:
+            print(
+                f"step {step + 1}/{self.total} loss {record['loss']:.4f} lr {record['lr']:.4g} "
+                f"distorted {record['distorted']} ({record['step_s'] * 1000:.0f} ms/step)",
+                flush=True,
+            )
+
+    def say(self, message: str) -> None:
+        (self.bar.write if self.bar is not None else print)(message)
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+
+
+class Trainer:
+    """The parameter server's side of a run: model, optimizer, schedule and the loop."""
+
+    def __init__(self, run: Run, engine: Engine, folder: Path, *, device: str = "cpu"):
+        self.run, self.engine, self.folder = run, engine, folder
+        cfg = run.config
+        self.model = run.build_model().to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=cfg.lr_step, gamma=cfg.gamma
+        )
+        self.update = RobustUpdate(
+            run.placement,
+            run.attack,
+            run.aggregator,
+            aggregator_f=run.aggregator_f,
+            seed=cfg.seed,
+        )
+        self.metrics = MetricsLog(folder)
+        self.checkpoints = Checkpoints(folder)
+        d = sum(p.numel() for p in self.model.parameters())
+        self.bytes_per_step = (
+            run.placement.num_workers * ReplyLayout(run.placement.load, d).nbytes()
+        )
+        self.last_eval: dict = {}
+
+    def apply(self, gradient: torch.Tensor) -> float:
+        """One SGD step with ``gradient`` (d,) as every parameter's gradient; returns the lr."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        offset = 0
+        for p in self.model.parameters():
+            n = p.numel()
+            p.grad = gradient[offset : offset + n].view_as(p).to(p.device, copy=True)
+            offset += n
+        self.optimizer.step()
+        self.scheduler.step()
+        return lr
+
+    def step(self, step: int) -> dict:
+        """Gather, robust update, apply; the step's metrics record."""
+        byzantine = self.run.selection.workers(step)
+        t0 = time.perf_counter()
+        params = flat_params(self.model)  # what is broadcast: counted as communication
+        packed = time.perf_counter() - t0
+        copies, times = self.engine.gather(step, params, byzantine)
+        outcome = self.update(copies, byzantine, step)
+        t1 = time.perf_counter()
+        lr = self.apply(outcome.gradient)
+        t2 = time.perf_counter()
+        m = outcome.metrics
+        record = {
+            "step": step,
+            "loss": m["loss"],
+            "lr": lr,
+            "byzantine": list(byzantine),
+            "distorted": m["distorted"],
+            "distorted_files": m["distorted_files"],
+            "all_strict": m["all_strict"],
+            "non_strict_files": m["non_strict_files"],
+            "nonfinite_winners": m["nonfinite_winners"],
+            "bytes_received": self.bytes_per_step,
+            "compute_s": times["compute_s"],
+            "communication_s": times["communication_s"] + packed,
+            "attack_s": m["attack_s"],
+            "vote_s": m["vote_s"],
+            "aggregation_s": m["aggregation_s"],
+            "update_s": t2 - t1,
+            "step_s": t2 - t0,
+        }
+        # what the gather and the update do not account for (copies, bookkeeping)
+        record["other_s"] = max(0.0, record["step_s"] - sum(record[k] for k in TIME_KEYS))
+        return record
+
+    def evaluate(self, step: int) -> dict:
+        result = evaluate(self.model, self.run)
+        self.last_eval = result
+        self.metrics.write({"step": step, "event": "eval", **result})
+        if self.run.config.checkpoint:
+            self.checkpoints.save(step, self.state(step))
+        return result
+
+    def state(self, step: int) -> dict:
+        """What a checkpoint holds: tensors and plain values only (weights_only loads)."""
+        cfg = self.run.config
+        return {
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "aggregator": self.run.aggregator.state_dict(),
+            "rng": torch.get_rng_state(),
+            "network": cfg.network.name,
+            "dataset": cfg.dataset.name,
+            "dataset_root": cfg.dataset.root,
+            "num_classes": self.run.train_data.num_classes,
+            "eval": self.last_eval,
+        }
+
+    def train(self, steps: Iterable[int] | None = None) -> dict:
+        """Run every step, evaluating every ``eval_freq`` steps and at the end."""
+        cfg = self.run.config
+        total = self.run.max_steps
+        progress = Progress(total, cfg.log_every)
+        step = 0
+        try:
+            for step in steps if steps is not None else range(total):
+                record = self.step(step)
+                self.metrics.write(record)
+                progress.step(step, record)
+                done = step + 1
+                if cfg.eval_freq and done % cfg.eval_freq == 0 and done < total:
+                    ev = self.evaluate(done)
+                    progress.say(
+                        f"step {done}: test top-1 {ev['top1']:.4f} top-5 {ev['top5']:.4f} "
+                        f"loss {ev['test_loss']:.4f}"
+                    )
+            final = self.evaluate(total)
+        finally:
+            progress.close()
+            self.engine.close(step)
+            self.metrics.close()
+        return final
+
+
+def announce(run: Run, folder: Path, engine: str) -> None:
+    """Print what the run is about to do and store it in ``run.json`` in its folder."""
+    cfg = run.config
+    for note in run.notes:
+        print(f"note: {note}")
+    attack = run.info["attack"]
+    z = f" z={attack['z_used']:.4g}" if "z_used" in attack else ""
+    print(
+        f"{run.placement.describe()}; mode={run.info['mode']} (f={run.aggregator_f}); "
+        f"attack={cfg.attack.name}{z} q={run.q}; {cfg.network.name} on {cfg.dataset.name}; "
+        f"engine={engine}; output {folder}",
+        flush=True,
+    )
+    print(f"byzantine: {run.selection.describe()}", flush=True)
+    info = {**run.info, "engine": engine, "device": cfg.device, "seed": cfg.seed}
+    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")

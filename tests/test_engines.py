@@ -1,0 +1,149 @@
+"""Bit-identity of the two engines: torchrun (K+1 processes over gloo) and simulate (one
+process) give torch.equal parameters and equal per-step metrics apart from timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import read_metrics, run_env, torchrun_cmd
+
+from byzshield.engines.simulate import simulate
+from byzshield.trainer import TIME_KEYS
+
+COMMON = ("attack.q=2", "max_steps=3", "eval_freq=2", "seed=5")
+SWEEP = ("attack=rev_grad,constant,label_flip,alie", "attack.selection=worst_case,random")
+DESIGNS = {  # small instances of the four families; K + 1 processes each
+    "mols": (13, "approach=mols", "approach.l=4", "approach.r=3", "batch_size=96"),
+    "rama_two": (
+        10,
+        "approach=rama_two",
+        "approach.m=3",
+        "approach.s=3",
+        "batch_size=90",
+        "mode=multi-krum",
+    ),
+    "draco_lite": (10, "approach=draco_lite", "approach.K=9", "approach.r=3", "mode=mean"),
+    "baseline": (7, "approach=baseline", "approach.K=6", "batch_size=60", "mode=mean"),
+}
+TIMES = {*TIME_KEYS, "step_s", "other_s"}
+
+
+def _job_overrides(job: Path) -> list[str]:
+    ovs = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    return [o for o in ovs if not o.startswith("train_dir=")]
+
+
+def _params(folder: Path) -> dict:
+    last = sorted((folder / "checkpoints").glob("step_*.pt"))[-1]
+    return torch.load(last, weights_only=True)["model"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    rows_a = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows_a) == len(rows_b) > 0
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert set(ra) == set(rb)
+        assert {k: v for k, v in ra.items() if k not in TIMES} == {
+            k: v for k, v in rb.items() if k not in TIMES
+        }
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_torchrun_and_simulate_give_the_same_bits(tmp_path, design):
+    nproc, *overrides = DESIGNS[design]
+    sweep = tmp_path / "torchrun"
+    proc = subprocess.run(
+        torchrun_cmd(nproc, "-m", f"train_dir={sweep}", *overrides, *COMMON, *SWEEP),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=run_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    assert len(jobs) == 8  # every job of the multirun in its own folder
+    seen = set()
+    for job in jobs:
+        ovs = _job_overrides(job)
+        seen.add(tuple(o for o in ovs if o.startswith("attack=") or "selection" in o))
+        assert (job / "run.json").exists() and (job / "rank0.log").exists()
+        steps, evals = read_metrics(job)
+        assert len(steps) == 3 and [e["step"] for e in evals] == [2, 3]
+        if "attack.selection=worst_case" in ovs:
+            assert all(
+                s["distorted"] == json.loads((job / "run.json").read_text())["selection"]["c_max"]
+                for s in steps
+            ), job
+        simulate(ovs, tmp_path / "simulate" / job.name)
+        assert_same_run(job, tmp_path / "simulate" / job.name)
+    assert len(seen) == 8
+
+
+@pytest.mark.slow
+def test_default_mols_run_under_alie_is_identical_in_both_engines(tmp_path):
+    overrides = ("attack=alie", "attack.z=1.0", "max_steps=20", "eval_freq=10")
+    proc = subprocess.run(
+        torchrun_cmd(16, f"train_dir={tmp_path / 'tr'}", *overrides),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=run_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    simulate(overrides, tmp_path / "sim")
+    assert_same_run(tmp_path / "tr", tmp_path / "sim")
+
+
+def test_simulate_multirun_runs_jobs_one_after_another_in_one_process(tmp_path):
+    folder = tmp_path / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "byzshield.train",
+            "-m",
+            f"train_dir={folder}",
+            "approach=rama_two",
+            "approach.m=3",
+            "approach.s=3",
+            "batch_size=90",
+            "mode=coord-median,mean",
+            "max_steps=2",
+            "eval_freq=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=run_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, mode in (("0", "coord-median"), ("1", "mean")):
+        steps, evals = read_metrics(folder / job)
+        assert len(steps) == 2 and len(evals) == 1
+        assert f"mode={mode}" in (folder / job / ".hydra" / "overrides.yaml").read_text()
+        assert json.loads((folder / job / "run.json").read_text())["engine"] == "simulate"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_simulate_trains_on_cuda(tmp_path):
+    result = simulate(["device=cuda", "max_steps=5", "eval_freq=0"], tmp_path)
+    assert 0 <= result["top1"] <= 1
+
+
+def test_device_cuda_with_the_torchrun_engine_is_refused_in_one_line(tmp_path):
+    from byzshield.config import ConfigError, build_run, compose_config
+
+    with pytest.raises(ConfigError, match="device=cuda needs engine=simulate"):
+        build_run(compose_config(["device=cuda", "engine=torchrun"]))

@@ -1,0 +1,142 @@
+"""The robust update and the shared evaluation in one process (no process group)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import run_env
+
+from byzshield.adversary import distorted_files, worst_case
+from byzshield.attacks import make_attack
+from byzshield.config import MeanMode, MultiKrumMode
+from byzshield.data import load_dataset
+from byzshield.networks import build_network
+from byzshield.placement import detox, mols, rama_two
+from byzshield.step import Copies, RobustUpdate, copy_index
+from byzshield.trainer import evaluate, recompute_batchnorm, score_test_set
+from byzshield.vote import Rows
+
+
+def received(placement, truth, losses=None):
+    """Copies as honest torchrun workers send them: a (K * l, d) stack of file gradients."""
+    K, l = placement.num_workers, placement.load
+    rows = torch.empty(K * l, truth.shape[1])
+    for w, fs in enumerate(placement.worker_files):
+        for i, j in enumerate(fs):
+            rows[w * l + i] = truth[j]
+    index = copy_index(placement)
+    losses = torch.ones(index.shape, dtype=torch.float64) if losses is None else losses
+    return Copies(Rows(rows), index, losses)
+
+
+def update(placement, attack=None, mode=None, f=0):
+    attack = attack or make_attack("rev_grad")
+    return RobustUpdate(placement, attack, (mode or MeanMode()).build(), aggregator_f=f, seed=0)
+
+
+def test_vote_removes_every_file_the_byzantine_set_does_not_control():
+    p = mols(5, 3)
+    truth = torch.randn(p.num_files, 50, generator=torch.Generator().manual_seed(0))
+    byz = worst_case(p, 4).byzantine
+    copies = received(p, truth)
+    for w in byz:
+        copies.rows.blocks[0][w * p.load : (w + 1) * p.load] *= -100
+    out = update(p)(copies, byz, step=0)
+    m = out.metrics
+    assert m["distorted_files"] == distorted_files(p, byz) and m["distorted"] == 5
+    bad = torch.zeros(p.num_files, dtype=torch.bool)
+    bad[m["distorted_files"]] = True
+    expected = torch.cat([truth[~bad], -100 * truth[bad]]).mean(dim=0)
+    assert torch.allclose(out.gradient, expected, atol=1e-5)
+    assert m["all_strict"] and m["non_strict_files"] == 0
+
+
+def test_omniscient_alie_gives_every_byzantine_copy_one_value_and_distorts_c_max_files():
+    p = rama_two(5, 5)
+    truth = torch.randn(p.num_files, 40, generator=torch.Generator().manual_seed(1))
+    byz = worst_case(p, 6).byzantine
+    attack = make_attack("alie", n=p.num_files, q=4)
+    ru = update(p, attack)
+    index, rows = ru._simulate_attack(received(p, truth), set(byz), step=0)
+    mu, sigma = truth.double().mean(0), truth.double().std(0)
+    alie = (mu + attack.z_used * sigma).float()
+    for j, ws in enumerate(p.file_workers):
+        for i, w in enumerate(ws):
+            assert torch.equal(rows[int(index[j, i])], alie if w in byz else truth[j])
+    out = ru(received(p, truth), byz, step=0)
+    assert out.metrics["distorted_files"] == distorted_files(p, byz)
+    assert out.metrics["attack_s"] > 0
+
+
+def test_step_loss_is_the_mean_of_the_losses_reported_with_each_winner():
+    p = detox(6, 3)  # 2 files, holders (0, 1, 2) and (3, 4, 5)
+    truth = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))
+    losses = torch.tensor([[1.0, 1.0, 99.0], [3.0, 3.0, 3.0]], dtype=torch.float64)
+    copies = received(p, truth, losses)
+    copies.rows.blocks[0][2] *= -1  # worker 2 lies about file 0 and its loss: it loses
+    out = update(p)(copies, (), step=0)
+    assert out.metrics["loss"] == 2.0 and out.metrics["distorted"] == 0
+
+
+def test_copies_sharing_one_row_need_no_comparison_and_give_the_same_vote():
+    p = mols(3, 2)
+    truth = torch.randn(p.num_files, 16, generator=torch.Generator().manual_seed(3))
+    shared = Copies(
+        Rows(truth.clone()),
+        torch.arange(p.num_files)[:, None].repeat(1, p.replication),
+        torch.ones(p.num_files, p.replication, dtype=torch.float64),
+    )
+    a = update(p, mode=MultiKrumMode())(received(p, truth), (), 0)
+    b = update(p, mode=MultiKrumMode())(shared, (), 0)
+    assert torch.equal(a.gradient, b.gradient)
+
+
+def test_non_omniscient_attack_with_no_honest_holder_counts_as_distorted():
+    p = detox(6, 3)
+    truth = torch.randn(2, 8, generator=torch.Generator().manual_seed(4))
+    copies = received(p, truth)
+    copies.rows.blocks[0][:3] *= -100  # group 0 entirely Byzantine
+    out = update(p)(copies, (0, 1, 2), step=0)
+    assert out.metrics["distorted_files"] == [0]
+
+
+def test_evaluation_recomputes_batchnorm_statistics_instead_of_trusting_buffers():
+    torch.manual_seed(0)
+    train = load_dataset("digits", root="data", download=False, train=True)
+    test = load_dataset("digits", root="data", download=False, train=False)
+    model = build_network("resnet18", num_classes=10, in_channels=1, image_size=8)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean.fill_(1e6)  # garbage a worker could have sent
+    recompute_batchnorm(model, train, seed=0, batches=2, batch_size=60, num_files=6)
+    out = score_test_set(model, test, 200)
+    assert abs(float(bn.running_mean.abs().max())) < 1e3
+    assert set(out) == {"top1", "top5", "test_loss"} and 0 <= out["top1"] <= 1
+    assert evaluate is not None
+
+
+def test_missing_dataset_stops_before_anything_starts_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "byzshield.train",
+            "dataset=mnist",
+            f"dataset.root={tmp_path}",
+            f"train_dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=run_env(),
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(tmp_path) in lines[0]
+
+
+@pytest.mark.parametrize("rows", [torch.zeros(3, 2), Rows(torch.zeros(2, 2), torch.ones(1, 2))])
+def test_rows_gather_reads_across_blocks(rows):
+    rows = rows if isinstance(rows, Rows) else Rows(rows)
+    assert rows.gather([rows.num_rows - 1, 0]).shape == (2, 2)
