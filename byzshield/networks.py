@@ -10,10 +10,11 @@ Every network maps a float batch (B, in_channels, image_size, image_size) to log
 (B, num_classes) and works for image_size 8 (the embedded digits), 28 (MNIST) and 32
 (CIFAR, SVHN), with 1 or 3 input channels.
 
-- ``lenet``: LeNet-5 as in the original ByzShield/DETOX code (conv 5x5 x20, maxpool,
-  conv 5x5 x50, maxpool, fc 500, fc classes). Images smaller than 16 pixels get "same"
-  padding in both convolutions so two 5x5 convolutions and two poolings still fit
-  (8 -> 8 -> 4 -> 4 -> 2); the first fully connected layer is sized from image_size.
+- ``lenet``: the LeNet of the original ByzShield/DETOX code (conv 5x5 x20, maxpool, ReLU,
+  conv 5x5 x50, maxpool, ReLU, fc 500, fc classes; no ReLU between the two fully connected
+  layers). Images smaller than 16 pixels get "same" padding in both convolutions so two
+  5x5 convolutions and two poolings still fit (8 -> 8 -> 4 -> 4 -> 2); the first fully
+  connected layer is sized from image_size.
 - ``resnet18/34/50``: He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016)
   with the CIFAR stem used by the original code: one 3x3 stride-1 convolution, no
   initial max-pool, stages of 64/128/256/512 planes, global average pooling.
@@ -44,11 +45,17 @@ __all__ = ["NETWORKS", "build_network", "LeNet", "ResNet", "DenseNet", "VGG"]
 
 
 class LeNet(nn.Module):
-    """LeNet-5 (LeCun et al., 1998) in the layout of the original ByzShield code.
+    """LeNet-5 (LeCun et al., 1998) in the layout of the original ByzShield and DETOX code.
 
-    conv5x5(20) -> maxpool 2 -> ReLU -> conv5x5(50) -> maxpool 2 -> ReLU -> fc 500 -> ReLU
-    -> fc num_classes. For 28x28 inputs this is exactly the original (flatten 4*4*50);
-    images under 16 pixels use padding 2 so that 8x8 digits give a 2x2x50 feature map.
+    conv5x5(20) -> maxpool 2 -> ReLU -> conv5x5(50) -> maxpool 2 -> ReLU -> fc 500
+    -> fc num_classes, as in the original ``src/model_ops/lenet.py`` (identical in both
+    repositories): pooling comes before each ReLU, and there is no nonlinearity between
+    fc1 and fc2, so the classifier head is one affine map of rank <= 500 written as two.
+    For 1-channel 28x28 inputs this is exactly the original (stride 1, no padding, flatten
+    4*4*50, 431,080 parameters for 10 classes). Adaptations: ``in_channels`` and
+    ``num_classes`` are free (the original fixed 1 and 10); fc1 is sized from
+    ``image_size`` (5*5*50 for 32x32); images under 16 pixels use padding 2 in both
+    convolutions so that 8x8 digits give a 2x2x50 feature map.
     """
 
     def __init__(self, *, num_classes: int, in_channels: int, image_size: int) -> None:
@@ -67,8 +74,7 @@ class LeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
-        x = F.relu(self.fc1(torch.flatten(x, 1)))
-        return self.fc2(x)
+        return self.fc2(self.fc1(torch.flatten(x, 1)))  # no ReLU after fc1, as the original
 
 
 class _BasicBlock(nn.Module):

@@ -54,6 +54,17 @@ def test_lenet_for_mnist_matches_original_layout():
     assert net.fc1.in_features == 4 * 4 * 50
 
 
+def test_lenet_has_no_relu_between_fc1_and_fc2_like_the_original():
+    """The original LeNet (ByzShield/DETOX src/model_ops/lenet.py) feeds fc1 straight into fc2."""
+    torch.manual_seed(0)
+    net = build_network("lenet", num_classes=10, in_channels=1, image_size=28)
+    seen = []
+    net.fc1.register_forward_hook(lambda module, args, out: seen.append(out))
+    out = net(torch.randn(4, 1, 28, 28))
+    assert (seen[0] < 0).any()  # a ReLU would have changed these
+    assert torch.equal(out, net.fc2(seen[0]))
+
+
 def test_lenet_for_digits_uses_same_padding():
     net = build_network("lenet", num_classes=10, in_channels=1, image_size=8)
     assert net.conv1.padding == (2, 2)
