@@ -46,10 +46,11 @@ section 4 requires anyway.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -69,6 +70,7 @@ __all__ = [
     "epoch_permutation",
     "eval_batches",
     "file_batch",
+    "file_batches",
     "file_slice",
     "load_dataset",
     "step_batch",
@@ -154,10 +156,16 @@ class ImageDataset:
     def __len__(self) -> int:
         return self.num_samples
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) raw pixels -> float32 ``(images / max_value - mean) / std``."""
+    @functools.cached_property
+    def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 (C, 1, 1) mean and std, built once (private: never handed out)."""
         mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return mean, std
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) raw pixels -> float32 ``(images / max_value - mean) / std``."""
+        mean, std = self._mean_std
         return (images.to(torch.float32) / self.max_value - mean) / std
 
 
@@ -191,12 +199,27 @@ def _generator(purpose: str, *values: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(purpose, *values))
 
 
+PERMUTATION_CACHE_SIZE = 8
+"""How many epoch permutations :func:`batch_indices` keeps (a step touches one or two)."""
+
+
+@functools.lru_cache(maxsize=PERMUTATION_CACHE_SIZE)
+def _shared_epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """:func:`epoch_permutation` memoised for the many files of one step.
+
+    The tensor is shared by every caller: only read it (slice, index, copy), never mutate
+    it or hand it out. ``randperm`` from a freshly seeded generator is a pure function of
+    its arguments, so a cached permutation is bit-identical to a recomputed one.
+    """
+    return torch.randperm(num_samples, generator=_generator("epoch", seed, epoch))
+
+
 def epoch_permutation(num_samples: int, *, seed: int, epoch: int) -> torch.Tensor:
     """The (num_samples,) int64 visiting order of epoch ``epoch``: ``randperm`` seeded by
-    ``derive_seed("epoch", seed, epoch)``."""
+    ``derive_seed("epoch", seed, epoch)``. The caller owns the returned tensor."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    return torch.randperm(num_samples, generator=_generator("epoch", seed, epoch))
+    return _shared_epoch_permutation(int(num_samples), int(seed), int(epoch)).clone()
 
 
 def batch_indices(num_samples: int, batch_size: int, *, seed: int, step: int) -> torch.Tensor:
@@ -204,7 +227,9 @@ def batch_indices(num_samples: int, batch_size: int, *, seed: int, step: int) ->
 
     Positions ``step * batch_size + i`` of the endless stream formed by concatenating
     :func:`epoch_permutation` for epochs 0, 1, 2... (see the module docstring), so steps
-    ``0 .. N // batch_size - 1`` visit distinct samples and each epoch covers all N.
+    ``0 .. N // batch_size - 1`` visit distinct samples and each epoch covers all N. The
+    last :data:`PERMUTATION_CACHE_SIZE` permutations are kept, so the f files of a step
+    (each calling this) draw them once; the returned tensor is always a fresh copy.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -218,7 +243,7 @@ def batch_indices(num_samples: int, batch_size: int, *, seed: int, step: int) ->
     while position < end:  # one chunk per epoch the batch touches
         epoch, offset = divmod(position, num_samples)
         take = min(end - position, num_samples - offset)
-        perm = epoch_permutation(num_samples, seed=seed, epoch=epoch)
+        perm = _shared_epoch_permutation(int(num_samples), int(seed), int(epoch))
         chunks.append(perm[offset : offset + take])
         position += take
     return torch.cat(chunks)
@@ -274,12 +299,36 @@ def file_batch(
     ``data.augment`` they are augmented from ``derive_seed("augment", seed, step, file)``.
     Every call with the same arguments returns bit-identical tensors, in any process.
     """
-    rows = file_slice(batch_size, num_files, file)
-    idx = batch_indices(data.num_samples, batch_size, seed=seed, step=step)[rows]
-    x = data.normalize(data.images[idx])
-    if data.augment:
-        x = augment_crop_flip(x, generator=_generator("augment", seed, step, file))
-    return x, data.labels[idx]
+    (batch,) = file_batches(
+        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, files=[file]
+    )
+    return batch
+
+
+def file_batches(
+    data: ImageDataset,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_files: int,
+    files: Sequence[int] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[file_batch(..., file=j) for j in files]`` (all ``num_files`` files by default),
+    bit-identical to it, with the step's sample indices computed once for all of them: for
+    a worker holding several files and for an engine that computes every file of a step.
+    """
+    files = list(range(num_files) if files is None else files)
+    rows = [file_slice(batch_size, num_files, j) for j in files]  # validates before sampling
+    indices = batch_indices(data.num_samples, batch_size, seed=seed, step=step)
+    out = []
+    for j, part in zip(files, rows, strict=True):
+        idx = indices[part]
+        x = data.normalize(data.images[idx])
+        if data.augment:
+            x = augment_crop_flip(x, generator=_generator("augment", seed, step, j))
+        out.append((x, data.labels[idx]))
+    return out
 
 
 def step_batch(
@@ -287,10 +336,7 @@ def step_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole batch of step ``step``: the ``num_files`` file batches concatenated in order
     (for single-process references and BatchNorm re-estimation)."""
-    parts = [
-        file_batch(data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, file=j)
-        for j in range(num_files)
-    ]
+    parts = file_batches(data, seed=seed, step=step, batch_size=batch_size, num_files=num_files)
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 

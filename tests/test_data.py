@@ -26,6 +26,7 @@ from byzshield.data import (
     epoch_permutation,
     eval_batches,
     file_batch,
+    file_batches,
     file_slice,
     load_dataset,
     step_batch,
@@ -210,6 +211,66 @@ def test_file_batch_is_bit_identical_for_same_seed_step_file(augment):
     assert x1.numpy().tobytes() == x2.numpy().tobytes() and torch.equal(y1, y2)
     x3, _ = file_batch(data, **{**args, "step": 10}, file=1)
     assert not torch.equal(x1, x3)
+
+
+def _reference_indices(num_samples: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """The module docstring's formula, with a fresh randperm for every position."""
+    out = []
+    for p in range(step * batch_size, (step + 1) * batch_size):
+        gen = torch.Generator().manual_seed(derive_seed("epoch", seed, p // num_samples))
+        out.append(int(torch.randperm(num_samples, generator=gen)[p % num_samples]))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "batch_size", "step"), [(1438, 60, 23), (10, 4, 2), (3, 40, 1), (7, 7, 0)]
+)
+def test_cached_permutations_give_the_documented_indices(num_samples, batch_size, step):
+    # (3, 40, 1) spans 14 epochs, more than the permutation cache holds
+    expected = _reference_indices(num_samples, batch_size, seed=5, step=step)
+    assert torch.equal(batch_indices(num_samples, batch_size, seed=5, step=step), expected)
+
+
+def test_mutating_returned_indices_does_not_change_later_batches():
+    perm = epoch_permutation(50, seed=1, epoch=0)
+    idx = batch_indices(50, 10, seed=1, step=0)  # inside epoch 0: one chunk
+    perm.zero_()
+    idx.zero_()
+    assert torch.equal(epoch_permutation(50, seed=1, epoch=0), _reference_indices(50, 50, 1, 0))
+    assert torch.equal(batch_indices(50, 10, seed=1, step=0), _reference_indices(50, 10, 1, 0))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_file_batches_equal_file_batch_for_any_files_in_any_order(augment):
+    data = _cifar_like(augment=augment)
+    args = {"seed": 2, "step": 13, "batch_size": 12, "num_files": 6}
+    for files in (None, [4], [5, 0, 3], [1, 1]):
+        got = file_batches(data, **args, files=files)
+        wanted = [file_batch(data, **args, file=j) for j in (files or range(6))]
+        assert len(got) == len(wanted)
+        for (x, y), (xw, yw) in zip(got, wanted, strict=True):
+            assert x.numpy().tobytes() == xw.numpy().tobytes() and torch.equal(y, yw)
+    with pytest.raises(ValueError, match="file must be in"):
+        file_batches(data, **args, files=[0, 6])
+
+
+def test_digits_batches_are_bit_identical_to_the_uncached_sampler():
+    """SHA-256 of digits file and step batches as computed before permutations were cached
+    and files cut from one index draw (torch 2.14.1's randperm, as requirements.txt pins)."""
+    digest = hashlib.sha256()
+    for train in (True, False):
+        data = _digits(train)
+        for step in (0, 1, 7, 123):
+            for batch_size, num_files in ((60, 5), (1210, 121), (3000, 10)):
+                for j in sorted({0, num_files // 2, num_files - 1}):
+                    x, y = file_batch(
+                        data, seed=3, step=step, batch_size=batch_size, num_files=num_files, file=j
+                    )
+                    digest.update(x.numpy().tobytes() + y.numpy().tobytes())
+            x, y = step_batch(data, seed=3, step=step, batch_size=60, num_files=5)
+            digest.update(x.numpy().tobytes() + y.numpy().tobytes())
+    expected = "c4f5b4dfb6fc4569e50fb149e362d19a85c9d2d0db1c78357f052c961a83d4b6"
+    assert digest.hexdigest() == expected
 
 
 def test_file_batch_leaves_global_generator_alone():
