@@ -15,6 +15,14 @@ Datasets (registry :data:`DATASETS`; :func:`load_dataset` returns an :class:`Ima
   ``RandomState(0).permutation(1797)`` (frozen by NumPy, so it never changes) puts its first
   359 indices (20 %) in the test set and the other 1,438 in the training set, each kept in
   file order.
+- ``mnist1d`` (embedded): MNIST-1D (Greydanus & Kobak, "Scaling Down Deep Learning with
+  MNIST-1D", ICML 2024; arXiv:2011.14439), 10 classes of 1-D signals of length 40, stored
+  as (N, 1, 40) float32. The paper's dataset exactly: 4,000 training and 1,000 test samples
+  as the ``mnist1d`` package generates them with its defaults (seed 42), shipped in
+  ``byzshield/data/mnist1d.npz`` so that every machine of a run reads the same bytes and
+  ``mnist1d`` is not needed at run time (:func:`generate_mnist1d` regenerates it; source,
+  licence and attribution in ``byzshield/data/README.md``). The generator already
+  standardised the whole dataset, so batches are the stored values unchanged.
 - ``mnist``, ``cifar10``, ``cifar100``, ``svhn``: read with torchvision's dataset classes
   from ``root`` in torchvision's layout (downloaded there when ``download=True``). Missing
   files raise :class:`DatasetNotFound` with one line naming the expected paths.
@@ -22,8 +30,8 @@ Datasets (registry :data:`DATASETS`; :func:`load_dataset` returns an :class:`Ima
 Images stay uint8 in memory; batches are float32, scaled to [0, 1] and normalised per
 channel with the dataset's training-set mean/std. CIFAR-10/100 training batches are
 augmented (reflect-pad 4, random 32x32 crop, horizontal flip, as in the original
-ByzShield code); SVHN, MNIST and digits are not (the original also cropped and flipped
-SVHN, but a mirrored digit is not the same digit).
+ByzShield code); SVHN, MNIST, digits and MNIST-1D are not (the original also cropped and
+flipped SVHN, but a mirrored digit is not the same digit).
 
 Sampling. Every replica of a file must see the same samples in the same order (the vote
 compares bytes), so batches are a pure function of (seed, step), never of the rank:
@@ -46,10 +54,14 @@ section 4 requires anyway.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
+import io
 import os
-from collections.abc import Callable, Iterator
+import random
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -69,9 +81,12 @@ __all__ = [
     "epoch_permutation",
     "eval_batches",
     "file_batch",
+    "file_batches",
     "file_slice",
+    "generate_mnist1d",
     "load_dataset",
     "step_batch",
+    "write_mnist1d",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -82,6 +97,25 @@ DIGITS_NUM_TEST = 359
 """Size of the ``digits`` test set: the first 359 (20 %) of the split permutation."""
 AUGMENT_PADDING = 4
 """Reflect padding, in pixels, before the random crop of the CIFAR augmentation."""
+MNIST1D_FILE = "mnist1d.npz"
+"""The shipped MNIST-1D arrays, in ``byzshield/data/``."""
+MNIST1D_ARGS = {
+    "num_samples": 5000,
+    "train_split": 0.8,
+    "template_len": 12,
+    "padding": (36, 60),
+    "scale_coeff": 0.4,
+    "max_translation": 48,
+    "corr_noise_scale": 0.25,
+    "iid_noise_scale": 2e-2,
+    "shear_scale": 0.75,
+    "shuffle_seq": False,
+    "final_seq_length": 40,
+    "seed": 42,
+}
+"""Generator arguments of the shipped MNIST-1D: the defaults of ``mnist1d.data.get_dataset_args``
+(mnist1d 0.0.2.post1), which produce the paper's dataset, pinned here so that a change of
+the package's defaults cannot change the data silently."""
 
 
 class DatasetNotFound(ValueError):
@@ -93,16 +127,18 @@ class DatasetNotFound(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class ImageDataset:
-    """An image classification dataset held in memory.
+    """An image (or 1-D signal) classification dataset held in memory.
 
     Attributes:
-        name: registry name (``"digits"``, ``"cifar10"``...).
-        images: (N, C, H, W) tensor, H == W, pixel values in [0, max_value] (uint8 for the
-            registered datasets).
+        name: registry name (``"digits"``, ``"cifar10"``, ``"mnist1d"``...).
+        images: (N, C, H, W) images with H == W, pixel values in [0, max_value] (uint8 for
+            the registered image datasets), or (N, C, L) one-dimensional signals (float32
+            for ``mnist1d``). ``image_size`` is H, or L for signals; ``spatial_dims`` 2 or 1.
         labels: (N,) int64 tensor of classes in [0, num_classes).
         num_classes: number of classes (fixed by the dataset, not by the labels present).
         mean, std: per-channel statistics of the training set on the [0, 1] scale.
-        augment: whether training batches get the random crop + flip augmentation.
+        augment: whether training batches get the random crop + flip augmentation
+            (images only).
         max_value: pixel value that maps to 1.0 (255, or 16 for digits).
     """
 
@@ -116,10 +152,13 @@ class ImageDataset:
     max_value: float = 255.0
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.shape[2] != self.images.shape[3]:
+        if self.images.dim() not in (3, 4) or self.images.shape[2] != self.images.shape[-1]:
             raise ValueError(
-                f"{self.name}: images must be (N, C, H, H), got {tuple(self.images.shape)}"
+                f"{self.name}: images must be (N, C, H, H) or signals (N, C, L), "
+                f"got {tuple(self.images.shape)}"
             )
+        if self.augment and self.spatial_dims != 2:
+            raise ValueError(f"{self.name}: augment=True needs (N, C, H, H) images, not signals")
         if self.labels.shape != (self.images.shape[0],) or self.labels.dtype != torch.int64:
             raise ValueError(
                 f"{self.name}: labels must be int64 of shape ({self.images.shape[0]},), "
@@ -149,15 +188,35 @@ class ImageDataset:
 
     @property
     def image_size(self) -> int:
+        """H of (N, C, H, H) images, L of (N, C, L) signals."""
         return self.images.shape[2]
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for (N, C, H, H) images, 1 for (N, C, L) signals."""
+        return self.images.dim() - 2
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, H) or (C, L): the shape of one sample, what a network takes without B."""
+        return tuple(self.images.shape[1:])
 
     def __len__(self) -> int:
         return self.num_samples
 
+    @functools.cached_property
+    def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 (C, 1, 1) (or (C, 1) for signals) mean and std, built once (private:
+        never handed out)."""
+        shape = (-1,) + (1,) * self.spatial_dims
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(shape)
+        std = torch.tensor(self.std, dtype=torch.float32).view(shape)
+        return mean, std
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) raw pixels -> float32 ``(images / max_value - mean) / std``."""
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        """(B, C, H, W) raw pixels (or (B, C, L) signals) -> float32
+        ``(images / max_value - mean) / std``, per channel."""
+        mean, std = self._mean_std
         return (images.to(torch.float32) / self.max_value - mean) / std
 
 
@@ -191,12 +250,27 @@ def _generator(purpose: str, *values: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(purpose, *values))
 
 
+PERMUTATION_CACHE_SIZE = 8
+"""How many epoch permutations :func:`batch_indices` keeps (a step touches one or two)."""
+
+
+@functools.lru_cache(maxsize=PERMUTATION_CACHE_SIZE)
+def _shared_epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """:func:`epoch_permutation` memoised for the many files of one step.
+
+    The tensor is shared by every caller: only read it (slice, index, copy), never mutate
+    it or hand it out. ``randperm`` from a freshly seeded generator is a pure function of
+    its arguments, so a cached permutation is bit-identical to a recomputed one.
+    """
+    return torch.randperm(num_samples, generator=_generator("epoch", seed, epoch))
+
+
 def epoch_permutation(num_samples: int, *, seed: int, epoch: int) -> torch.Tensor:
     """The (num_samples,) int64 visiting order of epoch ``epoch``: ``randperm`` seeded by
-    ``derive_seed("epoch", seed, epoch)``."""
+    ``derive_seed("epoch", seed, epoch)``. The caller owns the returned tensor."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    return torch.randperm(num_samples, generator=_generator("epoch", seed, epoch))
+    return _shared_epoch_permutation(int(num_samples), int(seed), int(epoch)).clone()
 
 
 def batch_indices(num_samples: int, batch_size: int, *, seed: int, step: int) -> torch.Tensor:
@@ -204,7 +278,9 @@ def batch_indices(num_samples: int, batch_size: int, *, seed: int, step: int) ->
 
     Positions ``step * batch_size + i`` of the endless stream formed by concatenating
     :func:`epoch_permutation` for epochs 0, 1, 2... (see the module docstring), so steps
-    ``0 .. N // batch_size - 1`` visit distinct samples and each epoch covers all N.
+    ``0 .. N // batch_size - 1`` visit distinct samples and each epoch covers all N. The
+    last :data:`PERMUTATION_CACHE_SIZE` permutations are kept, so the f files of a step
+    (each calling this) draw them once; the returned tensor is always a fresh copy.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -218,7 +294,7 @@ def batch_indices(num_samples: int, batch_size: int, *, seed: int, step: int) ->
     while position < end:  # one chunk per epoch the batch touches
         epoch, offset = divmod(position, num_samples)
         take = min(end - position, num_samples - offset)
-        perm = epoch_permutation(num_samples, seed=seed, epoch=epoch)
+        perm = _shared_epoch_permutation(int(num_samples), int(seed), int(epoch))
         chunks.append(perm[offset : offset + take])
         position += take
     return torch.cat(chunks)
@@ -268,18 +344,43 @@ def augment_crop_flip(
 def file_batch(
     data: ImageDataset, *, seed: int, step: int, batch_size: int, num_files: int, file: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """File ``file`` of step ``step``: x float32 (batch_size / num_files, C, H, W), y int64.
+    """File ``file`` of step ``step``: x float32 (batch_size / num_files, *sample_shape),
+    y int64.
 
     The samples are ``batch_indices(...)[file_slice(...)]``, normalised; with
     ``data.augment`` they are augmented from ``derive_seed("augment", seed, step, file)``.
     Every call with the same arguments returns bit-identical tensors, in any process.
     """
-    rows = file_slice(batch_size, num_files, file)
-    idx = batch_indices(data.num_samples, batch_size, seed=seed, step=step)[rows]
-    x = data.normalize(data.images[idx])
-    if data.augment:
-        x = augment_crop_flip(x, generator=_generator("augment", seed, step, file))
-    return x, data.labels[idx]
+    (batch,) = file_batches(
+        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, files=[file]
+    )
+    return batch
+
+
+def file_batches(
+    data: ImageDataset,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_files: int,
+    files: Sequence[int] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[file_batch(..., file=j) for j in files]`` (all ``num_files`` files by default),
+    bit-identical to it, with the step's sample indices computed once for all of them: for
+    a worker holding several files and for an engine that computes every file of a step.
+    """
+    files = list(range(num_files) if files is None else files)
+    rows = [file_slice(batch_size, num_files, j) for j in files]  # validates before sampling
+    indices = batch_indices(data.num_samples, batch_size, seed=seed, step=step)
+    out = []
+    for j, part in zip(files, rows, strict=True):
+        idx = indices[part]
+        x = data.normalize(data.images[idx])
+        if data.augment:
+            x = augment_crop_flip(x, generator=_generator("augment", seed, step, j))
+        out.append((x, data.labels[idx]))
+    return out
 
 
 def step_batch(
@@ -287,10 +388,7 @@ def step_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole batch of step ``step``: the ``num_files`` file batches concatenated in order
     (for single-process references and BatchNorm re-estimation)."""
-    parts = [
-        file_batch(data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, file=j)
-        for j in range(num_files)
-    ]
+    parts = file_batches(data, seed=seed, step=step, batch_size=batch_size, num_files=num_files)
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
@@ -311,7 +409,7 @@ def eval_batches(
 
 
 # ---------------------------------------------------------------------------------------
-# Readers: (root, download, train) -> (images (N, C, H, W) uint8, labels (N,) int64)
+# Readers: (root, download, train) -> (images (N, C, H, W) or (N, C, L), labels (N,) int64)
 # ---------------------------------------------------------------------------------------
 
 Reader = Callable[[Path, bool, bool], tuple[torch.Tensor, torch.Tensor]]
@@ -326,6 +424,67 @@ def _read_digits(root: Path, download: bool, train: bool) -> tuple[torch.Tensor,
     rows = np.sort(order[DIGITS_NUM_TEST:] if train else order[:DIGITS_NUM_TEST])
     images = torch.from_numpy(table[rows, :64].astype(np.uint8)).view(-1, 1, 8, 8)
     return images, torch.from_numpy(table[rows, 64])
+
+
+def _read_mnist1d(root: Path, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded MNIST-1D: (N, 1, 40) float32 signals; ``root`` and ``download`` are ignored."""
+    source = resources.files("byzshield").joinpath("data").joinpath(MNIST1D_FILE)
+    split = "train" if train else "test"
+    with source.open("rb") as raw, np.load(raw, allow_pickle=False) as arrays:
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    return torch.from_numpy(x).unsqueeze(1).contiguous(), torch.from_numpy(y.astype(np.int64))
+
+
+def generate_mnist1d() -> dict[str, np.ndarray]:
+    """MNIST-1D generated afresh by the ``mnist1d`` package (``pip install mnist1d``).
+
+    ``mnist1d.data.make_dataset`` with :data:`MNIST1D_ARGS` (the paper's dataset: 5,000
+    signals, 500 per class, from 10 templates padded, dilated, scaled, translated, noised
+    with correlated and i.i.d. Gaussian noise, sheared and resampled to length 40, then
+    standardised over all samples; the first 80 % are the training set). Returns
+    ``x_train`` (4000, 40) and ``x_test`` (1000, 40) float32 (the generator's float64
+    rounded once: what the paper's training code feeds the network), ``y_train`` and
+    ``y_test`` uint8. The generator reseeds NumPy's and Python's global generators; their
+    states are restored afterwards. Takes ~2 s.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise ImportError(
+            "generate_mnist1d needs the mnist1d package: pip install mnist1d"
+        ) from None
+    args = get_dataset_args()
+    for key, value in MNIST1D_ARGS.items():
+        setattr(args, key, value)
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        raw = make_dataset(args)
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    return {
+        "x_train": raw["x"].astype(np.float32),
+        "y_train": raw["y"].astype(np.uint8),
+        "x_test": raw["x_test"].astype(np.float32),
+        "y_test": raw["y_test"].astype(np.uint8),
+    }
+
+
+def write_mnist1d(path: PathLike) -> None:
+    """Write :func:`generate_mnist1d`'s arrays to ``path`` as a compressed ``.npz``.
+
+    Byte-reproducible (fixed member order and timestamps, deflate level 9), so a
+    regeneration can be compared with the shipped file by its SHA-256; read it back with
+    ``numpy.load(path, allow_pickle=False)``.
+    """
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, array in generate_mnist1d().items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, array, allow_pickle=False)
+            member = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(
+                member, buffer.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9
+            )
 
 
 def _read_mnist(root: Path, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,7 +518,9 @@ class DatasetInfo:
     """What is known about a dataset before reading it, and how to read it.
 
     ``files`` names the expected files relative to ``root`` for error messages (None for
-    the embedded dataset, whose read errors are packaging bugs and propagate unchanged).
+    the embedded datasets, whose read errors are packaging bugs and propagate unchanged).
+    ``spatial_dims`` is 2 for (C, H, H) images, 1 for (C, L) signals of length
+    ``image_size``.
     """
 
     name: str
@@ -372,6 +533,12 @@ class DatasetInfo:
     max_value: float
     files: str | None
     read: Reader
+    spatial_dims: int = 2
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(in_channels, image_size, image_size), or (in_channels, image_size) for signals."""
+        return (self.in_channels,) + (self.image_size,) * self.spatial_dims
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -392,6 +559,19 @@ DATASETS: dict[str, DatasetInfo] = {
             max_value=16.0,
             files=None,
             read=_read_digits,
+        ),
+        DatasetInfo(  # standardised by its generator: batches are the stored values
+            name="mnist1d",
+            num_classes=10,
+            in_channels=1,
+            image_size=40,
+            mean=(0.0,),
+            std=(1.0,),
+            augment=False,
+            max_value=1.0,
+            files=None,
+            read=_read_mnist1d,
+            spatial_dims=1,
         ),
         DatasetInfo(
             name="mnist",
@@ -450,9 +630,10 @@ def load_dataset(name: str, *, root: PathLike, download: bool, train: bool) -> I
     """Read the training (``train=True``) or test split of dataset ``name`` into memory.
 
     ``root`` is the directory in torchvision's layout (see :data:`DATASETS` ``files``),
-    created and filled by torchvision when ``download`` is true. ``digits`` is embedded and
-    ignores both. Raises ValueError for an unknown name and :class:`DatasetNotFound` (one
-    line) when the files are missing, corrupted or could not be downloaded.
+    created and filled by torchvision when ``download`` is true. ``digits`` and ``mnist1d``
+    are embedded and ignore both. Raises ValueError for an unknown name and
+    :class:`DatasetNotFound` (one line) when the files are missing, corrupted or could not
+    be downloaded.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -462,10 +643,10 @@ def load_dataset(name: str, *, root: PathLike, download: bool, train: bool) -> I
         images, labels = info.read(root, download, train)
     else:
         images, labels = _read_files(info, root, download, train)
-    if images.shape[1:] != (info.in_channels, info.image_size, info.image_size):
+    if tuple(images.shape[1:]) != info.sample_shape:
         raise DatasetNotFound(
             f"{name}: images under {root} have shape {tuple(images.shape[1:])}, expected "
-            f"{(info.in_channels, info.image_size, info.image_size)}"
+            f"{info.sample_shape}"
         )
     return ImageDataset(
         name=name,

@@ -1,4 +1,5 @@
-"""Image classifiers for the trainer: a registry of CIFAR-style networks, no distributed code.
+"""Classifiers for the trainer: a registry of CIFAR-style networks and a 1-D CNN, no
+distributed code.
 
     >>> import torch
     >>> from byzshield.networks import build_network
@@ -6,20 +7,27 @@
     >>> net(torch.zeros(2, 3, 32, 32)).shape
     torch.Size([2, 10])
 
-Every network maps a float batch (B, in_channels, image_size, image_size) to logits
+Every image network maps a float batch (B, in_channels, image_size, image_size) to logits
 (B, num_classes) and works for image_size 8 (the embedded digits), 28 (MNIST) and 32
-(CIFAR, SVHN), with 1 or 3 input channels.
+(CIFAR, SVHN), with 1 or 3 input channels. ``cnn1d`` maps 1-D signals
+(B, in_channels, image_size), image_size being the length (40 for MNIST-1D). The registry
+:data:`NETWORKS` says which input each network takes (``spatial_dims``) and whether it has
+BatchNorm (``uses_batchnorm``: such a network needs >= 2 samples per file in train mode).
 
-- ``lenet``: LeNet-5 as in the original ByzShield/DETOX code (conv 5x5 x20, maxpool,
-  conv 5x5 x50, maxpool, fc 500, fc classes). Images smaller than 16 pixels get "same"
-  padding in both convolutions so two 5x5 convolutions and two poolings still fit
-  (8 -> 8 -> 4 -> 4 -> 2); the first fully connected layer is sized from image_size.
+- ``lenet``: the LeNet of the original ByzShield/DETOX code (conv 5x5 x20, maxpool, ReLU,
+  conv 5x5 x50, maxpool, ReLU, fc 500, fc classes; no ReLU between the two fully connected
+  layers). Images smaller than 16 pixels get "same" padding in both convolutions so two
+  5x5 convolutions and two poolings still fit (8 -> 8 -> 4 -> 4 -> 2); the first fully
+  connected layer is sized from image_size.
 - ``resnet18/34/50``: He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016)
   with the CIFAR stem used by the original code: one 3x3 stride-1 convolution, no
   initial max-pool, stages of 64/128/256/512 planes, global average pooling.
 - ``densenet``: DenseNet-121 (Huang et al., "Densely Connected Convolutional Networks",
   CVPR 2017; blocks 6/12/24/16, growth rate 32, compression 0.5) with a 3x3 stem, the
   network the original code builds for "DenseNet".
+- ``cnn1d``: the convolutional network of the MNIST-1D benchmark (Greydanus & Kobak,
+  "Scaling Down Deep Learning with MNIST-1D", ICML 2024): three stride-2 1-D convolutions
+  of 25 channels with ReLU and one linear layer, 5,210 parameters for MNIST-1D.
 - ``vgg11/vgg13``: Simonyan & Zisserman configurations A and B with BatchNorm after every
   convolution and a single linear classifier on 512 features (the original's
   vgg11_bn/vgg13_bn). A max-pool is skipped once the feature map is 1x1, so 8x8 and 28x28
@@ -35,20 +43,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NETWORKS", "build_network", "LeNet", "ResNet", "DenseNet", "VGG"]
+__all__ = [
+    "NETWORKS",
+    "NetworkInfo",
+    "build_network",
+    "CNN1d",
+    "LeNet",
+    "ResNet",
+    "DenseNet",
+    "VGG",
+]
 
 
 class LeNet(nn.Module):
-    """LeNet-5 (LeCun et al., 1998) in the layout of the original ByzShield code.
+    """LeNet-5 (LeCun et al., 1998) in the layout of the original ByzShield and DETOX code.
 
-    conv5x5(20) -> maxpool 2 -> ReLU -> conv5x5(50) -> maxpool 2 -> ReLU -> fc 500 -> ReLU
-    -> fc num_classes. For 28x28 inputs this is exactly the original (flatten 4*4*50);
-    images under 16 pixels use padding 2 so that 8x8 digits give a 2x2x50 feature map.
+    conv5x5(20) -> maxpool 2 -> ReLU -> conv5x5(50) -> maxpool 2 -> ReLU -> fc 500
+    -> fc num_classes, as in the original ``src/model_ops/lenet.py`` (identical in both
+    repositories): pooling comes before each ReLU, and there is no nonlinearity between
+    fc1 and fc2, so the classifier head is one affine map of rank <= 500 written as two.
+    For 1-channel 28x28 inputs this is exactly the original (stride 1, no padding, flatten
+    4*4*50, 431,080 parameters for 10 classes). Adaptations: ``in_channels`` and
+    ``num_classes`` are free (the original fixed 1 and 10); fc1 is sized from
+    ``image_size`` (5*5*50 for 32x32); images under 16 pixels use padding 2 in both
+    convolutions so that 8x8 digits give a 2x2x50 feature map.
     """
 
     def __init__(self, *, num_classes: int, in_channels: int, image_size: int) -> None:
@@ -67,8 +91,42 @@ class LeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
-        x = F.relu(self.fc1(torch.flatten(x, 1)))
-        return self.fc2(x)
+        return self.fc2(self.fc1(torch.flatten(x, 1)))  # no ReLU after fc1, as the original
+
+
+class CNN1d(nn.Module):
+    """The 1-D convolutional network of MNIST-1D (Greydanus & Kobak, ICML 2024; the model
+    their benchmark table calls "CNN", ``ConvBase`` in the authors' ``notebooks/models.py``).
+
+    conv1d(k=5, stride 2, padding 1) -> ReLU -> conv1d(k=3, s 2, p 1) -> ReLU
+    -> conv1d(k=3, s 2, p 1) -> ReLU -> flatten -> linear num_classes, every convolution
+    with ``channels`` outputs. Each convolution maps a length L to floor((L + 2 - k) / 2) + 1,
+    so MNIST-1D's 40 becomes 19, 10, 5 and the linear layer sees 25 * 5 = 125 features:
+    150 + 1,900 + 1,900 + 1,260 = 5,210 parameters for 10 classes, the authors' model. As
+    there, no BatchNorm and no dropout (so any number of samples per file works and
+    replicas compute identical bytes) and PyTorch's default initialisation; the authors'
+    model fixed 1 input channel and length 40, here both are free.
+    """
+
+    def __init__(
+        self, *, num_classes: int, in_channels: int, length: int, channels: int = 25
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(in_channels, channels, 5, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        size = length
+        for conv in (self.conv1, self.conv2, self.conv3):
+            size = (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        if size < 1:
+            raise ValueError(f"cnn1d needs length >= 3, got {length}")
+        self.linear = nn.Linear(channels * size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.relu(self.conv3(x))
+        return self.linear(torch.flatten(x, 1))
 
 
 class _BasicBlock(nn.Module):
@@ -275,6 +333,10 @@ def _lenet(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     return LeNet(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
 
+def _cnn1d(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    return CNN1d(num_classes=num_classes, in_channels=in_channels, length=image_size)
+
+
 def _resnet18(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     return ResNet(_BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
 
@@ -314,33 +376,78 @@ def _vgg13(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
 NetworkBuilder = Callable[..., nn.Module]
 """``builder(*, num_classes, in_channels, image_size) -> nn.Module``."""
 
-NETWORKS: dict[str, NetworkBuilder] = {
-    "lenet": _lenet,
-    "resnet18": _resnet18,
-    "resnet34": _resnet34,
-    "resnet50": _resnet50,
-    "densenet": _densenet,
-    "vgg11": _vgg11,
-    "vgg13": _vgg13,
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """A registered network: its builder and what it needs from the data.
+
+    ``spatial_dims`` is 2 for (B, C, H, H) images and 1 for (B, C, L) signals (as
+    ``byzshield.data.DatasetInfo.spatial_dims``); ``uses_batchnorm`` says whether train-mode
+    forward passes need >= 2 samples per file. Calling it calls the builder.
+    """
+
+    name: str
+    build: NetworkBuilder
+    spatial_dims: int
+    uses_batchnorm: bool
+
+    def __call__(self, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        return self.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+
+NETWORKS: dict[str, NetworkInfo] = {
+    info.name: info
+    for info in (
+        NetworkInfo("lenet", _lenet, spatial_dims=2, uses_batchnorm=False),
+        NetworkInfo("resnet18", _resnet18, spatial_dims=2, uses_batchnorm=True),
+        NetworkInfo("resnet34", _resnet34, spatial_dims=2, uses_batchnorm=True),
+        NetworkInfo("resnet50", _resnet50, spatial_dims=2, uses_batchnorm=True),
+        NetworkInfo("densenet", _densenet, spatial_dims=2, uses_batchnorm=True),
+        NetworkInfo("vgg11", _vgg11, spatial_dims=2, uses_batchnorm=True),
+        NetworkInfo("vgg13", _vgg13, spatial_dims=2, uses_batchnorm=True),
+        NetworkInfo("cnn1d", _cnn1d, spatial_dims=1, uses_batchnorm=False),
+    )
 }
-"""Network name -> builder; the names are the config's ``network`` options."""
+"""Network name -> :class:`NetworkInfo`; the names are the config's ``network`` options."""
+
+_INPUTS = {2: "(B, C, H, H) images", 1: "(B, C, L) signals"}
 
 _MIN_IMAGE_SIZE = 8  # the embedded digits; every network is checked down to this size
 
 
-def build_network(name: str, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Build network ``name`` for (B, in_channels, image_size, image_size) -> (B, num_classes).
+def build_network(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    spatial_dims: int | None = None,
+) -> nn.Module:
+    """Build network ``name`` for (B, in_channels, image_size, image_size) -> (B, num_classes),
+    or (B, in_channels, image_size) -> (B, num_classes) for a 1-D network.
 
-    Raises ValueError for an unknown name (listing :data:`NETWORKS`) or bad sizes.
+    Pass the dataset's ``spatial_dims`` to have a network that cannot take its samples
+    refused here rather than at the first forward pass (None: not checked). Raises
+    ValueError for an unknown name (listing :data:`NETWORKS`), a network that does not
+    take ``spatial_dims``-dimensional samples (listing those that do) or bad sizes.
     Parameters are drawn from torch's global generator: seed it once beforehand
     (``torch.manual_seed(seed)``) for identical models in every process.
     """
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; choose one of: {', '.join(NETWORKS)}")
+    info = NETWORKS[name]
+    if spatial_dims is not None and spatial_dims != info.spatial_dims:
+        if spatial_dims not in _INPUTS:
+            raise ValueError(f"spatial_dims must be 1 or 2, got {spatial_dims}")
+        fitting = ", ".join(n for n, i in NETWORKS.items() if i.spatial_dims == spatial_dims)
+        raise ValueError(
+            f"network {name!r} takes {_INPUTS[info.spatial_dims]}, not "
+            f"{_INPUTS[spatial_dims]}; choose one of: {fitting}"
+        )
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     if image_size < _MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be >= {_MIN_IMAGE_SIZE}, got {image_size}")
-    return NETWORKS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    return info.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size)

@@ -1,5 +1,6 @@
-"""byzshield.data: the embedded digits, torchvision datasets read from small files in their
-real on-disk formats, and the (seed, step, file) -> samples map every replica must share."""
+"""byzshield.data: the embedded digits and MNIST-1D, torchvision datasets read from small
+files in their real on-disk formats, and the (seed, step, file) -> samples map every replica
+must share."""
 
 import gzip
 import hashlib
@@ -18,6 +19,7 @@ from torchvision import datasets as tv
 from byzshield.data import (
     DATASETS,
     DIGITS_NUM_TEST,
+    MNIST1D_FILE,
     DatasetNotFound,
     ImageDataset,
     augment_crop_flip,
@@ -26,9 +28,12 @@ from byzshield.data import (
     epoch_permutation,
     eval_batches,
     file_batch,
+    file_batches,
     file_slice,
+    generate_mnist1d,
     load_dataset,
     step_batch,
+    write_mnist1d,
 )
 
 
@@ -103,8 +108,103 @@ def test_registry_info_matches_loaded_dataset():
         train.in_channels,
         train.image_size,
     )
-    assert set(DATASETS) == {"digits", "mnist", "cifar10", "cifar100", "svhn"}
+    assert set(DATASETS) == {"digits", "mnist1d", "mnist", "cifar10", "cifar100", "svhn"}
     assert [n for n, i in DATASETS.items() if i.augment] == ["cifar10", "cifar100"]
+    assert [n for n, i in DATASETS.items() if i.spatial_dims == 1] == ["mnist1d"]
+
+
+# ---------------------------------------------------------------------------------------
+# The embedded MNIST-1D
+# ---------------------------------------------------------------------------------------
+
+
+def _mnist1d(train: bool) -> ImageDataset:
+    return load_dataset("mnist1d", root="does-not-matter", download=False, train=train)
+
+
+def _shipped_mnist1d() -> dict[str, np.ndarray]:
+    source = resources.files("byzshield").joinpath("data").joinpath(MNIST1D_FILE)
+    with source.open("rb") as raw, np.load(raw, allow_pickle=False) as arrays:
+        return {key: arrays[key] for key in arrays.files}
+
+
+def test_mnist1d_loads_offline_as_the_papers_4000_1000_split_of_length_40_signals():
+    train, test = _mnist1d(True), _mnist1d(False)
+    assert (len(train), len(test)) == (4000, 1000)
+    info = DATASETS["mnist1d"]
+    for split in (train, test):
+        assert split.images.shape[1:] == (1, 40) and split.images.dtype == torch.float32
+        assert split.labels.dtype == torch.int64
+        assert (split.spatial_dims, split.sample_shape, split.image_size) == (1, (1, 40), 40)
+        assert split.sample_shape == info.sample_shape and split.in_channels == info.in_channels
+        assert set(split.labels.tolist()) == set(range(10)) and not split.augment
+    # pinned so that the shipped data never changes silently
+    assert torch.bincount(test.labels).tolist() == [102, 104, 89, 106, 106, 98, 99, 96, 98, 102]
+    assert torch.bincount(train.labels).tolist() == [
+        398,
+        396,
+        411,
+        394,
+        394,
+        402,
+        401,
+        404,
+        402,
+        398,
+    ]
+
+
+def test_mnist1d_batches_are_the_stored_standardised_values_unchanged():
+    train = _mnist1d(True)
+    pixels = train.images.double()
+    assert abs(pixels.mean().item()) < 1e-3 and abs(pixels.std().item() - 1) < 5e-3
+    assert torch.equal(torch.cat([x for x, _ in eval_batches(train, 999)]), train.images)
+    x, y = file_batch(train, seed=0, step=3, batch_size=300, num_files=3, file=1)
+    idx = batch_indices(len(train), 300, seed=0, step=3)[100:200]
+    assert x.shape == (100, 1, 40) and torch.equal(x, train.images[idx])
+    assert torch.equal(y, train.labels[idx])
+
+
+def test_mnist1d_attribution_and_checksum_ship_next_to_the_data():
+    text = resources.files("byzshield").joinpath("data").joinpath("README.md").read_text()
+    for needle in ("MNIST-1D", "Greydanus", "Kobak", "Apache License 2.0", "0.0.2.post1"):
+        assert needle in text
+    data = resources.files("byzshield").joinpath("data").joinpath(MNIST1D_FILE).read_bytes()
+    assert hashlib.sha256(data).hexdigest() in text
+    assert f"{len(data):,} bytes" in text
+
+
+def test_mnist1d_shipped_arrays_equal_a_fresh_generation(tmp_path):
+    pytest.importorskip("mnist1d", reason="regenerating MNIST-1D needs `pip install mnist1d`")
+    numpy_state = np.random.get_state()
+    fresh = generate_mnist1d()
+    assert np.array_equal(np.random.get_state()[1], numpy_state[1])  # global state restored
+    shipped = _shipped_mnist1d()
+    assert set(fresh) == set(shipped) == {"x_train", "y_train", "x_test", "y_test"}
+    for key, array in fresh.items():
+        assert array.dtype == shipped[key].dtype and np.array_equal(array, shipped[key]), key
+    write_mnist1d(tmp_path / "again.npz")
+    with np.load(tmp_path / "again.npz", allow_pickle=False) as again:
+        for key, array in shipped.items():
+            assert np.array_equal(again[key], array), key
+
+
+def test_signals_are_normalised_per_channel():
+    data = ImageDataset(
+        name="signals",
+        images=torch.arange(24, dtype=torch.float32).view(3, 2, 4),
+        labels=torch.zeros(3, dtype=torch.int64),
+        num_classes=2,
+        mean=(1.0, -1.0),
+        std=(2.0, 4.0),
+        augment=False,
+        max_value=1.0,
+    )
+    out = data.normalize(data.images)
+    assert torch.equal(out[:, 0], (data.images[:, 0] - 1) / 2)
+    assert torch.equal(out[:, 1], (data.images[:, 1] + 1) / 4)
+    x, _ = file_batch(data, seed=0, step=0, batch_size=2, num_files=2, file=1)
+    assert x.shape == (1, 2, 4)
 
 
 def test_unknown_dataset_lists_the_allowed_names():
@@ -212,6 +312,66 @@ def test_file_batch_is_bit_identical_for_same_seed_step_file(augment):
     assert not torch.equal(x1, x3)
 
 
+def _reference_indices(num_samples: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """The module docstring's formula, with a fresh randperm for every position."""
+    out = []
+    for p in range(step * batch_size, (step + 1) * batch_size):
+        gen = torch.Generator().manual_seed(derive_seed("epoch", seed, p // num_samples))
+        out.append(int(torch.randperm(num_samples, generator=gen)[p % num_samples]))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "batch_size", "step"), [(1438, 60, 23), (10, 4, 2), (3, 40, 1), (7, 7, 0)]
+)
+def test_cached_permutations_give_the_documented_indices(num_samples, batch_size, step):
+    # (3, 40, 1) spans 14 epochs, more than the permutation cache holds
+    expected = _reference_indices(num_samples, batch_size, seed=5, step=step)
+    assert torch.equal(batch_indices(num_samples, batch_size, seed=5, step=step), expected)
+
+
+def test_mutating_returned_indices_does_not_change_later_batches():
+    perm = epoch_permutation(50, seed=1, epoch=0)
+    idx = batch_indices(50, 10, seed=1, step=0)  # inside epoch 0: one chunk
+    perm.zero_()
+    idx.zero_()
+    assert torch.equal(epoch_permutation(50, seed=1, epoch=0), _reference_indices(50, 50, 1, 0))
+    assert torch.equal(batch_indices(50, 10, seed=1, step=0), _reference_indices(50, 10, 1, 0))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_file_batches_equal_file_batch_for_any_files_in_any_order(augment):
+    data = _cifar_like(augment=augment)
+    args = {"seed": 2, "step": 13, "batch_size": 12, "num_files": 6}
+    for files in (None, [4], [5, 0, 3], [1, 1]):
+        got = file_batches(data, **args, files=files)
+        wanted = [file_batch(data, **args, file=j) for j in (files or range(6))]
+        assert len(got) == len(wanted)
+        for (x, y), (xw, yw) in zip(got, wanted, strict=True):
+            assert x.numpy().tobytes() == xw.numpy().tobytes() and torch.equal(y, yw)
+    with pytest.raises(ValueError, match="file must be in"):
+        file_batches(data, **args, files=[0, 6])
+
+
+def test_digits_batches_are_bit_identical_to_the_uncached_sampler():
+    """SHA-256 of digits file and step batches as computed before permutations were cached
+    and files cut from one index draw (torch 2.14.1's randperm, as requirements.txt pins)."""
+    digest = hashlib.sha256()
+    for train in (True, False):
+        data = _digits(train)
+        for step in (0, 1, 7, 123):
+            for batch_size, num_files in ((60, 5), (1210, 121), (3000, 10)):
+                for j in sorted({0, num_files // 2, num_files - 1}):
+                    x, y = file_batch(
+                        data, seed=3, step=step, batch_size=batch_size, num_files=num_files, file=j
+                    )
+                    digest.update(x.numpy().tobytes() + y.numpy().tobytes())
+            x, y = step_batch(data, seed=3, step=step, batch_size=60, num_files=5)
+            digest.update(x.numpy().tobytes() + y.numpy().tobytes())
+    expected = "c4f5b4dfb6fc4569e50fb149e362d19a85c9d2d0db1c78357f052c961a83d4b6"
+    assert digest.hexdigest() == expected
+
+
 def test_file_batch_leaves_global_generator_alone():
     data = _cifar_like()
     state = torch.get_rng_state()
@@ -301,6 +461,8 @@ def test_eval_batches_cover_the_data_in_order_without_augmentation():
     ("change", "message"),
     [
         ({"images": torch.zeros(4, 1, 8, 7, dtype=torch.uint8)}, "images"),
+        ({"images": torch.zeros(4, 1, 8, 8, 8, dtype=torch.uint8)}, "images"),
+        ({"images": torch.zeros(4, 1, 8), "augment": True}, "augment=True"),
         ({"labels": torch.zeros(3, dtype=torch.int64)}, "labels"),
         ({"labels": torch.zeros(4, dtype=torch.int32)}, "labels"),
         ({"labels": torch.tensor([0, 1, 2, 10])}, r"\[0, 10\)"),
