@@ -540,6 +540,7 @@ class NetworkOption(_Option):
             num_classes=data.num_classes,
             in_channels=data.in_channels,
             image_size=data.image_size,
+            spatial_dims=data.spatial_dims,
         )
 
 
@@ -837,4 +838,6 @@ def _model_probe(cfg: TrainConfig, data) -> torch.nn.Module:
     try:
         return cfg.network.build(data)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(
+            f"network={cfg.network.name} with dataset={cfg.dataset.name}: {exc}"
+        ) from None

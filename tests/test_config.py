@@ -110,8 +110,10 @@ def test_every_approach_mode_attack_combination_composes_and_builds_or_says_why(
     assert ok > 300 and refused > 0
 
 
-@pytest.mark.parametrize("network", ["lenet", "resnet18", "vgg11"])
-@pytest.mark.parametrize("dataset", ["digits"])
+@pytest.mark.parametrize(
+    ("network", "dataset"),
+    [("lenet", "digits"), ("resnet18", "digits"), ("vgg11", "digits"), ("cnn1d", "mnist1d")],
+)
 def test_network_dataset_combinations_build(network, dataset):
     run = build_run(make([f"network={network}", f"dataset={dataset}"]), server=False)
     assert run.config.network.name == network and run.train_data.num_classes == 10
@@ -139,6 +141,7 @@ def test_aggregator_f_defaults_to_c_max_of_the_placement():
         (["approach=custom"], "approach.path has no value"),
         (["network=resnet18", "batch_size=25"], "needs >= 2 samples per file"),
         (["approach=baseline", "batch_size=20"], "multiple of the number of files f=15"),
+        (["dataset=mnist1d"], "network=lenet with dataset=mnist1d"),
         (["attack=gaussian", "attack.std=-1"], "attack gaussian: gaussian: std must be >= 0"),
         (["engine=mpi"], "engine must be one of auto, torchrun, simulate"),
         (["approach.name=rama_two"], "approach.name is 'rama_two' but the chosen option is"),
