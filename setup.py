@@ -35,6 +35,7 @@ setup(
             "ruff>=0.6",
             "moto[server]>=5",
             "byzfl",  # reference implementations the aggregator tests compare against
+            "mnist1d",  # regenerates the shipped MNIST-1D arrays in a freshness test
         ],
         "bench": ["byzfl"],
         "tensorboard": ["tensorboard"],

@@ -115,6 +115,7 @@ class RobustUpdate:
         self.f = aggregator_f
         self.seed = seed
         self.holders = [list(ws) for ws in placement.file_workers]
+        self._winners: Tensor | None = None  # reused (f, d) buffer: no page faults per step
         self.position = {(w, j): i for j, ws in enumerate(self.holders) for i, w in enumerate(ws)}
 
     def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
@@ -130,12 +131,16 @@ class RobustUpdate:
         t0 = time.perf_counter()
         index, rows = self._simulate_attack(copies, bad, step)
         t1 = time.perf_counter()
+        block = rows.blocks[0]
+        shape = (self.placement.num_files, block.shape[1])
+        if self._winners is None or self._winners.shape != shape:
+            self._winners = torch.empty(shape, dtype=block.dtype)
         if self.placement.replication > 1:
-            vote = vote_rows(rows, index)
+            vote = vote_rows(rows, index, out=self._winners)
             winners, positions = vote.winners, vote.indices.tolist()
             non_strict = int((~vote.strict).sum())
         else:
-            winners = rows.gather(index[:, 0].tolist())
+            winners = rows.gather(index[:, 0].tolist(), out=self._winners)
             positions, non_strict = [0] * self.placement.num_files, 0
         distorted = self._distorted(rows, original, index, positions, winners, bad)
         losses = copies.losses[torch.arange(len(positions)), torch.tensor(positions)].tolist()

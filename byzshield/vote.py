@@ -269,18 +269,23 @@ class Rows:
         k, local = self._locate(int(i))
         return self.blocks[k][local]
 
-    def gather(self, indices) -> Tensor:
-        """A new (len(indices), d) tensor of the given rows, in order."""
+    def gather(self, indices, out: Tensor | None = None) -> Tensor:
+        """The given rows, in order, as a (len(indices), d) tensor (``out`` if given)."""
         indices = [int(i) for i in indices]
+        shape = (len(indices), self.blocks[0].shape[1])
+        if out is None:
+            out = torch.empty(shape, dtype=self.blocks[0].dtype)
+        elif out.shape != shape or out.dtype != self.blocks[0].dtype:
+            raise ValueError(f"out must be {shape} {self.blocks[0].dtype}, got {out.shape}")
         if len(self.blocks) == 1:
-            return self.blocks[0].index_select(0, torch.tensor(indices, dtype=torch.long))
-        out = torch.empty(len(indices), self.blocks[0].shape[1], dtype=self.blocks[0].dtype)
+            torch.index_select(self.blocks[0], 0, torch.tensor(indices), out=out)
+            return out
         for pos, i in enumerate(indices):
             out[pos] = self[i]
         return out
 
 
-def vote_rows(rows: Tensor | Rows, groups: Tensor) -> VoteBatch:
+def vote_rows(rows: Tensor | Rows, groups: Tensor, *, out: Tensor | None = None) -> VoteBatch:
     """Majority vote per file over copies given as row indices, without gathering them.
 
     The same vote as :func:`vote_files` on ``rows[groups]``, but the (f, r, d) stack of
@@ -293,6 +298,7 @@ def vote_rows(rows: Tensor | Rows, groups: Tensor) -> VoteBatch:
     Args:
         rows: (N, d) tensor of every received copy, or :class:`Rows` over several blocks.
         groups: (f, r) integer tensor of row indices, one row of copies per file.
+        out: optional (f, d) buffer for the winners (reused by the server every step).
 
     Returns:
         A :class:`VoteBatch`; ``indices[j]`` is the position in ``groups[j]`` that won.
@@ -313,7 +319,7 @@ def vote_rows(rows: Tensor | Rows, groups: Tensor) -> VoteBatch:
     winner_rows = [g[i] for g, (i, _) in zip(table, picks, strict=True)]
     counts = torch.tensor([c for _, c in picks], dtype=torch.long)
     return VoteBatch(
-        winners=rows.gather(winner_rows),
+        winners=rows.gather(winner_rows, out=out),
         counts=counts,
         strict=2 * counts > r,
         indices=torch.tensor([i for i, _ in picks], dtype=torch.long),
