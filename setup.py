@@ -35,6 +35,10 @@ setup(
             "ruff>=0.6",
             "moto[server]>=5",
             "byzfl",  # reference implementations the aggregator tests compare against
+            # The SSH tests' `fab setup` builds this checkout with --no-build-isolation from
+            # the test environment: setuptools >= 70.1 builds editable wheels without the
+            # `wheel` package, which a fresh venv lacks (ensurepip's setuptools 65 does not).
+            "setuptools>=70.1",
         ],
         "bench": ["byzfl"],
         "tensorboard": ["tensorboard"],
