@@ -110,7 +110,7 @@ def launch(
     help={
         "run": RUN,
         "python": "interpreter that creates the virtualenv on the hosts (default python3)",
-        "system-site-packages": "let the virtualenv see the host's packages (a DL AMI's torch)",
+        "system-site-packages": "let the virtualenv see --python's packages (a DL AMI's torch)",
         "pip-args": "extra pip arguments, e.g. '--no-index'",
         "torch-index": f"index for torch/torchvision (default {DEFAULT_TORCH_INDEX}; '' for PyPI)",
         "efs": "create an EFS file system for the run and mount it at /mnt/byzshield",

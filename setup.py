@@ -36,6 +36,10 @@ setup(
             "moto[server]>=5",
             "byzfl",  # reference implementations the aggregator tests compare against
             "mnist1d",  # regenerates the shipped MNIST-1D arrays in a freshness test
+            # The SSH tests' `fab setup` builds this checkout with --no-build-isolation from
+            # the test environment: setuptools >= 70.1 builds editable wheels without the
+            # `wheel` package, which a fresh venv lacks (ensurepip's setuptools 65 does not).
+            "setuptools>=70.1",
         ],
         "bench": ["byzfl"],
         "tensorboard": ["tensorboard"],

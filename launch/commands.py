@@ -31,6 +31,13 @@ _HAS_PIP_AND_SETUPTOOLS = (
     "sys.exit(not (u.find_spec('pip') and u.find_spec('setuptools')))"
 )
 
+# A virtualenv interpreter's own site-packages, one a line (nothing for a base interpreter).
+_VENV_SITE_DIRS = (
+    "import site, sys; "
+    "print(*site.getsitepackages() if sys.prefix != sys.base_prefix else [], sep='\\n')"
+)
+_PURELIB = "import sysconfig; print(sysconfig.get_path('purelib'))"
+
 q = shlex.quote
 
 
@@ -58,31 +65,15 @@ def unpack_command(archive: str) -> str:
     return f"mkdir -p {REMOTE_DIR} && tar -xzf {q(archive)} -C {REMOTE_DIR} && rm -f {q(archive)}"
 
 
-def setup_script(
-    *,
-    python: str = "python3",
-    system_site_packages: bool = False,
-    pip_args: str = "",
-    torch_pins: Sequence[str] = (),
-    torch_index: str = DEFAULT_TORCH_INDEX,
-    efs_dns: str = "",
-) -> str:
-    """Create the virtualenv (installing python3-venv if the OS lacks it), install torch
-    from ``torch_index`` (the CPU wheels: no CUDA download), then the requirements and
-    the project in editable mode; optionally mount the run's EFS at /mnt/byzshield."""
+def venv_script(*, python: str = "python3", system_site_packages: bool = False) -> list[str]:
+    """Create ``$HOME/byzshield-venv`` with ``python`` unless it exists (installing
+    python3-venv if the OS lacks it). With ``system_site_packages`` it sees ``python``'s
+    packages, also when ``python`` is itself a virtualenv's interpreter: venv's own flag
+    would only expose that virtualenv's base interpreter, so its site-packages are added
+    with a .pth file."""
     venv_flags = " --system-site-packages" if system_site_packages else ""
-    pip = f"{VENV_PYTHON} -m pip install -q --disable-pip-version-check"
-    extra = " ".join(q(a) for a in shlex.split(pip_args))
-    extra = f" {extra}" if extra else ""
     make_venv = f'{q(python)} -m venv{venv_flags} "$HOME/byzshield-venv"'
-    lines = [
-        "set -eu",
-        "if command -v cloud-init >/dev/null 2>&1; then",
-        "  cloud-init status --wait >/dev/null 2>&1 || true  # first boot: apt is busy until done",
-        "fi",
-        f"cd {REMOTE_DIR}",
-        'if [ ! -x "$HOME/byzshield-venv/bin/python" ]; then',
-    ]
+    lines = ['if [ ! -x "$HOME/byzshield-venv/bin/python" ]; then']
     if system_site_packages:
         # Reuse the system's pip and setuptools when it has them: ensurepip's bundled
         # setuptools can be older and would shadow them inside the virtualenv.
@@ -97,7 +88,41 @@ def setup_script(
         f'    rm -rf "$HOME/byzshield-venv"; {_APT} update && {_APT} install -y python3-venv',
         f"    {make_venv}",
         "  fi",
+    ]
+    if system_site_packages:
+        lines += [
+            f"  parent_site=$({q(python)} -c {q(_VENV_SITE_DIRS)})",
+            '  if [ -n "$parent_site" ]; then',
+            f"    venv_site=$({VENV_PYTHON} -c {q(_PURELIB)})",
+            '    printf \'%s\\n\' "$parent_site" > "$venv_site/_byzshield_parent_site.pth"',
+            "  fi",
+        ]
+    lines.append("fi")
+    return lines
+
+
+def setup_script(
+    *,
+    python: str = "python3",
+    system_site_packages: bool = False,
+    pip_args: str = "",
+    torch_pins: Sequence[str] = (),
+    torch_index: str = DEFAULT_TORCH_INDEX,
+    efs_dns: str = "",
+) -> str:
+    """Create the virtualenv (installing python3-venv if the OS lacks it), install torch
+    from ``torch_index`` (the CPU wheels: no CUDA download), then the requirements and
+    the project in editable mode; optionally mount the run's EFS at /mnt/byzshield."""
+    pip = f"{VENV_PYTHON} -m pip install -q --disable-pip-version-check"
+    extra = " ".join(q(a) for a in shlex.split(pip_args))
+    extra = f" {extra}" if extra else ""
+    lines = [
+        "set -eu",
+        "if command -v cloud-init >/dev/null 2>&1; then",
+        "  cloud-init status --wait >/dev/null 2>&1 || true  # first boot: apt is busy until done",
         "fi",
+        f"cd {REMOTE_DIR}",
+        *venv_script(python=python, system_site_packages=system_site_packages),
     ]
     if torch_pins and torch_index:
         pins = " ".join(q(p) for p in torch_pins)

@@ -356,6 +356,43 @@ def test_setup_script_is_valid_bash(system_site_packages, efs_dns):
     assert ("/mnt/byzshield" in script) == bool(efs_dns)
 
 
+def test_setup_venv_sees_the_packages_of_a_virtualenv_python(tmp_path):
+    # venv's --system-site-packages alone would expose only the parent's base interpreter.
+    parent = tmp_path / "parent"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(parent)],
+        check=True,
+        timeout=120,
+    )
+    parent_python = parent / "bin" / "python"
+    purelib = subprocess.run(
+        [str(parent_python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    marker = Path(purelib) / "byzshield_parent_marker.py"
+    marker.write_text("")
+    lines = commands.venv_script(python=str(parent_python), system_site_packages=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    script = "\n".join(["set -eu", *lines])
+    subprocess.run(["bash", "-c", script], env=env, check=True, timeout=300)
+    found = subprocess.run(
+        [
+            str(home / "byzshield-venv" / "bin" / "python"),
+            "-c",
+            "import byzshield_parent_marker as m; print(m.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert found.stdout.strip() == str(marker), found.stderr
+
+
 def test_torch_pins_are_read_from_requirements():
     text = "# deps\ntorch==2.14.1\ntorchvision==0.29.1  # cpu\nnumpy>=1.26\ntorchmetrics>=1\n"
     assert commands.torch_pins(text) == ["torch==2.14.1", "torchvision==0.29.1"]
