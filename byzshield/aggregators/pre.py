@@ -164,7 +164,7 @@ class Bucketing(PreAggregation):
 
     @property
     def needs_generator(self) -> bool:
-        return self.shuffle
+        return self.shuffle and self.bucket_size != 1  # buckets of one: nothing to shuffle
 
     def n_out(self, n):
         if self.num_buckets is not None:
