@@ -10,11 +10,13 @@ copies the stack.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +40,43 @@ def _chunk_width(num_rows: int) -> int:
     return max(1024, _CHUNK_ELEMENTS // max(num_rows, 1))
 
 
+@functools.cache
+def _per_thread_blas_limit() -> Callable[[int], int] | None:
+    """OpenBLAS's ``openblas_set_num_threads_local`` (>= 0.3.27), if numpy's BLAS has it.
+
+    Found among the shared objects this process has mapped (numpy's wheel bundles
+    ``libscipy_openblas``); None elsewhere (MKL, older OpenBLAS, not Linux).
+    """
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    paths = sorted({ln.split()[-1] for ln in maps if "openblas" in ln.split()[-1].lower()})
+    for path in paths:
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+def _pool_thread_init() -> None:
+    # Our column threads already use every core: a BLAS call made from one of them must
+    # run on that thread. Otherwise each call wakes OpenBLAS's own threads, which
+    # busy-wait for work; with 2 pool threads x 2 BLAS threads on 2 cores the Gram pass
+    # took 10-20x its CPU time (and far more wall time on a loaded machine).
+    limit = _per_thread_blas_limit()
+    if limit is not None:
+        limit(1)
+
+
+def _blas_single_threaded() -> bool:
+    np.dot(np.ones((1, 1)), np.ones((1, 1)))  # make sure numpy's BLAS is loaded
+    return _per_thread_blas_limit() is not None
+
+
 def _executor(num_threads: int) -> ThreadPoolExecutor:
     global _pool, _pool_key
     key = (os.getpid(), num_threads)
@@ -46,7 +85,9 @@ def _executor(num_threads: int) -> ThreadPoolExecutor:
             if _pool is not None and _pool_key[0] == key[0]:
                 _pool.shutdown(wait=False)
             # A pool inherited through fork() has no threads left: never reuse it.
-            _pool = ThreadPoolExecutor(num_threads, thread_name_prefix="byzshield-agg")
+            _pool = ThreadPoolExecutor(
+                num_threads, thread_name_prefix="byzshield-agg", initializer=_pool_thread_init
+            )
             _pool_key = key
         return _pool
 
@@ -241,6 +282,16 @@ def _median_reduce(k: int) -> tuple[tuple[int, ...], Callable[[list[np.ndarray]]
 _UNIT_ROUNDOFF = 2.0**-53
 # Columns per float64 block of the Gram matrix (measured best on 2 cores, n = 25).
 _GRAM_COLUMNS = 4096
+# OpenBLAS runs a GEMM with m n k <= 65536 * 4 on the calling thread: where the per-thread
+# limit above is unavailable, Gram blocks stay under that size instead (slower per flop,
+# but never the oversubscribed case).
+_BLAS_SINGLE_THREAD_MNK = 65536 * 4
+
+
+def _gram_columns(num_rows: int) -> int:
+    if _blas_single_threaded():
+        return _GRAM_COLUMNS
+    return max(64, min(_GRAM_COLUMNS, _BLAS_SINGLE_THREAD_MNK // max(num_rows, 1) ** 2))
 
 
 def _gamma(k: int) -> float:
@@ -269,10 +320,11 @@ class _PairwiseDistances:
         self.rows = np.asarray(rows)
         a, d = len(rows), x.shape[1]
         everything = a == x.shape[0]
+        gram_columns = _gram_columns(a)
 
         def body(lo: int, hi: int) -> np.ndarray:
             gram = np.zeros((a, a))
-            width = min(_GRAM_COLUMNS, hi - lo)
+            width = min(gram_columns, hi - lo)
             buf = np.empty((a, width))
             with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf rows: see above
                 for c0, c1 in _chunks(lo, hi, width):
