@@ -648,3 +648,51 @@ def test_requirement_table_is_monotone_in_f():
                 assert not refused, (name, n, f)
             except ValueError:
                 refused = True
+
+
+_GRAM_CPU_SCRIPT = """
+import json, time, torch
+from byzshield.aggregators import _kernels as kernels
+torch.set_num_threads(2)
+x = torch.randn(25, 400_000, generator=torch.Generator().manual_seed(0)).numpy()
+kernels._PairwiseDistances(x, range(25))  # warm up the pool
+limits = kernels._per_thread_blas_limits()
+before = [limit(limit(1)) for limit in limits]  # read the setting: set it back at once
+start = time.process_time()
+for _ in range(3):
+    kernels._PairwiseDistances(x, range(25))
+cpu = time.process_time() - start
+after = [limit(limit(1)) for limit in limits]
+print(json.dumps({"cpu": cpu, "before": before, "after": after, "found": len(limits)}))
+"""
+
+
+def _gram_cpu(env_update):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
+    env.update(env_update)
+    out = subprocess.run(
+        [sys.executable, "-c", _GRAM_CPU_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_column_threads_do_not_wake_busy_waiting_blas_threads():
+    # Regression: each column thread's GEMM used to wake OpenBLAS's own threads (2 x 2
+    # threads on 2 cores), whose busy-waiting made the Gram pass cost 10-20x its CPU time.
+    default = _gram_cpu({})
+    if not default["found"]:
+        pytest.skip("numpy's BLAS has no openblas_set_num_threads_local (Gram blocks shrink)")
+    single = _gram_cpu({"OPENBLAS_NUM_THREADS": "1"})
+    assert default["cpu"] < 2.0 * single["cpu"], (default, single)
+    assert default["after"] == default["before"]  # the BLAS setting is restored

@@ -10,6 +10,7 @@ copies the stack.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -41,40 +42,65 @@ def _chunk_width(num_rows: int) -> int:
 
 
 @functools.cache
-def _per_thread_blas_limit() -> Callable[[int], int] | None:
-    """OpenBLAS's ``openblas_set_num_threads_local`` (>= 0.3.27), if numpy's BLAS has it.
+def _per_thread_blas_limits() -> tuple[Callable[[int], int], ...]:
+    """``openblas_set_num_threads_local`` (OpenBLAS >= 0.3.27) of every OpenBLAS mapped.
 
-    Found among the shared objects this process has mapped (numpy's wheel bundles
-    ``libscipy_openblas``); None elsewhere (MKL, older OpenBLAS, not Linux).
+    numpy's wheel bundles one ``libscipy_openblas``, scipy's another: both are found
+    among the shared objects this process has mapped. Empty elsewhere (MKL, older
+    OpenBLAS, not Linux).
     """
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
-        return None
+        return ()
     paths = sorted({ln.split()[-1] for ln in maps if "openblas" in ln.split()[-1].lower()})
+    limits = []
     for path in paths:
         try:
             fn = ctypes.CDLL(path).openblas_set_num_threads_local
         except (OSError, AttributeError):
             continue
         fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-        return fn
-    return None
+        limits.append(fn)
+    return tuple(limits)
 
 
-def _pool_thread_init() -> None:
-    # Our column threads already use every core: a BLAS call made from one of them must
-    # run on that thread. Otherwise each call wakes OpenBLAS's own threads, which
-    # busy-wait for work; with 2 pool threads x 2 BLAS threads on 2 cores the Gram pass
-    # took 10-20x its CPU time (and far more wall time on a loaded machine).
-    limit = _per_thread_blas_limit()
-    if limit is not None:
-        limit(1)
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved: list[int] = []
+
+
+@contextlib.contextmanager
+def _blas_on_calling_threads():
+    """While the column threads run, OpenBLAS runs each call on the thread that made it.
+
+    Our column threads already use every core. Otherwise each of their GEMMs wakes
+    OpenBLAS's own threads, which busy-wait for work: with 2 column threads x 2 BLAS
+    threads on 2 cores the Gram pass cost ~1 s of CPU instead of ~55 ms, and much more
+    wall time on a loaded machine. In numpy's OpenBLAS build the "local" setting is
+    process-wide, so it is set for the duration of the parallel section only (nested
+    and concurrent sections share one save/restore) and restored afterwards.
+    """
+    global _blas_users, _blas_saved
+    limits = _per_thread_blas_limits()
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = [limit(1) for limit in limits]
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for limit, previous in zip(limits, _blas_saved, strict=True):
+                    limit(previous)
 
 
 def _blas_single_threaded() -> bool:
+    """Whether BLAS calls from the column threads stay on their thread (see above)."""
     np.dot(np.ones((1, 1)), np.ones((1, 1)))  # make sure numpy's BLAS is loaded
-    return _per_thread_blas_limit() is not None
+    return bool(_per_thread_blas_limits())
 
 
 def _executor(num_threads: int) -> ThreadPoolExecutor:
@@ -85,9 +111,7 @@ def _executor(num_threads: int) -> ThreadPoolExecutor:
             if _pool is not None and _pool_key[0] == key[0]:
                 _pool.shutdown(wait=False)
             # A pool inherited through fork() has no threads left: never reuse it.
-            _pool = ThreadPoolExecutor(
-                num_threads, thread_name_prefix="byzshield-agg", initializer=_pool_thread_init
-            )
+            _pool = ThreadPoolExecutor(num_threads, thread_name_prefix="byzshield-agg")
             _pool_key = key
         return _pool
 
@@ -102,7 +126,8 @@ def _over_columns(d: int, body: Callable[[int, int], object]) -> list:
     threads = min(torch.get_num_threads(), len(blocks))
     if threads <= 1:
         return [body(lo, hi) for lo, hi in blocks]
-    return list(_executor(threads).map(lambda block: body(*block), blocks))
+    with _blas_on_calling_threads():
+        return list(_executor(threads).map(lambda block: body(*block), blocks))
 
 
 def _chunks(lo: int, hi: int, width: int):
