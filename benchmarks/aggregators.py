@@ -4,6 +4,8 @@
     python benchmarks/aggregators.py --repeats 9      # more calls per median
     python benchmarks/aggregators.py --d 200000       # a quick look
     python benchmarks/aggregators.py --memory         # and peak extra memory per rule
+    python benchmarks/aggregators.py --only krum,mda  # some rows only
+    python benchmarks/aggregators.py --d 11173962     # ResNet-18's size
 
 For each rule or pre-aggregation that ByzFL also has, ours and ByzFL's are called in
 turn (A B A B ...) on the same stack after one untimed warm-up call each; the table
@@ -342,6 +344,8 @@ def run(n: int, d: int, f: int, args) -> list[str]:
     lines = list(header)
     slow = {"ByzFL MDA", "ByzFL CAF", "ByzFL SMEA", "ByzFL NNM"}
     for rule, ours, label, ref, check, target, setup in cases(stack, f, args):
+        if args.only and not any(word in rule for word in args.only.split(",")):
+            continue
         ref_repeats = 1 if label in slow else args.ref_repeats
         timed = median_times([ours, ref], [args.repeats, ref_repeats], [None, setup])
         (ours_t, ours_lo, ours_hi, ours_out), (ref_t, ref_lo, ref_hi, ref_out) = timed
@@ -380,6 +384,7 @@ def main() -> None:
     parser.add_argument("--smea-d", type=int, default=100_000, help="d for the SMEA rows")
     parser.add_argument("--memory", action="store_true", help="peak extra memory per rule")
     parser.add_argument("--spread", action="store_true", help="min-max of each row's calls")
+    parser.add_argument("--only", help="comma-separated rule names (substrings) to run")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:

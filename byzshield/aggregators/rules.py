@@ -35,7 +35,6 @@ from byzshield.aggregators._kernels import (
     _krum_select,
     _mean_rows,
     _median_reduce,
-    _nearest,
     _order_statistics,
     _over_columns,
     _PairwiseDistances,
@@ -418,9 +417,10 @@ class MoNNA(Rule):
 
     out = mean_{j in N(idx)} x_j, N(idx) the n - f inputs nearest to x_idx, itself
     included (Farhadkhani et al., "Robust collaborative learning with linear gradient
-    overhead", ICML 2023). Equal distances prefer the lower row; the choice is certified
-    against the distance bounds like Krum's. Needs n > 2f; outside it the formula runs as
-    is up to f = n - 1. If row idx is non-finite, the lowest finite row is the reference.
+    overhead", ICML 2023). Equal distances prefer the lower row; distances to x_idx come
+    from exact differences in float64 (one pass, no Gram matrix). Needs n > 2f; outside
+    it the formula runs as is up to f = n - 1. If row idx is non-finite, the lowest finite
+    row is the reference.
 
     Args:
         idx: the trusted row (the caller's own vector in decentralised learning), >= 0.
@@ -442,10 +442,12 @@ class MoNNA(Rule):
     def core(self, x, rows, f, *, dist=None, generator=None):
         if self.idx >= x.shape[0]:
             raise ValueError(f"{self.name}: idx must be in [0, {x.shape[0] - 1}], got {self.idx}")
-        k = len(rows)
-        ref = list(rows).index(self.idx) if self.idx in rows else 0
-        local = _nearest(_distances(x, rows, dist), ref, range(k), k - f)
-        chosen = [rows[i] for i in local]
+        rows = list(rows)
+        ref = rows[rows.index(self.idx)] if self.idx in rows else rows[0]
+        # Distances to one row, from exact differences (float64): one pass, no Gram.
+        sq = _squared_distances_to(x, rows, x[ref].astype(np.float64))
+        order = np.lexsort((np.arange(len(rows)), sq))
+        chosen = sorted(rows[i] for i in order[: len(rows) - f])
         return _mean_rows(x, chosen), chosen
 
     def describe(self):
