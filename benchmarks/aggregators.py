@@ -1,24 +1,29 @@
-"""Aggregator speed and memory against reference implementations: same data, same run.
+"""Aggregator speed against ByzFL and other references: same data, same process, one run.
 
-    python benchmarks/aggregators.py                 # n = 25, d = 1,000,000, f = 5, 2 threads
-    python benchmarks/aggregators.py --resnet18      # and once more at d = 11,173,962
-    python benchmarks/aggregators.py --d 200000 --repeats 3   # a quick look
+    python benchmarks/aggregators.py                  # n = 25, d = 1,000,000, f = 5, 2 threads
+    python benchmarks/aggregators.py --repeats 9      # more calls per median
+    python benchmarks/aggregators.py --d 200000       # a quick look
+    python benchmarks/aggregators.py --memory         # and peak extra memory per rule
+    python benchmarks/aggregators.py --only krum,mda  # some rows only
+    python benchmarks/aggregators.py --d 11173962     # ResNet-18's size
 
-Prints, for each rule, its best-of-N time next to the references on the same stack in the
-same process, the speed-up, whether the results agree (identical bits, or the same
-selected inputs), and the peak extra memory of one call as a multiple of the stack's
-size (each rule measured in a fresh subprocess: peak RSS during the call minus RSS
-before it, with the kernel's high-water mark reset through /proc/self/clear_refs).
+For each rule or pre-aggregation that ByzFL also has, ours and ByzFL's are called in
+turn (A B A B ...) on the same stack after one untimed warm-up call each; the table
+gives the median wall time of each over the calls, the ratio ByzFL / ours, and whether
+the outputs agree (max relative difference, or the same selected inputs). ByzFL's
+in-place pre-aggregators (Clipping, ARC) get a fresh copy of the stack made outside the
+timer. Where ByzFL enumerates subsets (SMEA) the row says at which (f, d) it was run.
 
-References: ``torch.median(dim=0)``; ByzFL (``pip install byzfl``; optional: its rows are
-skipped when it is absent); a straightforward sort-based NumPy Bulyan written below
-(pairwise distances with a Python double loop, iterated Krum, ``np.sort(axis=0)``, the
-values closest to the median by ``np.argsort``), the way the original research code
-did it, with this package's exact semantics so that the outputs must be identical.
+References besides ByzFL (``pip install byzfl``; its rows are skipped when absent):
+``torch.median(dim=0)`` and a straightforward sort-based NumPy Bulyan (below) with this
+package's exact semantics, so that the outputs must be identical.
 
-Targets (issue 3): coord-median >= 3x torch.median and ByzFL's Median; multi-krum >= 5x
-ByzFL's MultiKrum selecting the same inputs; bulyan >= 5x the NumPy reference with
-identical output; no rule above two extra copies of the stack.
+Targets: multi-krum >= 5x ByzFL's MultiKrum with the same selection; coord-median >= 3x
+torch.median and ByzFL's Median; bulyan >= 5x the NumPy reference.
+
+The machine is shared: quote medians and ratios, and rerun when the min-max spread in a
+row is wide (``--spread`` prints it). Thread counts are printed in the header: numpy's
+OpenBLAS and torch's OpenMP pool each default to one thread per core.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -40,13 +46,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from byzshield import aggregators as agg  # noqa: E402
-
-RESNET18_PARAMS = 11_173_962
+from byzshield.aggregators import PRE_AGGREGATIONS, build_aggregator  # noqa: E402
 
 try:
     from byzfl.aggregators import aggregators as byzfl
+    from byzfl.aggregators import preaggregators as byzfl_pre
 except ImportError:  # optional
-    byzfl = None
+    byzfl = byzfl_pre = None
 
 
 # ----------------------------------------------------------------------------- data
@@ -100,20 +106,32 @@ def bulyan_numpy_reference(x: np.ndarray, f: int) -> np.ndarray:
 # ------------------------------------------------------------------------ timing
 
 
-def best_times(fns: list[Callable[[], object]], repeats: list[int]) -> list[tuple[float, object]]:
-    """Interleaved best-of-N wall time of each function (seconds) and its last result."""
-    best = [float("inf")] * len(fns)
+def median_times(
+    fns: list[Callable[[], object]],
+    repeats: list[int],
+    setup: list[Callable[[], object] | None],
+) -> list[tuple[float, float, float, object]]:
+    """Interleaved (median, min, max) wall seconds of each function and its last result.
+
+    One untimed warm-up call each first (thread pools, caches, first-touch page faults).
+    ``setup[i]``, when given, makes the argument of ``fns[i]`` outside the timer.
+    """
+    times: list[list[float]] = [[] for _ in fns]
     results: list[object] = [None] * len(fns)
-    fns[0]()  # warm up ours (thread pool, network cache) outside the timed runs
+    for i, fn in enumerate(fns):
+        results[i] = fn(setup[i]()) if setup[i] else fn()
     for r in range(max(repeats)):
         for i, fn in enumerate(fns):
             if r >= repeats[i]:
                 continue
+            arg = setup[i]() if setup[i] else None
             gc.collect()
             start = time.perf_counter()
-            results[i] = fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return list(zip(best, results, strict=True))
+            results[i] = fn(arg) if setup[i] else fn()
+            times[i].append(time.perf_counter() - start)
+    return [
+        (statistics.median(t), min(t), max(t), res) for t, res in zip(times, results, strict=True)
+    ]
 
 
 # ------------------------------------------------------------------------ memory
@@ -129,11 +147,10 @@ def _rss_kib(field: str) -> int:
 def _memory_child(name: str, n: int, d: int, f: int) -> None:
     torch.set_num_threads(2)
     stack = make_stack(n, d, f)
-    rules = {
-        **{rule: (lambda rule=rule: agg.aggregate(rule, stack, f=f)) for rule in agg.AGGREGATORS},
-        "torch.median": lambda: stack.median(dim=0),
-        "numpy-bulyan": lambda: bulyan_numpy_reference(stack.numpy(), f),
-    }
+    rules = {rule: (lambda rule=rule: build_aggregator(rule)(stack, f=f)) for rule in agg.RULES}
+    rules["smea"] = lambda: build_aggregator("smea")(stack, f=2)
+    rules["torch.median"] = lambda: stack.median(dim=0)
+    rules["numpy-bulyan"] = lambda: bulyan_numpy_reference(stack.numpy(), f)
     if byzfl is not None:
         rules["byzfl-MultiKrum"] = lambda: byzfl.MultiKrum(f=f)(stack)
     gc.collect()
@@ -158,49 +175,39 @@ def peak_extra_copies(name: str, n: int, d: int, f: int) -> float:
     return report["extra_bytes"] / report["stack_bytes"]
 
 
-# ------------------------------------------------------------------------- table
+# ------------------------------------------------------------------------- checks
 
 
-def run(n: int, d: int, f: int, repeats: int, memory: bool) -> list[str]:
-    stack = make_stack(n, d, f)
-    x = stack.numpy()
-    rows: list[tuple] = []  # rule, ours s, reference, ref s, check, target
+def _array(a) -> np.ndarray:
+    if isinstance(a, agg.AggregateResult):
+        a = a.value
+    if hasattr(a, "values") and not isinstance(a, torch.Tensor):
+        a = a.values
+    return np.asarray(a, dtype=np.float64)
 
-    def compare(rule, ours_fn, refs, target=None):
-        fns = [ours_fn] + [fn for _, fn, _ in refs]
-        reps = [repeats] + [max(1, min(repeats, 3))] * len(refs)
-        timed = best_times(fns, reps)
-        ours_t, ours_out = timed[0]
-        for (label, _, check), (ref_t, ref_out) in zip(refs, timed[1:], strict=True):
-            rows.append((rule, ours_t, label, ref_t, check(ours_out, ref_out), target))
-        if not refs:
-            rows.append((rule, ours_t, "-", float("nan"), "-", None))
-        return ours_out
 
-    def identical(a, b):
-        a = a.value if isinstance(a, agg.AggregateResult) else a
-        b = b.values if hasattr(b, "values") and not isinstance(b, torch.Tensor) else b
-        return "identical" if np.array_equal(np.asarray(a), np.asarray(b)) else "DIFFERENT"
+def identical(a, b) -> str:
+    return "identical" if np.array_equal(_array(a), _array(b)) else "DIFFERENT"
 
-    def close(a, b):
-        a = a.value if isinstance(a, agg.AggregateResult) else a
-        err = float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-        return f"max |diff| {err:.1e}"
 
-    # coord-median
-    refs = [("torch.median(dim=0)", lambda: stack.median(dim=0).values, identical)]
-    if byzfl is not None:
-        refs.append(("ByzFL Median", lambda: byzfl.Median()(stack), identical))
-    compare("coord-median", lambda: agg.aggregate("coord-median", stack, f=f), refs, 3.0)
+def relative(a, b) -> str:
+    a, b = _array(a), _array(b)
+    err = float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
+    return f"rel diff {err:.1e}" + ("" if err <= 1e-5 else " (>1e-5)")
 
-    # multi-krum: ByzFL scores n - f - 1 neighbours; ours with the same count must pick the
-    # same n - f rows: ByzFL's output equals the mean of our rows far inside the margin
-    # that any other choice would leave (one swapped row moves the mean by >= margin).
-    def same_inputs(ours, theirs):
+
+def same_inputs(stack: torch.Tensor) -> Callable[[object, object], str]:
+    """ByzFL's output is the mean of our selected rows, far inside the margin any other
+    choice would leave (one swapped row moves the mean by >= margin)."""
+
+    def check(ours, theirs) -> str:
         sel = ours.selected
+        n = stack.shape[0]
         mean_sel = stack[sel].double().mean(dim=0)
-        err = float((mean_sel - theirs.double()).abs().max())
+        err = float((mean_sel - torch.as_tensor(theirs).double()).abs().max())
         others = [i for i in range(n) if i not in sel]
+        if not others:
+            return f"same {len(sel)} inputs" if err < 1e-4 else "DIFFERENT"
         margin = min(
             float((stack[j].double() - stack[i].double()).abs().max()) / len(sel)
             for i in sel
@@ -208,73 +215,161 @@ def run(n: int, d: int, f: int, repeats: int, memory: bool) -> list[str]:
         )
         return f"same {len(sel)} inputs" if err < margin / 100 else "DIFFERENT"
 
-    neighbours = n - f - 1
-    if byzfl is not None:
-        refs = [("ByzFL MultiKrum", lambda: byzfl.MultiKrum(f=f)(stack), same_inputs)]
-    else:
-        refs = []
-    compare(
-        f"multi-krum (k={neighbours})",
-        lambda: agg.aggregate("multi-krum", stack, f=f, num_neighbours=neighbours),
-        refs,
-        5.0,
-    )
-    compare("multi-krum (k=n-f-2)", lambda: agg.aggregate("multi-krum", stack, f=f), [])
+    return check
 
-    # bulyan
-    refs = [("NumPy sort-based", lambda: bulyan_numpy_reference(x, f), identical)]
-    compare("bulyan", lambda: agg.aggregate("bulyan", stack, f=f), refs, 5.0)
 
-    # the rest, for context
-    refs = [("torch.mean(dim=0)", lambda: stack.mean(dim=0), close)]
-    compare("mean", lambda: agg.aggregate("mean", stack, f=f), refs)
-    refs = [("ByzFL TrMean", lambda: byzfl.TrMean(f=f)(stack), close)] if byzfl else []
-    compare("trimmed-mean", lambda: agg.aggregate("trimmed-mean", stack, f=f), refs)
-    params = {"num_iterations": 3, "nu": 0.1, "tol": 0.0, "init": torch.zeros(d)}
-    refs = [("ByzFL GeometricMedian", lambda: byzfl.GeometricMedian()(stack), close)]
-    compare(
-        "geometric-median (T=3)",
-        lambda: agg.aggregate("geometric-median", stack, f=f, **params),
-        refs if byzfl else [],
-    )
-    params = {"tau": 100.0, "num_iterations": 1, "center": torch.zeros(d)}
-    refs = [("ByzFL CenteredClipping", lambda: byzfl.CenteredClipping()(stack), close)]
-    compare(
-        "centered-clipping",
-        lambda: agg.aggregate("centered-clipping", stack, f=f, **params),
-        refs if byzfl else [],
-    )
-    refs = [("torch.sign(sign.sum)", lambda: torch.sign(torch.sign(stack).sum(dim=0)), identical)]
-    compare("sign-majority", lambda: agg.aggregate("sign-majority", stack, f=f), refs)
+# ------------------------------------------------------------------------- table
 
-    mem = {}
-    if memory:
-        names = list(agg.AGGREGATORS) + ["torch.median", "numpy-bulyan"]
-        names += ["byzfl-MultiKrum"] if byzfl is not None else []
-        for name in names:
-            mem[name] = peak_extra_copies(name, n, d, f)
 
-    lines = [
-        f"n={n} d={d:,} f={f} threads={torch.get_num_threads()} torch {torch.__version__} "
-        f"numpy {np.__version__} byzfl {'absent' if byzfl is None else 'present'} "
-        f"({platform.processor() or platform.machine()})",
+def _pre(name: str, stack: torch.Tensor, f: int, generator=None, **params):
+    stage = PRE_AGGREGATIONS[name](**params)
+    x = stack.numpy()
+    out, _, _ = stage.apply(x, range(len(x)), f, generator=generator, dist=None)
+    return out
+
+
+def cases(stack: torch.Tensor, f: int, args) -> list[tuple]:
+    """(rule, ours, reference label, reference, check, target, reference setup)."""
+    n, d = stack.shape
+    x = stack.numpy()
+    k = n - f - 1  # ByzFL's Krum neighbour count
+    rows: list[tuple] = []
+
+    def add(rule, ours, label, ref, check, target=None, setup=None):
+        rows.append((rule, ours, label, ref, check, target, setup))
+
+    def build(name, **params):
+        aggregator = build_aggregator(name, **params)
+        return lambda: aggregator(stack, f=f)
+
+    add("coord-median", build("coord-median"), "torch.median(dim=0)",
+        lambda: stack.median(dim=0).values, identical, 3.0)  # fmt: skip
+    add("bulyan", build("bulyan"), "NumPy sort-based", lambda: bulyan_numpy_reference(x, f),
+        identical, 5.0)  # fmt: skip
+    if byzfl is None:
+        return rows
+    fresh = stack.clone  # ByzFL's Clipping and ARC overwrite their input
+    add("coord-median", build("coord-median"), "ByzFL Median", lambda: byzfl.Median()(stack),
+        identical, 3.0)  # fmt: skip
+    add("mean", build("mean"), "ByzFL Average", lambda: byzfl.Average()(stack), relative)
+    add("trimmed-mean", build("trimmed-mean"), "ByzFL TrMean",
+        lambda: byzfl.TrMean(f=f)(stack), relative)  # fmt: skip
+    add("meamed", build("meamed"), "ByzFL Meamed", lambda: byzfl.Meamed(f=f)(stack), relative)
+    add(f"krum (k={k})", build("krum", num_neighbours=k), "ByzFL Krum",
+        lambda: byzfl.Krum(f=f)(stack), same_inputs(stack))  # fmt: skip
+    add(f"multi-krum (k={k})", build("multi-krum", num_neighbours=k), "ByzFL MultiKrum",
+        lambda: byzfl.MultiKrum(f=f)(stack), same_inputs(stack), 5.0)  # fmt: skip
+    add("mda", build("mda"), "ByzFL MDA", lambda: byzfl.MDA(f=f)(stack), same_inputs(stack))
+    add("monna", build("monna"), "ByzFL MoNNA", lambda: byzfl.MoNNA(f=f)(stack),
+        same_inputs(stack))  # fmt: skip
+    add("geometric-median (T=3)",
+        build("geometric-median", num_iterations=3, nu=0.1, tol=0.0, init=torch.zeros(d)),
+        "ByzFL GeometricMedian", lambda: byzfl.GeometricMedian()(stack), relative)  # fmt: skip
+
+    def clipping_once():  # both start from zeros: a fresh rule each call, as ByzFL's
+        return build_aggregator("centered-clipping", center=torch.zeros(d))(stack, f=f)
+
+    add("centered-clipping", clipping_once, "ByzFL CenteredClipping",
+        lambda: byzfl.CenteredClipping()(stack), relative)  # fmt: skip
+
+    def caf_power():
+        aggregator = build_aggregator("caf", power_iterations=1)
+        return aggregator(stack, f=f, generator=torch.Generator().manual_seed(1))
+
+    def caf_byzfl():
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            return byzfl.CAF(f=f)(stack)
+
+    add("caf (power_iterations=1)", caf_power, "ByzFL CAF", caf_byzfl, relative)
+    add("caf (exact)", build("caf"), "ByzFL CAF", caf_byzfl, lambda a, b: "exact eigenpairs")
+    f_smea, d_smea = 2, min(d, args.smea_d)
+    small = stack[:, :d_smea].contiguous()
+
+    def smea_ours():
+        aggregator = build_aggregator("smea", power_iterations=1)
+        return aggregator(small, f=f_smea, generator=torch.Generator().manual_seed(2))
+
+    def smea_byzfl():
+        with torch.random.fork_rng():
+            torch.manual_seed(2)
+            return byzfl.SMEA(f=f_smea)(small)
+
+    add(f"smea (power, f={f_smea}, d={d_smea:,})", smea_ours, "ByzFL SMEA", smea_byzfl, relative)
+    add(f"smea (exact, f={f_smea}, d={d_smea:,})",
+        lambda: build_aggregator("smea")(small, f=f_smea), "ByzFL SMEA", smea_byzfl,
+        lambda a, b: "exact eigenvalues")  # fmt: skip
+    # pre-aggregations (their output stacks)
+    add("nnm", lambda: _pre("nnm", stack, f), "ByzFL NNM", lambda: byzfl_pre.NNM(f=f)(stack),
+        relative)  # fmt: skip
+
+    def bucketing_byzfl():
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            return byzfl_pre.Bucketing(s=2)(stack)
+
+    add("bucketing (s=2)",
+        lambda: _pre("bucketing", stack, f, torch.Generator().manual_seed(3), bucket_size=2),
+        "ByzFL Bucketing", bucketing_byzfl, relative)  # fmt: skip
+    add("clipping (c=2)", lambda: _pre("clipping", stack, f, c=2.0), "ByzFL Clipping",
+        lambda s: byzfl_pre.Clipping(c=2.0)(s), relative, setup=fresh)  # fmt: skip
+    add("arc", lambda: _pre("arc", stack, f), "ByzFL ARC", lambda s: byzfl_pre.ARC(f=f)(s),
+        relative, setup=fresh)  # fmt: skip
+    return rows
+
+
+def _blas_threads() -> str:
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "blas threads: (threadpoolctl absent)"
+    info = threadpoolctl.threadpool_info()
+    return ", ".join(f"{i['internal_api']} {i['num_threads']}" for i in info)
+
+
+def run(n: int, d: int, f: int, args) -> list[str]:
+    stack = make_stack(n, d, f)
+    header = [
+        f"n={n} d={d:,} f={f} torch threads={torch.get_num_threads()} ({_blas_threads()}) "
+        f"torch {torch.__version__} numpy {np.__version__} "
+        f"byzfl {'absent' if byzfl is None else 'present'} "
+        f"({platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.1f})",
+        f"median of {args.repeats} calls for ours, {args.ref_repeats} for the references "
+        "(1 for the ByzFL rules that take seconds), interleaved",
         "",
-        f"{'rule':24s} {'ours ms':>8s}  {'reference':24s} {'ref ms':>8s} {'speed-up':>9s}"
-        f"  {'target':>6s}  {'agreement':22s} {'peak extra':>10s}",
+        f"{'rule':30s} {'ours ms':>8s}  {'reference':22s} {'ref ms':>9s} {'ratio':>7s}"
+        f"  {'target':>6s}  {'agreement':24s}",
     ]
-    for rule, ours_t, label, ref_t, check, target in rows:
-        speed = ref_t / ours_t if np.isfinite(ref_t) else float("nan")
-        verdict = "" if target is None else ("ok" if speed >= target else "MISSED")
-        key = rule.split(" ")[0]
-        peak = f"{mem[key]:.2f}x" if key in mem else ""
-        lines.append(
-            f"{rule:24s} {ours_t * 1e3:8.1f}  {label:24s} {ref_t * 1e3:8.1f} "
-            f"{speed:8.1f}x  {verdict:>6s}  {check:22s} {peak:>10s}"
+    print("\n".join(header), flush=True)
+    lines = list(header)
+    slow = {"ByzFL MDA", "ByzFL CAF", "ByzFL SMEA", "ByzFL NNM"}
+    for rule, ours, label, ref, check, target, setup in cases(stack, f, args):
+        if args.only and not any(word in rule for word in args.only.split(",")):
+            continue
+        ref_repeats = 1 if label in slow else args.ref_repeats
+        timed = median_times([ours, ref], [args.repeats, ref_repeats], [None, setup])
+        (ours_t, ours_lo, ours_hi, ours_out), (ref_t, ref_lo, ref_hi, ref_out) = timed
+        ratio = ref_t / ours_t
+        verdict = "" if target is None else ("ok" if ratio >= target else "MISSED")
+        line = (
+            f"{rule:30s} {ours_t * 1e3:8.1f}  {label:22s} {ref_t * 1e3:9.1f} {ratio:6.1f}x"
+            f"  {verdict:>6s}  {check(ours_out, ref_out):24s}"
         )
-    if mem:
-        lines.append("")
-        refs_mem = ", ".join(f"{k} {v:.2f}x" for k, v in mem.items() if k not in agg.AGGREGATORS)
-        lines.append(f"peak extra memory of the references (stacks): {refs_mem}")
+        if args.spread:
+            line += (
+                f" ours {ours_lo * 1e3:.0f}-{ours_hi * 1e3:.0f}, "
+                f"ref {ref_lo * 1e3:.0f}-{ref_hi * 1e3:.0f}"
+            )
+        lines.append(line)
+        print(line, flush=True)
+    if args.memory:
+        names = [*agg.RULES, "torch.median", "numpy-bulyan"]
+        names += ["byzfl-MultiKrum"] if byzfl is not None else []
+        lines.append(
+            "\npeak extra memory of one call (stacks): "
+            + ", ".join(f"{name} {peak_extra_copies(name, n, d, f):.2f}x" for name in names)
+        )
+        print(lines[-1], flush=True)
     return lines
 
 
@@ -283,23 +378,20 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=25)
     parser.add_argument("--d", type=int, default=1_000_000)
     parser.add_argument("--f", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--ref-repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--resnet18", action="store_true", help="also d = 11,173,962, once")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory column")
+    parser.add_argument("--smea-d", type=int, default=100_000, help="d for the SMEA rows")
+    parser.add_argument("--memory", action="store_true", help="peak extra memory per rule")
+    parser.add_argument("--spread", action="store_true", help="min-max of each row's calls")
+    parser.add_argument("--only", help="comma-separated rule names (substrings) to run")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child, args.n, args.d, args.f)
         return
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    for line in run(args.n, args.d, args.f, args.repeats, not args.no_memory):
-        print(line, flush=True)
-    if args.resnet18:
-        print()
-        for line in run(args.n, RESNET18_PARAMS, args.f, 1, False):
-            print(line, flush=True)
+    run(args.n, args.d, args.f, args)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from byzshield import aggregators as agg
 from byzshield.aggregators import (
     AGGREGATORS,
+    RULES,
     AggregateResult,
     aggregate,
+    build_aggregator,
     bulyan,
     centered_clipping,
     check_requirement,
@@ -27,6 +28,7 @@ from byzshield.aggregators import (
     sign_majority,
     trimmed_mean,
 )
+from byzshield.aggregators import _kernels as kernels
 
 NAMES = [
     "coord-median",
@@ -37,9 +39,16 @@ NAMES = [
     "geometric-median",
     "centered-clipping",
     "sign-majority",
+    "krum",
+    "mda",
+    "monna",
+    "meamed",
+    "caf",
+    "smea",
 ]
 # Rules whose output stays inside the honest per-coordinate range whatever f inputs say.
-RANGE_ROBUST = ["coord-median", "multi-krum", "bulyan", "trimmed-mean"]
+RANGE_ROBUST = ["coord-median", "multi-krum", "bulyan", "trimmed-mean", "krum", "mda", "meamed"]
+RANGE_ROBUST += ["caf", "smea"]
 
 
 def col(*values):
@@ -53,7 +62,7 @@ def rand(n, d, seed=0, scale=1.0):
 
 def max_f(name, n):
     """Largest f the rule accepts for n inputs (the requirement table)."""
-    if name == "multi-krum":
+    if name in ("multi-krum", "krum"):
         return (n - 3) // 2
     if name == "bulyan":
         return (n - 3) // 4
@@ -66,11 +75,10 @@ def max_f(name, n):
 
 
 def test_registry_holds_exactly_the_config_names():
-    assert sorted(AGGREGATORS) == sorted(NAMES)
-    assert AGGREGATORS["coord-median"] is coordinate_median
-    assert AGGREGATORS["multi-krum"] is multi_krum
-    for name, rule in AGGREGATORS.items():
-        out = rule(rand(7, 3), f=1)
+    assert sorted(RULES) == sorted(NAMES)
+    assert AGGREGATORS is RULES  # one registry, under its old name too
+    for name in RULES:
+        out = build_aggregator(name)(rand(7, 3), f=1).value
         assert out.shape == (3,) and out.dtype == torch.float32, name
 
 
@@ -99,15 +107,27 @@ def test_coordinate_median_even_count_does_not_overflow_near_float32_max():
     assert coordinate_median(col(big, big, -1, big), f=1).tolist() == [pytest.approx(big)]
 
 
-def test_coordinate_median_of_bucket_means_uses_contiguous_buckets():
+def contiguous(name, f, stack, **bucketing):
+    pre = [("bucketing", {**bucketing, "shuffle": False})]
+    return build_aggregator(name, pre=pre)(stack, f=f).value.tolist()
+
+
+def test_coordinate_median_of_contiguous_bucket_means():
     stack = col(1, 2, 3, 4, 5, 6)
     # buckets (1,2) (3,4) (5,6): means 1.5 3.5 5.5
-    assert coordinate_median(stack, f=1, num_buckets=3).tolist() == [3.5]
+    assert contiguous("coord-median", 1, stack, num_buckets=3) == [3.5]
     # sizes as np.array_split: (1,2) (3,4) (5) (6): means 1.5 3.5 5 6 -> (3.5 + 5) / 2
-    assert coordinate_median(stack, f=1, num_buckets=4).tolist() == [4.25]
+    assert contiguous("coord-median", 1, stack, num_buckets=4) == [4.25]
+    # ByzFL's bucket size: (1,2,3,4) (5,6): means 2.5 5.5 -> 4
+    assert contiguous("coord-median", 0, stack, bucket_size=4) == [4.0]
     # one bucket per input is the plain median
     assert coordinate_median(stack, f=1, num_buckets=6).tolist() == [3.5]
-    assert coordinate_median(stack, f=0, num_buckets=1).tolist() == [3.5]  # the mean
+    assert contiguous("coord-median", 0, stack, num_buckets=1) == [3.5]  # the mean
+
+
+def test_coordinate_median_with_buckets_refuses_to_run_without_a_generator():
+    with pytest.raises(ValueError, match="pass generator="):
+        coordinate_median(col(1, 2, 3, 4, 5, 6), f=1, num_buckets=3)
 
 
 def test_coordinate_median_bucketing_with_generator_is_seeded():
@@ -213,8 +233,15 @@ def test_centered_clipping_iterations_approach_the_mean_of_close_inputs():
 def test_sign_majority_votes_signs_and_reports_ties_as_zero():
     stack = torch.tensor([[0.5, -2.0, 1.0], [3.0, -1.0, -1.0], [-9.0, 4.0, 0.0]])
     assert sign_majority(stack, f=1).tolist() == [1.0, -1.0, 0.0]
-    # buckets (0.5, 3) (-9) (1): signs of sums +, -, + -> +
-    assert sign_majority(col(0.5, 3, -9, 1), f=1, num_buckets=3).tolist() == [1.0]
+    # buckets (0.5, 3) (-9) (1): signs +, -, + -> +
+    assert contiguous("sign-majority", 1, col(0.5, 3, -9, 1), num_buckets=3) == [1.0]
+
+
+def test_bucketed_sign_majority_sums_signs_not_raw_values():
+    # buckets (1, 1, -9) x 2 and (-1, -1, -1): sums of signs +1, +1, -3 -> +; the raw
+    # sums -7, -7, -3 would all vote -
+    stack = col(1, 1, -9, 1, 1, -9, -1, -1, -1)
+    assert contiguous("sign-majority", 1, stack, bucket_size=3) == [1.0]
 
 
 # -------------------------------------------------------------------------- properties
@@ -225,8 +252,10 @@ def test_rule_is_invariant_to_permuting_the_inputs(name):
     n, f = 11, 2
     stack = rand(n, 40, seed=1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(2))
+    # MoNNA is relative to its trusted row: it moves with the permutation
+    moved = {"idx": perm.tolist().index(0)} if name == "monna" else {}
     a = aggregate(name, stack, f=f).value
-    b = aggregate(name, stack[perm], f=f).value
+    b = aggregate(name, stack[perm], f=f, **moved).value
     assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
     if name in ("coord-median", "trimmed-mean", "bulyan", "sign-majority"):
         assert torch.equal(a, b)  # order statistics: bit-identical
@@ -389,7 +418,7 @@ def test_multi_krum_selection_is_exact_for_nearly_identical_large_inputs():
     for i in range(n):
         idx = gen.choice(d, size=i + 1, replace=False)  # row i differs in i + 1 places
         stack[i, idx] = torch.nextafter(stack[i, idx], torch.full((i + 1,), math.inf))
-    dist = agg._PairwiseDistances(stack.numpy(), list(range(n)))
+    dist = kernels._PairwiseDistances(stack.numpy(), list(range(n)))
     assert (dist.err[~np.eye(n, dtype=bool)] > dist.dist[~np.eye(n, dtype=bool)]).any()
     for m in (1, 3, n - f):
         assert multi_krum_select(stack, f=f, m=m) == _krum_oracle(stack.numpy(), f, m)
@@ -406,12 +435,12 @@ def test_sorting_network_sorts_every_zero_one_input():
     for n in range(1, 15):
         bits = ((np.arange(2**n)[None, :] >> np.arange(n)[:, None]) & 1).astype(np.float32)
         rows = [bits[i].copy() for i in range(n)]
-        agg._apply_network(rows, np.empty(2**n, np.float32), agg._sorting_network(n))
+        kernels._apply_network(rows, np.empty(2**n, np.float32), kernels._sorting_network(n))
         assert np.array_equal(np.stack(rows), np.sort(bits, axis=0)), n
         for outputs in [(n // 2,), ((n - 1) // 2, n // 2), tuple(range(n // 3, n - n // 3))]:
             rows = [bits[i].copy() for i in range(n)]
-            net = agg._selection_network(n, outputs)
-            agg._apply_network(rows, np.empty(2**n, np.float32), net)
+            net = kernels._selection_network(n, outputs)
+            kernels._apply_network(rows, np.empty(2**n, np.float32), net)
             for o in outputs:
                 assert np.array_equal(rows[o], np.sort(bits, axis=0)[o]), (n, outputs)
 
@@ -437,7 +466,7 @@ def _median_in_child(d):
 
 def test_aggregation_works_in_a_child_forked_after_the_threads_started():
     before = torch.get_num_threads()
-    d = 3 * agg._BLOCK_COLUMNS  # several blocks: the work goes to the thread pool
+    d = 3 * kernels._BLOCK_COLUMNS  # several blocks: the work goes to the thread pool
     try:
         torch.set_num_threads(2)
         coordinate_median(rand(5, d), f=1)  # the parent's pool now has threads
@@ -535,7 +564,8 @@ def test_rule_accepts_n_at_its_bound_and_refuses_one_more_f(name, n):
     with pytest.raises(ValueError, match=f"{name} needs .*got n={n}, f={f + 1}"):
         check_requirement(name, n, f + 1)
     with pytest.raises(ValueError, match=f"{name} needs"):
-        AGGREGATORS[name](rand(n, 2), f=f + 1)
+        build_aggregator(name)(rand(n, 2), f=f + 1)
+    assert build_aggregator(name).max_f(n) == f
 
 
 def test_requirement_messages_state_the_rule():
@@ -550,16 +580,21 @@ def test_requirement_messages_state_the_rule():
 @pytest.mark.parametrize(
     ("name", "params", "match"),
     [
-        ("coord-median", {"num_buckets": 2}, "num_buckets > 2f"),
+        ("coord-median", {"num_buckets": 2}, r"sees 2 .*coord-median needs n > 2f.*n=2, f=2"),
         ("coord-median", {"num_buckets": 12}, r"num_buckets must be in \[1, 11\]"),
         ("coord-median", {"num_buckets": 0}, "num_buckets must be"),
         ("coord-median", {"num_buckets": 2.5}, "must be an integer"),
         ("coord-median", {"generator": 3}, "torch.Generator"),
-        ("sign-majority", {"num_buckets": 4}, "num_buckets > 2f"),
-        ("multi-krum", {"m": 0}, r"m must be in \[1, 9\]"),
+        ("sign-majority", {"num_buckets": 4}, "sees 4 .*sign-majority needs n > 2f"),
+        ("multi-krum", {"m": 0}, r"m must be >= 1"),
+        ("multi-krum", {"m": "n+f"}, r"m must be an integer, None or 'n-f-j'"),
+        ("multi-krum", {"m": "n-f-9"}, r"m = n-f-9 must be >= 1"),
         ("multi-krum", {"m": 10}, r"m must be in \[1, 9\]"),
         ("multi-krum", {"num_neighbours": 11}, r"num_neighbours must be in \[1, 10\]"),
         ("multi-krum", {"num_neighbours": 0}, "num_neighbours"),
+        ("krum", {"m": 2}, "krum has no parameter m; allowed: num_neighbours"),
+        ("monna", {"idx": 11}, r"idx must be in \[0, 10\]"),
+        ("caf", {"power_iterations": 0}, "power_iterations must be >= 1"),
         ("geometric-median", {"num_iterations": 0}, "num_iterations"),
         ("geometric-median", {"nu": 0.0}, "nu must be"),
         ("geometric-median", {"tol": -1.0}, "tol must be"),
@@ -579,8 +614,8 @@ def test_bad_parameters_are_refused_naming_the_value(name, params, match):
 
 
 def test_bad_names_counts_and_stacks_are_refused():
-    with pytest.raises(ValueError, match="unknown aggregator 'krum'; choose one of"):
-        check_requirement("krum", 11, 2)
+    with pytest.raises(ValueError, match="unknown aggregator 'krumm'; choose one of"):
+        check_requirement("krumm", 11, 2)
     with pytest.raises(ValueError, match="f .* must be >= 0"):
         check_requirement("coord-median", 11, -1)
     with pytest.raises(ValueError, match="must be an integer"):
@@ -603,42 +638,6 @@ def test_bad_names_counts_and_stacks_are_refused():
         centered_clipping(rand(5, 3), f=1, center=torch.full((3,), math.nan))
 
 
-# ---------------------------------------------------------------- agreement with ByzFL
-
-
-@pytest.fixture(scope="module")
-def byzfl():
-    return pytest.importorskip(
-        "byzfl.aggregators.aggregators",
-        reason="byzfl (optional, `pip install byzfl` or the bench extra) is not installed",
-    )
-
-
-@pytest.mark.parametrize(("n", "f"), [(9, 2), (10, 3), (25, 5)])
-def test_agrees_with_byzfl_median_trimmed_mean_and_average(byzfl, n, f):
-    stack = rand(n, 500, seed=n)
-    assert torch.allclose(coordinate_median(stack, f=f), byzfl.Median()(stack), atol=1e-6)
-    assert torch.allclose(trimmed_mean(stack, f=f), byzfl.TrMean(f=f)(stack), atol=1e-6)
-    assert torch.allclose(mean(stack, f=f), byzfl.Average()(stack), atol=1e-6)
-
-
-@pytest.mark.parametrize(("n", "f"), [(9, 2), (10, 3), (25, 5)])
-def test_agrees_with_byzfl_multi_krum_given_its_neighbour_count(byzfl, n, f):
-    stack = rand(n, 500, seed=n)
-    stack[:f] += 3.0
-    ours = multi_krum(stack, f=f, num_neighbours=n - f - 1)  # ByzFL scores n - f - 1
-    assert torch.allclose(ours, byzfl.MultiKrum(f=f)(stack), atol=1e-6)
-
-
-def test_agrees_with_byzfl_geometric_median_and_centered_clipping(byzfl):
-    stack = rand(9, 300, seed=17)
-    stack[:2] += 5.0
-    ours = geometric_median(stack, f=2, nu=0.1, num_iterations=3, tol=0.0, init=torch.zeros(300))
-    assert torch.allclose(ours, byzfl.GeometricMedian(nu=0.1, T=3)(stack), atol=1e-5)
-    ours = centered_clipping(stack, f=2, tau=2.0, num_iterations=3, center=torch.zeros(300))
-    assert torch.allclose(ours, byzfl.CenteredClipping(L=3, tau=2.0)(stack), atol=1e-5)
-
-
 def test_requirement_table_is_monotone_in_f():
     # Sanity of the table itself: whatever is refused at f stays refused at f + 1.
     for name, n in itertools.product(NAMES, range(1, 16)):
@@ -649,3 +648,51 @@ def test_requirement_table_is_monotone_in_f():
                 assert not refused, (name, n, f)
             except ValueError:
                 refused = True
+
+
+_GRAM_CPU_SCRIPT = """
+import json, time, torch
+from byzshield.aggregators import _kernels as kernels
+torch.set_num_threads(2)
+x = torch.randn(25, 400_000, generator=torch.Generator().manual_seed(0)).numpy()
+kernels._PairwiseDistances(x, range(25))  # warm up the pool
+limits = kernels._per_thread_blas_limits()
+before = [limit(limit(1)) for limit in limits]  # read the setting: set it back at once
+start = time.process_time()
+for _ in range(3):
+    kernels._PairwiseDistances(x, range(25))
+cpu = time.process_time() - start
+after = [limit(limit(1)) for limit in limits]
+print(json.dumps({"cpu": cpu, "before": before, "after": after, "found": len(limits)}))
+"""
+
+
+def _gram_cpu(env_update):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
+    env.update(env_update)
+    out = subprocess.run(
+        [sys.executable, "-c", _GRAM_CPU_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_column_threads_do_not_wake_busy_waiting_blas_threads():
+    # Regression: each column thread's GEMM used to wake OpenBLAS's own threads (2 x 2
+    # threads on 2 cores), whose busy-waiting made the Gram pass cost 10-20x its CPU time.
+    default = _gram_cpu({})
+    if not default["found"]:
+        pytest.skip("numpy's BLAS has no openblas_set_num_threads_local (Gram blocks shrink)")
+    single = _gram_cpu({"OPENBLAS_NUM_THREADS": "1"})
+    assert default["cpu"] < 2.0 * single["cpu"], (default, single)
+    assert default["after"] == default["before"]  # the BLAS setting is restored

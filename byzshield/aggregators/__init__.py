@@ -1,0 +1,635 @@
+"""Robust aggregation on an (n, d) stack of vote winners (ByzShield section 5).
+
+One registry of rule classes (:data:`RULES`, also :data:`AGGREGATORS`) and one of
+pre-aggregations (:data:`PRE_AGGREGATIONS`); :func:`build_aggregator` builds, once per
+run, an :class:`Aggregator`: pre-aggregations applied in order, then the rule, optionally
+DETOX's hierarchical form (the rule inside each bucket, then the mean across buckets)::
+
+    agg = build_aggregator("coord-median", pre=[("bucketing", {"num_buckets": 7})])
+    agg.check(n, f)                              # ValueError unless the guarantee holds
+    res = agg(stack, f=f, generator=g)           # g seeded from (seed, step) every step
+    res.value, res.nonfinite_rows, res.selected, res.f_used
+
+``stack`` holds the n inputs as rows (after the vote: one row per file), ``f`` is how many
+of them the rule must tolerate being arbitrary (ByzShield passes c_max(q) of its
+placement, DETOX q // r', the baseline q). Rules know nothing of workers or ranks.
+
+=================  ===========================================  ======================
+config name        rule                                          requirement
+=================  ===========================================  ======================
+coord-median       coordinate-wise median (Yin et al. 2018)      n > 2f
+multi-krum         Blanchard et al. 2017                         n > 2f + 2
+krum               Blanchard et al. 2017 (m = 1)                 n > 2f + 2
+bulyan             El Mhamdi et al. 2018                         n >= 4f + 3
+mean               plain average (not robust; f is ignored)     n >= 1
+trimmed-mean       Yin et al. 2018                               n > 2f
+meamed             mean around the median (Xie et al. 2018)      n > 2f
+geometric-median   smoothed Weiszfeld (Pillutla et al. 2022)     n > 2f
+centered-clipping  Karimireddy, He & Jaggi 2021 (stateful)       n > 2f
+sign-majority      signSGD with majority vote (Bernstein 2019)   n > 2f
+mda                minimum-diameter averaging (El Mhamdi 2020)   n > 2f
+monna              Farhadkhani et al. 2023                       n > 2f
+caf                covariance-aware filtering (Allouah 2025)     n > 2f
+smea               smallest max-eigenvalue avg (Allouah 2023)    n > 2f, C(n,f) <= 2e6
+=================  ===========================================  ======================
+
+Pre-aggregations: ``bucketing`` (Karimireddy et al. 2022; shuffled with the caller's
+generator), ``nnm`` (nearest-neighbour mixing, Allouah et al. 2023; n > 2f), ``clipping``
+(static), ``arc`` (adaptive robust clipping, Allouah et al. 2024; n > 2f). After
+bucketing the rule's requirement applies to the number of buckets.
+
+Conventions (docs/aggregators.md has the table of where libraries disagree):
+
+- Non-finite input: a row holding NaN or +-Inf is treated as Byzantine. It is dropped,
+  the rest runs on the k finite rows with f' = max(f - k_bad, 0), and the result reports
+  the dropped rows. If so many rows are non-finite that the rule is undefined even with
+  f' = 0 (fewer than 3 rows for Krum and Bulyan), the mean of the finite rows is returned
+  (``fallback="mean"``); with no finite row at all, zeros (``fallback="zeros"``). So a
+  non-finite input never produces a non-finite output; reductions accumulate in float64.
+- Outside the guarantee (``outside_guarantee=True`` and f > ``max_f(n)``) each rule runs
+  its formula as is where it is defined and clamps f to the largest value where it is
+  (``Rule.defined_f``); ``f_used`` reports the f the rule ran with.
+- Deterministic: no global random state. Bucketing and the power-iteration variants of
+  CAF/SMEA draw from the caller's ``torch.Generator`` and refuse to run without one.
+  Ties are broken by the lower row index.
+
+Implementation: NumPy on a zero-copy view of the stack, column chunk by column chunk,
+over ``torch.get_num_threads()`` threads; order statistics from comparator networks;
+pairwise distances from a float64 Gram matrix with a certified error bound (any
+decision the bound cannot certify is recomputed exactly). See ``_kernels.py``.
+
+Example::
+
+    >>> import torch
+    >>> from byzshield.aggregators import aggregate, build_aggregator, coordinate_median
+    >>> stack = torch.tensor([[1.0, 10.0], [2.0, 20.0], [1e30, -1e30]])
+    >>> coordinate_median(stack, f=1).tolist()
+    [2.0, 10.0]
+    >>> aggregate("mean", torch.tensor([[1.0], [float("nan")], [3.0]]), f=1).value.tolist()
+    [2.0]
+    >>> build_aggregator("multi-krum", pre=[("nnm", {})]).describe()
+    'nnm -> multi-krum(m=n-f)'
+
+Benchmark: ``python benchmarks/aggregators.py``; tests:
+``OMP_NUM_THREADS=1 python -m pytest tests/test_aggregators.py``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from byzshield.aggregators._checks import check_count, check_generator
+from byzshield.aggregators._kernels import (
+    _mean_rows,
+    _nonfinite_rows,
+    _PairwiseDistances,
+    _sign_rows,
+)
+from byzshield.aggregators.pre import PRE_AGGREGATIONS, Bucketing, PreAggregation, split_rows
+from byzshield.aggregators.rules import RULES, Rule
+
+__all__ = [
+    "AGGREGATORS",
+    "PRE_AGGREGATIONS",
+    "RULES",
+    "AggregateResult",
+    "Aggregator",
+    "PreAggregation",
+    "Rule",
+    "aggregate",
+    "build_aggregator",
+    "bulyan",
+    "centered_clipping",
+    "check_requirement",
+    "coordinate_median",
+    "geometric_median",
+    "mean",
+    "multi_krum",
+    "multi_krum_select",
+    "sign_majority",
+    "split_rows",
+    "trimmed_mean",
+]
+
+AGGREGATORS = RULES
+"""The rule registry under its historical name (config name -> rule class)."""
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """Output of an :class:`Aggregator` call (and of :func:`aggregate`).
+
+    Attributes:
+        value: the aggregate, shape (d,), same dtype as the stack; always finite.
+        nonfinite_rows: rows of the stack that held NaN or +-Inf and were treated as
+            Byzantine (dropped), ascending.
+        selected: for selecting rules (multi-krum, krum, bulyan, mda, monna, smea), the
+            stack rows they selected, ascending; None for the other rules and after a
+            pre-aggregation that mixes rows (bucketing, NNM).
+        f_used: the f the rule ran with (after dropping non-finite rows and, outside the
+            guarantee, clamping; the smallest over buckets for the hierarchical form).
+        outside_guarantee: f was above ``max_f(n)`` (only with ``outside_guarantee=True``).
+        fallback: None, or "mean"/"zeros" when too few finite rows were left for the rule.
+    """
+
+    value: Tensor
+    nonfinite_rows: list[int]
+    selected: list[int] | None = None
+    f_used: int = 0
+    outside_guarantee: bool = False
+    fallback: str | None = None
+
+
+def _check_stack(stack: object, name: str) -> Tensor:
+    if not isinstance(stack, Tensor):
+        raise ValueError(f"{name}: stack must be a torch.Tensor of shape (n, d), got {type(stack)}")
+    if stack.dim() != 2 or stack.shape[0] < 1 or stack.shape[1] < 1:
+        raise ValueError(
+            f"{name}: stack must have shape (n, d) with n, d >= 1, got {tuple(stack.shape)}"
+        )
+    if stack.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{name}: stack must be float32 or float64, got {stack.dtype}")
+    if stack.device.type != "cpu":
+        raise ValueError(f"{name}: stack must be on the CPU, got {stack.device}")
+    return stack.detach().contiguous()
+
+
+def _smallest_bucket(buckets: Bucketing, n: int) -> int:
+    if buckets.num_buckets is not None:
+        return n // min(buckets.num_buckets, n)
+    s = buckets.bucket_size
+    return min(s, n) if n % s == 0 or n < s else min(s, n % s)
+
+
+def _min_f(*values: int | None) -> int | None:
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
+
+
+class Aggregator:
+    """Pre-aggregations, then a rule (optionally per bucket, then the mean).
+
+    Built by :func:`build_aggregator`; call it every step. Holds the rule's state
+    (centered clipping's centre), nothing else between calls.
+    """
+
+    def __init__(
+        self,
+        rule: Rule,
+        pre: Sequence[PreAggregation] = (),
+        hierarchical: Bucketing | None = None,
+    ):
+        self.rule, self.pre, self.hierarchical = rule, tuple(pre), hierarchical
+
+    # -- what it is ---------------------------------------------------------------------
+    @property
+    def needs_generator(self) -> bool:
+        """True when a pre-aggregation, the bucket split or the rule draws random numbers."""
+        stages = [*self.pre, self.rule, *([self.hierarchical] if self.hierarchical else [])]
+        return any(stage.needs_generator for stage in stages)
+
+    def describe(self) -> str:
+        """One line for logs, e.g. ``"bucketing(s=2) -> multi-krum(m=n-f)"``."""
+        rule = self.rule.describe()
+        if self.hierarchical is not None:
+            split = self.hierarchical.describe().removeprefix("bucketing")
+            rule = f"hierarchical{split[:-1]}: {rule} per bucket, then mean)"
+        return " -> ".join([*(p.describe() for p in self.pre), rule])
+
+    def _rule_inputs(self, n: int) -> int:
+        for stage in self.pre:
+            n = stage.n_out(n)
+        if self.hierarchical is not None:
+            n = _smallest_bucket(self.hierarchical, n)
+        return n
+
+    def max_f(self, n: int) -> int:
+        """Largest f for which every stage's guarantee holds with n inputs."""
+        n = check_count(n, f"{self.rule.name}: n (number of inputs)", 1)
+        bounds, m = [], n
+        for stage in self.pre:
+            bounds.append(stage.max_f(m))
+            m = stage.n_out(m)
+        bounds.append(self.rule.max_f(self._rule_inputs(n)))
+        return _min_f(*bounds)
+
+    def check(self, n: int, f: int) -> None:
+        """Raise a one-line ValueError unless the guarantee holds for f of n inputs."""
+        name = self.rule.name
+        n = check_count(n, f"{name}: n (number of inputs)", 1)
+        f = check_count(f, f"{name}: f (number of Byzantine inputs)", 0)
+        m = n
+        for stage in self.pre:
+            try:
+                stage.check(m, f)
+            except ValueError as exc:
+                raise ValueError(f"{self.describe()}: {exc}") from None
+            m = stage.n_out(m)
+        if self.hierarchical is not None:
+            try:
+                self.hierarchical.check(m, f)
+            except ValueError as exc:
+                raise ValueError(f"{self.describe()}: hierarchical {exc}") from None
+        m = self._rule_inputs(n)
+        try:
+            self.rule.check(m, f)
+        except ValueError as exc:
+            if not self.pre and self.hierarchical is None:
+                raise
+            what = "smallest bucket" if self.hierarchical else "inputs after pre-aggregation"
+            raise ValueError(f"{self.describe()}: the rule sees {m} ({what}); {exc}") from None
+
+    # -- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """The rule's state as tensors (``{"rule.center": (d,)}`` for centered clipping)."""
+        return {f"rule.{k}": v for k, v in self.rule.state_dict().items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        unknown = sorted(k for k in state if not k.startswith("rule."))
+        if unknown:
+            raise ValueError(f"{self.describe()}: unknown state keys {unknown}")
+        self.rule.load_state_dict({k.removeprefix("rule."): v for k, v in state.items()})
+
+    # -- one step ----------------------------------------------------------------------
+    def _run_rule(self, x, rows, f, dist, generator):
+        top = self.rule.defined_f(len(rows))
+        if top is not None and top < 0:  # too few rows for the rule even with f = 0
+            return _mean_rows(x, rows), None, 0, "mean"
+        f_used = f if top is None else min(f, top)
+        value, selected = self.rule.core(x, rows, f_used, dist=dist, generator=generator)
+        return value, selected, f_used, None
+
+    def __call__(
+        self,
+        stack: Tensor,
+        *,
+        f: int,
+        generator: torch.Generator | None = None,
+        outside_guarantee: bool = False,
+    ) -> AggregateResult:
+        """Aggregate the rows of ``stack`` (n, d), tolerating f arbitrary rows.
+
+        Raises:
+            ValueError: bad stack, f, or generator; the guarantee fails for the stack's n
+                (unless ``outside_guarantee``); a random stage got no generator.
+        """
+        name = self.rule.name
+        stack = _check_stack(stack, name)
+        n, d = stack.shape
+        f = check_count(f, f"{name}: f (number of Byzantine inputs)", 0)
+        check_generator(generator, name)
+        if not outside_guarantee:
+            self.check(n, f)
+        if self.needs_generator and generator is None:
+            raise ValueError(
+                f"{self.describe()} draws random numbers every step: pass generator= (a "
+                "torch.Generator seeded from (seed, step))"
+            )
+        beyond = f > self.max_f(n)
+        x = stack.numpy()
+        signs = self.rule.takes_signs and (self.pre or self.hierarchical is not None)
+        first = self.pre[0] if self.pre else (self.rule if self.hierarchical is None else None)
+        dist = None
+        if first is not None and first.uses_distances and f > 0 and not signs:
+            dist = _PairwiseDistances(x, range(n))  # its Gram diagonal finds NaN/Inf rows
+            bad = dist.nonfinite
+        else:
+            bad = _nonfinite_rows(x)
+        rows = sorted(set(range(n)) - set(bad))
+        f_eff = max(f - len(bad), 0)
+        if not rows:
+            value = torch.zeros(d, dtype=stack.dtype)
+            return AggregateResult(value, bad, None, 0, beyond, "zeros")
+        origin: dict[int, int] | None = {i: i for i in rows}  # row of x -> row of stack
+        if signs:
+            x, origin = _sign_rows(x, rows), dict(enumerate(rows))
+            rows = list(range(len(rows)))
+        for stage in self.pre:
+            top = stage.defined_f(len(rows))
+            f_stage = f_eff if top is None else min(f_eff, top)
+            x, new_rows, came_from = stage.apply(x, rows, f_stage, generator=generator, dist=dist)
+            if came_from is None or origin is None:
+                origin = None
+            else:
+                origin = {r: origin[c] for r, c in zip(new_rows, came_from, strict=True)}
+            rows, dist = new_rows, None
+        if self.hierarchical is None:
+            value, selected, f_used, fallback = self._run_rule(x, rows, f_eff, dist, generator)
+        else:
+            value, selected, f_used, fallback = self._per_bucket(x, rows, f_eff, generator)
+        if selected is not None:
+            selected = None if origin is None else sorted(origin[i] for i in selected)
+        out = torch.from_numpy(value)
+        self.rule.observe(out)
+        return AggregateResult(out, bad, selected, f_used, beyond, fallback)
+
+    def _per_bucket(self, x, rows, f, generator):
+        buckets = self.hierarchical.split(rows, generator)
+        total = np.zeros(x.shape[1])
+        selected: list[int] | None = []
+        used, fallbacks = [], set()
+        for bucket in buckets:
+            value, sel, f_used, fallback = self._run_rule(x, list(bucket), f, None, generator)
+            total += value
+            selected = None if sel is None or selected is None else selected + sel
+            used.append(f_used)
+            fallbacks.add(fallback)
+        total /= len(buckets)
+        fallbacks.discard(None)
+        return total.astype(x.dtype), selected, min(used), (min(fallbacks) if fallbacks else None)
+
+
+# --------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------
+
+
+def _construct(registry: Mapping[str, type], kind: str, name: object, params: Mapping) -> object:
+    if not isinstance(name, str) or name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; choose one of {', '.join(sorted(registry))}")
+    cls = registry[name]
+    signature = inspect.signature(cls.__init__).parameters.values()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    allowed = [p.name for p in signature if p.name != "self" and p.kind in named]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{name} has no parameter {', '.join(unknown)}; "
+            f"allowed: {', '.join(allowed) if allowed else 'none'}"
+        )
+    return cls(**params)
+
+
+def _pre_item(item: object) -> PreAggregation:
+    if isinstance(item, PreAggregation):
+        return item
+    if isinstance(item, str):
+        return _construct(PRE_AGGREGATIONS, "pre-aggregation", item, {})
+    if isinstance(item, Mapping) and "name" in item:
+        params = {k: v for k, v in item.items() if k != "name"}
+        return _construct(PRE_AGGREGATIONS, "pre-aggregation", item["name"], params)
+    if isinstance(item, Sequence) and len(item) == 2 and isinstance(item[1], Mapping):
+        return _construct(PRE_AGGREGATIONS, "pre-aggregation", item[0], dict(item[1]))
+    raise ValueError(
+        f"a pre-aggregation must be a name, (name, params) or {{'name': ..., **params}}, "
+        f"got {item!r}"
+    )
+
+
+def build_aggregator(
+    name: str,
+    *,
+    pre: Sequence[object] = (),
+    hierarchical: Mapping[str, object] | None = None,
+    **params: object,
+) -> Aggregator:
+    """Build the rule ``name`` with its parameters, after the pre-aggregations ``pre``.
+
+    Args:
+        name: a key of :data:`RULES`.
+        pre: pre-aggregations applied in order, each a name (``"nnm"``), a pair
+            ``(name, params)`` or a mapping ``{"name": ..., **params}`` (Hydra-friendly).
+        hierarchical: DETOX's form, bucketing parameters (``{"num_buckets": 2}``): shuffle
+            the (pre-aggregated) inputs into buckets, run the rule in each with the same
+            f, average the bucket results. The original's multi-krum on DETOX is
+            ``build_aggregator("multi-krum", m="n-f-2", hierarchical={"num_buckets": b})``.
+        **params: the rule's parameters (see the rule's class).
+
+    Raises:
+        ValueError: unknown rule, pre-aggregation or parameter; a parameter out of range.
+    """
+    rule = _construct(RULES, "aggregator", name, params)
+    stages = [_pre_item(item) for item in pre]
+    split = None
+    if hierarchical is not None:
+        if not isinstance(hierarchical, Mapping):
+            raise ValueError(
+                f"hierarchical must be a mapping of bucketing parameters, got {hierarchical!r}"
+            )
+        split = _construct(PRE_AGGREGATIONS, "pre-aggregation", "bucketing", dict(hierarchical))
+    return Aggregator(rule, stages, split)
+
+
+# --------------------------------------------------------------------------------------
+# The functional interface over the same registry
+# --------------------------------------------------------------------------------------
+
+_BUCKETED = ("coord-median", "sign-majority")  # the rules that took num_buckets=
+
+
+def _legacy(name: str, n: int, params: dict) -> tuple[Aggregator, torch.Generator | None]:
+    """``num_buckets``/``generator`` of coord-median and sign-majority -> bucketing."""
+    params = dict(params)
+    pre, generator = [], None
+    if name in _BUCKETED:
+        generator = params.pop("generator", None)
+        check_generator(generator, name)
+        num_buckets = params.pop("num_buckets", None)
+        if num_buckets is not None:
+            num_buckets = check_count(num_buckets, f"{name}: num_buckets", 1, n)
+            if num_buckets < n:
+                pre = [Bucketing(num_buckets=num_buckets)]
+    return build_aggregator(name, pre=pre, **params), generator
+
+
+def check_requirement(name: str, n: int, f: int, **params: object) -> None:
+    """Refuse, before any data exists, a rule that cannot tolerate f of n inputs.
+
+    Checks the rule name, n >= 1, f >= 0, the rule's n-vs-f requirement (the table in
+    the module docstring) and, when given, the rule's parameters (names and ranges).
+    ``num_buckets`` (coord-median, sign-majority) means a bucketing pre-aggregation.
+
+    Raises:
+        ValueError: naming the offending value and what is allowed.
+    """
+    if not isinstance(name, str) or name not in RULES:
+        raise ValueError(f"unknown aggregator {name!r}; choose one of {', '.join(sorted(RULES))}")
+    n = check_count(n, f"{name}: n (number of inputs)", 1)
+    f = check_count(f, f"{name}: f (number of Byzantine inputs)", 0)
+    agg, _ = _legacy(name, n, params)
+    agg.check(n, f)
+
+
+def aggregate(name: str, stack: Tensor, *, f: int, **params: object) -> AggregateResult:
+    """Build the rule ``name`` for this one call and run it on ``stack``.
+
+    Args:
+        name: a key of :data:`RULES` (config name, e.g. ``"coord-median"``).
+        stack: (n, d) float32 (or float64) CPU tensor of inputs, one per row.
+        f: number of Byzantine inputs to tolerate.
+        **params: the rule's parameters; coord-median and sign-majority also take
+            ``num_buckets`` and ``generator`` (a bucketing pre-aggregation, which needs
+            the generator when num_buckets < n).
+
+    Raises:
+        ValueError: unknown rule or parameter, bad shape/dtype, the rule's n-vs-f
+            requirement fails for the stack's n (see :func:`check_requirement`), or
+            bucketing without a generator.
+    """
+    if not isinstance(name, str) or name not in RULES:
+        raise ValueError(f"unknown aggregator {name!r}; choose one of {', '.join(sorted(RULES))}")
+    stack = _check_stack(stack, name)
+    agg, generator = _legacy(name, stack.shape[0], params)
+    return agg(stack, f=f, generator=generator)
+
+
+def coordinate_median(
+    stack: Tensor,
+    *,
+    f: int,
+    num_buckets: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Coordinate-wise median, optionally of bucket means ("median of means").
+
+    out[c] = median_b( mean_{i in B_b} x_i[c] ), the n rows shuffled by ``generator``
+    and split into num_buckets buckets of sizes as ``np.array_split`` (see
+    :func:`split_rows`). An even count's median is the mean of its two middle values.
+    Yin et al., ICML 2018; bucketing as in the ByzShield code (there called bucket size).
+
+    Args:
+        stack: (n, d) inputs.
+        f: Byzantine inputs tolerated; needs n > 2f and num_buckets > 2f.
+        num_buckets: b in [1, n]; None (default) or n = the plain median.
+        generator: required when num_buckets < n (buckets are reshuffled every step).
+
+    Example::
+
+        >>> coordinate_median(torch.tensor([[1.0], [5.0], [2.0], [100.0]]), f=1).tolist()
+        [3.5]
+    """
+    return aggregate("coord-median", stack, f=f, num_buckets=num_buckets, generator=generator).value
+
+
+def multi_krum(
+    stack: Tensor, *, f: int, m: int | None = None, num_neighbours: int | None = None
+) -> Tensor:
+    """Multi-Krum (Blanchard et al. 2017); see :class:`rules.MultiKrum`.
+
+    Example::
+
+        >>> x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [100.0]])
+        >>> multi_krum(x, f=1).tolist()  # drops 100, averages 0..3
+        [1.5]
+    """
+    return aggregate("multi-krum", stack, f=f, m=m, num_neighbours=num_neighbours).value
+
+
+def multi_krum_select(
+    stack: Tensor, *, f: int, m: int | None = None, num_neighbours: int | None = None
+) -> list[int]:
+    """The rows :func:`multi_krum` averages (ascending row indices)."""
+    result = aggregate("multi-krum", stack, f=f, m=m, num_neighbours=num_neighbours)
+    return result.selected or []
+
+
+def bulyan(stack: Tensor, *, f: int) -> Tensor:
+    """Bulyan (El Mhamdi et al. 2018); see :class:`rules.Bulyan`. Needs n >= 4f + 3.
+
+    The original ByzShield code instead took the theta lowest Krum scores at once and
+    averaged the beta values centred in sorted order; we follow the paper.
+
+    Example::
+
+        >>> x = torch.tensor([[0.0], [1.0], [2.0], [4.0], [8.0], [9.0], [1e6]])
+        >>> bulyan(x, f=1).tolist()  # selects 4, 2, 8, 1, 9; keeps 4, 2, 1 (median 4)
+        [2.3333332538604736]
+    """
+    return aggregate("bulyan", stack, f=f).value
+
+
+def mean(stack: Tensor, *, f: int) -> Tensor:
+    """Coordinate-wise mean; f is accepted and ignored (see :class:`rules.Mean`).
+
+    Example::
+
+        >>> mean(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), f=0).tolist()
+        [2.0, 3.0]
+    """
+    return aggregate("mean", stack, f=f).value
+
+
+def trimmed_mean(stack: Tensor, *, f: int) -> Tensor:
+    """Coordinate-wise trimmed mean (Yin et al. 2018); see :class:`rules.TrimmedMean`.
+
+    Example::
+
+        >>> trimmed_mean(torch.tensor([[-50.0], [1.0], [2.0], [3.0], [50.0]]), f=1).tolist()
+        [2.0]
+    """
+    return aggregate("trimmed-mean", stack, f=f).value
+
+
+def geometric_median(
+    stack: Tensor,
+    *,
+    f: int,
+    num_iterations: int = 10,
+    nu: float = 1e-6,
+    tol: float = 1e-7,
+    init: Tensor | None = None,
+) -> Tensor:
+    """Smoothed Weiszfeld geometric median; see :class:`rules.GeometricMedian`.
+
+    Example::
+
+        >>> x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
+        >>> geometric_median(x, f=1).tolist()  # unit vectors to the 4 points cancel
+        [0.5, 0.5]
+    """
+    return aggregate(
+        "geometric-median", stack, f=f, num_iterations=num_iterations, nu=nu, tol=tol, init=init
+    ).value
+
+
+def centered_clipping(
+    stack: Tensor,
+    *,
+    f: int,
+    tau: float = 100.0,
+    num_iterations: int = 1,
+    center: Tensor | None = None,
+) -> Tensor:
+    """One centered-clipping step from ``center`` (None: the coordinate median).
+
+    Stateless; the :class:`Aggregator` built by ``build_aggregator("centered-clipping")``
+    keeps its own centre across steps. See :class:`rules.CenteredClipping`.
+
+    Example::
+
+        >>> x = torch.tensor([[1.0], [2.0], [3.0], [1000.0]])
+        >>> centered_clipping(x, f=1, tau=1.0).tolist()  # from the median 2.5
+        [2.5]
+    """
+    return aggregate(
+        "centered-clipping", stack, f=f, tau=tau, num_iterations=num_iterations, center=center
+    ).value
+
+
+def sign_majority(
+    stack: Tensor,
+    *,
+    f: int,
+    num_buckets: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """signSGD with majority vote, optionally over buckets of signs.
+
+    out[c] = sign(sum_b sign(sum_{i in B_b} sign(x_i[c]))) (Bernstein et al., ICLR 2019;
+    buckets as the ByzShield code, whose workers sent signs). Buckets as
+    :func:`coordinate_median`. Needs n > 2f and num_buckets > 2f.
+
+    Example::
+
+        >>> sign_majority(torch.tensor([[0.5, -2.0], [3.0, -1.0], [-9.0, 4.0]]), f=1).tolist()
+        [1.0, -1.0]
+    """
+    return aggregate(
+        "sign-majority", stack, f=f, num_buckets=num_buckets, generator=generator
+    ).value
