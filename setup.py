@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -19,7 +19,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["byzshield", "byzshield.conf", "launch"],
+    packages=[*find_packages(include=["byzshield", "byzshield.*", "launch"]), "byzshield.conf"],
     package_dir={"byzshield": "byzshield", "byzshield.conf": "conf", "launch": "launch"},
     package_data={
         "byzshield": ["data/*"],

@@ -28,7 +28,7 @@ vs file size, process count vs K) happen there, before any process group starts.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -220,43 +220,99 @@ class CustomApproach(ApproachOption):
 
 @dataclass
 class ModeOption(_Option):
-    """A robust aggregation rule on the f vote winners (BYZSHIELD.md section 5)."""
+    """A robust aggregation rule on the f vote winners (BYZSHIELD.md section 5), built
+    with :func:`byzshield.aggregators.build_aggregator`.
+
+    ``pre``: pre-aggregations applied first, in order, each a name (``nnm``, ``arc``) or
+    a mapping such as ``{name: bucketing, bucket_size: 2}``. ``hierarchical_buckets``:
+    DETOX's hierarchical form (the rule inside each of that many shuffled buckets, then
+    the mean of the bucket results).
+    """
 
     name: str = MISSING
+    pre: list[Any] = field(default_factory=list)
+    hierarchical_buckets: int | None = None
     group: ClassVar[str] = "mode"
 
     def __post_init__(self) -> None:
         self._check_name()
+        try:
+            self.build()
+        except ValueError as exc:
+            raise ConfigError(f"mode {self.name}: {exc}") from None
 
     def params(self) -> dict:
-        """The rule's parameters (None means the rule's own default)."""
+        """The rule's own parameters (None means the rule's default)."""
+        skip = {"name", "pre", "hierarchical_buckets", "num_buckets"}
         return {
             k: v
             for k, v in self.__dict__.items()
-            if k != "name" and not k.startswith("_") and v is not None
+            if k not in skip and not k.startswith("_") and v is not None
         }
+
+    def pre_aggregations(self) -> list:
+        return [dict(p) if isinstance(p, Mapping) else p for p in self.pre]
 
     def build(self):
         """The rule object, built once per run (it keeps its own state across steps)."""
-        return _RuleAdapter(self.option, self.params())
+        from byzshield.aggregators import build_aggregator
+
+        hierarchical = None
+        if self.hierarchical_buckets is not None:
+            hierarchical = {"num_buckets": self.hierarchical_buckets}
+        return build_aggregator(
+            self.option, pre=self.pre_aggregations(), hierarchical=hierarchical, **self.params()
+        )
 
 
 @dataclass
-class CoordMedianMode(ModeOption):
-    """Coordinate-wise median; ``num_buckets`` averages buckets first (median of means)."""
+class _BucketedMode(ModeOption):
+    """A rule with the original's ``num_buckets`` shorthand: the median (or sign vote)
+    of the means of that many shuffled buckets (``pre=[{name: bucketing, num_buckets}]``)."""
+
+    num_buckets: int | None = None
+
+    def pre_aggregations(self) -> list:
+        pre = super().pre_aggregations()
+        if self.num_buckets is not None:
+            pre = [{"name": "bucketing", "num_buckets": self.num_buckets}, *pre]
+        return pre
+
+
+@dataclass
+class CoordMedianMode(_BucketedMode):
+    """Coordinate-wise median; ``num_buckets`` averages shuffled buckets first (median
+    of means, the original's --bucket-size)."""
 
     name: str = "coord-median"
-    num_buckets: int | None = None
     option: ClassVar[str] = "coord-median"
 
 
 @dataclass
+class SignMajorityMode(_BucketedMode):
+    """signSGD with majority vote (Bernstein et al. 2019); with ``num_buckets`` each
+    bucket votes with the sum of its signs."""
+
+    name: str = "sign-majority"
+    option: ClassVar[str] = "sign-majority"
+
+
+@dataclass
 class MultiKrumMode(ModeOption):
-    """Multi-Krum (Blanchard et al. 2017): mean of the m lowest Krum scores (m: n - f)."""
+    """Multi-Krum (Blanchard et al. 2017): mean of the m lowest Krum scores. m: null is
+    n - f; an integer, or "n-f-2" (what the original DETOX code averaged)."""
 
     name: str = "multi-krum"
-    m: int | None = None
+    m: Any = None
     option: ClassVar[str] = "multi-krum"
+
+
+@dataclass
+class KrumMode(ModeOption):
+    """Krum (Blanchard et al. 2017): the input with the lowest Krum score."""
+
+    name: str = "krum"
+    option: ClassVar[str] = "krum"
 
 
 @dataclass
@@ -284,6 +340,15 @@ class TrimmedMeanMode(ModeOption):
 
 
 @dataclass
+class MeamedMode(ModeOption):
+    """Mean around the median (Xie et al. 2018): per coordinate, the mean of the n - f
+    values closest to the median."""
+
+    name: str = "meamed"
+    option: ClassVar[str] = "meamed"
+
+
+@dataclass
 class GeometricMedianMode(ModeOption):
     """Geometric median by smoothed Weiszfeld iterations (Pillutla et al. 2022)."""
 
@@ -304,46 +369,38 @@ class CenteredClippingMode(ModeOption):
 
 
 @dataclass
-class SignMajorityMode(ModeOption):
-    """signSGD with majority vote (Bernstein et al. 2019)."""
+class MdaMode(ModeOption):
+    """Minimum-diameter averaging (El Mhamdi et al. 2020): the mean of the n - f inputs
+    of smallest diameter."""
 
-    name: str = "sign-majority"
-    option: ClassVar[str] = "sign-majority"
+    name: str = "mda"
+    option: ClassVar[str] = "mda"
 
 
-class _RuleAdapter:
-    """A rule object over :func:`byzshield.aggregators.aggregate` with its own state."""
+@dataclass
+class MonnaMode(ModeOption):
+    """MoNNA (Farhadkhani et al. 2023): the mean of the n - f nearest neighbours of a
+    trusted input (``idx``)."""
 
-    def __init__(self, name: str, params: dict):
-        self.name, self.params = name, dict(params)
-        self.center: torch.Tensor | None = None  # centered clipping: previous aggregate
-        self.needs_generator = False
+    name: str = "monna"
+    idx: int = 0
+    option: ClassVar[str] = "monna"
 
-    def check(self, n: int, f: int) -> None:
-        from byzshield.aggregators import check_requirement
 
-        check_requirement(self.name, n, f, **self.params)
+@dataclass
+class CafMode(ModeOption):
+    """Covariance-aware filtering (Allouah et al. 2025)."""
 
-    def describe(self) -> str:
-        ps = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.name}({ps})" if ps else self.name
+    name: str = "caf"
+    option: ClassVar[str] = "caf"
 
-    def __call__(self, stack: torch.Tensor, *, f: int, generator=None):
-        from byzshield.aggregators import aggregate
 
-        params = dict(self.params)
-        if self.name == "centered-clipping":
-            params["center"] = self.center
-        result = aggregate(self.name, stack, f=f, **params)
-        if self.name == "centered-clipping":
-            self.center = result.value
-        return result
+@dataclass
+class SmeaMode(ModeOption):
+    """Smallest maximum-eigenvalue averaging (Allouah et al. 2023); enumerates subsets."""
 
-    def state_dict(self) -> dict:
-        return {} if self.center is None else {"center": self.center}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.center = state.get("center")
+    name: str = "smea"
+    option: ClassVar[str] = "smea"
 
 
 # --------------------------------------------------------------------------------------
@@ -645,12 +702,18 @@ _OPTIONS: tuple[type[_Option], ...] = (
     CustomApproach,
     CoordMedianMode,
     MultiKrumMode,
+    KrumMode,
     BulyanMode,
     MeanMode,
     TrimmedMeanMode,
+    MeamedMode,
     GeometricMedianMode,
     CenteredClippingMode,
     SignMajorityMode,
+    MdaMode,
+    MonnaMode,
+    CafMode,
+    SmeaMode,
     NoAttackOption,
     RevGradAttack,
     ConstantAttack,

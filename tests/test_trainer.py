@@ -51,7 +51,7 @@ def test_short_training_under_attack_beats_chance_by_far_and_the_evaluator_agree
 def test_checkpoints_load_with_weights_only(tmp_path):
     simulate([*RAMA, "mode=centered-clipping", "max_steps=2", "eval_freq=0"], tmp_path)
     state = torch.load(next((tmp_path / "checkpoints").glob("*.pt")), weights_only=True)
-    assert state["step"] == 2 and "center" in state["aggregator"]
+    assert state["step"] == 2 and "rule.center" in state["aggregator"]
 
 
 def test_simulate_threads_do_not_change_the_bits(tmp_path):
