@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from byzshield.aggregators._kernels import column_threads
 from byzshield.attacks import Attack, forge
 from byzshield.data import derive_seed
 from byzshield.placement import Placement
@@ -98,6 +99,8 @@ class RobustUpdate:
             its own state across steps (centered clipping's centre).
         aggregator_f: the f the rule assumes.
         seed: the run's seed; per-step generators are derived from (seed, step).
+        threads: column threads of the rule (its result does not depend on them);
+            None: torch's intra-op thread count.
     """
 
     def __init__(
@@ -108,8 +111,10 @@ class RobustUpdate:
         *,
         aggregator_f: int,
         seed: int,
+        threads: int | None = None,
     ):
         self.placement = placement
+        self.threads = threads
         self.attack = attack
         self.aggregator = aggregator
         self.f = aggregator_f
@@ -148,7 +153,8 @@ class RobustUpdate:
         generator = None
         if getattr(self.aggregator, "needs_generator", False):
             generator = torch.Generator().manual_seed(derive_seed("aggregate", self.seed, step))
-        result = self.aggregator(winners, f=self.f, generator=generator)
+        with column_threads(self.threads):
+            result = self.aggregator(winners, f=self.f, generator=generator)
         t3 = time.perf_counter()
         return Outcome(
             gradient=result.value,

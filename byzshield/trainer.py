@@ -226,6 +226,15 @@ class Progress:
 # The loop
 
 
+def _aggregation_threads(model: nn.Module, threads: int | None) -> int | None:
+    """Column threads for the rule: every core for large models (workers idle while the
+    server aggregates; the rule's result does not depend on the count), one below a
+    million parameters, where thread hand-offs cost more than they save (measured:
+    coord-median of 25 x 131k, 8 ms on one thread, 13 ms on two)."""
+    d = sum(p.numel() for p in model.parameters())
+    return (threads or os.cpu_count() or 1) if d >= 1 << 20 else None
+
+
 class Trainer:
     """The parameter server's side of a run: model, optimizer, schedule and the loop."""
 
@@ -243,6 +252,7 @@ class Trainer:
             run.aggregator,
             aggregator_f=run.aggregator_f,
             seed=cfg.seed,
+            threads=_aggregation_threads(self.model, cfg.threads),
         )
         self.metrics = MetricsLog(folder)
         self.checkpoints = Checkpoints(folder)

@@ -116,14 +116,34 @@ def _executor(num_threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
+_threads = threading.local()
+
+
+@contextlib.contextmanager
+def column_threads(num_threads: int | None):
+    """Within the block, rules on this thread use ``num_threads`` column threads instead
+    of ``torch.get_num_threads()`` (None: no change). Results do not depend on it (the
+    column blocks are fixed), so a trainer whose torch runs one intra-op thread, as
+    bit-identical gradients require, can still aggregate on every core."""
+    saved = getattr(_threads, "count", None)
+    if num_threads is not None:
+        _threads.count = num_threads
+    try:
+        yield
+    finally:
+        _threads.count = saved
+
+
 def _over_columns(d: int, body: Callable[[int, int], object]) -> list:
-    """Run ``body(lo, hi)`` on fixed column blocks covering [0, d), on the torch threads.
+    """Run ``body(lo, hi)`` on fixed column blocks covering [0, d), on the torch threads
+    (or as many as :func:`column_threads` says).
 
     NumPy releases the GIL inside its loops, so the threads overlap. Returns the bodies'
     results in column order; the blocks do not depend on the thread count.
     """
     blocks = list(_chunks(0, d, _BLOCK_COLUMNS))
-    threads = min(torch.get_num_threads(), len(blocks))
+    wanted = getattr(_threads, "count", None) or torch.get_num_threads()
+    threads = min(wanted, len(blocks))
     if threads <= 1:
         return [body(lo, hi) for lo, hi in blocks]
     with _blas_on_calling_threads():
