@@ -1,8 +1,12 @@
 """The omniscient adversary: distorted files, worst-case Byzantine sets and bounds.
 
-A file is *distorted* when at least r' = (r + 1) // 2 of its r copies come from Byzantine
-workers: its majority vote then outputs a Byzantine value. c_max(q) is the largest number
-of distorted files over all Byzantine sets of q workers (BYZSHIELD.md section 3).
+A file is *distorted* when at least r' = floor(r / 2) + 1 of its r copies come from
+Byzantine workers: its majority vote then outputs a Byzantine value. This is the vote's
+own rule (:mod:`byzshield.step` trusts a file only with a strict majority of agreeing
+copies and drops a tie), so the model and the vote are one definition: under the
+worst-case selection every step distorts exactly c_max(q) files, for odd and even r.
+c_max(q) is the largest number of distorted files over all Byzantine sets of q workers
+(BYZSHIELD.md section 3).
 
 :func:`worst_case_table` computes c_max(q) for every q up to ``q_max`` at once, exactly
 and certified, for the resolvable designs every builder produces (``Placement.classes``):
@@ -170,9 +174,8 @@ def spectral_bound(placement: Placement, q: int) -> int | None:
 
     mu1 is the second largest eigenvalue of H H^T / (l r) (H the K x f incidence);
     beta = (q l / r) / (mu1 + (1 - mu1) q / K); gamma = (q l - beta) / ((r - 1) / 2).
-    The derivation assumes odd r (then r' - 1 = (r - 1) / 2); for even r the formula is
-    no bound (MOLS l=3, r=2 has c_max(1) = 3 but gamma = 0), so None is returned, as for
-    r = 1. Returned as floor(gamma), capped by the naive bound.
+    The derivation assumes odd r (then r' - 1 = (r - 1) / 2); for even r it is not
+    derived, so None is returned, as for r = 1. Returned as floor(gamma), capped by the naive bound.
     """
     _check_q(placement, q)
     K, l, r = placement.num_workers, placement.load, placement.replication
@@ -676,6 +679,18 @@ def _local_search(
 # Public entry points.
 
 
+def _pad(placement: Placement, byzantine: Sequence[int], q: int) -> tuple[int, ...]:
+    """``byzantine`` filled up to q workers (the lowest ids not in it): once c_max
+    saturates more workers add nothing, but the set must still have q members. Adding
+    Byzantine workers never undoes a distorted file, so the count stays c_max."""
+    chosen = set(byzantine)
+    for w in range(placement.num_workers):
+        if len(chosen) >= q:
+            break
+        chosen.add(w)
+    return tuple(sorted(chosen))
+
+
 def worst_case_table(
     placement: Placement,
     q_max: int,
@@ -708,12 +723,12 @@ def worst_case_table(
         for q in qs:
             upper, naive, spec = _upper(placement, q)
             value = best[q]
-            byz = sets[q]
+            byz = _pad(placement, sets[q], q)
             if not complete:  # keep a heuristic answer if it beats the partial search
                 g = _local_search(placement, q, budget=Budget(work=200, seconds=time_budget))
                 gv = len(distorted_files(placement, g))
                 if gv > value:
-                    value, byz = gv, tuple(sorted(g))
+                    value, byz = gv, _pad(placement, g, q)
             rows.append(
                 WorstCase(
                     q,
@@ -733,6 +748,7 @@ def worst_case_table(
         t0 = time.monotonic()
         share = budget.share(len(qs) - k)
         value, byz, certified, upper = branch_and_bound(placement, q, budget=share)
+        byz = _pad(placement, byz, q)
         _, naive, spec = _upper(placement, q)
         rows.append(
             WorstCase(

@@ -656,6 +656,9 @@ class TrainConfig:
     seed: int = 0  # data order, augmentation, model init, random Byzantine sets
     train_dir: str = "runs/${now:%Y-%m-%d_%H-%M-%S}"  # output folder
     aggregator_f: int | None = None  # f the rule assumes (null: c_max(q) of the placement)
+    # run even when the rule's n-vs-f requirement fails (to show where a defence breaks):
+    # warns once and marks every step outside_guarantee in metrics.jsonl
+    outside_guarantee: bool = False
     timeout: float = 300.0  # torchrun: seconds before a silent rank is declared dead
     checkpoint: bool = True  # write checkpoints/step_NNNNNN.pt at every evaluation
     bn_batches: int = 8  # training batches to recompute BatchNorm statistics on the PS
@@ -789,6 +792,7 @@ class Run:
     aggregator_f: int = 0
     notes: tuple[str, ...] = ()
     info: dict = field(default_factory=dict)
+    outside_guarantee: bool = False  # the rule runs although its requirement fails
     mode_option: Any = field(default=None, repr=False)  # the rule actually used
 
     @property
@@ -876,9 +880,11 @@ def add_server_parts(run: Run) -> None:
     try:
         run.aggregator.check(f, run.aggregator_f)
     except ValueError as exc:
-        raise ConfigError(
-            f"mode {mode.name} with {f} files and f={run.aggregator_f} (c_max for q={q}): {exc}"
-        ) from None
+        what = f"mode {mode.name} with {f} files and f={run.aggregator_f} (c_max for q={q}): {exc}"
+        if not cfg.outside_guarantee:
+            raise ConfigError(f"{what}; outside_guarantee=true runs it anyway") from None
+        run.outside_guarantee = True
+        run.notes = (*run.notes, f"warning: {what}; running outside the rule's guarantee")
     try:
         run.attack = cfg.attack.build(num_files=f, aggregator_f=run.aggregator_f)
     except ValueError as exc:
@@ -891,6 +897,7 @@ def add_server_parts(run: Run) -> None:
         "load": p.load,
         "mode": run.aggregator.describe(),
         "aggregator_f": run.aggregator_f,
+        "outside_guarantee": run.outside_guarantee,
         "attack": cfg.attack.info(run.attack),
         "selection": run.selection.info(),
         "max_steps": run.max_steps,

@@ -130,8 +130,15 @@ class Placement:
 
     @property
     def threshold(self) -> int:
-        """r' = (r + 1) // 2: Byzantine copies that win a file's vote (distort it)."""
-        return (self.replication + 1) // 2
+        """r' = floor(r / 2) + 1: a strict majority of a file's r copies.
+
+        The vote trusts a file only when a strict majority of its copies agree (a tie is
+        dropped from the step, see :mod:`byzshield.step`), so r' colluding Byzantine
+        copies are exactly what it takes to distort a file. For odd r this is the
+        paper's (r + 1) / 2; for even r it is r / 2 + 1, because r / 2 Byzantine copies
+        only tie with the honest ones.
+        """
+        return self.replication // 2 + 1
 
     @cached_property
     def file_workers(self) -> tuple[tuple[int, ...], ...]:

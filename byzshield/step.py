@@ -15,12 +15,20 @@ and an (f, r) index whose entry (j, i) is the row of file j's copy from its i-th
 
 Definitions the metrics use (BYZSHIELD.md section 7):
 
+- A file is **trusted** when a strict majority of its r copies agree bit for bit; a file
+  without one (a tie between two groups, for even r) is dropped from the step's
+  aggregation and counted. So colluding Byzantine copies win a file exactly when they
+  hold r' = floor(r / 2) + 1 of its copies, the threshold the worst-case adversary
+  (:mod:`byzshield.adversary`) maximises over.
 - A file is **distorted** when its vote winner was sent by a Byzantine worker and
   differs bit for bit from the file's honest gradient, or when no honest copy of the
   file exists to compare with (every holder is Byzantine and the attack is not
   omniscient).
-- The step's **loss** is the mean over files of the loss reported with each file's
-  vote winner (so a worker cannot move it unless it wins a vote).
+- The step's **loss** is the mean over trusted files of the loss reported with each
+  file's vote winner (so a worker cannot move it unless it wins a vote).
+- When dropped files leave fewer inputs than the rule's guarantee needs for its f, or
+  the run was started outside the guarantee on purpose (``outside_guarantee``), the rule
+  runs anyway (see :mod:`byzshield.aggregators`) and the step says so.
 
     >>> from byzshield.step import RobustUpdate  # see tests/test_step.py for examples
 """
@@ -112,9 +120,11 @@ class RobustUpdate:
         aggregator_f: int,
         seed: int,
         threads: int | None = None,
+        outside_guarantee: bool = False,
     ):
         self.placement = placement
         self.threads = threads
+        self.outside_guarantee = outside_guarantee
         self.attack = attack
         self.aggregator = aggregator
         self.f = aggregator_f
@@ -127,9 +137,10 @@ class RobustUpdate:
         """The step's gradient and metrics.
 
         Metrics: ``loss``, ``distorted`` (count) and ``distorted_files``, ``all_strict``
-        and ``non_strict_files`` (files without a strict majority), ``nonfinite_winners``
-        (winners the rule dropped), and the times ``attack_s``, ``vote_s``,
-        ``aggregation_s``.
+        and ``non_strict_files`` (files without a strict majority, dropped),
+        ``nonfinite_winners`` (winners the rule dropped), ``outside_guarantee`` (the rule
+        ran with f above what its guarantee allows for the inputs it got), and the times
+        ``attack_s``, ``vote_s``, ``aggregation_s``.
         """
         bad = set(byzantine)
         original = copies.index
@@ -143,33 +154,54 @@ class RobustUpdate:
         if self.placement.replication > 1:
             vote = vote_rows(rows, index, out=self._winners)
             winners, positions = vote.winners, vote.indices.tolist()
-            non_strict = int((~vote.strict).sum())
+            trusted = vote.strict.tolist()
         else:
             winners = rows.gather(index[:, 0].tolist(), out=self._winners)
-            positions, non_strict = [0] * self.placement.num_files, 0
-        distorted = self._distorted(rows, original, index, positions, winners, bad)
-        losses = copies.losses[torch.arange(len(positions)), torch.tensor(positions)].tolist()
+            positions, trusted = [0] * self.placement.num_files, [True] * self.placement.num_files
+        distorted = self._distorted(rows, original, index, positions, winners, bad, trusted)
+        kept = [j for j, ok in enumerate(trusted) if ok]
+        losses = [float(copies.losses[j, positions[j]]) for j in kept]
+        if len(kept) < len(trusted):
+            winners = winners.index_select(0, torch.tensor(kept, dtype=torch.long))
         t2 = time.perf_counter()
         generator = None
         if getattr(self.aggregator, "needs_generator", False):
             generator = torch.Generator().manual_seed(derive_seed("aggregate", self.seed, step))
-        with column_threads(self.threads):
-            result = self.aggregator(winners, f=self.f, generator=generator)
+        outside = self.outside_guarantee or self._beyond(len(kept))
+        if kept:
+            with column_threads(self.threads):
+                result = self.aggregator(
+                    winners, f=self.f, generator=generator, outside_guarantee=outside
+                )
+            gradient, nonfinite = result.value, len(result.nonfinite_rows)
+            outside = result.outside_guarantee
+        else:  # nothing trusted this step: no update
+            gradient, nonfinite = torch.zeros(winners.shape[1], dtype=winners.dtype), 0
         t3 = time.perf_counter()
+        dropped = len(trusted) - len(kept)
         return Outcome(
-            gradient=result.value,
+            gradient=gradient,
             metrics={
                 "loss": _mean(losses),
                 "distorted": len(distorted),
                 "distorted_files": distorted,
-                "all_strict": non_strict == 0,
-                "non_strict_files": non_strict,
-                "nonfinite_winners": len(result.nonfinite_rows),
+                "all_strict": dropped == 0,
+                "non_strict_files": dropped,
+                "nonfinite_winners": nonfinite,
+                "outside_guarantee": outside,
                 "attack_s": t1 - t0,
                 "vote_s": t2 - t1,
                 "aggregation_s": t3 - t2,
             },
         )
+
+    def _beyond(self, n: int) -> bool:
+        """Whether n trusted inputs are too few for the rule's guarantee at its f."""
+        try:
+            self.aggregator.check(n, self.f)
+        except ValueError:
+            return True
+        return False
 
     def _simulate_attack(self, copies: Copies, bad: set[int], step: int) -> tuple[Tensor, Rows]:
         """The omniscient adversary: the one place where Byzantine copies are computed
@@ -209,12 +241,15 @@ class RobustUpdate:
         positions: list[int],
         winners: Tensor,
         bad: set[int],
+        trusted: list[bool],
     ) -> list[int]:
         if not bad:
             return []
         out = []
         for j, i in enumerate(positions):
             ws = self.holders[j]
+            if not trusted[j]:
+                continue  # dropped, not aggregated
             if ws[i] not in bad:
                 continue
             honest = next((k for k, w in enumerate(ws) if w not in bad), None)

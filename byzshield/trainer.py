@@ -253,6 +253,7 @@ class Trainer:
             aggregator_f=run.aggregator_f,
             seed=cfg.seed,
             threads=_aggregation_threads(self.model, cfg.threads),
+            outside_guarantee=run.outside_guarantee,
         )
         self.metrics = MetricsLog(folder)
         self.checkpoints = Checkpoints(folder)
@@ -296,6 +297,7 @@ class Trainer:
             "all_strict": m["all_strict"],
             "non_strict_files": m["non_strict_files"],
             "nonfinite_winners": m["nonfinite_winners"],
+            "outside_guarantee": m["outside_guarantee"],
             "bytes_received": self.bytes_per_step,
             "compute_s": times["compute_s"],
             "communication_s": times["communication_s"] + packed,
@@ -364,7 +366,7 @@ def announce(run: Run, folder: Path, engine: str) -> None:
     """Print what the run is about to do and store it in ``run.json`` in its folder."""
     cfg = run.config
     for note in run.notes:
-        print(f"note: {note}")
+        print(note if note.startswith("warning:") else f"note: {note}", flush=True)
     attack = run.info["attack"]
     z = f" z={attack['z_used']:.4g}" if "z_used" in attack else ""
     print(

@@ -21,7 +21,8 @@ agreeing copies wins; among equally large groups the one whose first member has 
 lowest copy index wins. The result reports ``strict=False`` so the server can count it.
 The rule is deterministic and depends only on the copies and their order (the order the
 placement lists the file's workers in). It replaces the original research code's
-Boyer-Moore pass, which returned whichever candidate survived last.
+Boyer-Moore pass, which returned whichever candidate survived last. The trainer's robust
+update (:mod:`byzshield.step`) trusts only strict winners and drops the other files.
 
 Example::
 

@@ -92,7 +92,7 @@ def test_search_that_runs_out_of_time_says_certified_false_and_gives_a_bound():
 @pytest.mark.parametrize(("K", "r"), [(15, 3), (15, 5), (12, 4), (9, 3), (10, 2)])
 def test_detox_matches_its_closed_form_min_q_div_rprime_groups(K, r):
     p = detox(K, r)
-    rp = (r + 1) // 2
+    rp = r // 2 + 1
     rows = worst_case_table(p, K)
     assert [row.c_max for row in rows] == [min(q // rp, K // r) for q in range(K + 1)]
     for q in range(K + 1):

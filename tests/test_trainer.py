@@ -2,10 +2,12 @@
 
 import json
 
+import pytest
 import torch
 from conftest import read_metrics
 
 from byzshield.adversary import distorted_files
+from byzshield.config import ConfigError
 from byzshield.engines.simulate import simulate
 from byzshield.evaluate import checkpoints, evaluate_checkpoint
 from byzshield.placement import rama_two
@@ -61,3 +63,38 @@ def test_simulate_threads_do_not_change_the_bits(tmp_path):
     pa = torch.load(a / "checkpoints" / "step_000003.pt", weights_only=True)["model"]
     pb = torch.load(b / "checkpoints" / "step_000003.pt", weights_only=True)["model"]
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+@pytest.mark.parametrize(
+    "design",
+    [
+        ("approach=draco_lite", "approach.K=6", "approach.r=2", "mode=mean", "attack.q=3"),
+        ("approach=mols", "approach.l=3", "approach.r=2", "batch_size=90", "mode=mean"),
+        ("approach=mols", "approach.l=4", "approach.r=3", "batch_size=96", "attack.q=4"),
+        ("approach=rama_two", "approach.m=4", "approach.s=2", "batch_size=96", "mode=mean"),
+    ],
+)
+def test_realised_distortion_equals_c_max_for_odd_and_even_r(tmp_path, design):
+    """The adversary's model and the vote are one definition: ties are dropped, so a file
+    is distorted exactly when Byzantine copies hold a strict majority of its copies."""
+    simulate([*design, "max_steps=3", "eval_freq=0"], tmp_path)
+    steps, _ = read_metrics(tmp_path)
+    c_max = json.loads((tmp_path / "run.json").read_text())["selection"]["c_max"]
+    assert c_max > 0
+    assert [s["distorted"] for s in steps] == [c_max] * 3
+
+
+def test_a_saturated_worst_case_still_has_q_byzantine_workers(tmp_path):
+    simulate(["attack.q=15", "mode=mean", "max_steps=1", "eval_freq=0"], tmp_path)
+    steps, _ = read_metrics(tmp_path)
+    assert len(steps[0]["byzantine"]) == 15 and steps[0]["distorted"] == 25
+
+
+def test_outside_guarantee_runs_a_broken_defence_and_marks_every_step(tmp_path):
+    ovs = ["approach=draco_lite", "attack.q=6", "max_steps=2", "eval_freq=0"]
+    with pytest.raises(ConfigError, match="outside_guarantee=true runs it anyway"):
+        simulate(ovs, tmp_path / "refused")
+    simulate([*ovs, "outside_guarantee=true"], tmp_path / "ran")
+    steps, _ = read_metrics(tmp_path / "ran")
+    assert all(s["outside_guarantee"] for s in steps)
+    assert json.loads((tmp_path / "ran" / "run.json").read_text())["outside_guarantee"]
