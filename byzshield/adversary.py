@@ -226,7 +226,10 @@ def detox_selection(placement: Placement, q: int, strategy: str = "worst") -> li
     if placement.load != 1 or any(
         placement.file_workers[g] != tuple(range(g * r, g * r + r)) for g in range(groups)
     ):
-        raise ValueError(f"detox_selection needs a DETOX group placement, got {placement.approach}")
+        raise ValueError(
+            f"the DETOX strategies need a DETOX group placement (draco_lite, "
+            f"draco_lite_attack, maj_vote), got {placement.approach}"
+        )
     if strategy == "whole_group":
         return list(range(q))
     if strategy == "benign":
@@ -835,7 +838,14 @@ class Selection:
         return out
 
 
-SELECTIONS = ("worst_case", "random", "random_fixed")
+SELECTIONS = (
+    "worst_case",
+    "random",
+    "random_fixed",
+    "detox_worst",
+    "detox_benign",
+    "detox_whole_group",
+)
 """Names of the selection rules; a list of worker ids is accepted as well."""
 
 
@@ -845,8 +855,10 @@ def build_selection(
     """The selection ``rule`` for q Byzantine workers of ``placement``.
 
     ``rule`` is ``worst_case`` (the set the search finds, fixed), ``random`` (a new
-    seeded set every step), ``random_fixed`` (one seeded set for the run) or a list of
-    q distinct worker ids. The worst-case search runs once, bounded by ``work`` search
+    seeded set every step), ``random_fixed`` (one seeded set for the run),
+    ``detox_worst`` / ``detox_benign`` / ``detox_whole_group`` (the original DETOX
+    experiments' strategies, :func:`detox_selection`, fixed) or a list of q distinct
+    worker ids. The worst-case search runs once, bounded by ``work`` search
     steps so that it picks the same set on any machine; its c_max (or proven upper
     bound) is the f the aggregator assumes whatever the rule.
     """
@@ -876,4 +888,7 @@ def build_selection(
         return Selection(rule, K, q, seed, tuple(search.byzantine), search)
     if rule == "random_fixed":
         return Selection(rule, K, q, seed, tuple(random_selection(K, q, seed=seed)), search)
+    if rule.startswith("detox_"):
+        ids = detox_selection(placement, q, rule.removeprefix("detox_"))
+        return Selection(rule, K, q, seed, tuple(ids), search)
     return Selection(rule, K, q, seed, None, search)

@@ -45,6 +45,7 @@ Tests: ``OMP_NUM_THREADS=1 python -m pytest tests/test_attacks.py``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from statistics import NormalDist
 from typing import ClassVar, Protocol
@@ -58,15 +59,20 @@ __all__ = [
     "Attack",
     "Constant",
     "Gaussian",
+    "Inf",
     "InnerProductManipulation",
     "LabelFlip",
+    "Mimic",
     "NoAttack",
+    "OptimalALIE",
+    "OptimalIPM",
     "ReverseGradient",
     "SignFlip",
     "alie_z",
     "attack_generator",
     "flip_labels",
     "forge",
+    "line_search",
     "make_attack",
 ]
 
@@ -98,18 +104,35 @@ def attack_generator(seed: int, step: int, file: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed("attack", seed, step, file))
 
 
-def forge(attack: Attack, honest: Tensor, files: list[int], *, seed: int, step: int) -> Tensor:
+Objective = Callable[[Tensor], float]
+"""damage(v): how far the aggregate moves when every distorted file's vote winner is v."""
+
+
+def forge(
+    attack: Attack,
+    honest: Tensor,
+    files: list[int],
+    *,
+    seed: int,
+    step: int,
+    weights: Tensor | None = None,
+    objective: Objective | None = None,
+) -> Tensor:
     """The omniscient adversary's copies of ``files``, from the (f, d) honest stack.
 
     Returns an (m, d) tensor: row k is the copy of ``files[k]``, or a single row
     (m = 1) shared by every file when the attack sends the same vector everywhere
     (ALIE and IPM: their statistics are computed once per step, not once per copy).
-    An attack may define ``forge(honest, files, seed=, step=)`` itself; otherwise each
-    file's copy is ``attack(honest[j], honest=honest, generator=(seed, step, j))``.
+    ``weights`` (f,) counts the honest copies of each file (IPM averages over honest
+    copies, as the original code). ``objective`` scores a candidate vector by the damage
+    that survives the vote and the configured rule (the optimised attacks maximise it).
+    An attack may define ``forge(honest, files, seed=, step=, weights=, objective=)``
+    itself; otherwise each file's copy is ``attack(honest[j], honest=honest,
+    generator=(seed, step, j))``.
     """
     own = getattr(attack, "forge", None)
     if own is not None:
-        return own(honest, files, seed=seed, step=step)
+        return own(honest, files, seed=seed, step=step, weights=weights, objective=objective)
     return torch.stack(
         [attack(honest[j], honest=honest, generator=attack_generator(seed, step, j)) for j in files]
     )
@@ -257,8 +280,11 @@ class ALittleIsEnough:
         sigma = stats.std(dim=0, correction=self.ddof)
         return (mu + self.z_used * sigma).to(own.dtype)
 
-    def forge(self, honest: Tensor, files: list[int], *, seed: int, step: int) -> Tensor:
-        """One (1, d) row for every Byzantine copy: the statistics are computed once."""
+    def forge(self, honest: Tensor, files: list[int], **_) -> Tensor:
+        """One (1, d) row for every Byzantine copy: the statistics are computed once.
+
+        Every file has r copies, all honest at this point, so the statistics over the
+        files equal those over all copies with ddof = 0 (the original simulation)."""
         return self(honest[0], honest=honest).unsqueeze(0)
 
 
@@ -272,21 +298,30 @@ class InnerProductManipulation:
     """
 
     eps: float = 100.0
+    over: str = "copies"
     name: ClassVar[str] = "ipm"
     needs_honest: ClassVar[bool] = True
     flips_labels: ClassVar[bool] = False
 
     def __post_init__(self):
         _finite(self.eps, "ipm: eps")
+        if self.over not in ("copies", "files"):
+            raise ValueError(f"ipm: over must be copies or files, got {self.over!r}")
 
     def __call__(self, own, *, honest=None, generator=None):
         own = _check_own(self.name, own)
         honest = _check_honest(self.name, own, honest, min_rows=1)
         return (honest.to(torch.float64).mean(dim=0) * (-self.eps)).to(own.dtype)
 
-    def forge(self, honest: Tensor, files: list[int], *, seed: int, step: int) -> Tensor:
-        """One (1, d) row for every Byzantine copy: the mean is computed once."""
-        return self(honest[0], honest=honest).unsqueeze(0)
+    def forge(self, honest: Tensor, files: list[int], *, weights=None, **_) -> Tensor:
+        """One (1, d) row for every Byzantine copy: the mean is computed once, over the
+        honest copies (file j weighted by its number of honest holders, ``weights``) as
+        the original simulation, or over the files with ``over="files"``."""
+        if self.over == "files" or weights is None or float(weights.sum()) == 0:
+            return self(honest[0], honest=honest).unsqueeze(0)
+        w = weights.to(torch.float64)
+        mu = (honest.to(torch.float64) * w[:, None]).sum(dim=0) / w.sum()
+        return (mu * (-self.eps)).to(honest.dtype).unsqueeze(0)
 
 
 @dataclass(frozen=True)
@@ -363,6 +398,196 @@ def flip_labels(labels: Tensor, num_classes: int) -> Tensor:
     return (num_classes - 1) - labels
 
 
+@dataclass(frozen=True)
+class Inf:
+    """Sends +inf in every coordinate (ByzFL's Inf). The vote may let it win a file, the
+    rule then drops the non-finite winner: it tests the NaN/Inf handling end to end."""
+
+    name: ClassVar[str] = "infinity"
+    needs_honest: ClassVar[bool] = False
+    flips_labels: ClassVar[bool] = False
+
+    def __call__(self, own, *, honest=None, generator=None):
+        return torch.full_like(_check_own(self.name, own), math.inf)
+
+
+@dataclass(frozen=True)
+class Mimic:
+    """Every Byzantine copy is the honest gradient of one other file (Karimireddy, He &
+    Jaggi, "Byzantine-robust learning on heterogeneous datasets via bucketing", ICLR
+    2022; ByzFL's Mimic): it over-weights one honest direction instead of sending noise.
+
+    ``target``: the file to mimic; None picks the lowest-numbered file without a
+    Byzantine holder (file 0 when every file has one). Omniscient: simulated on the
+    server.
+    """
+
+    target: int | None = None
+    name: ClassVar[str] = "mimic"
+    needs_honest: ClassVar[bool] = True
+    flips_labels: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if self.target is not None and (
+            isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0
+        ):
+            raise ValueError(
+                f"mimic: target must be a file index >= 0 or None, got {self.target!r}"
+            )
+
+    def pick(self, num_files: int, attacked: list[int]) -> int:
+        if self.target is not None:
+            if self.target >= num_files:
+                raise ValueError(f"mimic: target {self.target} is not a file (0..{num_files - 1})")
+            return self.target
+        hit = set(attacked)
+        return next((j for j in range(num_files) if j not in hit), 0)
+
+    def __call__(self, own, *, honest=None, generator=None):
+        own = _check_own(self.name, own)
+        honest = _check_honest(self.name, own, honest, min_rows=1)
+        return honest[self.pick(honest.shape[0], [])].clone()
+
+    def forge(self, honest: Tensor, files: list[int], **_) -> Tensor:
+        return honest[self.pick(honest.shape[0], files)].unsqueeze(0).clone()
+
+
+def line_search(
+    objective: Callable[[float], float],
+    *,
+    evals: int,
+    start: float,
+    delta: float,
+    ratio: float,
+) -> tuple[float, float]:
+    """Maximise a scalar ``objective`` with ``evals`` evaluations: expand from ``start``
+    by steps ``delta``, doubling while it improves, then contract by ``ratio``.
+
+    The search of ByzFL's Optimal_ALittleIsEnough / Optimal_InnerProductManipulation
+    (defaults there: 20 evaluations, start 0, delta 10, ratio 0.8); returns (best x,
+    best value).
+    """
+    best_x, best_y = start, objective(start)
+    left = evals - 1
+    while left > 0:  # expansion
+        x = best_x + delta
+        y = objective(x)
+        left -= 1
+        if y > best_y:
+            best_x, best_y = x, y
+            delta *= 2
+        else:
+            delta *= ratio
+            break
+    while left > 0:  # contraction
+        x = best_x + delta
+        y = objective(x)
+        left -= 1
+        if y > best_y:
+            best_x, best_y = x, y
+        delta *= ratio
+    return best_x, best_y
+
+
+def _check_search(name: str, evals, start, delta, ratio) -> None:
+    if isinstance(evals, bool) or not isinstance(evals, int) or evals < 1:
+        raise ValueError(f"{name}: evals must be an integer >= 1, got {evals!r}")
+    _finite(start, f"{name}: start")
+    if _finite(delta, f"{name}: delta") == 0:
+        raise ValueError(f"{name}: delta must be non-zero")
+    if not 0.5 < _finite(ratio, f"{name}: ratio") < 1:
+        raise ValueError(f"{name}: ratio must be in (0.5, 1), got {ratio}")
+
+
+@dataclass(frozen=True)
+class OptimalALIE:
+    """ALIE with the z that does the most damage this step: z maximises the distance
+    between the rule's output and the honest mean, measured through the vote (only the
+    files the Byzantine copies win carry the candidate), with ByzFL's line search
+    (:func:`line_search`; Optimal_ALittleIsEnough). ``last_factor`` is the z of the most
+    recent step."""
+
+    evals: int = 20
+    start: float = 0.0
+    delta: float = 10.0
+    ratio: float = 0.8
+    ddof: int = 1
+    name: ClassVar[str] = "optimal_alie"
+    needs_honest: ClassVar[bool] = True
+    flips_labels: ClassVar[bool] = False
+    needs_objective: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_search(self.name, self.evals, self.start, self.delta, self.ratio)
+        if self.ddof not in (0, 1):
+            raise ValueError(f"{self.name}: ddof must be 0 or 1, got {self.ddof!r}")
+        object.__setattr__(self, "last_factor", None)
+
+    def __call__(self, own, *, honest=None, generator=None):
+        raise ValueError(f"{self.name} needs the vote and the rule: run it through a trainer")
+
+    def forge(self, honest: Tensor, files: list[int], *, objective=None, **_) -> Tensor:
+        if objective is None:
+            raise ValueError(f"{self.name} needs an objective (the damage through the vote)")
+        stats = honest.to(torch.float64)
+        mu, sigma = stats.mean(dim=0), stats.std(dim=0, correction=self.ddof)
+
+        def vector(z: float) -> Tensor:
+            return (mu + z * sigma).to(honest.dtype)
+
+        z, _ = line_search(
+            lambda z: objective(vector(z)),
+            evals=self.evals,
+            start=self.start,
+            delta=self.delta,
+            ratio=self.ratio,
+        )
+        object.__setattr__(self, "last_factor", z)
+        return vector(z).unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class OptimalIPM:
+    """IPM with the eps that does the most damage this step, found as for
+    :class:`OptimalALIE` (ByzFL's Optimal_InnerProductManipulation); the mean is over
+    the honest copies, as :class:`InnerProductManipulation`."""
+
+    evals: int = 20
+    start: float = 0.0
+    delta: float = 10.0
+    ratio: float = 0.8
+    name: ClassVar[str] = "optimal_ipm"
+    needs_honest: ClassVar[bool] = True
+    flips_labels: ClassVar[bool] = False
+    needs_objective: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_search(self.name, self.evals, self.start, self.delta, self.ratio)
+        object.__setattr__(self, "last_factor", None)
+
+    def __call__(self, own, *, honest=None, generator=None):
+        raise ValueError(f"{self.name} needs the vote and the rule: run it through a trainer")
+
+    def forge(self, honest: Tensor, files: list[int], *, weights=None, objective=None, **_):
+        if objective is None:
+            raise ValueError(f"{self.name} needs an objective (the damage through the vote)")
+        mean = InnerProductManipulation(eps=-1.0).forge(honest, files, weights=weights)[0]
+        mu = mean.to(torch.float64)
+
+        def vector(eps: float) -> Tensor:
+            return (mu * (-eps)).to(honest.dtype)
+
+        eps, _ = line_search(
+            lambda e: objective(vector(e)),
+            evals=self.evals,
+            start=self.start,
+            delta=self.delta,
+            ratio=self.ratio,
+        )
+        object.__setattr__(self, "last_factor", eps)
+        return vector(eps).unsqueeze(0)
+
+
 ATTACKS: dict[str, type] = {
     cls.name: cls
     for cls in (
@@ -374,6 +599,10 @@ ATTACKS: dict[str, type] = {
         SignFlip,
         Gaussian,
         LabelFlip,
+        Inf,
+        Mimic,
+        OptimalALIE,
+        OptimalIPM,
     )
 }
 """Config name -> attack class; build instances with :func:`make_attack`."""

@@ -106,6 +106,8 @@ class ApproachOption(_Option):
     name: str = MISSING
     group: ClassVar[str] = "approach"
     forced_mode: ClassVar[str | None] = None  # the aggregation rule the approach implies
+    # what attack.selection=auto means for this approach (the original code's default)
+    default_selection: ClassVar[str] = "worst_case"
 
     def __post_init__(self) -> None:
         self._check_name()
@@ -141,6 +143,7 @@ class DracoLiteApproach(ApproachOption):
     K: int = 15
     r: int = 3
     option: ClassVar[str] = "draco_lite"
+    default_selection: ClassVar[str] = "random"  # a new random set every step
 
     def _build(self) -> Placement:
         return placement.detox(self.K, self.r, approach=self.option)
@@ -152,6 +155,7 @@ class DracoLiteAttackApproach(DracoLiteApproach):
 
     name: str = "draco_lite_attack"
     option: ClassVar[str] = "draco_lite_attack"
+    default_selection: ClassVar[str] = "detox_worst"  # --detox-attack worst
 
 
 @dataclass
@@ -410,12 +414,14 @@ class SmeaMode(ModeOption):
 @dataclass
 class AttackOption(_Option):
     """An attack (BYZSHIELD.md section 6) with ``q`` Byzantine workers chosen by
-    ``selection``: worst_case, random (a new set every step), random_fixed, or a list of
-    0-based worker ids."""
+    ``selection``: auto (the approach's default, as in the original code), worst_case,
+    random (a new set every step), random_fixed, detox_worst / detox_benign /
+    detox_whole_group (the original's DETOX strategies, DETOX placements only), or a
+    list of 0-based worker ids."""
 
     name: str = MISSING
     q: int = 3
-    selection: Any = "worst_case"
+    selection: Any = "auto"
     search_work: int = 200_000
     group: ClassVar[str] = "attack"
     honest: ClassVar[bool] = False  # no Byzantine workers whatever q says
@@ -426,18 +432,18 @@ class AttackOption(_Option):
         _int("attack.", "search_work", self.search_work, 1)
         sel = self.selection
         if isinstance(sel, str):
-            if sel not in SELECTIONS:
+            if sel not in (*SELECTIONS, "auto"):
                 raise ConfigError(
-                    f"attack.selection must be one of {', '.join(SELECTIONS)} or a list of "
-                    f"worker ids, got {sel!r}"
+                    f"attack.selection must be one of auto, {', '.join(SELECTIONS)} or a list "
+                    f"of worker ids, got {sel!r}"
                 )
         elif not (
             isinstance(sel, Sequence)
             and all(isinstance(w, int) and not isinstance(w, bool) for w in sel)
         ):
             raise ConfigError(
-                f"attack.selection must be one of {', '.join(SELECTIONS)} or a list of "
-                f"worker ids, got {sel!r}"
+                f"attack.selection must be one of auto, {', '.join(SELECTIONS)} or a list "
+                f"of worker ids, got {sel!r}"
             )
         try:
             self._validate()
@@ -504,42 +510,126 @@ class ConstantAttack(AttackOption):
         return {"value": self.value}
 
 
+ALIE_DEFAULT_Z = 1.0
+"""The original ByzShield code's z: a real attack whatever the design (the paper's formula
+gives z = 0, no attack at all, whenever c_max <= 1)."""
+
+
 @dataclass
 class AlieAttack(AttackOption):
-    """A Little Is Enough (Baruch et al. 2019): mu + z * sigma of the honest gradients.
+    """A Little Is Enough (Baruch et al. 2019): mu + z * sigma of the honest gradients,
+    simulated on the parameter server.
 
-    z null: the paper's formula with n = files reaching the aggregator and q = the
-    aggregator's assumed f (the original ByzShield code used z = 1.0).
+    z: a number (default 1.0, the original ByzShield code's), or ``paper`` for Baruch et
+    al.'s formula with n = files reaching the aggregator and q = the aggregator's f. A
+    z <= 0 (the formula gives 0 whenever c_max <= 1) sends the honest mean or less: it
+    is refused unless ``allow_nonpositive_z``. ddof: 0 (the original) or 1 (Baruch et
+    al.'s code, ByzFL) for sigma.
     """
 
     name: str = "alie"
-    z: float | None = None
+    z: Any = ALIE_DEFAULT_Z
+    ddof: int = attacks.ALittleIsEnough.ddof
+    allow_nonpositive_z: bool = False
     option: ClassVar[str] = "alie"
 
     def _validate(self) -> None:
-        if self.z is not None:
-            attacks.make_attack("alie", z=self.z)
+        if self.z != "paper":
+            attacks.make_attack("alie", z=self.z, ddof=self.ddof)
+            self._check_z(float(self.z), "attack.z")
+        else:
+            attacks.make_attack("alie", z=1.0, ddof=self.ddof)  # checks ddof
+
+    def _check_z(self, z: float, where: str) -> None:
+        if z <= 0 and not self.allow_nonpositive_z:
+            raise ValueError(
+                f"{where} = {z:.4g} <= 0 is no attack (the Byzantine copies would sit at or "
+                f"below the honest mean); use a z > 0 (default {ALIE_DEFAULT_Z}) or set "
+                "attack.allow_nonpositive_z=true"
+            )
 
     def build(self, *, num_files: int, aggregator_f: int):
-        return attacks.make_attack("alie", n=num_files, q=aggregator_f, z=self.z)
+        if self.z == "paper":
+            attack = attacks.make_attack("alie", n=num_files, q=aggregator_f, ddof=self.ddof)
+            self._check_z(attack.z_used, f"the paper's z for n={num_files} files, q={aggregator_f}")
+            return attack
+        return attacks.make_attack("alie", z=float(self.z), ddof=self.ddof)
 
     def worker_attack(self):
         return None
 
     def info(self, attack) -> dict:
-        return {"name": self.name, "z": self.z, "z_used": attack.z_used}
+        return {"name": self.name, "z": self.z, "z_used": attack.z_used, "ddof": self.ddof}
 
 
 @dataclass
 class IpmAttack(AttackOption):
-    """Inner product manipulation (Xie et al. 2019): -eps * mean of the honest gradients."""
+    """Inner product manipulation (Xie et al. 2019): -eps * mean of the honest gradients;
+    over: ``copies`` (each file weighted by its honest copies, as the original) or
+    ``files``."""
 
     name: str = "ipm"
     eps: float = attacks.InnerProductManipulation.eps
+    over: str = attacks.InnerProductManipulation.over
     option: ClassVar[str] = "ipm"
 
     def params(self) -> dict:
-        return {"eps": self.eps}
+        return {"eps": self.eps, "over": self.over}
+
+
+@dataclass
+class InfAttack(AttackOption):
+    """Byzantine workers send +inf in every coordinate."""
+
+    name: str = "infinity"
+    option: ClassVar[str] = "infinity"
+
+
+@dataclass
+class MimicAttack(AttackOption):
+    """Every Byzantine copy is the honest gradient of one file (``target``; null: the
+    first file without a Byzantine holder), simulated on the parameter server."""
+
+    name: str = "mimic"
+    target: int | None = attacks.Mimic.target
+    option: ClassVar[str] = "mimic"
+
+    def params(self) -> dict:
+        return {"target": self.target}
+
+
+@dataclass
+class OptimalAlieAttack(AttackOption):
+    """ALIE with the z that does the most damage each step through the vote and the
+    configured rule (ByzFL's line search: evals, start, delta, ratio)."""
+
+    name: str = "optimal_alie"
+    evals: int = attacks.OptimalALIE.evals
+    start: float = attacks.OptimalALIE.start
+    delta: float = attacks.OptimalALIE.delta
+    ratio: float = attacks.OptimalALIE.ratio
+    ddof: int = attacks.OptimalALIE.ddof
+    option: ClassVar[str] = "optimal_alie"
+
+    def params(self) -> dict:
+        keys = ("evals", "start", "delta", "ratio", "ddof")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class OptimalIpmAttack(AttackOption):
+    """IPM with the eps that does the most damage each step through the vote and the
+    configured rule (ByzFL's line search: evals, start, delta, ratio)."""
+
+    name: str = "optimal_ipm"
+    evals: int = attacks.OptimalIPM.evals
+    start: float = attacks.OptimalIPM.start
+    delta: float = attacks.OptimalIPM.delta
+    ratio: float = attacks.OptimalIPM.ratio
+    option: ClassVar[str] = "optimal_ipm"
+
+    def params(self) -> dict:
+        return {k: getattr(self, k) for k in ("evals", "start", "delta", "ratio")}
 
 
 @dataclass
@@ -725,6 +815,10 @@ _OPTIONS: tuple[type[_Option], ...] = (
     SignFlipAttack,
     GaussianAttack,
     LabelFlipAttack,
+    InfAttack,
+    MimicAttack,
+    OptimalAlieAttack,
+    OptimalIpmAttack,
 )
 
 
@@ -869,9 +963,10 @@ def add_server_parts(run: Run) -> None:
     cfg, p, q, mode = run.config, run.placement, run.q, run.mode_option
     f = p.num_files
     try:
-        run.selection = build_selection(
-            p, q, cfg.attack.selection, seed=cfg.seed, work=cfg.attack.search_work
-        )
+        rule = cfg.attack.selection
+        if rule == "auto":
+            rule = cfg.approach.default_selection
+        run.selection = build_selection(p, q, rule, seed=cfg.seed, work=cfg.attack.search_work)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     c_max = run.selection.search.upper_bound if run.selection.search else 0

@@ -189,6 +189,8 @@ class RobustUpdate:
                 "non_strict_files": dropped,
                 "nonfinite_winners": nonfinite,
                 "outside_guarantee": outside,
+                # the factor an optimised attack chose this step (z or eps), else null
+                "attack_factor": getattr(self.attack, "last_factor", None) if bad else None,
                 "attack_s": t1 - t0,
                 "vote_s": t2 - t1,
                 "aggregation_s": t3 - t2,
@@ -211,7 +213,20 @@ class RobustUpdate:
             return index, rows
         honest = self._honest_stack(rows, index, bad)
         files = sorted({j for w in bad for j in self.placement.worker_files[w]})
-        forged = forge(self.attack, honest, files, seed=self.seed, step=step)
+        counts = [sum(w in bad for w in ws) for ws in self.holders]
+        weights = torch.tensor([len(ws) - c for ws, c in zip(self.holders, counts, strict=True)])
+        objective = None
+        if getattr(self.attack, "needs_objective", False):
+            objective = self._damage(honest, counts, step)
+        forged = forge(
+            self.attack,
+            honest,
+            files,
+            seed=self.seed,
+            step=step,
+            weights=weights.to(torch.float64),
+            objective=objective,
+        )
         rows = Rows(*rows.blocks)
         start = rows.append(forged)
         row_of = {j: start + (k if forged.shape[0] > 1 else 0) for k, j in enumerate(files)}
@@ -220,6 +235,36 @@ class RobustUpdate:
             for j in self.placement.worker_files[w]:
                 index[j, self.position[(w, j)]] = row_of[j]
         return index, rows
+
+    def _damage(self, honest: Tensor, counts: list[int], step: int):
+        """The objective of the optimised attacks: ||rule(winners) - honest mean|| when
+        every file the Byzantine copies win (a strict majority of its copies) carries the
+        candidate vector v and ties are dropped, exactly as the vote will decide. Each
+        evaluation leaves the rule's state as it found it."""
+        r, t = self.placement.replication, self.placement.threshold
+        keep = [j for j, c in enumerate(counts) if 2 * c != r]  # ties are dropped
+        won = [k for k, j in enumerate(keep) if counts[j] >= t]
+        base = honest[keep].clone()
+        mean = honest.to(torch.float64).mean(dim=0)
+        outside = self.outside_guarantee or self._beyond(len(keep))
+        state = self.aggregator.state_dict()
+
+        def damage(v: Tensor) -> float:
+            if not keep:
+                return 0.0
+            base[won] = v
+            generator = None
+            if getattr(self.aggregator, "needs_generator", False):
+                seed = derive_seed("aggregate", self.seed, step)
+                generator = torch.Generator().manual_seed(seed)
+            with column_threads(self.threads):
+                value = self.aggregator(
+                    base, f=self.f, generator=generator, outside_guarantee=outside
+                ).value
+            self.aggregator.load_state_dict(state)
+            return float(torch.linalg.vector_norm(value.to(torch.float64) - mean))
+
+        return damage
 
     def _honest_stack(self, rows: Rows, index: Tensor, bad: set[int]) -> Tensor:
         """(f, d): each file's gradient as an honest holder sent it (for an omniscient

@@ -298,6 +298,7 @@ class Trainer:
             "non_strict_files": m["non_strict_files"],
             "nonfinite_winners": m["nonfinite_winners"],
             "outside_guarantee": m["outside_guarantee"],
+            "attack_factor": m["attack_factor"],
             "bytes_received": self.bytes_per_step,
             "compute_s": times["compute_s"],
             "communication_s": times["communication_s"] + packed,

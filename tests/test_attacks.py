@@ -16,7 +16,19 @@ from byzshield.attacks import (
     make_attack,
 )
 
-NAMES = ["none", "rev_grad", "constant", "alie", "ipm", "sign_flip", "gaussian", "label_flip"]
+NAMES = [
+    "none",
+    "rev_grad",
+    "constant",
+    "alie",
+    "ipm",
+    "sign_flip",
+    "gaussian",
+    "label_flip",
+    "infinity",
+    "mimic",
+]
+OPTIMISED = ["optimal_alie", "optimal_ipm"]  # need the vote and the rule (test_step.py)
 PARAMS = {"alie": {"n": 15, "q": 3}}
 
 
@@ -34,11 +46,13 @@ def run(name, own, honest, seed=0):
 
 
 def test_registry_holds_exactly_the_config_names():
-    assert sorted(ATTACKS) == sorted(NAMES)
+    assert sorted(ATTACKS) == sorted(NAMES + OPTIMISED)
     for name in NAMES:
         attack = make_attack(name, **PARAMS.get(name, {}))
         assert attack.name == name
-        assert attack.needs_honest == (name in ("alie", "ipm"))
+        assert attack.needs_honest == (
+            name in ("alie", "ipm", "mimic", "optimal_alie", "optimal_ipm")
+        )
         assert attack.flips_labels == (name == "label_flip")
 
 
@@ -50,7 +64,7 @@ def test_attack_preserves_shape_and_dtype(name, dtype, shape):
     honest = torch.randn((5, *shape), generator=gen(2)).to(dtype)
     out = run(name, own, honest)
     assert out.shape == own.shape and out.dtype == own.dtype
-    assert torch.isfinite(out.float()).all()
+    assert torch.isfinite(out.float()).all() == (name != "infinity")  # inf sends +inf on purpose
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -200,3 +214,68 @@ def test_agrees_with_byzfl_alie_ipm_and_sign_flipping(byzfl_attacks):
     # ByzFL's SignFlipping is the omniscient -mean(honest): our ipm with eps = 1
     ours = make_attack("ipm", eps=1.0)(own, honest=honest)
     assert torch.allclose(ours, byzfl_attacks.SignFlipping()(honest), atol=1e-6)
+
+
+def test_ipm_averages_over_honest_copies_like_the_original():
+    from byzshield.attacks import forge
+
+    honest = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    weights = torch.tensor([3.0, 1.0])  # file 0 has three honest copies, file 1 one
+    ipm = make_attack("ipm", eps=1.0)
+    assert forge(ipm, honest, [1], seed=0, step=0, weights=weights).tolist() == [[-0.75, -0.25]]
+    files = make_attack("ipm", eps=1.0, over="files")
+    assert forge(files, honest, [1], seed=0, step=0, weights=weights).tolist() == [[-0.5, -0.5]]
+
+
+def test_alie_with_ddof_0_over_files_equals_the_original_statistics_over_all_copies():
+    honest = grads(4, 30, seed=5)
+    copies = honest.repeat_interleave(3, dim=0)  # every file has r = 3 copies
+    a = make_attack("alie", z=1.0, ddof=0)
+    assert torch.allclose(a(honest[0], honest=honest), a(honest[0], honest=copies), atol=1e-6)
+
+
+def test_line_search_matches_byzfl_on_the_same_objective():
+    byzfl = pytest.importorskip("byzfl")
+    from byzshield.attacks import line_search
+
+    honest = grads(12, 40, seed=6)
+    ours = byzfl.Optimal_ALittleIsEnough(agg=byzfl.TrMean(f=3), pre_agg_list=[], f=3)
+    mean = honest.mean(dim=0)
+
+    def damage(tau: float) -> float:
+        return ours._evaluate(honest, mean, tau)
+
+    tau, _ = line_search(damage, evals=20, start=0.0, delta=10.0, ratio=0.8)
+    expected = ours(honest)
+    got = byzfl.ALittleIsEnough(tau=float(tau))(honest)
+    assert torch.allclose(got, expected)
+
+
+def test_mimic_copies_a_file_without_byzantine_holders_and_inf_is_infinite():
+    from byzshield.attacks import forge
+
+    honest = grads(4, 6, seed=7)
+    assert torch.equal(forge(make_attack("mimic"), honest, [0, 1], seed=0, step=0)[0], honest[2])
+    assert torch.equal(
+        forge(make_attack("mimic", target=3), honest, [0], seed=0, step=0)[0], honest[3]
+    )
+    assert torch.isinf(make_attack("infinity")(honest[0])).all()
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.5])
+def test_alie_and_ipm_agree_with_byzfl(tau):
+    byzfl = pytest.importorskip("byzfl")
+    honest = grads(9, 64, seed=8)
+    alie = make_attack("alie", z=tau, ddof=1)(honest[0], honest=honest)
+    assert torch.allclose(alie, byzfl.ALittleIsEnough(tau=tau)(honest), rtol=1e-5, atol=1e-6)
+    ipm = make_attack("ipm", eps=tau, over="files")(honest[0], honest=honest)
+    ref = byzfl.InnerProductManipulation(tau=tau)(honest)
+    assert torch.allclose(ipm, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_mimic_and_infinity_agree_with_byzfl():
+    byzfl = pytest.importorskip("byzfl")
+    honest = grads(5, 16, seed=9)
+    ours = make_attack("mimic", target=2)(honest[0], honest=honest)
+    assert torch.equal(ours, byzfl.Mimic(epsilon=2)(honest))
+    assert torch.equal(make_attack("infinity")(honest[0]).double(), byzfl.Inf()(honest).double())

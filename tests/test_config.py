@@ -196,3 +196,39 @@ def test_alie_z_used_is_stored_with_the_run():
 def test_option_classes_document_themselves():
     for cls in C._OPTIONS:
         assert inspect.getdoc(cls), cls
+
+
+def test_alie_defaults_to_a_real_attack_and_refuses_a_harmless_z():
+    assert build_run(make(["attack=alie", "attack.q=2"])).info["attack"]["z_used"] == 1.0
+    with pytest.raises(ConfigError, match="the paper's z for n=25 files, q=1 = 0 <= 0"):
+        build_run(make(["attack=alie", "attack.q=2", "attack.z=paper"]))
+    run = build_run(
+        make(["attack=alie", "attack.z=paper", "attack.q=2", "attack.allow_nonpositive_z=true"])
+    )
+    assert run.info["attack"]["z_used"] == 0.0
+    assert build_run(make(["attack=alie", "attack.z=paper", "attack.q=5"])).attack.z_used > 0
+
+
+@pytest.mark.parametrize(
+    ("approach", "kind", "workers"),
+    [
+        ("draco_lite_attack", "detox_worst", [0, 1, 3]),  # DETOX's worst for K=15, r=3, q=3
+        ("draco_lite", "random", None),
+        ("mols", "worst_case", [0, 5, 11]),
+    ],
+)
+def test_selection_auto_is_the_original_default_of_each_approach(approach, kind, workers):
+    sel = build_run(make([f"approach={approach}"])).selection
+    assert sel.kind == kind and (workers is None or list(sel.workers(0)) == workers)
+
+
+def test_detox_strategies_as_selections():
+    def chosen(strategy):
+        run = build_run(make(["approach=draco_lite", f"attack.selection=detox_{strategy}"]))
+        return list(run.selection.workers(7))
+
+    assert chosen("worst") == [0, 1, 3]
+    assert chosen("benign") == [0, 3, 6]
+    assert chosen("whole_group") == [0, 1, 2]
+    with pytest.raises(ConfigError, match="need a DETOX group placement"):
+        build_run(make(["attack.selection=detox_worst"]))

@@ -140,3 +140,41 @@ def test_missing_dataset_stops_before_anything_starts_with_one_line(tmp_path):
 def test_rows_gather_reads_across_blocks(rows):
     rows = rows if isinstance(rows, Rows) else Rows(rows)
     assert rows.gather([rows.num_rows - 1, 0]).shape == (2, 2)
+
+
+def test_bucketed_median_reshuffles_every_step_from_seed_and_step():
+    from byzshield.config import CoordMedianMode
+
+    p = mols(5, 3)
+    truth = torch.randn(p.num_files, 32, generator=torch.Generator().manual_seed(5))
+    ru = update(p, mode=CoordMedianMode(num_buckets=5), f=1)
+    a0 = ru(received(p, truth), (), step=0).gradient
+    a1 = ru(received(p, truth), (), step=1).gradient
+    again = update(p, mode=CoordMedianMode(num_buckets=5), f=1)(received(p, truth), (), 0)
+    assert not torch.equal(a0, a1) and torch.equal(a0, again.gradient)
+
+
+def test_optimal_alie_does_at_least_the_damage_of_a_fixed_z_through_the_vote():
+    from byzshield.config import CoordMedianMode
+
+    p = mols(5, 3)
+    truth = torch.randn(p.num_files, 40, generator=torch.Generator().manual_seed(6))
+    byz = worst_case(p, 5).byzantine  # c_max = 8
+    mean = truth.double().mean(0)
+
+    def damage(attack):
+        g = update(p, attack, mode=CoordMedianMode(), f=8)(received(p, truth), byz, 0).gradient
+        return float(torch.linalg.vector_norm(g.double() - mean))
+
+    optimal = make_attack("optimal_alie")
+    assert damage(optimal) >= damage(make_attack("alie", z=1.0)) > 0
+    assert optimal.last_factor is not None
+
+
+def test_ipm_in_the_step_averages_over_the_honest_copies():
+    p = detox(6, 3)  # files 0 and 1; worker 0 holds a copy of file 0
+    truth = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ru = update(p, make_attack("ipm", eps=1.0))
+    index, rows = ru._simulate_attack(received(p, truth), {0}, step=0)
+    expected = torch.tensor([-0.4, -0.6])  # -(2 * file 0 + 3 * file 1) / 5 honest copies
+    assert torch.allclose(rows[int(index[0, 0])], expected)
