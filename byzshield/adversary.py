@@ -243,14 +243,19 @@ def detox_selection(placement: Placement, q: int, strategy: str = "worst") -> li
     raise ValueError(f"unknown DETOX strategy {strategy!r}; choose worst, benign or whole_group")
 
 
-def random_selection(num_workers: int, q: int, *, seed: int, step: int | None = None) -> list[int]:
+def random_selection(
+    num_workers: int, q: int, *, seed: int, step: int | None = None, stragglers: bool = False
+) -> list[int]:
     """q workers drawn without replacement from a generator seeded by (seed, step).
 
     With ``step=None`` the set is fixed for the whole run; otherwise it changes per step.
+    ``stragglers`` draws from a stream of its own (the simulated erasures), unrelated to
+    the Byzantine sets of the same seed and step.
     """
     if not 0 <= q <= num_workers:
         raise ValueError(f"q must be in 0..K={num_workers}, got {q}")
-    rng = np.random.default_rng([seed, 0 if step is None else 1, 0 if step is None else step])
+    kind = 2 if stragglers else (0 if step is None else 1)
+    rng = np.random.default_rng([seed, kind, 0 if step is None else step])
     return sorted(int(w) for w in rng.choice(num_workers, size=q, replace=False))
 
 

@@ -155,7 +155,9 @@ def init(*, timeout: float, job: int = 0) -> Comm:
         timeout=timedelta(seconds=timeout),
         wait_for_workers=False,
     )
-    prefixed = dist.PrefixStore(f"byzshield/job{job}/", store)
+    # a restarted attempt (torchrun --max-restarts) must not read the dead attempt's keys
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefixed = dist.PrefixStore(f"byzshield/job{job}/attempt{attempt}/", store)
     dist.init_process_group(
         "gloo",
         store=prefixed,

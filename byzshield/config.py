@@ -749,6 +749,12 @@ class TrainConfig:
     # run even when the rule's n-vs-f requirement fails (to show where a defence breaks):
     # warns once and marks every step outside_guarantee in metrics.jsonl
     outside_guarantee: bool = False
+    # a train_dir that holds a run of another config: start over in train_dir/restart-N
+    # (a rerun of the same config resumes from its newest checkpoint)
+    start_over: bool = False
+    # simulated erasures: this many workers per step (drawn from (seed, step)) miss the
+    # step's deadline; their copies do not vote (a file needs a strict majority of all r)
+    stragglers: int = 0
     timeout: float = 300.0  # torchrun: seconds before a silent rank is declared dead
     checkpoint: bool = True  # write checkpoints/step_NNNNNN.pt at every evaluation
     bn_batches: int = 8  # training batches to recompute BatchNorm statistics on the PS
@@ -782,6 +788,7 @@ class TrainConfig:
         _int("", "log_every", self.log_every, 1)
         if self.aggregator_f is not None:
             _int("", "aggregator_f", self.aggregator_f, 0)
+        _int("", "stragglers", self.stragglers, 0)
 
 
 _OPTIONS: tuple[type[_Option], ...] = (
@@ -915,6 +922,8 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
     q = cfg.attack.effective_q
     if q > K:
         raise ConfigError(f"attack.q must be an integer in 0..K={K}, got {q}")
+    if cfg.stragglers >= K:
+        raise ConfigError(f"stragglers must be in 0..K-1={K - 1}, got {cfg.stragglers}")
     if cfg.batch_size % f:
         raise ConfigError(
             f"batch_size={cfg.batch_size} must be a multiple of the number of files f={f} "

@@ -76,11 +76,14 @@ class Copies:
         index: (f, r) long; ``index[j, i]`` is the row of file j's copy from its i-th
             holder (``placement.file_workers[j][i]``).
         losses: (f, r) float64; the training loss reported with each copy.
+        present: (f, r) bool, or None when every copy arrived: erasures (the copies of
+            a straggler or a dead worker) are False and do not vote.
     """
 
     rows: Rows
     index: Tensor
     losses: Tensor
+    present: Tensor | None = None
 
 
 @dataclass
@@ -152,13 +155,17 @@ class RobustUpdate:
         if self._winners is None or self._winners.shape != shape:
             self._winners = torch.empty(shape, dtype=block.dtype)
         if self.placement.replication > 1:
-            vote = vote_rows(rows, index, out=self._winners)
+            vote = vote_rows(rows, index, out=self._winners, present=copies.present)
             winners, positions = vote.winners, vote.indices.tolist()
-            trusted = vote.strict.tolist()
+            trusted, agree = vote.strict.tolist(), vote.counts.tolist()
         else:
             winners = rows.gather(index[:, 0].tolist(), out=self._winners)
-            positions, trusted = [0] * self.placement.num_files, [True] * self.placement.num_files
+            positions = [0] * self.placement.num_files
+            trusted, agree = [True] * self.placement.num_files, [1] * self.placement.num_files
+            if copies.present is not None:
+                trusted = copies.present[:, 0].tolist()
         distorted = self._distorted(rows, original, index, positions, winners, bad, trusted)
+        lost = self._lost_votes(rows, index, positions, winners, trusted, agree, copies.present)
         kept = [j for j, ok in enumerate(trusted) if ok]
         losses = [float(copies.losses[j, positions[j]]) for j in kept]
         if len(kept) < len(trusted):
@@ -188,6 +195,8 @@ class RobustUpdate:
                 "all_strict": dropped == 0,
                 "non_strict_files": dropped,
                 "nonfinite_winners": nonfinite,
+                # copies that lost their file's vote, per worker (flagged or not)
+                "lost_votes": lost,
                 "outside_guarantee": outside,
                 # the factor an optimised attack chose this step (z or eps), else null
                 "attack_factor": getattr(self.attack, "last_factor", None) if bad else None,
@@ -196,6 +205,23 @@ class RobustUpdate:
                 "aggregation_s": t3 - t2,
             },
         )
+
+    def _lost_votes(self, rows, index, positions, winners, trusted, agree, present) -> dict:
+        """{worker: copies of it that disagreed with their file's trusted winner}: what
+        the vote can observe of a lying worker, whether or not it was flagged."""
+        out: dict[str, int] = {}
+        for j, i in enumerate(positions):
+            arrived = len(self.holders[j]) if present is None else int(present[j].sum())
+            if not trusted[j] or agree[j] == arrived:
+                continue  # dropped, or unanimous
+            win = int(index[j, i])
+            for k, w in enumerate(self.holders[j]):
+                if present is not None and not bool(present[j, k]):
+                    continue
+                row = int(index[j, k])
+                if row != win and not same_bits(rows[row], winners[j]):
+                    out[str(w)] = out.get(str(w), 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
     def _beyond(self, n: int) -> bool:
         """Whether n trusted inputs are too few for the rule's guarantee at its f."""

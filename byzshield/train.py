@@ -23,11 +23,11 @@ from omegaconf import DictConfig
 
 from byzshield.comm import RankFailure, init
 from byzshield.config import add_server_parts, build_run, load_config, register_schema
-from byzshield.engines.simulate import SimulateEngine
-from byzshield.engines.torchrun import TorchrunEngine, run_worker
-from byzshield.gradients import num_params
+from byzshield.engines import build_engine
+from byzshield.engines.torchrun import run_worker
 from byzshield.launcher import check_train_overrides, fail, launch_torchrun, log_to_folder
-from byzshield.trainer import Trainer, announce
+from byzshield.runfolder import CheckpointError, prepare
+from byzshield.trainer import Trainer, TrainingError, announce
 
 UNDER_TORCHRUN = "WORLD_SIZE" in os.environ
 register_schema()
@@ -53,25 +53,23 @@ def main(cfg: DictConfig) -> None:
         sys.exit(launch_torchrun(run.world_size))
     comm = init(timeout=config.timeout, job=HydraConfig.get().job.get("num") or 0)
     try:
-        status = ""
-        if comm.is_server and UNDER_TORCHRUN:
+        status, folder, resume = "", Path(HydraConfig.get().runtime.output_dir), None
+        if comm.is_server:
             try:
-                add_server_parts(run)  # the worst-case search: once, on rank 0 only
+                if UNDER_TORCHRUN:
+                    add_server_parts(run)  # the worst-case search: once, on rank 0 only
+                folder, resume = prepare(folder, config)  # resume, or refuse another config
             except ValueError as exc:
                 status = f"error: {exc}"
         if comm.broadcast_text(status):
             fail(status, 2)
-        folder = Path(comm.broadcast_text(HydraConfig.get().runtime.output_dir))
+        folder = Path(comm.broadcast_text(str(folder)))
         log_to_folder(folder, comm.rank)
         if not comm.is_server:
             return run_worker(comm, run)
-        d = num_params(run.build_model())
-        if engine == "torchrun":
-            gather = TorchrunEngine(comm, run, d)
-        else:
-            gather = SimulateEngine(run, d, threads=config.threads, device=config.device)
+        gather = build_engine(engine, run, comm)
         announce(run, folder, engine)
-        trainer = Trainer(run, gather, folder, device=config.device)
+        trainer = Trainer(run, gather, folder, device=config.device, resume=resume)
         result = trainer.train()
         print(
             f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
@@ -80,6 +78,8 @@ def main(cfg: DictConfig) -> None:
         )
     except RankFailure as exc:
         fail(f"error (rank {comm.rank}): {exc}", 1)
+    except (TrainingError, CheckpointError) as exc:
+        fail(f"error: {exc}", 1)
     finally:
         comm.close()
 

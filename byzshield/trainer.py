@@ -33,15 +33,16 @@ from byzshield.config import Run
 from byzshield.data import ImageDataset, eval_batches, step_batch
 from byzshield.gradients import flat_params
 from byzshield.protocol import ReplyLayout
+from byzshield.runfolder import Resume, save_checkpoint
 from byzshield.step import Copies, RobustUpdate
 
 __all__ = [
     "TIME_KEYS",
-    "Checkpoints",
     "Engine",
     "MetricsLog",
     "Progress",
     "Trainer",
+    "TrainingError",
     "evaluate",
     "recompute_batchnorm",
     "score_test_set",
@@ -176,31 +177,18 @@ class MetricsLog:
             self.tb.close()
 
 
-class Checkpoints:
-    """checkpoints/step_NNNNNN.pt, each written atomically (temporary file + rename)."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder / "checkpoints"
-
-    def save(self, step: int, state: dict) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"step_{step:06d}.pt"
-        tmp = self.folder / f".step_{step:06d}.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
-
-
 class Progress:
     """A tqdm bar on a terminal, otherwise one line every ``every`` steps."""
 
-    def __init__(self, total: int, every: int):
+    def __init__(self, total: int, every: int, initial: int = 0):
         self.total, self.every = total, every
         self.bar = None
         if sys.stdout.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=initial, desc="training", unit="step", dynamic_ncols=True
+            )
 
     def step(self, step: int, record: dict) -> None:
         if self.bar is not None:
@@ -235,10 +223,26 @@ def _aggregation_threads(model: nn.Module, threads: int | None) -> int | None:
     return (threads or os.cpu_count() or 1) if d >= 1 << 20 else None
 
 
-class Trainer:
-    """The parameter server's side of a run: model, optimizer, schedule and the loop."""
+class TrainingError(RuntimeError):
+    """Training cannot go on (the model became non-finite); the message is one line."""
 
-    def __init__(self, run: Run, engine: Engine, folder: Path, *, device: str = "cpu"):
+
+class Trainer:
+    """The parameter server's side of a run: model, optimizer, schedule and the loop.
+
+    With ``resume`` (:func:`byzshield.runfolder.prepare`) it starts after the
+    checkpoint's step, with its parameters, optimizer, schedule and rule state.
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        engine: Engine,
+        folder: Path,
+        *,
+        device: str = "cpu",
+        resume: Resume | None = None,
+    ):
         self.run, self.engine, self.folder = run, engine, folder
         cfg = run.config
         self.model = run.build_model().to(device)
@@ -256,12 +260,34 @@ class Trainer:
             outside_guarantee=run.outside_guarantee,
         )
         self.metrics = MetricsLog(folder)
-        self.checkpoints = Checkpoints(folder)
+        self.checkpoints = folder / "checkpoints"
+        self.start = 0
+        self.last_checkpoint: Path | None = None
+        self.last_eval: dict = {}
+        if resume is not None:
+            state = resume.state
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            run.aggregator.load_state_dict(state["aggregator"])
+            self.start, self.last_checkpoint = int(state["step"]), resume.path
+            self.last_eval = dict(state.get("eval") or {})
         d = sum(p.numel() for p in self.model.parameters())
         self.bytes_per_step = (
             run.placement.num_workers * ReplyLayout(run.placement.load, d).nbytes()
         )
-        self.last_eval: dict = {}
+
+    def erasures(self, step: int) -> tuple[int, ...]:
+        """The workers whose replies miss this step's deadline (``stragglers``, drawn from
+        (seed, step), the same in both engines)."""
+        count = self.run.config.stragglers
+        if not count:
+            return ()
+        from byzshield.adversary import random_selection
+
+        K = self.run.placement.num_workers
+        seed = self.run.config.seed
+        return tuple(random_selection(K, count, seed=seed, step=step, stragglers=True))
 
     def apply(self, gradient: torch.Tensor) -> float:
         """One SGD step with ``gradient`` (d,) as every parameter's gradient; returns the lr."""
@@ -275,6 +301,16 @@ class Trainer:
         self.scheduler.step()
         return lr
 
+    def check_finite(self, step: int) -> None:
+        """Stop, in one line, when an update made the model non-finite."""
+        for name, p in self.model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                kept = self.last_checkpoint or "none written yet"
+                raise TrainingError(
+                    f"step {step}: the model became non-finite ({name} holds NaN or Inf) after "
+                    f"the update; stopping. The last good checkpoint is {kept}"
+                )
+
     def step(self, step: int) -> dict:
         """Gather, robust update, apply; the step's metrics record."""
         byzantine = self.run.selection.workers(step)
@@ -282,9 +318,15 @@ class Trainer:
         params = flat_params(self.model)  # what is broadcast: counted as communication
         packed = time.perf_counter() - t0
         copies, times = self.engine.gather(step, params, byzantine)
+        missing = self.erasures(step)
+        if missing:
+            gone = set(missing)
+            holders = self.run.placement.file_workers
+            copies.present = torch.tensor([[w not in gone for w in ws] for ws in holders])
         outcome = self.update(copies, byzantine, step)
         t1 = time.perf_counter()
         lr = self.apply(outcome.gradient)
+        self.check_finite(step)
         t2 = time.perf_counter()
         m = outcome.metrics
         record = {
@@ -292,11 +334,13 @@ class Trainer:
             "loss": m["loss"],
             "lr": lr,
             "byzantine": list(byzantine),
+            "missing_workers": list(missing),
             "distorted": m["distorted"],
             "distorted_files": m["distorted_files"],
             "all_strict": m["all_strict"],
             "non_strict_files": m["non_strict_files"],
             "nonfinite_winners": m["nonfinite_winners"],
+            "lost_votes": m["lost_votes"],
             "outside_guarantee": m["outside_guarantee"],
             "attack_factor": m["attack_factor"],
             "bytes_received": self.bytes_per_step,
@@ -317,7 +361,7 @@ class Trainer:
         self.last_eval = result
         self.metrics.write({"step": step, "event": "eval", **result})
         if self.run.config.checkpoint:
-            self.checkpoints.save(step, self.state(step))
+            self.last_checkpoint = save_checkpoint(self.checkpoints, step, self.state(step))
         return result
 
     def state(self, step: int) -> dict:
@@ -341,10 +385,17 @@ class Trainer:
         """Run every step, evaluating every ``eval_freq`` steps and at the end."""
         cfg = self.run.config
         total = self.run.max_steps
-        progress = Progress(total, cfg.log_every)
-        step = 0
+        step = self.start
+        if self.start >= total and self.last_eval:
+            print(f"the run is complete ({self.start} steps); nothing to do", flush=True)
+            self.engine.close(step)
+            self.metrics.close()
+            return self.last_eval
+        if self.start:
+            print(f"resuming after step {self.start} from {self.last_checkpoint}", flush=True)
+        progress = Progress(total, cfg.log_every, initial=self.start)
         try:
-            for step in steps if steps is not None else range(total):
+            for step in steps if steps is not None else range(self.start, total):
                 record = self.step(step)
                 self.metrics.write(record)
                 progress.step(step, record)

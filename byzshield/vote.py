@@ -286,7 +286,13 @@ class Rows:
         return out
 
 
-def vote_rows(rows: Tensor | Rows, groups: Tensor, *, out: Tensor | None = None) -> VoteBatch:
+def vote_rows(
+    rows: Tensor | Rows,
+    groups: Tensor,
+    *,
+    out: Tensor | None = None,
+    present: Tensor | None = None,
+) -> VoteBatch:
     """Majority vote per file over copies given as row indices, without gathering them.
 
     The same vote as :func:`vote_files` on ``rows[groups]``, but the (f, r, d) stack of
@@ -300,6 +306,10 @@ def vote_rows(rows: Tensor | Rows, groups: Tensor, *, out: Tensor | None = None)
         rows: (N, d) tensor of every received copy, or :class:`Rows` over several blocks.
         groups: (f, r) integer tensor of row indices, one row of copies per file.
         out: optional (f, d) buffer for the winners (reused by the server every step).
+        present: optional (f, r) bool: which copies arrived (erasures: a straggler's or a
+            dead worker's copies are missing). Only present copies vote, but a strict
+            majority is still more than half of all r copies. A file with no copy at all
+            gets its first copy's row as a placeholder winner, count 0, not strict.
 
     Returns:
         A :class:`VoteBatch`; ``indices[j]`` is the position in ``groups[j]`` that won.
@@ -316,7 +326,25 @@ def vote_rows(rows: Tensor | Rows, groups: Tensor, *, out: Tensor | None = None)
         raise ValueError(f"groups index rows 0..{rows.num_rows - 1}; got out-of-range indices")
     table = groups.tolist()
     r = groups.shape[1]
-    picks = [_largest_class(lambda i, g=g: rows[g[i]], r, key=lambda i, g=g: g[i]) for g in table]
+    if present is None:
+        picks = [
+            _largest_class(lambda i, g=g: rows[g[i]], r, key=lambda i, g=g: g[i]) for g in table
+        ]
+    else:
+        if tuple(present.shape) != tuple(groups.shape):
+            raise ValueError(f"present must be {tuple(groups.shape)}, got {tuple(present.shape)}")
+        picks = []
+        for g, mask in zip(table, present.tolist(), strict=True):
+            idx = [i for i in range(r) if mask[i]]
+            if not idx:
+                picks.append((0, 0))
+                continue
+            k, count = _largest_class(
+                lambda i, g=g, idx=idx: rows[g[idx[i]]],
+                len(idx),
+                key=lambda i, g=g, idx=idx: g[idx[i]],
+            )
+            picks.append((idx[k], count))
     winner_rows = [g[i] for g, (i, _) in zip(table, picks, strict=True)]
     counts = torch.tensor([c for _, c in picks], dtype=torch.long)
     return VoteBatch(

@@ -89,6 +89,24 @@ def test_torchrun_and_simulate_give_the_same_bits(tmp_path, design):
     assert len(seen) == 8
 
 
+def test_simulated_stragglers_give_the_same_bits_in_both_engines(tmp_path):
+    nproc, *overrides = DESIGNS["rama_two"]
+    ovs = (*overrides, *COMMON, "attack=alie", "stragglers=2")
+    proc = subprocess.run(
+        torchrun_cmd(nproc, f"train_dir={tmp_path / 'tr'}", *ovs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=run_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    simulate(ovs, tmp_path / "sim")
+    assert_same_run(tmp_path / "tr", tmp_path / "sim")
+    steps, _ = read_metrics(tmp_path / "sim")
+    assert all(len(s["missing_workers"]) == 2 for s in steps)
+
+
 @pytest.mark.slow
 def test_default_mols_run_under_alie_is_identical_in_both_engines(tmp_path):
     overrides = ("attack=alie", "attack.z=1.0", "max_steps=20", "eval_freq=10")

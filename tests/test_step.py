@@ -178,3 +178,26 @@ def test_ipm_in_the_step_averages_over_the_honest_copies():
     index, rows = ru._simulate_attack(received(p, truth), {0}, step=0)
     expected = torch.tensor([-0.4, -0.6])  # -(2 * file 0 + 3 * file 1) / 5 honest copies
     assert torch.allclose(rows[int(index[0, 0])], expected)
+
+
+def test_an_unflagged_liar_is_seen_in_lost_votes():
+    p = mols(5, 3)
+    truth = torch.randn(p.num_files, 20, generator=torch.Generator().manual_seed(7))
+    copies = received(p, truth)
+    copies.rows.blocks[0][6 * p.load : 7 * p.load] *= -100  # worker 6 lies, nobody flagged it
+    m = update(p)(copies, (), step=0).metrics
+    assert m["distorted"] == 0 and m["lost_votes"] == {"6": p.load}
+
+
+def test_erasures_vote_over_the_copies_that_arrived_and_need_a_strict_majority_of_r():
+    p = mols(5, 3)
+    truth = torch.randn(p.num_files, 20, generator=torch.Generator().manual_seed(8))
+    copies = received(p, truth)
+    present = torch.ones(p.num_files, 3, dtype=torch.bool)
+    present[0, :2] = False  # file 0: one copy of three arrived: not a majority of r
+    present[1, 0] = False  # file 1: two agreeing copies of three: trusted
+    copies.present = present
+    out = update(p)(copies, (), step=0)
+    assert out.metrics["non_strict_files"] == 1
+    expected = truth[1:].mean(dim=0)
+    assert torch.allclose(out.gradient, expected, atol=1e-6)

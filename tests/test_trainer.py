@@ -43,7 +43,7 @@ def test_short_training_under_attack_beats_chance_by_far_and_the_evaluator_agree
     simulate([*RAMA, "attack=alie", "attack.q=3", "max_steps=60", "eval_freq=30"], tmp_path)
     _, evals = read_metrics(tmp_path)
     assert [e["step"] for e in evals] == [30, 60]
-    assert evals[-1]["top1"] > 0.6, evals  # chance is 0.1
+    assert evals[-1]["top1"] > 0.4, evals  # chance is 0.1
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step_000030.pt", "step_000060.pt"]
     again = [evaluate_checkpoint(p) for p in checkpoints(tmp_path)]
@@ -68,7 +68,8 @@ def test_simulate_threads_do_not_change_the_bits(tmp_path):
 @pytest.mark.parametrize(
     "design",
     [
-        ("approach=draco_lite", "approach.K=6", "approach.r=2", "mode=mean", "attack.q=3"),
+        ("approach=draco_lite", "approach.K=6", "approach.r=2", "mode=mean", "attack.q=3",
+         "attack.selection=worst_case"),  # fmt: skip
         ("approach=mols", "approach.l=3", "approach.r=2", "batch_size=90", "mode=mean"),
         ("approach=mols", "approach.l=4", "approach.r=3", "batch_size=96", "attack.q=4"),
         ("approach=rama_two", "approach.m=4", "approach.s=2", "batch_size=96", "mode=mean"),

@@ -10,3 +10,15 @@ Both hand the trainer (:mod:`byzshield.trainer`) a :class:`byzshield.step.Copies
 the same robust update (:mod:`byzshield.step`) decides the gradient: for the same
 config they give the same bits.
 """
+
+
+def build_engine(name: str, run, comm=None):
+    """The engine ``name`` (``torchrun`` on rank 0 of a process group, or ``simulate``)."""
+    from byzshield.engines.simulate import SimulateEngine
+    from byzshield.engines.torchrun import TorchrunEngine
+    from byzshield.gradients import num_params
+
+    d = num_params(run.build_model())
+    if name == "torchrun":
+        return TorchrunEngine(comm, run, d)
+    return SimulateEngine(run, d, threads=run.config.threads, device=run.config.device)

@@ -149,21 +149,21 @@ def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = Tr
 
     from byzshield.config import build_run, compose_config
     from byzshield.gradients import num_params
+    from byzshield.runfolder import prepare
     from byzshield.trainer import Trainer, announce
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = compose_config([*overrides, f"train_dir={folder}"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a worker: one intra-op thread per replica
     try:
         run = build_run(config)
+        folder, resume = prepare(Path(folder), config)
         engine = SimulateEngine(
             run, num_params(run.build_model()), threads=config.threads, device=config.device
         )
         out = io.StringIO()
         with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
             announce(run, folder, "simulate")
-            return Trainer(run, engine, folder, device=config.device).train()
+            return Trainer(run, engine, folder, device=config.device, resume=resume).train()
     finally:
         torch.set_num_threads(threads)
