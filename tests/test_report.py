@@ -54,6 +54,7 @@ def make_run(
     age: float = HOUR,
     extra_lines: tuple[str, ...] = (),
     hydra: bool = True,
+    info: dict | None = None,
     **changes,
 ) -> Path:
     """A run folder with ``steps`` step records and evaluations ``{step: top1}``, last
@@ -65,6 +66,7 @@ def make_run(
         (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     q = cfg["attack"]["q"]
     info = {
+        **(info or {}),
         "placement": "mols(l=5, r=3): K=15 workers, f=25 files, load l=5, replication r=3",
         "K": 15,
         "f": 25,
@@ -304,6 +306,15 @@ def test_partial_sweep_lists_the_jobs_that_have_not_started(tmp_path):
     md = (sweep / "report" / "report.md").read_text()
     assert "2 of 4 jobs have a folder" in md
     assert "job 3 | not started | attack.q=2 seed=1 |" in md
+
+
+def test_runs_outside_the_guarantee_are_marked(tmp_path):
+    complete(tmp_path / "s" / "0", 0.5, info={"outside_guarantee": True})
+    write_report([tmp_path / "s"], plots=False, eps=False)
+    md = (tmp_path / "s" / "report" / "report.md").read_text()
+    assert "| rev_grad | 2* |" in md and "outside the placement's guarantee" in md
+    (row,) = _rows(tmp_path / "s" / "report" / "report.csv")
+    assert row["outside_guarantee"] == "true"
 
 
 def test_several_folders_with_a_nested_layout(tmp_path):
