@@ -1,4 +1,7 @@
-"""Install byzshield: `pip install .` or `pip install -e .` (extras: test, bench)."""
+"""Install byzshield: `pip install .` or `pip install -e .`.
+
+Extras: test, bench, report (matplotlib, for the report's plots), tensorboard.
+"""
 
 from pathlib import Path
 
@@ -40,8 +43,12 @@ setup(
             # the test environment: setuptools >= 70.1 builds editable wheels without the
             # `wheel` package, which a fresh venv lacks (ensurepip's setuptools 65 does not).
             "setuptools>=70.1",
+            # the optional paths, so that CI runs them: report plots and TensorBoard events
+            "matplotlib>=3.7",
+            "tensorboard",
         ],
         "bench": ["byzfl"],
+        "report": ["matplotlib>=3.7"],  # python -m byzshield.report: the PNG plots
         "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["byzshield-placement=byzshield.placement_cli:main"]},

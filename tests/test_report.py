@@ -1,0 +1,470 @@
+"""The report tool (byzshield/report.py) on synthetic run folders, and one real sweep.
+
+The synthetic folders hold what a run writes (.hydra/config.yaml, run.json,
+metrics.jsonl) with file times set to make a run look running or stale.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from byzshield import report
+from byzshield.report import group_runs, main, pending_jobs, read_run, write_report
+
+HOUR = 3600.0
+
+
+def _config(**changes) -> dict:
+    cfg = {
+        "approach": {"name": "mols", "l": 5, "r": 3},
+        "mode": {"name": "coord-median", "pre": [], "num_buckets": None},
+        "attack": {"name": "rev_grad", "q": 2, "selection": "worst_case", "scale": -100.0},
+        "network": {"name": "lenet"},
+        "dataset": {"name": "digits"},
+        "lr": 0.05,
+        "max_steps": 30,
+        "eval_freq": 10,
+        "seed": 0,
+        "train_dir": "/somewhere",
+    }
+    for key, value in changes.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return cfg
+
+
+def make_run(
+    folder: Path,
+    *,
+    steps: int,
+    top1: dict[int, float] | None = None,
+    age: float = HOUR,
+    extra_lines: tuple[str, ...] = (),
+    hydra: bool = True,
+    info: dict | None = None,
+    **changes,
+) -> Path:
+    """A run folder with ``steps`` step records and evaluations ``{step: top1}``, last
+    changed ``age`` seconds ago."""
+    cfg = _config(**changes)
+    folder.mkdir(parents=True)
+    if hydra:
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    q = cfg["attack"]["q"]
+    info = {
+        **(info or {}),
+        "placement": "mols(l=5, r=3): K=15 workers, f=25 files, load l=5, replication r=3",
+        "K": 15,
+        "f": 25,
+        "r": 3,
+        "load": 5,
+        "mode": cfg["mode"]["name"],
+        "attack": {"name": cfg["attack"]["name"]},
+        "selection": {"kind": "worst_case", "q": q, "c_max": [0, 0, 1, 3][q]},
+        "max_steps": cfg["max_steps"],
+        "seed": cfg["seed"],
+    }
+    (folder / "run.json").write_text(json.dumps(info))
+    lines = []
+    evals = dict(top1 or {})
+    for s in range(steps):
+        lines.append(
+            {
+                "step": s,
+                "loss": 1.0,
+                "distorted": 1,
+                "compute_s": 0.01,
+                "vote_s": 0.002,
+                "step_s": 0.02,
+                "other_s": 0.0,
+            }
+        )
+        if s + 1 in evals:
+            lines.append({"step": s + 1, "event": "eval", "top1": evals[s + 1], "top5": 1.0})
+    text = "".join(json.dumps(r) + "\n" for r in lines) + "".join(extra_lines)
+    (folder / "metrics.jsonl").write_text(text)
+    set_age(folder, age)
+    return folder
+
+
+def set_age(folder: Path, age: float) -> None:
+    """Every file and folder of the run last changed ``age`` seconds ago."""
+    t = time.time() - age
+    for path in [*folder.rglob("*"), folder]:
+        os.utime(path, (t, t))
+
+
+def complete(folder: Path, final: float, **changes) -> Path:
+    return make_run(folder, steps=30, top1={10: 0.5, 20: final + 0.01, 30: final}, **changes)
+
+
+# --------------------------------------------------------------------------------------
+# Status of one run
+
+
+def test_run_with_final_evaluation_is_complete(tmp_path):
+    run = read_run(complete(tmp_path / "a", 0.9))
+    assert run.status == "complete"
+    assert run.final["top1"] == 0.9 and run.best_top1 == pytest.approx(0.91)
+    assert run.train_s == pytest.approx(30 * 0.02)
+    assert run.distorted_frac == pytest.approx(1 / 25)
+    assert run.time_split["vote_s"] == pytest.approx(0.002)
+
+
+def test_recent_run_without_final_evaluation_is_running(tmp_path):
+    run = read_run(make_run(tmp_path / "a", steps=12, top1={10: 0.5}, age=5))
+    assert run.status == "running"
+    assert run.describe_status() == "running (12/30)"
+
+
+def test_stale_run_without_final_evaluation_died_and_says_where(tmp_path):
+    run = read_run(make_run(tmp_path / "a", steps=12, top1={10: 0.5}))
+    assert run.status == "died"
+    assert run.describe_status() == "died at step 12/30"
+    assert run.last_eval["top1"] == 0.5
+
+
+def test_stale_after_decides_between_running_and_died(tmp_path):
+    folder = make_run(tmp_path / "a", steps=12, age=20 * 60)
+    assert read_run(folder, stale_after=10 * 60).status == "died"
+    assert read_run(folder, stale_after=30 * 60).status == "running"
+
+
+def test_run_with_config_and_no_metrics_failed_to_start(tmp_path):
+    folder = tmp_path / "a"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(_config()))
+    set_age(folder, HOUR)
+    run = read_run(folder)
+    assert run.status == "failed to start"
+    assert run.steps_done == 0 and run.max_steps == 30
+
+
+def test_corrupt_metrics_lines_are_skipped_with_a_warning(tmp_path):
+    folder = make_run(
+        tmp_path / "a",
+        steps=30,
+        top1={30: 0.8},
+        extra_lines=("not json\n", '{"loss": 1.0}\n', '{"step": 31, "lo'),
+    )
+    run = read_run(folder)
+    assert run.status == "complete" and run.final["top1"] == 0.8
+    assert len(run.warnings) == 1
+    assert "skipped 3 unreadable lines (line 32, 33, 34)" in run.warnings[0]
+
+
+def test_folder_reused_by_a_second_run_reports_the_last_one(tmp_path):
+    folder = complete(tmp_path / "a", 0.9)
+    with open(folder / "metrics.jsonl", "a") as fh:  # a second run appends from step 0
+        for s in range(5):
+            fh.write(json.dumps({"step": s, "distorted": 0, "step_s": 1.0}) + "\n")
+    set_age(folder, HOUR)
+    run = read_run(folder)
+    assert run.status == "died" and run.steps_done == 5 and run.evals == []
+    assert any("holds 2 runs" in w for w in run.warnings)
+
+
+def test_run_without_hydra_folder_takes_its_settings_from_run_json(tmp_path):
+    run = read_run(complete(tmp_path / "a", 0.9, hydra=False))
+    assert run.config_source == "run.json"
+    assert run.config["approach.name"] == "mols" and run.config["approach.l"] == 5
+    assert run.q == 2 and run.status == "complete"
+
+
+# --------------------------------------------------------------------------------------
+# Grouping and statistics
+
+
+def test_seeds_are_one_row_with_mean_and_sample_std(tmp_path):
+    finals = [0.8, 0.9, 0.95]
+    runs = [read_run(complete(tmp_path / str(s), f, seed=s)) for s, f in enumerate(finals)]
+    (g,) = group_runs(runs).groups
+    stats = report._group_stats(g)
+    mean, std, n = stats["final_top1"]
+    assert n == 3
+    assert mean == pytest.approx(statistics.mean(finals))
+    assert std == pytest.approx(statistics.stdev(finals))  # n - 1
+
+
+def test_a_row_never_mixes_runs_that_differ_beyond_the_seed(tmp_path):
+    runs = [
+        read_run(complete(tmp_path / "a", 0.9)),
+        read_run(complete(tmp_path / "b", 0.9, seed=1)),
+        read_run(complete(tmp_path / "c", 0.9, lr=0.1)),
+        read_run(complete(tmp_path / "d", 0.9, **{"mode.num_buckets": 5})),
+        read_run(complete(tmp_path / "e", 0.9, **{"dataset.name": "mnist1d"})),
+    ]
+    grouping = group_runs(runs)
+    assert sorted(len(g.runs) for g in grouping.groups) == [1, 1, 1, 2]
+    assert grouping.extra_keys == ["dataset", "lr"]
+    modes = sorted({g.mode for g in grouping.groups})
+    assert modes == ["coord-median(num_buckets=5)", "coord-median(num_buckets=null)"]
+    assert grouping.common["network.name"] == "lenet"
+    # --ignore merges what the user says does not matter
+    assert len(group_runs(runs, ["seed", "train_dir", "lr"]).groups) == 3
+
+
+def test_approach_label_shows_its_parameters(tmp_path):
+    runs = [
+        read_run(complete(tmp_path / "a", 0.9)),
+        read_run(complete(tmp_path / "b", 0.9, approach={"name": "draco_lite", "K": 15, "r": 3})),
+    ]
+    labels = [g.approach for g in group_runs(runs).groups]
+    assert labels == ["draco_lite(K=15, r=3)", "mols(l=5, r=3)"]
+
+
+# --------------------------------------------------------------------------------------
+# The whole report
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_report_shows_every_run_and_aggregates_complete_runs_only(tmp_path):
+    sweep = tmp_path / "sweep"
+    complete(sweep / "0", 0.8, seed=0)
+    complete(sweep / "1", 0.9, seed=1)
+    make_run(sweep / "2", steps=12, top1={10: 0.4}, seed=2)  # died
+    make_run(sweep / "3", steps=3, age=1, seed=3)  # running
+    folder = sweep / "4"  # failed to start: Hydra wrote its config, then the job exited
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(_config(seed=4)))
+    set_age(folder, HOUR)
+
+    rep = write_report([sweep], plots=False, eps=False)
+    assert rep.out == sweep / "report"
+    (row,) = _rows(sweep / "report" / "report.csv")
+    assert row["runs"] == "5" and row["complete"] == "2"
+    assert row["running"] == "1" and row["died"] == "1" and row["failed_to_start"] == "1"
+    assert float(row["final_top1_mean"]) == pytest.approx(0.85)
+    assert float(row["final_top1_std"]) == pytest.approx(statistics.stdev([0.8, 0.9]))
+    assert row["status"] == "2 complete, 1 running 3/30, 1 died at 12/30, 1 failed to start"
+    runs = _rows(sweep / "report" / "runs.csv")
+    assert [r["status"] for r in runs] == [
+        "complete",
+        "complete",
+        "died",
+        "running",
+        "failed to start",
+    ]
+    md = (sweep / "report" / "report.md").read_text()
+    assert "| mols(l=5, r=3) | coord-median | rev_grad | 2 | 2 | 85.00 ± 7.07 |" in md
+    assert "## Runs not complete" in md
+    assert f"`{sweep / '2'}` | died at step 12/30 |" in md
+    assert "| 40.00 @ 10 |" in md  # how far the dead run got
+    assert f"`{sweep / '3'}` | running (3/30) |" in md
+    assert f"`{sweep / '4'}` | failed to start |" in md
+
+
+def test_group_with_no_complete_run_is_shown_without_statistics(tmp_path):
+    make_run(tmp_path / "s" / "0", steps=12)
+    write_report([tmp_path / "s"], plots=False, eps=False)
+    md = (tmp_path / "s" / "report" / "report.md").read_text()
+    assert "| 0 | — | — | 30 | — | — | 1 died at 12/30 |" in md
+
+
+def _multirun_yaml(sweep: Path, task: list[str]) -> None:
+    cfg = {
+        "hydra": {
+            "sweep": {"dir": str(sweep), "subdir": "${hydra.job.num}"},
+            "sweeper": {"params": None},
+            "overrides": {"task": task},
+        }
+    }
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_partial_sweep_lists_the_jobs_that_have_not_started(tmp_path):
+    sweep = tmp_path / "sweep"
+    complete(sweep / "0", 0.9, seed=0)
+    make_run(sweep / "1", steps=4, age=1, seed=1)
+    _multirun_yaml(sweep, ["train_dir=x", "attack.q=1,2", "seed=0,1", "max_steps=30"])
+    size, pending = pending_jobs(sweep.resolve(), [read_run(sweep / "0"), read_run(sweep / "1")])
+    assert size == 4
+    assert [(p.num, p.overrides) for p in pending] == [
+        (2, ["attack.q=2", "seed=0"]),
+        (3, ["attack.q=2", "seed=1"]),
+    ]
+    rep = write_report([sweep], plots=False, eps=False)
+    assert len(rep.pending) == 2
+    md = (sweep / "report" / "report.md").read_text()
+    assert "2 of 4 jobs have a folder" in md
+    assert "job 3 | not started | attack.q=2 seed=1 |" in md
+
+
+def test_runs_outside_the_guarantee_are_marked(tmp_path):
+    complete(tmp_path / "s" / "0", 0.5, info={"outside_guarantee": True})
+    write_report([tmp_path / "s"], plots=False, eps=False)
+    md = (tmp_path / "s" / "report" / "report.md").read_text()
+    assert "| rev_grad | 2* |" in md and "outside the placement's guarantee" in md
+    (row,) = _rows(tmp_path / "s" / "report" / "report.csv")
+    assert row["outside_guarantee"] == "true"
+
+
+def test_several_folders_with_a_nested_layout(tmp_path):
+    complete(tmp_path / "a" / "x" / "run1", 0.9)
+    complete(tmp_path / "b" / "run2", 0.7, seed=1)
+    out = tmp_path / "out"
+    rep = write_report([tmp_path / "a", tmp_path / "b"], out, plots=False, eps=False)
+    assert rep.out == out and len(rep.runs) == 2
+    (row,) = _rows(out / "report.csv")
+    assert row["seeds"] == "0 1" and row["complete"] == "2"
+
+
+def test_progress_is_reported_on_large_sweeps(tmp_path):
+    for s in range(5):
+        complete(tmp_path / str(s), 0.9, seed=s)
+    lines: list[str] = []
+    write_report([tmp_path], plots=False, eps=False, progress_every=2, say=lines.append)
+    assert lines[0] == "report: reading 5 runs"
+    assert [ln for ln in lines if "/5 runs" in ln] == [
+        "report: read 2/5 runs (0 s)",
+        "report: read 4/5 runs (0 s)",
+        "report: read 5/5 runs (0 s)",
+    ]
+
+
+def test_eps_table_compares_the_placement_with_detox_and_the_baseline(tmp_path):
+    complete(tmp_path / "a", 0.9)
+    notes: list[str] = []
+    (curve,) = report.eps_curves([read_run(tmp_path / "a")], q_max=7, notes=notes)
+    assert [r.c_max for r in curve.rows] == [0, 0, 1, 3, 5, 8, 12, 14]  # mols l=5 r=3
+    assert curve.certified and curve.K == 15 and curve.f == 25
+    assert curve.detox_r == 3
+    assert curve.detox_eps == [min(q // 2, 5) / 5 for q in range(8)]
+    assert curve.used == [(2, 1 / 25)]
+
+
+# --------------------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_writes_tables_and_plots_and_says_where(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for s in range(2):
+        complete(tmp_path / "s" / str(s), 0.9 - s / 10, seed=s)
+        complete(tmp_path / "s" / f"q1_{s}", 0.95, seed=s, **{"attack.q": 1})
+    make_run(tmp_path / "s" / "dead", steps=12, top1={10: 0.3}, **{"attack.q": 3})
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert f"to {tmp_path / 'out'}" in printed
+    assert "5 runs in 3 groups (4 complete, 1 died)" in printed
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [
+        "accuracy_vs_q.png",
+        "accuracy_vs_step_coord-median_q=1.png",
+        "accuracy_vs_step_coord-median_q=2.png",
+        "accuracy_vs_step_coord-median_q=3.png",
+        "eps_vs_q.png",
+        "report.csv",
+        "report.md",
+        "runs.csv",
+    ]
+    for name in names:
+        if name.endswith(".png"):
+            assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "![eps_vs_q.png](eps_vs_q.png)" in md
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "error: no such folder: "),
+        (lambda p: p.mkdir(), "error: no runs under "),
+        (lambda p: p.write_text("x"), "error: not a folder: "),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, setup, message):
+    target = tmp_path / "target"
+    setup(target)
+    assert main([str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_corrupt_line_is_a_warning_on_stderr_not_a_crash(tmp_path, capsys):
+    make_run(tmp_path / "a", steps=30, top1={30: 0.8}, extra_lines=("{oops\n",))
+    assert main([str(tmp_path / "a"), "--no-plots", "--no-eps"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "skipped 1 unreadable line (line 32)" in err
+
+
+def test_ignore_option_merges_rows_that_differ_in_those_keys(tmp_path, capsys):
+    complete(tmp_path / "a", 0.9, threads=1)
+    complete(tmp_path / "b", 0.8, seed=1, threads=2)
+    complete(tmp_path / "c", 0.8, seed=2, threads=2, log_every=5)
+    args = [str(tmp_path), "--no-plots", "--no-eps", "-q"]
+    assert main(args) == 0
+    assert "3 runs in 3 groups" in capsys.readouterr().out
+    assert main([*args, "--ignore", "threads,log_every"]) == 0
+    assert "3 runs in 1 group " in capsys.readouterr().out
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Not distinguishing rows: seed, train_dir, threads, log_every." in md
+
+
+def test_help_describes_the_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--out", "--stale-after", "--ignore", "--no-plots", "--eps-work"):
+        assert option in text
+
+
+# --------------------------------------------------------------------------------------
+# One tiny real sweep, end to end through the simulate engine
+
+
+def test_real_sweep_end_to_end(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    train = [
+        sys.executable,
+        "-m",
+        "byzshield.train",
+        "-m",
+        f"train_dir={sweep}",
+        "approach=mols,draco_lite",
+        "attack.q=2",
+        "seed=0,1",
+        "max_steps=4",
+        "eval_freq=2",
+        "checkpoint=false",
+        "threads=1",
+    ]
+    proc = subprocess.run(train, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cmd = [sys.executable, "-m", "byzshield.report", str(sweep), "--no-plots"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 runs in 2 groups (4 complete)" in proc.stdout
+    rows = _rows(sweep / "report" / "report.csv")
+    assert [(r["approach"], r["complete"], r["seeds"]) for r in rows] == [
+        ("draco_lite(K=15, r=3)", "2", "0 1"),
+        ("mols(l=5, r=3)", "2", "0 1"),
+    ]
+    for r in rows:
+        assert 0 < float(r["final_top1_mean"]) <= 1 and float(r["train_s_mean"]) > 0
+    mols = rows[1]
+    assert float(mols["distorted_frac_mean"]) == pytest.approx(1 / 25)  # c_max(2) = 1 of 25
+    md = (sweep / "report" / "report.md").read_text()
+    assert "16 of 16" not in md and "4 of 4 jobs have a folder" in md
+    assert "| 2 | 1 | 0.040 | yes | 0.200 | 0.133 |" in md  # eps(2): mols vs DETOX, baseline
