@@ -44,7 +44,7 @@ def _detox_eps(K: int, r: int, q_max: int) -> tuple[int | None, list[float] | No
     """
     for size in (r, 3, 5, 2):
         if size >= 2 and K % size == 0:
-            groups, rp = K // size, (size + 1) // 2
+            groups, rp = K // size, size // 2 + 1  # a strict majority, as the vote needs
             return size, [min(q // rp, groups) / groups for q in range(q_max + 1)]
     return None, None
 

@@ -68,8 +68,14 @@ def test_simulate_threads_do_not_change_the_bits(tmp_path):
 @pytest.mark.parametrize(
     "design",
     [
-        ("approach=draco_lite", "approach.K=6", "approach.r=2", "mode=mean", "attack.q=3",
-         "attack.selection=worst_case"),  # fmt: skip
+        (
+            "approach=draco_lite",
+            "approach.K=6",
+            "approach.r=2",
+            "mode=mean",
+            "attack.q=3",
+            "attack.selection=worst_case",
+        ),  # fmt: skip
         ("approach=mols", "approach.l=3", "approach.r=2", "batch_size=90", "mode=mean"),
         ("approach=mols", "approach.l=4", "approach.r=3", "batch_size=96", "attack.q=4"),
         ("approach=rama_two", "approach.m=4", "approach.s=2", "batch_size=96", "mode=mean"),
