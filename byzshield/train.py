@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -26,6 +25,7 @@ from byzshield.config import add_server_parts, build_run, load_config, register_
 from byzshield.engines import build_engine
 from byzshield.engines.torchrun import run_worker
 from byzshield.launcher import check_train_overrides, fail, launch_torchrun, log_to_folder
+from byzshield.networks import use_kernels
 from byzshield.runfolder import CheckpointError, prepare
 from byzshield.trainer import Trainer, TrainingError, announce
 
@@ -35,9 +35,9 @@ register_schema()
 
 @hydra.main(config_path="pkg://byzshield.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    torch.set_num_threads(1)  # bit-identical replicas need equal thread counts
     try:
         config = load_config(cfg)
+        use_kernels(config.network.name)  # one thread, the same kernels in every process
         engine = (
             config.engine
             if config.engine != "auto"

@@ -89,9 +89,10 @@ def test_torchrun_and_simulate_give_the_same_bits(tmp_path, design):
     assert len(seen) == 8
 
 
-def test_simulated_stragglers_give_the_same_bits_in_both_engines(tmp_path):
+def test_stragglers_and_the_1d_network_give_the_same_bits_in_both_engines(tmp_path):
     nproc, *overrides = DESIGNS["rama_two"]
-    ovs = (*overrides, *COMMON, "attack=alie", "stragglers=2")
+    # MNIST-1D's 1-D CNN runs without oneDNN: covers the other kernel path too
+    ovs = (*overrides, *COMMON, "attack=alie", "stragglers=2", "dataset=mnist1d", "network=cnn1d")
     proc = subprocess.run(
         torchrun_cmd(nproc, f"train_dir={tmp_path / 'tr'}", *ovs),
         capture_output=True,

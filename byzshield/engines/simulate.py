@@ -153,8 +153,10 @@ def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = Tr
     from byzshield.trainer import Trainer, announce
 
     config = compose_config([*overrides, f"train_dir={folder}"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a worker: one intra-op thread per replica
+    from byzshield.networks import use_kernels
+
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    use_kernels(config.network.name)  # as a worker: one intra-op thread per replica
     try:
         run = build_run(config)
         folder, resume = prepare(Path(folder), config)
@@ -167,3 +169,4 @@ def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = Tr
             return Trainer(run, engine, folder, device=config.device, resume=resume).train()
     finally:
         torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
