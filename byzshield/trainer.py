@@ -155,17 +155,25 @@ class MetricsLog:
 
     def __init__(self, folder: Path):
         self.file = open(folder / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        self.folder, self.tb, self._tb_tried = folder, None, False
 
-            self.tb = SummaryWriter(str(folder / "tensorboard"))
-        except ImportError:
-            self.tb = None
+    def _tensorboard(self):
+        """The events writer, opened at the first record: a run with nothing left to do
+        adds no events file."""
+        if not self._tb_tried:
+            self._tb_tried = True
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.folder / "tensorboard"))
+            except ImportError:
+                self.tb = None
+        return self.tb
 
     def write(self, record: dict) -> None:
         clean = {k: _finite_or_none(v) for k, v in record.items()}
         self.file.write(json.dumps(clean, allow_nan=False) + "\n")
-        if self.tb is not None:
+        if self._tensorboard() is not None:
             prefix = "eval/" if record.get("event") == "eval" else "train/"
             for k, v in clean.items():
                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "step":
