@@ -25,10 +25,12 @@ __all__ = ["Comm", "RankFailure", "init"]
 
 
 class RankFailure(RuntimeError):
-    """A peer rank crashed, closed its connection or stayed silent past the timeout."""
+    """A peer rank crashed, closed its connection or stayed silent past the timeout
+    (``timed_out``); ``rank`` is the peer's."""
 
-    def __init__(self, rank: int, what: str):
+    def __init__(self, rank: int, what: str, *, timed_out: bool = False):
         self.rank = rank
+        self.timed_out = timed_out
         super().__init__(what)
 
 
@@ -52,7 +54,7 @@ class Comm:
         try:
             dist.broadcast(tensor, src=0)
         except RuntimeError as exc:
-            raise RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}") from None
+            raise _server_failure(exc, self.timeout) from None
 
     def broadcast_text(self, text: str | None) -> str:
         """Rank 0's string on every rank (e.g. the output folder rank 0 chose)."""
@@ -81,7 +83,7 @@ class Comm:
         try:
             dist.recv(tensor, src=0)
         except RuntimeError as exc:
-            raise RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}") from None
+            raise _server_failure(exc, self.timeout) from None
 
     def send_to_server(self, tensor: torch.Tensor) -> None:
         """A worker's message to rank 0."""
@@ -90,7 +92,7 @@ class Comm:
         try:
             dist.send(tensor, dst=0)
         except RuntimeError as exc:
-            raise RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}") from None
+            raise _server_failure(exc, self.timeout) from None
 
     def receive_from_workers(self, buffers) -> None:
         """Rank 0: fill ``buffers[w]`` (a tensor's rows, or a list of tensors) with worker
@@ -108,13 +110,9 @@ class Comm:
             try:
                 ok = work.wait(timedelta(seconds=left))
             except RuntimeError as exc:
-                raise RankFailure(rank, _failure(rank, exc, self.timeout)) from None
+                raise _worker_failure(rank, exc, self.timeout) from None
             if ok is False:
-                raise RankFailure(
-                    rank,
-                    f"rank {rank} (worker {rank - 1}) did not answer "
-                    f"within {self.timeout:g} s (timeout)",
-                )
+                raise _worker_failure(rank, TimeoutError("timed out"), self.timeout)
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
@@ -126,11 +124,29 @@ def _short(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
-def _failure(rank: int, exc: BaseException, timeout: float) -> str:
+def _timed_out(exc: BaseException) -> bool:
     text = str(exc).lower()
-    if "timed out" in text or "timeout" in text:
-        return f"rank {rank} (worker {rank - 1}) did not answer within {timeout:g} s (timeout)"
-    return f"rank {rank} (worker {rank - 1}) failed or closed its connection: {_short(exc)}"
+    return "timed out" in text or "timeout" in text
+
+
+def _worker_failure(rank: int, exc: BaseException, timeout: float) -> RankFailure:
+    who = f"rank {rank} (worker {rank - 1})"
+    if _timed_out(exc):
+        return RankFailure(
+            rank, f"{who} did not answer within {timeout:g} s (timeout)", timed_out=True
+        )
+    return RankFailure(rank, f"{who} failed or closed its connection: {_short(exc)}")
+
+
+def _server_failure(exc: BaseException, timeout: float) -> RankFailure:
+    """What a worker says when rank 0 fails: a hung server is named by no one else."""
+    if _timed_out(exc):
+        return RankFailure(
+            0,
+            f"the parameter server (rank 0) did not answer within {timeout:g} s (timeout)",
+            timed_out=True,
+        )
+    return RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}")
 
 
 def init(*, timeout: float, job: int = 0) -> Comm:

@@ -15,9 +15,12 @@ from byzshield.overrides import UsageError, compose
 __all__ = ["check_train_overrides", "fail", "launch_torchrun", "log_to_folder"]
 
 
-def fail(message: str, code: int) -> None:
-    """Exit with ``code``; only rank 0 prints ``message`` (one line, no traceback)."""
-    if int(os.environ.get("RANK", "0")) == 0:
+def fail(message: str, code: int, *, console: bool | None = None) -> None:
+    """Exit with ``code`` after writing ``message`` (one line, no traceback) to this
+    rank's log, once it has one, and to stderr: by rank 0 only unless ``console``."""
+    if any(isinstance(h, logging.FileHandler) for h in logging.getLogger("byzshield").handlers):
+        logging.getLogger("byzshield.launcher").error(message)
+    if console if console is not None else int(os.environ.get("RANK", "0")) == 0:
         print(message, file=sys.stderr, flush=True)
     sys.exit(code)
 
