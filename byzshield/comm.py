@@ -9,19 +9,33 @@ failed").
 With no WORLD_SIZE in the environment, :func:`init` returns a single-process
 :class:`Comm` whose collectives are no-ops, so server and worker code can be called and
 tested in one process.
+
+What listens on the network: gloo's one socket per rank, on the interface named by
+``GLOO_SOCKET_IFNAME`` (:func:`init` sets it to the loopback interface when every rank
+is on this machine; otherwise gloo uses the address the hostname resolves to), and the
+rendezvous stores (unauthenticated TCP key-value stores). torchrun's own stores listen
+on every interface whatever address they are given; ``python -m byzshield.comm`` is
+torchrun with each store bound to the IP address it is given, and 127.0.0.1 for a
+single-node run (:func:`torchrun`)::
+
+    python -m byzshield.comm --standalone --nproc-per-node 16 -m byzshield.train
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Comm", "RankFailure", "init"]
+__all__ = ["Comm", "RankFailure", "init", "torchrun"]
 
 
 class RankFailure(RuntimeError):
@@ -154,7 +168,8 @@ def init(*, timeout: float, job: int = 0) -> Comm:
 
     Each Hydra multirun job passes its own ``job`` number: its process group lives under
     its own key prefix of the rendezvous store, so consecutive jobs never see each
-    other's keys.
+    other's keys. When every rank runs on this machine (LOCAL_WORLD_SIZE = WORLD_SIZE)
+    and GLOO_SOCKET_IFNAME is unset, gloo is bound to the loopback interface.
     """
     if "WORLD_SIZE" not in os.environ:
         return Comm(timeout=timeout)
@@ -162,13 +177,17 @@ def init(*, timeout: float, job: int = 0) -> Comm:
     world = int(os.environ["WORLD_SIZE"])
     host = os.environ.get("MASTER_ADDR", "127.0.0.1")
     port = int(os.environ.get("MASTER_PORT", "29500"))
+    if "GLOO_SOCKET_IFNAME" not in os.environ and os.environ.get("LOCAL_WORLD_SIZE") == str(world):
+        loopback = _loopback_interface()
+        if loopback:
+            os.environ["GLOO_SOCKET_IFNAME"] = loopback  # read by gloo's device: no other door
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    store = dist.TCPStore(
+    store = _tcp_store(
         host,
         port,
-        world_size=None if agent_store else world,
-        is_master=(rank == 0 and not agent_store),
-        timeout=timedelta(seconds=timeout),
+        None if agent_store else world,
+        rank == 0 and not agent_store,
+        timedelta(seconds=timeout),
         wait_for_workers=False,
     )
     prefixed = dist.PrefixStore(f"byzshield/job{job}/", store)
@@ -180,3 +199,103 @@ def init(*, timeout: float, job: int = 0) -> Comm:
         timeout=timedelta(seconds=timeout),
     )
     return Comm(rank=rank, world_size=world, timeout=timeout, distributed=True)
+
+
+def _loopback_interface() -> str | None:
+    names = [name for _, name in socket.if_nameindex()]
+    return "lo" if "lo" in names else next((n for n in names if n.startswith("lo")), None)
+
+
+def _tcp_store(
+    host_name: str,
+    port: int,
+    world_size: int | None = None,
+    is_master: bool = False,
+    timeout: timedelta = timedelta(seconds=300),
+    wait_for_workers: bool = True,
+    multi_tenant: bool = False,
+    master_listen_fd: int | None = None,
+    use_libuv: bool = True,
+) -> dist.TCPStore:
+    """``dist.TCPStore`` (same arguments), except that a server given an IP address
+    listens on that address only; TCPStore's own server listens on every interface
+    (0.0.0.0 and ::). A host name is left to TCPStore: it may resolve to a different
+    address here (e.g. 127.0.1.1) than on the nodes that connect to it."""
+    if is_master and master_listen_fd is None and _is_ip(host_name):
+        listener = _listen(host_name, port)
+        port = listener.getsockname()[1]
+        master_listen_fd = listener.detach()  # the store's server owns it from here
+    return dist.TCPStore(
+        host_name,
+        port,
+        world_size,
+        is_master,
+        timeout,
+        wait_for_workers,
+        multi_tenant,
+        master_listen_fd,
+        use_libuv,
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host``:``port`` (RuntimeError, like TCPStore's, if not)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc}") from None
+    return sock
+
+
+def _shared_store_server(handler, master_addr: str, master_port: int) -> dist.TCPStore:
+    return _tcp_store(master_addr, master_port, is_master=True, multi_tenant=True)
+
+
+def torchrun(argv: Sequence[str]) -> None:
+    """torchrun (``torch.distributed.run``, same arguments) whose rendezvous stores,
+    given an IP address (the rendezvous endpoint, ``--master-addr``, ``--local-addr``),
+    listen on that address only. A single-node run (``--standalone``, or no rendezvous
+    arguments) uses 127.0.0.1 throughout: nothing listens beyond loopback."""
+    from torch.distributed import run
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import record
+    from torch.distributed.elastic.rendezvous import (
+        c10d_rendezvous_backend,
+        dynamic_rendezvous,
+        static_tcp_rendezvous,
+    )
+
+    # The three places torchrun's agent creates a store server (torch 2.4 to 2.14).
+    c10d_rendezvous_backend.TCPStore = _tcp_store
+    static_tcp_rendezvous.TCPStore = _tcp_store
+    dynamic_rendezvous.DynamicRendezvousHandler._create_tcp_store_server = _shared_store_server
+    args = run.parse_args(list(argv))
+    one_node = args.rdzv_backend == "static" and not args.rdzv_endpoint
+    one_node = one_node and args.master_port is None
+    if args.standalone or (one_node and run.parse_min_max_nnodes(args.nnodes)[1] == 1):
+        # what torchrun does for these, with 127.0.0.1 in place of localhost and the FQDN
+        args.standalone = False
+        args.rdzv_backend, args.rdzv_endpoint = "c10d", "127.0.0.1:0"
+        args.rdzv_id = str(uuid.uuid4())
+        args.local_addr = args.local_addr or "127.0.0.1"
+    try:
+        record(run.run)(args)
+    except SignalException as exc:  # the agent has stopped every rank: one line, no traceback
+        print(f"torchrun: stopped by {exc.sigval.name}; every rank has exited", file=sys.stderr)
+        sys.exit(128 + exc.sigval)
+
+
+if __name__ == "__main__":
+    torchrun(sys.argv[1:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -36,7 +37,12 @@ def check_train_overrides(argv: Sequence[str]) -> None:
 
 
 def launch_torchrun(world_size: int) -> int:
-    """Re-run this Hydra job under `torchrun --standalone` with ``world_size`` processes."""
+    """Re-run this Hydra job under torchrun with ``world_size`` processes on this machine,
+    everything listening on 127.0.0.1 only (``python -m byzshield.comm --standalone``).
+
+    torchrun runs in its own session, so a terminal's Ctrl-C reaches this process alone;
+    SIGINT, SIGTERM and SIGHUP are passed on to torchrun as one SIGTERM, which stops every
+    rank, and the exit code is then 128 + the signal's number."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
@@ -50,7 +56,7 @@ def launch_torchrun(world_size: int) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "byzshield.comm",  # torchrun, its stores bound to 127.0.0.1
         "--standalone",
         "--nproc-per-node",
         str(world_size),
@@ -64,10 +70,27 @@ def launch_torchrun(world_size: int) -> int:
         f"{world_size} -m byzshield.train {' '.join(overrides)}",
         flush=True,
     )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stopped: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        if not stopped:
+            torchrun.send_signal(signal.SIGTERM)
+        stopped.append(signum)
+
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, stop) for s in caught}
     try:
-        return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    except KeyboardInterrupt:
-        return 130
+        code = torchrun.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        name = signal.Signals(stopped[0]).name
+        print(f"stopped by {name}: torchrun and every rank have exited", file=sys.stderr)
+        return 128 + stopped[0]
+    return code
 
 
 def log_to_folder(folder: Path, rank: int) -> None:
