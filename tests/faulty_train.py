@@ -1,6 +1,7 @@
 """`python -m byzshield.train`, except that worker rank FAULTY_RANK sends payloads of
 FAULTY_EXTRA values too many (or too few, if negative) while its header still announces
-the right length: a test stand-in for a buggy or lying worker. Production code has no
+the right length, or headers of the wrong length with FAULTY_MESSAGE=header: a test
+stand-in for a buggy or lying worker. Production code has no
 such switch; this script patches :meth:`byzshield.comm.Comm.send_to_server` and runs
 the real entry point.
 
@@ -19,13 +20,14 @@ from byzshield.comm import Comm
 from byzshield.protocol import END
 
 RANK, EXTRA = int(os.environ["FAULTY_RANK"]), int(os.environ["FAULTY_EXTRA"])
+PAYLOAD = os.environ.get("FAULTY_MESSAGE", "payload") == "payload"
 _send = Comm.send_to_server
 _sent = [0]
 
 
 def send_to_server(self: Comm, tensor: torch.Tensor) -> None:
     _sent[0] += 1
-    if self.rank == RANK and _sent[0] % 2 == 0:  # a worker sends header, payload, header, ...
+    if self.rank == RANK and (_sent[0] % 2 == 0) == PAYLOAD:  # header, payload, header, ...
         body = tensor[:-1]
         body = body[:EXTRA] if EXTRA < 0 else torch.cat([body, torch.zeros(EXTRA)])
         tensor = torch.cat([body, torch.tensor([END])])

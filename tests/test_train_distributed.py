@@ -247,33 +247,36 @@ def test_a_hung_or_crashed_worker_stops_the_run_naming_its_rank(tmp_path, fault)
 TINY = ("approach=baseline", "approach.K=3", "batch_size=30", "mode=mean", "attack=none")
 
 
-@pytest.mark.parametrize("extra", [-10, 10])
-def test_a_worker_payload_of_the_wrong_length_stops_the_run_naming_its_rank(tmp_path, extra):
-    """Its header announces the right length (a lying worker); gloo alone would accept
-    the short payload with stale memory in the rest and abort the server on the long one."""
+@pytest.mark.parametrize(
+    ("message", "extra", "name"),
+    [("payload", -10, "payload"), ("payload", 10, "payload"), ("header", 10, "reply header")],
+)
+def test_a_worker_reply_of_the_wrong_length_stops_the_run_naming_its_rank(
+    tmp_path, message, extra, name
+):
+    """A payload's header announces the right length (a lying worker); gloo alone would
+    accept a short message with stale memory in the rest and abort the server on a long one."""
     folder = tmp_path / "run"
     cmd = torchrun_cmd(4, f"train_dir={folder}", *TINY, "max_steps=5", "eval_freq=0")
     script = str(Path(__file__).with_name("faulty_train.py"))
     cmd[cmd.index("-m", cmd.index("--nproc-per-node")) : cmd.index("byzshield.train") + 1] = [
         script
     ]
+    faulty = {"FAULTY_RANK": "2", "FAULTY_EXTRA": str(extra), "FAULTY_MESSAGE": message}
+    t0 = time.monotonic()
     proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-        env=dict(run_env(), FAULTY_RANK="2", FAULTY_EXTRA=str(extra)),
+        cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env={**run_env(), **faulty}
     )
     what = "shorter" if extra < 0 else "longer"
     ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     assert proc.returncode != 0 and len(ours) == 1, proc.stderr[-4000:]
     assert re.fullmatch(
-        rf"error \(rank 0\): rank 2 \(worker 1\) sent a payload {what} than the (\d+) values "
+        rf"error \(rank 0\): rank 2 \(worker 1\) sent a {name} {what} than the (\d+) values "
         r"expected( \(no end marker after value \1\))?",
         ours[0],
     ), ours
     assert ours[0] in (folder / "rank0.log").read_text()
+    assert time.monotonic() - t0 < 120  # no timeout waited for: workers mid-send just exit
     assert "SIGABRT" not in proc.stderr and "exitcode  : -6" not in proc.stderr
 
 
