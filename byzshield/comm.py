@@ -259,7 +259,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _shared_store_server(handler, master_addr: str, master_port: int) -> dist.TCPStore:
+def _shared_store_server(_handler, master_addr: str, master_port: int) -> dist.TCPStore:
     return _tcp_store(master_addr, master_port, is_master=True, multi_tenant=True)
 
 
@@ -277,10 +277,21 @@ def torchrun(argv: Sequence[str]) -> None:
         static_tcp_rendezvous,
     )
 
-    # The three places torchrun's agent creates a store server (torch 2.4 to 2.14).
+    # The three places torchrun's agent creates a store server (read in torch 2.14).
+    handler = dynamic_rendezvous.DynamicRendezvousHandler
+    for owner, name in (
+        (c10d_rendezvous_backend, "TCPStore"),
+        (static_tcp_rendezvous, "TCPStore"),
+        (handler, "_create_tcp_store_server"),
+    ):
+        if not hasattr(owner, name):
+            raise RuntimeError(
+                f"torch {torch.__version__} has no {owner.__name__}.{name}: byzshield.comm "
+                "cannot bind torchrun's stores; use torchrun itself (stores on every interface)"
+            )
     c10d_rendezvous_backend.TCPStore = _tcp_store
     static_tcp_rendezvous.TCPStore = _tcp_store
-    dynamic_rendezvous.DynamicRendezvousHandler._create_tcp_store_server = _shared_store_server
+    handler._create_tcp_store_server = _shared_store_server
     args = run.parse_args(list(argv))
     one_node = args.rdzv_backend == "static" and not args.rdzv_endpoint
     one_node = one_node and args.master_port is None

@@ -21,7 +21,9 @@ def fail(message: str, code: int, *, console: bool | None = None) -> None:
     rank's log, once it has one, and to stderr: by rank 0 only unless ``console``."""
     if any(isinstance(h, logging.FileHandler) for h in logging.getLogger("byzshield").handlers):
         logging.getLogger("byzshield.launcher").error(message)
-    if console if console is not None else int(os.environ.get("RANK", "0")) == 0:
+    if console is None:
+        console = int(os.environ.get("RANK", "0")) == 0
+    if console:
         print(message, file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -70,18 +72,25 @@ def launch_torchrun(world_size: int) -> int:
         f"{world_size} -m byzshield.train {' '.join(overrides)}",
         flush=True,
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    torchrun = subprocess.Popen(cmd, env=env, start_new_session=True)
+    torchrun: subprocess.Popen | None = None
     stopped: list[int] = []
+    sent: list[bool] = []
+
+    def terminate() -> None:
+        if torchrun is not None and stopped and not sent:  # once: a second cuts its cleanup
+            sent.append(True)
+            torchrun.send_signal(signal.SIGTERM)
 
     def stop(signum: int, _frame: object) -> None:
-        if not stopped:
-            torchrun.send_signal(signal.SIGTERM)
         stopped.append(signum)
+        terminate()
 
     caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.signal(s, stop) for s in caught}
+    previous = {s: signal.signal(s, stop) for s in caught}  # before torchrun: no orphan
     try:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        torchrun = subprocess.Popen(cmd, env=env, start_new_session=True)
+        terminate()  # for a signal that came while it started
         code = torchrun.wait()
     finally:
         for s, handler in previous.items():

@@ -200,7 +200,7 @@ class Slot:
                 f"got {buffer.numel()}"
             )
         self.buffer, self.size = buffer, size
-        self._bits = buffer.view(torch.int32)
+        self._bits = buffer.view(torch.int32).numpy()  # shares memory; cheap to index
         self._spare = 0
 
     @staticmethod
@@ -213,7 +213,7 @@ class Slot:
         if end == _END_BITS:
             end ^= 1
         self._spare = spare
-        self._bits[self.size : self.size + 2] = torch.tensor([end, spare], dtype=torch.int32)
+        self._bits[self.size], self._bits[self.size + 1] = end, spare
 
     def check(self, who: str, what: str) -> None:
         """Refuse a message that was not exactly ``size`` values and END (one line)."""
