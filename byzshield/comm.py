@@ -9,26 +9,42 @@ failed").
 With no WORLD_SIZE in the environment, :func:`init` returns a single-process
 :class:`Comm` whose collectives are no-ops, so server and worker code can be called and
 tested in one process.
+
+What listens on the network: gloo's one socket per rank, on the interface named by
+``GLOO_SOCKET_IFNAME`` (:func:`init` sets it to the loopback interface when every rank
+is on this machine; otherwise gloo uses the address the hostname resolves to), and the
+rendezvous stores (unauthenticated TCP key-value stores). torchrun's own stores listen
+on every interface whatever address they are given; ``python -m byzshield.comm`` is
+torchrun with each store bound to the IP address it is given, and 127.0.0.1 for a
+single-node run (:func:`torchrun`)::
+
+    python -m byzshield.comm --standalone --nproc-per-node 16 -m byzshield.train
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Comm", "RankFailure", "init"]
+__all__ = ["Comm", "RankFailure", "init", "torchrun"]
 
 
 class RankFailure(RuntimeError):
-    """A peer rank crashed, closed its connection or stayed silent past the timeout."""
+    """A peer rank crashed, closed its connection or stayed silent past the timeout
+    (``timed_out``); ``rank`` is the peer's."""
 
-    def __init__(self, rank: int, what: str):
+    def __init__(self, rank: int, what: str, *, timed_out: bool = False):
         self.rank = rank
+        self.timed_out = timed_out
         super().__init__(what)
 
 
@@ -52,7 +68,7 @@ class Comm:
         try:
             dist.broadcast(tensor, src=0)
         except RuntimeError as exc:
-            raise RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}") from None
+            raise _server_failure(exc, self.timeout) from None
 
     def broadcast_text(self, text: str | None) -> str:
         """Rank 0's string on every rank (e.g. the output folder rank 0 chose)."""
@@ -81,7 +97,7 @@ class Comm:
         try:
             dist.recv(tensor, src=0)
         except RuntimeError as exc:
-            raise RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}") from None
+            raise _server_failure(exc, self.timeout) from None
 
     def send_to_server(self, tensor: torch.Tensor) -> None:
         """A worker's message to rank 0."""
@@ -90,7 +106,7 @@ class Comm:
         try:
             dist.send(tensor, dst=0)
         except RuntimeError as exc:
-            raise RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}") from None
+            raise _server_failure(exc, self.timeout) from None
 
     def receive_from_workers(self, buffers) -> None:
         """Rank 0: fill ``buffers[w]`` (a tensor's rows, or a list of tensors) with worker
@@ -108,13 +124,9 @@ class Comm:
             try:
                 ok = work.wait(timedelta(seconds=left))
             except RuntimeError as exc:
-                raise RankFailure(rank, _failure(rank, exc, self.timeout)) from None
+                raise _worker_failure(rank, exc, self.timeout) from None
             if ok is False:
-                raise RankFailure(
-                    rank,
-                    f"rank {rank} (worker {rank - 1}) did not answer "
-                    f"within {self.timeout:g} s (timeout)",
-                )
+                raise _worker_failure(rank, TimeoutError("timed out"), self.timeout)
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
@@ -126,11 +138,29 @@ def _short(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
-def _failure(rank: int, exc: BaseException, timeout: float) -> str:
+def _timed_out(exc: BaseException) -> bool:
     text = str(exc).lower()
-    if "timed out" in text or "timeout" in text:
-        return f"rank {rank} (worker {rank - 1}) did not answer within {timeout:g} s (timeout)"
-    return f"rank {rank} (worker {rank - 1}) failed or closed its connection: {_short(exc)}"
+    return "timed out" in text or "timeout" in text
+
+
+def _worker_failure(rank: int, exc: BaseException, timeout: float) -> RankFailure:
+    who = f"rank {rank} (worker {rank - 1})"
+    if _timed_out(exc):
+        return RankFailure(
+            rank, f"{who} did not answer within {timeout:g} s (timeout)", timed_out=True
+        )
+    return RankFailure(rank, f"{who} failed or closed its connection: {_short(exc)}")
+
+
+def _server_failure(exc: BaseException, timeout: float) -> RankFailure:
+    """What a worker says when rank 0 fails: a hung server is named by no one else."""
+    if _timed_out(exc):
+        return RankFailure(
+            0,
+            f"the parameter server (rank 0) did not answer within {timeout:g} s (timeout)",
+            timed_out=True,
+        )
+    return RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}")
 
 
 def init(*, timeout: float, job: int = 0) -> Comm:
@@ -138,7 +168,8 @@ def init(*, timeout: float, job: int = 0) -> Comm:
 
     Each Hydra multirun job passes its own ``job`` number: its process group lives under
     its own key prefix of the rendezvous store, so consecutive jobs never see each
-    other's keys.
+    other's keys. When every rank runs on this machine (LOCAL_WORLD_SIZE = WORLD_SIZE)
+    and GLOO_SOCKET_IFNAME is unset, gloo is bound to the loopback interface.
     """
     if "WORLD_SIZE" not in os.environ:
         return Comm(timeout=timeout)
@@ -146,13 +177,17 @@ def init(*, timeout: float, job: int = 0) -> Comm:
     world = int(os.environ["WORLD_SIZE"])
     host = os.environ.get("MASTER_ADDR", "127.0.0.1")
     port = int(os.environ.get("MASTER_PORT", "29500"))
+    if "GLOO_SOCKET_IFNAME" not in os.environ and os.environ.get("LOCAL_WORLD_SIZE") == str(world):
+        loopback = _loopback_interface()
+        if loopback:
+            os.environ["GLOO_SOCKET_IFNAME"] = loopback  # read by gloo's device: no other door
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    store = dist.TCPStore(
+    store = _tcp_store(
         host,
         port,
-        world_size=None if agent_store else world,
-        is_master=(rank == 0 and not agent_store),
-        timeout=timedelta(seconds=timeout),
+        None if agent_store else world,
+        rank == 0 and not agent_store,
+        timedelta(seconds=timeout),
         wait_for_workers=False,
     )
     # a restarted attempt (torchrun --max-restarts) must not read the dead attempt's keys
@@ -166,3 +201,114 @@ def init(*, timeout: float, job: int = 0) -> Comm:
         timeout=timedelta(seconds=timeout),
     )
     return Comm(rank=rank, world_size=world, timeout=timeout, distributed=True)
+
+
+def _loopback_interface() -> str | None:
+    names = [name for _, name in socket.if_nameindex()]
+    return "lo" if "lo" in names else next((n for n in names if n.startswith("lo")), None)
+
+
+def _tcp_store(
+    host_name: str,
+    port: int,
+    world_size: int | None = None,
+    is_master: bool = False,
+    timeout: timedelta = timedelta(seconds=300),
+    wait_for_workers: bool = True,
+    multi_tenant: bool = False,
+    master_listen_fd: int | None = None,
+    use_libuv: bool = True,
+) -> dist.TCPStore:
+    """``dist.TCPStore`` (same arguments), except that a server given an IP address
+    listens on that address only; TCPStore's own server listens on every interface
+    (0.0.0.0 and ::). A host name is left to TCPStore: it may resolve to a different
+    address here (e.g. 127.0.1.1) than on the nodes that connect to it."""
+    if is_master and master_listen_fd is None and _is_ip(host_name):
+        listener = _listen(host_name, port)
+        port = listener.getsockname()[1]
+        master_listen_fd = listener.detach()  # the store's server owns it from here
+    return dist.TCPStore(
+        host_name,
+        port,
+        world_size,
+        is_master,
+        timeout,
+        wait_for_workers,
+        multi_tenant,
+        master_listen_fd,
+        use_libuv,
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host``:``port`` (RuntimeError, like TCPStore's, if not)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc}") from None
+    return sock
+
+
+def _shared_store_server(_handler, master_addr: str, master_port: int) -> dist.TCPStore:
+    return _tcp_store(master_addr, master_port, is_master=True, multi_tenant=True)
+
+
+def torchrun(argv: Sequence[str]) -> None:
+    """torchrun (``torch.distributed.run``, same arguments) whose rendezvous stores,
+    given an IP address (the rendezvous endpoint, ``--master-addr``, ``--local-addr``),
+    listen on that address only. A single-node run (``--standalone``, or no rendezvous
+    arguments) uses 127.0.0.1 throughout: nothing listens beyond loopback."""
+    from torch.distributed import run
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import record
+    from torch.distributed.elastic.rendezvous import (
+        c10d_rendezvous_backend,
+        dynamic_rendezvous,
+        static_tcp_rendezvous,
+    )
+
+    # The three places torchrun's agent creates a store server (read in torch 2.14).
+    handler = dynamic_rendezvous.DynamicRendezvousHandler
+    for owner, name in (
+        (c10d_rendezvous_backend, "TCPStore"),
+        (static_tcp_rendezvous, "TCPStore"),
+        (handler, "_create_tcp_store_server"),
+    ):
+        if not hasattr(owner, name):
+            raise RuntimeError(
+                f"torch {torch.__version__} has no {owner.__name__}.{name}: byzshield.comm "
+                "cannot bind torchrun's stores; use torchrun itself (stores on every interface)"
+            )
+    c10d_rendezvous_backend.TCPStore = _tcp_store
+    static_tcp_rendezvous.TCPStore = _tcp_store
+    handler._create_tcp_store_server = _shared_store_server
+    args = run.parse_args(list(argv))
+    one_node = args.rdzv_backend == "static" and not args.rdzv_endpoint
+    one_node = one_node and args.master_port is None
+    if args.standalone or (one_node and run.parse_min_max_nnodes(args.nnodes)[1] == 1):
+        # what torchrun does for these, with 127.0.0.1 in place of localhost and the FQDN
+        args.standalone = False
+        args.rdzv_backend, args.rdzv_endpoint = "c10d", "127.0.0.1:0"
+        args.rdzv_id = str(uuid.uuid4())
+        args.local_addr = args.local_addr or "127.0.0.1"
+    try:
+        record(run.run)(args)
+    except SignalException as exc:  # the agent has stopped every rank: one line, no traceback
+        print(f"torchrun: stopped by {exc.sigval.name}; every rank has exited", file=sys.stderr)
+        sys.exit(128 + exc.sigval)
+
+
+if __name__ == "__main__":
+    torchrun(sys.argv[1:])

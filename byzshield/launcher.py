@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -15,9 +16,14 @@ from byzshield.overrides import UsageError, compose
 __all__ = ["check_train_overrides", "fail", "launch_torchrun", "log_to_folder"]
 
 
-def fail(message: str, code: int) -> None:
-    """Exit with ``code``; only rank 0 prints ``message`` (one line, no traceback)."""
-    if int(os.environ.get("RANK", "0")) == 0:
+def fail(message: str, code: int, *, console: bool | None = None) -> None:
+    """Exit with ``code`` after writing ``message`` (one line, no traceback) to this
+    rank's log, once it has one, and to stderr: by rank 0 only unless ``console``."""
+    if any(isinstance(h, logging.FileHandler) for h in logging.getLogger("byzshield").handlers):
+        logging.getLogger("byzshield.launcher").error(message)
+    if console is None:
+        console = int(os.environ.get("RANK", "0")) == 0
+    if console:
         print(message, file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -33,7 +39,12 @@ def check_train_overrides(argv: Sequence[str]) -> None:
 
 
 def launch_torchrun(world_size: int) -> int:
-    """Re-run this Hydra job under `torchrun --standalone` with ``world_size`` processes."""
+    """Re-run this Hydra job under torchrun with ``world_size`` processes on this machine,
+    everything listening on 127.0.0.1 only (``python -m byzshield.comm --standalone``).
+
+    torchrun runs in its own session, so a terminal's Ctrl-C reaches this process alone;
+    SIGINT, SIGTERM and SIGHUP are passed on to torchrun as one SIGTERM, which stops every
+    rank, and the exit code is then 128 + the signal's number."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
@@ -47,7 +58,7 @@ def launch_torchrun(world_size: int) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "byzshield.comm",  # torchrun, its stores bound to 127.0.0.1
         "--standalone",
         "--nproc-per-node",
         str(world_size),
@@ -61,10 +72,34 @@ def launch_torchrun(world_size: int) -> int:
         f"{world_size} -m byzshield.train {' '.join(overrides)}",
         flush=True,
     )
+    torchrun: subprocess.Popen | None = None
+    stopped: list[int] = []
+    sent: list[bool] = []
+
+    def terminate() -> None:
+        if torchrun is not None and stopped and not sent:  # once: a second cuts its cleanup
+            sent.append(True)
+            torchrun.send_signal(signal.SIGTERM)
+
+    def stop(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        terminate()
+
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, stop) for s in caught}  # before torchrun: no orphan
     try:
-        return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    except KeyboardInterrupt:
-        return 130
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        torchrun = subprocess.Popen(cmd, env=env, start_new_session=True)
+        terminate()  # for a signal that came while it started
+        code = torchrun.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        name = signal.Signals(stopped[0]).name
+        print(f"stopped by {name}: torchrun and every rank have exited", file=sys.stderr)
+        return 128 + stopped[0]
+    return code
 
 
 def log_to_folder(folder: Path, rank: int) -> None:

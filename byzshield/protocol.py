@@ -2,26 +2,41 @@
 
 Every step the server sends each worker a :class:`Control` message (int64) and, unless
 it says stop, the flat parameters (float32, d values). The worker answers with a
-:class:`Reply`: a small float32 *header* message, then its gradients as a second
-message of exactly ``load * d`` float32 values, file by file in the order of
-``placement.worker_files[w]``::
+reply: a small float32 *header* message, then its gradients as a second
+message, file by file in the order of ``placement.worker_files[w]``. Both worker
+messages end with the :data:`END` marker::
 
-    control  int64[2 + K]        step, stop, is_byzantine[worker 0 .. K-1]
-    header   float32[2 + load]   payload length (load * d), compute seconds, loss per file
-    payload  float32[load * d]   gradient of each held file, in worker_files order
+    control  int64[2 + K]            step, stop, is_byzantine[worker 0 .. K-1]
+    header   float32[2 + load + 1]   payload length (load * d), compute seconds,
+                                     loss per file, END
+    payload  float32[load * d + 1]   gradient of each held file, in worker_files order, END
 
 The header comes first so that the server learns what a worker is about to send before
 it posts the receive for the payload; :meth:`ReplyLayout.check_header` refuses a header
-that announces anything but ``load * d`` values.
+that announces anything but ``load * d`` values. A worker may lie in its header, so
+the server also receives each message into a :class:`Slot` with :data:`SLACK` spare
+values: gloo accepts a message shorter than the posted buffer silently (the rest keeps
+stale memory) and aborts the whole receiving process (SIGABRT) on one longer than it,
+so a message of the wrong length must land in a buffer that is longer still, where
+the missing END (too short) or a spare value overwritten (too long) names the sender.
+Only a message longer than its slot by more than the slack still aborts the server,
+inside gloo, where no Python code can name the sender.
 
     >>> import torch
-    >>> from byzshield.protocol import Control, ReplyLayout
+    >>> from byzshield.protocol import Control, ReplyLayout, Slot
     >>> Control(step=7, stop=False, byzantine=(False, True)).pack().tolist()
     [7, 0, 0, 1]
     >>> layout = ReplyLayout(load=2, d=3)
     >>> header = layout.pack_header(compute_s=0.5, losses=[1.0, 2.0])
     >>> layout.unpack_header(header).losses
     (1.0, 2.0)
+    >>> slot = Slot(torch.empty(Slot.capacity(layout.header_size)), layout.header_size)
+    >>> slot.arm()
+    >>> slot.buffer[:3] = header[:3]  # what gloo leaves after a message that ends early
+    >>> slot.check("rank 1 (worker 0)", "reply header")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: rank 1 (worker 0) sent a reply header shorter than the 4 values expected ...
 
 Both engines use this module: the torchrun engine sends these messages over
 :mod:`byzshield.comm`; the simulate engine sends nothing but reports the bytes these
@@ -31,15 +46,21 @@ messages would carry (:meth:`ReplyLayout.nbytes`).
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Control", "Header", "ReplyLayout", "control_size"]
+__all__ = ["END", "SLACK", "Control", "Header", "ReplyLayout", "Slot", "control_size"]
 
 _CONTROL_FIELDS = 2  # step, stop
 _HEADER_FIELDS = 2  # payload length, compute seconds
+_END_BITS = int.from_bytes(b"BYZ!", "little")  # as float32: about 7.4e-19, a normal number
+END = torch.tensor([_END_BITS], dtype=torch.int32).view(torch.float32).item()
+"""The last value of every message a worker sends (compared bit for bit)."""
+SLACK = 1024
+"""Spare values after each message's END in the server's receive buffer."""
 
 
 def control_size(num_workers: int) -> int:
@@ -106,7 +127,7 @@ class Header:
 @dataclass(frozen=True)
 class ReplyLayout:
     """Sizes of one worker's reply for a placement with ``load`` files per worker and a
-    model of ``d`` parameters."""
+    model of ``d`` parameters. Sizes count values before the END marker."""
 
     load: int
     d: int
@@ -120,23 +141,25 @@ class ReplyLayout:
         return self.load * self.d
 
     def nbytes(self) -> int:
-        """Bytes of one reply (header + payload, float32)."""
-        return 4 * (self.header_size + self.payload_size)
+        """Bytes of one reply (header + payload with their END markers, float32)."""
+        return 4 * (self.header_size + 1 + self.payload_size + 1)
 
     def pack_header(
         self, *, compute_s: float, losses: Sequence[float], out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The (2 + load,) float32 header announcing a payload of ``load * d`` values."""
+        """The (2 + load + 1,) float32 header announcing a payload of ``load * d`` values."""
         if len(losses) != self.load:
             raise ValueError(f"a reply carries {self.load} losses, got {len(losses)}")
-        out = torch.empty(self.header_size) if out is None else out
+        out = torch.empty(self.header_size + 1) if out is None else out
         out[0] = float(self.payload_size)
         out[1] = compute_s
-        out[_HEADER_FIELDS:] = torch.tensor(list(losses), dtype=torch.float32)
+        out[_HEADER_FIELDS : self.header_size] = torch.tensor(list(losses), dtype=torch.float32)
+        out[self.header_size] = END
         return out
 
     def unpack_header(self, message: torch.Tensor) -> Header:
-        values = message.tolist()
+        """Read a header from the first ``header_size`` values of ``message``."""
+        values = message[: self.header_size].tolist()
         return Header(values[0], values[1], tuple(values[_HEADER_FIELDS:]))
 
     def check_header(self, header: Header, who: str) -> None:
@@ -147,6 +170,57 @@ class ReplyLayout:
                 f"load * d = {self.load} * {self.d} = {self.payload_size}"
             )
 
-    def payload(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        """A (load, d) float32 buffer for the payload (contiguous: sent as one message)."""
-        return torch.empty(self.load, self.d) if out is None else out.view(self.load, self.d)
+    def payload_message(self) -> torch.Tensor:
+        """A worker's (load * d + 1,) float32 payload message, END already in place."""
+        out = torch.empty(self.payload_size + 1)
+        out[self.payload_size] = END
+        return out
+
+    def payload(self, message: torch.Tensor) -> torch.Tensor:
+        """The (load, d) gradients of a payload message (a view: write them in place)."""
+        return message[: self.payload_size].view(self.load, self.d)
+
+
+class Slot:
+    """Where the server receives one worker message of ``size`` values and its END.
+
+    ``buffer`` (1-D float32) must hold at least ``size + 1 + SLACK`` values. Call
+    :meth:`arm` before posting the receive and :meth:`check` once it completed: the
+    value after the END position and the END position itself are set to fresh random
+    bits, which a worker cannot know, so a short message (END missing) and a long one
+    (the spare value overwritten) are told apart from a message of the right length.
+    """
+
+    def __init__(self, buffer: torch.Tensor, size: int):
+        if buffer.dim() != 1 or buffer.dtype != torch.float32 or not buffer.is_contiguous():
+            raise ValueError("a slot's buffer must be a contiguous 1-D float32 tensor")
+        if buffer.numel() < Slot.capacity(size):
+            raise ValueError(
+                f"a slot for {size} values needs {Slot.capacity(size)} (size + END + SLACK), "
+                f"got {buffer.numel()}"
+            )
+        self.buffer, self.size = buffer, size
+        self._bits = buffer.view(torch.int32).numpy()  # shares memory; cheap to index
+        self._spare = 0
+
+    @staticmethod
+    def capacity(size: int) -> int:
+        """The least buffer length for a slot of ``size`` values."""
+        return size + 1 + SLACK
+
+    def arm(self) -> None:
+        end, spare = secrets.randbits(32) - 2**31, secrets.randbits(32) - 2**31
+        if end == _END_BITS:
+            end ^= 1
+        self._spare = spare
+        self._bits[self.size], self._bits[self.size + 1] = end, spare
+
+    def check(self, who: str, what: str) -> None:
+        """Refuse a message that was not exactly ``size`` values and END (one line)."""
+        if int(self._bits[self.size + 1]) != self._spare:
+            raise ValueError(f"{who} sent a {what} longer than the {self.size} values expected")
+        if int(self._bits[self.size]) != _END_BITS:
+            raise ValueError(
+                f"{who} sent a {what} shorter than the {self.size} values expected "
+                f"(no end marker after value {self.size})"
+            )

@@ -76,8 +76,8 @@ def main(cfg: DictConfig) -> None:
             f"loss {result['test_loss']:.4f} after {run.max_steps} steps",
             flush=True,
         )
-    except RankFailure as exc:
-        fail(f"error (rank {comm.rank}): {exc}", 1)
+    except RankFailure as exc:  # a worker also prints a hung server: no one else can
+        fail(f"error (rank {comm.rank}): {exc}", 1, console=comm.is_server or exc.timed_out)
     except (TrainingError, CheckpointError) as exc:
         fail(f"error: {exc}", 1)
     finally:

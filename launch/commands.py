@@ -192,14 +192,16 @@ def torchrun_args(
 
 def train_command(*, private_ip: str, run: str, **torchrun: object) -> str:
     """The script one node runs: choose gloo's interface, record the pid (for `fab stop`),
-    then exec torchrun (``python -m torch.distributed.run``) from the project directory."""
+    then exec torchrun from the project directory, as ``python -m byzshield.comm``: the
+    same torchrun, except that node 0's rendezvous store listens on ``master_addr`` only
+    (torchrun's own listens on every interface)."""
     args = torchrun_args(run=run, **torchrun)  # type: ignore[arg-type]
     return "\n".join(
         [
             f"cd {REMOTE_DIR}",
             interface_snippet(private_ip),
             f"echo $$ > {pidfile(run)}",
-            f"exec {VENV_PYTHON} -m torch.distributed.run " + " ".join(q(a) for a in args),
+            f"exec {VENV_PYTHON} -m byzshield.comm " + " ".join(q(a) for a in args),
         ]
     )
 
@@ -212,7 +214,7 @@ def stop_command(run: str, signal: str = "TERM") -> str:
             f"f={pidfile(run)}",
             'if [ -f "$f" ]; then pid=$(cat "$f")',
             "  cmdline=$(tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null || true)",
-            '  if echo "$cmdline" | grep -q torch.distributed.run; then',
+            '  if echo "$cmdline" | grep -Eq "torch.distributed.run|byzshield.comm"; then',
             f'    kill -{signal} -- -"$pid" 2>/dev/null || kill -{signal} "$pid"',
             f'    echo "sent SIG{signal} to torchrun $pid"',
             "  fi",

@@ -324,7 +324,7 @@ def test_train_command_quotes_overrides_and_records_the_pid():
     assert 'export GLOO_SOCKET_IFNAME="$iface"' in script
     assert 'echo $$ > "$HOME/.byzshield-train-demo.pid"' in script
     assert script.splitlines()[-1].startswith(
-        'exec "$HOME/byzshield-venv/bin/python" -m torch.distributed.run'
+        'exec "$HOME/byzshield-venv/bin/python" -m byzshield.comm'
     )
     assert "'note=it'\"'\"'s $HOME'" in script
     subprocess.run(["bash", "-n", "-c", script], check=True, timeout=10)

@@ -242,7 +242,7 @@ def test_fab_train_fails_in_one_line_and_stops_every_node_when_one_fails(cluster
         pid = int((host.home / ".byzshield-train-loop.pid").read_text())
         assert (
             not Path(f"/proc/{pid}").exists()
-            or "torch" not in Path(f"/proc/{pid}/cmdline").read_text()
+            or "byzshield.comm" not in Path(f"/proc/{pid}/cmdline").read_text()
         )
 
 

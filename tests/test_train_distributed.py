@@ -1,18 +1,24 @@
 """Real multi-process runs of `torchrun -m byzshield.train` (gloo on 127.0.0.1): what only
-processes can show. The engines' bit-identity is in test_engines.py; server logic is
-tested in process (test_step.py, test_trainer.py)."""
+processes can show (a failing, hung or lying rank; signals; sockets). The engines'
+bit-identity is in test_engines.py; server logic is tested in process (test_step.py,
+test_trainer.py); the wire format in test_protocol.py and test_comm.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import free_port, read_metrics, run_env, torchrun_cmd
+from test_comm import descendants, listening, only_loopback
 
 RAMA = ("approach=rama_two", "approach.m=3", "approach.s=3", "batch_size=90")  # K=9, f=9
 
@@ -115,7 +121,7 @@ def _rank_pids(marker: str) -> dict[int, int]:
             continue
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            if marker not in cmd or "byzshield.train" not in cmd or "torch.distributed.run" in cmd:
+            if marker not in cmd or "byzshield.train" not in cmd or "distributed.run" in cmd:
                 continue
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -126,49 +132,226 @@ def _rank_pids(marker: str) -> dict[int, int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Run:
+    """A training command started in the background, its output in files (readable at
+    any time, for assertion messages), found by its run folder."""
+
+    def __init__(self, cmd: list[str], folder: Path, cwd: Path, **env: str):
+        self.folder = folder
+        self.out, self.err = cwd / "stdout.txt", cwd / "stderr.txt"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=err, text=True, cwd=cwd, env={**run_env(), **env}
+            )
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def wait_for(self, what: str, condition, timeout: float = 240):
+        """Poll ``condition()`` until it is truthy; fail with the run's stderr if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            exited = self.proc.poll() is not None
+            value = condition()
+            if value:
+                return value
+            if exited:
+                break
+            time.sleep(0.2)
+        raise AssertionError(
+            f"{what}: not seen (exit {self.proc.poll()}); stderr:\n" + self.stderr()[-4000:]
+        )
+
+    def ranks(self, world: int) -> dict[int, int]:
+        def found() -> dict[int, int] | None:
+            pids = _rank_pids(str(self.folder))
+            return pids if len(pids) == world else None
+
+        return self.wait_for(f"{world} rank processes", found)
+
+    def checkpoints(self, count: int) -> list[Path]:
+        def found() -> list[Path] | None:
+            paths = sorted(self.folder.glob("checkpoints/step_*.pt"))
+            return paths if len(paths) >= count else None
+
+        return self.wait_for(f"{count} checkpoints", found)
+
+    def steps(self, count: int) -> None:
+        metrics = self.folder / "metrics.jsonl"
+
+        def found() -> bool:
+            return metrics.exists() and len(metrics.read_text().splitlines()) >= count
+
+        self.wait_for(f"{count} steps", found)
+
+    def finish(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
 @pytest.mark.parametrize("fault", ["hang", "crash"])
 def test_a_hung_or_crashed_worker_stops_the_run_naming_its_rank(tmp_path, fault):
     folder = tmp_path / f"fault-{fault}"
-    proc = subprocess.Popen(
+    # timeout=15: under a loaded machine a 5 s timeout fired on healthy ranks (the server
+    # evaluates every 2 steps while the workers wait), which ended the run before it was hit
+    run = Run(
         torchrun_cmd(
-            10, f"train_dir={folder}", *RAMA, "max_steps=100000", "eval_freq=2", "timeout=5"
+            10, f"train_dir={folder}", *RAMA, "max_steps=100000", "eval_freq=2", "timeout=15"
         ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=run_env(),
+        folder,
+        tmp_path,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            ckpts = list((folder / "checkpoints").glob("step_*.pt"))
-            if len(ckpts) >= 2:
-                break
-            time.sleep(0.5)
-        pids = _rank_pids(str(folder))
-        assert 4 in pids and 0 in pids, pids
+        pids = run.ranks(10)  # as soon as they exist: the pids outlive nothing we need
+        run.checkpoints(2)
+        assert all(_alive(p) for p in pids.values()), run.stderr()[-4000:]
         os.kill(pids[4], signal.SIGSTOP if fault == "hang" else signal.SIGKILL)
         t0 = time.monotonic()
         if fault == "hang":
-            while time.monotonic() - t0 < 60:  # the server gives up after timeout=5 s
-                try:
-                    os.kill(pids[0], 0)
-                except ProcessLookupError:
-                    break
+            while time.monotonic() - t0 < 90 and _alive(pids[0]):  # server: 15 s timeout
                 time.sleep(0.2)
             os.kill(pids[4], signal.SIGCONT)  # let torchrun's SIGTERM reach it
-        out, err = proc.communicate(timeout=120)
+        code = run.finish(timeout=120)
         elapsed = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0
-    assert elapsed < 60
+        if run.proc.poll() is None:
+            run.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[4], signal.SIGCONT)
+    err = run.stderr()
+    assert code != 0, err[-4000:]
+    assert elapsed < 60, err[-4000:]
+    ours = [ln for ln in err.splitlines() if ln.startswith("error (rank 0)")]
     if fault == "hang":
-        assert "rank 4 (worker 3) did not answer within 5 s" in err
-    else:
-        assert "rank 4" in err or "rank: 4" in err
+        assert ours == ["error (rank 0): rank 4 (worker 3) did not answer within 15 s (timeout)"]
+    else:  # the server names it, unless torchrun (0.1 s monitor) stopped the server first
+        assert ours or re.search(r"rank\s*: 4 ", err), err[-4000:]
+        assert all("rank 4 (worker 3) failed or closed its connection" in ln for ln in ours)
+    for line in ours:
+        assert line in (folder / "rank0.log").read_text()  # the error path is in the log too
     last = sorted((folder / "checkpoints").glob("step_*.pt"))[-1]
     state = torch.load(last, weights_only=True)  # the last checkpoint is intact
     assert state["step"] >= 2
+
+
+TINY = ("approach=baseline", "approach.K=3", "batch_size=30", "mode=mean", "attack=none")
+
+
+@pytest.mark.parametrize(
+    ("message", "extra", "name"),
+    [("payload", -10, "payload"), ("payload", 10, "payload"), ("header", 10, "reply header")],
+)
+def test_a_worker_reply_of_the_wrong_length_stops_the_run_naming_its_rank(
+    tmp_path, message, extra, name
+):
+    """A payload's header announces the right length (a lying worker); gloo alone would
+    accept a short message with stale memory in the rest and abort the server on a long one."""
+    folder = tmp_path / "run"
+    cmd = torchrun_cmd(4, f"train_dir={folder}", *TINY, "max_steps=5", "eval_freq=0")
+    script = str(Path(__file__).with_name("faulty_train.py"))
+    cmd[cmd.index("-m", cmd.index("--nproc-per-node")) : cmd.index("byzshield.train") + 1] = [
+        script
+    ]
+    faulty = {"FAULTY_RANK": "2", "FAULTY_EXTRA": str(extra), "FAULTY_MESSAGE": message}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env={**run_env(), **faulty}
+    )
+    what = "shorter" if extra < 0 else "longer"
+    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert proc.returncode != 0 and len(ours) == 1, proc.stderr[-4000:]
+    assert re.fullmatch(
+        rf"error \(rank 0\): rank 2 \(worker 1\) sent a {name} {what} than the (\d+) values "
+        r"expected( \(no end marker after value \1\))?",
+        ours[0],
+    ), ours
+    assert ours[0] in (folder / "rank0.log").read_text()
+    assert time.monotonic() - t0 < 120  # no timeout waited for: workers mid-send just exit
+    assert "SIGABRT" not in proc.stderr and "exitcode  : -6" not in proc.stderr
+
+
+def test_a_hung_server_is_named_by_every_worker_with_the_timeout(tmp_path):
+    folder = tmp_path / "run"
+    run = Run(
+        torchrun_cmd(
+            4, f"train_dir={folder}", *TINY, "max_steps=100000", "eval_freq=0", "timeout=5"
+        ),
+        folder,
+        tmp_path,
+    )
+    try:
+        pids = run.ranks(4)
+        run.steps(2)
+        os.kill(pids[0], signal.SIGSTOP)
+        t0 = time.monotonic()
+        run.wait_for("the workers' exit", lambda: not any(_alive(pids[r]) for r in (1, 2, 3)), 60)
+        elapsed = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[0], signal.SIGCONT)  # torchrun's SIGTERM then ends it
+        run.finish()
+    err = run.stderr()
+    assert run.proc.returncode != 0 and elapsed < 30, err[-4000:]
+    for rank in (1, 2, 3):
+        line = f"error (rank {rank}): the parameter server (rank 0) did not answer within 5 s"
+        assert f"{line} (timeout)" in err, err[-4000:]  # on the console (torchrun's stderr)
+        assert line in (folder / f"rank{rank}.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """`python -m byzshield.train engine=torchrun` (it starts torchrun itself), running
+    with a checkpoint written; stopped at the end if a test has not stopped it."""
+    tmp = tmp_path_factory.mktemp("launched")
+    folder = tmp / "run"
+    cmd = [sys.executable, "-m", "byzshield.train", "engine=torchrun", f"train_dir={folder}"]
+    run = Run([*cmd, *TINY, "max_steps=100000", "eval_freq=5"], folder, tmp)
+    tree: set[int] = set()
+    try:
+        run.pids = run.ranks(4)
+        tree = descendants(run.proc.pid)
+        run.checkpoints(1)
+        yield run
+    finally:
+        if run.proc.poll() is None:
+            run.proc.send_signal(signal.SIGTERM)
+            run.finish(timeout=60)
+        for pid in tree:  # whatever a failed test left behind, if still this run's
+            with contextlib.suppress(OSError):
+                if _alive(pid) and str(folder) in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_the_launcher_run_listens_on_loopback_only(launched):
+    torchrun = descendants(launched.proc.pid) - {launched.proc.pid} - set(launched.pids.values())
+    pids = descendants(launched.proc.pid)
+    addresses = listening(pids)
+    assert torchrun and set(launched.pids.values()) <= pids
+    assert len(addresses) == 2 + 4 and only_loopback(addresses), addresses  # stores + gloo
+
+
+def test_sigterm_to_the_launcher_ends_torchrun_and_every_rank_keeping_the_checkpoint(launched):
+    everything = descendants(launched.proc.pid)
+    launched.proc.send_signal(signal.SIGTERM)
+    code = launched.finish(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in everything):
+        time.sleep(0.2)
+    err = launched.stderr()
+    assert code == 128 + signal.SIGTERM, err[-4000:]
+    assert not [p for p in everything if _alive(p)], err[-4000:]
+    assert not _rank_pids(str(launched.folder))
+    assert "stopped by SIGTERM: torchrun and every rank have exited" in err
+    newest = sorted(launched.folder.glob("checkpoints/step_*.pt"))[-1]
+    assert torch.load(newest, weights_only=True)["step"] >= 5

@@ -7,15 +7,20 @@ the flat parameters; worker w computes the gradients of ``placement.worker_files
 with :func:`byzshield.gradients.file_gradients`, Byzantine workers apply their attack
 (unless it is omniscient: the server simulates those, :mod:`byzshield.step`), and each
 sends a :class:`byzshield.protocol.ReplyLayout` header and payload. The server receives
-every payload straight into one (K * l, d) buffer, reused every step, which becomes the
-rows of the step's :class:`byzshield.step.Copies`.
+every payload straight into one buffer, reused every step, which becomes the rows of the
+step's :class:`byzshield.step.Copies`: worker w's l rows and, after them, spare rows for
+its END marker and the slack that lets a message of the wrong length be named
+(:class:`byzshield.protocol.Slot`). Spare rows are never read and, never written,
+cost no memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -23,7 +28,7 @@ from byzshield.attacks import attack_generator
 from byzshield.comm import Comm, RankFailure
 from byzshield.config import Run
 from byzshield.gradients import file_gradients, load_flat, num_params
-from byzshield.protocol import Control, ReplyLayout, control_size
+from byzshield.protocol import Control, ReplyLayout, Slot, control_size
 from byzshield.step import Copies, copy_index
 from byzshield.vote import Rows
 
@@ -42,35 +47,68 @@ class TorchrunEngine:
         self.comm, self.run, self.d = comm, run, d
         self.K, self.load = p.num_workers, p.load
         self.layout = ReplyLayout(p.load, d)
-        self.index = copy_index(p)
-        self.rows = torch.empty(self.K * self.load, d)  # reused: no page faults per step
-        self.headers = torch.empty(self.K, self.layout.header_size)
+        n = self.layout.payload_size
+        spare = math.ceil((Slot.capacity(n) - n) / d)  # whole rows for END and the slack
+        self.stride = p.load + spare  # rows per worker in the receive buffer
+        self.loss_index = copy_index(p)  # w * l + i: worker w's i-th file
+        self.index = self.loss_index // p.load * self.stride + self.loss_index % p.load
+        self.rows = torch.empty(self.K * self.stride, d)  # reused: no page faults per step
+        region = self.rows.view(self.K, self.stride * d)
+        self.payloads = [Slot(region[w], self.layout.payload_size) for w in range(self.K)]
+        headers = torch.empty(self.K, Slot.capacity(self.layout.header_size))
+        self.headers = [Slot(headers[w], self.layout.header_size) for w in range(self.K)]
+        self.idle = True  # every worker waits for a control message (none is mid-send)
 
     def gather(self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]):
         t0 = time.perf_counter()
+        self.idle = False
         self.comm.send_to_workers(Control.for_step(step, self.K, byzantine).pack())
         self.comm.send_to_workers(params)
-        self.comm.receive_from_workers(self.headers)
-        headers = [self.layout.unpack_header(self.headers[w]) for w in range(self.K)]
+        self._receive(self.headers, "reply header")
+        headers = [self.layout.unpack_header(slot.buffer) for slot in self.headers]
         for w, header in enumerate(headers):
-            try:
-                self.layout.check_header(header, f"rank {w + 1} (worker {w})")
-            except ValueError as exc:
-                raise RankFailure(w + 1, str(exc)) from None
-        l = self.load  # noqa: E741
-        self.comm.receive_from_workers([self.rows[w * l : (w + 1) * l] for w in range(self.K)])
+            with _named(w):
+                self.layout.check_header(header, _who(w))
+        self._receive(self.payloads, "payload", last=True)
         wait = time.perf_counter() - t0
         reported = [h.compute_s for h in headers]
         compute = max((c for c in reported if c == c), default=0.0)  # NaN-safe
         compute = min(max(compute, 0.0), wait)  # a worker's own figure, clamped to the wait
         losses = torch.tensor([x for h in headers for x in h.losses], dtype=torch.float64)
-        copies = Copies(Rows(self.rows), self.index, losses[self.index])
+        copies = Copies(Rows(self.rows), self.index, losses[self.loss_index])
         return copies, {"compute_s": compute, "communication_s": wait - compute}
 
+    def _receive(self, slots: list[Slot], what: str, *, last: bool = False) -> None:
+        """Every worker's next message into its slot; a message of the wrong length is
+        refused naming its rank (see :class:`byzshield.protocol.Slot`)."""
+        for slot in slots:
+            slot.arm()
+        self.comm.receive_from_workers([slot.buffer for slot in slots])
+        self.idle = last  # after a step's last message every worker waits for the next
+        for w, slot in enumerate(slots):
+            with _named(w):
+                slot.check(_who(w), what)
+
     def close(self, step: int) -> None:
-        """Tell the workers to return (best effort: a dead worker must not hang us)."""
-        with contextlib.suppress(Exception):
-            self.comm.send_to_workers(Control.stop_message(step, self.K).pack())
+        """Tell the workers to return (best effort: a dead worker must not hang us). After
+        a failed step some workers may be blocked sending to us: they cannot take the
+        message, and learn that the server is gone when its process exits."""
+        if self.idle:
+            with contextlib.suppress(Exception):
+                self.comm.send_to_workers(Control.stop_message(step, self.K).pack())
+
+
+def _who(w: int) -> str:
+    return f"rank {w + 1} (worker {w})"
+
+
+@contextlib.contextmanager
+def _named(w: int) -> Iterator[None]:
+    """Turn a refused message of worker ``w`` into a RankFailure naming its rank."""
+    try:
+        yield
+    except ValueError as exc:
+        raise RankFailure(w + 1, str(exc)) from None
 
 
 def run_worker(comm: Comm, run: Run) -> None:
@@ -83,8 +121,9 @@ def run_worker(comm: Comm, run: Run) -> None:
     layout = ReplyLayout(p.load, d)
     control = torch.zeros(control_size(p.num_workers), dtype=torch.int64)
     params = torch.empty(d)
-    payload = layout.payload()
-    header = torch.empty(layout.header_size)
+    reply = layout.payload_message()
+    payload = layout.payload(reply)  # the gradients, written in place
+    header = torch.empty(layout.header_size + 1)  # + END
     attack = run.attack  # None for omniscient attacks: the server simulates them
     while True:
         comm.receive_from_server(control)
@@ -112,7 +151,7 @@ def run_worker(comm: Comm, run: Run) -> None:
                 payload[i] = attack(payload[i], generator=attack_generator(cfg.seed, step, j))
         layout.pack_header(compute_s=time.perf_counter() - t0, losses=losses, out=header)
         comm.send_to_server(header)
-        comm.send_to_server(payload)
+        comm.send_to_server(reply)
         if step % 50 == 0:
             log.info(
                 "step %d sent %d file gradients%s",

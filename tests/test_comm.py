@@ -1,0 +1,217 @@
+"""byzshield.comm with real processes over gloo on 127.0.0.1: what gloo does with a
+message of the wrong length, and what listens on the network.
+
+Sockets are read with `ss -ltnp` (iproute2); no traffic is sent anywhere but loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port, run_env
+
+from byzshield.protocol import SLACK
+
+needs_ss = pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+
+# Both ranks join and print "ready"; once the test has read their sockets (the release
+# file exists), rank 1 sends one message per EXTRA given, of N + EXTRA values and END,
+# and rank 0 receives each into the same Slot of N values and prints what it made of it.
+PAIR = r"""
+import sys, time, torch
+from pathlib import Path
+from byzshield.comm import init
+from byzshield.protocol import END, Slot
+
+release, n, extras = Path(sys.argv[1]), int(sys.argv[2]), [int(x) for x in sys.argv[3:]]
+comm = init(timeout=60)
+comm.broadcast(torch.zeros(1))
+print("ready", flush=True)
+deadline = time.monotonic() + 120
+while not release.exists() and time.monotonic() < deadline:
+    time.sleep(0.1)
+slot = Slot(torch.empty(Slot.capacity(n)), n)
+for extra in extras:
+    if comm.rank == 0:
+        slot.arm()
+        comm.receive_from_workers([slot.buffer])
+        try:
+            slot.check("rank 1 (worker 0)", "payload")
+            print("accepted", flush=True)
+        except ValueError as exc:
+            print(exc, flush=True)
+    else:
+        comm.send_to_server(torch.cat([torch.ones(n + extra), torch.tensor([END])]))
+comm.close()
+"""
+N = 50_000
+
+
+def _pair_env(rank: int, port: int) -> dict:
+    env = run_env()
+    env.pop("GLOO_SOCKET_IFNAME", None)
+    env.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    return env
+
+
+@needs_ss
+def test_a_pair_listens_on_loopback_and_names_each_message_of_the_wrong_length(tmp_path):
+    """Two ranks started by hand (comm.init creates the store). gloo itself, measured
+    with torch 2.14: a message shorter than the posted buffer is accepted silently, one
+    longer aborts the receiving process ("op.preamble.length <= op.nbytes"); the Slot's
+    slack turns both into a line naming the rank, and only an overrun beyond the slack
+    still aborts. Message boundaries survive: the message after a bad one reads intact."""
+    port = free_port()
+    extras = [0, -10, 0, 10, 0, SLACK, 0, -N, 0, SLACK + 100]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PAIR, str(tmp_path / "release"), str(N), *map(str, extras)],
+            env=_pair_env(rank, port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+        addresses = listening({p.pid for p in procs})
+        (tmp_path / "release").touch()
+        out, err = procs[0].communicate(timeout=120)
+        procs[1].communicate(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert f"127.0.0.1:{port}" in addresses  # rank 0's store, on the address it was given
+    assert len(addresses) == 3 and only_loopback(addresses), addresses  # + one gloo per rank
+    short = f"rank 1 (worker 0) sent a payload shorter than the {N} values expected"
+    long = f"rank 1 (worker 0) sent a payload longer than the {N} values expected"
+    verdicts = [line.split(" (no end marker")[0] for line in out.splitlines()]
+    ok = "accepted"
+    assert verdicts == [ok, short, ok, long, ok, long, ok, short, ok]
+    assert procs[0].returncode == -signal.SIGABRT, err[-2000:]  # the overrun: inside gloo
+    assert "Received data size doesn't match expected size" in err
+
+
+def descendants(root: int) -> set[int]:
+    """``root`` and every process below it."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = {root}, [root]
+    while todo:
+        pid = todo.pop()
+        kids = [c for c, p in parent.items() if p == pid and c not in found]
+        found.update(kids)
+        todo.extend(kids)
+    return found
+
+
+def listening(pids: set[int]) -> list[str]:
+    """Local addresses (``host:port``) of the TCP sockets that ``pids`` listen on."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return [
+        line.split()[3]
+        for line in out.splitlines()
+        if {int(p) for p in re.findall(r"pid=(\d+)", line)} & pids
+    ]
+
+
+def only_loopback(addresses: list[str]) -> bool:
+    return all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in addresses)
+
+
+def _listen_under(cmd: list[str], tmp_path: Path, *, ranks: int, env: dict | None = None):
+    """Start ``cmd`` (the PAIR script in listen mode under a launcher); once every rank
+    is ready, return the listening addresses of its whole process tree."""
+    release = tmp_path / "release"
+    proc = subprocess.Popen(
+        [*cmd, str(release), "0"],
+        env=env or run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        ready = 0
+        deadline = time.monotonic() + 120
+        while ready < ranks and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            ready += line.strip() == "ready"
+        assert ready == ranks, proc.stderr.read() if proc.poll() is not None else "not ready"
+        addresses = listening(descendants(proc.pid))
+        release.touch()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, addresses
+
+
+def _script(tmp_path: Path) -> str:
+    path = tmp_path / "pair.py"
+    path.write_text(PAIR)
+    return str(path)
+
+
+@pytest.mark.slow
+@needs_ss
+def test_plain_torchrun_standalone_stores_listen_on_every_interface(tmp_path):
+    """What byzshield.comm fixes, measured (torch 2.14): torchrun's own stores bind to
+    0.0.0.0 / :: whatever address they are given; gloo follows the hostname."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc, addresses = _listen_under([*cmd, _script(tmp_path)], tmp_path, ranks=2)
+    assert proc.returncode == 0
+    assert any(a.rsplit(":", 1)[0] in ("*", "0.0.0.0", "[::]") for a in addresses), addresses
+
+
+@pytest.mark.slow
+@needs_ss
+def test_multi_node_store_listens_on_the_master_address_only(tmp_path):
+    """Node 0 of a static rendezvous (as `fab train` runs it, GLOO_SOCKET_IFNAME set to
+    the interface of the chosen address; here both nodes are this machine)."""
+    port = free_port()
+    env = dict(run_env(), GLOO_SOCKET_IFNAME="lo")
+    common = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1"]
+    common += ["--master-port", str(port), "--rdzv-id", "mn-listen"]
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "byzshield.comm", *common, "--node-rank", "1", _script(tmp_path)]
+        + [str(tmp_path / "release"), "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        cmd = [sys.executable, "-m", "byzshield.comm", *common, "--node-rank", "0"]
+        proc, addresses = _listen_under([*cmd, _script(tmp_path)], tmp_path, ranks=1, env=env)
+        assert node1.wait(timeout=60) == 0, node1.stderr.read()
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+    assert proc.returncode == 0
+    assert f"127.0.0.1:{port}" in addresses and only_loopback(addresses), addresses
