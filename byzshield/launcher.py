@@ -33,6 +33,14 @@ def check_train_overrides(argv: Sequence[str]) -> None:
     if any(a.startswith("-") for a in argv):  # multirun sweeps and Hydra's own flags
         return
     try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(argv))
+        # a sweep without -m (an experiment with hydra.mode: MULTIRUN): check the rest here
+        argv = [a for a, o in zip(argv, parsed, strict=True) if not o.is_sweep_override()]
+    except Exception:  # noqa: BLE001  (unparsable: compose below says why in one line)
+        pass
+    try:
         compose("config", argv)
     except UsageError as exc:
         fail(f"error: {exc}", 2)

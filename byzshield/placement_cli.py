@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from byzshield.overrides import UsageError, approach_params, compose
 
@@ -33,6 +34,12 @@ Config (Hydra overrides, composed from conf/placement.yaml and conf/approach/):
   format=table|json    json: one object {{K, f, r, load, rows: [...]}}
   show_assignment=true also print which files each worker holds
   time_budget=SECONDS  search budget (default 60); past it rows say certified: false
+
+Several placements side by side (the paper's distortion tables):
+  python -m byzshield.placement +experiment=distortion
+  designs=[{{approach: mols, l: 5, r: 3}}, ...]   one eps column per design, DETOX's and
+                       the baseline's at each K; out=DIR also writes distortion.md,
+                       distortion.csv and distortion.png (matplotlib) there
 """
 
 
@@ -80,6 +87,143 @@ class _Progress:
             print(file=sys.stderr)
 
 
+def _check_options(cfg, K: int) -> tuple[int, float]:
+    q_max = cfg.q_max if cfg.q_max is not None else K // 2
+    if isinstance(q_max, bool) or not isinstance(q_max, int) or not 0 <= q_max <= K:
+        raise UsageError(f"q_max must be an integer in 0..K={K}, got {q_max!r}")
+    budget = cfg.time_budget
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0:
+        raise UsageError(f"time_budget must be a positive number of seconds, got {budget!r}")
+    return q_max, float(budget)
+
+
+def _build_designs(cfg) -> list:
+    """The placements of ``designs``, each a mapping {approach: NAME, <its params>}."""
+    from byzshield.placement import APPROACHES, build_placement
+
+    if not isinstance(cfg.designs, Sequence) or isinstance(cfg.designs, str):
+        raise UsageError(f"designs must be a list of {{approach: NAME, ...}}, got {cfg.designs!r}")
+    built = []
+    for i, entry in enumerate(cfg.designs):
+        params = dict(entry) if isinstance(entry, Mapping) else None
+        name = params.pop("approach", None) if params is not None else None
+        if name not in APPROACHES:
+            raise UsageError(
+                f"designs[{i}] needs approach: one of {' | '.join(APPROACHES)}, got {entry!r}"
+            )
+        try:
+            placement = build_placement(name, **params)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"designs[{i}] ({name}): {exc}") from None
+        label = f"{name}({', '.join(f'{k}={v}' for k, v in params.items())})"
+        built.append((label, placement))
+    if not built:
+        raise UsageError("designs is empty: give at least one {approach: NAME, ...}")
+    return built
+
+
+def _distortion(cfg) -> int:
+    """``designs=[...]``: c_max(q) / f of several placements with DETOX's and the
+    baseline's at each K, as a Markdown table on stdout (and files under ``out``)."""
+    from byzshield.adversary import worst_case_table
+    from byzshield.report import EpsCurve
+
+    curves = []
+    for label, placement in _build_designs(cfg):
+        K, f = placement.num_workers, placement.num_files
+        q_max, budget = _check_options(cfg, K)
+        progress = _Progress(f"searching {label}")
+        rows = worst_case_table(placement, q_max, time_budget=budget, progress=progress)
+        progress.close()
+        detox_r, detox_eps = _detox_eps(K, placement.replication, q_max)
+        curves.append(EpsCurve(label, K, f, rows, detox_r, detox_eps, []))
+
+    columns: dict[str, dict[int, str]] = {}  # header -> {q: cell}
+    records = []
+    for c in curves:
+        columns[f"{c.label} K={c.K} f={c.f}"] = {
+            r.q: f"{r.c_max / c.f:.3f}"
+            + ("" if r.certified else f" (<= {r.upper_bound / c.f:.3f})")
+            for r in c.rows
+        }
+        if c.detox_eps is not None:
+            columns.setdefault(
+                f"DETOX K={c.K} r={c.detox_r}",
+                {r.q: f"{c.detox_eps[r.q]:.3f}" for r in c.rows},
+            )
+        columns.setdefault(f"baseline K={c.K}", {r.q: f"{r.q / c.K:.3f}" for r in c.rows})
+        for r in c.rows:
+            records.append(
+                [
+                    c.label,
+                    c.K,
+                    c.f,
+                    r.q,
+                    r.c_max,
+                    f"{r.c_max / c.f:.6g}",
+                    "" if c.detox_eps is None else f"{c.detox_eps[r.q]:.6g}",
+                    f"{r.q / c.K:.6g}",
+                    r.certified,
+                    r.upper_bound,
+                ]
+            )
+    qs = sorted({q for cells in columns.values() for q in cells})
+    lines = [
+        "| q | " + " | ".join(columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+        *(
+            f"| {q} | " + " | ".join(cells.get(q, "") for cells in columns.values()) + " |"
+            for q in qs
+        ),
+    ]
+    table = "\n".join(lines)
+    print("eps(q) = c_max(q) / f: the largest fraction of files q Byzantine workers can distort")
+    print(table)
+    if cfg.out is None:
+        return 0
+    import csv
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    note = (
+        "eps(q) = c_max(q) / f, the largest fraction of files that q Byzantine workers can "
+        "distort (a file is distorted when they hold a strict majority of its copies); "
+        "DETOX and the baseline at the same K for comparison. A cell (<= x) was not "
+        "certified within time_budget: the best set found, and the proven bound.\n\n"
+    )
+    (out / "distortion.md").write_text("# Worst-case distortion\n\n" + note + table + "\n")
+    with open(out / "distortion.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            [
+                "design",
+                "K",
+                "f",
+                "q",
+                "c_max",
+                "eps",
+                "eps_detox",
+                "eps_baseline",
+                "certified",
+                "upper_bound",
+            ]
+        )
+        writer.writerows(records)
+    written = ["distortion.md", "distortion.csv"]
+    try:
+        from byzshield.report import eps_figure
+
+        fig = eps_figure(curves)
+    except ImportError:
+        print("note: no plot: matplotlib is not installed (pip install 'byzshield[report]')")
+    else:
+        fig.tight_layout()
+        fig.savefig(out / "distortion.png", dpi=100, metadata={"Software": None})
+        written.append("distortion.png")
+    print(f"wrote {', '.join(written)} to {out}")
+    return 0
+
+
 def placement_main(argv: Sequence[str]) -> int:
     """``python -m byzshield.placement``; returns the exit status."""
     from byzshield.adversary import worst_case_table
@@ -90,23 +234,20 @@ def placement_main(argv: Sequence[str]) -> int:
         return 0
     try:
         cfg = compose("placement", argv)
+        if cfg.designs:
+            return _distortion(cfg)
         name, params = approach_params(cfg)
         placement = build_placement(name, **params)
         K = placement.num_workers
-        q_max = cfg.q_max if cfg.q_max is not None else K // 2
-        if isinstance(q_max, bool) or not isinstance(q_max, int) or not 0 <= q_max <= K:
-            raise UsageError(f"q_max must be an integer in 0..K={K}, got {q_max!r}")
+        q_max, budget = _check_options(cfg, K)
         if cfg.format not in ("table", "json"):
             raise UsageError(f"format must be table or json, got {cfg.format!r}")
-        budget = cfg.time_budget
-        if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0:
-            raise UsageError(f"time_budget must be a positive number of seconds, got {budget!r}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     progress = _Progress("searching")
-    rows = worst_case_table(placement, q_max, time_budget=float(budget), progress=progress)
+    rows = worst_case_table(placement, q_max, time_budget=budget, progress=progress)
     progress.close()
     detox_r, detox_eps = _detox_eps(K, placement.replication, q_max)
     f = placement.num_files

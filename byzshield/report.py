@@ -1195,38 +1195,51 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
         save(fig, "accuracy_vs_q.png")
 
     if curves:
-        fig, axes = plt.subplots(1, len(curves), figsize=(4.4 * len(curves), 3.4), squeeze=False)
-        for ax, c in zip(axes[0], curves, strict=True):
-            qs = [r.q for r in c.rows]
-            ax.plot(qs, [r.c_max / c.f for r in c.rows], "-o", ms=3, label=c.label)
-            if not c.certified:
-                ax.plot(
-                    qs,
-                    [r.upper_bound / c.f for r in c.rows],
-                    ":",
-                    color="C0",
-                    label="upper bound (not certified)",
-                )
-            if c.detox_eps and not c.label.startswith(("draco_lite", "maj_vote")):
-                ax.plot(qs, c.detox_eps, "-s", ms=3, label=f"DETOX (r={c.detox_r})")
-            if not c.label.startswith("baseline"):
-                ax.plot(qs, [q / c.K for q in qs], "--", label="baseline")
-            if c.used:
-                ax.plot(
-                    [u[0] for u in c.used],
-                    [u[1] for u in c.used],
-                    "x",
-                    color="k",
-                    label="runs (run.json)",
-                )
-            ax.set_title(f"{c.label}, K={c.K}, f={c.f}", fontsize=9)
-            ax.set_xlabel("q (Byzantine workers)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel("eps(q) = c_max(q) / f")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        save(fig, "eps_vs_q.png")
+        save(eps_figure(curves), "eps_vs_q.png")
     return written
+
+
+def eps_figure(curves: Sequence[EpsCurve]):
+    """A matplotlib figure, one panel per placement: eps(q) = c_max(q) / f, its upper
+    bound where not certified, DETOX's and the baseline's eps at the same K, and the
+    c_max the runs reported (if any)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.4 * len(curves), 3.4), squeeze=False)
+    for ax, c in zip(axes[0], curves, strict=True):
+        qs = [r.q for r in c.rows]
+        ax.plot(qs, [r.c_max / c.f for r in c.rows], "-o", ms=3, label=c.label)
+        if not c.certified:
+            ax.plot(
+                qs,
+                [r.upper_bound / c.f for r in c.rows],
+                ":",
+                color="C0",
+                label="upper bound (not certified)",
+            )
+        if c.detox_eps and not c.label.startswith(("draco_lite", "maj_vote")):
+            ax.plot(qs, c.detox_eps, "-s", ms=3, label=f"DETOX (r={c.detox_r})")
+        if not c.label.startswith("baseline"):
+            ax.plot(qs, [q / c.K for q in qs], "--", label="baseline")
+        if c.used:
+            ax.plot(
+                [u[0] for u in c.used],
+                [u[1] for u in c.used],
+                "x",
+                color="k",
+                label="runs (run.json)",
+            )
+        ax.set_title(f"{c.label}, K={c.K}, f={c.f}", fontsize=9)
+        ax.set_xlabel("q (Byzantine workers)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("eps(q) = c_max(q) / f")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
 
 
 # --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """`python -m byzshield.placement`: the table, JSON for scripts, and one-line errors."""
 
+import csv
 import json
 import os
 import subprocess
@@ -85,3 +86,40 @@ def test_help_lists_the_keys(capsys):
     assert placement_main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "approach.l" in out and "q_max" in out and "format=table|json" in out
+
+
+def test_distortion_experiment_tabulates_every_design_against_detox_and_baseline(tmp_path, capsys):
+    """+experiment=distortion: the paper's MOLS K=15 column, Ramanujan case 2 K=25, with
+    DETOX and the baseline at each K, written as Markdown, CSV and a PNG."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "dist"
+    overrides = ["+experiment=distortion", f"out={out}", "q_max=5"]
+    assert placement_main(overrides) == 0
+    printed = capsys.readouterr().out
+    header = next(ln for ln in printed.splitlines() if ln.startswith("| q |"))
+    assert "mols(l=5, r=3) K=15 f=25" in header and "rama_two(m=5, s=5) K=25 f=25" in header
+    assert "DETOX K=15 r=3" in header and "baseline K=25" in header
+    with open(out / "distortion.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    mols = [r for r in rows if r["design"] == "mols(l=5, r=3)"]
+    assert [int(r["c_max"]) for r in mols] == [0, 0, 1, 3, 5, 8]  # the paper's table
+    assert [float(r["eps_detox"]) for r in mols] == [0, 0, 0.2, 0.2, 0.4, 0.4]
+    rama = [r for r in rows if r["design"] == "rama_two(m=5, s=5)"]
+    assert [int(r["c_max"]) for r in rama] == [0, 0, 0, 1, 1, 2]
+    assert all(r["certified"] == "True" for r in rows)
+    assert (out / "distortion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 3 | 0.120 | 0.200 | 0.200 |" in (out / "distortion.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("designs", "message"),
+    [
+        ("designs=[{approach: nope}]", "designs[0] needs approach: one of"),
+        ("designs=[{approach: mols, l: 6, r: 3}]", "designs[0] (mols):"),
+        ("designs=[{l: 5}]", "designs[0] needs approach"),
+    ],
+)
+def test_a_bad_design_is_one_line_naming_it(capsys, designs, message):
+    assert placement_main([designs]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -468,3 +468,36 @@ def test_real_sweep_end_to_end(tmp_path):
     md = (sweep / "report" / "report.md").read_text()
     assert "16 of 16" not in md and "4 of 4 jobs have a folder" in md
     assert "| 2 | 1 | 0.040 | yes | 0.200 | 0.133 |" in md  # eps(2): mols vs DETOX, baseline
+
+
+def test_attack_sweep_experiment_runs_through_the_joblib_launcher(tmp_path):
+    """+experiment=attack_sweep, narrowed on the command line (command-line values win
+    over the experiment's sweep grid): two jobs at a time on mnist1d, then the report."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    train = [
+        sys.executable,
+        "-m",
+        "byzshield.train",
+        "+experiment=attack_sweep",
+        f"train_dir={sweep}",
+        "approach=mols,draco_lite_attack",
+        "mode=nnm-median",
+        "attack=alie",
+        "attack.q=2",
+        "seed=0",
+        "max_steps=3",
+        "eval_freq=3",
+    ]
+    proc = subprocess.run(train, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    runs = [read_run(sweep / str(i)) for i in range(2)]
+    assert [r.status for r in runs] == ["complete", "complete"]
+    for run in runs:
+        assert run.config["dataset.name"] == "mnist1d" and run.config["network.name"] == "cnn1d"
+        assert run.config["mode.pre"] == ["nnm"] and run.config["engine"] == "simulate"
+    selections = {r.config["approach.name"]: r.info["selection"]["kind"] for r in runs}
+    assert selections == {"mols": "worst_case", "draco_lite_attack": "detox_worst"}
