@@ -115,11 +115,28 @@ class Comm:
             return
         self._wait_each([dist.irecv(buffers[w], src=w + 1) for w in range(len(buffers))])
 
-    def _wait_each(self, works: list) -> None:
-        """Wait for per-worker operations (works[i] is rank i+1's) under one deadline."""
+    def send_each(self, messages: dict[int, torch.Tensor]) -> None:
+        """Rank 0: send ``messages[w]`` to worker w (rank w + 1) only."""
+        if not self.distributed:
+            return
+        ranks = [w + 1 for w in messages]
+        works = [dist.isend(t, dst=w + 1) for w, t in messages.items()]
+        self._wait_each(works, ranks)
+
+    def receive_each(self, buffers: dict[int, torch.Tensor]) -> None:
+        """Rank 0: fill ``buffers[w]`` with worker w's (rank w + 1's) next message."""
+        if not self.distributed:
+            return
+        ranks = [w + 1 for w in buffers]
+        works = [dist.irecv(t, src=w + 1) for w, t in buffers.items()]
+        self._wait_each(works, ranks)
+
+    def _wait_each(self, works: list, ranks: list[int] | None = None) -> None:
+        """Wait for per-worker operations (works[i] is rank ``ranks[i]``'s, by default
+        rank i+1's) under one deadline."""
         deadline = time.monotonic() + self.timeout
         for i, work in enumerate(works):
-            rank = i + 1
+            rank = ranks[i] if ranks is not None else i + 1
             left = max(0.001, deadline - time.monotonic())
             try:
                 ok = work.wait(timedelta(seconds=left))

@@ -410,6 +410,8 @@ class SmeaMode(ModeOption):
 # --------------------------------------------------------------------------------------
 # attack/: what Byzantine workers send, how many there are and who
 
+DIGEST_LIES = ("none", "honest_digest", "honest_tensor")
+
 
 @dataclass
 class AttackOption(_Option):
@@ -423,6 +425,10 @@ class AttackOption(_Option):
     q: int = 3
     selection: Any = "auto"
     search_work: int = 200_000
+    # vote=digest liars: none (a Byzantine copy's digest is that of the copy it sends),
+    # honest_digest (the honest copy's digest, its own copy sent when pulled) or
+    # honest_tensor (its own copy's digest, the honest copy sent when pulled)
+    digest_lie: str = "none"
     group: ClassVar[str] = "attack"
     honest: ClassVar[bool] = False  # no Byzantine workers whatever q says
 
@@ -430,6 +436,11 @@ class AttackOption(_Option):
         self._check_name()
         _int("attack.", "q", self.q, 0)
         _int("attack.", "search_work", self.search_work, 1)
+        if self.digest_lie not in DIGEST_LIES:
+            raise ConfigError(
+                f"attack.digest_lie must be one of {', '.join(DIGEST_LIES)}, "
+                f"got {self.digest_lie!r}"
+            )
         sel = self.selection
         if isinstance(sel, str):
             if sel not in (*SELECTIONS, "auto"):
@@ -719,6 +730,8 @@ class DatasetOption(_Option):
 
 ENGINES = ("auto", "torchrun", "simulate")
 DEVICES = ("cpu", "cuda")
+VOTES = ("full", "digest")
+DIGEST_VERIFY = ("first", "majority")
 
 
 @dataclass
@@ -755,6 +768,14 @@ class TrainConfig:
     # simulated erasures: this many workers per step (drawn from (seed, step)) miss the
     # step's deadline; their copies do not vote (a file needs a strict majority of all r)
     stragglers: int = 0
+    # the vote: full (every copy of every file reaches the server and is compared bit for
+    # bit) or digest (workers send a BLAKE3 digest of each copy, the server votes on the
+    # digests and pulls one copy per trusted file, checked against its digest)
+    vote: str = "full"
+    # vote=digest: pull the first holder of the winning digest (first; exact whenever a
+    # worker's digest is that of the copy it sends) or a strict majority of holders
+    # (majority; the full vote's winners whatever a worker claims, at ~r/2 the bytes)
+    digest_verify: str = "first"
     timeout: float = 300.0  # torchrun: seconds before a silent rank is declared dead
     checkpoint: bool = True  # write checkpoints/step_NNNNNN.pt at every evaluation
     bn_batches: int = 8  # training batches to recompute BatchNorm statistics on the PS
@@ -789,6 +810,13 @@ class TrainConfig:
         if self.aggregator_f is not None:
             _int("", "aggregator_f", self.aggregator_f, 0)
         _int("", "stragglers", self.stragglers, 0)
+        if self.vote not in VOTES:
+            raise ConfigError(f"vote must be one of {', '.join(VOTES)}, got {self.vote!r}")
+        if self.digest_verify not in DIGEST_VERIFY:
+            raise ConfigError(
+                f"digest_verify must be one of {', '.join(DIGEST_VERIFY)}, "
+                f"got {self.digest_verify!r}"
+            )
 
 
 _OPTIONS: tuple[type[_Option], ...] = (

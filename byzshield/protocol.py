@@ -11,6 +11,16 @@ messages end with the :data:`END` marker::
                                      loss per file, END
     payload  float32[load * d + 1]   gradient of each held file, in worker_files order, END
 
+With ``vote=digest`` the header also carries the BLAKE3 digest of every held file
+(:mod:`byzshield.digest`, 8 float32 values each, after the losses) and the payload is
+not sent; instead the server sends each worker :class:`Pull` messages, answered with the
+requested gradients only::
+
+    header   float32[2 + load + 8 * load + 1]   as above, then the digests, END
+    pull     int64[1 + load]                    more (1: a pull, 0: the step is over),
+                                                then 1 for every held file to send
+    pulled   float32[n * d + 1]                 the n requested gradients in order, END
+
 The header comes first so that the server learns what a worker is about to send before
 it posts the receive for the payload; :meth:`ReplyLayout.check_header` refuses a header
 that announces anything but ``load * d`` values. A worker may lie in its header, so
@@ -52,7 +62,18 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["END", "SLACK", "Control", "Header", "ReplyLayout", "Slot", "control_size"]
+from byzshield.digest import DIGEST_VALUES, pack_digests, unpack_digests
+
+__all__ = [
+    "END",
+    "SLACK",
+    "Control",
+    "Header",
+    "Pull",
+    "ReplyLayout",
+    "Slot",
+    "control_size",
+]
 
 _CONTROL_FIELDS = 2  # step, stop
 _HEADER_FIELDS = 2  # payload length, compute seconds
@@ -110,6 +131,33 @@ class Control:
 
 
 @dataclass(frozen=True)
+class Pull:
+    """``vote=digest``: the server asks a worker for some of its file gradients, or
+    (``more`` False) tells it the step is over.
+
+    Attributes:
+        more: True for a pull, False when the step needs nothing more from the worker.
+        files: one flag per held file (``worker_files`` order): send this gradient.
+    """
+
+    more: bool
+    files: tuple[bool, ...]
+
+    def pack(self) -> torch.Tensor:
+        """The (1 + load,) int64 message."""
+        return torch.tensor([int(self.more), *map(int, self.files)], dtype=torch.int64)
+
+    @staticmethod
+    def unpack(message: torch.Tensor) -> Pull:
+        values = message.tolist()
+        return Pull(bool(values[0]), tuple(bool(v) for v in values[1:]))
+
+    @staticmethod
+    def size(load: int) -> int:
+        return 1 + load
+
+
+@dataclass(frozen=True)
 class Header:
     """A worker's reply header, as read back on the server.
 
@@ -117,11 +165,13 @@ class Header:
         length: number of float32 values the worker announces for its payload.
         compute_s: the worker's own measurement of its compute time (untrusted).
         losses: the training loss it computed for each of its files, in order.
+        digests: ``vote=digest``: the digest of each of its files, in order; else ().
     """
 
     length: float
     compute_s: float
     losses: tuple[float, ...]
+    digests: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,36 +181,55 @@ class ReplyLayout:
 
     load: int
     d: int
+    digests: bool = False  # vote=digest: digests in the header, no payload message
 
     @property
     def header_size(self) -> int:
-        return _HEADER_FIELDS + self.load
+        return _HEADER_FIELDS + self.load + (DIGEST_VALUES * self.load if self.digests else 0)
 
     @property
     def payload_size(self) -> int:
         return self.load * self.d
 
     def nbytes(self) -> int:
-        """Bytes of one reply (header + payload with their END markers, float32)."""
+        """Bytes of one reply (header and, for the full vote, payload, each with its END
+        marker, float32)."""
+        if self.digests:
+            return 4 * (self.header_size + 1)
         return 4 * (self.header_size + 1 + self.payload_size + 1)
 
     def pack_header(
-        self, *, compute_s: float, losses: Sequence[float], out: torch.Tensor | None = None
+        self,
+        *,
+        compute_s: float,
+        losses: Sequence[float],
+        digests: Sequence[bytes] = (),
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The (2 + load + 1,) float32 header announcing a payload of ``load * d`` values."""
+        """The float32 header announcing a payload of ``load * d`` values (with the
+        files' digests when the layout has them) and END."""
         if len(losses) != self.load:
             raise ValueError(f"a reply carries {self.load} losses, got {len(losses)}")
+        if len(digests) != (self.load if self.digests else 0):
+            raise ValueError(f"a reply carries {self.load if self.digests else 0} digests")
         out = torch.empty(self.header_size + 1) if out is None else out
         out[0] = float(self.payload_size)
         out[1] = compute_s
-        out[_HEADER_FIELDS : self.header_size] = torch.tensor(list(losses), dtype=torch.float32)
+        end = _HEADER_FIELDS + self.load
+        out[_HEADER_FIELDS:end] = torch.tensor(list(losses), dtype=torch.float32)
+        if self.digests:
+            pack_digests(digests, out=out[end : self.header_size])
         out[self.header_size] = END
         return out
 
     def unpack_header(self, message: torch.Tensor) -> Header:
         """Read a header from the first ``header_size`` values of ``message``."""
-        values = message[: self.header_size].tolist()
-        return Header(values[0], values[1], tuple(values[_HEADER_FIELDS:]))
+        end = _HEADER_FIELDS + self.load
+        values = message[:end].tolist()
+        digests = ()
+        if self.digests:
+            digests = tuple(unpack_digests(message[end : self.header_size]))
+        return Header(values[0], values[1], tuple(values[_HEADER_FIELDS:]), digests)
 
     def check_header(self, header: Header, who: str) -> None:
         """Refuse a header that announces a payload of the wrong size (one line)."""

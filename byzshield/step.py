@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,7 @@ from torch import Tensor
 from byzshield.aggregators._kernels import column_threads
 from byzshield.attacks import Attack, forge
 from byzshield.data import derive_seed
+from byzshield.digest import digest
 from byzshield.placement import Placement
 from byzshield.vote import Rows, same_bits, vote_rows
 
@@ -78,12 +80,22 @@ class Copies:
         losses: (f, r) float64; the training loss reported with each copy.
         present: (f, r) bool, or None when every copy arrived: erasures (the copies of
             a straggler or a dead worker) are False and do not vote.
+        claims: ``vote=digest`` only: ``claims[j][i]``, the digest the i-th holder of
+            file j sent (:mod:`byzshield.digest`); None for the full vote.
+        fetch: ``vote=digest`` with rows not yet received (torchrun): called with
+            (file, holder position, row) triples, it receives those rows into ``rows``
+            before they are read. None when every row is already there (simulate).
+        bytes_in: bytes the server received for these copies so far (reply headers,
+            and the payloads for the full vote); the digest vote adds what it pulls.
     """
 
     rows: Rows
     index: Tensor
     losses: Tensor
     present: Tensor | None = None
+    claims: list[list[bytes]] | None = None
+    fetch: Callable[[list[tuple[int, int, int]]], None] | None = None
+    bytes_in: int = 0
 
 
 @dataclass
@@ -124,8 +136,11 @@ class RobustUpdate:
         seed: int,
         threads: int | None = None,
         outside_guarantee: bool = False,
+        verify: str = "first",
+        lie: str = "none",
     ):
         self.placement = placement
+        self.verify, self.lie = verify, lie
         self.threads = threads
         self.outside_guarantee = outside_guarantee
         self.attack = attack
@@ -147,25 +162,41 @@ class RobustUpdate:
         """
         bad = set(byzantine)
         original = copies.index
+        self._pulled, self._pull_s = 0, 0.0
+        self._row_digests: dict[int, bytes] = {}
+        self._lied: dict[tuple[int, int], bytes] = {}
+        self._known: dict[tuple[int, int], bytes] = {}
         t0 = time.perf_counter()
         index, rows = self._simulate_attack(copies, bad, step)
+        claims = self._claims(copies, rows, index, bad)
+        index = self._lie(copies, rows, index, original, bad)
         t1 = time.perf_counter()
+        attack_pull = self._pull_s
         block = rows.blocks[0]
         shape = (self.placement.num_files, block.shape[1])
         if self._winners is None or self._winners.shape != shape:
             self._winners = torch.empty(shape, dtype=block.dtype)
-        if self.placement.replication > 1:
-            vote = vote_rows(rows, index, out=self._winners, present=copies.present)
-            winners, positions = vote.winners, vote.indices.tolist()
-            trusted, agree = vote.strict.tolist(), vote.counts.tolist()
+        liars: dict[str, int] = {}
+        if claims is not None:
+            positions, trusted, votes, liars = self._digest_vote(copies, rows, index, claims)
+            winners = rows.gather(
+                [int(index[j, i]) for j, i in enumerate(positions)], out=self._winners
+            )
+            distorted = self._distorted_digests(positions, votes, original, copies, bad, trusted)
+            lost = self._lost_digests(positions, votes, trusted)
         else:
-            winners = rows.gather(index[:, 0].tolist(), out=self._winners)
-            positions = [0] * self.placement.num_files
-            trusted, agree = [True] * self.placement.num_files, [1] * self.placement.num_files
-            if copies.present is not None:
-                trusted = copies.present[:, 0].tolist()
-        distorted = self._distorted(rows, original, index, positions, winners, bad, trusted)
-        lost = self._lost_votes(rows, index, positions, winners, trusted, agree, copies.present)
+            if self.placement.replication > 1:
+                vote = vote_rows(rows, index, out=self._winners, present=copies.present)
+                winners, positions = vote.winners, vote.indices.tolist()
+                trusted, agree = vote.strict.tolist(), vote.counts.tolist()
+            else:
+                winners = rows.gather(index[:, 0].tolist(), out=self._winners)
+                positions = [0] * self.placement.num_files
+                trusted, agree = [True] * self.placement.num_files, [1] * self.placement.num_files
+                if copies.present is not None:
+                    trusted = copies.present[:, 0].tolist()
+            distorted = self._distorted(rows, original, index, positions, winners, bad, trusted)
+            lost = self._lost_votes(rows, index, positions, winners, trusted, agree, copies.present)
         kept = [j for j, ok in enumerate(trusted) if ok]
         losses = [float(copies.losses[j, positions[j]]) for j in kept]
         if len(kept) < len(trusted):
@@ -200,11 +231,174 @@ class RobustUpdate:
                 "outside_guarantee": outside,
                 # the factor an optimised attack chose this step (z or eps), else null
                 "attack_factor": getattr(self.attack, "last_factor", None) if bad else None,
-                "attack_s": t1 - t0,
-                "vote_s": t2 - t1,
+                # bytes the server received this step (reply headers, payloads or the
+                # copies the digest vote pulled); copies forged on the server cost none
+                "bytes_received": copies.bytes_in + self._pulled,
+                # vote=digest: copies whose bytes did not match the digest their sender
+                # sent, per worker (caught lying); always {} for the full vote
+                "digest_liars": dict(sorted(liars.items(), key=lambda kv: int(kv[0]))),
+                # vote=digest (torchrun): receiving pulled copies, counted as communication
+                "pull_s": self._pull_s,
+                "attack_s": t1 - t0 - attack_pull,
+                "vote_s": t2 - t1 - (self._pull_s - attack_pull),
                 "aggregation_s": t3 - t2,
             },
         )
+
+    # ---------------------------------------------------------------- the digest vote
+
+    def _row_digest(self, rows: Rows, row: int) -> bytes:
+        if row not in self._row_digests:
+            self._row_digests[row] = digest(rows[row])
+        return self._row_digests[row]
+
+    def _claims(self, copies: Copies, rows: Rows, index: Tensor, bad: set[int]):
+        """Each copy's digest as its sender claims it, after the attack: a Byzantine copy
+        the server forged (omniscient attacks) claims its forged row's digest."""
+        if copies.claims is None:
+            return None
+        claims = [list(c) for c in copies.claims]
+        base = copies.rows.num_rows  # rows from here on were forged on the server
+        for w in bad:
+            for j in self.placement.worker_files[w]:
+                i = self.position[(w, j)]
+                row = int(index[j, i])
+                if row >= base:
+                    claims[j][i] = self._row_digest(rows, row)
+        return claims
+
+    def _lie(self, copies, rows, index, original, bad) -> Tensor:
+        """``attack.digest_lie``: a Byzantine copy whose claimed digest and the copy it
+        sends when pulled disagree. ``honest_digest``: it claims the honest copy's
+        digest and sends its own; ``honest_tensor``: it claims its own and sends the
+        honest copy (which the full vote then sees). Files without an honest copy to
+        lie with are left as they are."""
+        if self.lie == "none" or not bad:
+            return index
+        index = index.clone() if self.lie == "honest_tensor" else index
+        omniscient = self.attack.needs_honest
+        for w in sorted(bad):
+            for j in self.placement.worker_files[w]:
+                i = self.position[(w, j)]
+                honest = next((k for k, v in enumerate(self.holders[j]) if v not in bad), None)
+                if honest is not None:
+                    ref_claim, ref_row = (j, honest), int(original[j, honest])
+                elif omniscient:  # the Byzantine worker computed the honest copy itself
+                    ref_claim, ref_row = (j, i), int(original[j, i])
+                else:
+                    continue
+                if self.lie == "honest_tensor":
+                    index[j, i] = ref_row
+                elif copies.claims is not None:
+                    self._lied[(j, i)] = copies.claims[ref_claim[0]][ref_claim[1]]
+        return index
+
+    def _digest_vote(self, copies: Copies, rows: Rows, index: Tensor, claims):
+        """Vote on digests, then pull copies of the winning digest until ``verify``
+        holders' bytes match it: one (``first``) or a strict majority (``majority``).
+        A pulled copy that does not match its sender's digest is recorded against the
+        sender and votes from then on with the digest of what it sent; ``majority``
+        also pulls every copy of a file without a strict majority of digests. Returns
+        (winning holder position per file, trusted per file, each file's final votes,
+        liars)."""
+        f, r = index.shape
+        need = 1 if self.verify == "first" else self.placement.threshold
+        for (j, i), claim in self._lied.items():
+            claims[j][i] = claim
+        present = None if copies.present is None else copies.present.tolist()
+        known = dict(self._known)  # the copies the attack simulation already pulled
+        liars: dict[str, int] = {}
+        for (j, i), actual in known.items():
+            if actual != claims[j][i]:
+                w = str(self.holders[j][i])
+                liars[w] = liars.get(w, 0) + 1
+        positions, trusted, votes = [0] * f, [False] * f, [dict() for _ in range(f)]
+        open_files = list(range(f))
+        while open_files:
+            requests: list[tuple[int, int]] = []
+            still = []
+            for j in open_files:
+                live = [i for i in range(r) if present is None or present[j][i]]
+                vote = {i: known.get((j, i), claims[j][i]) for i in live}
+                members = _largest_group(vote)
+                votes[j] = vote
+                unknown = [i for i in live if (j, i) not in known]
+                if 2 * len(members) <= r:  # no strict majority of all r copies
+                    if self.verify == "majority" and unknown:
+                        requests += [(j, i) for i in unknown]
+                        still.append(j)
+                    else:
+                        positions[j] = members[0] if members else 0
+                    continue
+                checked = [i for i in members if (j, i) in known]
+                if len(checked) >= need:
+                    positions[j], trusted[j] = checked[0], True
+                    continue
+                todo = [i for i in members if (j, i) not in known][: need - len(checked)]
+                requests += [(j, i) for i in todo]
+                still.append(j)
+            if requests:
+                self._pull(copies, rows, index, requests)
+                for j, i in requests:
+                    known[(j, i)] = self._row_digest(rows, int(index[j, i]))
+                    if known[(j, i)] != claims[j][i]:
+                        w = str(self.holders[j][i])
+                        liars[w] = liars.get(w, 0) + 1
+            open_files = still
+        return positions, trusted, votes, liars
+
+    def _pull(self, copies: Copies, rows: Rows, index: Tensor, requests) -> None:
+        """Receive the requested copies (one round) and count their bytes: one message
+        per worker asked, its copies and END; copies forged on the server are free."""
+        base = copies.rows.num_rows
+        wire = [(j, i, int(index[j, i])) for j, i in requests if int(index[j, i]) < base]
+        if not wire:
+            return
+        if copies.fetch is not None:
+            t0 = time.perf_counter()
+            copies.fetch(wire)
+            self._pull_s += time.perf_counter() - t0
+        per_worker: dict[int, int] = {}
+        for j, i, _ in wire:
+            w = self.holders[j][i]
+            per_worker[w] = per_worker.get(w, 0) + 1
+        d = rows.blocks[0].shape[1]
+        self._pulled += sum(4 * (n * d + 1) for n in per_worker.values())
+
+    def _distorted_digests(self, positions, votes, original, copies, bad, trusted) -> list[int]:
+        """As :meth:`_distorted`, comparing digests: a trusted winner from a Byzantine
+        holder whose digest differs from the honest copy's."""
+        if not bad:
+            return []
+        out = []
+        for j, i in enumerate(positions):
+            ws = self.holders[j]
+            if not trusted[j] or ws[i] not in bad:
+                continue
+            winner = votes[j][i]
+            honest = next((k for k, w in enumerate(ws) if w not in bad), None)
+            if honest is not None:
+                ref = copies.claims[j][honest]  # an honest worker's digest is true
+            elif self.attack.needs_honest:
+                ref = copies.claims[j][i]  # what the Byzantine worker computed honestly
+            else:
+                out.append(j)
+                continue
+            if winner != ref:
+                out.append(j)
+        return out
+
+    def _lost_digests(self, positions, votes, trusted) -> dict:
+        out: dict[str, int] = {}
+        for j, i in enumerate(positions):
+            if not trusted[j]:
+                continue
+            winner = votes[j][i]
+            for k, v in votes[j].items():
+                if v != winner:
+                    w = str(self.holders[j][k])
+                    out[w] = out.get(w, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
     def _lost_votes(self, rows, index, positions, winners, trusted, agree, present) -> dict:
         """{worker: copies of it that disagreed with their file's trusted winner}: what
@@ -237,6 +431,12 @@ class RobustUpdate:
         rows, index = copies.rows, copies.index
         if not bad or not self.attack.needs_honest:
             return index, rows
+        if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
+            picks = [(j, self._honest_position(j, bad)) for j in range(len(self.holders))]
+            self._pull(copies, rows, index, picks)
+            for j, i in picks:
+                if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
+                    self._known[(j, i)] = self._row_digest(rows, int(index[j, i]))
         honest = self._honest_stack(rows, index, bad)
         files = sorted({j for w in bad for j in self.placement.worker_files[w]})
         counts = [sum(w in bad for w in ws) for ws in self.holders]
@@ -292,13 +492,14 @@ class RobustUpdate:
 
         return damage
 
+    def _honest_position(self, j: int, bad: set[int]) -> int:
+        """File j's first honest holder (position), or 0 when every holder is Byzantine."""
+        return next((i for i, w in enumerate(self.holders[j]) if w not in bad), 0)
+
     def _honest_stack(self, rows: Rows, index: Tensor, bad: set[int]) -> Tensor:
         """(f, d): each file's gradient as an honest holder sent it (for an omniscient
         attack Byzantine workers send honest gradients too, so any holder will do)."""
-        picks = []
-        for j, ws in enumerate(self.holders):
-            i = next((i for i, w in enumerate(ws) if w not in bad), 0)
-            picks.append(int(index[j, i]))
+        picks = [int(index[j, self._honest_position(j, bad)]) for j in range(len(self.holders))]
         first = rows.blocks[0]
         if picks == list(range(len(picks))) and first.shape[0] >= len(picks):
             return first[: len(picks)]  # the simulator's honest rows: no copy
@@ -336,6 +537,17 @@ class RobustUpdate:
             if not same_bits(winners[j], rows[ref]):
                 out.append(j)
         return out
+
+
+def _largest_group(vote: dict[int, bytes]) -> list[int]:
+    """Positions of the largest group of equal digests, in position order; among
+    groups of equal size the one with the lowest first position (as the full vote)."""
+    groups: dict[bytes, list[int]] = {}
+    for i in sorted(vote):
+        groups.setdefault(vote[i], []).append(i)
+    if not groups:
+        return []
+    return max(groups.values(), key=lambda g: (len(g), -g[0]))
 
 
 def _mean(values: list[float]) -> float:

@@ -32,7 +32,6 @@ from torch import nn
 from byzshield.config import Run
 from byzshield.data import ImageDataset, eval_batches, step_batch
 from byzshield.gradients import flat_params
-from byzshield.protocol import ReplyLayout
 from byzshield.runfolder import Resume, save_checkpoint
 from byzshield.step import Copies, RobustUpdate
 
@@ -266,6 +265,8 @@ class Trainer:
             seed=cfg.seed,
             threads=_aggregation_threads(self.model, cfg.threads),
             outside_guarantee=run.outside_guarantee,
+            verify=cfg.digest_verify,
+            lie=cfg.attack.digest_lie,
         )
         self.metrics = MetricsLog(folder)
         self.checkpoints = folder / "checkpoints"
@@ -280,10 +281,6 @@ class Trainer:
             run.aggregator.load_state_dict(state["aggregator"])
             self.start, self.last_checkpoint = int(state["step"]), resume.path
             self.last_eval = dict(state.get("eval") or {})
-        d = sum(p.numel() for p in self.model.parameters())
-        self.bytes_per_step = (
-            run.placement.num_workers * ReplyLayout(run.placement.load, d).nbytes()
-        )
 
     def erasures(self, step: int) -> tuple[int, ...]:
         """The workers whose replies miss this step's deadline (``stragglers``, drawn from
@@ -351,9 +348,10 @@ class Trainer:
             "lost_votes": m["lost_votes"],
             "outside_guarantee": m["outside_guarantee"],
             "attack_factor": m["attack_factor"],
-            "bytes_received": self.bytes_per_step,
+            "bytes_received": m["bytes_received"],
+            "digest_liars": m["digest_liars"],
             "compute_s": times["compute_s"],
-            "communication_s": times["communication_s"] + packed,
+            "communication_s": times["communication_s"] + packed + m["pull_s"],
             "attack_s": m["attack_s"],
             "vote_s": m["vote_s"],
             "aggregation_s": m["aggregation_s"],

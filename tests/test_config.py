@@ -52,7 +52,16 @@ def test_every_option_composes_to_its_own_typed_dataclass():
             if name == "custom":
                 continue
             node = getattr(make([f"{group}={name}"]), group)
-            assert dataclasses.is_dataclass(node) and type(node).option == name, (group, name)
+            expected = PRESETS.get((group, name), name)  # a preset: another option's schema
+            assert dataclasses.is_dataclass(node) and type(node).option == expected, (group, name)
+
+
+PRESETS = {("mode", "nnm-median"): "coord-median"}  # coord-median with pre: [nnm]
+
+
+def test_the_nnm_median_preset_is_coord_median_after_nnm():
+    node = make(["mode=nnm-median"]).mode
+    assert node.name == "coord-median" and node.pre_aggregations() == ["nnm"]
 
 
 def test_attack_option_defaults_are_the_attack_classes_own_defaults():

@@ -32,7 +32,9 @@ import torch
 
 from byzshield.attacks import attack_generator
 from byzshield.config import Run
+from byzshield.digest import digest
 from byzshield.gradients import file_gradients, load_flat
+from byzshield.protocol import ReplyLayout
 from byzshield.step import Copies
 from byzshield.vote import Rows
 
@@ -55,6 +57,9 @@ class SimulateEngine:
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.honest = torch.empty(self.f, d)  # reused: no page faults per step
         self.attack = run.config.attack.worker_attack()  # what the workers themselves send
+        self.digests = run.config.vote == "digest"
+        layout = ReplyLayout(p.load, d, digests=self.digests)
+        self.bytes_in = p.num_workers * layout.nbytes()  # what the torchrun server receives
 
     def _gradients(self, files: list[int], step: int, *, flip: bool, out: torch.Tensor):
         """Gradients of ``files`` into ``out`` rows, split over the replicas; losses."""
@@ -112,7 +117,14 @@ class SimulateEngine:
                 forged_copy = w in bad and j in row_of
                 index[j, i] = row_of[j] if forged_copy else j
                 copy_losses[j, i] = bad_losses.get(j, losses[j]) if forged_copy else losses[j]
-        return Copies(rows, index, copy_losses), {
+        claims = None
+        if self.digests:  # each worker's digest of what it sends (each row hashed once)
+            of_row: dict[int, bytes] = {}
+            table = index.tolist()
+            for row in {r for rs in table for r in rs}:
+                of_row[row] = digest(rows[row])
+            claims = [[of_row[r] for r in rs] for rs in table]
+        return Copies(rows, index, copy_losses, claims=claims, bytes_in=self.bytes_in), {
             "compute_s": time.perf_counter() - t1,
             "communication_s": t1 - t0,
         }

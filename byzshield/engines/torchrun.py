@@ -27,8 +27,9 @@ import torch
 from byzshield.attacks import attack_generator
 from byzshield.comm import Comm, RankFailure
 from byzshield.config import Run
+from byzshield.digest import digest
 from byzshield.gradients import file_gradients, load_flat, num_params
-from byzshield.protocol import Control, ReplyLayout, Slot, control_size
+from byzshield.protocol import END, Control, Pull, ReplyLayout, Slot, control_size
 from byzshield.step import Copies, copy_index
 from byzshield.vote import Rows
 
@@ -46,7 +47,9 @@ class TorchrunEngine:
         p = run.placement
         self.comm, self.run, self.d = comm, run, d
         self.K, self.load = p.num_workers, p.load
-        self.layout = ReplyLayout(p.load, d)
+        self.digests = run.config.vote == "digest"
+        self.layout = ReplyLayout(p.load, d, digests=self.digests)
+        self.pulling = False  # vote=digest: workers wait for Pull messages of this step
         n = self.layout.payload_size
         spare = math.ceil((Slot.capacity(n) - n) / d)  # whole rows for END and the slack
         self.stride = p.load + spare  # rows per worker in the receive buffer
@@ -61,22 +64,80 @@ class TorchrunEngine:
 
     def gather(self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]):
         t0 = time.perf_counter()
+        self._end_pulls()
         self.idle = False
         self.comm.send_to_workers(Control.for_step(step, self.K, byzantine).pack())
         self.comm.send_to_workers(params)
-        self._receive(self.headers, "reply header")
+        self._receive(self.headers, "reply header", last=self.digests)
         headers = [self.layout.unpack_header(slot.buffer) for slot in self.headers]
         for w, header in enumerate(headers):
             with _named(w):
                 self.layout.check_header(header, _who(w))
-        self._receive(self.payloads, "payload", last=True)
+        if self.digests:  # the gradients wait on the workers until the vote pulls them
+            self.pulling = True
+        else:
+            self._receive(self.payloads, "payload", last=True)
         wait = time.perf_counter() - t0
         reported = [h.compute_s for h in headers]
         compute = max((c for c in reported if c == c), default=0.0)  # NaN-safe
         compute = min(max(compute, 0.0), wait)  # a worker's own figure, clamped to the wait
         losses = torch.tensor([x for h in headers for x in h.losses], dtype=torch.float64)
-        copies = Copies(Rows(self.rows), self.index, losses[self.loss_index])
+        claims = None
+        if self.digests:
+            table = self.index.tolist()
+            by_row = {
+                w * self.stride + i: g
+                for w, h in enumerate(headers)
+                for i, g in enumerate(h.digests)
+            }
+            claims = [[by_row[r] for r in rs] for rs in table]
+        copies = Copies(
+            Rows(self.rows),
+            self.index,
+            losses[self.loss_index],
+            claims=claims,
+            fetch=self._fetch if self.digests else None,
+            bytes_in=self.K * self.layout.nbytes(),
+        )
         return copies, {"compute_s": compute, "communication_s": wait - compute}
+
+    def _fetch(self, wire: list[tuple[int, int, int]]) -> None:
+        """vote=digest: one round of pulls. Row w * stride + s is worker w's s-th file;
+        each worker asked sends the requested gradients in slot order, received into a
+        staging slot (a wrong length names the rank) and copied to their rows."""
+        wanted: dict[int, list[int]] = {}
+        for _, _, row in wire:
+            w, slot = divmod(row, self.stride)
+            if slot not in wanted.setdefault(w, []):
+                wanted[w].append(slot)
+        for slots in wanted.values():
+            slots.sort()
+        self.idle = False
+        self.comm.send_each(
+            {
+                w: Pull(True, tuple(s in slots for s in range(self.load))).pack()
+                for w, slots in wanted.items()
+            }
+        )
+        staging = {
+            w: Slot(torch.empty(Slot.capacity(len(slots) * self.d)), len(slots) * self.d)
+            for w, slots in wanted.items()
+        }
+        for slot in staging.values():
+            slot.arm()
+        self.comm.receive_each({w: slot.buffer for w, slot in staging.items()})
+        self.idle = True  # every worker waits for a pull or the end of the step again
+        for w, slots in wanted.items():
+            with _named(w):
+                staging[w].check(_who(w), "pulled gradients")
+            got = staging[w].buffer[: len(slots) * self.d].view(len(slots), self.d)
+            self.rows[[w * self.stride + s for s in slots]] = got
+
+    def _end_pulls(self) -> None:
+        """vote=digest: tell every worker the last step needs nothing more."""
+        if self.pulling:
+            self.comm.send_to_workers(Pull(False, (False,) * self.load).pack())
+            self.pulling = False
 
     def _receive(self, slots: list[Slot], what: str, *, last: bool = False) -> None:
         """Every worker's next message into its slot; a message of the wrong length is
@@ -95,6 +156,7 @@ class TorchrunEngine:
         message, and learn that the server is gone when its process exits."""
         if self.idle:
             with contextlib.suppress(Exception):
+                self._end_pulls()
                 self.comm.send_to_workers(Control.stop_message(step, self.K).pack())
 
 
@@ -118,8 +180,10 @@ def run_worker(comm: Comm, run: Run) -> None:
     files = p.worker_files[w]
     model = run.build_model()
     d = num_params(model)
-    layout = ReplyLayout(p.load, d)
+    digests = cfg.vote == "digest"
+    layout = ReplyLayout(p.load, d, digests=digests)
     control = torch.zeros(control_size(p.num_workers), dtype=torch.int64)
+    pull = torch.zeros(Pull.size(p.load), dtype=torch.int64)
     params = torch.empty(d)
     reply = layout.payload_message()
     payload = layout.payload(reply)  # the gradients, written in place
@@ -149,9 +213,23 @@ def run_worker(comm: Comm, run: Run) -> None:
         if byzantine and attack is not None:
             for i, j in enumerate(files):
                 payload[i] = attack(payload[i], generator=attack_generator(cfg.seed, step, j))
-        layout.pack_header(compute_s=time.perf_counter() - t0, losses=losses, out=header)
+        sums = [digest(g) for g in payload] if digests else ()
+        layout.pack_header(
+            compute_s=time.perf_counter() - t0, losses=losses, digests=sums, out=header
+        )
         comm.send_to_server(header)
-        comm.send_to_server(reply)
+        if not digests:
+            comm.send_to_server(reply)
+        while digests:  # the server pulls some of the gradients, then ends the step
+            comm.receive_from_server(pull)
+            request = Pull.unpack(pull)
+            if not request.more:
+                break
+            chosen = [i for i, wanted in enumerate(request.files) if wanted]
+            message = torch.empty(len(chosen) * d + 1)
+            message[:-1].view(len(chosen), d).copy_(payload[chosen])
+            message[-1] = END
+            comm.send_to_server(message)
         if step % 50 == 0:
             log.info(
                 "step %d sent %d file gradients%s",

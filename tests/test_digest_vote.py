@@ -1,0 +1,145 @@
+"""vote=digest: the digest-first vote gives the full vote's bits at a fraction of the
+bytes, catches workers whose copy does not match their digest, and the wire format of
+digests and pulls round-trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from byzshield.digest import DIGEST_VALUES, digest, pack_digests, unpack_digests
+from byzshield.engines.simulate import simulate
+from byzshield.protocol import Pull, ReplyLayout
+
+DESIGNS = {
+    "mols": ("approach=mols", "approach.l=4", "approach.r=3", "batch_size=96"),
+    "rama_two": ("approach=rama_two", "approach.m=3", "approach.s=3", "batch_size=90"),
+    "draco_lite": ("approach=draco_lite", "approach.K=9", "approach.r=3", "mode=mean"),
+    "baseline": ("approach=baseline", "approach.K=6", "batch_size=60", "mode=mean"),
+}
+COMMON = ("attack.q=2", "max_steps=3", "eval_freq=3", "seed=3", "threads=1")
+TIMES = {"compute_s", "communication_s", "attack_s", "vote_s", "aggregation_s"}
+TIMES |= {"update_s", "step_s", "other_s"}
+
+
+def _run(folder: Path, *overrides: str) -> tuple[dict, list[dict]]:
+    simulate((*COMMON, *overrides), folder)
+    last = sorted((folder / "checkpoints").glob("step_*.pt"))[-1]
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return torch.load(last, weights_only=True)["model"], [r for r in rows if "event" not in r]
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _strip(rows: list[dict], *more: str) -> list[dict]:
+    drop = TIMES | {"bytes_received", *more}
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+@pytest.mark.parametrize("attack", ["rev_grad", "constant", "label_flip", "alie", "ipm"])
+def test_digest_vote_gives_the_full_votes_bits_and_metrics(tmp_path, design, attack):
+    ovs = (*DESIGNS[design], f"attack={attack}", "attack.selection=worst_case")
+    full, rows_full = _run(tmp_path / "full", *ovs, "vote=full")
+    dig, rows_dig = _run(tmp_path / "digest", *ovs, "vote=digest")
+    assert _equal(full, dig)
+    assert _strip(rows_full) == _strip(rows_dig)
+    assert all(r["digest_liars"] == {} for r in rows_dig)
+
+
+@pytest.mark.parametrize("design", ["mols", "rama_two", "draco_lite"])
+def test_digest_vote_receives_a_fraction_of_the_bytes(tmp_path, design):
+    ovs = (*DESIGNS[design], "attack=alie")
+    _, full = _run(tmp_path / "full", *ovs, "vote=full")
+    _, dig = _run(tmp_path / "digest", *ovs, "vote=digest")
+    for a, b in zip(full, dig, strict=True):  # r = 3 in all three: ~ one copy per file
+        assert a["bytes_received"] / b["bytes_received"] >= 0.95 * 3
+
+
+def test_the_bytes_follow_the_wire_format(tmp_path):
+    """mols l=4 r=3 (K=12, f=16), no attack: 12 headers with 4 digests each, then one
+    pull per worker holding a first copy of some file (one message each)."""
+    _, rows = _run(tmp_path, *DESIGNS["mols"], "attack=none", "attack.q=0", "vote=digest")
+    _, full = _run(tmp_path / "full", *DESIGNS["mols"], "attack=none", "attack.q=0")
+    layout_full = full[0]["bytes_received"] // 12  # one reply: 4 * (header + 1 + 4d + 1)
+    header = 2 + 4 + DIGEST_VALUES * 4
+    d = (layout_full // 4 - (2 + 4 + 1) - 1) // 4
+    from byzshield.placement import build_placement
+
+    p = build_placement("mols", l=4, r=3)
+    firsts: dict[int, int] = {}
+    for ws in p.file_workers:
+        firsts[ws[0]] = firsts.get(ws[0], 0) + 1
+    expected = 12 * 4 * (header + 1) + sum(4 * (n * d + 1) for n in firsts.values())
+    assert ReplyLayout(4, d, digests=True).nbytes() == 4 * (header + 1)
+    assert all(r["bytes_received"] == expected for r in rows), (rows[0], expected)
+
+
+@pytest.mark.parametrize("attack", ["rev_grad", "alie"])
+def test_a_wrong_digest_with_a_correct_tensor_is_caught_and_the_full_votes_bits_kept(
+    tmp_path, attack
+):
+    ovs = (*DESIGNS["mols"], f"attack={attack}", "attack.digest_lie=honest_tensor")
+    full, _ = _run(tmp_path / "full", *ovs, "vote=full")
+    for verify in ("first", "majority"):
+        dig, rows = _run(tmp_path / verify, *ovs, "vote=digest", f"digest_verify={verify}")
+        assert _equal(full, dig), verify
+        caught = {w for r in rows for w in r["digest_liars"]}
+        assert caught and caught <= {str(w) for r in rows for w in r["byzantine"]}
+
+
+@pytest.mark.parametrize("attack", ["rev_grad", "alie"])
+def test_a_correct_digest_with_a_wrong_tensor_never_wins_and_majority_matches_full(
+    tmp_path, attack
+):
+    """The liar claims the honest digest and sends its own copy: with digest_verify=first
+    its copy is rejected whenever it is pulled, so it distorts at most what the full vote
+    lets it; with digest_verify=majority the winners are the full vote's."""
+    ovs = (*DESIGNS["mols"], f"attack={attack}", "attack.digest_lie=honest_digest")
+    full, rows_full = _run(tmp_path / "full", *ovs, "vote=full")
+    maj, rows_maj = _run(tmp_path / "maj", *ovs, "vote=digest", "digest_verify=majority")
+    assert _equal(full, maj)
+    assert [r["distorted"] for r in rows_full] == [r["distorted"] for r in rows_maj]
+    _, rows_first = _run(tmp_path / "first", *ovs, "vote=digest", "digest_verify=first")
+    for a, b in zip(rows_full, rows_first, strict=True):
+        assert b["distorted"] <= a["distorted"]
+    bad = {str(w) for r in rows_maj for w in r["byzantine"]}
+    assert {w for r in rows_maj for w in r["digest_liars"]} == bad  # all of them caught
+
+
+def test_digests_and_pulls_round_trip_on_the_wire():
+    rows = torch.randn(3, 5)
+    rows[2] = rows[0]
+    sums = [digest(r) for r in rows]
+    assert sums[0] == sums[2] != sums[1] and len(sums[0]) == 32
+    assert unpack_digests(pack_digests(sums)) == sums
+    neg_zero = torch.tensor([0.0]), torch.tensor([-0.0])
+    assert digest(neg_zero[0]) != digest(neg_zero[1])  # bits, not values
+    layout = ReplyLayout(3, 5, digests=True)
+    header = layout.pack_header(compute_s=0.25, losses=[1.0, 2.0, 3.0], digests=sums)
+    back = layout.unpack_header(header)
+    assert back.digests == tuple(sums) and back.losses == (1.0, 2.0, 3.0)
+    assert back.length == 15 and header.numel() == layout.header_size + 1
+    assert Pull.unpack(Pull(True, (True, False, True)).pack()) == Pull(True, (True, False, True))
+    with pytest.raises(ValueError, match="digests"):
+        layout.pack_header(compute_s=0.0, losses=[1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("vote=fast", "vote must be one of full, digest"),
+        ("digest_verify=all", "digest_verify must be one of first, majority"),
+        ("attack.digest_lie=yes", "attack.digest_lie must be one of none, honest_digest"),
+    ],
+)
+def test_bad_vote_options_are_one_line(tmp_path, override, message):
+    from byzshield.config import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match=message):
+        simulate((*COMMON, override), tmp_path)
