@@ -1,7 +1,8 @@
 """`python -m byzshield.train`, except that worker rank FAULTY_RANK sends payloads of
 FAULTY_EXTRA values too many (or too few, if negative) while its header still announces
-the right length, or headers of the wrong length with FAULTY_MESSAGE=header: a test
-stand-in for a buggy or lying worker. Production code has no
+the right length, or headers of the wrong length with FAULTY_MESSAGE=header, or (with
+vote=digest, FAULTY_MESSAGE=pulled) the negated gradients when pulled, after a header
+with the true digests: a test stand-in for a buggy or lying worker. Production code has no
 such switch; this script patches :meth:`byzshield.comm.Comm.send_to_server` and runs
 the real entry point.
 
@@ -19,15 +20,19 @@ import torch
 from byzshield.comm import Comm
 from byzshield.protocol import END
 
-RANK, EXTRA = int(os.environ["FAULTY_RANK"]), int(os.environ["FAULTY_EXTRA"])
-PAYLOAD = os.environ.get("FAULTY_MESSAGE", "payload") == "payload"
+RANK, EXTRA = int(os.environ["FAULTY_RANK"]), int(os.environ.get("FAULTY_EXTRA", "0"))
+MESSAGE = os.environ.get("FAULTY_MESSAGE", "payload")
+PAYLOAD = MESSAGE == "payload"
 _send = Comm.send_to_server
 _sent = [0]
 
 
 def send_to_server(self: Comm, tensor: torch.Tensor) -> None:
     _sent[0] += 1
-    if self.rank == RANK and (_sent[0] % 2 == 0) == PAYLOAD:  # header, payload, header, ...
+    if MESSAGE == "pulled":
+        if self.rank == RANK and tensor.numel() > 1000:  # pulled gradients, not a header
+            tensor = torch.cat([-tensor[:-1], torch.tensor([END])])
+    elif self.rank == RANK and (_sent[0] % 2 == 0) == PAYLOAD:  # header, payload, ...
         body = tensor[:-1]
         body = body[:EXTRA] if EXTRA < 0 else torch.cat([body, torch.zeros(EXTRA)])
         tensor = torch.cat([body, torch.tensor([END])])

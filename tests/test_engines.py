@@ -166,3 +166,59 @@ def test_device_cuda_with_the_torchrun_engine_is_refused_in_one_line(tmp_path):
 
     with pytest.raises(ConfigError, match="device=cuda needs engine=simulate"):
         build_run(compose_config(["device=cuda", "engine=torchrun"]))
+
+
+def test_the_digest_vote_gives_the_same_bits_in_both_engines_and_as_the_full_vote(tmp_path):
+    """vote=digest over gloo (headers with digests, then pulls) against the simulate
+    engine, with consistent Byzantine workers and with liars of both kinds."""
+    nproc, *overrides = DESIGNS["rama_two"]
+    sweep = tmp_path / "torchrun"
+    lies = ("attack=rev_grad,alie", "attack.digest_lie=none,honest_digest,honest_tensor")
+    proc = subprocess.run(
+        torchrun_cmd(nproc, "-m", f"train_dir={sweep}", *overrides, *COMMON, "vote=digest", *lies),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=run_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    assert len(jobs) == 6
+    for job in jobs:
+        ovs = _job_overrides(job)
+        simulate(ovs, tmp_path / "simulate" / job.name)
+        assert_same_run(job, tmp_path / "simulate" / job.name)
+        if "attack.digest_lie=honest_digest" not in ovs:  # there digest=first is stricter
+            full = [o for o in ovs if o != "vote=digest"] + ["vote=full"]
+            simulate(full, tmp_path / "full" / job.name)
+            pa, pb = _params(job), _params(tmp_path / "full" / job.name)
+            assert all(torch.equal(pa[k], pb[k]) for k in pa), job
+            full_steps, _ = read_metrics(tmp_path / "full" / job.name)
+            steps, _ = read_metrics(job)
+            for a, b in zip(full_steps, steps, strict=True):  # r = 3
+                assert a["bytes_received"] >= 2.5 * b["bytes_received"], job
+
+
+def test_a_worker_whose_pulled_copy_does_not_match_its_digest_is_caught(tmp_path):
+    """A real lying process: worker 1 sends the true digests, then negated gradients
+    when pulled. Each of its copies is rejected, the next holder pulled: the run ends
+    with the bits of a run without the liar, and digest_liars names worker 1 only."""
+    nproc, *overrides = DESIGNS["rama_two"]
+    ovs = (*overrides, *COMMON, "attack=none", "attack.q=0", "vote=digest")
+    cmd = torchrun_cmd(nproc, f"train_dir={tmp_path / 'liar'}", *ovs)
+    script = str(Path(__file__).with_name("faulty_train.py"))
+    cmd[cmd.index("-m", cmd.index("--nproc-per-node")) : cmd.index("byzshield.train") + 1] = [
+        script
+    ]
+    faulty = {"FAULTY_RANK": "2", "FAULTY_MESSAGE": "pulled"}
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**run_env(), **faulty}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    simulate(ovs, tmp_path / "honest")
+    pa, pb = _params(tmp_path / "liar"), _params(tmp_path / "honest")
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    steps, _ = read_metrics(tmp_path / "liar")
+    assert all(set(s["digest_liars"]) == {"1"} for s in steps)
+    assert all(s["distorted"] == 0 and s["byzantine"] == [] for s in steps)
