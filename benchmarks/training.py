@@ -1,14 +1,27 @@
-"""Benchmark: per-step time split of distributed training, ByzShield vs the baseline.
+"""Benchmark: the step of ByzShield (MOLS, vote=full and vote=digest) against DETOX and
+the baseline under torchrun, split into its parts, with the bytes into the server.
 
-    python benchmarks/training.py              # 60 steps each, LeNet on the embedded digits
-    python benchmarks/training.py --steps 200
+    python benchmarks/training.py                    # both tables (~15 min on 2 cores)
+    python benchmarks/training.py --only lenet --steps 40 --rounds 2
+    python benchmarks/training.py --only resnet18 --resnet-steps 3
 
-Runs `torchrun --standalone -m byzshield.train` for MOLS (l=5, r=3: K=15, f=25, each
-worker 5 files) and for the baseline with the same K=15 (one file each), same batch
-(300 samples), attack rev_grad q=3, coord-median; reads each run's metrics.jsonl and
-prints the mean time per step split into compute (slowest worker), communication,
-vote, aggregation and update, plus the share of the server's step spent outside
-receiving gradients. The first 5 steps (warm-up) are left out.
+Every configuration has K = 15 workers, the same batch and attack (rev_grad, q = 3,
+coord-median): MOLS l=5 r=3 (f = 25 files, 5 per worker), DETOX (draco_lite K=15 r=3:
+5 groups of 3, one file per worker) and the baseline (K=15, one file per worker). The
+configurations run one after another, ``--rounds`` times in alternating order, so that a
+change of machine load hits all of them; each figure is the median over the steps of
+all rounds (the first steps of every run left out as warm-up), read from the runs'
+metrics.jsonl. Ratios are against DETOX with vote=full, measured in the same run.
+
+Columns: step time; its split (compute: the slowest worker's own measurement;
+communication: sending the parameters and receiving replies and pulled copies; attack,
+vote, aggregation, update, other: the server's work); MB received by the server per
+step; step time / DETOX's; the server's share of the step outside receiving (attack +
+vote + aggregation + update + other).
+
+Table 1: LeNet on the embedded digits (batch 300). Table 2: ResNet-18 (11.2M parameters)
+on random 32x32x3 images in CIFAR-10's shape (benchmarks/_synthetic_train.py; batch 75),
+a handful of steps, where the traffic into the server dominates.
 """
 
 from __future__ import annotations
@@ -20,17 +33,49 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
 CONFIGS = {
-    "mols l=5 r=3": ["approach=mols", "approach.l=5", "approach.r=3"],
-    "baseline K=15": ["approach=baseline", "approach.K=15"],
+    "MOLS l=5 r=3, vote=full": ["approach=mols", "approach.l=5", "approach.r=3", "vote=full"],
+    "MOLS l=5 r=3, vote=digest": ["approach=mols", "approach.l=5", "approach.r=3", "vote=digest"],
+    "DETOX K=15 r=3, vote=full": [
+        "approach=draco_lite",
+        "approach.K=15",
+        "approach.r=3",
+        "vote=full",
+    ],
+    "DETOX K=15 r=3, vote=digest": [
+        "approach=draco_lite",
+        "approach.K=15",
+        "approach.r=3",
+        "vote=digest",
+    ],
+    "baseline K=15": ["approach=baseline", "approach.K=15", "vote=full"],
 }
-KEYS = ("compute_s", "communication_s", "vote_s", "aggregation_s", "update_s", "step_s")
+REFERENCE = "DETOX K=15 r=3, vote=full"
+PARTS = ("compute_s", "communication_s", "attack_s", "vote_s", "aggregation_s", "update_s")
+PARTS += ("other_s",)
+SERVER = ("attack_s", "vote_s", "aggregation_s", "update_s", "other_s")
+MODELS = {
+    "lenet": {
+        "title": "LeNet on the embedded digits, batch 300",
+        "overrides": ["network=lenet", "dataset=digits", "batch_size=300"],
+        "script": None,
+    },
+    "resnet18": {
+        "title": "ResNet-18 on random 32x32x3 images (CIFAR-10's shape), batch 75",
+        "overrides": ["network=resnet18", "dataset=cifar10", "batch_size=75", "bn_batches=1"],
+        "script": HERE / "_synthetic_train.py",
+    },
+}
 
 
-def run(name: str, overrides: list[str], steps: int, folder: Path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def run_once(model: str, overrides: list[str], steps: int, folder: Path) -> list[dict]:
+    """One torchrun job of ``steps`` steps; its per-step metrics records."""
+    spec = MODELS[model]
+    entry = [str(spec["script"])] if spec["script"] else ["-m", "byzshield.train"]
     cmd = [
         sys.executable,
         "-m",
@@ -38,72 +83,106 @@ def run(name: str, overrides: list[str], steps: int, folder: Path) -> dict:
         "--standalone",
         "--nproc-per-node",
         "16",
-        "-m",
-        "byzshield.train",
+        *entry,
+        *spec["overrides"],
         *overrides,
         "attack=rev_grad",
         "attack.q=3",
+        "attack.selection=worst_case",
         "mode=coord-median",
         f"max_steps={steps}",
         "eval_freq=0",
         "checkpoint=false",
+        "eval_batch_size=100",
         f"train_dir={folder}",
     ]
-    print(f"running {name} ...", file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark run failed ({' '.join(overrides)}):\n{proc.stderr[-3000:]}")
     rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    steps_rows = [r for r in rows if "event" not in r][5:]
-    out = {k: statistics.mean(r[k] for r in steps_rows) for k in KEYS}
-    out["MB/step"] = steps_rows[0]["bytes_received"] / 1e6
-    out["top1"] = [r for r in rows if r.get("event") == "eval"][-1]["top1"]
+    return [r for r in rows if "event" not in r]
+
+
+def measure(model: str, steps: int, rounds: int, warmup: int, tmp: Path) -> dict[str, dict]:
+    """Median of every column per configuration, over all rounds' steps after warm-up."""
+    names = list(CONFIGS)
+    records: dict[str, list[dict]] = {n: [] for n in names}
+    for k in range(rounds):
+        order = names if k % 2 == 0 else names[::-1]
+        for name in order:
+            t0 = time.monotonic()
+            rows = run_once(model, CONFIGS[name], steps, tmp / f"{model}-{k}-{names.index(name)}")
+            records[name] += rows[warmup:]
+            print(
+                f"  {model} round {k + 1}/{rounds}: {name} ({time.monotonic() - t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    out = {}
+    for name, rows in records.items():
+        med = {k: statistics.median(r[k] for r in rows) for k in (*PARTS, "step_s")}
+        med["server_s"] = statistics.median(sum(r[k] for k in SERVER) for r in rows)
+        med["MB"] = statistics.median(r["bytes_received"] for r in rows) / 1e6
+        med["steps"] = len(rows)
+        out[name] = med
     return out
+
+
+def table(results: dict[str, dict]) -> str:
+    ref = results[REFERENCE]
+    head = ["configuration", "step ms", "compute", "comm", "attack", "vote", "aggregate"]
+    head += ["update", "other", "MB/step", "step / DETOX", "MB / DETOX", "PS outside recv"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, r in results.items():
+        cells = [
+            name,
+            f"{r['step_s'] * 1e3:.0f}",
+            *(f"{r[k] * 1e3:.1f}" for k in PARTS),
+            f"{r['MB']:.1f}",
+            f"{r['step_s'] / ref['step_s']:.2f}x",
+            f"{r['MB'] / ref['MB']:.2f}x",
+            f"{r['server_s'] / r['step_s']:.0%}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60)
-    args = ap.parse_args()
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, ov) in enumerate(CONFIGS.items()):
-            results[name] = run(name, ov, args.steps, Path(tmp) / str(i))
-    head = [
-        "design",
-        "step ms",
-        "compute",
-        "comm",
-        "vote",
-        "aggregate",
-        "update",
-        "MB/step",
-        "PS outside recv",
-        "top-1",
-    ]
-    print(" | ".join(head))
-    print(" | ".join("---" for _ in head))
-    for name, r in results.items():
-        outside = (r["vote_s"] + r["aggregation_s"] + r["update_s"]) / r["step_s"]
-        print(
-            " | ".join(
-                [
-                    name,
-                    f"{r['step_s'] * 1e3:.0f}",
-                    f"{r['compute_s'] * 1e3:.0f}",
-                    f"{r['communication_s'] * 1e3:.0f}",
-                    f"{r['vote_s'] * 1e3:.1f}",
-                    f"{r['aggregation_s'] * 1e3:.1f}",
-                    f"{r['update_s'] * 1e3:.1f}",
-                    f"{r['MB/step']:.1f}",
-                    f"{outside:.0%}",
-                    f"{r['top1']:.3f}",
-                ]
-            )
-        )
-    a, b = results["mols l=5 r=3"], results["baseline K=15"]
-    print(
-        f"\nmols / baseline step time: {a['step_s'] / b['step_s']:.2f}x "
-        f"(the MOLS workers compute 5 files each, the baseline's 1)"
+    ap.add_argument("--only", choices=sorted(MODELS), help="one table only")
+    ap.add_argument("--steps", type=int, default=40, help="LeNet steps per run (default 40)")
+    ap.add_argument(
+        "--resnet-steps", type=int, default=4, help="ResNet-18 steps per run (default 4)"
     )
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
+    args = ap.parse_args()
+    if args.steps < 6 or args.resnet_steps < 2 or args.rounds < 1:
+        ap.error("--steps must be >= 6, --resnet-steps >= 2, --rounds >= 1")
+    plan = {"lenet": (args.steps, 5), "resnet18": (args.resnet_steps, 1)}
+    models = [args.only] if args.only else list(MODELS)
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            steps, warmup = plan[model]
+            print(
+                f"{MODELS[model]['title']}: {steps} steps x {args.rounds} rounds per configuration",
+                file=sys.stderr,
+                flush=True,
+            )
+            results = measure(model, steps, args.rounds, warmup, Path(tmp))
+            print(
+                f"\n{MODELS[model]['title']} (medians over "
+                f"{min(r['steps'] for r in results.values())} steps per configuration, "
+                f"K = 15, rev_grad q = 3, coord-median, torchrun on this machine)\n"
+            )
+            print(table(results))
+            a, b = results["MOLS l=5 r=3, vote=full"], results["MOLS l=5 r=3, vote=digest"]
+            print(
+                f"\nMOLS vote=digest vs vote=full: {a['MB'] / b['MB']:.2f}x fewer bytes, "
+                f"step {b['step_s'] / a['step_s']:.2f}x the time; MOLS compute "
+                f"{a['compute_s'] / results[REFERENCE]['compute_s']:.2f}x DETOX's",
+                flush=True,
+            )
     return 0
 
 
