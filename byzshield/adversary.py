@@ -276,6 +276,7 @@ class _ClassSolver:
     """Exhaustive search over parallel classes (see the module docstring)."""
 
     MAX_BLOCK = 1 << 23  # elements of the vectorised block (rows x files), ~8 MB of int8
+    MAX_CLASS = 24  # workers per enumerated class: 2^24 subsets, the most worth listing
 
     def __init__(self, placement: Placement):
         p = placement
@@ -298,8 +299,12 @@ class _ClassSolver:
         inc = p.incidence().astype(np.int8)
         self.inc = inc
         self.greedy_inc = inc[self.greedy]  # (n_G, f)
-        # Coverage of every subset of every outer/block class: (2^n, f) int8.
-        self.cover = {}
+        # Coverage of every subset of every outer/block class: (2^n, f) int8. A class too
+        # large to enumerate makes the whole search infeasible (branch and bound instead).
+        self.cover: dict | None = {}
+        if any(len(c) > self.MAX_CLASS for c in [*self.outer, *self.block]):
+            self.cover, self.group = None, []
+            return
         for c in [*self.outer, *self.block]:
             self.cover[tuple(c)] = self._subset_cover(c)
         self.group = _group_tables(p, self.outer)
@@ -314,6 +319,8 @@ class _ClassSolver:
         return math.prod(1 << len(c) for c in self.outer)
 
     def feasible(self) -> bool:
+        if self.cover is None:
+            return False
         # Work ~ outer choices (before symmetry) x block rows x files.
         rows = 1 << sum(len(c) for c in self.block)
         reduction = max(1, len(self.group[0])) if self.group else 1

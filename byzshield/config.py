@@ -411,6 +411,7 @@ class SmeaMode(ModeOption):
 # attack/: what Byzantine workers send, how many there are and who
 
 DIGEST_LIES = ("none", "honest_digest", "honest_tensor")
+F32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -436,6 +437,11 @@ class AttackOption(_Option):
         self._check_name()
         _int("attack.", "q", self.q, 0)
         _int("attack.", "search_work", self.search_work, 1)
+        for key, value in self.__dict__.items():  # what a worker sends is float32
+            if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= F32_MAX):
+                raise ConfigError(
+                    f"attack.{key} must be a finite float32 (|x| <= {F32_MAX:.4g}), got {value}"
+                )
         if self.digest_lie not in DIGEST_LIES:
             raise ConfigError(
                 f"attack.digest_lie must be one of {', '.join(DIGEST_LIES)}, "
@@ -886,7 +892,27 @@ def load_config(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(str(exc).strip().splitlines()[0]) from None
     if not isinstance(out, TrainConfig):
         raise ConfigError("the config is not a training config (compose conf/config.yaml)")
+    _refuse_added_keys(cfg, out, "")
     return out
+
+
+def _refuse_added_keys(node, obj, prefix: str) -> None:
+    """A key added with ``+key=value`` that no option has (Hydra lets ``+`` through the
+    schema, and the typed config would drop it silently)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(obj)}
+    for key in node:
+        if prefix == "" and key == "hydra":
+            continue
+        if key not in fields:
+            allowed = ", ".join(sorted(f for f in fields if not f.startswith("_")))
+            raise ConfigError(
+                f"unknown key {prefix}{key}; {prefix[:-1] or 'the top level'} takes {allowed}"
+            )
+        value = getattr(obj, key)
+        if dataclasses.is_dataclass(value) and OmegaConf.is_dict(node[key]):
+            _refuse_added_keys(node[key], value, f"{prefix}{key}.")
 
 
 def compose_config(overrides: Sequence[str] = ()) -> TrainConfig:

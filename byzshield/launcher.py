@@ -13,7 +13,16 @@ from pathlib import Path
 
 from byzshield.overrides import UsageError, compose
 
-__all__ = ["check_train_overrides", "fail", "launch_torchrun", "log_to_folder"]
+__all__ = [
+    "check_train_dir",
+    "check_train_overrides",
+    "entry_point",
+    "fail",
+    "fail_job",
+    "launch_torchrun",
+    "log_to_folder",
+    "sweep_status",
+]
 
 
 def fail(message: str, code: int, *, console: bool | None = None) -> None:
@@ -28,22 +37,96 @@ def fail(message: str, code: int, *, console: bool | None = None) -> None:
     sys.exit(code)
 
 
+FAILED_JOBS: list[str] = []
+
+
+def fail_job(message: str, code: int = 2) -> None:
+    """``fail`` for a job that cannot start; in a Hydra multirun the line names the job,
+    the sweep goes on with the next one and the command exits 1 at the end."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    if hc is None or hc.mode.name != "MULTIRUN":
+        fail(message, code)
+    line = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {message}"
+    logging.getLogger("byzshield.launcher").error(line)
+    print(line, file=sys.stderr, flush=True)
+    FAILED_JOBS.append(line)
+
+
+def entry_point(main) -> int:
+    """``python -m byzshield.train``: check the overrides (one line, no folder), keep
+    Hydra's folders to rank 0, run the Hydra ``main``; the exit status."""
+    check_train_overrides(sys.argv[1:])
+    if int(os.environ.get("RANK", "0")) != 0:  # only rank 0 writes Hydra's folders
+        sys.argv += [
+            "hydra.run.dir=.",
+            "hydra.sweep.dir=.",
+            "hydra.sweep.subdir=.",
+            "hydra.output_subdir=null",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ]
+    main()
+    return sweep_status()
+
+
+def sweep_status() -> int:
+    """Exit status after Hydra returns: 1 when some multirun job could not start."""
+    if FAILED_JOBS:
+        print(f"{len(FAILED_JOBS)} job(s) of the sweep could not start:", file=sys.stderr)
+        for line in FAILED_JOBS:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def check_train_overrides(argv: Sequence[str]) -> None:
-    """Compose once before Hydra does, so a bad key or value is one line, from rank 0."""
+    """Compose and check once before Hydra does, so that a bad key or value is one line,
+    from rank 0, and leaves no folder behind."""
     if any(a.startswith("-") for a in argv):  # multirun sweeps and Hydra's own flags
         return
+    whole = True
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         parsed = OverridesParser.create().parse_overrides(list(argv))
         # a sweep without -m (an experiment with hydra.mode: MULTIRUN): check the rest here
-        argv = [a for a, o in zip(argv, parsed, strict=True) if not o.is_sweep_override()]
+        kept = [a for a, o in zip(argv, parsed, strict=True) if not o.is_sweep_override()]
+        whole, argv = len(kept) == len(argv), kept
     except Exception:  # noqa: BLE001  (unparsable: compose below says why in one line)
         pass
     try:
-        compose("config", argv)
-    except UsageError as exc:
+        cfg = compose("config", argv)
+        if whole:  # one job (or an experiment's sweep base): check it entirely
+            from byzshield.config import load_config
+
+            load_config(cfg)
+            check_train_dir(str(cfg.train_dir))
+    except (UsageError, ValueError) as exc:
         fail(f"error: {exc}", 2)
+
+
+def check_train_dir(path: str) -> None:
+    """Refuse, in one line, a train_dir that cannot be a run folder: empty, holding a
+    comma (Hydra and the launcher would read it as a sweep), an existing file, or a
+    place where the folder cannot be created. Creates the folder (Hydra would next)."""
+    from pathlib import Path
+
+    if not path.strip():
+        raise ValueError("train_dir is empty; give the run's folder, e.g. train_dir=runs/a")
+    if "," in path:
+        raise ValueError(f"train_dir must not contain a comma, got {path!r}")
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"train_dir {path} is an existing file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"train_dir {path} cannot be written: {exc.strerror or exc}") from None
 
 
 def launch_torchrun(world_size: int) -> int:

@@ -8,6 +8,7 @@ python -m byzshield.placement approach=draco_lite approach.K=15 approach.r=3
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -92,8 +93,15 @@ def _check_options(cfg, K: int) -> tuple[int, float]:
     if isinstance(q_max, bool) or not isinstance(q_max, int) or not 0 <= q_max <= K:
         raise UsageError(f"q_max must be an integer in 0..K={K}, got {q_max!r}")
     budget = cfg.time_budget
-    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0:
-        raise UsageError(f"time_budget must be a positive number of seconds, got {budget!r}")
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, int | float)
+        or not math.isfinite(budget)
+        or budget <= 0
+    ):
+        raise UsageError(f"time_budget must be a finite number of seconds > 0, got {budget!r}")
+    if not isinstance(cfg.show_assignment, bool):
+        raise UsageError(f"show_assignment must be true or false, got {cfg.show_assignment!r}")
     return q_max, float(budget)
 
 

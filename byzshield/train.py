@@ -24,7 +24,7 @@ from byzshield.comm import RankFailure, init
 from byzshield.config import add_server_parts, build_run, load_config, register_schema
 from byzshield.engines import build_engine
 from byzshield.engines.torchrun import run_worker
-from byzshield.launcher import check_train_overrides, fail, launch_torchrun, log_to_folder
+from byzshield.launcher import entry_point, fail, fail_job, launch_torchrun, log_to_folder
 from byzshield.networks import use_kernels
 from byzshield.runfolder import CheckpointError, prepare
 from byzshield.trainer import Trainer, TrainingError, announce
@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> None:
         world = int(os.environ["WORLD_SIZE"]) if UNDER_TORCHRUN else None
         run = build_run(config, server=not UNDER_TORCHRUN, world_size=world)
     except ValueError as exc:
-        fail(f"error: {exc}", 2)
+        return fail_job(f"error: {exc}")  # in a sweep: reported, and the next job runs
     if engine == "torchrun" and not UNDER_TORCHRUN:  # plain python: launch K+1 processes
         sys.exit(launch_torchrun(run.world_size))
     comm = init(timeout=config.timeout, job=HydraConfig.get().job.get("num") or 0)
@@ -85,14 +85,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_train_overrides(sys.argv[1:])
-    if int(os.environ.get("RANK", "0")) != 0:  # only rank 0 writes Hydra's folders
-        sys.argv += [
-            "hydra.run.dir=.",
-            "hydra.sweep.dir=.",
-            "hydra.sweep.subdir=.",
-            "hydra.output_subdir=null",
-            "hydra/job_logging=none",
-            "hydra/hydra_logging=none",
-        ]
-    main()
+    sys.exit(entry_point(main))  # checks the overrides first; the sweep's exit status

@@ -241,3 +241,35 @@ def test_detox_strategies_as_selections():
     assert chosen("whole_group") == [0, 1, 2]
     with pytest.raises(ConfigError, match="need a DETOX group placement"):
         build_run(make(["attack.selection=detox_worst"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+foo=1"], "unknown key foo; the top level takes aggregator_f, approach"),
+        (["+attack.foo=1"], "unknown key attack.foo; attack takes digest_lie, name, q"),
+        (["+mode.bar=2"], "unknown key mode.bar; mode takes"),
+        (["attack=constant", "attack.value=1e39"], "attack.value must be a finite float32"),
+        (["attack=gaussian", "attack.std=nan"], "attack.std must be a finite float32"),
+    ],
+)
+def test_added_keys_and_float32_overflow_are_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        make(overrides)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("", "train_dir is empty"),
+        ("  ", "train_dir is empty"),
+        ("runs/a,b", "train_dir must not contain a comma"),
+        ("/etc/hostname", "is an existing file, not a folder"),
+        ("/proc/nope/run", "cannot be written"),
+    ],
+)
+def test_a_train_dir_that_cannot_be_a_run_folder_is_one_line(path, message):
+    from byzshield.launcher import check_train_dir
+
+    with pytest.raises(ValueError, match=message):
+        check_train_dir(path)

@@ -71,7 +71,10 @@ def test_approach_parameters_are_keys_of_the_approach_group(capsys):
         (["approach.l=6"], "l must be a prime power"),
         (["q_max=99"], "q_max must be an integer in 0..K=15"),
         (["format=xml"], "format must be table or json"),
-        (["time_budget=-1"], "time_budget must be a positive number"),
+        (["time_budget=-1"], "time_budget must be a finite number of seconds > 0"),
+        (["time_budget=nan"], "time_budget must be a finite number of seconds > 0, got nan"),
+        (["time_budget=inf"], "time_budget must be a finite number of seconds > 0, got inf"),
+        (["show_assignment=maybe"], "show_assignment must be true or false, got 'maybe'"),
         (["approach=custom"], "set approach.path"),
         (["approach=custom", "approach.path=/nonexistent.json"], "does not exist"),
     ],
@@ -123,3 +126,13 @@ def test_a_bad_design_is_one_line_naming_it(capsys, designs, message):
     assert placement_main([designs]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_design_too_large_to_enumerate_falls_back_to_the_bounded_search():
+    """mols l=29 has classes of 29 workers (2^29 subsets each): no 2^29 x f table is
+    built, the search is branch and bound within its budget."""
+    from byzshield.adversary import _ClassSolver
+    from byzshield.placement import build_placement
+
+    solver = _ClassSolver(build_placement("mols", l=29, r=3))
+    assert not solver.feasible() and solver.cover is None
