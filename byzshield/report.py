@@ -481,6 +481,8 @@ def _value_str(value) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return f"[{','.join(value)}]"  # pre=[nnm]
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"), sort_keys=True)
     return str(value)
@@ -550,6 +552,7 @@ def _group_label(cfg: dict, group: str, varying: set[str], *, all_params: bool) 
         for k, v in cfg.items()
         if k.startswith(prefix) and k != f"{group}.name" and k != "attack.q"
         if all_params or k in varying
+        if not (k == f"{group}.pre" and v == [])  # no pre-aggregation: nothing to say
     ]
     base = "?" if name is None else str(name)
     if not params:
@@ -1377,8 +1380,53 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="on sweeps of more than N runs, print progress every N runs read (default: 100)",
     )
+    p.add_argument(
+        "--pivot",
+        metavar="COLUMN",
+        choices=PIVOT_KEYS,
+        help="also write pivot.md: final top-1 (mean +- std over seeds) with one column per "
+        "value of COLUMN (approach, mode, attack or q) and a row per value of the others",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=V[,V]",
+        help="with --pivot: keep the groups whose KEY (approach, mode, attack, q) is one of "
+        "the values, e.g. --where q=0,3 (repeatable)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or warnings on stderr")
     return p
+
+
+PIVOT_KEYS = ("approach", "mode", "attack", "q")
+
+
+def pivot_table(csv_path: Path, column: str, where: dict[str, set[str]]) -> str:
+    """A Markdown table from report.csv: final top-1 % as mean +- std (n seeds), one
+    column per value of ``column``, one row per combination of the other keys that
+    ``where`` does not fix."""
+    with open(csv_path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if all(r[k] in v for k, v in where.items())]
+    keys = [k for k in PIVOT_KEYS if k != column and k not in where]
+    columns = list(dict.fromkeys(r[column] for r in rows))
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        mean, std, n = r["final_top1_mean"], r["final_top1_std"], r["complete"]
+        cell = "" if mean == "" else f"{100 * float(mean):.1f}"
+        if std != "":
+            cell += f" ± {100 * float(std):.1f}"
+        cells.setdefault(tuple(r[k] for k in keys), {})[r[column]] = f"{cell} ({n})"
+    fixed = ", ".join(f"{k} = {' or '.join(sorted(v))}" for k, v in where.items())
+    lines = [
+        f"Final top-1 % (mean ± std over seeds, (complete runs)){'; ' + fixed if fixed else ''}",
+        "",
+        "| " + " | ".join([*keys, *columns]) + " |",
+        "|" + " --- |" * (len(keys) + len(columns)),
+    ]
+    for key, by_col in cells.items():
+        lines.append("| " + " | ".join([*key, *(by_col.get(c, "") for c in columns)]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1392,6 +1440,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.eps_q_max is not None and args.eps_q_max < 0:
         print("error: --eps-q-max must be >= 0", file=sys.stderr)
         return 2
+    where: dict[str, set[str]] = {}
+    for item in args.where:
+        key, _, values = item.partition("=")
+        if key not in PIVOT_KEYS or not values or not args.pivot:
+            print(
+                f"error: --where takes KEY=VALUE[,VALUE] with KEY one of "
+                f"{', '.join(PIVOT_KEYS)}, after --pivot; got {item!r}",
+                file=sys.stderr,
+            )
+            return 2
+        where[key] = set(values.split(","))
 
     def say(message: str) -> None:
         if not args.quiet:
@@ -1413,6 +1472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.pivot:
+        table = pivot_table(report.out / "report.csv", args.pivot, where)
+        (report.out / "pivot.md").write_text(table)
+        report.files.append("pivot.md")
     counts = {s: sum(r.status == s for r in report.runs) for s in STATUSES}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     if report.pending:

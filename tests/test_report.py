@@ -501,3 +501,26 @@ def test_attack_sweep_experiment_runs_through_the_joblib_launcher(tmp_path):
         assert run.config["mode.pre"] == ["nnm"] and run.config["engine"] == "simulate"
     selections = {r.config["approach.name"]: r.info["selection"]["kind"] for r in runs}
     assert selections == {"mols": "worst_case", "draco_lite_attack": "detox_worst"}
+
+
+def test_pivot_puts_one_value_per_column_and_filters_with_where(tmp_path):
+    path = tmp_path / "report.csv"
+    head = "approach,mode,attack,q,complete,final_top1_mean,final_top1_std\n"
+    body = [
+        "mols,coord-median,none,0,3,0.5,0.01",
+        "mols,coord-median,alie,3,3,0.25,0.02",
+        "mols,coord-median,alie,1,3,0.4,",
+        "baseline,coord-median,alie,3,2,0.125,0.05",
+    ]
+    path.write_text(head + "\n".join(body) + "\n")
+    table = report.pivot_table(path, "attack", {"q": {"0", "3"}})
+    lines = table.splitlines()
+    assert lines[2] == "| approach | mode | none | alie |"
+    assert lines[4] == "| mols | coord-median | 50.0 ± 1.0 (3) | 25.0 ± 2.0 (3) |"
+    assert lines[5] == "| baseline | coord-median |  | 12.5 ± 5.0 (2) |"
+    assert "q = 0 or 3" in lines[0] and len(lines) == 6
+
+
+def test_pivot_options_are_checked(tmp_path, capsys):
+    assert main([str(tmp_path), "--where", "q=3"]) == 2  # --where needs --pivot
+    assert "--where takes KEY=VALUE" in capsys.readouterr().err
