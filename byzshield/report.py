@@ -1155,12 +1155,21 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
         save(fig, name)
 
     # final accuracy against q: a panel per (mode, extras) x attack, a line per approach
+    # Runs without an attack (attack none or q = 0) are each panel's reference line.
     points: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    refs: dict[tuple, dict[str, float]] = defaultdict(dict)
+    attacked = any(g.attack != "none" and g.q != 0 for g in grouping.groups)
     for g in grouping.groups:
         mean, std, n = mean_std(r.final.get("top1") for r in g.complete)
         if n and _number(g.q):
+            if attacked and (g.attack == "none" or g.q == 0):
+                refs[(g.mode, tuple(g.extras.items()))][g.approach] = 100 * mean
+                continue
             panel = (g.mode, tuple(g.extras.items()), g.attack)
             points[panel][g.approach].append((g.q, 100 * mean, 100 * (std or 0.0)))
+    colors = {
+        a: f"C{k % 10}" for k, a in enumerate(dict.fromkeys(g.approach for g in grouping.groups))
+    }
     if points:
         rows = list(dict.fromkeys(p[:2] for p in points))
         cols = list(dict.fromkeys(p[2] for p in points))
@@ -1175,7 +1184,7 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
             for j, attack in enumerate(cols):
                 ax = axes[i][j]
                 lines = points.get((mode, extras, attack), {})
-                for k, (approach, pts) in enumerate(lines.items()):
+                for approach, pts in lines.items():
                     pts.sort()
                     ax.errorbar(
                         [p[0] for p in pts],
@@ -1184,9 +1193,13 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
                         marker="o",
                         ms=4,
                         capsize=3,
-                        color=f"C{k % 10}",
+                        color=colors[approach],
                         label=approach,
                     )
+                for approach, ref in refs.get((mode, extras), {}).items():
+                    ax.axhline(ref, color=colors[approach], ls=":", lw=1)
+                if refs.get((mode, extras)):
+                    ax.plot([], [], "k:", lw=1, label="no attack (dotted)")
                 title = " ".join([mode, *(f"{a}={b}" for a, b in extras), f"attack {attack}"])
                 ax.set_title(title, fontsize=9)
                 ax.set_xlabel("q (Byzantine workers)")
@@ -1410,6 +1423,7 @@ def pivot_table(csv_path: Path, column: str, where: dict[str, set[str]]) -> str:
         rows = [r for r in csv.DictReader(fh) if all(r[k] in v for k, v in where.items())]
     keys = [k for k in PIVOT_KEYS if k != column and k not in where]
     columns = list(dict.fromkeys(r[column] for r in rows))
+    columns.sort(key=lambda c: c not in ("none", "0"))  # the no-attack reference first
     cells: dict[tuple, dict[str, str]] = {}
     for r in rows:
         mean, std, n = r["final_top1_mean"], r["final_top1_std"], r["complete"]
