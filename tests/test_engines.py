@@ -57,7 +57,15 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
-@pytest.mark.parametrize("design", DESIGNS)
+@pytest.mark.parametrize(
+    "design",
+    [  # two families by default, the other two with the slow tests (CI runs both)
+        "mols",
+        "rama_two",
+        pytest.param("draco_lite", marks=pytest.mark.slow),
+        pytest.param("baseline", marks=pytest.mark.slow),
+    ],
+)
 def test_torchrun_and_simulate_give_the_same_bits(tmp_path, design):
     nproc, *overrides = DESIGNS[design]
     sweep = tmp_path / "torchrun"
@@ -168,6 +176,7 @@ def test_device_cuda_with_the_torchrun_engine_is_refused_in_one_line(tmp_path):
         build_run(compose_config(["device=cuda", "engine=torchrun"]))
 
 
+@pytest.mark.slow
 def test_the_digest_vote_gives_the_same_bits_in_both_engines_and_as_the_full_vote(tmp_path):
     """vote=digest over gloo (headers with digests, then pulls) against the simulate
     engine, with consistent Byzantine workers and with liars of both kinds."""
