@@ -161,7 +161,7 @@ def _listen_under(cmd: list[str], tmp_path: Path, *, ranks: int, env: dict | Non
             line = proc.stdout.readline()
             if not line:
                 break
-            ready += line.strip() == "ready"
+            ready += line.count("ready")  # ranks share stdout: "readyready" happens
         assert ready == ranks, proc.stderr.read() if proc.poll() is not None else "not ready"
         addresses = listening(descendants(proc.pid))
         release.touch()
