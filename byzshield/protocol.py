@@ -7,7 +7,8 @@ message, file by file in the order of ``placement.worker_files[w]``. Both worker
 messages end with the :data:`END` marker::
 
     control  int64[2 + K]            step, stop, is_byzantine[worker 0 .. K-1]
-    header   float32[2 + load + 1]   payload length (load * d), compute seconds,
+    header   float32[2 + load + 1]   payload length (load * d, its int32 bits: exact
+                                     beyond float32's 2^24), compute seconds,
                                      loss per file, END
     payload  float32[load * d + 1]   gradient of each held file, in worker_files order, END
 
@@ -55,7 +56,6 @@ messages would carry (:meth:`ReplyLayout.nbytes`).
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -162,13 +162,14 @@ class Header:
     """A worker's reply header, as read back on the server.
 
     Attributes:
-        length: number of float32 values the worker announces for its payload.
+        length: number of float32 values the worker announces for its payload (sent
+            as the bits of an int32, exact for any size up to 2^31 - 1).
         compute_s: the worker's own measurement of its compute time (untrusted).
         losses: the training loss it computed for each of its files, in order.
         digests: ``vote=digest``: the digest of each of its files, in order; else ().
     """
 
-    length: float
+    length: int
     compute_s: float
     losses: tuple[float, ...]
     digests: tuple[bytes, ...] = ()
@@ -213,7 +214,7 @@ class ReplyLayout:
         if len(digests) != (self.load if self.digests else 0):
             raise ValueError(f"a reply carries {self.load if self.digests else 0} digests")
         out = torch.empty(self.header_size + 1) if out is None else out
-        out[0] = float(self.payload_size)
+        out[0:1].view(torch.int32)[0] = self.payload_size
         out[1] = compute_s
         end = _HEADER_FIELDS + self.load
         out[_HEADER_FIELDS:end] = torch.tensor(list(losses), dtype=torch.float32)
@@ -226,6 +227,7 @@ class ReplyLayout:
         """Read a header from the first ``header_size`` values of ``message``."""
         end = _HEADER_FIELDS + self.load
         values = message[:end].tolist()
+        values[0] = int(message[0:1].view(torch.int32)[0])
         digests = ()
         if self.digests:
             digests = tuple(unpack_digests(message[end : self.header_size]))
@@ -233,9 +235,9 @@ class ReplyLayout:
 
     def check_header(self, header: Header, who: str) -> None:
         """Refuse a header that announces a payload of the wrong size (one line)."""
-        if not math.isfinite(header.length) or header.length != self.payload_size:
+        if header.length != self.payload_size:
             raise ValueError(
-                f"{who} announced a reply of {header.length:g} values; expected "
+                f"{who} announced a reply of {header.length} values; expected "
                 f"load * d = {self.load} * {self.d} = {self.payload_size}"
             )
 
