@@ -164,12 +164,11 @@ class RobustUpdate:
         original = copies.index
         self._pulled, self._pull_s = 0, 0.0
         self._row_digests: dict[int, bytes] = {}
-        self._lied: dict[tuple[int, int], bytes] = {}
         self._known: dict[tuple[int, int], bytes] = {}
         t0 = time.perf_counter()
         index, rows = self._simulate_attack(copies, bad, step)
         claims = self._claims(copies, rows, index, bad)
-        index = self._lie(copies, rows, index, original, bad)
+        index = self._lie(copies, claims, index, original, bad)
         t1 = time.perf_counter()
         attack_pull = self._pull_s
         block = rows.blocks[0]
@@ -236,7 +235,7 @@ class RobustUpdate:
                 "bytes_received": copies.bytes_in + self._pulled,
                 # vote=digest: copies whose bytes did not match the digest their sender
                 # sent, per worker (caught lying); always {} for the full vote
-                "digest_liars": dict(sorted(liars.items(), key=lambda kv: int(kv[0]))),
+                "digest_liars": _by_worker(liars),
                 # vote=digest (torchrun): receiving pulled copies, counted as communication
                 "pull_s": self._pull_s,
                 "attack_s": t1 - t0 - attack_pull,
@@ -267,7 +266,7 @@ class RobustUpdate:
                     claims[j][i] = self._row_digest(rows, row)
         return claims
 
-    def _lie(self, copies, rows, index, original, bad) -> Tensor:
+    def _lie(self, copies, claims, index, original, bad) -> Tensor:
         """``attack.digest_lie``: a Byzantine copy whose claimed digest and the copy it
         sends when pulled disagree. ``honest_digest``: it claims the honest copy's
         digest and sends its own; ``honest_tensor``: it claims its own and sends the
@@ -289,8 +288,8 @@ class RobustUpdate:
                     continue
                 if self.lie == "honest_tensor":
                     index[j, i] = ref_row
-                elif copies.claims is not None:
-                    self._lied[(j, i)] = copies.claims[ref_claim[0]][ref_claim[1]]
+                elif claims is not None:
+                    claims[j][i] = copies.claims[ref_claim[0]][ref_claim[1]]
         return index
 
     def _digest_vote(self, copies: Copies, rows: Rows, index: Tensor, claims):
@@ -303,8 +302,6 @@ class RobustUpdate:
         liars)."""
         f, r = index.shape
         need = 1 if self.verify == "first" else self.placement.threshold
-        for (j, i), claim in self._lied.items():
-            claims[j][i] = claim
         present = None if copies.present is None else copies.present.tolist()
         known = dict(self._known)  # the copies the attack simulation already pulled
         liars: dict[str, int] = {}
@@ -398,7 +395,7 @@ class RobustUpdate:
                 if v != winner:
                     w = str(self.holders[j][k])
                     out[w] = out.get(w, 0) + 1
-        return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+        return _by_worker(out)
 
     def _lost_votes(self, rows, index, positions, winners, trusted, agree, present) -> dict:
         """{worker: copies of it that disagreed with their file's trusted winner}: what
@@ -415,7 +412,7 @@ class RobustUpdate:
                 row = int(index[j, k])
                 if row != win and not same_bits(rows[row], winners[j]):
                     out[str(w)] = out.get(str(w), 0) + 1
-        return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+        return _by_worker(out)
 
     def _beyond(self, n: int) -> bool:
         """Whether n trusted inputs are too few for the rule's guarantee at its f."""
@@ -537,6 +534,11 @@ class RobustUpdate:
             if not same_bits(winners[j], rows[ref]):
                 out.append(j)
         return out
+
+
+def _by_worker(counts: dict[str, int]) -> dict[str, int]:
+    """A per-worker count in worker order (keys are worker ids as strings, for JSON)."""
+    return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
 
 
 def _largest_group(vote: dict[int, bytes]) -> list[int]:
