@@ -24,12 +24,14 @@ single-node run (:func:`torchrun`)::
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -56,6 +58,7 @@ class Comm:
     world_size: int = 1
     timeout: float = 300.0
     distributed: bool = False
+    _waiters: _Waiters | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_server(self) -> bool:
@@ -115,6 +118,38 @@ class Comm:
             return
         self._wait_each([dist.irecv(buffers[w], src=w + 1) for w in range(len(buffers))])
 
+    def receive_as_completed(self, buffers) -> Iterator[int]:
+        """Rank 0: as :meth:`receive_from_workers`, yielding each worker index w as its
+        message lands in ``buffers[w]``, in arrival order, so that the server can work
+        on what arrived while the rest is on the wire. Every receive is posted at once
+        under one deadline; a worker that fails or stays silent is named when its turn
+        comes. Consume it to the end (a gloo receive cannot be polled: one waiting
+        thread per worker hands each arrival over)."""
+        if not self.distributed:
+            yield from range(len(buffers))
+            return
+        works = [dist.irecv(buffers[w], src=w + 1) for w in range(len(buffers))]
+        deadline = time.monotonic() + self.timeout
+        arrived: queue.SimpleQueue = queue.SimpleQueue()
+
+        def wait(w: int) -> None:
+            try:
+                left = max(0.001, deadline - time.monotonic())
+                ok = works[w].wait(timedelta(seconds=left))
+                arrived.put((w, None if ok is not False else TimeoutError("timed out")))
+            except Exception as exc:  # noqa: BLE001 - every failure reaches the server thread
+                arrived.put((w, exc))
+
+        if self._waiters is None:
+            self._waiters = _Waiters()
+        for w in range(len(works)):
+            self._waiters.run(w, wait, w)
+        for _ in works:
+            w, exc = arrived.get()
+            if exc is not None:
+                raise _worker_failure(w + 1, exc, self.timeout)
+            yield w
+
     def send_each(self, messages: dict[int, torch.Tensor]) -> None:
         """Rank 0: send ``messages[w]`` to worker w (rank w + 1) only."""
         if not self.distributed:
@@ -149,6 +184,28 @@ class Comm:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
             self.distributed = False
+
+
+class _Waiters:
+    """One daemon thread per worker index, kept across steps, each running the jobs it is
+    given in order. Daemon threads: a wait left behind by a failed step (a silent worker)
+    never holds up the process's exit."""
+
+    def __init__(self) -> None:
+        self.inboxes: list[queue.SimpleQueue] = []
+
+    def run(self, w: int, job, *args) -> None:
+        while len(self.inboxes) <= w:
+            inbox: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(target=_serve, args=(inbox,), daemon=True, name="receive").start()
+            self.inboxes.append(inbox)
+        self.inboxes[w].put((job, args))
+
+
+def _serve(inbox: queue.SimpleQueue) -> None:
+    while True:
+        job, args = inbox.get()
+        job(*args)
 
 
 def _short(exc: BaseException) -> str:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +48,7 @@ from byzshield.attacks import Attack, forge
 from byzshield.data import derive_seed
 from byzshield.digest import digest
 from byzshield.placement import Placement
-from byzshield.vote import Rows, same_bits, vote_rows
+from byzshield.vote import Rows, same_bits, vote_positions
 
 __all__ = ["Copies", "Outcome", "RobustUpdate", "copy_index"]
 
@@ -87,6 +87,10 @@ class Copies:
             before they are read. None when every row is already there (simulate).
         bytes_in: bytes the server received for these copies so far (reply headers,
             and the payloads for the full vote); the digest vote adds what it pulls.
+        arrivals: the full vote over torchrun: the workers whose payloads are still on
+            the wire, yielded (worker index w) as each one's rows land, so that files
+            are voted while later copies arrive; the robust update consumes it. None
+            when every row is already there.
     """
 
     rows: Rows
@@ -96,6 +100,7 @@ class Copies:
     claims: list[list[bytes]] | None = None
     fetch: Callable[[list[tuple[int, int, int]]], None] | None = None
     bytes_in: int = 0
+    arrivals: Iterator[int] | None = None
 
 
 @dataclass
@@ -162,7 +167,7 @@ class RobustUpdate:
         """
         bad = set(byzantine)
         original = copies.index
-        self._pulled, self._pull_s = 0, 0.0
+        self._pulled, self._receive_s = 0, 0.0
         self._row_digests: dict[int, bytes] = {}
         self._known: dict[tuple[int, int], bytes] = {}
         t0 = time.perf_counter()
@@ -170,7 +175,7 @@ class RobustUpdate:
         claims = self._claims(copies, rows, index, bad)
         index = self._lie(copies, claims, index, original, bad)
         t1 = time.perf_counter()
-        attack_pull = self._pull_s
+        attack_receive = self._receive_s
         block = rows.blocks[0]
         shape = (self.placement.num_files, block.shape[1])
         if self._winners is None or self._winners.shape != shape:
@@ -184,18 +189,10 @@ class RobustUpdate:
             distorted = self._distorted_digests(positions, votes, original, copies, bad, trusted)
             lost = self._lost_digests(positions, votes, trusted)
         else:
-            if self.placement.replication > 1:
-                vote = vote_rows(rows, index, out=self._winners, present=copies.present)
-                winners, positions = vote.winners, vote.indices.tolist()
-                trusted, agree = vote.strict.tolist(), vote.counts.tolist()
-            else:
-                winners = rows.gather(index[:, 0].tolist(), out=self._winners)
-                positions = [0] * self.placement.num_files
-                trusted, agree = [True] * self.placement.num_files, [1] * self.placement.num_files
-                if copies.present is not None:
-                    trusted = copies.present[:, 0].tolist()
-            distorted = self._distorted(rows, original, index, positions, winners, bad, trusted)
-            lost = self._lost_votes(rows, index, positions, winners, trusted, agree, copies.present)
+            winners = self._winners
+            positions, trusted, distorted, lost = self._full_vote(
+                copies, rows, index, original, bad
+            )
         kept = [j for j, ok in enumerate(trusted) if ok]
         losses = [float(copies.losses[j, positions[j]]) for j in kept]
         if len(kept) < len(trusted):
@@ -236,13 +233,78 @@ class RobustUpdate:
                 # vote=digest: copies whose bytes did not match the digest their sender
                 # sent, per worker (caught lying); always {} for the full vote
                 "digest_liars": _by_worker(liars),
-                # vote=digest (torchrun): receiving pulled copies, counted as communication
-                "pull_s": self._pull_s,
-                "attack_s": t1 - t0 - attack_pull,
-                "vote_s": t2 - t1 - (self._pull_s - attack_pull),
+                # torchrun: waiting for copies inside the update (the full vote's copies
+                # still on the wire, the digest vote's pulls), counted as communication
+                "receive_s": self._receive_s,
+                "attack_s": t1 - t0 - attack_receive,
+                "vote_s": t2 - t1 - (self._receive_s - attack_receive),
                 "aggregation_s": t3 - t2,
             },
         )
+
+    # ------------------------------------------------------------------ the full vote
+
+    def _full_vote(self, copies: Copies, rows: Rows, index: Tensor, original: Tensor, bad):
+        """Vote every file bit for bit, each as soon as all its present copies are in
+        (torchrun: ``copies.arrivals``), writing winners into the reused buffer. Returns
+        (winning holder position, trusted, distorted files, lost votes per worker)."""
+        f = index.shape[0]
+        present = copies.present
+        positions, agree, trusted = [0] * f, [0] * f, [False] * f
+        distorted: list[int] = []
+        lost: dict[str, int] = {}
+        for files in self._complete_files(copies):
+            sub = index[files]
+            mask = None if present is None else present[files]
+            picks, counts = vote_positions(rows, sub, present=mask)
+            r = index.shape[1]
+            for j, i, c in zip(files, picks, counts, strict=True):
+                positions[j], agree[j], trusted[j] = i, c, 2 * c > r
+                self._winners[j].copy_(rows[int(index[j, i])])
+            distorted += self._distorted(
+                rows, original, index, positions, self._winners, bad, trusted, files
+            )
+            self._lost_votes(rows, index, positions, trusted, agree, present, files, lost)
+        return positions, trusted, sorted(distorted), _by_worker(lost)
+
+    def _complete_files(self, copies: Copies):
+        """Lists of files whose present copies are all in: every file at once when
+        nothing is on the wire, else each file as its last holder's payload lands (a
+        file with no present copy first)."""
+        f = copies.index.shape[0]
+        if copies.arrivals is None:
+            yield list(range(f))
+            return
+        present = None if copies.present is None else copies.present.tolist()
+        need = [
+            len(ws) if present is None else sum(present[j]) for j, ws in enumerate(self.holders)
+        ]
+        got = [0] * f
+        empty = [j for j in range(f) if need[j] == 0]
+        if empty:
+            yield empty
+        for w in self._arrived(copies):
+            ready = []
+            for j in self.placement.worker_files[w]:
+                if present is None or present[j][self.position[(w, j)]]:
+                    got[j] += 1
+                    if got[j] == need[j]:
+                        ready.append(j)
+            if ready:
+                yield ready
+
+    def _arrived(self, copies: Copies):
+        """Drain ``copies.arrivals``, counting the time spent waiting on it as receiving,
+        and set it to None at the end (every row is in)."""
+        arrivals = copies.arrivals
+        while arrivals is not None:
+            t0 = time.perf_counter()
+            w = next(arrivals, None)
+            self._receive_s += time.perf_counter() - t0
+            if w is None:
+                copies.arrivals = None
+                return
+            yield w
 
     # ---------------------------------------------------------------- the digest vote
 
@@ -354,7 +416,7 @@ class RobustUpdate:
         if copies.fetch is not None:
             t0 = time.perf_counter()
             copies.fetch(wire)
-            self._pull_s += time.perf_counter() - t0
+            self._receive_s += time.perf_counter() - t0
         per_worker: dict[int, int] = {}
         for j, i, _ in wire:
             w = self.holders[j][i]
@@ -397,11 +459,12 @@ class RobustUpdate:
                     out[w] = out.get(w, 0) + 1
         return _by_worker(out)
 
-    def _lost_votes(self, rows, index, positions, winners, trusted, agree, present) -> dict:
-        """{worker: copies of it that disagreed with their file's trusted winner}: what
-        the vote can observe of a lying worker, whether or not it was flagged."""
-        out: dict[str, int] = {}
-        for j, i in enumerate(positions):
+    def _lost_votes(self, rows, index, positions, trusted, agree, present, files, out) -> None:
+        """Count into ``out`` {worker: copies of it that disagreed with their file's
+        trusted winner} over ``files``: what the vote can observe of a lying worker,
+        whether or not it was flagged."""
+        for j in files:
+            i = positions[j]
             arrived = len(self.holders[j]) if present is None else int(present[j].sum())
             if not trusted[j] or agree[j] == arrived:
                 continue  # dropped, or unanimous
@@ -410,9 +473,8 @@ class RobustUpdate:
                 if present is not None and not bool(present[j, k]):
                     continue
                 row = int(index[j, k])
-                if row != win and not same_bits(rows[row], winners[j]):
+                if row != win and not same_bits(rows[row], self._winners[j]):
                     out[str(w)] = out.get(str(w), 0) + 1
-        return _by_worker(out)
 
     def _beyond(self, n: int) -> bool:
         """Whether n trusted inputs are too few for the rule's guarantee at its f."""
@@ -428,6 +490,8 @@ class RobustUpdate:
         rows, index = copies.rows, copies.index
         if not bad or not self.attack.needs_honest:
             return index, rows
+        for _ in self._arrived(copies):  # the attack reads every honest copy: all of them in
+            pass
         if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
             picks = [(j, self._honest_position(j, bad)) for j in range(len(self.holders))]
             self._pull(copies, rows, index, picks)
@@ -511,12 +575,13 @@ class RobustUpdate:
         winners: Tensor,
         bad: set[int],
         trusted: list[bool],
+        files: list[int],
     ) -> list[int]:
         if not bad:
             return []
         out = []
-        for j, i in enumerate(positions):
-            ws = self.holders[j]
+        for j in files:
+            i, ws = positions[j], self.holders[j]
             if not trusted[j]:
                 continue  # dropped, not aggregated
             if ws[i] not in bad:

@@ -351,7 +351,7 @@ class Trainer:
             "bytes_received": m["bytes_received"],
             "digest_liars": m["digest_liars"],
             "compute_s": times["compute_s"],
-            "communication_s": times["communication_s"] + packed + m["pull_s"],
+            "communication_s": times["communication_s"] + packed + m["receive_s"],
             "attack_s": m["attack_s"],
             "vote_s": m["vote_s"],
             "aggregation_s": m["aggregation_s"],

@@ -51,6 +51,7 @@ __all__ = [
     "majority_vote",
     "same_bits",
     "vote_files",
+    "vote_positions",
     "vote_rows",
 ]
 
@@ -314,12 +315,25 @@ def vote_rows(
     Returns:
         A :class:`VoteBatch`; ``indices[j]`` is the position in ``groups[j]`` that won.
     """
-    if isinstance(rows, Tensor):
-        if rows.dim() != 2:
-            raise ValueError(f"rows must be an (N, d) tensor, got {tuple(rows.shape)}")
-        rows = Rows(rows)
-    elif not isinstance(rows, Rows):
-        raise ValueError(f"rows must be an (N, d) tensor or Rows, got {type(rows)}")
+    rows = _as_rows(rows)
+    positions, agree = vote_positions(rows, groups, present=present)
+    winner_rows = [g[i] for g, i in zip(groups.tolist(), positions, strict=True)]
+    counts = torch.tensor(agree, dtype=torch.long)
+    return VoteBatch(
+        winners=rows.gather(winner_rows, out=out),
+        counts=counts,
+        strict=2 * counts > groups.shape[1],
+        indices=torch.tensor(positions, dtype=torch.long),
+    )
+
+
+def vote_positions(
+    rows: Tensor | Rows, groups: Tensor, *, present: Tensor | None = None
+) -> tuple[list[int], list[int]]:
+    """:func:`vote_rows` without copying the winners out: (the position in ``groups[j]``
+    that won, the copies agreeing with it) per file. The server calls it on the files
+    whose copies have arrived while other copies are still on the wire."""
+    rows = _as_rows(rows)
     if not isinstance(groups, Tensor) or groups.dim() != 2 or 0 in groups.shape:
         raise ValueError("groups must be an (f, r) integer tensor with f >= 1 and r >= 1")
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= rows.num_rows):
@@ -345,11 +359,14 @@ def vote_rows(
                 key=lambda i, g=g, idx=idx: g[idx[i]],
             )
             picks.append((idx[k], count))
-    winner_rows = [g[i] for g, (i, _) in zip(table, picks, strict=True)]
-    counts = torch.tensor([c for _, c in picks], dtype=torch.long)
-    return VoteBatch(
-        winners=rows.gather(winner_rows, out=out),
-        counts=counts,
-        strict=2 * counts > r,
-        indices=torch.tensor([i for i, _ in picks], dtype=torch.long),
-    )
+    return [i for i, _ in picks], [c for _, c in picks]
+
+
+def _as_rows(rows) -> Rows:
+    if isinstance(rows, Tensor):
+        if rows.dim() != 2:
+            raise ValueError(f"rows must be an (N, d) tensor, got {tuple(rows.shape)}")
+        return Rows(rows)
+    if not isinstance(rows, Rows):
+        raise ValueError(f"rows must be an (N, d) tensor or Rows, got {type(rows)}")
+    return rows

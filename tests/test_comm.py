@@ -55,14 +55,14 @@ comm.close()
 N = 50_000
 
 
-def _pair_env(rank: int, port: int) -> dict:
+def _pair_env(rank: int, port: int, world: int = 2) -> dict:
     env = run_env()
     env.pop("GLOO_SOCKET_IFNAME", None)
     env.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_WORLD_SIZE="2",
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
@@ -107,6 +107,75 @@ def test_a_pair_listens_on_loopback_and_names_each_message_of_the_wrong_length(t
     assert verdicts == [ok, short, ok, long, ok, long, ok, short, ok]
     assert procs[0].returncode == -signal.SIGABRT, err[-2000:]  # the overrun: inside gloo
     assert "Received data size doesn't match expected size" in err
+
+
+# Rank 0 receives one message from each of 3 workers in arrival order; worker w sends
+# after DELAYS[w] seconds, or exits without sending when its delay is negative.
+ARRIVALS = r"""
+import sys, time, torch
+from byzshield.comm import RankFailure, init
+
+delays = [float(x) for x in sys.argv[1:]]
+comm = init(timeout=20)
+comm.broadcast(torch.zeros(1))
+if comm.rank == 0:
+    buffers = [torch.zeros(1000) for _ in delays]
+    try:
+        for w in comm.receive_as_completed(buffers):
+            print("arrived", w, int(buffers[w][0]), flush=True)
+    except RankFailure as exc:
+        print("failure", exc.rank, exc, flush=True)
+        sys.exit(1)
+else:
+    delay = delays[comm.rank - 1]
+    if delay < 0:
+        sys.exit(0)
+    time.sleep(delay)
+    comm.send_to_server(torch.full((1000,), float(comm.rank)))
+    time.sleep(1)
+comm.close()
+"""
+
+
+@pytest.mark.parametrize(
+    ("delays", "expected"),
+    [
+        ([1.5, 0.0, 0.7], ["arrived 1 2", "arrived 2 3", "arrived 0 1"]),
+        ([0.0, -1, 4.0], ["arrived 0 1", "failure 2"]),
+    ],
+)
+def test_receiving_as_completed_yields_workers_in_arrival_order_and_names_a_dead_one(
+    delays, expected
+):
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ARRIVALS, *map(str, delays)],
+            env=_pair_env(rank, port, world=4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(4)
+    ]
+    try:
+        t0 = time.monotonic()
+        out, err = procs[0].communicate(timeout=120)
+        took = time.monotonic() - t0
+        for p in procs[1:]:
+            p.communicate(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    lines = out.splitlines()
+    assert len(lines) == len(expected), err[-2000:]
+    assert all(
+        line.startswith(e + " ") or line == e for line, e in zip(lines, expected, strict=True)
+    ), lines
+    if expected[-1].startswith("failure"):
+        assert "rank 2 (worker 1)" in lines[-1] and procs[0].returncode == 1
+        assert took < 15, took  # named when it closed, not at the 20 s deadline; no hang
 
 
 def descendants(root: int) -> set[int]:

@@ -201,3 +201,82 @@ def test_erasures_vote_over_the_copies_that_arrived_and_need_a_strict_majority_o
     assert out.metrics["non_strict_files"] == 1
     expected = truth[1:].mean(dim=0)
     assert torch.allclose(out.gradient, expected, atol=1e-6)
+
+
+def _arriving(copies, order, log):
+    """``copies`` with its payloads 'on the wire': worker w's rows hold garbage until
+    the update asks for the next arrival, which fills them in ``order``."""
+    p_rows = copies.rows.blocks[0]
+    real = p_rows.clone()
+    p_rows.fill_(float("nan"))
+    load = p_rows.shape[0] // len(order)
+
+    def arrivals():
+        for w in order:
+            p_rows[w * load : (w + 1) * load] = real[w * load : (w + 1) * load]
+            log.append(w)
+            yield w
+
+    copies.arrivals = arrivals()
+    return copies
+
+
+@pytest.mark.parametrize(
+    ("design", "attack", "q", "erase"),
+    [
+        (mols(5, 3), "rev_grad", 3, ()),
+        (mols(5, 3), "constant", 4, (7,)),
+        (rama_two(5, 5), "alie", 4, ()),
+        (detox(15, 3), "rev_grad", 2, (0, 1)),
+        (detox(6, 1), "rev_grad", 2, (3,)),  # the baseline: one copy per file
+    ],
+)
+def test_voting_files_as_their_copies_arrive_gives_the_bits_of_voting_all_at_once(
+    design, attack, q, erase
+):
+    p = design
+    truth = torch.randn(p.num_files, 30, generator=torch.Generator().manual_seed(7))
+    byz = worst_case(p, q).byzantine
+    made = make_attack(attack, n=p.num_files, q=q) if attack == "alie" else make_attack(attack)
+
+    def copies():
+        losses = torch.rand(p.num_files, p.replication, generator=torch.Generator().manual_seed(2))
+        c = received(p, truth, losses.double())
+        if not made.needs_honest:
+            for w in byz:
+                c.rows.blocks[0][w * p.load : (w + 1) * p.load] *= -7
+        if erase:
+            c.present = torch.tensor([[w not in erase for w in ws] for ws in p.file_workers])
+        return c
+
+    expected = update(p, made)(copies(), byz, step=3)
+    order = torch.randperm(p.num_workers, generator=torch.Generator().manual_seed(1)).tolist()
+    log: list[int] = []
+    arriving = _arriving(copies(), order, log)
+    got = update(p, made)(arriving, byz, step=3)
+    assert log == order and arriving.arrivals is None  # every payload was taken
+    assert torch.equal(got.gradient, expected.gradient)
+    times = {"attack_s", "vote_s", "aggregation_s", "receive_s"}
+    assert {k: v for k, v in got.metrics.items() if k not in times} == {
+        k: v for k, v in expected.metrics.items() if k not in times
+    }
+
+
+def test_a_file_is_voted_when_its_last_copy_lands_not_after_every_payload():
+    p = detox(6, 3)  # files 0 (workers 0, 1, 2) and 1 (workers 3, 4, 5)
+    truth = torch.randn(2, 5, generator=torch.Generator().manual_seed(3))
+    copies = received(p, truth)
+    ru = update(p)
+    seen = []
+
+    def arrivals():
+        for w in range(6):
+            winners = ru._winners
+            seen.append(None if winners is None else winners[0].clone())
+            yield w
+
+    copies.arrivals = arrivals()
+    out = ru(copies, (), step=0)
+    assert not any(s is not None and torch.equal(s, truth[0]) for s in seen[:3])
+    assert all(torch.equal(s, truth[0]) for s in seen[3:])  # voted before 3, 4, 5 landed
+    assert torch.allclose(out.gradient, truth.mean(0))

@@ -11,7 +11,8 @@ every payload straight into one buffer, reused every step, which becomes the row
 step's :class:`byzshield.step.Copies`: worker w's l rows and, after them, spare rows for
 its END marker and the slack that lets a message of the wrong length be named
 (:class:`byzshield.protocol.Slot`). Spare rows are never read and, never written,
-cost no memory.
+cost no memory. The copies are handed over while the payloads are still arriving: the
+robust update votes each file as soon as its last copy lands.
 """
 
 from __future__ import annotations
@@ -75,8 +76,6 @@ class TorchrunEngine:
                 self.layout.check_header(header, _who(w))
         if self.digests:  # the gradients wait on the workers until the vote pulls them
             self.pulling = True
-        else:
-            self._receive(self.payloads, "payload", last=True)
         wait = time.perf_counter() - t0
         reported = [h.compute_s for h in headers]
         compute = max((c for c in reported if c == c), default=0.0)  # NaN-safe
@@ -98,6 +97,7 @@ class TorchrunEngine:
             claims=claims,
             fetch=self._fetch if self.digests else None,
             bytes_in=self.K * self.layout.nbytes(),
+            arrivals=None if self.digests else self._arrivals(),
         )
         return copies, {"compute_s": compute, "communication_s": wait - compute}
 
@@ -132,6 +132,18 @@ class TorchrunEngine:
                 staging[w].check(_who(w), "pulled gradients")
             got = staging[w].buffer[: len(slots) * self.d].view(len(slots), self.d)
             self.rows[[w * self.stride + s for s in slots]] = got
+
+    def _arrivals(self) -> Iterator[int]:
+        """The full vote: every worker's payload into its slot, yielding w as worker w's
+        lands and passes its check (a wrong length names the rank), in arrival order;
+        the robust update votes each file as its last copy lands."""
+        for slot in self.payloads:
+            slot.arm()
+        for w in self.comm.receive_as_completed([slot.buffer for slot in self.payloads]):
+            with _named(w):
+                self.payloads[w].check(_who(w), "payload")
+            yield w
+        self.idle = True  # after a step's last message every worker waits for the next
 
     def _end_pulls(self) -> None:
         """vote=digest: tell every worker the last step needs nothing more."""
