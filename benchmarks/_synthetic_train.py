@@ -1,7 +1,8 @@
 """``python -m byzshield.train`` with ``dataset=cifar10`` (and ``mnist``) replaced by
 random images of their shape (2,000 training, 500 test, seeded): for
-benchmarks/training.py's ResNet-18 table and cost estimates on machines without them. Step time and traffic do not depend on the pixels; the
-accuracies mean nothing. Run by torchrun in every rank:
+benchmarks/training.py's ResNet-18 table and cost estimates on machines without them.
+Step time and traffic do not depend on the pixels; the accuracies mean nothing. Run by
+torchrun in every rank:
 
     torchrun --standalone --nproc-per-node 16 benchmarks/_synthetic_train.py \\
         network=resnet18 dataset=cifar10 ...

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from byzshield.attacks import flip_labels
-from byzshield.data import ImageDataset, file_batch
+from byzshield.data import ImageDataset, file_batches
 
 __all__ = ["file_gradients", "flat_params", "load_flat", "num_params"]
 
@@ -78,10 +78,10 @@ def file_gradients(
         out = torch.empty(len(files), d)
     device = params[0].device
     losses = []
-    for i, j in enumerate(files):
-        x, y = file_batch(
-            data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, file=j
-        )
+    batches = file_batches(
+        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, files=files
+    )  # the step's sample order is drawn once for all the files
+    for i, (x, y) in enumerate(batches):
         if flip:
             y = flip_labels(y, data.num_classes)
         if device.type != "cpu":

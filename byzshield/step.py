@@ -50,7 +50,11 @@ from byzshield.digest import digest
 from byzshield.placement import Placement
 from byzshield.vote import Rows, same_bits, vote_positions
 
-__all__ = ["Copies", "Outcome", "RobustUpdate", "copy_index"]
+__all__ = ["Copies", "Outcome", "RobustUpdate", "copy_index", "pushed_slots"]
+
+PUSHED = 0
+"""vote=digest: the holder position whose copy of a file rides along with its digests
+(pushed, not pulled), so that an honest step needs no pull round at all."""
 
 
 def copy_index(placement: Placement) -> Tensor:
@@ -67,6 +71,14 @@ def copy_index(placement: Placement) -> Tensor:
         ],
         dtype=torch.long,
     )
+
+
+def pushed_slots(placement: Placement, w: int) -> list[int]:
+    """vote=digest: the slots (positions in ``placement.worker_files[w]``) whose gradients
+    worker w pushes right after its digests: the files it is the first holder of."""
+    return [
+        i for i, j in enumerate(placement.worker_files[w]) if placement.file_workers[j][PUSHED] == w
+    ]
 
 
 @dataclass
@@ -170,7 +182,10 @@ class RobustUpdate:
         self._pulled, self._receive_s = 0, 0.0
         self._row_digests: dict[int, bytes] = {}
         self._known: dict[tuple[int, int], bytes] = {}
+        self._fetched: set[int] = set()  # rows received this step (never twice)
         t0 = time.perf_counter()
+        if copies.claims is not None:  # the pushed copies: already in when this starts
+            self._pull(copies, copies.rows, copies.index, self._pushed())
         index, rows = self._simulate_attack(copies, bad, step)
         claims = self._claims(copies, rows, index, bad)
         index = self._lie(copies, claims, index, original, bad)
@@ -366,8 +381,14 @@ class RobustUpdate:
         need = 1 if self.verify == "first" else self.placement.threshold
         present = None if copies.present is None else copies.present.tolist()
         known = dict(self._known)  # the copies the attack simulation already pulled
+        pushed = self._pushed()  # as the attack and a digest lie left them (free when pushed)
+        self._pull(copies, rows, index, pushed)
+        for j, i in pushed:
+            known.setdefault((j, i), self._row_digest(rows, int(index[j, i])))
         liars: dict[str, int] = {}
         for (j, i), actual in known.items():
+            if present is not None and not present[j][i]:
+                continue  # an erased copy does not vote
             if actual != claims[j][i]:
                 w = str(self.holders[j][i])
                 liars[w] = liars.get(w, 0) + 1
@@ -406,11 +427,20 @@ class RobustUpdate:
             open_files = still
         return positions, trusted, votes, liars
 
+    def _pushed(self) -> list[tuple[int, int]]:
+        return [(j, PUSHED) for j in range(self.placement.num_files)]
+
     def _pull(self, copies: Copies, rows: Rows, index: Tensor, requests) -> None:
         """Receive the requested copies (one round) and count their bytes: one message
-        per worker asked, its copies and END; copies forged on the server are free."""
+        per worker asked, its copies and END; copies forged on the server, and copies
+        already received this step, are free."""
         base = copies.rows.num_rows
-        wire = [(j, i, int(index[j, i])) for j, i in requests if int(index[j, i]) < base]
+        wire = []
+        for j, i in requests:
+            row = int(index[j, i])
+            if row < base and row not in self._fetched:
+                self._fetched.add(row)
+                wire.append((j, i, row))
         if not wire:
             return
         if copies.fetch is not None:

@@ -143,3 +143,57 @@ def test_bad_vote_options_are_one_line(tmp_path, override, message):
 
     with pytest.raises((ConfigError, ValueError), match=message):
         simulate((*COMMON, override), tmp_path)
+
+
+def _claimed_copies(placement, truth, byz=(), scale=-5.0):
+    """Copies as torchrun delivers them to the digest vote: every row's digest claimed
+    (Byzantine rows scaled by ``scale``), and a fetch that records each round."""
+    from byzshield.step import Copies, copy_index
+    from byzshield.vote import Rows
+
+    K, l = placement.num_workers, placement.load
+    rows = torch.empty(K * l, truth.shape[1])
+    for w, fs in enumerate(placement.worker_files):
+        for i, j in enumerate(fs):
+            rows[w * l + i] = truth[j] * (scale if w in byz else 1.0)
+    index = copy_index(placement)
+    claims = [[digest(rows[int(r)]) for r in rs] for rs in index.tolist()]
+    rounds: list[list[int]] = []
+    copies = Copies(
+        Rows(rows),
+        index,
+        torch.ones(index.shape, dtype=torch.float64),
+        claims=claims,
+        fetch=lambda wire: rounds.append(sorted(row for _, _, row in wire)),
+    )
+    return copies, rounds
+
+
+def test_the_first_holders_copies_ride_with_the_digests_so_an_honest_step_pulls_nothing():
+    from byzshield.attacks import make_attack
+    from byzshield.config import MeanMode
+    from byzshield.placement import mols
+    from byzshield.step import RobustUpdate, copy_index, pushed_slots
+
+    p = mols(5, 3)
+    truth = torch.randn(p.num_files, 20, generator=torch.Generator().manual_seed(5))
+    first = sorted(int(rs[0]) for rs in copy_index(p).tolist())
+    pushed = sorted(w * p.load + i for w in range(p.num_workers) for i in pushed_slots(p, w))
+    assert first == pushed  # what the workers push is what the vote takes as pushed
+
+    def vote(byz):
+        ru = RobustUpdate(p, make_attack("rev_grad"), MeanMode().build(), aggregator_f=0, seed=0)
+        copies, rounds = _claimed_copies(p, truth, byz)
+        return ru(copies, byz, step=0), rounds
+
+    out, rounds = vote(())
+    assert rounds == [first]  # the push and nothing else
+    assert out.metrics["bytes_received"] == sum(
+        4 * (len(pushed_slots(p, w)) * 20 + 1) for w in range(p.num_workers) if pushed_slots(p, w)
+    )
+    byz = (0, 1, 2)
+    out, rounds = vote(byz)
+    assert rounds[0] == first and len(rounds) == 2  # files whose first holder lost: pulled
+    lost = {j for j, ws in enumerate(p.file_workers) if ws[0] in byz}
+    won = set(out.metrics["distorted_files"])
+    assert len(rounds[1]) == len(lost - won)

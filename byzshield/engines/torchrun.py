@@ -31,7 +31,7 @@ from byzshield.config import Run
 from byzshield.digest import digest
 from byzshield.gradients import file_gradients, load_flat, num_params
 from byzshield.protocol import END, Control, Pull, ReplyLayout, Slot, control_size
-from byzshield.step import Copies, copy_index
+from byzshield.step import Copies, copy_index, pushed_slots
 from byzshield.vote import Rows
 
 __all__ = ["TorchrunEngine", "run_worker"]
@@ -61,6 +61,15 @@ class TorchrunEngine:
         self.payloads = [Slot(region[w], self.layout.payload_size) for w in range(self.K)]
         headers = torch.empty(self.K, Slot.capacity(self.layout.header_size))
         self.headers = [Slot(headers[w], self.layout.header_size) for w in range(self.K)]
+        # vote=digest: what each worker pushes after its digests (its first-holder files),
+        # received into slots kept across steps, and the rows already in this step
+        self.pushed = {w: pushed_slots(p, w) for w in range(self.K)} if self.digests else {}
+        self.pushed = {w: slots for w, slots in self.pushed.items() if slots}
+        self.push_slots = {
+            w: Slot(torch.empty(Slot.capacity(len(slots) * d)), len(slots) * d)
+            for w, slots in self.pushed.items()
+        }
+        self.have: set[int] = set()
         self.idle = True  # every worker waits for a control message (none is mid-send)
 
     def gather(self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]):
@@ -74,8 +83,9 @@ class TorchrunEngine:
         for w, header in enumerate(headers):
             with _named(w):
                 self.layout.check_header(header, _who(w))
-        if self.digests:  # the gradients wait on the workers until the vote pulls them
+        if self.digests:  # the pushed copies now; the rest wait until the vote pulls them
             self.pulling = True
+            self._receive_pushed()
         wait = time.perf_counter() - t0
         reported = [h.compute_s for h in headers]
         compute = max((c for c in reported if c == c), default=0.0)  # NaN-safe
@@ -101,10 +111,29 @@ class TorchrunEngine:
         )
         return copies, {"compute_s": compute, "communication_s": wait - compute}
 
+    def _receive_pushed(self) -> None:
+        """vote=digest: every worker's pushed gradients (its first-holder files, in slot
+        order) into their rows."""
+        for slot in self.push_slots.values():
+            slot.arm()
+        self.comm.receive_each({w: slot.buffer for w, slot in self.push_slots.items()})
+        self.have = set()
+        for w, slots in self.pushed.items():
+            with _named(w):
+                self.push_slots[w].check(_who(w), "pushed gradients")
+            got = self.push_slots[w].buffer[: len(slots) * self.d].view(len(slots), self.d)
+            rows = [w * self.stride + s for s in slots]
+            self.rows[rows] = got
+            self.have.update(rows)
+
     def _fetch(self, wire: list[tuple[int, int, int]]) -> None:
         """vote=digest: one round of pulls. Row w * stride + s is worker w's s-th file;
         each worker asked sends the requested gradients in slot order, received into a
-        staging slot (a wrong length names the rank) and copied to their rows."""
+        staging slot (a wrong length names the rank) and copied to their rows. Rows
+        pushed this step are there already."""
+        wire = [item for item in wire if item[2] not in self.have]
+        if not wire:
+            return
         wanted: dict[int, list[int]] = {}
         for _, _, row in wire:
             w, slot = divmod(row, self.stride)
@@ -201,6 +230,8 @@ def run_worker(comm: Comm, run: Run) -> None:
     payload = layout.payload(reply)  # the gradients, written in place
     header = torch.empty(layout.header_size + 1)  # + END
     attack = run.attack  # None for omniscient attacks: the server simulates them
+    pushed = pushed_slots(p, w) if digests else []
+    push = torch.empty(len(pushed) * d + 1)  # the pushed gradients and END
     while True:
         comm.receive_from_server(control)
         message = Control.unpack(control)
@@ -232,6 +263,10 @@ def run_worker(comm: Comm, run: Run) -> None:
         comm.send_to_server(header)
         if not digests:
             comm.send_to_server(reply)
+        elif pushed:
+            push[:-1].view(len(pushed), d).copy_(payload[pushed])
+            push[-1] = END
+            comm.send_to_server(push)
         while digests:  # the server pulls some of the gradients, then ends the step
             comm.receive_from_server(pull)
             request = Pull.unpack(pull)
