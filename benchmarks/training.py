@@ -17,7 +17,9 @@ Columns: step time; its split (compute: the slowest worker's own measurement;
 communication: sending the parameters and receiving replies and pulled copies; attack,
 vote, aggregation, update, other: the server's work); MB received by the server per
 step; step time / DETOX's; the server's share of the step outside receiving (attack +
-vote + aggregation + update + other).
+vote + aggregation + update + other). "vote after last copy" is the part of the vote
+left once the last copy has landed: the full vote over torchrun votes each file as its
+copies arrive; the digest vote starts once every header and pushed copy is in.
 
 Table 1: LeNet on the embedded digits (batch 300). Table 2: ResNet-18 (11.2M parameters)
 on random 32x32x3 images in CIFAR-10's shape (benchmarks/_synthetic_train.py; batch 75),
@@ -121,7 +123,7 @@ def measure(model: str, steps: int, rounds: int, warmup: int, tmp: Path) -> dict
             )
     out = {}
     for name, rows in records.items():
-        med = {k: statistics.median(r[k] for r in rows) for k in (*PARTS, "step_s")}
+        med = {k: statistics.median(r[k] for r in rows) for k in (*PARTS, "step_s", "vote_tail_s")}
         med["server_s"] = statistics.median(sum(r[k] for k in SERVER) for r in rows)
         med["MB"] = statistics.median(r["bytes_received"] for r in rows) / 1e6
         med["steps"] = len(rows)
@@ -132,13 +134,15 @@ def measure(model: str, steps: int, rounds: int, warmup: int, tmp: Path) -> dict
 def table(results: dict[str, dict]) -> str:
     ref = results[REFERENCE]
     head = ["configuration", "step ms", "compute", "comm", "attack", "vote", "aggregate"]
-    head += ["update", "other", "MB/step", "step / DETOX", "MB / DETOX", "PS outside recv"]
+    head += ["update", "other", "vote after last copy", "MB/step", "step / DETOX"]
+    head += ["MB / DETOX", "PS outside recv"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, r in results.items():
         cells = [
             name,
             f"{r['step_s'] * 1e3:.0f}",
             *(f"{r[k] * 1e3:.1f}" for k in PARTS),
+            f"{r['vote_tail_s'] * 1e3:.1f}",
             f"{r['MB']:.1f}",
             f"{r['step_s'] / ref['step_s']:.2f}x",
             f"{r['MB'] / ref['MB']:.2f}x",

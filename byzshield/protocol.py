@@ -14,10 +14,14 @@ messages end with the :data:`END` marker::
 
 With ``vote=digest`` the header also carries the BLAKE3 digest of every held file
 (:mod:`byzshield.digest`, 8 float32 values each, after the losses) and the payload is
-not sent; instead the server sends each worker :class:`Pull` messages, answered with the
-requested gradients only::
+not sent; a worker that is the first holder of some of its files pushes those right
+after the header, and the server sends each worker :class:`Pull` messages, answered
+with the requested gradients only::
 
     header   float32[2 + load + 8 * load + 1]   as above, then the digests, END
+    pushed   float32[n * d + 1]                 the n files it is first holder of
+                                                (:func:`byzshield.step.pushed_slots`),
+                                                in order, END; none when n = 0
     pull     int64[1 + load]                    more (1: a pull, 0: the step is over),
                                                 then 1 for every held file to send
     pulled   float32[n * d + 1]                 the n requested gradients in order, END

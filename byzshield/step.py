@@ -179,7 +179,7 @@ class RobustUpdate:
         """
         bad = set(byzantine)
         original = copies.index
-        self._pulled, self._receive_s = 0, 0.0
+        self._pulled, self._receive_s, self._last_copy = 0, 0.0, None
         self._row_digests: dict[int, bytes] = {}
         self._known: dict[tuple[int, int], bytes] = {}
         self._fetched: set[int] = set()  # rows received this step (never twice)
@@ -253,6 +253,9 @@ class RobustUpdate:
                 "receive_s": self._receive_s,
                 "attack_s": t1 - t0 - attack_receive,
                 "vote_s": t2 - t1 - (self._receive_s - attack_receive),
+                # the part of vote_s after the last copy landed (the full vote over
+                # torchrun votes files while later copies arrive); vote_s otherwise
+                "vote_tail_s": t2 - max(t1, self._last_copy or t1),
                 "aggregation_s": t3 - t2,
             },
         )
@@ -317,7 +320,7 @@ class RobustUpdate:
             w = next(arrivals, None)
             self._receive_s += time.perf_counter() - t0
             if w is None:
-                copies.arrivals = None
+                copies.arrivals, self._last_copy = None, time.perf_counter()
                 return
             yield w
 

@@ -360,6 +360,7 @@ class Trainer:
         }
         # what the gather and the update do not account for (copies, bookkeeping)
         record["other_s"] = max(0.0, record["step_s"] - sum(record[k] for k in TIME_KEYS))
+        record["vote_tail_s"] = m["vote_tail_s"]  # not in the split: part of vote_s
         return record
 
     def evaluate(self, step: int) -> dict:

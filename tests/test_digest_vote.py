@@ -22,7 +22,7 @@ DESIGNS = {
 }
 COMMON = ("attack.q=2", "max_steps=3", "eval_freq=3", "seed=3", "threads=1")
 TIMES = {"compute_s", "communication_s", "attack_s", "vote_s", "aggregation_s"}
-TIMES |= {"update_s", "step_s", "other_s"}
+TIMES |= {"update_s", "step_s", "other_s", "vote_tail_s"}
 
 
 def _run(folder: Path, *overrides: str) -> tuple[dict, list[dict]]:

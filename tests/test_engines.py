@@ -31,7 +31,7 @@ DESIGNS = {  # small instances of the four families; K + 1 processes each
     "draco_lite": (10, "approach=draco_lite", "approach.K=9", "approach.r=3", "mode=mean"),
     "baseline": (7, "approach=baseline", "approach.K=6", "batch_size=60", "mode=mean"),
 }
-TIMES = {*TIME_KEYS, "step_s", "other_s"}
+TIMES = {*TIME_KEYS, "step_s", "other_s", "vote_tail_s"}
 
 
 def _job_overrides(job: Path) -> list[str]:

@@ -68,7 +68,7 @@ def test_a_killed_run_resumes_bit_identical_to_an_uninterrupted_one(tmp_path):
     assert [e["step"] for e in evals] == [10, 20, 30]
     whole, _ = read_metrics(tmp_path / "whole")
     drop = {"compute_s", "communication_s", "attack_s", "vote_s", "aggregation_s"}
-    drop |= {"update_s", "step_s", "other_s"}
+    drop |= {"update_s", "step_s", "other_s", "vote_tail_s"}
     strip = [{k: v for k, v in r.items() if k not in drop} for r in steps]
     assert strip == [{k: v for k, v in r.items() if k not in drop} for r in whole]
 

@@ -255,8 +255,10 @@ def test_voting_files_as_their_copies_arrive_gives_the_bits_of_voting_all_at_onc
     arriving = _arriving(copies(), order, log)
     got = update(p, made)(arriving, byz, step=3)
     assert log == order and arriving.arrivals is None  # every payload was taken
+    m = got.metrics
+    assert 0 <= m["vote_tail_s"] <= m["vote_s"] + 1e-3 and m["receive_s"] > 0
     assert torch.equal(got.gradient, expected.gradient)
-    times = {"attack_s", "vote_s", "aggregation_s", "receive_s"}
+    times = {"attack_s", "vote_s", "vote_tail_s", "aggregation_s", "receive_s"}
     assert {k: v for k, v in got.metrics.items() if k not in times} == {
         k: v for k, v in expected.metrics.items() if k not in times
     }
