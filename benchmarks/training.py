@@ -18,8 +18,8 @@ communication: sending the parameters and receiving replies and pulled copies; a
 vote, aggregation, update, other: the server's work); MB received by the server per
 step; step time / DETOX's; the server's share of the step outside receiving (attack +
 vote + aggregation + update + other). "vote after last copy" is the part of the vote
-left once the last copy has landed: the full vote over torchrun votes each file as its
-copies arrive; the digest vote starts once every header and pushed copy is in.
+left once the last payload has landed: the full vote over torchrun votes each file as
+its copies arrive; for the digest vote it is the whole vote with its pull rounds.
 
 Table 1: LeNet on the embedded digits (batch 300). Table 2: ResNet-18 (11.2M parameters)
 on random 32x32x3 images in CIFAR-10's shape (benchmarks/_synthetic_train.py; batch 75),

@@ -253,8 +253,9 @@ class RobustUpdate:
                 "receive_s": self._receive_s,
                 "attack_s": t1 - t0 - attack_receive,
                 "vote_s": t2 - t1 - (self._receive_s - attack_receive),
-                # the part of vote_s after the last copy landed (the full vote over
-                # torchrun votes files while later copies arrive); vote_s otherwise
+                # the full vote over torchrun: the part of the vote after the last
+                # payload landed (files are voted while later copies arrive); otherwise
+                # the whole vote, with the digest vote's pull rounds in it
                 "vote_tail_s": t2 - max(t1, self._last_copy or t1),
                 "aggregation_s": t3 - t2,
             },

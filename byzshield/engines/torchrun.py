@@ -78,7 +78,7 @@ class TorchrunEngine:
         self.idle = False
         self.comm.send_to_workers(Control.for_step(step, self.K, byzantine).pack())
         self.comm.send_to_workers(params)
-        self._receive(self.headers, "reply header", last=self.digests)
+        self._receive(self.headers, "reply header")
         headers = [self.layout.unpack_header(slot.buffer) for slot in self.headers]
         for w, header in enumerate(headers):
             with _named(w):
@@ -125,6 +125,7 @@ class TorchrunEngine:
             rows = [w * self.stride + s for s in slots]
             self.rows[rows] = got
             self.have.update(rows)
+        self.idle = True  # every worker waits for a pull or the end of the step
 
     def _fetch(self, wire: list[tuple[int, int, int]]) -> None:
         """vote=digest: one round of pulls. Row w * stride + s is worker w's s-th file;
@@ -180,13 +181,12 @@ class TorchrunEngine:
             self.comm.send_to_workers(Pull(False, (False,) * self.load).pack())
             self.pulling = False
 
-    def _receive(self, slots: list[Slot], what: str, *, last: bool = False) -> None:
+    def _receive(self, slots: list[Slot], what: str) -> None:
         """Every worker's next message into its slot; a message of the wrong length is
         refused naming its rank (see :class:`byzshield.protocol.Slot`)."""
         for slot in slots:
             slot.arm()
         self.comm.receive_from_workers([slot.buffer for slot in slots])
-        self.idle = last  # after a step's last message every worker waits for the next
         for w, slot in enumerate(slots):
             with _named(w):
                 slot.check(_who(w), what)
