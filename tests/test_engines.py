@@ -59,9 +59,9 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize(
     "design",
-    [  # two families by default, the other two with the slow tests (CI runs both)
+    [  # MOLS by default, the other three with the slow tests (CI runs both)
         "mols",
-        "rama_two",
+        pytest.param("rama_two", marks=pytest.mark.slow),
         pytest.param("draco_lite", marks=pytest.mark.slow),
         pytest.param("baseline", marks=pytest.mark.slow),
     ],
@@ -209,6 +209,7 @@ def test_the_digest_vote_gives_the_same_bits_in_both_engines_and_as_the_full_vot
                 assert a["bytes_received"] >= 2.5 * b["bytes_received"], job
 
 
+@pytest.mark.slow
 def test_a_worker_whose_pulled_copy_does_not_match_its_digest_is_caught(tmp_path):
     """A real lying process: worker 1 sends the true digests, then negated gradients
     when pulled. Each of its copies is rejected, the next holder pulled: the run ends
