@@ -775,8 +775,9 @@ class TrainConfig:
     # step's deadline; their copies do not vote (a file needs a strict majority of all r)
     stragglers: int = 0
     # the vote: full (every copy of every file reaches the server and is compared bit for
-    # bit) or digest (workers send a BLAKE3 digest of each copy, the server votes on the
-    # digests and pulls one copy per trusted file, checked against its digest)
+    # bit) or digest (workers send a BLAKE3 digest of each copy and each file's first
+    # holder pushes its copy; the server votes on the digests and checks one copy per
+    # trusted file against its digest, the pushed one or else one it pulls)
     vote: str = "full"
     # vote=digest: pull the first holder of the winning digest (first; exact whenever a
     # worker's digest is that of the copy it sends) or a strict majority of holders
