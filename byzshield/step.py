@@ -267,23 +267,21 @@ class RobustUpdate:
         """Vote every file bit for bit, each as soon as all its present copies are in
         (torchrun: ``copies.arrivals``), writing winners into the reused buffer. Returns
         (winning holder position, trusted, distorted files, lost votes per worker)."""
-        f = index.shape[0]
-        present = copies.present
+        f, r = index.shape
+        present, winners = copies.present, self._winners
         positions, agree, trusted = [0] * f, [0] * f, [False] * f
         distorted: list[int] = []
         lost: dict[str, int] = {}
         for files in self._complete_files(copies):
-            sub = index[files]
             mask = None if present is None else present[files]
-            picks, counts = vote_positions(rows, sub, present=mask)
-            r = index.shape[1]
+            picks, counts = vote_positions(rows, index[files], present=mask)
             for j, i, c in zip(files, picks, counts, strict=True):
                 positions[j], agree[j], trusted[j] = i, c, 2 * c > r
-                self._winners[j].copy_(rows[int(index[j, i])])
+                winners[j].copy_(rows[int(index[j, i])])
             distorted += self._distorted(
-                rows, original, index, positions, self._winners, bad, trusted, files
+                rows, original, index, positions, winners, bad, trusted, files
             )
-            self._lost_votes(rows, index, positions, trusted, agree, present, files, lost)
+            self._lost_votes(rows, index, positions, winners, trusted, agree, present, files, lost)
         return positions, trusted, sorted(distorted), _by_worker(lost)
 
     def _complete_files(self, copies: Copies):
@@ -493,7 +491,7 @@ class RobustUpdate:
                     out[w] = out.get(w, 0) + 1
         return _by_worker(out)
 
-    def _lost_votes(self, rows, index, positions, trusted, agree, present, files, out) -> None:
+    def _lost_votes(self, rows, index, positions, winners, trusted, agree, present, files, out):
         """Count into ``out`` {worker: copies of it that disagreed with their file's
         trusted winner} over ``files``: what the vote can observe of a lying worker,
         whether or not it was flagged."""
@@ -507,7 +505,7 @@ class RobustUpdate:
                 if present is not None and not bool(present[j, k]):
                     continue
                 row = int(index[j, k])
-                if row != win and not same_bits(rows[row], self._winners[j]):
+                if row != win and not same_bits(rows[row], winners[j]):
                     out[str(w)] = out.get(str(w), 0) + 1
 
     def _beyond(self, n: int) -> bool:

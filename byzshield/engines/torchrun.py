@@ -62,14 +62,11 @@ class TorchrunEngine:
         headers = torch.empty(self.K, Slot.capacity(self.layout.header_size))
         self.headers = [Slot(headers[w], self.layout.header_size) for w in range(self.K)]
         # vote=digest: what each worker pushes after its digests (its first-holder files),
-        # received into slots kept across steps, and the rows already in this step
-        self.pushed = {w: pushed_slots(p, w) for w in range(self.K)} if self.digests else {}
-        self.pushed = {w: slots for w, slots in self.pushed.items() if slots}
-        self.push_slots = {
-            w: Slot(torch.empty(Slot.capacity(len(slots) * d)), len(slots) * d)
-            for w, slots in self.pushed.items()
-        }
-        self.have: set[int] = set()
+        # received into slots kept across steps
+        pushers = range(self.K) if self.digests else ()
+        self.pushed = {w: slots for w in pushers if (slots := pushed_slots(p, w))}
+        self.push_slots = {w: self._slot(len(slots)) for w, slots in self.pushed.items()}
+        self.pushed_rows = {w * self.stride + s for w, ss in self.pushed.items() for s in ss}
         self.idle = True  # every worker waits for a control message (none is mid-send)
 
     def gather(self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]):
@@ -111,28 +108,34 @@ class TorchrunEngine:
         )
         return copies, {"compute_s": compute, "communication_s": wait - compute}
 
-    def _receive_pushed(self) -> None:
-        """vote=digest: every worker's pushed gradients (its first-holder files, in slot
-        order) into their rows."""
-        for slot in self.push_slots.values():
+    def _slot(self, n: int) -> Slot:
+        return Slot(torch.empty(Slot.capacity(n * self.d)), n * self.d)
+
+    def _receive_into_rows(self, wanted: dict[int, list[int]], slots: dict[int, Slot], what):
+        """Worker w's next message, its gradients of slots ``wanted[w]`` in slot order
+        and END, into the staging slot ``slots[w]`` (a wrong length names the rank),
+        then copied to their rows (row w * stride + s is worker w's s-th file)."""
+        for slot in slots.values():
             slot.arm()
-        self.comm.receive_each({w: slot.buffer for w, slot in self.push_slots.items()})
-        self.have = set()
-        for w, slots in self.pushed.items():
-            with _named(w):
-                self.push_slots[w].check(_who(w), "pushed gradients")
-            got = self.push_slots[w].buffer[: len(slots) * self.d].view(len(slots), self.d)
-            rows = [w * self.stride + s for s in slots]
-            self.rows[rows] = got
-            self.have.update(rows)
+        self.comm.receive_each({w: slot.buffer for w, slot in slots.items()})
         self.idle = True  # every worker waits for a pull or the end of the step
+        for w, wanted_slots in wanted.items():
+            with _named(w):
+                slots[w].check(_who(w), what)
+            n = len(wanted_slots)
+            got = slots[w].buffer[: n * self.d].view(n, self.d)
+            self.rows[[w * self.stride + s for s in wanted_slots]] = got
+
+    def _receive_pushed(self) -> None:
+        """vote=digest: every worker's pushed gradients (its first-holder files) into
+        their rows."""
+        self._receive_into_rows(self.pushed, self.push_slots, "pushed gradients")
 
     def _fetch(self, wire: list[tuple[int, int, int]]) -> None:
-        """vote=digest: one round of pulls. Row w * stride + s is worker w's s-th file;
-        each worker asked sends the requested gradients in slot order, received into a
-        staging slot (a wrong length names the rank) and copied to their rows. Rows
-        pushed this step are there already."""
-        wire = [item for item in wire if item[2] not in self.have]
+        """vote=digest: one round of pulls; each worker asked sends the requested
+        gradients in slot order (:meth:`_receive_into_rows`). Rows pushed this step are
+        there already."""
+        wire = [item for item in wire if item[2] not in self.pushed_rows]
         if not wire:
             return
         wanted: dict[int, list[int]] = {}
@@ -149,19 +152,8 @@ class TorchrunEngine:
                 for w, slots in wanted.items()
             }
         )
-        staging = {
-            w: Slot(torch.empty(Slot.capacity(len(slots) * self.d)), len(slots) * self.d)
-            for w, slots in wanted.items()
-        }
-        for slot in staging.values():
-            slot.arm()
-        self.comm.receive_each({w: slot.buffer for w, slot in staging.items()})
-        self.idle = True  # every worker waits for a pull or the end of the step again
-        for w, slots in wanted.items():
-            with _named(w):
-                staging[w].check(_who(w), "pulled gradients")
-            got = staging[w].buffer[: len(slots) * self.d].view(len(slots), self.d)
-            self.rows[[w * self.stride + s for s in slots]] = got
+        staging = {w: self._slot(len(slots)) for w, slots in wanted.items()}
+        self._receive_into_rows(wanted, staging, "pulled gradients")
 
     def _arrivals(self) -> Iterator[int]:
         """The full vote: every worker's payload into its slot, yielding w as worker w's
@@ -214,6 +206,16 @@ def _named(w: int) -> Iterator[None]:
         raise RankFailure(w + 1, str(exc)) from None
 
 
+def _gradients_message(payload: torch.Tensor, chosen: list[int], out=None) -> torch.Tensor:
+    """vote=digest: the gradients of the held files ``chosen`` (slots, in order) and END,
+    written into ``out`` when given."""
+    d = payload.shape[1]
+    message = torch.empty(len(chosen) * d + 1) if out is None else out
+    message[:-1].view(len(chosen), d).copy_(payload[chosen])
+    message[-1] = END
+    return message
+
+
 def run_worker(comm: Comm, run: Run) -> None:
     """Serve steps until the server says stop (worker index = rank - 1)."""
     cfg, p = run.config, run.placement
@@ -231,7 +233,7 @@ def run_worker(comm: Comm, run: Run) -> None:
     header = torch.empty(layout.header_size + 1)  # + END
     attack = run.attack  # None for omniscient attacks: the server simulates them
     pushed = pushed_slots(p, w) if digests else []
-    push = torch.empty(len(pushed) * d + 1)  # the pushed gradients and END
+    push = torch.empty(len(pushed) * d + 1)  # the pushed gradients and END, reused
     while True:
         comm.receive_from_server(control)
         message = Control.unpack(control)
@@ -264,19 +266,14 @@ def run_worker(comm: Comm, run: Run) -> None:
         if not digests:
             comm.send_to_server(reply)
         elif pushed:
-            push[:-1].view(len(pushed), d).copy_(payload[pushed])
-            push[-1] = END
-            comm.send_to_server(push)
+            comm.send_to_server(_gradients_message(payload, pushed, push))
         while digests:  # the server pulls some of the gradients, then ends the step
             comm.receive_from_server(pull)
             request = Pull.unpack(pull)
             if not request.more:
                 break
             chosen = [i for i, wanted in enumerate(request.files) if wanted]
-            message = torch.empty(len(chosen) * d + 1)
-            message[:-1].view(len(chosen), d).copy_(payload[chosen])
-            message[-1] = END
-            comm.send_to_server(message)
+            comm.send_to_server(_gradients_message(payload, chosen))
         if step % 50 == 0:
             log.info(
                 "step %d sent %d file gradients%s",
