@@ -26,7 +26,7 @@ setup(
     package_dir={"byzshield": "byzshield", "byzshield.conf": "conf", "launch": "launch"},
     package_data={
         "byzshield": ["data/*"],
-        "byzshield.conf": ["*.yaml", "*/*.yaml"],
+        "byzshield.conf": ["*.yaml", "*/*.yaml", "*/*/*.yaml"],
     },
     include_package_data=True,
     install_requires=_requirements(),

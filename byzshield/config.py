@@ -27,6 +27,7 @@ vs file size, process count vs K) happen there, before any process group starts.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -725,16 +726,23 @@ class DatasetOption(_Option):
             raise ConfigError(f"unknown dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
 
     def build(self, *, train: bool):
-        from byzshield.data import load_dataset
+        return _load_dataset(self.name, self.root, self.download, train)
 
-        return load_dataset(self.name, root=self.root, download=self.download, train=train)
+
+@functools.lru_cache(maxsize=8)
+def _load_dataset(name: str, root: str, download: bool, train: bool):
+    """Datasets are read once per process (a sweep composes hundreds of runs); the
+    tensors are never written to."""
+    from byzshield.data import load_dataset
+
+    return load_dataset(name, root=root, download=download, train=train)
 
 
 # --------------------------------------------------------------------------------------
 # The top level
 
 
-ENGINES = ("auto", "torchrun", "simulate")
+ENGINES = ("auto", "torchrun", "simulate", "lockstep")
 DEVICES = ("cpu", "cuda")
 VOTES = ("full", "digest")
 DIGEST_VERIFY = ("first", "majority")
@@ -750,7 +758,9 @@ class TrainConfig:
     network: NetworkOption = MISSING
     dataset: DatasetOption = MISSING
     # engine: torchrun (rank 0 server + K worker processes over gloo), simulate (one
-    # process, each file computed once), auto (torchrun under torchrun, else simulate)
+    # process, each file computed once), lockstep (one process; in a multirun, the jobs
+    # of one shape trained together, batched; close to simulate but not its bits), auto
+    # (torchrun under torchrun, else simulate)
     engine: str = "auto"
     device: str = "cpu"  # simulate only: cuda where a GPU exists
     threads: int | None = None  # simulate: threads computing file gradients (null: CPUs)

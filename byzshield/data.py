@@ -86,6 +86,7 @@ __all__ = [
     "generate_mnist1d",
     "load_dataset",
     "step_batch",
+    "step_files",
     "write_mnist1d",
 ]
 
@@ -381,6 +382,23 @@ def file_batches(
             x = augment_crop_flip(x, generator=_generator("augment", seed, step, j))
         out.append((x, data.labels[idx]))
     return out
+
+
+def step_files(
+    data: ImageDataset, *, seed: int, step: int, batch_size: int, num_files: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every file of step ``step`` stacked: x (num_files, batch_size / num_files,
+    *sample_shape), y (num_files, batch_size / num_files); bit-identical to stacking
+    :func:`file_batches`, with one gather and one normalisation for the whole batch when
+    there is no augmentation (the lockstep engine's input)."""
+    if data.augment:
+        parts = file_batches(data, seed=seed, step=step, batch_size=batch_size, num_files=num_files)
+        return torch.stack([x for x, _ in parts]), torch.stack([y for _, y in parts])
+    file_slice(batch_size, num_files, 0)  # validates
+    idx = batch_indices(data.num_samples, batch_size, seed=seed, step=step)
+    size = batch_size // num_files
+    x = data.normalize(data.images[idx])
+    return x.view(num_files, size, *x.shape[1:]), data.labels[idx].view(num_files, size)
 
 
 def step_batch(

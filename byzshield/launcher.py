@@ -54,9 +54,11 @@ def fail_job(message: str, code: int = 2) -> None:
     FAILED_JOBS.append(line)
 
 
-def entry_point(main) -> int:
+def entry_point(main, after=None) -> int:
     """``python -m byzshield.train``: check the overrides (one line, no folder), keep
-    Hydra's folders to rank 0, run the Hydra ``main``; the exit status."""
+    Hydra's folders to rank 0, run the Hydra ``main``, then ``after()`` (the lockstep
+    engine trains the multirun jobs it collected; it returns the lines of runs that
+    failed); the exit status."""
     check_train_overrides(sys.argv[1:])
     if int(os.environ.get("RANK", "0")) != 0:  # only rank 0 writes Hydra's folders
         sys.argv += [
@@ -68,13 +70,16 @@ def entry_point(main) -> int:
             "hydra/hydra_logging=none",
         ]
     main()
+    if after is not None:
+        FAILED_JOBS.extend(after())
     return sweep_status()
 
 
 def sweep_status() -> int:
-    """Exit status after Hydra returns: 1 when some multirun job could not start."""
+    """Exit status after Hydra returns: 1 when some multirun job could not start or (the
+    lockstep engine) stopped with an error."""
     if FAILED_JOBS:
-        print(f"{len(FAILED_JOBS)} job(s) of the sweep could not start:", file=sys.stderr)
+        print(f"{len(FAILED_JOBS)} job(s) of the sweep failed:", file=sys.stderr)
         for line in FAILED_JOBS:
             print(f"  {line}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from byzshield.comm import RankFailure, init
 from byzshield.config import add_server_parts, build_run, load_config, register_schema
-from byzshield.engines import build_engine
+from byzshield.engines import build_engine, lockstep
 from byzshield.engines.torchrun import run_worker
 from byzshield.launcher import entry_point, fail, fail_job, launch_torchrun, log_to_folder
 from byzshield.networks import use_kernels
@@ -43,14 +43,16 @@ def main(cfg: DictConfig) -> None:
             if config.engine != "auto"
             else ("torchrun" if UNDER_TORCHRUN else "simulate")
         )
-        if engine == "simulate" and UNDER_TORCHRUN:
-            raise ValueError("engine=simulate runs in one process: python -m byzshield.train")
+        if engine in ("simulate", "lockstep") and UNDER_TORCHRUN:
+            raise ValueError(f"engine={engine} runs in one process: python -m byzshield.train")
         world = int(os.environ["WORLD_SIZE"]) if UNDER_TORCHRUN else None
         run = build_run(config, server=not UNDER_TORCHRUN, world_size=world)
     except ValueError as exc:
         return fail_job(f"error: {exc}")  # in a sweep: reported, and the next job runs
     if engine == "torchrun" and not UNDER_TORCHRUN:  # plain python: launch K+1 processes
         sys.exit(launch_torchrun(run.world_size))
+    if engine == "lockstep":
+        return lockstep_job(config, run)
     comm = init(timeout=config.timeout, job=HydraConfig.get().job.get("num") or 0)
     try:
         status, folder, resume = "", Path(HydraConfig.get().runtime.output_dir), None
@@ -84,5 +86,30 @@ def main(cfg: DictConfig) -> None:
         comm.close()
 
 
+def lockstep_job(config, run) -> None:
+    """engine=lockstep: in a multirun, keep the job for training with the others of its
+    shape once Hydra has composed them all; otherwise train it now (a group of one)."""
+    hc = HydraConfig.get()
+    try:
+        folder, resume = prepare(Path(hc.runtime.output_dir), config)
+    except ValueError as exc:
+        return fail_job(f"error: {exc}")
+    multirun = hc.mode.name == "MULTIRUN"
+    announce(run, folder, "lockstep", quiet=multirun)
+    member = lockstep.Member(run, folder, resume, name=f"job {hc.job.num}" if multirun else "")
+    if multirun:
+        return lockstep.collect(member)
+    log_to_folder(folder, 0)
+    group = lockstep.LockstepGroup([member], threads=config.threads, show_steps=True)
+    result = group.train().get(0)
+    if group.failures:
+        fail(f"error: {group.failures[0]}", 1)
+    print(
+        f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
+        f"loss {result['test_loss']:.4f} after {run.max_steps} steps",
+        flush=True,
+    )
+
+
 if __name__ == "__main__":
-    sys.exit(entry_point(main))  # checks the overrides first; the sweep's exit status
+    sys.exit(entry_point(main, after=lockstep.train_collected))  # the sweep's exit status

@@ -45,6 +45,7 @@ __all__ = [
     "evaluate",
     "recompute_batchnorm",
     "score_test_set",
+    "step_record",
 ]
 
 log = logging.getLogger("byzshield.trainer")
@@ -150,11 +151,13 @@ def _finite_or_none(value):
 
 class MetricsLog:
     """metrics.jsonl (one JSON object per line, non-finite numbers as null), plus
-    TensorBoard events under tensorboard/ when the tensorboard package is installed."""
+    TensorBoard events under tensorboard/ when the tensorboard package is installed and
+    ``tensorboard`` is true (the lockstep engine turns them off: a writer per run and a
+    scalar per key and step would cost more than the step itself)."""
 
-    def __init__(self, folder: Path):
-        self.file = open(folder / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
-        self.folder, self.tb, self._tb_tried = folder, None, False
+    def __init__(self, folder: Path, *, tensorboard: bool = True, buffering: int = 1):
+        self.file = open(folder / "metrics.jsonl", "a", buffering=buffering)  # noqa: SIM115
+        self.folder, self.tb, self._tb_tried = folder, None, not tensorboard
 
     def _tensorboard(self):
         """The events writer, opened at the first record: a run with nothing left to do
@@ -234,6 +237,48 @@ class TrainingError(RuntimeError):
     """Training cannot go on (the model became non-finite); the message is one line."""
 
 
+def step_record(
+    step: int,
+    m: dict,
+    lr: float,
+    byzantine: tuple[int, ...],
+    missing: tuple[int, ...],
+    times: dict,
+    update_s: float,
+    step_s: float,
+) -> dict:
+    """A step's line of metrics.jsonl from the robust update's metrics ``m``, the lr it
+    was applied with and the gather's times (``compute_s``, ``communication_s``)."""
+    record = {
+        "step": step,
+        "loss": m["loss"],
+        "lr": lr,
+        "byzantine": list(byzantine),
+        "missing_workers": list(missing),
+        "distorted": m["distorted"],
+        "distorted_files": m["distorted_files"],
+        "all_strict": m["all_strict"],
+        "non_strict_files": m["non_strict_files"],
+        "nonfinite_winners": m["nonfinite_winners"],
+        "lost_votes": m["lost_votes"],
+        "outside_guarantee": m["outside_guarantee"],
+        "attack_factor": m["attack_factor"],
+        "bytes_received": m["bytes_received"],
+        "digest_liars": m["digest_liars"],
+        "compute_s": times["compute_s"],
+        "communication_s": times["communication_s"] + m["receive_s"],
+        "attack_s": m["attack_s"],
+        "vote_s": m["vote_s"],
+        "aggregation_s": m["aggregation_s"],
+        "update_s": update_s,
+        "step_s": step_s,
+    }
+    # what the gather and the update do not account for (copies, bookkeeping)
+    record["other_s"] = max(0.0, step_s - sum(record[k] for k in TIME_KEYS))
+    record["vote_tail_s"] = m["vote_tail_s"]  # not in the split: part of vote_s
+    return record
+
+
 class Trainer:
     """The parameter server's side of a run: model, optimizer, schedule and the loop.
 
@@ -249,6 +294,7 @@ class Trainer:
         *,
         device: str = "cpu",
         resume: Resume | None = None,
+        tensorboard: bool = True,
     ):
         self.run, self.engine, self.folder = run, engine, folder
         cfg = run.config
@@ -268,7 +314,7 @@ class Trainer:
             verify=cfg.digest_verify,
             lie=cfg.attack.digest_lie,
         )
-        self.metrics = MetricsLog(folder)
+        self.metrics = MetricsLog(folder, tensorboard=tensorboard)
         self.checkpoints = folder / "checkpoints"
         self.start = 0
         self.last_checkpoint: Path | None = None
@@ -333,35 +379,8 @@ class Trainer:
         lr = self.apply(outcome.gradient)
         self.check_finite(step)
         t2 = time.perf_counter()
-        m = outcome.metrics
-        record = {
-            "step": step,
-            "loss": m["loss"],
-            "lr": lr,
-            "byzantine": list(byzantine),
-            "missing_workers": list(missing),
-            "distorted": m["distorted"],
-            "distorted_files": m["distorted_files"],
-            "all_strict": m["all_strict"],
-            "non_strict_files": m["non_strict_files"],
-            "nonfinite_winners": m["nonfinite_winners"],
-            "lost_votes": m["lost_votes"],
-            "outside_guarantee": m["outside_guarantee"],
-            "attack_factor": m["attack_factor"],
-            "bytes_received": m["bytes_received"],
-            "digest_liars": m["digest_liars"],
-            "compute_s": times["compute_s"],
-            "communication_s": times["communication_s"] + packed + m["receive_s"],
-            "attack_s": m["attack_s"],
-            "vote_s": m["vote_s"],
-            "aggregation_s": m["aggregation_s"],
-            "update_s": t2 - t1,
-            "step_s": t2 - t0,
-        }
-        # what the gather and the update do not account for (copies, bookkeeping)
-        record["other_s"] = max(0.0, record["step_s"] - sum(record[k] for k in TIME_KEYS))
-        record["vote_tail_s"] = m["vote_tail_s"]  # not in the split: part of vote_s
-        return record
+        times = {**times, "communication_s": times["communication_s"] + packed}
+        return step_record(step, outcome.metrics, lr, byzantine, missing, times, t2 - t1, t2 - t0)
 
     def evaluate(self, step: int) -> dict:
         result = evaluate(self.model, self.run)
@@ -421,9 +440,14 @@ class Trainer:
         return final
 
 
-def announce(run: Run, folder: Path, engine: str) -> None:
-    """Print what the run is about to do and store it in ``run.json`` in its folder."""
+def announce(run: Run, folder: Path, engine: str, *, quiet: bool = False) -> None:
+    """Print what the run is about to do (unless ``quiet``) and store it in ``run.json``
+    in its folder."""
     cfg = run.config
+    info = {**run.info, "engine": engine, "device": cfg.device, "seed": cfg.seed}
+    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    if quiet:
+        return
     for note in run.notes:
         print(note if note.startswith("warning:") else f"note: {note}", flush=True)
     attack = run.info["attack"]
@@ -435,5 +459,3 @@ def announce(run: Run, folder: Path, engine: str) -> None:
         flush=True,
     )
     print(f"byzantine: {run.selection.describe()}", flush=True)
-    info = {**run.info, "engine": engine, "device": cfg.device, "seed": cfg.seed}
-    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -50,6 +50,6 @@ def test_a_multirun_job_that_cannot_start_is_reported_and_the_sweep_goes_on(tmp_
     )
     assert proc.returncode == 1
     assert "job 0 (lr=-1" in proc.stderr and "lr must be a finite number > 0" in proc.stderr
-    assert "1 job(s) of the sweep could not start" in proc.stderr
+    assert "1 job(s) of the sweep failed" in proc.stderr
     assert "test accuracy" in proc.stdout  # job 1 ran
     assert (sweep / "1" / "metrics.jsonl").exists()

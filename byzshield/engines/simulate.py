@@ -92,10 +92,21 @@ class SimulateEngine:
             load_flat(model, flat)
         t1 = time.perf_counter()
         losses = self._gradients(list(range(self.f)), step, flip=False, out=self.honest)
+        copies = self.copies(step, self.honest, losses, byzantine)
+        return copies, {"compute_s": time.perf_counter() - t1, "communication_s": t1 - t0}
+
+    def copies(
+        self, step: int, honest: torch.Tensor, losses: list[float], byzantine: tuple[int, ...]
+    ) -> Copies:
+        """What the torchrun server would receive, given the (f, d) honest gradients and
+        losses of the step: the Byzantine copies a worker would send (the attack applied,
+        or the gradients on flipped labels; omniscient attacks are left to the robust
+        update), and with the digest vote every copy's digest. The replicas must hold
+        the step's parameters when the attack flips labels."""
         bad = set(byzantine)
         attack = self.attack if bad else None
         attacked = sorted({j for w in bad for j in self.run.placement.worker_files[w]})
-        rows = Rows(self.honest)
+        rows = Rows(honest)
         row_of: dict[int, int] = {}
         bad_losses: dict[int, float] = {}
         if attack is not None and attacked:
@@ -104,7 +115,7 @@ class SimulateEngine:
                 flipped = self._gradients(attacked, step, flip=True, out=forged)
                 bad_losses = dict(zip(attacked, flipped, strict=True))
             else:
-                forged.copy_(self.honest[attacked])
+                forged.copy_(honest[attacked])
             seed = self.run.config.seed
             for k, j in enumerate(attacked):
                 forged[k] = attack(forged[k], generator=attack_generator(seed, step, j))
@@ -124,10 +135,7 @@ class SimulateEngine:
             for row in {r for rs in table for r in rs}:
                 of_row[row] = digest(rows[row])
             claims = [[of_row[r] for r in rs] for rs in table]
-        return Copies(rows, index, copy_losses, claims=claims, bytes_in=self.bytes_in), {
-            "compute_s": time.perf_counter() - t1,
-            "communication_s": t1 - t0,
-        }
+        return Copies(rows, index, copy_losses, claims=claims, bytes_in=self.bytes_in)
 
     def close(self, step: int) -> None:
         if self.pool is not None:

@@ -1,0 +1,700 @@
+"""The lockstep engine: many runs of one shape trained together in one process.
+
+    python -m byzshield.train engine=lockstep approach=mols attack=alie     # one run
+    python -m byzshield.train -m engine=lockstep attack.q=1,3 seed=0,1,2,3,4
+    python -m byzshield.train +experiment=paper_mnist1d                    # a whole sweep
+
+In a Hydra multirun (the basic launcher, the default), every job with ``engine=lockstep``
+is composed, checked and given its folder first; then the jobs that share a placement,
+a batch size, a network and a dataset are trained together, one step of all of them at
+a time. Each keeps its own folder, ``run.json``, ``metrics.jsonl``, checkpoints and
+resume, exactly as with the other engines, so ``python -m byzshield.report`` and
+``python -m byzshield.evaluate`` read them the same way; rerunning the command resumes
+every unfinished job and leaves the finished ones alone.
+
+What is batched, per step:
+
+- the file gradients of every run (:class:`byzshield.batched.BatchedGradients`), chunk
+  by chunk of about :data:`CHUNK_SAMPLES` samples;
+- for the common cases (attacks none, ALIE, IPM, rev_grad, sign_flip, constant; rules
+  coord-median, its median of means ``num_buckets``, mean; the full vote, no
+  stragglers) the omniscient attack, the vote and the rule, as tensor operations over the
+  runs of a chunk (:class:`_FastUpdate`); any other configuration goes, run by run,
+  through :class:`byzshield.step.RobustUpdate` on the copies the simulate engine builds,
+  and so does a step of a fast run that meets a case the batched code does not handle
+  (a tied vote, a non-finite winner);
+- the SGD update, with the arithmetic of ``torch.optim.SGD`` (momentum, no dampening)
+  and ``StepLR``.
+
+What it guarantees (``tests/test_lockstep.py``): for a given config a run's parameters
+are the same bits whichever other runs share its group, in whatever order, and across
+an interruption and resume; every vote decides as the simulate engine's (the same
+Byzantine sets, distorted files and lost votes at every step); and the parameters
+follow the simulate engine's within float32 rounding (max relative difference below
+1e-5 after 10 steps in the tests; runs drift apart like any two float orders over
+hundreds of steps, so compare sweeps by their accuracy distributions). It is not
+bit-identical to the torchrun and simulate engines, which compute each file in its
+own pass. TensorBoard events are not written for lockstep runs (metrics.jsonl is).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from byzshield import attacks as attack_lib
+from byzshield.aggregators.pre import Bucketing
+from byzshield.batched import BatchedGradients
+from byzshield.config import CoordMedianMode, MeanMode, Run
+from byzshield.data import derive_seed, step_files
+from byzshield.gradients import flat_params, load_flat, num_params
+from byzshield.runfolder import Resume
+from byzshield.trainer import TrainingError, step_record
+
+__all__ = ["CHUNK_SAMPLES", "LockstepGroup", "Member", "collect", "lockstep", "train_collected"]
+
+CHUNK_SAMPLES = 3000
+"""Samples per batched gradient call (runs per chunk = CHUNK_SAMPLES // batch_size, at
+least one): larger chunks stop paying once the activations leave the caches (measured
+on cnn1d with 2 threads: 20 runs of 150 samples, 2 of 1500)."""
+
+
+@dataclass
+class Member:
+    """One run of a lockstep group: what ``python -m byzshield.train`` built for it."""
+
+    run: Run
+    folder: Path
+    resume: Resume | None = None
+    name: str = ""  # how messages name it (the job number in a sweep)
+
+
+@dataclass
+class _Slot:
+    member: Member
+    trainer: object
+    row: int
+    step: int
+    total: int
+    lr: float
+    fast: _FastUpdate | None
+    index: int = 0  # in the group's member list
+    simulate: object = None  # the simulate engine's copy builder, for the general update
+    has_buf: bool = False  # the momentum buffer exists (after the first step)
+    lr_used: float = 0.0  # the lr of the step just taken
+    failed: bool = False
+    progress: object = None  # a group of one shows the usual progress lines
+
+
+def _group_key(run: Run) -> tuple:
+    cfg = run.config
+    return (
+        run.placement.describe(),
+        cfg.batch_size,
+        cfg.network.name,
+        cfg.dataset.name,
+        cfg.dataset.root,
+        cfg.device,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The batched robust update for the common cases
+
+
+_ELEMENTWISE = (attack_lib.ReverseGradient, attack_lib.SignFlip, attack_lib.Constant)
+
+
+class _FastUpdate:
+    """Attack simulation, vote and rule of one run as tensor operations that
+    :func:`_fast_updates` applies to many runs at once; built only for the cases whose
+    semantics it reproduces (see :func:`_fast_path`)."""
+
+    def __init__(self, run: Run, robust_update, d: int, kind: str, rule: str, buckets):
+        p = run.placement
+        self.run, self.kind, self.rule, self.buckets = run, kind, rule, buckets
+        self.r, self.f, self.K = p.replication, p.num_files, p.num_workers
+        self.incidence = torch.zeros(self.K, self.f)
+        for w, files in enumerate(p.worker_files):
+            self.incidence[w, list(files)] = 1.0
+        attack = run.attack
+        self.attack = attack
+        self.omniscient = bool(attack.needs_honest)
+        self.z = float(getattr(attack, "z_used", 0.0))
+        self.ddof = int(getattr(attack, "ddof", 0))
+        self.eps = float(getattr(attack, "eps", 0.0))
+        self.over = getattr(attack, "over", "copies")
+        self.outside = run.outside_guarantee or robust_update._beyond(self.f)
+        from byzshield.protocol import ReplyLayout
+
+        self.bytes_in = p.num_workers * ReplyLayout(p.load, d).nbytes()  # as torchrun's
+
+    def signature(self) -> tuple:
+        """Runs with equal signatures are updated in one batch."""
+        nb = None if self.buckets is None else self.buckets.num_buckets
+        return (self.kind, self.rule, nb, self.ddof, self.over, self.f, self.r)
+
+
+def _fast_path(run: Run, robust_update, d: int) -> _FastUpdate | None:
+    """The batched update for ``run``, or None when its configuration needs the general
+    robust update (other attacks and rules, the digest vote, stragglers, digest lies)."""
+    cfg = run.config
+    if cfg.vote != "full" or cfg.stragglers or cfg.attack.digest_lie != "none":
+        return None
+    attack = run.attack
+    if isinstance(attack, attack_lib.NoAttack) or run.q == 0:
+        kind = "none"
+    elif isinstance(attack, attack_lib.ALittleIsEnough):
+        kind = "alie"
+    elif isinstance(attack, attack_lib.InnerProductManipulation):
+        kind = "ipm"
+    elif isinstance(attack, _ELEMENTWISE):
+        kind = "elementwise"
+    else:
+        return None
+    mode = run.mode_option
+    if mode.pre or mode.hierarchical_buckets is not None:
+        return None
+    if isinstance(mode, CoordMedianMode):
+        nb = mode.num_buckets
+        buckets = None if nb is None or nb >= run.placement.num_files else Bucketing(num_buckets=nb)
+        return _FastUpdate(run, robust_update, d, kind, "median", buckets)
+    if isinstance(mode, MeanMode):
+        return _FastUpdate(run, robust_update, d, kind, "mean", None)
+    return None
+
+
+_MEDIAN = None
+
+
+def _median(x: Tensor) -> Tensor:
+    """Coordinate-wise median over dim 1 of (m, n, d), by the coord-median rule's own
+    comparator networks on the (n, m * d) stack (the mean of the two middle values for
+    even n); 3x torch.median here."""
+    global _MEDIAN
+    if _MEDIAN is None:
+        from byzshield.aggregators import build_aggregator
+
+        _MEDIAN = build_aggregator("coord-median")
+    m, n, d = x.shape
+    stack = x.permute(1, 0, 2).reshape(n, m * d)
+    return _MEDIAN(stack, f=0).value.view(m, d)
+
+
+def _fast_updates(fasts, honest: Tensor, losses: Tensor, byz, steps):
+    """The gradients (m, d) and per-run metrics of m runs sharing a signature, or None
+    for a run (by position) whose step needs the general robust update. ``honest`` is
+    (m, f, d) and finite, ``losses`` (m, f), ``byz`` the Byzantine sets, ``steps`` their
+    steps. ALIE's and IPM's statistics are float32 here (float64 in the robust update):
+    the forged vector agrees to float32 rounding."""
+    head = fasts[0]
+    m, f, d = honest.shape
+    r = head.r
+    t0 = time.perf_counter()
+    bad = torch.zeros(m, head.K)
+    for k, workers in enumerate(byz):
+        if workers:
+            bad[k, list(workers)] = 1.0
+    counts = bad @ head.incidence  # (m, f) Byzantine holders of each file
+    win = 2 * counts > r
+    ok = ~(2 * counts == r).any(dim=1)  # a tie drops the file: the general update does it
+    forged = None
+    if head.kind == "alie":
+        z = torch.tensor([fu.z for fu in fasts])[:, None]
+        mean = honest.sum(dim=1) / f
+        dev = honest - mean[:, None, :]
+        sigma = ((dev * dev).sum(dim=1) / (f - head.ddof)).sqrt_()
+        forged = (mean + z * sigma)[:, None, :]
+    elif head.kind == "ipm":
+        eps = torch.tensor([fu.eps for fu in fasts])[:, None]
+        mean = honest.sum(dim=1) / f
+        if head.over == "copies":
+            weights = r - counts  # honest copies of each file
+            total = weights.sum(dim=1)
+            weighted = torch.bmm(weights[:, None, :], honest)[:, 0] / total.clamp_min(1)[:, None]
+            mean = torch.where(total[:, None] > 0, weighted, mean)
+        forged = (mean * -eps)[:, None, :]
+    elif head.kind == "elementwise":
+        forged = torch.stack([fu.attack(h) for fu, h in zip(fasts, honest, strict=True)])
+    t1 = time.perf_counter()
+    if forged is None or not bool(win.any()):
+        winners = honest
+        differs = torch.zeros(m, f, dtype=torch.bool)
+        if forged is not None:
+            differs = (counts > 0) & (forged != honest).any(dim=2)
+    else:
+        ok &= torch.isfinite(forged).flatten(1).all(dim=1)
+        differs = (forged != honest).any(dim=2)
+        winners = torch.where(win[:, :, None], forged, honest)
+    every = counts == r
+    distorted = win & (differs | (every & (not head.omniscient)))
+    # copies that lost their file's vote: honest holders where the Byzantine copies won,
+    # Byzantine holders where they lost (only where the copies differ)
+    lost_honest = (win & differs & ~every).to(torch.float32) @ head.incidence.T  # (m, K)
+    lost_bad = (~win & differs & (counts > 0)).to(torch.float32) @ head.incidence.T
+    lost = lost_honest * (1 - bad) + lost_bad * bad
+    t2 = time.perf_counter()
+    if head.rule == "mean":
+        gradient = winners.sum(dim=1) / f
+    else:
+        inputs = winners
+        if head.buckets is not None:  # median of means: each run's own shuffle
+            order = []
+            for fu, step in zip(fasts, steps, strict=True):
+                g = torch.Generator().manual_seed(
+                    derive_seed("aggregate", fu.run.config.seed, step)
+                )
+                order.append(fu.buckets.split(range(f), g))
+            sizes = {len(b) for groups in order for b in groups}
+            if len(sizes) == 1:  # equal buckets: one gather
+                (size,) = sizes
+                index = torch.tensor([[j for b in groups for j in b] for groups in order])
+                picked = winners.gather(1, index[:, :, None].expand(m, f, d))
+                inputs = picked.view(m, f // size, size, d).sum(dim=2) / size
+            else:
+                inputs = torch.stack(
+                    [
+                        torch.stack([winners[k, list(b)].sum(dim=0) / len(b) for b in groups])
+                        for k, groups in enumerate(order)
+                    ]
+                )
+        gradient = _median(inputs)
+    t3 = time.perf_counter()
+    dist_rows = distorted.tolist()
+    lost_rows = lost.tolist()
+    loss_rows = losses.tolist()
+    oks = ok.tolist()
+    shares = {
+        "attack_s": (t1 - t0) / m,
+        "vote_s": (t2 - t1) / m,
+        "aggregation_s": (t3 - t2) / m,
+    }
+    out = []
+    for k, fu in enumerate(fasts):
+        if not oks[k]:
+            out.append(None)
+            continue
+        files = [j for j, x in enumerate(dist_rows[k]) if x]
+        values = loss_rows[k]
+        out.append(
+            {
+                "loss": sum(values) / len(values),
+                "distorted": len(files),
+                "distorted_files": files,
+                "all_strict": True,
+                "non_strict_files": 0,
+                "nonfinite_winners": 0,
+                "lost_votes": {str(w): int(c) for w, c in enumerate(lost_rows[k]) if c},
+                "outside_guarantee": fu.outside,
+                "attack_factor": None,
+                "bytes_received": fu.bytes_in,
+                "digest_liars": {},
+                "receive_s": 0.0,
+                **shares,
+                "vote_tail_s": shares["vote_s"],
+            }
+        )
+    return gradient, out
+
+
+# --------------------------------------------------------------------------------------
+# The group
+
+
+class LockstepGroup:
+    """Runs sharing a placement, a batch size, a network and a dataset, trained one step
+    of all of them at a time (see the module docstring).
+
+    Args:
+        members: the runs; finished ones are skipped (their folders say so).
+        threads: intra-op threads of the batched computation (None: one per CPU).
+        say: where progress and per-run messages go (one line each).
+        progress_every: seconds between progress lines.
+        show_steps: a group of one run from the command line: the usual per-step
+            progress of the other engines instead.
+    """
+
+    def __init__(
+        self,
+        members: list[Member],
+        *,
+        threads: int | None = None,
+        say=None,
+        progress_every: float = 30.0,
+        label: str = "",
+        show_steps: bool = False,
+    ):
+        if not members:
+            raise ValueError("a lockstep group needs at least one run")
+        keys = {_group_key(m.run) for m in members}
+        if len(keys) > 1:
+            raise ValueError(f"a lockstep group needs one shape; got {sorted(keys)}")
+        self.members, self.threads, self.label = members, threads, label
+        self.say = say or (lambda line: print(line, flush=True))
+        self.progress_every = progress_every
+        self.show_steps = show_steps and len(members) == 1
+        self.failures: list[str] = []
+        self.results: dict[int, dict] = {}
+
+    # ---------------------------------------------------------------- setting up
+
+    def _slots(self) -> list[_Slot]:
+        from byzshield.trainer import Trainer
+
+        slots = []
+        for k, m in enumerate(self.members):
+            run = m.run
+            trainer = Trainer(
+                run, None, m.folder, device=run.config.device, resume=m.resume, tensorboard=False
+            )
+            if trainer.start >= run.max_steps and trainer.last_eval:
+                trainer.metrics.close()
+                self.results[k] = trainer.last_eval
+                if self.show_steps:
+                    print(f"the run is complete ({trainer.start} steps); nothing to do", flush=True)
+                continue
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            fast = _fast_path(run, trainer.update, num_params(trainer.model))
+            slot = _Slot(m, trainer, len(slots), trainer.start, run.max_steps, lr, fast, index=k)
+            if self.show_steps:
+                from byzshield.trainer import Progress
+
+                slot.progress = Progress(run.max_steps, run.config.log_every, initial=slot.step)
+            slots.append(slot)
+        return slots
+
+    def _state(self, slots: list[_Slot]) -> tuple[Tensor, Tensor]:
+        d = num_params(slots[0].trainer.model)
+        params = torch.empty(len(slots), d)
+        buffers = torch.zeros(len(slots), d)
+        for s in slots:
+            params[s.row] = flat_params(s.trainer.model)
+            state = s.trainer.optimizer.state
+            bufs = [state.get(p, {}).get("momentum_buffer") for p in s.trainer.model.parameters()]
+            if all(b is not None for b in bufs):
+                buffers[s.row] = torch.cat([b.reshape(-1) for b in bufs])
+                s.has_buf = True
+        return params, buffers
+
+    # ---------------------------------------------------------------- the loop
+
+    def train(self) -> dict[int, dict]:
+        """Train every unfinished run to its max_steps; returns {member index: final
+        evaluation}. Runs that fail (a non-finite model) are named in ``failures``."""
+        threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+        torch.set_num_threads(self.threads or os.cpu_count() or 1)
+        # the gradients are matrix products; oneDNN is for the evaluations' convolutions
+        torch.backends.mkldnn.enabled = True
+        try:
+            return self._train()
+        finally:
+            torch.set_num_threads(threads)
+            torch.backends.mkldnn.enabled = onednn
+
+    def _train(self) -> dict[int, dict]:
+        slots = self._slots()
+        done_before = len(self.results)
+        if not slots:
+            self.say(f"lockstep{self.label}: all {done_before} runs are complete; nothing to do")
+            return self.results
+        for s in slots:
+            if s.step:
+                self.say(f"{s.member.name or s.member.folder}: resuming after step {s.step}")
+        run0 = slots[0].member.run
+        cfg0 = run0.config
+        grads_fn = BatchedGradients(slots[0].trainer.model)
+        params, buffers = self._state(slots)
+        chunk = max(1, CHUNK_SAMPLES // cfg0.batch_size)
+        f = run0.placement.num_files
+        remaining = sum(s.total - s.step for s in slots)
+        total_steps, started, last_print = remaining, time.monotonic(), time.monotonic()
+        self.say(
+            f"lockstep{self.label}: {len(slots)} runs of {run0.placement.describe()}, batch "
+            f"{cfg0.batch_size}, {cfg0.network.name} on {cfg0.dataset.name} ({grads_fn.kernel} "
+            f"gradients, {chunk} runs per chunk"
+            + (f"; {done_before} complete already" if done_before else "")
+            + ")"
+        )
+        active = list(slots)
+        while active:
+            for lo in range(0, len(active), chunk):
+                self._advance(active[lo : lo + chunk], grads_fn, params, buffers, f)
+            for s in active:
+                if s.step >= s.total and not s.failed:
+                    self.results[s.index] = self._finish(s, params, buffers)
+            active = [s for s in active if s.step < s.total and not s.failed]
+            remaining = sum(s.total - s.step for s in active)
+            now = time.monotonic()
+            if active and now - last_print >= self.progress_every:
+                last_print = now
+                done = total_steps - remaining
+                rate = done / max(now - started, 1e-9)
+                eta = remaining / rate if rate else float("inf")
+                self.say(
+                    f"lockstep{self.label}: {len(active)} runs training, {done}/{total_steps} "
+                    f"run-steps, {1000 / rate:.2f} ms per run-step, about {_duration(eta)} left"
+                )
+        elapsed = time.monotonic() - started
+        self.say(
+            f"lockstep{self.label}: {len(slots) - len(self.failures)} runs done, "
+            f"{total_steps} run-steps in {_duration(elapsed)}"
+            + (f"; {len(self.failures)} failed" if self.failures else "")
+        )
+        return self.results
+
+    def _advance(self, chunk: list[_Slot], grads_fn, params, buffers, f: int) -> None:
+        """One step of every run in ``chunk`` (each at its own step)."""
+        t0 = time.perf_counter()
+        rows = torch.tensor([s.row for s in chunk])
+        xs, ys = [], []
+        for s in chunk:
+            cfg = s.member.run.config
+            x, y = step_files(
+                s.member.run.train_data,
+                seed=cfg.seed,
+                step=s.step,
+                batch_size=cfg.batch_size,
+                num_files=f,
+            )
+            xs.append(x)
+            ys.append(y)
+        current = params.index_select(0, rows)
+        honest, losses = grads_fn(current, torch.stack(xs), torch.stack(ys))
+        t1 = time.perf_counter()
+        byz = [s.member.run.selection.workers(s.step) for s in chunk]
+        gradients = torch.empty(len(chunk), params.shape[1])
+        metrics: list[dict | None] = [None] * len(chunk)
+        cohorts: dict[tuple, list[int]] = defaultdict(list)
+        for k, s in enumerate(chunk):
+            cohorts[s.fast.signature() if s.fast is not None else ("general", k)].append(k)
+        if bool(torch.isfinite(honest).all()):
+            finite = [True] * len(chunk)
+        else:
+            finite = torch.isfinite(honest).flatten(1).all(dim=1).tolist()
+        for key, members in cohorts.items():
+            members = [k for k in members if finite[k]]  # else: the general update
+            if key[0] == "general" or not members:
+                continue
+            fasts = [chunk[k].fast for k in members]
+            idx = torch.tensor(members)
+            grad, outs = _fast_updates(
+                fasts,
+                honest.index_select(0, idx),
+                losses.index_select(0, idx),
+                [byz[k] for k in members],
+                [chunk[k].step for k in members],
+            )
+            for pos, k in enumerate(members):
+                if outs[pos] is not None:
+                    gradients[k] = grad[pos]
+                    metrics[k] = outs[pos]
+        for k, s in enumerate(chunk):
+            if metrics[k] is None:  # the general robust update, as the simulate engine
+                gradients[k], metrics[k] = self._general(s, honest[k], losses[k], byz[k], params)
+        t2 = time.perf_counter()
+        self._sgd(chunk, rows, gradients, params, buffers)
+        t3 = time.perf_counter()
+        n = len(chunk)
+        finite = torch.isfinite(params.index_select(0, rows)).all(dim=1).tolist()
+        times = {"compute_s": (t1 - t0) / n, "communication_s": 0.0}
+        for k, s in enumerate(chunk):
+            if not finite[k]:  # as the other engines: stop this run, with one line
+                self._fail(s, params)
+                continue
+            record = step_record(
+                s.step, metrics[k], s.lr_used, byz[k], (), times, (t3 - t2) / n, (t3 - t0) / n
+            )
+            s.trainer.metrics.write(record)
+            if s.progress is not None:
+                s.progress.step(s.step, record)
+            s.step += 1
+            cfg = s.member.run.config
+            if cfg.eval_freq and s.step % cfg.eval_freq == 0 and s.step < s.total:
+                self._sync(s, params, buffers)
+                ev = s.trainer.evaluate(s.step)
+                if s.progress is not None:
+                    s.progress.say(
+                        f"step {s.step}: test top-1 {ev['top1']:.4f} top-5 {ev['top5']:.4f} "
+                        f"loss {ev['test_loss']:.4f}"
+                    )
+
+    def _general(self, s: _Slot, honest: Tensor, losses: Tensor, byz, params):
+        """The robust update of one run on the copies the simulate engine builds."""
+        from byzshield.engines.simulate import SimulateEngine
+
+        run = s.member.run
+        if s.simulate is None:
+            s.simulate = SimulateEngine(run, params.shape[1], threads=1)
+        if s.simulate.attack is not None and s.simulate.attack.flips_labels and byz:
+            load_flat(s.simulate.replicas[0], params[s.row])  # flipped-label gradients
+        copies = s.simulate.copies(s.step, honest, losses.tolist(), byz)
+        outcome = s.trainer.update(copies, byz, s.step)
+        return outcome.gradient, outcome.metrics
+
+    def _sgd(self, chunk, rows, gradients, params, buffers) -> None:
+        """torch.optim.SGD (momentum, no dampening) and StepLR, for every run of the chunk:
+        buf = g on the first step, else buf * momentum + g; p += -lr * buf."""
+        by_hyper: dict[tuple, list[int]] = defaultdict(list)
+        for k, s in enumerate(chunk):
+            cfg = s.member.run.config
+            by_hyper[(s.lr, cfg.momentum)].append(k)
+            s.lr_used = s.lr
+        for (lr, momentum), ks in by_hyper.items():
+            idx = rows[ks]
+            grad = gradients[ks]
+            p = params.index_select(0, idx)
+            if momentum:
+                buf = buffers.index_select(0, idx)
+                fresh = torch.tensor([not chunk[k].has_buf for k in ks])
+                buf.mul_(momentum).add_(grad)
+                if bool(fresh.any()):
+                    buf[fresh] = grad[fresh]
+                buffers.index_copy_(0, idx, buf)
+                step = buf
+            else:
+                step = grad
+            p.add_(step, alpha=-lr)
+            params.index_copy_(0, idx, p)
+        for s in chunk:
+            cfg = s.member.run.config
+            s.has_buf = s.has_buf or bool(cfg.momentum)
+            if (s.step + 1) % cfg.lr_step == 0:  # StepLR after this step's update
+                s.lr = s.lr * cfg.gamma
+
+    # ---------------------------------------------------------------- runs' state
+
+    def _sync(self, s: _Slot, params: Tensor, buffers: Tensor) -> None:
+        """Write a run's parameters, momentum and schedule into its torch objects (for its
+        evaluation and checkpoint, which the other engines read and resume from)."""
+        t = s.trainer
+        load_flat(t.model, params[s.row])
+        if s.has_buf and s.member.run.config.momentum:
+            offset = 0
+            for p in t.model.parameters():
+                n = p.numel()
+                t.optimizer.state[p]["momentum_buffer"] = (
+                    buffers[s.row, offset : offset + n].view_as(p).clone()
+                )
+                offset += n
+        for group in t.optimizer.param_groups:
+            group["lr"] = s.lr
+        t.scheduler.last_epoch = s.step
+        t.scheduler._step_count = s.step + 1
+        t.scheduler._last_lr = [s.lr]
+
+    def _finish(self, s: _Slot, params, buffers) -> dict:
+        self._sync(s, params, buffers)
+        final = s.trainer.evaluate(s.total)
+        s.trainer.metrics.close()
+        if s.progress is not None:
+            s.progress.close()
+        return final
+
+    def _fail(self, s: _Slot, params) -> None:
+        load_flat(s.trainer.model, params[s.row])
+        try:
+            s.trainer.check_finite(s.step)
+        except TrainingError as exc:
+            line = f"{s.member.name or s.member.folder}: {exc}"
+        else:  # pragma: no cover - the check above saw a non-finite value
+            line = f"{s.member.name or s.member.folder}: the model became non-finite"
+        self.failures.append(line)
+        self.say(f"error: {line}")
+        s.trainer.metrics.close()
+        if s.progress is not None:
+            s.progress.close()
+        s.failed = True
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --------------------------------------------------------------------------------------
+# Collecting a sweep's jobs
+
+
+_COLLECTED: list[Member] = []
+
+
+def collect(member: Member) -> None:
+    """Keep a multirun job for :func:`train_collected` (called by ``byzshield.train``
+    once the job is composed, checked and has its folder)."""
+    _COLLECTED.append(member)
+
+
+def train_collected(*, say=None) -> list[str]:
+    """Train the collected jobs, group by group (in order of the groups' first jobs);
+    returns one line per run that failed. Threads: the first job's ``threads``."""
+    members = list(_COLLECTED)
+    _COLLECTED.clear()
+    if not members:
+        return []
+    say = say or (lambda line: print(line, flush=True))
+    groups: dict[tuple, list[Member]] = defaultdict(list)
+    for m in members:
+        groups[_group_key(m.run)].append(m)
+    threads = members[0].run.config.threads
+    say(f"lockstep: {len(members)} runs in {len(groups)} group{'s' * (len(groups) > 1)}")
+    failures = []
+    for g, group in enumerate(groups.values(), 1):
+        trainer = LockstepGroup(group, threads=threads, say=say, label=f" group {g}/{len(groups)}")
+        trainer.train()
+        failures += trainer.failures
+    return failures
+
+
+def lockstep(jobs, *, threads: int | None = None, quiet: bool = True) -> list[dict]:
+    """Train runs in lockstep in this process, as a multirun of ``python -m
+    byzshield.train engine=lockstep OVERRIDES train_dir=FOLDER`` would (without Hydra's
+    .hydra/ folders); ``jobs`` is a list of (overrides, folder). Returns each run's final
+    evaluation, in order. For notebooks and tests.
+
+        >>> from byzshield.engines.lockstep import lockstep
+        >>> jobs = [([f"seed={s}", "max_steps=5"], f"/tmp/ls/{s}") for s in range(3)]
+        >>> [r["top1"] > 0 for r in lockstep(jobs)]  # doctest: +SKIP
+        [True, True, True]
+    """
+    from byzshield.config import build_run, compose_config
+    from byzshield.networks import use_kernels
+    from byzshield.runfolder import prepare
+    from byzshield.trainer import announce
+
+    members = []
+    threads_before, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    try:
+        for overrides, folder in jobs:
+            config = compose_config([*overrides, "engine=lockstep", f"train_dir={folder}"])
+            use_kernels(config.network.name)
+            run = build_run(config)
+            path, resume = prepare(Path(folder), config)
+            announce(run, path, "lockstep", quiet=True)
+            members.append(Member(run, path, resume, name=str(folder)))
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for k, m in enumerate(members):
+            groups[_group_key(m.run)].append(k)
+        results: list[dict | None] = [None] * len(members)
+        say = (lambda line: None) if quiet else None
+        for ks in groups.values():
+            group = LockstepGroup([members[k] for k in ks], threads=threads, say=say)
+            out = group.train()
+            if group.failures:
+                raise TrainingError(group.failures[0])
+            for pos, k in enumerate(ks):
+                results[k] = out[pos]
+        return results
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.backends.mkldnn.enabled = onednn
