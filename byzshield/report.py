@@ -1262,6 +1262,289 @@ def eps_figure(curves: Sequence[EpsCurve]):
 # The command
 
 
+# --------------------------------------------------------------------------------------
+# Paired comparisons (--paired): A - B per cell, over the seeds both have
+
+
+@dataclass
+class PairedCell:
+    """One cell of a --paired comparison: the matched groups of both sides, their
+    no-attack references, and the per-seed statistics (see :mod:`byzshield.paired`)."""
+
+    key: tuple
+    a: Group
+    b: Group
+    seeds: list
+    acc_a: list[float]
+    acc_b: list[float]
+    diff: object  # PairedInterval of acc_a - acc_b
+    drop_a: object = None  # PairedInterval of ref_a - acc_a (vs 0)
+    drop_b: object = None
+    drop_diff: object = None  # PairedInterval of drop_a - drop_b
+
+
+def _by_seed(g: Group | None, last: int) -> dict:
+    from byzshield.paired import tail_accuracy
+
+    if g is None:
+        return {}
+    out = {}
+    for r in g.complete:
+        acc = tail_accuracy(r.evals, last)
+        if acc is not None:
+            out[_canon(r.seed)] = acc
+    return out
+
+
+def paired_cells(grouping: Grouping, spec: str, *, last: int = 1) -> list[PairedCell]:
+    """The cells of ``spec`` ("A vs B", see :func:`byzshield.paired.parse_pair`): groups
+    of both sides that agree on everything but the approach (and the mode, when a side
+    names one), each with its q = 0 reference of the same approach, mode and extras."""
+    from byzshield.paired import paired_interval, parse_pair
+
+    try:
+        side_a, side_b = parse_pair(spec)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+    with_mode = side_a.mode is not None or side_b.mode is not None
+
+    def key(g: Group) -> tuple:
+        extras = tuple(g.extras.items())
+        return (
+            (g.attack, _canon(g.q), extras)
+            if with_mode
+            else (g.mode, g.attack, _canon(g.q), extras)
+        )
+
+    def side(sd) -> dict[tuple, Group]:
+        chosen: dict[tuple, Group] = {}
+        for g in grouping.groups:
+            if g.approach != sd.approach or (sd.mode is not None and g.mode != sd.mode):
+                continue
+            k = key(g)
+            if k in chosen:
+                raise ReportError(
+                    f"--paired: {sd.describe()} has several groups for one cell (modes "
+                    f"{chosen[k].mode} and {g.mode}); name the mode as 'APPROACH / MODE'"
+                )
+            chosen[k] = g
+        if not chosen:
+            labels = sorted({f"{g.approach} / {g.mode}" for g in grouping.groups})
+            raise ReportError(
+                f"--paired: no runs of {sd.describe()}; the report has {'; '.join(labels)}"
+            )
+        return chosen
+
+    groups_a, groups_b = side(side_a), side(side_b)
+
+    def reference(g: Group) -> Group | None:
+        for other in grouping.groups:
+            if (
+                other.approach == g.approach
+                and other.mode == g.mode
+                and other.extras == g.extras
+                and _number(other.q)
+                and other.q == 0
+            ):
+                return other
+        return None
+
+    cells = []
+    for k in [k for k in groups_a if k in groups_b]:
+        ga, gb = groups_a[k], groups_b[k]
+        acc_a, acc_b = _by_seed(ga, last), _by_seed(gb, last)
+        seeds = sorted(set(acc_a) & set(acc_b), key=_natural)
+        if not seeds:
+            continue
+        a = [acc_a[s] for s in seeds]
+        b = [acc_b[s] for s in seeds]
+        cell = PairedCell(k, ga, gb, seeds, a, b, paired_interval(a, b))
+        if _number(ga.q) and ga.q != 0:
+            ref_a, ref_b = _by_seed(reference(ga), last), _by_seed(reference(gb), last)
+            both = [s for s in seeds if s in ref_a and s in ref_b]
+            if both:
+                da = [ref_a[s] - acc_a[s] for s in both]
+                db = [ref_b[s] - acc_b[s] for s in both]
+                zero = [0.0] * len(both)
+                cell.drop_a = paired_interval(da, zero)
+                cell.drop_b = paired_interval(db, zero)
+                cell.drop_diff = paired_interval(da, db)
+        cells.append(cell)
+    cells.sort(key=lambda c: [_natural(x) for x in c.key])
+    return cells
+
+
+def _interval_text(stat, scale: float = 100.0) -> str:
+    if stat is None:
+        return "—"
+    if stat.low is None:
+        return f"{stat.mean * scale:+.1f}"
+    mark = " *" if stat.distinguishable else ""
+    return f"{stat.mean * scale:+.1f} [{stat.low * scale:+.1f}, {stat.high * scale:+.1f}]{mark}"
+
+
+def _paired_markdown(specs: Sequence[str], tables: list[list[PairedCell]], last: int) -> str:
+    what = "the final evaluation" if last == 1 else f"the mean of the last {last} evaluations"
+    lines = [
+        "# Paired comparisons",
+        "",
+        f"Accuracy: top-1 % of {what}. Per cell, over the seeds both sides ran (paired): "
+        "the mean difference A - B and its 95 % interval (Student's t, n - 1 degrees of "
+        "freedom); `*` marks an interval that excludes 0. Drop: a scheme's loss from its "
+        "own no-attack (q = 0) reference of the same rule and settings, same seeds; "
+        "drop A - drop B > 0 means A loses more to the attack. About 1 cell in 20 with no "
+        "true difference is marked by chance.",
+        "",
+    ]
+    for spec, cells in zip(specs, tables, strict=True):
+        lines += [f"## {spec}", ""]
+        if not cells:
+            lines += ["No cell has complete runs of both sides with a common seed.", ""]
+            continue
+        extra_names = [k for k, _ in cells[0].key[-1]]
+        head = (["mode"] if len(cells[0].key) == 4 else []) + ["attack", "q", *extra_names]
+        header = [*head, "n", "A %", "B %", "A - B", "drop A", "drop B", "drop A - drop B"]
+        rows = []
+        for c in cells:
+            fixed = list(c.key[:-1])
+            fixed[-1] = c.a.q  # q as shown
+            values = [*fixed, *(v for _, v in c.key[-1])]
+            rows.append(
+                [
+                    *values,
+                    c.diff.n,
+                    f"{100 * math.fsum(c.acc_a) / len(c.acc_a):.1f}",
+                    f"{100 * math.fsum(c.acc_b) / len(c.acc_b):.1f}",
+                    _interval_text(c.diff),
+                    _interval_text(c.drop_a),
+                    _interval_text(c.drop_b),
+                    _interval_text(c.drop_diff),
+                ]
+            )
+        marked = sum(c.diff.distinguishable for c in cells)
+        lines += [
+            f"A = {cells[0].a.approach} / {cells[0].a.mode}, B = {cells[0].b.approach} / "
+            f"{cells[0].b.mode}; {len(cells)} cells, {marked} with A - B distinguishable "
+            "from 0.",
+            "",
+            _md_table(header, rows),
+        ]
+    return "\n".join(lines)
+
+
+def _paired_csv(specs: Sequence[str], tables: list[list[PairedCell]], out: Path) -> None:
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            ["pair", "a", "b", "mode_a", "mode_b", "attack", "q", "extras", "n", "seeds",
+             "acc_a", "acc_b"]
+            + [f"{name}_{part}" for name in ("diff", "drop_a", "drop_b", "drop_diff")
+               for part in ("mean", "low", "high", "distinguishable")]
+        )  # fmt: skip
+        for spec, cells in zip(specs, tables, strict=True):
+            for c in cells:
+                row = [
+                    spec, c.a.approach, c.b.approach, c.a.mode, c.b.mode, c.a.attack, c.a.q,
+                    json.dumps(dict(c.key[-1]), sort_keys=True), c.diff.n,
+                    " ".join(map(str, c.seeds)),
+                    math.fsum(c.acc_a) / len(c.acc_a), math.fsum(c.acc_b) / len(c.acc_b),
+                ]  # fmt: skip
+                for stat in (c.diff, c.drop_a, c.drop_b, c.drop_diff):
+                    if stat is None:
+                        row += ["", "", "", ""]
+                        continue
+                    low = "" if stat.low is None else stat.low
+                    high = "" if stat.high is None else stat.high
+                    row += [stat.mean, low, high, stat.distinguishable]
+                w.writerow(row)
+
+
+def _drop_figure(tables: list[list[PairedCell]], grouping: Grouping, last: int):
+    """Measured drop against c / sqrt(f) (c: the mean number of distorted files per step,
+    f: files) per scheme: the sqrt(f) model of ALIE's damage predicts one curve for all
+    schemes within a panel. A panel per (mode, extras); None without any drop."""
+    import matplotlib.pyplot as plt
+
+    points: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    seen = set()
+    for cells in tables:
+        for c in cells:
+            for g, drop in ((c.a, c.drop_a), (c.b, c.drop_b)):
+                if drop is None or id(g) in seen:
+                    continue
+                seen.add(id(g))
+                fracs = [r.distorted_frac for r in g.complete if _number(r.distorted_frac)]
+                f = _files(g)
+                if not fracs or not f:
+                    continue
+                x = math.fsum(fracs) / len(fracs) * f / math.sqrt(f)
+                half = 0.0 if drop.low is None else drop.high - drop.mean
+                points[(g.mode, tuple(g.extras.items()))][g.approach].append(
+                    (x, 100 * drop.mean, 100 * half)
+                )
+    if not points:
+        return None
+    panels = list(points)
+    approaches = list(dict.fromkeys(g.approach for g in grouping.groups))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False, sharey=True
+    )
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for approach, pts in points[panel].items():
+            pts.sort()
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker="o",
+                ms=4,
+                capsize=3,
+                ls="-",
+                color=f"C{approaches.index(approach) % 10}",
+                label=approach,
+            )
+        mode, extras = panel
+        ax.set_title(" ".join([mode, *(f"{k}={v}" for k, v in extras)]), fontsize=8)
+        ax.set_xlabel("c / sqrt(f)  (c: distorted files per step)")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("drop from no-attack top-1 (points)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+def _save_figure(out: Path, name: str, build, *args) -> bool:
+    """Build a figure with matplotlib (when installed) and write it as ``name``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig = build(*args)
+    if fig is None:
+        return False
+    fig.savefig(out / name, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
+def _files(g: Group) -> int | None:
+    for r in g.runs:
+        f = r.info.get("f")
+        if isinstance(f, int) and f > 0:
+            return f
+    return None
+
+
 @dataclass
 class Report:
     """What :func:`write_report` produced."""
@@ -1287,6 +1570,8 @@ def write_report(
     progress_every: int = 100,
     say=None,
     now: float | None = None,
+    paired: Sequence[str] = (),
+    last_evals: int = 1,
 ) -> Report:
     """Read every run under ``dirs`` and write the report into ``out`` (see the module
     docstring); ``say`` receives progress lines. Raises :class:`ReportError` on bad input."""
@@ -1330,6 +1615,15 @@ def write_report(
         dirs, runs, grouping, stats, pending, sweep_sizes, curves, drawn, notes, stale_after
     )
     (out / "report.md").write_text(text, encoding="utf-8")
+    if paired:
+        tables = [paired_cells(grouping, spec, last=last_evals) for spec in paired]
+        (out / "paired.md").write_text(_paired_markdown(paired, tables, last_evals))
+        _paired_csv(paired, tables, out / "paired.csv")
+        names += ["paired.md", "paired.csv"]
+        if plots and _save_figure(
+            out, "drop_vs_bias.png", _drop_figure, tables, grouping, last_evals
+        ):
+            drawn.append("drop_vs_bias.png")
     return Report(out, names + drawn, runs, grouping, pending, warnings)
 
 
@@ -1408,6 +1702,24 @@ def _parser() -> argparse.ArgumentParser:
         help="with --pivot: keep the groups whose KEY (approach, mode, attack, q) is one of "
         "the values, e.g. --where q=0,3 (repeatable)",
     )
+    p.add_argument(
+        "--paired",
+        action="append",
+        default=[],
+        metavar="'A vs B'",
+        help="also write paired.md, paired.csv and drop_vs_bias.png: per cell, A - B over "
+        "the seeds both ran with a 95%% interval, and each side's drop from its own q = 0 "
+        "reference; A and B are approach labels as in report.md, optionally with ' / MODE' "
+        "(e.g. --paired 'mols(l=5, r=3) vs draco_lite_attack(K=15, r=3)'; repeatable)",
+    )
+    p.add_argument(
+        "--last-evals",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --paired: a run's accuracy is its mean top-1 over its last N "
+        "evaluations (default: 1, the final one)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or warnings on stderr")
     return p
 
@@ -1445,9 +1757,9 @@ def pivot_table(csv_path: Path, column: str, where: dict[str, set[str]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.stale_after < 0 or args.progress_every < 1 or args.eps_work < 1:
+    if args.stale_after < 0 or args.progress_every < 1 or args.eps_work < 1 or args.last_evals < 1:
         print(
-            "error: --stale-after must be >= 0, --progress-every and --eps-work >= 1",
+            "error: --stale-after must be >= 0, --progress-every, --eps-work and --last-evals >= 1",
             file=sys.stderr,
         )
         return 2
@@ -1482,6 +1794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             eps_work=args.eps_work,
             progress_every=args.progress_every,
             say=say,
+            paired=args.paired,
+            last_evals=args.last_evals,
         )
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
