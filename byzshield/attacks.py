@@ -246,10 +246,12 @@ class ALittleIsEnough:
 
     mu and sigma are the coordinate-wise mean and standard deviation of ``honest``
     (sigma with ``ddof`` = 1 by default, as Baruch et al.'s code and ByzFL; the original
-    ByzShield simulation used numpy's ddof = 0). z defaults to :func:`alie_z` (n, q):
-    the number of workers whose gradients the defence compares and how many of them are
-    Byzantine (the trainer passes K and q). The original ByzShield code hard-coded
-    z = 1.0; pass ``z`` to override. Output dtype follows ``own``.
+    ByzShield simulation used numpy's ddof = 0). The sign is the original ByzShield and
+    DETOX code's (mu + z * sigma, ``byzshield_master.py``); Baruch et al. write the same
+    attack with the sign chosen against the defence. Give ``z`` (the training config's
+    default is 1.0, the original code's) or ``n`` and ``q`` for :func:`alie_z`, the
+    paper's formula (``attack.z=paper`` passes n = files and q = the rule's f). Output
+    dtype follows ``own``.
     """
 
     n: int | None = None
