@@ -423,3 +423,28 @@ def test_caf_and_smea_exact_eigenvalues_match_a_dense_covariance_oracle(seed):
         c = c * (1 - tau / tau.max())
     got = build_aggregator("caf")(x, f=f).value
     assert torch.allclose(got, best_mu, rtol=1e-9, atol=1e-9)
+
+
+def test_preaggregate_returns_the_stack_a_rule_would_read():
+    from byzshield.aggregators import preaggregate
+
+    rows = torch.tensor([[0.0], [1.0], [10.0]])
+    assert preaggregate("nnm", rows, f=1).tolist() == [[0.5], [0.5], [5.5]]
+    g = torch.Generator().manual_seed(3)
+    x = torch.arange(12.0).view(6, 2)
+    means = preaggregate("bucketing", x, f=1, num_buckets=3, generator=g)
+    assert means.shape == (3, 2)
+    assert torch.allclose(means.sum(dim=0) * 2, x.sum(dim=0))  # each row in one bucket
+    with_nan = torch.cat([x, torch.full((1, 2), float("nan"))])
+    same = preaggregate(
+        "bucketing", with_nan, f=2, num_buckets=3, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(same, means)  # the NaN row is dropped first
+    clipped = preaggregate("clipping", torch.tensor([[3.0, 4.0], [0.3, 0.4]]), f=0, c=1.0)
+    assert torch.allclose(clipped, torch.tensor([[0.6, 0.8], [0.3, 0.4]]))
+    with pytest.raises(ValueError, match="pass generator="):
+        preaggregate("bucketing", x, f=1, num_buckets=3)
+    with pytest.raises(ValueError, match=r"^nnm needs n > 2f"):
+        preaggregate("nnm", rows, f=2)
+    with pytest.raises(ValueError, match="unknown pre-aggregation 'mixing'"):
+        preaggregate("mixing", rows, f=0)

@@ -13,7 +13,7 @@ subset or weight: ``power_iterations=1`` with a generator seeded alike reproduce
 import pytest
 import torch
 
-from byzshield.aggregators import PRE_AGGREGATIONS, build_aggregator
+from byzshield.aggregators import PRE_AGGREGATIONS, build_aggregator, preaggregate
 
 byzfl_agg = pytest.importorskip("byzfl.aggregators.aggregators", reason="byzfl is not installed")
 byzfl_pre = pytest.importorskip("byzfl.aggregators.preaggregators")
@@ -114,9 +114,7 @@ def test_smea_agrees_given_the_same_random_starts(n, f):
 
 
 def pre(name, x, f, generator=None, **params):
-    stage = PRE_AGGREGATIONS[name](**params)
-    out, _, _ = stage.apply(x.numpy(), range(len(x)), f, generator=generator, dist=None)
-    return torch.from_numpy(out)
+    return preaggregate(name, x, f=f, generator=generator, **params)
 
 
 @pytest.mark.parametrize(("n", "f"), SIZES)

@@ -112,6 +112,7 @@ __all__ = [
     "mean",
     "multi_krum",
     "multi_krum_select",
+    "preaggregate",
     "sign_majority",
     "split_rows",
     "trimmed_mean",
@@ -454,6 +455,57 @@ def check_requirement(name: str, n: int, f: int, **params: object) -> None:
     f = check_count(f, f"{name}: f (number of Byzantine inputs)", 0)
     agg, _ = _legacy(name, n, params)
     agg.check(n, f)
+
+
+def preaggregate(
+    name: str,
+    stack: Tensor,
+    *,
+    f: int,
+    generator: torch.Generator | None = None,
+    **params: object,
+) -> Tensor:
+    """The (n', d) stack the pre-aggregation ``name`` makes of ``stack`` (n, d), as a
+    rule after it would read it: non-finite rows dropped first (f reduced by their count,
+    as :class:`Aggregator` does), then the pre-aggregation with its parameters.
+
+    ``bucketing``: n' = the number of buckets, each the mean of its shuffled rows (needs
+    ``generator`` unless every bucket holds one row); ``nnm``: each row replaced by the
+    mean of its n - f nearest rows; ``clipping``: each row scaled to norm at most ``c``;
+    ``arc``: the largest rows clipped to the norm of the (n - f)-th smallest.
+
+    Example::
+
+        >>> rows = torch.tensor([[0.0], [1.0], [10.0]])
+        >>> preaggregate("nnm", rows, f=1).tolist()
+        [[0.5], [0.5], [5.5]]
+
+    Raises:
+        ValueError: unknown name or parameter, bad stack or f, the pre-aggregation's own
+            requirement fails (n > 2f for nnm and arc), a random stage without generator.
+    """
+    stage = _construct(PRE_AGGREGATIONS, "pre-aggregation", name, params)
+    stack = _check_stack(stack, name)
+    n = stack.shape[0]
+    f = check_count(f, f"{name}: f (number of Byzantine inputs)", 0)
+    check_generator(generator, name)
+    stage.check(n, f)
+    x = stack.numpy()
+    bad = _nonfinite_rows(x)
+    rows = sorted(set(range(n)) - set(bad))
+    if not rows:
+        return stack[:0].clone()
+    f_eff = max(f - len(bad), 0)
+    top = stage.defined_f(len(rows))
+    f_stage = f_eff if top is None else min(f_eff, top)
+    if stage.needs_generator and generator is None and stage.n_out(len(rows)) < len(rows):
+        raise ValueError(
+            f"{stage.describe()} draws random numbers: pass generator= (a torch.Generator "
+            "seeded from (seed, step))"
+        )
+    dist = _PairwiseDistances(x, rows) if stage.uses_distances and f_stage > 0 else None
+    out, new_rows, _ = stage.apply(x, rows, f_stage, generator=generator, dist=dist)
+    return torch.from_numpy(np.ascontiguousarray(out[new_rows]))
 
 
 def aggregate(name: str, stack: Tensor, *, f: int, **params: object) -> AggregateResult:
