@@ -14,15 +14,19 @@ cnn1d). What it does guarantee, and ``tests/test_batched.py`` checks: a run's ro
 depend on which other runs share the call or where it sits among them, so a lockstep run
 gives the same bits alone or in any group.
 
-Two implementations, chosen by network:
+Three implementations, chosen by network:
 
 - ``cnn1d`` (the MNIST-1D network of the sweeps) has a dedicated kernel: one dense
   forward and backward per run written as batched matrix products (im2col), and each
   file's weight gradient as one batched product over the (run, file) pairs. No graph, no
   per-file dispatch: about 10x the per-file passes on 2 cores (``benchmarks/lockstep.py``).
+- a network whose parameters all sit in convolutions and linear layers (``lenet``): one
+  dense forward and one backward pass per run for the gradients at each layer's output,
+  then each file's weight gradient as a batched product over the files;
 - every other network goes through ``torch.func``: for each run, ``vmap`` over its files
   of ``grad`` of :func:`torch.func.functional_call` (a vmap over runs too would tie a
-  run's bits to its neighbours'). BatchNorm layers use each
+  run's bits to its neighbours'; a single file is computed as a batch of two copies of
+  it, because a vmap over one file rounds otherwise than over several). BatchNorm layers use each
   file's own batch statistics (exactly what a worker's per-file pass does); their
   running statistics are not tracked (the server recomputes them before evaluating).
 """
@@ -50,6 +54,9 @@ class BatchedGradients:
         if isinstance(model, CNN1d) and _cnn1d_supported(model):
             self.kernel = "cnn1d"
             self._impl = _Cnn1dKernel(model)
+        elif _dense_supported(model):
+            self.kernel = "dense"
+            self._impl = _DenseKernel(model)
         else:
             self.kernel = "vmap"
             self._impl = _VmapKernel(model, self.shapes)
@@ -63,6 +70,109 @@ class BatchedGradients:
                 f"{tuple(x.shape)} and {tuple(y.shape)}"
             )
         return self._impl(params, x, y)
+
+
+# --------------------------------------------------------------------------------------
+# Networks whose parameters all sit in convolutions and linear layers: one dense pass
+
+
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _dense_supported(model: nn.Module) -> bool:
+    """Every parameter belongs to a Conv1d/Conv2d/Linear with a bias, no BatchNorm (its
+    statistics would mix files), and the layers are not shared."""
+    layers = [m for m in model.modules() if isinstance(m, _LAYERS)]
+    owned = {id(p) for m in layers for p in m.parameters(recurse=False)}
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    if any(m.bias is None for m in layers) or len(owned) != len(list(model.parameters())):
+        return False
+    convs = [m for m in layers if not isinstance(m, nn.Linear)]
+    return all(c.groups == 1 and c.padding_mode == "zeros" for c in convs)
+
+
+class _DenseKernel:
+    """One forward pass over all of a run's files, one backward pass for the gradient at
+    each layer's output (``autograd.grad`` with respect to the outputs: no weight
+    gradient is formed), then each file's weight gradient as a batched product over the
+    files of the layer's input (im2col for convolutions) and its output gradient. Every
+    per-sample operation is the dense network's, so a file's rows do not depend on the
+    other files of the pass (``tests/test_batched.py``)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = copy.deepcopy(model)  # loaded with each run's parameters in turn
+        for p in self.model.parameters():  # the graph runs from the input, so that the
+            p.requires_grad_(False)  # backward forms output gradients, no weight gradient
+        self.layers = [m for m in self.model.modules() if isinstance(m, _LAYERS)]
+        sizes = [p.numel() for p in self.model.parameters()]
+        start = {id(p): sum(sizes[:k]) for k, p in enumerate(self.model.parameters())}
+        self.offsets = [(start[id(m.weight)], start[id(m.bias)]) for m in self.layers]
+
+    def __call__(self, params: Tensor, x: Tensor, y: Tensor):
+        from byzshield.gradients import load_flat
+
+        n, f, s = y.shape
+        out = torch.empty(n, f, params.shape[1], dtype=params.dtype)
+        losses = torch.empty(n, f, dtype=params.dtype)
+        saved: dict = {}
+
+        def keep(module, inputs, output):
+            saved[module] = (inputs[0], output)
+
+        self.model.train()
+        for run in range(n):
+            load_flat(self.model, params[run])
+            hooks = [m.register_forward_hook(keep) for m in self.layers]
+            try:
+                with torch.enable_grad():
+                    inputs = x[run].reshape(f * s, *x.shape[3:]).requires_grad_(True)
+                    logits = self.model(inputs)
+                    per_file = F.cross_entropy(logits, y[run].reshape(-1), reduction="none")
+                    per_file = per_file.view(f, s).mean(dim=1)
+                    grads = torch.autograd.grad(per_file.sum(), [saved[m][1] for m in self.layers])
+            finally:
+                for h in hooks:
+                    h.remove()
+            losses[run] = per_file.detach()
+            for m, grad_out, (w_at, b_at) in zip(self.layers, grads, self.offsets, strict=True):
+                inp = saved[m][0].detach()
+                self._weight_grads(m, inp, grad_out, f, s, out[run], w_at, b_at)
+            saved.clear()
+        return out, losses
+
+    @staticmethod
+    def _weight_grads(m, inp: Tensor, grad_out: Tensor, f: int, s: int, dst, w_at, b_at):
+        """dst[:, weight] and dst[:, bias] for each of the f files (s samples each)."""
+        nw, nb = m.weight.numel(), m.bias.numel()
+        if isinstance(m, nn.Linear):
+            g = grad_out.reshape(f, s, -1)
+            cols = inp.reshape(f, s, -1).contiguous()
+        else:
+            if isinstance(m, nn.Conv1d):
+                cols = F.unfold(
+                    inp[:, :, None, :],
+                    (1, m.kernel_size[0]),
+                    dilation=(1, m.dilation[0]),
+                    padding=(0, m.padding[0]),
+                    stride=(1, m.stride[0]),
+                )
+            else:
+                cols = F.unfold(
+                    inp, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride
+                )  # (B, C * k * k, L)
+            length = cols.shape[2]
+            cols = cols.transpose(1, 2).reshape(f, s * length, -1).contiguous()
+            g = grad_out.reshape(f * s, m.out_channels, length).transpose(1, 2)
+            g = g.reshape(f, s * length, m.out_channels)
+        width = cols.shape[2]
+        if width < _NARROW:  # pad: a narrow product's bits depend on its batch position
+            wide = torch.zeros(f, cols.shape[1], _NARROW, dtype=cols.dtype)
+            wide[:, :, :width] = cols
+            cols = wide
+        product = torch.bmm(g.transpose(1, 2).contiguous(), cols)[:, :, :width]
+        dst[:, w_at : w_at + nw] = product.reshape(f, nw)
+        dst[:, b_at : b_at + nb] = g.sum(dim=1)
 
 
 # --------------------------------------------------------------------------------------
@@ -98,7 +208,12 @@ class _VmapKernel:
                 size = shape.numel()
                 views[name] = params[run, offset : offset + size].view(shape)
                 offset += size
-            grads, losses[run] = self.fn(views, x[run], y[run])
+            xs, ys = x[run], y[run]
+            if f == 1:  # a vmap over one file rounds otherwise than over several: pad
+                xs, ys = xs.expand(2, *xs.shape[1:]), ys.expand(2, *ys.shape[1:])
+            grads, file_losses = self.fn(views, xs, ys)
+            losses[run] = file_losses[:f]
+            grads = {k: v[:f] for k, v in grads.items()}
             offset = 0
             for name, shape in self.shapes:
                 size = shape.numel()

@@ -962,6 +962,15 @@ class Run:
     mode_option: Any = field(default=None, repr=False)  # the rule actually used
 
     @property
+    def batched_files(self) -> bool:
+        """Whether a worker computes its files in one batched pass (the network's
+        ``NetworkInfo.batched_files``, on the CPU): both engines ask this, so both make
+        the same choice."""
+        from byzshield.networks import NETWORKS
+
+        return NETWORKS[self.config.network.name].batched_files and self.config.device == "cpu"
+
+    @property
     def world_size(self) -> int:
         """K + 1 processes under torchrun: the parameter server and K workers."""
         return self.placement.num_workers + 1

@@ -62,15 +62,22 @@ def file_gradients(
     num_files: int,
     flip: bool = False,
     out: torch.Tensor | None = None,
+    batched: bool = False,
 ) -> tuple[torch.Tensor, list[float]]:
     """(len(files), d) gradients of the mean cross-entropy over each file, and each loss.
 
     The model is in training mode; each file is a separate forward/backward pass, so
     BatchNorm sees only that file's samples, exactly as every other replica does. With
-    ``flip`` the labels are flipped first (the label-flip attack). ``out``, when given,
-    is the (len(files), d) float32 CPU buffer the gradients are written to (reusing
-    one avoids page faults every step).
+    ``batched`` (the network's ``NetworkInfo.batched_files``, on the CPU) the files go
+    through one batched pass instead (:class:`byzshield.batched.BatchedGradients`),
+    whose result for a file does not depend on the other files of the call; both engines
+    make the same choice, so replicas stay bit-identical. With ``flip`` the labels are
+    flipped first (the label-flip attack). ``out``, when given, is the (len(files), d)
+    float32 CPU buffer the gradients are written to (reusing one avoids page faults
+    every step).
     """
+    if batched:
+        return _batched(model, data, files, seed, step, batch_size, num_files, flip, out)
     model.train()
     params = list(model.parameters())
     d = sum(p.numel() for p in params)
@@ -95,3 +102,25 @@ def file_gradients(
             out[i].copy_(torch.cat([p.grad.reshape(-1) for p in params]))
         losses.append(float(loss.detach()))
     return out, losses
+
+
+def _batched(model, data, files, seed, step, batch_size, num_files, flip, out):
+    """file_gradients(..., batched=True): the files stacked into one batched pass, with
+    the kernel built once per model (kept on it)."""
+    from byzshield.batched import BatchedGradients
+
+    kernel = model.__dict__.get("_batched_gradients")
+    if kernel is None:
+        kernel = model.__dict__["_batched_gradients"] = BatchedGradients(model)
+    batches = file_batches(
+        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, files=files
+    )
+    x = torch.stack([b[0] for b in batches])
+    y = torch.stack([b[1] for b in batches])
+    if flip:
+        y = flip_labels(y, data.num_classes)
+    grads, losses = kernel(flat_params(model)[None], x[None], y[None])
+    if out is None:
+        out = torch.empty(len(files), grads.shape[2])
+    out.copy_(grads[0])
+    return out, [float(v) for v in losses[0]]

@@ -388,7 +388,12 @@ class NetworkInfo:
     should use oneDNN (mkldnn): for the 1-D CNN's tiny convolutions torch's own kernels are
     1.5x faster (measured: 25 files of 12 MNIST-1D signals, 25 ms against 37 ms), for
     the large image networks oneDNN is faster. Every process of a run sets the same
-    (:func:`use_kernels`), so replicas stay bit-identical. Calling it calls the builder.
+    (:func:`use_kernels`), so replicas stay bit-identical. ``batched_files`` says whether a
+    worker computes all its files in one batched pass (:mod:`byzshield.batched`), which
+    gives a file the same bits whatever files share the pass (``tests/test_batched.py``)
+    and is faster: cnn1d (3.6x, 5 files of 12 samples) and LeNet (1.4x); not the
+    BatchNorm networks, whose torch.func vmap is slower than per-file passes (ResNet-18:
+    0.78x). Calling it calls the builder.
     """
 
     name: str
@@ -396,6 +401,7 @@ class NetworkInfo:
     spatial_dims: int
     uses_batchnorm: bool
     onednn: bool = True
+    batched_files: bool = False
 
     def __call__(self, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         return self.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
@@ -404,14 +410,16 @@ class NetworkInfo:
 NETWORKS: dict[str, NetworkInfo] = {
     info.name: info
     for info in (
-        NetworkInfo("lenet", _lenet, spatial_dims=2, uses_batchnorm=False),
+        NetworkInfo("lenet", _lenet, spatial_dims=2, uses_batchnorm=False, batched_files=True),
         NetworkInfo("resnet18", _resnet18, spatial_dims=2, uses_batchnorm=True),
         NetworkInfo("resnet34", _resnet34, spatial_dims=2, uses_batchnorm=True),
         NetworkInfo("resnet50", _resnet50, spatial_dims=2, uses_batchnorm=True),
         NetworkInfo("densenet", _densenet, spatial_dims=2, uses_batchnorm=True),
         NetworkInfo("vgg11", _vgg11, spatial_dims=2, uses_batchnorm=True),
         NetworkInfo("vgg13", _vgg13, spatial_dims=2, uses_batchnorm=True),
-        NetworkInfo("cnn1d", _cnn1d, spatial_dims=1, uses_batchnorm=False, onednn=False),
+        NetworkInfo(
+            "cnn1d", _cnn1d, spatial_dims=1, uses_batchnorm=False, onednn=False, batched_files=True
+        ),
     )
 }
 """Network name -> :class:`NetworkInfo`; the names are the config's ``network`` options."""

@@ -57,6 +57,7 @@ class SimulateEngine:
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.honest = torch.empty(self.f, d)  # reused: no page faults per step
         self.attack = run.config.attack.worker_attack()  # what the workers themselves send
+        self.batched = run.batched_files  # as the workers: one batched pass over the files
         self.digests = run.config.vote == "digest"
         layout = ReplyLayout(p.load, d, digests=self.digests)
         self.bytes_in = p.num_workers * layout.nbytes()  # what the torchrun server receives
@@ -77,6 +78,7 @@ class SimulateEngine:
                 num_files=self.f,
                 flip=flip,
                 out=out[lo:hi],
+                batched=self.batched,
             )[1]
 
         if self.pool is None or len(chunks) == 1:

@@ -254,6 +254,7 @@ def run_worker(comm: Comm, run: Run) -> None:
             num_files=p.num_files,
             flip=byzantine and attack is not None and attack.flips_labels,
             out=payload,
+            batched=run.batched_files,
         )
         if byzantine and attack is not None:
             for i, j in enumerate(files):
