@@ -646,11 +646,14 @@ def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None
     return mean, std, len(vals)
 
 
-def _group_stats(g: Group) -> dict:
+def _group_stats(g: Group, last: int = 1) -> dict:
+    from byzshield.paired import tail_accuracy
+
     done = g.complete
     out: dict = {}
     for name, values in (
         ("final_top1", [r.final.get("top1") for r in done]),
+        ("tail_top1", [tail_accuracy(r.evals, last) for r in done]),
         ("best_top1", [r.best_top1 for r in done]),
         ("final_top5", [r.final.get("top5") for r in done]),
         ("final_test_loss", [r.final.get("test_loss") for r in done]),
@@ -866,6 +869,7 @@ def _report_csv(grouping: Grouping, stats: list[dict], out: Path) -> None:
     ]
     measures = [
         "final_top1",
+        "tail_top1",
         "best_top1",
         "final_top5",
         "final_test_loss",
@@ -907,6 +911,7 @@ def _markdown(
     plots: list[str],
     notes: list[str],
     stale_after: float,
+    last: int = 1,
 ) -> str:
     counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
     out = io.StringIO()
@@ -936,7 +941,9 @@ def _markdown(
 
     out.write("## Accuracy\n\n")
     header = ["approach", "mode", "attack", "q", *grouping.extra_keys]
-    header += ["n", "final top-1 %", "best top-1 %", "steps", "train s", "distorted", "runs"]
+    tail = [f"last-{last} top-1 %"] if last > 1 else []
+    header += ["n", "final top-1 %", *tail, "best top-1 %", "steps", "train s", "distorted"]
+    header.append("runs")
     rows = []
     for g, s in zip(grouping.groups, stats, strict=True):
         q = f"{g.q}*" if any(r.outside_guarantee for r in g.runs) else g.q
@@ -949,6 +956,7 @@ def _markdown(
                 *g.extras.values(),
                 s["final_top1"][2],
                 _fmt(s["final_top1"], 100),
+                *([_fmt(s["tail_top1"], 100)] if last > 1 else []),
                 _fmt(s["best_top1"], 100),
                 _max_steps(g),
                 _fmt(s["train_s"], 1, 1),
@@ -958,7 +966,9 @@ def _markdown(
         )
     out.write(_md_table(header, rows))
     out.write(
-        "\nfinal: the evaluation at max_steps; best: the highest of the run's evaluations; "
+        "\nfinal: the evaluation at max_steps; "
+        + (f"last-{last}: the mean of the run's last {last} evaluations; " if last > 1 else "")
+        + "best: the highest of the run's evaluations; "
         "train s: sum of the per-step step_s; distorted: mean fraction of the f files "
         "whose vote a Byzantine value won.\n"
     )
@@ -1597,7 +1607,7 @@ def write_report(
         if large and (k % progress_every == 0 or k == len(paths)):
             say(f"report: read {k}/{len(paths)} runs ({time.monotonic() - start:.0f} s)")
     grouping = group_runs(runs, (*DEFAULT_IGNORE, *ignore))
-    stats = [_group_stats(g) for g in grouping.groups]
+    stats = [_group_stats(g, last_evals) for g in grouping.groups]
     pending: list[PendingJob] = []
     sweep_sizes: dict[Path, int | None] = {}
     for sweep in sweeps:
@@ -1612,8 +1622,9 @@ def write_report(
     _report_csv(grouping, stats, out / "report.csv")
     _runs_csv(runs, grouping, out / "runs.csv")
     text = _markdown(
-        dirs, runs, grouping, stats, pending, sweep_sizes, curves, drawn, notes, stale_after
-    )
+        dirs, runs, grouping, stats, pending, sweep_sizes, curves, drawn, notes, stale_after,
+        last_evals,
+    )  # fmt: skip
     (out / "report.md").write_text(text, encoding="utf-8")
     if paired:
         tables = [paired_cells(grouping, spec, last=last_evals) for spec in paired]
@@ -1717,8 +1728,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="with --paired: a run's accuracy is its mean top-1 over its last N "
-        "evaluations (default: 1, the final one)",
+        help="a run's accuracy for --paired (and a last-N column in report.md) is its "
+        "mean top-1 over its last N evaluations (default: 1, the final one)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or warnings on stderr")
     return p
