@@ -48,7 +48,7 @@ setup(
             "tensorboard",
         ],
         "bench": ["byzfl"],
-        "report": ["matplotlib>=3.7"],  # python -m byzshield.report: the PNG plots
+        "report": ["matplotlib>=3.7"],  # in the requirements too; kept for old commands
         "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["byzshield-placement=byzshield.placement_cli:main"]},

@@ -69,9 +69,16 @@ def entry_point(main, after=None) -> int:
             "hydra/job_logging=none",
             "hydra/hydra_logging=none",
         ]
-    main()
-    if after is not None:
-        FAILED_JOBS.extend(after())
+    from byzshield.trainer import interrupted_line
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here: KeyboardInterrupt
+    try:
+        main()
+        if after is not None:
+            FAILED_JOBS.extend(after())
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (checkpoints are kept)
+        print(f"\n{interrupted_line()}", file=sys.stderr, flush=True)
+        return 130
     return sweep_status()
 
 

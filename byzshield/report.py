@@ -94,6 +94,7 @@ SKIP_DIRS = {"checkpoints", "tensorboard", ".hydra", "report", "__pycache__"}
 """Folders never searched for runs (a run's own parts, and reports)."""
 
 GROUPS = ("approach", "mode", "attack")
+PLOTS_SKIPPED = "plots skipped: matplotlib is not installed (pip install 'byzshield[report]')"
 """Config groups shown as their own columns."""
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -1101,7 +1102,7 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        notes.append("no plots: matplotlib is not installed (pip install 'byzshield[report]')")
+        notes.append(PLOTS_SKIPPED)
         return []
     written: list[str] = []
     meta = {"Software": None}  # no version stamp: same inputs, same bytes
@@ -1619,6 +1620,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     names = ["report.md", "report.csv", "runs.csv"]
     drawn = _plots(grouping, curves, out, notes) if plots else []
+    if PLOTS_SKIPPED in notes:
+        say(PLOTS_SKIPPED)
     _report_csv(grouping, stats, out / "report.csv")
     _runs_csv(runs, grouping, out / "runs.csv")
     text = _markdown(
@@ -1744,7 +1747,22 @@ def pivot_table(csv_path: Path, column: str, where: dict[str, set[str]]) -> str:
     ``where`` does not fix."""
     with open(csv_path, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if all(r[k] in v for k, v in where.items())]
-    keys = [k for k in PIVOT_KEYS if k != column and k not in where]
+    header = list(rows[0]) if rows else []
+    extras = header[header.index("q") + 1 : header.index("runs")] if "runs" in header else []
+    keys = [k for k in (*PIVOT_KEYS, *extras) if k != column]
+
+    def collide(without: str) -> bool:
+        """Whether dropping ``without`` from the row keys would put two groups in one cell."""
+        cells = [tuple(r[k] for k in keys if k != without) + (r[column],) for r in rows]
+        return len(set(cells)) < len(cells)
+
+    # a key --where sets is left out of the rows unless leaving it out would merge groups
+    # that differ in it (--pivot mode --where q=1,3 keeps q); other settings that vary
+    # (batch_size, lr, ...) are row keys, the ones that do not are left out
+    for k in list(keys):
+        fixed = k in where and not collide(k)
+        if fixed or (k in extras and len({r[k] for r in rows}) <= 1):
+            keys.remove(k)
     columns = list(dict.fromkeys(r[column] for r in rows))
     columns.sort(key=lambda c: c not in ("none", "0"))  # the no-attack reference first
     cells: dict[tuple, dict[str, str]] = {}

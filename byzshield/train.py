@@ -13,8 +13,18 @@ one line before any process group starts.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
+
+
+def _interrupted_while_starting(signum, frame) -> None:
+    print("\ninterrupted during start-up; nothing was trained", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+if __name__ == "__main__":  # Ctrl-C while torch and Hydra load: one line, no traceback
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

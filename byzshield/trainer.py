@@ -43,6 +43,7 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "evaluate",
+    "interrupted_line",
     "recompute_batchnorm",
     "score_test_set",
     "step_record",
@@ -237,6 +238,28 @@ class TrainingError(RuntimeError):
     """Training cannot go on (the model became non-finite); the message is one line."""
 
 
+PROGRESS: dict = {}
+"""Where this process's training is (step, total, last checkpoint; the lockstep engine:
+run-steps done of all), for the one line printed when it is interrupted."""
+
+
+def interrupted_line() -> str:
+    """The line for Ctrl-C: how far training got and how to go on."""
+    if not PROGRESS:
+        return "interrupted during start-up; nothing was trained"
+    if "run_steps" in PROGRESS:
+        return (
+            f"interrupted after {PROGRESS['run_steps']} of {PROGRESS['total']} run-steps; "
+            "rerun the same command to resume every run from its last checkpoint"
+        )
+    kept = PROGRESS.get("checkpoint")
+    where = f" from {kept}" if kept else " from the start (no checkpoint was written yet)"
+    return (
+        f"interrupted at step {PROGRESS['step'] + 1} of {PROGRESS['total']}; rerun the "
+        f"same command to resume{where}"
+    )
+
+
 def step_record(
     step: int,
     m: dict,
@@ -422,6 +445,7 @@ class Trainer:
         progress = Progress(total, cfg.log_every, initial=self.start)
         try:
             for step in steps if steps is not None else range(self.start, total):
+                PROGRESS.update(step=step, total=total, checkpoint=self.last_checkpoint)
                 record = self.step(step)
                 self.metrics.write(record)
                 progress.step(step, record)

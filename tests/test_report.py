@@ -524,3 +524,37 @@ def test_pivot_puts_one_value_per_column_and_filters_with_where(tmp_path):
 def test_pivot_options_are_checked(tmp_path, capsys):
     assert main([str(tmp_path), "--where", "q=3"]) == 2  # --where needs --pivot
     assert "--where takes KEY=VALUE" in capsys.readouterr().err
+
+
+def test_pivot_keeps_a_where_key_with_several_values_when_dropping_it_would_merge_cells(
+    tmp_path,
+):
+    """--pivot mode --where q=1,3: both q values of one approach and attack stay apart
+    (they used to land in one cell, the q=3 value overwriting the q=1 one)."""
+    path = tmp_path / "report.csv"
+    head = "approach,mode,attack,q,batch_size,runs,complete,final_top1_mean,final_top1_std\n"
+    body = [
+        "mols,coord-median,alie,1,150,3,3,0.795,",
+        "mols,coord-median,alie,3,150,3,3,0.74,",
+        "mols,multi-krum,alie,1,150,3,3,0.8,",
+        "mols,multi-krum,alie,3,150,3,3,0.7,",
+        "mols,multi-krum,alie,5,150,3,3,0.6,",
+    ]
+    path.write_text(head + "\n".join(body) + "\n")
+    lines = report.pivot_table(path, "mode", {"q": {"1", "3"}}).splitlines()
+    assert lines[2] == "| approach | attack | q | coord-median | multi-krum |"
+    assert lines[4] == "| mols | alie | 1 | 79.5 (3) | 80.0 (3) |"
+    assert lines[5] == "| mols | alie | 3 | 74.0 (3) | 70.0 (3) |"
+    assert len(lines) == 6
+
+
+def test_without_matplotlib_the_report_says_in_one_line_that_it_skipped_the_plots(
+    tmp_path, monkeypatch
+):
+    make_run(tmp_path / "a", steps=30, top1={30: 0.5})
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    lines = []
+    rep = write_report([tmp_path / "a"], tmp_path / "out", eps=False, say=lines.append)
+    assert lines == [report.PLOTS_SKIPPED] and "pip install 'byzshield[report]'" in lines[0]
+    assert not [f for f in rep.files if f.endswith(".png")]
+    assert report.PLOTS_SKIPPED in (tmp_path / "out" / "report.md").read_text()

@@ -53,3 +53,57 @@ def test_a_multirun_job_that_cannot_start_is_reported_and_the_sweep_goes_on(tmp_
     assert "1 job(s) of the sweep failed" in proc.stderr
     assert "test accuracy" in proc.stdout  # job 1 ran
     assert (sweep / "1" / "metrics.jsonl").exists()
+
+
+def _interrupt(args, *, when: str | None, tmp_path) -> subprocess.CompletedProcess:
+    """Start training, send SIGINT (Ctrl-C) once stdout shows ``when`` (None: after a
+    second, while torch loads)."""
+    import signal
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "byzshield.train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    out = []
+    if when is None:
+        time.sleep(1.0)
+    else:
+        for line in proc.stdout:
+            out.append(line)
+            if when in line:
+                break
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(out) + rest, err)
+
+
+@pytest.mark.parametrize("engine", ["simulate", "lockstep"])
+def test_ctrl_c_prints_one_line_and_the_rerun_resumes(tmp_path, engine):
+    folder = tmp_path / "run"
+    args = [f"engine={engine}", f"train_dir={folder}", "max_steps=100000", "eval_freq=5"]
+    proc = _interrupt([*args, "log_every=1"], when="step 12/", tmp_path=tmp_path)
+    assert proc.returncode == 130
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    if engine == "simulate":
+        assert lines[0].startswith("interrupted at step ")
+        assert lines[0].endswith(
+            f"rerun the same command to resume from {folder}/checkpoints/step_000010.pt"
+        )
+    else:
+        assert lines[0].startswith("interrupted after ") and "rerun the same command" in lines[0]
+    again = _interrupt([*args, "log_every=1"], when="resuming after step 10", tmp_path=tmp_path)
+    assert again.returncode == 130
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    proc = _interrupt([f"train_dir={tmp_path / 'run'}"], when=None, tmp_path=tmp_path)
+    assert proc.returncode == 130
+    assert proc.stderr.strip() == "interrupted during start-up; nothing was trained"

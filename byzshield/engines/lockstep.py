@@ -422,7 +422,10 @@ class LockstepGroup:
             + ")"
         )
         active = list(slots)
+        from byzshield.trainer import PROGRESS
+
         while active:
+            PROGRESS.update(run_steps=total_steps - remaining, total=total_steps)
             for lo in range(0, len(active), chunk):
                 self._advance(active[lo : lo + chunk], grads_fn, params, buffers, f)
             for s in active:
