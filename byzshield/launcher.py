@@ -34,20 +34,57 @@ def fail(message: str, code: int, *, console: bool | None = None) -> None:
         console = int(os.environ.get("RANK", "0")) == 0
     if console:
         print(message, file=sys.stderr, flush=True)
+    _tell_torchrun(message)
     sys.exit(code)
+
+
+def _tell_torchrun(message: str) -> None:
+    """Under torchrun, write the line into the rank's error file: the elastic agent then
+    prints it in its closing "Root Cause" block (the last lines on the console) instead
+    of "To enable traceback see ...", so the fix is not buried under its report."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import json
+    import time
+
+    try:
+        with open(path, "w") as fh:
+            json.dump({"message": message, "timestamp": int(time.time())}, fh)
+    except OSError:
+        pass  # the agent then reports the exit code alone
 
 
 FAILED_JOBS: list[str] = []
 
 
+REFUSED = "refused.txt"
+"""A multirun job's folder holds this file, with the reason, when the job was refused
+(the report shows it as refused, not as failed to start)."""
+
+_HYDRA_ONLY = {".hydra", "train.log"}  # what Hydra writes into a job's folder by itself
+CREATED: list[Path] = []  # train_dir when this command created it (removed if refused)
+
+
 def fail_job(message: str, code: int = 2) -> None:
     """``fail`` for a job that cannot start; in a Hydra multirun the line names the job,
-    the sweep goes on with the next one and the command exits 1 at the end."""
+    the sweep goes on with the next one and the command exits 1 at the end. A single
+    run's folder is removed when Hydra's files are all it holds; a multirun job's keeps
+    the reason in ``refused.txt``."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get() if HydraConfig.initialized() else None
+    folder = Path(hc.runtime.output_dir) if hc is not None else None
     if hc is None or hc.mode.name != "MULTIRUN":
+        ours = folder is not None and folder.is_dir() and folder.resolve() in CREATED
+        if ours and {p.name for p in folder.iterdir()} <= _HYDRA_ONLY:
+            import shutil
+
+            logging.shutdown()  # train.log is open
+            shutil.rmtree(folder, ignore_errors=True)
         fail(message, code)
+    if folder is not None and folder.is_dir():
+        (folder / REFUSED).write_text(message + "\n")
     line = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {message}"
     logging.getLogger("byzshield.launcher").error(line)
     print(line, file=sys.stderr, flush=True)
@@ -114,7 +151,12 @@ def check_train_overrides(argv: Sequence[str]) -> None:
             from byzshield.config import load_config
 
             load_config(cfg)
-            check_train_dir(str(cfg.train_dir))
+            train_dir = str(cfg.train_dir)
+            check_train_dir(train_dir)
+            if not any(a.startswith(("train_dir=", "+train_dir=")) for a in argv):
+                # the default holds the time: Hydra must use this value, not resolve the
+                # time again a second later (that left an empty sibling folder behind)
+                sys.argv.append(f"train_dir={train_dir}")
     except (UsageError, ValueError) as exc:
         fail(f"error: {exc}", 2)
 
@@ -132,6 +174,10 @@ def check_train_dir(path: str) -> None:
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"train_dir {path} is an existing file, not a folder")
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun workers write no folder
+        return
+    if not folder.exists():
+        CREATED.append(folder.resolve())
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"

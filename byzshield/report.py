@@ -14,7 +14,8 @@ run gets one status, and every run is shown, whatever its status:
 * **running**: not complete, and a file in the folder changed within the last
   ``--stale-after`` minutes (default 10; the trainer appends a line every step);
 * **died**: not complete, stale, with at least one step recorded ("died at step N/M");
-* **failed to start**: not complete, stale, and no step recorded.
+* **failed to start**: not complete, stale, and no step recorded;
+* **refused**: a multirun job whose config could not run (``refused.txt`` says why).
 
 In a sweep folder (``multirun.yaml``), jobs of the sweep that have no folder yet are
 listed as **not started** (Hydra stops a sweep at the first job that exits).
@@ -72,7 +73,7 @@ __all__ = [
     "write_report",
 ]
 
-STATUSES = ("complete", "running", "died", "failed to start")
+STATUSES = ("complete", "running", "died", "failed to start", "refused")
 """A run's status, in the order the report lists them."""
 
 TIME_COLUMNS = (
@@ -133,6 +134,7 @@ class RunFolder:
     time_split: dict = field(default_factory=dict)
     modified: float = 0.0
     age_s: float = 0.0
+    reason: str = ""  # why a refused job was refused
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -169,6 +171,8 @@ class RunFolder:
             return f"died at step {self.progress()}"
         if self.status == "running":
             return f"running ({self.progress()})" if self.steps_done else "running (starting)"
+        if self.status == "refused" and self.reason:
+            return f"refused: {self.reason}"
         return self.status
 
 
@@ -354,9 +358,13 @@ def read_run(folder: Path, *, now: float | None = None, stale_after: float = 600
             run.wall_s = wall if wall >= 0 else None
     run.modified = _newest_mtime(folder)
     run.age_s = max(0.0, now - run.modified)
+    refused = folder / "refused.txt"
     if run.final is not None:
         run.status = "complete"
         run.steps_done = max(run.steps_done, run.max_steps or 0)
+    elif refused.is_file() and not run.steps_done:
+        run.status = "refused"
+        run.reason = refused.read_text(errors="replace").strip().splitlines()[0][:300]
     elif run.age_s <= stale_after:
         run.status = "running"
     elif run.steps_done:
@@ -931,7 +939,8 @@ def _markdown(
         "Status: *complete* = final evaluation at max_steps recorded; *running* = not "
         f"complete, a file changed within {stale_after / 60:g} min; *died* = not "
         "complete, stale, some steps recorded; *failed to start* = stale, no step "
-        "recorded. Statistics are over the complete runs of a row (n): mean ± sample "
+        "recorded; *refused* = the job's config could not run (refused.txt). "
+        "Statistics are over the complete runs of a row (n): mean ± sample "
         "std (n - 1).\n\n"
     )
     if grouping.common:

@@ -53,6 +53,29 @@ def test_a_multirun_job_that_cannot_start_is_reported_and_the_sweep_goes_on(tmp_
     assert "1 job(s) of the sweep failed" in proc.stderr
     assert "test accuracy" in proc.stdout  # job 1 ran
     assert (sweep / "1" / "metrics.jsonl").exists()
+    assert (sweep / "0" / "refused.txt").read_text().startswith("error: lr must be a finite")
+    from byzshield.report import write_report
+
+    rep = write_report([sweep], tmp_path / "report", plots=False, eps=False)
+    assert sorted(r.describe_status() for r in rep.runs) == [
+        "complete",
+        "refused: error: lr must be a finite number > 0, got -1.0",
+    ]
+
+
+def test_a_run_refused_after_hydra_made_its_folder_leaves_no_folder(tmp_path):
+    """A cross-option error (found when the run is built, after Hydra wrote .hydra/)."""
+    proc = train("batch_size=301", "max_steps=1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: batch_size=301 must be a multiple")
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_run_with_the_default_train_dir_makes_exactly_one_folder(tmp_path):
+    proc = train("max_steps=2", "eval_freq=0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = (tmp_path / "runs").iterdir()  # the time is resolved once, not twice
+    assert (folder / "metrics.jsonl").exists()
 
 
 def _interrupt(args, *, when: str | None, tmp_path) -> subprocess.CompletedProcess:

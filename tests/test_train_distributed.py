@@ -38,6 +38,9 @@ def test_wrong_process_count_stops_with_one_line_naming_nproc_per_node(torchrun)
     assert proc.returncode != 0
     assert "run torchrun --nproc-per-node 10" in proc.stderr
     assert "Traceback" not in proc.stderr.split("run torchrun --nproc-per-node 10")[0]
+    # torchrun's own report ends with the root cause: the same line, not a traceback hint
+    tail = [ln for ln in proc.stderr.strip().splitlines() if not set(ln) <= {"="}][-1]
+    assert "run torchrun --nproc-per-node 10" in tail
 
 
 def test_hydra_multirun_runs_every_job_in_its_own_folder(tmp_path):
@@ -355,3 +358,19 @@ def test_sigterm_to_the_launcher_ends_torchrun_and_every_rank_keeping_the_checkp
     assert "stopped by SIGTERM: torchrun and every rank have exited" in err
     newest = sorted(launched.folder.glob("checkpoints/step_*.pt"))[-1]
     assert torch.load(newest, weights_only=True)["step"] >= 5
+
+
+def test_plain_torchrun_with_the_default_train_dir_makes_exactly_one_folder(tmp_path):
+    """Every rank resolves the default runs/<time> itself, seconds apart; only the server
+    writes a folder (workers used to leave empty siblings)."""
+    proc = subprocess.run(
+        torchrun_cmd(10, *RAMA, "max_steps=2", "eval_freq=0"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env=run_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert (folder / "metrics.jsonl").exists()
