@@ -41,6 +41,7 @@ from byzshield.adversary import SELECTIONS, Selection, build_selection
 from byzshield.placement import Placement
 
 __all__ = [
+    "KEY_HELP",
     "ApproachOption",
     "AttackOption",
     "ConfigError",
@@ -835,6 +836,35 @@ class TrainConfig:
                 f"got {self.digest_verify!r}"
             )
 
+
+KEY_HELP: dict[str, str] = {
+    "engine": "auto (torchrun under torchrun, else simulate), torchrun, simulate, lockstep",
+    "device": "cpu, or cuda (simulate engine)",
+    "threads": "simulate: gradient threads; lockstep: intra-op threads (null: one per CPU)",
+    "lr": "SGD learning rate lr0; lr = lr0 * gamma^(step // lr_step)",
+    "momentum": "SGD momentum (PyTorch form, no dampening)",
+    "gamma": "learning-rate decay factor",
+    "lr_step": "decay the learning rate every lr_step steps",
+    "batch_size": "samples per step, a multiple of the files f (cut into f equal files)",
+    "max_steps": "steps to train",
+    "epochs": "passes over the training set; wins over max_steps when set",
+    "eval_freq": "evaluate and checkpoint every N steps (0: only at the end)",
+    "seed": "data order, augmentation, initialisation, random Byzantine sets",
+    "train_dir": "the run's folder (a rerun with the same config resumes from it)",
+    "aggregator_f": "the f the rule assumes (null: c_max(q) of the placement)",
+    "outside_guarantee": "run even where the rule's n-versus-f requirement fails",
+    "start_over": "a train_dir holding another config: start over in train_dir/restart-N",
+    "stragglers": "workers per step whose replies miss the deadline (erasures)",
+    "vote": "full (every copy, bit for bit) or digest (BLAKE3 digests, copies on demand)",
+    "digest_verify": "vote=digest: first (one holder's copy checked) or majority",
+    "timeout": "torchrun: seconds before a silent rank is declared dead",
+    "checkpoint": "write checkpoints/step_NNNNNN.pt at every evaluation",
+    "bn_batches": "training batches BatchNorm statistics are recomputed on before evaluating",
+    "eval_batch_size": "test samples per forward pass when evaluating",
+    "log_every": "steps between progress lines when stdout is not a terminal",
+}
+"""One line per top-level key for ``python -m byzshield.train --help`` (a test checks that
+every key of :class:`TrainConfig` has one and that README's key table names it)."""
 
 _OPTIONS: tuple[type[_Option], ...] = (
     BaselineApproach,

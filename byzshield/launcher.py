@@ -22,6 +22,7 @@ __all__ = [
     "launch_torchrun",
     "log_to_folder",
     "sweep_status",
+    "train_help",
 ]
 
 
@@ -96,6 +97,9 @@ def entry_point(main, after=None) -> int:
     Hydra's folders to rank 0, run the Hydra ``main``, then ``after()`` (the lockstep
     engine trains the multirun jobs it collected; it returns the lines of runs that
     failed); the exit status."""
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(train_help())
+        return 0
     check_train_overrides(sys.argv[1:])
     if int(os.environ.get("RANK", "0")) != 0:  # only rank 0 writes Hydra's folders
         sys.argv += [
@@ -117,6 +121,56 @@ def entry_point(main, after=None) -> int:
         print(f"\n{interrupted_line()}", file=sys.stderr, flush=True)
         return 130
     return sweep_status()
+
+
+def train_help() -> str:
+    """``python -m byzshield.train --help``: the groups and their options, every key with
+    its default and meaning (Hydra's own flags: --hydra-help)."""
+    import dataclasses
+
+    import byzshield.conf
+    from byzshield.config import KEY_HELP, TrainConfig
+    from byzshield.overrides import _groups
+
+    root = Path(byzshield.conf.__file__).parent
+    defaults = {"approach": "mols", "mode": "coord-median", "attack": "rev_grad"}
+    defaults |= {"network": "lenet", "dataset": "digits"}
+    lines = [
+        "usage: python -m byzshield.train [GROUP=OPTION | KEY=VALUE ...]",
+        "       python -m byzshield.train -m KEY=V1,V2 ...        (a sweep: one job per value)",
+        "       torchrun --standalone --nproc-per-node K+1 -m byzshield.train ...",
+        "",
+        "Byzantine-robust training: K workers compute the gradients of the files the",
+        "placement gives them, Byzantine workers lie, the server majority-votes each file's",
+        "copies and aggregates the winners with a robust rule (README.md).",
+        "",
+        "groups (GROUP=OPTION; an option's own keys: GROUP.KEY=VALUE, listed by --cfg job):",
+    ]
+    for group in _groups():
+        if group == "paper":
+            continue
+        folder = root / group
+        names = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.endswith("_schema"))
+        default = defaults.get(group)
+        extra = f" (default {default})" if default else " (+experiment=NAME)"
+        lines.append(f"  {group:<11}{', '.join(names)}{extra}")
+    lines += ["", "keys (KEY=VALUE; default in brackets):"]
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in KEY_HELP:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if default is None:
+            shown = "null"
+        elif isinstance(default, bool):
+            shown = str(default).lower()
+        else:
+            shown = str(default).replace("${now:%Y-%m-%d_%H-%M-%S}", "<time>")
+        lines.append(f"  {f.name:<18}{KEY_HELP[f.name]} [{shown}]")
+    lines += [
+        "",
+        "more: --cfg job (the composed config), --hydra-help (Hydra's flags), README.md",
+    ]
+    return "\n".join(lines)
 
 
 def sweep_status() -> int:

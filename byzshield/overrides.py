@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["UsageError", "approach_params", "compose"]
+__all__ = ["UsageError", "approach_params", "compose", "did_you_mean"]
 
 
 class UsageError(ValueError):
@@ -37,8 +37,18 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
         return run(overrides)
     except MissingConfigException as exc:
         first = str(exc).strip().splitlines()[0]
-        options = ", ".join(exc.options or [])
-        raise UsageError(f"{first.split(': ', 1)[-1]}; available: {options}") from None
+        options = [o for o in exc.options or [] if not o.endswith("_schema")]
+        import re
+
+        found = re.search(r"Could not find '([^']+)'", first)
+        group, _, name = (found[1] if found else "").rpartition("/")
+        if group and name:
+            guess = did_you_mean(name, options)
+            raise UsageError(
+                f"no {group} option {name!r}{'; ' + guess if guess else ''}; available: "
+                f"{', '.join(options)}"
+            ) from None
+        raise UsageError(f"{first.split(': ', 1)[-1]}; available: {', '.join(options)}") from None
     except (HydraException, OmegaConfBaseException) as exc:
         msg = str(exc).strip().splitlines()[0]
         if msg.startswith("Could not override '"):
@@ -49,13 +59,46 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
                 choices = [o for o in overrides if "=" in o and "." not in o.split("=")[0]]
                 try:
                     keys = list(OmegaConf.select(run(choices), node) or {})
-                    hint = f"; {node} takes: {', '.join(keys)}"
+                    guess = did_you_mean(key.rsplit(".", 1)[1], keys)
+                    hint = f"{'; ' + guess if guess else ''}; {node} takes: {', '.join(keys)}"
                 except (HydraException, OmegaConfBaseException):
                     pass
+            if "." not in key:
+                guess = did_you_mean(key, [*_top_level_keys(), *_groups()])
+                hint = f"; {guess}" if guess else ""
             raise UsageError(f"unknown config key {key!r}{hint}") from None
         cause = str(exc.__cause__ or "").strip().splitlines()
         detail = f" ({cause[0]})" if cause else ""
         raise UsageError(f"bad config override: {msg}{detail}") from None
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """ "did you mean X?" for the closest choice (``_`` and ``-`` count as equal), or ""."""
+    import difflib
+
+    def norm(text: str) -> str:
+        return text.replace("_", "-").lower()
+
+    by_norm = {norm(c): c for c in choices}
+    close = difflib.get_close_matches(norm(word), list(by_norm), n=1, cutoff=0.6)
+    return f"did you mean {by_norm[close[0]]}?" if close else ""
+
+
+def _top_level_keys() -> list[str]:
+    import dataclasses
+
+    from byzshield.config import TrainConfig
+
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _groups() -> list[str]:
+    from pathlib import Path
+
+    import byzshield.conf
+
+    root = Path(byzshield.conf.__file__).parent
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
 def approach_params(cfg: DictConfig) -> tuple[str, dict]:

@@ -56,7 +56,10 @@ def test_every_option_composes_to_its_own_typed_dataclass():
             assert dataclasses.is_dataclass(node) and type(node).option == expected, (group, name)
 
 
-PRESETS = {("mode", "nnm-median"): "coord-median"}  # coord-median with pre: [nnm]
+PRESETS = {
+    ("mode", "nnm-median"): "coord-median",  # coord-median with pre: [nnm]
+    ("attack", "alie_original"): "alie",  # alie with ddof 0, the original code's
+}
 
 
 def test_the_nnm_median_preset_is_coord_median_after_nnm():
@@ -273,3 +276,27 @@ def test_a_train_dir_that_cannot_be_a_run_folder_is_one_line(path, message):
 
     with pytest.raises(ValueError, match=message):
         check_train_dir(path)
+
+
+def test_every_key_has_help_and_a_row_in_the_readme_key_table():
+    import dataclasses
+    from pathlib import Path
+
+    from byzshield.config import KEY_HELP, TrainConfig
+
+    groups = {"approach", "mode", "attack", "network", "dataset"}
+    keys = {f.name for f in dataclasses.fields(TrainConfig)} - groups
+    assert set(KEY_HELP) == keys
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme[readme.index("| group / key |") :].split("\n\n")[0]
+    missing = [k for k in keys if f"`{k}`" not in table]
+    assert not missing, f"README's key table lacks {missing}"
+
+
+def test_help_lists_options_without_schemas_and_every_key(capsys):
+    from byzshield.launcher import train_help
+
+    text = train_help()
+    assert "_schema" not in text
+    assert "  mode       bulyan, caf," in text and "(default coord-median)" in text
+    assert "  stragglers        workers per step" in text and "[runs/<time>]" in text
