@@ -829,7 +829,7 @@ class Selection:
             how = "certified" if s.certified else f"not certified, c_max <= {s.upper_bound}"
             return (
                 f"worst case for q={self.q}: workers {list(self.fixed or ())} distort "
-                f"{s.c_max} files ({how})"
+                f"{s.c_max} file{'' if s.c_max == 1 else 's'} ({how})"
             )
         if self.fixed is None:
             return f"{self.q} random Byzantine workers, drawn anew every step (seed {self.seed})"

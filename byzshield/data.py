@@ -24,7 +24,7 @@ Datasets (registry :data:`DATASETS`; :func:`load_dataset` returns an :class:`Ima
   licence and attribution in ``byzshield/data/README.md``). The generator already
   standardised the whole dataset, so batches are the stored values unchanged.
 - ``mnist``, ``cifar10``, ``cifar100``, ``svhn``: read with torchvision's dataset classes
-  from ``root`` in torchvision's layout (downloaded there when ``download=True``). Missing
+  from ``root`` in torchvision's layout (downloaded there with ``dataset.download=true``). Missing
   files raise :class:`DatasetNotFound` with one line naming the expected paths.
 
 Images stay uint8 in memory; batches are float32, scaled to [0, 1] and normalised per
@@ -691,7 +691,7 @@ def _read_files(
         how = (
             "download failed: check the network, or place the files there yourself"
             if download
-            else "run once with download=True on a machine with internet access, "
+            else "run once with dataset.download=true on a machine with internet access, "
             "or place the files there yourself"
         )
         raise DatasetNotFound(

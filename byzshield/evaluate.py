@@ -81,10 +81,15 @@ def main(argv: list[str] | None = None) -> int:
             bad += 1
             continue
         print(
-            f"{str(p)[-50:]:<50} {r['step']:>7} {r['top1']:>7.4f} {r['top5']:>7.4f} "
+            f"{_fit(str(p), 50):<50} {r['step']:>7} {r['top1']:>7.4f} {r['top5']:>7.4f} "
             f"{r['test_loss']:>8.4f}"
         )
     return 2 if bad else 0
+
+
+def _fit(text: str, width: int) -> str:
+    """``text``, or its last width - 1 characters after an ellipsis when it is longer."""
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 if __name__ == "__main__":

@@ -272,7 +272,8 @@ def launch_torchrun(world_size: int) -> int:
     ]
     print(
         f"launching {world_size} processes: torchrun --standalone --nproc-per-node "
-        f"{world_size} -m byzshield.train {' '.join(overrides)}",
+        f"{world_size} -m byzshield.train {' '.join(overrides)} "
+        f"train_dir={hc.runtime.output_dir}",
         flush=True,
     )
     torchrun: subprocess.Popen | None = None

@@ -436,7 +436,7 @@ class Trainer:
         total = self.run.max_steps
         step = self.start
         if self.start >= total and self.last_eval:
-            print(f"the run is complete ({self.start} steps); nothing to do", flush=True)
+            print(f"the run is complete ({_steps(self.start)}); nothing to do", flush=True)
             self.engine.close(step)
             self.metrics.close()
             return self.last_eval
@@ -462,6 +462,10 @@ class Trainer:
             self.engine.close(step)
             self.metrics.close()
         return final
+
+
+def _steps(n: int) -> str:
+    return f"{n} step{'' if n == 1 else 's'}"
 
 
 def announce(run: Run, folder: Path, engine: str, *, quiet: bool = False) -> None:

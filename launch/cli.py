@@ -140,10 +140,14 @@ def do_launch(
     wait_timeout = whole_number(wait_timeout, "--wait-timeout")
     ssh_timeout = whole_number(ssh_timeout, "--ssh-timeout")
     session = aws.make_session(region)
+    resolved = region or session.region_name or ""
+    note = ""
+    if dry_run and not resolved:  # a dry run calls nothing, so it needs no region
+        resolved, note = "us-east-1", "not set (pass --region or set AWS_DEFAULT_REGION)"
     opts = LaunchOptions(
         workers=workers,
         run=run or default_run_name(),
-        region=aws.resolve_region(session, region),
+        region=aws.resolve_region(session, resolved),
         zone=zone,
         market=market,
         server_type=server_type,
@@ -159,7 +163,7 @@ def do_launch(
         hostfile=hostfile,
     )
     if dry_run:
-        print(describe_plan(opts))
+        print(describe_plan(opts, region_note=note))
         return None
     aws.require_credentials(session)
     print(describe_plan(opts).replace(" (dry run: nothing was called or created)", ""))

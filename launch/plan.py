@@ -314,8 +314,53 @@ def run_instances_requests(
     return requests
 
 
-def describe_plan(opts: LaunchOptions) -> str:
-    """The plan `fab launch --dry-run` prints: what would be created, and how to undo it."""
+ON_DEMAND_USD_PER_HOUR = {
+    "c5.large": 0.085,
+    "c5.xlarge": 0.17,
+    "c5.2xlarge": 0.34,
+    "c5.4xlarge": 0.68,
+    "c5.9xlarge": 1.53,
+    "c6i.xlarge": 0.17,
+    "c6i.2xlarge": 0.34,
+    "m5.large": 0.096,
+    "m5.xlarge": 0.192,
+    "m5.2xlarge": 0.384,
+    "r5.xlarge": 0.252,
+    "r3.xlarge": 0.333,
+    "t3.medium": 0.0416,
+    "t3.large": 0.0832,
+    "t3.xlarge": 0.1664,
+    "g4dn.xlarge": 0.526,
+    "g5.xlarge": 1.006,
+    "p3.2xlarge": 3.06,
+}
+"""Linux on-demand list prices in us-east-1 (USD per hour, 2024): for the plan's estimate
+only; other regions differ, spot is usually lower, and prices change."""
+
+
+def estimate_cost(opts: LaunchOptions) -> str:
+    """The plan's cost line: instances x list price per hour, or why there is none."""
+    counts = {opts.server_type: 1}
+    counts[opts.worker_type] = counts.get(opts.worker_type, 0) + opts.workers
+    unknown = [t for t in counts if t not in ON_DEMAND_USD_PER_HOUR]
+    if unknown:
+        return (
+            f"no estimate for {', '.join(unknown)}: see https://aws.amazon.com/ec2/pricing/ "
+            "(it bills until fab terminate)"
+        )
+    total = sum(n * ON_DEMAND_USD_PER_HOUR[t] for t, n in counts.items())
+    parts = " + ".join(f"{n} x ${ON_DEMAND_USD_PER_HOUR[t]:.3g}" for t, n in counts.items())
+    spot = "; spot is usually lower" if opts.market == "spot" else ""
+    return (
+        f"about ${total:.2f} per hour on demand ({parts}; us-east-1 list prices of 2024, "
+        f"other regions differ{spot}), billed until fab terminate"
+    )
+
+
+def describe_plan(opts: LaunchOptions, *, region_note: str = "") -> str:
+    """The plan `fab launch --dry-run` prints: what would be created, what it costs, and
+    how to undo it. ``region_note`` replaces the region when none was set (a dry run
+    needs none)."""
     if opts.same_type:
         instances = f"{opts.num_nodes} x {opts.server_type} (1 server + {opts.workers} workers)"
     else:
@@ -331,8 +376,9 @@ def describe_plan(opts: LaunchOptions) -> str:
     zone = opts.zone or "first zone offering both instance types"
     rows = [
         ("run", opts.run),
-        ("region / zone", f"{opts.region} / {zone}"),
+        ("region / zone", f"{region_note or opts.region} / {zone}"),
         ("instances", f"{instances}, {opts.market}, all or nothing"),
+        ("cost", estimate_cost(opts)),
         ("AMI", ami),
         ("storage", f"{opts.volume_size} GiB gp3 root volume each, encrypted, deleted with it"),
         (

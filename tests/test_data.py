@@ -619,7 +619,7 @@ def test_missing_files_raise_one_line_saying_where_and_how(tmp_path, name):
     assert "\n" not in message
     assert message.startswith(f"{name}: ")
     assert f"expected {tmp_path / DATASETS[name].files} " in message
-    assert "download=True" in message
+    assert "dataset.download=true" in message
     assert isinstance(err.value, ValueError)
 
 

@@ -96,7 +96,25 @@ def test_fab_launch_dry_run_prints_the_plan_and_calls_nothing(tmp_path):
     assert "dry run: nothing was called or created" in result.stdout
     assert "1 x c5.2xlarge (server) + 15 x c5.xlarge (workers), spot" in result.stdout
     assert "this machine's public address (looked up at launch)" in result.stdout
+    # 1 x 0.34 + 15 x 0.17 = 2.89 (us-east-1 list prices)
+    assert "about $2.89 per hour on demand (1 x $0.34 + 15 x $0.17;" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fab_launch_dry_run_needs_no_region(tmp_path):
+    result = fab(
+        tmp_path,
+        "launch",
+        "--workers",
+        "2",
+        "--server-type",
+        "x9.huge",
+        "--dry-run",
+        env={"AWS_DEFAULT_REGION": "", "AWS_REGION": "", "AWS_CONFIG_FILE": "/nonexistent"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "not set (pass --region or set AWS_DEFAULT_REGION)" in result.stdout
+    assert "no estimate for x9.huge: see https://aws.amazon.com/ec2/pricing/" in result.stdout
 
 
 def test_fab_train_without_hostfile_is_one_line(tmp_path):

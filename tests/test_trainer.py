@@ -105,3 +105,12 @@ def test_outside_guarantee_runs_a_broken_defence_and_marks_every_step(tmp_path):
     steps, _ = read_metrics(tmp_path / "ran")
     assert all(s["outside_guarantee"] for s in steps)
     assert json.loads((tmp_path / "ran" / "run.json").read_text())["outside_guarantee"]
+
+
+def test_evaluate_shortens_long_paths_on_the_left_with_an_ellipsis():
+    from byzshield.evaluate import _fit
+
+    assert _fit("runs/a/checkpoints/step_000010.pt", 50) == "runs/a/checkpoints/step_000010.pt"
+    long = "/very/long/" + "x" * 60 + "/checkpoints/step_000010.pt"
+    assert len(_fit(long, 50)) == 50 and _fit(long, 50).startswith("…")
+    assert _fit(long, 50).endswith("/checkpoints/step_000010.pt")

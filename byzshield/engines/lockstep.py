@@ -357,7 +357,11 @@ class LockstepGroup:
                 trainer.metrics.close()
                 self.results[k] = trainer.last_eval
                 if self.show_steps:
-                    print(f"the run is complete ({trainer.start} steps); nothing to do", flush=True)
+                    print(
+                        f"the run is complete ({trainer.start} step{'s' * (trainer.start != 1)}); "
+                        "nothing to do",
+                        flush=True,
+                    )
                 continue
             lr = trainer.optimizer.param_groups[0]["lr"]
             fast = _fast_path(run, trainer.update, num_params(trainer.model))
