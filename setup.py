@@ -51,5 +51,11 @@ setup(
         "report": ["matplotlib>=3.7"],  # in the requirements too; kept for old commands
         "tensorboard": ["tensorboard"],
     },
-    entry_points={"console_scripts": ["byzshield-placement=byzshield.placement_cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "byzshield-train=byzshield.train:cli",
+            "byzshield-report=byzshield.report:cli",
+            "byzshield-placement=byzshield.placement_cli:main",
+        ]
+    },
 )

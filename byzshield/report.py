@@ -1854,5 +1854,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``byzshield-report`` console script: ``python -m byzshield.report``."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

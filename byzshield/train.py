@@ -121,5 +121,10 @@ def lockstep_job(config, run) -> None:
     )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``byzshield-train`` console script: ``python -m byzshield.train``."""
     sys.exit(entry_point(main, after=lockstep.train_collected))  # the sweep's exit status
+
+
+if __name__ == "__main__":
+    cli()
