@@ -1103,6 +1103,65 @@ def _mean_curve(runs: Sequence[RunFolder]) -> tuple[list[int], list[float], list
     return steps, means, stds
 
 
+_FAMILIES = {  # config name -> (display name, K from the parameters)
+    "mols": ("MOLS", lambda p: p.get("l", 0) * p.get("r", 0)),
+    "rama_one": ("Ramanujan 1", lambda p: p.get("m", 0) * p.get("s", 0)),
+    "rama_two": ("Ramanujan 2", lambda p: p.get("s", 0) ** 2),
+    "draco_lite_attack": ("DETOX (worst)", lambda p: p.get("K")),
+    "draco_lite": ("DETOX (random)", lambda p: p.get("K")),
+    "maj_vote": ("DRACO vote", lambda p: p.get("K")),
+    "baseline": ("baseline", lambda p: p.get("K")),
+}
+
+
+def approach_name(label: str) -> str:
+    """A plot's name for an approach label: ``mols(l=5, r=3)`` -> ``MOLS K=15``,
+    ``draco_lite_attack(K=15, r=3)`` -> ``DETOX (worst) K=15 r=3``; others unchanged."""
+    m = _PLACEMENT.match(label)
+    name = m["name"] if m else label
+    if name not in _FAMILIES:
+        return label
+    params = {}
+    for part in filter(None, (x.strip() for x in (m["params"] if m else "").split(","))):
+        k, _, v = part.partition("=")
+        params[k.strip()] = int(v) if v.strip().isdigit() else v.strip()
+    title, k_of = _FAMILIES[name]
+    try:
+        K = k_of(params)
+    except TypeError:
+        K = None
+    text = f"{title} K={K}" if K else title
+    if name.startswith(("draco_lite", "maj_vote")) and "r" in params:
+        text += f" r={params['r']}"
+    return text
+
+
+def approach_colors(labels) -> dict[str, str]:
+    """One colour per approach label, the same in every figure of a report: families in a
+    fixed order (MOLS, Ramanujan, DETOX, baseline), then by K."""
+    order = list(_FAMILIES)
+
+    def rank(label: str):
+        m = _PLACEMENT.match(label)
+        name = m["name"] if m else label
+        return (order.index(name) if name in order else len(order), _natural(label))
+
+    unique = sorted(dict.fromkeys(labels), key=rank)
+    return {label: f"C{k % 10}" for k, label in enumerate(unique)}
+
+
+def _shared_legend(fig, axes, *, ncol: int = 4) -> None:
+    """One legend for the whole figure (below it) instead of one per panel."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)), fontsize=8)
+
+
 def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[str]) -> list[str]:
     try:
         import matplotlib
@@ -1115,9 +1174,11 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
         return []
     written: list[str] = []
     meta = {"Software": None}  # no version stamp: same inputs, same bytes
+    colors = approach_colors(g.approach for g in grouping.groups)
 
     def save(fig, name: str) -> None:
-        fig.tight_layout()
+        if not fig.legends:
+            fig.tight_layout()
         fig.savefig(out / name, dpi=100, metadata=meta)
         plt.close(fig)
         written.append(name)
@@ -1132,17 +1193,18 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
         title = " ".join([mode, f"q={q}", *(f"{k}={v}" for k, v in extras)])
         attacks = list(dict.fromkeys(g.attack for g in groups))
         fig, axes = plt.subplots(
-            1, len(attacks), figsize=(4.2 * len(attacks), 3.4), squeeze=False, sharey=True
+            1, len(attacks), figsize=(4.2 * len(attacks), 3.9), squeeze=False, sharey=True
         )
         for ax, attack in zip(axes[0], attacks, strict=True):
-            for i, g in enumerate(x for x in groups if x.attack == attack):
+            for g in (x for x in groups if x.attack == attack):
                 done = g.complete
                 runs = done or [r for r in g.runs if r.evals]
                 steps, means, stds = _mean_curve(runs)
                 if not steps:
                     continue
-                color = f"C{i % 10}"
-                label = f"{g.approach} (n={len(done)})" if done else f"{g.approach} (incomplete)"
+                color = colors[g.approach]
+                name = approach_name(g.approach)
+                label = f"{name} (n={len(done)})" if done else f"{name} (incomplete)"
                 ax.plot(
                     steps,
                     [100 * m for m in means],
@@ -1163,10 +1225,10 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
             ax.set_title(f"attack {attack}", fontsize=9)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
         axes[0][0].set_ylabel("test top-1 %")
         fig.suptitle(title, fontsize=10)
+        _shared_legend(fig, axes[0])
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
         name = f"accuracy_vs_step_{_slug(title)}.png"
         k = 2
         while name in used_names:
@@ -1187,16 +1249,13 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
                 continue
             panel = (g.mode, tuple(g.extras.items()), g.attack)
             points[panel][g.approach].append((g.q, 100 * mean, 100 * (std or 0.0)))
-    colors = {
-        a: f"C{k % 10}" for k, a in enumerate(dict.fromkeys(g.approach for g in grouping.groups))
-    }
     if points:
         rows = list(dict.fromkeys(p[:2] for p in points))
         cols = list(dict.fromkeys(p[2] for p in points))
         fig, axes = plt.subplots(
             len(rows),
             len(cols),
-            figsize=(4.2 * len(cols), 3.2 * len(rows)),
+            figsize=(4.2 * len(cols), 3.2 * len(rows) + 0.9),
             squeeze=False,
             sharey=True,
         )
@@ -1214,7 +1273,7 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
                         ms=4,
                         capsize=3,
                         color=colors[approach],
-                        label=approach,
+                        label=approach_name(approach),
                     )
                 for approach, ref in refs.get((mode, extras), {}).items():
                     ax.axhline(ref, color=colors[approach], ls=":", lw=1)
@@ -1225,9 +1284,9 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
                 ax.set_xlabel("q (Byzantine workers)")
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.grid(alpha=0.3)
-                if lines:
-                    ax.legend(fontsize=7)
             axes[i][0].set_ylabel("final test top-1 %")
+        _shared_legend(fig, [ax for row in axes for ax in row], ncol=5)
+        fig.tight_layout(rect=(0, 0.9 / (3.2 * len(rows) + 0.9), 1, 1))
         save(fig, "accuracy_vs_q.png")
 
     if curves:
@@ -1245,10 +1304,10 @@ def eps_figure(curves: Sequence[EpsCurve]):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.4 * len(curves), 3.4), squeeze=False)
-    for ax, c in zip(axes[0], curves, strict=True):
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.4 * len(curves), 3.8), squeeze=False)
+    for ax, c in zip(axes[0], curves, strict=True):  # the same colour means the same in each
         qs = [r.q for r in c.rows]
-        ax.plot(qs, [r.c_max / c.f for r in c.rows], "-o", ms=3, label=c.label)
+        ax.plot(qs, [r.c_max / c.f for r in c.rows], "-o", ms=3, color="C0", label="this placement")
         if not c.certified:
             ax.plot(
                 qs,
@@ -1258,9 +1317,9 @@ def eps_figure(curves: Sequence[EpsCurve]):
                 label="upper bound (not certified)",
             )
         if c.detox_eps and not c.label.startswith(("draco_lite", "maj_vote")):
-            ax.plot(qs, c.detox_eps, "-s", ms=3, label=f"DETOX (r={c.detox_r})")
+            ax.plot(qs, c.detox_eps, "-s", ms=3, color="C1", label="DETOX, same K")
         if not c.label.startswith("baseline"):
-            ax.plot(qs, [q / c.K for q in qs], "--", label="baseline")
+            ax.plot(qs, [q / c.K for q in qs], "--", color="C7", label="baseline, same K")
         if c.used:
             ax.plot(
                 [u[0] for u in c.used],
@@ -1269,12 +1328,15 @@ def eps_figure(curves: Sequence[EpsCurve]):
                 color="k",
                 label="runs (run.json)",
             )
-        ax.set_title(f"{c.label}, K={c.K}, f={c.f}", fontsize=9)
+        own_detox = c.label.startswith(("draco_lite", "maj_vote"))
+        detox = f", DETOX r={c.detox_r}" if c.detox_r and not own_detox else ""
+        ax.set_title(f"{approach_name(c.label)}, f={c.f}{detox}", fontsize=9)
         ax.set_xlabel("q (Byzantine workers)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("eps(q) = c_max(q) / f")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    _shared_legend(fig, axes[0])
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
@@ -1505,7 +1567,7 @@ def _drop_figure(tables: list[list[PairedCell]], grouping: Grouping, last: int):
     if not points:
         return None
     panels = list(points)
-    approaches = list(dict.fromkeys(g.approach for g in grouping.groups))
+    colors = approach_colors(g.approach for g in grouping.groups)
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False, sharey=True
     )
@@ -1520,8 +1582,8 @@ def _drop_figure(tables: list[list[PairedCell]], grouping: Grouping, last: int):
                 ms=4,
                 capsize=3,
                 ls="-",
-                color=f"C{approaches.index(approach) % 10}",
-                label=approach,
+                color=colors[approach],
+                label=approach_name(approach),
             )
         mode, extras = panel
         ax.set_title(" ".join([mode, *(f"{k}={v}" for k, v in extras)]), fontsize=8)
@@ -1529,13 +1591,7 @@ def _drop_figure(tables: list[list[PairedCell]], grouping: Grouping, last: int):
         ax.axhline(0, color="k", lw=0.5)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("drop from no-attack top-1 (points)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    _shared_legend(fig, axes[0])
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
