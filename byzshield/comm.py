@@ -57,8 +57,23 @@ class Comm:
     rank: int = 0
     world_size: int = 1
     timeout: float = 300.0
-    distributed: bool = False
+    group: object = None  # the gloo process group (a torch ProcessGroup or Backend)
+    owns_default: bool = False  # init() made torch.distributed's default group
     _waiters: _Waiters | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def distributed(self) -> bool:
+        return self.group is not None
+
+    @classmethod
+    def local_group(cls, store, rank: int, world_size: int, *, timeout: float) -> Comm:
+        """This rank's Comm over its own gloo process group on ``store`` (a
+        ``torch.distributed.HashStore`` shared by threads of one process, or a TCPStore):
+        several ranks as threads in one process, for tests of the server and workers
+        without processes (torchft's pattern). Blocks until all ``world_size`` ranks
+        have joined."""
+        group = dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout))
+        return cls(rank=rank, world_size=world_size, timeout=timeout, group=group)
 
     @property
     def is_server(self) -> bool:
@@ -69,7 +84,7 @@ class Comm:
         if not self.distributed:
             return
         try:
-            dist.broadcast(tensor, src=0)
+            self.group.broadcast(tensor, 0).wait(timedelta(seconds=self.timeout))
         except RuntimeError as exc:
             raise _server_failure(exc, self.timeout) from None
 
@@ -91,14 +106,14 @@ class Comm:
         """Rank 0: send ``tensor`` to every worker, naming any that does not take it."""
         if not self.distributed:
             return
-        self._wait_each([dist.isend(tensor, dst=r) for r in range(1, self.world_size)])
+        self._wait_each([self._send(tensor, r) for r in range(1, self.world_size)])
 
     def receive_from_server(self, tensor: torch.Tensor) -> None:
         """A worker: fill ``tensor`` with rank 0's next message."""
         if not self.distributed:
             return
         try:
-            dist.recv(tensor, src=0)
+            self._wait(self._recv(tensor, 0))
         except RuntimeError as exc:
             raise _server_failure(exc, self.timeout) from None
 
@@ -107,7 +122,7 @@ class Comm:
         if not self.distributed:
             return
         try:
-            dist.send(tensor, dst=0)
+            self._wait(self._send(tensor, 0))
         except RuntimeError as exc:
             raise _server_failure(exc, self.timeout) from None
 
@@ -116,7 +131,7 @@ class Comm:
         rank w+1's next message, naming any worker that fails."""
         if not self.distributed:
             return
-        self._wait_each([dist.irecv(buffers[w], src=w + 1) for w in range(len(buffers))])
+        self._wait_each([self._recv(buffers[w], w + 1) for w in range(len(buffers))])
 
     def receive_as_completed(self, buffers) -> Iterator[int]:
         """Rank 0: as :meth:`receive_from_workers`, yielding each worker index w as its
@@ -128,7 +143,7 @@ class Comm:
         if not self.distributed:
             yield from range(len(buffers))
             return
-        works = [dist.irecv(buffers[w], src=w + 1) for w in range(len(buffers))]
+        works = [self._recv(buffers[w], w + 1) for w in range(len(buffers))]
         deadline = time.monotonic() + self.timeout
         arrived: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -155,7 +170,7 @@ class Comm:
         if not self.distributed:
             return
         ranks = [w + 1 for w in messages]
-        works = [dist.isend(t, dst=w + 1) for w, t in messages.items()]
+        works = [self._send(t, w + 1) for w, t in messages.items()]
         self._wait_each(works, ranks)
 
     def receive_each(self, buffers: dict[int, torch.Tensor]) -> None:
@@ -163,8 +178,19 @@ class Comm:
         if not self.distributed:
             return
         ranks = [w + 1 for w in buffers]
-        works = [dist.irecv(t, src=w + 1) for w, t in buffers.items()]
+        works = [self._recv(t, w + 1) for w, t in buffers.items()]
         self._wait_each(works, ranks)
+
+    def _send(self, tensor: torch.Tensor, rank: int):
+        return self.group.send([tensor], rank, 0)
+
+    def _recv(self, tensor: torch.Tensor, rank: int):
+        return self.group.recv([tensor], rank, 0)
+
+    def _wait(self, work) -> None:
+        """Wait for one operation; a timeout raises (gloo's own error names it)."""
+        if work.wait(timedelta(seconds=self.timeout)) is False:
+            raise RuntimeError(f"timed out after {self.timeout:g} s")
 
     def _wait_each(self, works: list, ranks: list[int] | None = None) -> None:
         """Wait for per-worker operations (works[i] is rank ``ranks[i]``'s, by default
@@ -181,9 +207,9 @@ class Comm:
                 raise _worker_failure(rank, TimeoutError("timed out"), self.timeout)
 
     def close(self) -> None:
-        if self.distributed and dist.is_initialized():
+        if self.owns_default and dist.is_initialized():
             dist.destroy_process_group()
-            self.distributed = False
+        self.group, self.owns_default = None, False
 
 
 class _Waiters:
@@ -274,7 +300,8 @@ def init(*, timeout: float, job: int = 0) -> Comm:
         world_size=world,
         timeout=timedelta(seconds=timeout),
     )
-    return Comm(rank=rank, world_size=world, timeout=timeout, distributed=True)
+    group = dist.distributed_c10d._get_default_group()
+    return Comm(rank=rank, world_size=world, timeout=timeout, group=group, owns_default=True)
 
 
 def _loopback_interface() -> str | None:

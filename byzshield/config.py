@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -1006,9 +1007,15 @@ class Run:
         return self.placement.num_workers + 1
 
     def build_model(self) -> torch.nn.Module:
-        """A fresh network, initialised from ``seed`` (identical in every process)."""
-        torch.manual_seed(self.config.seed)
-        return self.config.network.build(self.train_data)
+        """A fresh network, initialised from ``seed`` (identical in every process, and in
+        every thread: initialisation draws from torch's global generator, so builds are
+        serialised)."""
+        with _BUILD_LOCK:
+            torch.manual_seed(self.config.seed)
+            return self.config.network.build(self.train_data)
+
+
+_BUILD_LOCK = threading.Lock()
 
 
 def build_run(config: TrainConfig, *, server: bool = True, world_size: int | None = None) -> Run:
@@ -1114,7 +1121,8 @@ def add_server_parts(run: Run) -> None:
 
 def _model_probe(cfg: TrainConfig, data) -> torch.nn.Module:
     try:
-        return cfg.network.build(data)
+        with _BUILD_LOCK:  # it draws from the global generator too
+            return cfg.network.build(data)
     except ValueError as exc:
         raise ConfigError(
             f"network={cfg.network.name} with dataset={cfg.dataset.name}: {exc}"

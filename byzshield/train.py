@@ -65,35 +65,57 @@ def main(cfg: DictConfig) -> None:
         return lockstep_job(config, run)
     comm = init(timeout=config.timeout, job=HydraConfig.get().job.get("num") or 0)
     try:
-        status, folder, resume = "", Path(HydraConfig.get().runtime.output_dir), None
-        if comm.is_server:
-            try:
-                if UNDER_TORCHRUN:
-                    add_server_parts(run)  # the worst-case search: once, on rank 0 only
-                folder, resume = prepare(folder, config)  # resume, or refuse another config
-            except ValueError as exc:
-                status = f"error: {exc}"
-        if comm.broadcast_text(status):
-            fail(status, 2)
-        folder = Path(comm.broadcast_text(str(folder)))
-        log_to_folder(folder, comm.rank)
-        if not comm.is_server:
-            return run_worker(comm, run)
-        gather = build_engine(engine, run, comm)
-        announce(run, folder, engine)
-        trainer = Trainer(run, gather, folder, device=config.device, resume=resume)
-        result = trainer.train()
-        print(
-            f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
-            f"loss {result['test_loss']:.4f} after {run.max_steps} steps",
-            flush=True,
-        )
+        output = Path(HydraConfig.get().runtime.output_dir)
+        result = run_rank(comm, run, engine, output, server_parts=UNDER_TORCHRUN)
+        if result is not None:
+            print(
+                f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
+                f"loss {result['test_loss']:.4f} after {run.max_steps} steps",
+                flush=True,
+            )
+    except StartError as exc:
+        fail(str(exc), 2)
     except RankFailure as exc:  # a worker also prints a hung server: no one else can
         fail(f"error (rank {comm.rank}): {exc}", 1, console=comm.is_server or exc.timed_out)
     except (TrainingError, CheckpointError) as exc:
         fail(f"error: {exc}", 1)
     finally:
         comm.close()
+
+
+class StartError(RuntimeError):
+    """The server refused to start (its folder holds another config, ...): every rank
+    stops with this one line."""
+
+
+def run_rank(comm, run, engine: str, output: Path, *, server_parts: bool, log: bool = True):
+    """One rank of a run over ``comm``: the server (rank 0) prepares the folder, tells
+    the workers its status and the folder, then trains with ``engine`` and returns the
+    final evaluation; a worker serves until the server stops it and returns None.
+    ``server_parts``: the server builds the Byzantine selection and the rule here (under
+    torchrun, build_run left them out). Tests call it for ranks running as threads
+    (:meth:`byzshield.comm.Comm.local_group`)."""
+    config = run.config
+    status, folder, resume = "", output, None
+    if comm.is_server:
+        try:
+            if server_parts:
+                add_server_parts(run)  # the worst-case search: once, on rank 0 only
+            folder, resume = prepare(folder, config)  # resume, or refuse another config
+        except ValueError as exc:
+            status = f"error: {exc}"
+    if comm.broadcast_text(status):
+        raise StartError(status)
+    folder = Path(comm.broadcast_text(str(folder)))
+    if log:
+        log_to_folder(folder, comm.rank)
+    if not comm.is_server:
+        run_worker(comm, run)
+        return None
+    gather = build_engine(engine, run, comm)
+    announce(run, folder, engine)
+    trainer = Trainer(run, gather, folder, device=config.device, resume=resume)
+    return trainer.train()
 
 
 def lockstep_job(config, run) -> None:

@@ -17,7 +17,7 @@ from byzshield.engines.simulate import simulate
 from byzshield.trainer import TIME_KEYS
 
 COMMON = ("attack.q=2", "max_steps=3", "eval_freq=2", "seed=5")
-SWEEP = ("attack=rev_grad,constant,label_flip,alie", "attack.selection=worst_case,random")
+REAL_SWEEP = ("attack=label_flip,alie", "attack.selection=worst_case")
 DESIGNS = {  # small instances of the four families; K + 1 processes each
     "mols": (13, "approach=mols", "approach.l=4", "approach.r=3", "batch_size=96"),
     "rama_two": (
@@ -57,9 +57,38 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
+ATTACKS = ("rev_grad", "constant", "label_flip", "alie")
+SELECTIONS = ("worst_case", "random")
+
+
+@pytest.mark.parametrize(
+    ("design", "attack", "selection"),
+    [
+        *((d, a, s) for d in ("mols", "rama_two") for a in ATTACKS for s in SELECTIONS),
+        *((d, a, "worst_case") for d in ("draco_lite", "baseline") for a in ("alie", "label_flip")),
+    ],
+)
+def test_the_torchrun_engine_in_threads_and_simulate_give_the_same_bits(
+    tmp_path, design, attack, selection
+):
+    """The torchrun engine's server and workers (ranks as threads over gloo, the code of
+    real processes: tests/threaded.py) against the simulate engine."""
+    from threaded import run_threaded
+
+    _, *overrides = DESIGNS[design]
+    ovs = [*overrides, *COMMON, f"attack={attack}", f"attack.selection={selection}"]
+    result, errors = run_threaded(ovs, tmp_path / "torchrun")
+    assert not errors and isinstance(result, dict), (result, errors)
+    simulate(ovs, tmp_path / "simulate")
+    assert_same_run(tmp_path / "torchrun", tmp_path / "simulate")
+    if selection == "worst_case":
+        c_max = json.loads((tmp_path / "simulate" / "run.json").read_text())["selection"]["c_max"]
+        assert all(s["distorted"] == c_max for s in read_metrics(tmp_path / "torchrun")[0])
+
+
 @pytest.mark.parametrize(
     "design",
-    [  # MOLS by default, the other three with the slow tests (CI runs both)
+    [  # real processes: MOLS by default, the other three with the slow tests (CI runs both)
         "mols",
         pytest.param("rama_two", marks=pytest.mark.slow),
         pytest.param("draco_lite", marks=pytest.mark.slow),
@@ -67,10 +96,12 @@ def assert_same_run(a: Path, b: Path) -> None:
     ],
 )
 def test_torchrun_and_simulate_give_the_same_bits(tmp_path, design):
+    """Real processes under torchrun, a multirun of two jobs (the in-thread test above
+    covers the attacks and selections)."""
     nproc, *overrides = DESIGNS[design]
     sweep = tmp_path / "torchrun"
     proc = subprocess.run(
-        torchrun_cmd(nproc, "-m", f"train_dir={sweep}", *overrides, *COMMON, *SWEEP),
+        torchrun_cmd(nproc, "-m", f"train_dir={sweep}", *overrides, *COMMON, *REAL_SWEEP),
         capture_output=True,
         text=True,
         timeout=600,
@@ -79,7 +110,7 @@ def test_torchrun_and_simulate_give_the_same_bits(tmp_path, design):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    assert len(jobs) == 8  # every job of the multirun in its own folder
+    assert len(jobs) == 2  # every job of the multirun in its own folder
     seen = set()
     for job in jobs:
         ovs = _job_overrides(job)
@@ -94,22 +125,17 @@ def test_torchrun_and_simulate_give_the_same_bits(tmp_path, design):
             ), job
         simulate(ovs, tmp_path / "simulate" / job.name)
         assert_same_run(job, tmp_path / "simulate" / job.name)
-    assert len(seen) == 8
+    assert len(seen) == 2
 
 
 def test_stragglers_and_the_1d_network_give_the_same_bits_in_both_engines(tmp_path):
-    nproc, *overrides = DESIGNS["rama_two"]
+    from threaded import run_threaded
+
+    _, *overrides = DESIGNS["rama_two"]
     # MNIST-1D's 1-D CNN runs without oneDNN: covers the other kernel path too
     ovs = (*overrides, *COMMON, "attack=alie", "stragglers=2", "dataset=mnist1d", "network=cnn1d")
-    proc = subprocess.run(
-        torchrun_cmd(nproc, f"train_dir={tmp_path / 'tr'}", *ovs),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=run_env(),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    result, errors = run_threaded(ovs, tmp_path / "tr")
+    assert not errors and isinstance(result, dict), (result, errors)
     simulate(ovs, tmp_path / "sim")
     assert_same_run(tmp_path / "tr", tmp_path / "sim")
     steps, _ = read_metrics(tmp_path / "sim")
@@ -176,37 +202,31 @@ def test_device_cuda_with_the_torchrun_engine_is_refused_in_one_line(tmp_path):
         build_run(compose_config(["device=cuda", "engine=torchrun"]))
 
 
-@pytest.mark.slow
-def test_the_digest_vote_gives_the_same_bits_in_both_engines_and_as_the_full_vote(tmp_path):
-    """vote=digest over gloo (headers with digests, then pulls) against the simulate
-    engine, with consistent Byzantine workers and with liars of both kinds."""
-    nproc, *overrides = DESIGNS["rama_two"]
-    sweep = tmp_path / "torchrun"
-    lies = ("attack=rev_grad,alie", "attack.digest_lie=none,honest_digest,honest_tensor")
-    proc = subprocess.run(
-        torchrun_cmd(nproc, "-m", f"train_dir={sweep}", *overrides, *COMMON, "vote=digest", *lies),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-        env=run_env(),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    assert len(jobs) == 6
-    for job in jobs:
-        ovs = _job_overrides(job)
-        simulate(ovs, tmp_path / "simulate" / job.name)
-        assert_same_run(job, tmp_path / "simulate" / job.name)
-        if "attack.digest_lie=honest_digest" not in ovs:  # there digest=first is stricter
-            full = [o for o in ovs if o != "vote=digest"] + ["vote=full"]
-            simulate(full, tmp_path / "full" / job.name)
-            pa, pb = _params(job), _params(tmp_path / "full" / job.name)
-            assert all(torch.equal(pa[k], pb[k]) for k in pa), job
-            full_steps, _ = read_metrics(tmp_path / "full" / job.name)
-            steps, _ = read_metrics(job)
-            for a, b in zip(full_steps, steps, strict=True):  # r = 3
-                assert a["bytes_received"] >= 2.5 * b["bytes_received"], job
+@pytest.mark.parametrize("attack", ["rev_grad", "alie"])
+@pytest.mark.parametrize("lie", ["none", "honest_digest", "honest_tensor"])
+def test_the_digest_vote_gives_the_same_bits_in_both_engines_and_as_the_full_vote(
+    tmp_path, attack, lie
+):
+    """vote=digest over gloo (headers with digests, then pulls; ranks as threads) against
+    the simulate engine, with consistent Byzantine workers and with liars of both kinds."""
+    from threaded import run_threaded
+
+    _, *overrides = DESIGNS["rama_two"]
+    ovs = [*overrides, *COMMON, "vote=digest", f"attack={attack}", f"attack.digest_lie={lie}"]
+    job = tmp_path / "torchrun"
+    result, errors = run_threaded(ovs, job)
+    assert not errors and isinstance(result, dict), (result, errors)
+    simulate(ovs, tmp_path / "simulate")
+    assert_same_run(job, tmp_path / "simulate")
+    if lie != "honest_digest":  # there digest=first is stricter than the full vote
+        full = [o for o in ovs if o != "vote=digest"] + ["vote=full"]
+        simulate(full, tmp_path / "full")
+        pa, pb = _params(job), _params(tmp_path / "full")
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+        full_steps, _ = read_metrics(tmp_path / "full")
+        steps, _ = read_metrics(job)
+        for a, b in zip(full_steps, steps, strict=True):  # r = 3
+            assert a["bytes_received"] >= 2.5 * b["bytes_received"]
 
 
 @pytest.mark.slow

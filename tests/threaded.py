@@ -1,0 +1,60 @@
+"""The torchrun engine with its ranks as threads of this process: the server and the
+workers run the very code of ``python -m byzshield.train`` under torchrun
+(:func:`byzshield.train.run_rank`), over gloo process groups on one in-process store
+(:meth:`byzshield.comm.Comm.local_group`), so server logic is tested without K + 1
+Python processes (each paying torch's import and a rendezvous)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch.distributed as dist
+
+from byzshield.comm import Comm
+from byzshield.config import build_run, compose_config
+from byzshield.networks import use_kernels
+from byzshield.train import run_rank
+
+_JOBS = iter(range(1 << 30))  # a fresh store prefix per run
+
+
+def run_threaded(overrides, folder: Path, *, timeout: float = 60.0, workers: dict | None = None):
+    """Train ``overrides`` (a config of the torchrun engine) into ``folder`` with rank 0
+    and K worker ranks as threads. ``workers`` maps a worker index to a function
+    ``(comm, run) -> None`` run instead of the real worker (a faulty one). Returns
+    (the server's final evaluation or the exception it raised, {rank: exception})."""
+    config = compose_config([*overrides, "engine=torchrun", f"train_dir={folder}"])
+    use_kernels(config.network.name)
+    server_run = build_run(config)
+    world = server_run.world_size
+    store = dist.PrefixStore(f"run{next(_JOBS)}/", dist.HashStore())
+    results: dict = {}
+    errors: dict[int, BaseException] = {}
+
+    def rank(r: int) -> None:
+        try:
+            comm = Comm.local_group(store, r, world, timeout=timeout)
+            try:
+                if r == 0:
+                    results[0] = run_rank(
+                        comm, server_run, "torchrun", folder, server_parts=False, log=False
+                    )
+                else:
+                    run = build_run(config, server=False)
+                    fault = (workers or {}).get(r - 1)
+                    if fault is not None:
+                        fault(comm, run)
+                    else:
+                        run_rank(comm, run, "torchrun", folder, server_parts=False, log=False)
+            finally:
+                comm.close()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors[r] = exc
+
+    threads = [threading.Thread(target=rank, args=(r,), daemon=True) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout * 4)
+    return results.get(0, errors.get(0)), {r: e for r, e in errors.items() if r}
