@@ -19,7 +19,7 @@ the two engines agree bit for bit (BYZSHIELD.md sections 4 and 8).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,7 @@ def file_gradients(
     flip: bool = False,
     out: torch.Tensor | None = None,
     batched: bool = False,
+    on_file: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """(len(files), d) gradients of the mean cross-entropy over each file, and each loss.
 
@@ -74,10 +75,15 @@ def file_gradients(
     make the same choice, so replicas stay bit-identical. With ``flip`` the labels are
     flipped first (the label-flip attack). ``out``, when given, is the (len(files), d)
     float32 CPU buffer the gradients are written to (reusing one avoids page faults
-    every step).
+    every step). ``on_file(i)`` is called as soon as row i is final (a worker starts
+    hashing it for the digest vote while the next file is computed).
     """
     if batched:
-        return _batched(model, data, files, seed, step, batch_size, num_files, flip, out)
+        out, losses = _batched(model, data, files, seed, step, batch_size, num_files, flip, out)
+        if on_file is not None:
+            for i in range(len(files)):
+                on_file(i)
+        return out, losses
     model.train()
     params = list(model.parameters())
     d = sum(p.numel() for p in params)
@@ -101,6 +107,8 @@ def file_gradients(
         else:
             out[i].copy_(torch.cat([p.grad.reshape(-1) for p in params]))
         losses.append(float(loss.detach()))
+        if on_file is not None:
+            on_file(i)
     return out, losses
 
 

@@ -18,10 +18,12 @@ robust update votes each file as soon as its last copy lands.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -233,17 +235,25 @@ def run_worker(comm: Comm, run: Run) -> None:
     header = torch.empty(layout.header_size + 1)  # + END
     attack = run.attack  # None for omniscient attacks: the server simulates them
     pushed = pushed_slots(p, w) if digests else []
+    hasher = ThreadPoolExecutor(1, thread_name_prefix="digest") if digests else None
     push = torch.empty(len(pushed) * d + 1)  # the pushed gradients and END, reused
     while True:
         comm.receive_from_server(control)
         message = Control.unpack(control)
         if message.stop:
             log.info("stop after %d steps", message.step)
+            if hasher is not None:
+                hasher.shutdown()
             return
         comm.receive_from_server(params)
         load_flat(model, params)
         step, byzantine = message.step, message.byzantine[w]
         t0 = time.perf_counter()
+        hashing: list = []  # vote=digest: each file hashed on a thread once it is final
+        forged = byzantine and attack is not None
+        on_file = None
+        if digests and not forged:
+            on_file = functools.partial(_hash_row, hasher, payload, hashing)
         _, losses = file_gradients(
             model,
             run.train_data,
@@ -255,11 +265,17 @@ def run_worker(comm: Comm, run: Run) -> None:
             flip=byzantine and attack is not None and attack.flips_labels,
             out=payload,
             batched=run.batched_files,
+            on_file=on_file,
         )
-        if byzantine and attack is not None:
+        if forged:
             for i, j in enumerate(files):
                 payload[i] = attack(payload[i], generator=attack_generator(cfg.seed, step, j))
-        sums = [digest(g) for g in payload] if digests else ()
+        if not digests:
+            sums = ()
+        elif hashing:
+            sums = [h.result() for h in hashing]
+        else:
+            sums = [digest(g) for g in payload]
         layout.pack_header(
             compute_s=time.perf_counter() - t0, losses=losses, digests=sums, out=header
         )
@@ -282,3 +298,8 @@ def run_worker(comm: Comm, run: Run) -> None:
                 len(files),
                 " (Byzantine)" if byzantine else "",
             )
+
+
+def _hash_row(hasher: ThreadPoolExecutor, payload: torch.Tensor, out: list, i: int) -> None:
+    """Start hashing row i of the payload on the digest thread (its future into out)."""
+    out.append(hasher.submit(digest, payload[i]))
