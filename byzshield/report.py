@@ -1162,7 +1162,18 @@ def _shared_legend(fig, axes, *, ncol: int = 4) -> None:
         fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)), fontsize=8)
 
 
-def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[str]) -> list[str]:
+FIGURES = ("step", "q", "eps", "drop")
+"""The report's kinds of figure: accuracy against step, final accuracy against q, eps(q)
+of the placements, and (with --paired) drop against c / sqrt(f)."""
+
+
+def _plots(
+    grouping: Grouping,
+    curves: list[EpsCurve],
+    out: Path,
+    notes: list[str],
+    figures: Sequence[str] = FIGURES,
+) -> list[str]:
     try:
         import matplotlib
 
@@ -1185,7 +1196,7 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
 
     # accuracy against step: one figure per (mode, q, extras), a panel per attack
     slices: dict[tuple, list[Group]] = defaultdict(list)
-    for g in grouping.groups:
+    for g in grouping.groups if "step" in figures else ():
         slices[(g.mode, _canon(g.q), tuple(g.extras.items()))].append(g)
     used_names: set[str] = set()
     for (mode, _, extras), groups in slices.items():
@@ -1241,7 +1252,7 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
     points: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     refs: dict[tuple, dict[str, float]] = defaultdict(dict)
     attacked = any(g.attack != "none" and g.q != 0 for g in grouping.groups)
-    for g in grouping.groups:
+    for g in grouping.groups if "q" in figures else ():
         mean, std, n = mean_std(r.final.get("top1") for r in g.complete)
         if n and _number(g.q):
             if attacked and (g.attack == "none" or g.q == 0):
@@ -1289,7 +1300,7 @@ def _plots(grouping: Grouping, curves: list[EpsCurve], out: Path, notes: list[st
         fig.tight_layout(rect=(0, 0.9 / (3.2 * len(rows) + 0.9), 1, 1))
         save(fig, "accuracy_vs_q.png")
 
-    if curves:
+    if curves and "eps" in figures:
         save(eps_figure(curves), "eps_vs_q.png")
     return written
 
@@ -1648,6 +1659,7 @@ def write_report(
     now: float | None = None,
     paired: Sequence[str] = (),
     last_evals: int = 1,
+    figures: Sequence[str] = FIGURES,
 ) -> Report:
     """Read every run under ``dirs`` and write the report into ``out`` (see the module
     docstring); ``say`` receives progress lines. Raises :class:`ReportError` on bad input."""
@@ -1684,7 +1696,10 @@ def write_report(
     curves = eps_curves(runs, q_max=eps_q_max, work=eps_work, say=say, notes=notes) if eps else []
     out.mkdir(parents=True, exist_ok=True)
     names = ["report.md", "report.csv", "runs.csv"]
-    drawn = _plots(grouping, curves, out, notes) if plots else []
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown:
+        raise ReportError(f"--figures takes {', '.join(FIGURES)}; got {', '.join(unknown)}")
+    drawn = _plots(grouping, curves, out, notes, figures) if plots else []
     if PLOTS_SKIPPED in notes:
         say(PLOTS_SKIPPED)
     _report_csv(grouping, stats, out / "report.csv")
@@ -1699,7 +1714,8 @@ def write_report(
         (out / "paired.md").write_text(_paired_markdown(paired, tables, last_evals))
         _paired_csv(paired, tables, out / "paired.csv")
         names += ["paired.md", "paired.csv"]
-        if plots and _save_figure(
+        drop = plots and "drop" in figures
+        if drop and _save_figure(
             out, "drop_vs_bias.png", _drop_figure, tables, grouping, last_evals
         ):
             drawn.append("drop_vs_bias.png")
@@ -1742,6 +1758,14 @@ def _parser() -> argparse.ArgumentParser:
         "repeatable); seed and train_dir never do",
     )
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.add_argument(
+        "--figures",
+        default=",".join(FIGURES),
+        metavar="KIND[,KIND]",
+        help="which figures: step (accuracy against step, one per rule, q and setting), q "
+        "(final accuracy against q), eps (eps(q) of the placements), drop (with --paired: "
+        "drop against c / sqrt(f)); default: all",
+    )
     p.add_argument(
         "--no-eps", action="store_true", help="skip the eps(q) table and plot (no c_max search)"
     )
@@ -1890,6 +1914,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say=say,
             paired=args.paired,
             last_evals=args.last_evals,
+            figures=[k for k in args.figures.split(",") if k],
         )
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
