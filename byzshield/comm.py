@@ -23,6 +23,7 @@ single-node run (:func:`torchrun`)::
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
@@ -243,8 +244,20 @@ def _timed_out(exc: BaseException) -> bool:
     return "timed out" in text or "timeout" in text
 
 
+def _node_of(rank: int) -> str:
+    """ " on task 1 on node7" when the run spans Slurm tasks (byzshield.slurm says where
+    every rank runs), else ""."""
+    names = os.environ.get("BYZSHIELD_RANK_NODES")
+    if not names:
+        return ""
+    try:
+        return f" on {json.loads(names)[rank]}"
+    except (ValueError, IndexError, TypeError):
+        return ""
+
+
 def _worker_failure(rank: int, exc: BaseException, timeout: float) -> RankFailure:
-    who = f"rank {rank} (worker {rank - 1})"
+    who = f"rank {rank} (worker {rank - 1}){_node_of(rank)}"
     if _timed_out(exc):
         return RankFailure(
             rank, f"{who} did not answer within {timeout:g} s (timeout)", timed_out=True

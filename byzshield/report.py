@@ -91,7 +91,7 @@ TIME_COLUMNS = (
 DEFAULT_IGNORE = ("seed", "train_dir")
 """Config keys that never separate two runs into different rows."""
 
-SKIP_DIRS = {"checkpoints", "tensorboard", ".hydra", "report", "__pycache__"}
+SKIP_DIRS = {"checkpoints", "tensorboard", ".hydra", ".submitit", "report", "__pycache__"}
 """Folders never searched for runs (a run's own parts, and reports)."""
 
 GROUPS = ("approach", "mode", "attack")

@@ -17,6 +17,18 @@ if ! command -v /usr/sbin/sshd >/dev/null 2>&1; then
   fi
 fi
 
+# A one-host Slurm cluster (munged, slurmctld, slurmd) for the Slurm tests, started by a
+# fixture on 127.0.0.1 with a generated slurm.conf; installed the same way.
+if ! command -v /usr/sbin/slurmctld >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tests/run.sh: installing slurm-wlm and munge (Debian packages) for the Slurm tests"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+  else
+    echo "tests/run.sh: slurm-wlm not installed and not root: Slurm tests will be skipped"
+  fi
+fi
+
 python -m pip install -q -r requirements.txt -e '.[test]'
 export OMP_NUM_THREADS=1
 python -m pytest "$@"
