@@ -46,6 +46,7 @@ from byzshield.placement import Placement
 
 __all__ = [
     "SELECTIONS",
+    "detox_eps",
     "Budget",
     "Selection",
     "WorstCase",
@@ -904,3 +905,15 @@ def build_selection(
         ids = detox_selection(placement, q, rule.removeprefix("detox_"))
         return Selection(rule, K, q, seed, tuple(ids), search)
     return Selection(rule, K, q, seed, None, search)
+
+
+def detox_eps(K: int, r: int, q_max: int) -> tuple[int | None, list[float] | None]:
+    """(group size, eps(q) for q = 0..q_max) of DETOX with K workers, from its closed
+    form: groups of r if r divides K, else of 3, 5 or 2 (the first that does); c_max(q) =
+    min(q // r', K / r) with r' = r // 2 + 1, a strict majority as the vote needs (a test
+    checks it against the exhaustive search). (None, None) when no size divides K."""
+    for size in (r, 3, 5, 2):
+        if size >= 2 and K % size == 0:
+            groups, rp = K // size, size // 2 + 1
+            return size, [min(q // rp, groups) / groups for q in range(q_max + 1)]
+    return None, None

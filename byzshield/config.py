@@ -19,7 +19,8 @@ selection (whose worst-case search runs once, bounded by work) and the aggregati
 rule. Cross-option checks (batch size vs files, the rule's n-vs-f requirement, BatchNorm
 vs file size, process count vs K) happen there, before any process group starts.
 
-    >>> from byzshield.config import compose_config, build_run
+    >>> from byzshield.config import build_run
+    >>> from byzshield.overrides import compose_config
     >>> run = build_run(compose_config(["approach=mols", "attack.q=2"]))
     >>> run.placement.num_workers, run.aggregator_f
     (15, 1)
@@ -53,7 +54,6 @@ __all__ = [
     "TrainConfig",
     "add_server_parts",
     "build_run",
-    "compose_config",
     "load_config",
     "register_schema",
 ]
@@ -955,14 +955,6 @@ def _refuse_added_keys(node, obj, prefix: str) -> None:
         value = getattr(obj, key)
         if dataclasses.is_dataclass(value) and OmegaConf.is_dict(node[key]):
             _refuse_added_keys(node[key], value, f"{prefix}{key}.")
-
-
-def compose_config(overrides: Sequence[str] = ()) -> TrainConfig:
-    """Compose ``conf/config.yaml`` with Hydra overrides (for tests and notebooks)."""
-    from byzshield.overrides import compose
-
-    register_schema()
-    return load_config(compose("config", overrides))
 
 
 # --------------------------------------------------------------------------------------

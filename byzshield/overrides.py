@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["UsageError", "approach_params", "compose", "did_you_mean"]
+__all__ = ["UsageError", "approach_params", "compose", "compose_config", "did_you_mean"]
 
 
 class UsageError(ValueError):
@@ -99,6 +99,14 @@ def _groups() -> list[str]:
 
     root = Path(byzshield.conf.__file__).parent
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def compose_config(overrides: Sequence[str] = ()):
+    """``conf/config.yaml`` composed with Hydra overrides as the typed
+    :class:`byzshield.config.TrainConfig` (for tests, notebooks and the front ends)."""
+    from byzshield.config import load_config
+
+    return load_config(compose("config", overrides))
 
 
 def approach_params(cfg: DictConfig) -> tuple[str, dict]:

@@ -44,19 +44,6 @@ Several placements side by side (the paper's distortion tables):
 """
 
 
-def _detox_eps(K: int, r: int, q_max: int) -> tuple[int | None, list[float] | None]:
-    """(group size, eps per q) of DETOX with the same K, from its closed form.
-
-    Group size r if it divides K, else 3, 5 or 2; c_max(q) = min(q // r', K / r) (a
-    test checks the closed form against the exhaustive search).
-    """
-    for size in (r, 3, 5, 2):
-        if size >= 2 and K % size == 0:
-            groups, rp = K // size, size // 2 + 1  # a strict majority, as the vote needs
-            return size, [min(q // rp, groups) / groups for q in range(q_max + 1)]
-    return None, None
-
-
 class _Progress:
     """Progress on stderr for searches that take longer than a second."""
 
@@ -133,7 +120,7 @@ def _build_designs(cfg) -> list:
 def _distortion(cfg) -> int:
     """``designs=[...]``: c_max(q) / f of several placements with DETOX's and the
     baseline's at each K, as a Markdown table on stdout (and files under ``out``)."""
-    from byzshield.adversary import worst_case_table
+    from byzshield.adversary import detox_eps, worst_case_table
     from byzshield.report import EpsCurve
 
     curves = []
@@ -143,8 +130,8 @@ def _distortion(cfg) -> int:
         progress = _Progress(f"searching {label}")
         rows = worst_case_table(placement, q_max, time_budget=budget, progress=progress)
         progress.close()
-        detox_r, detox_eps = _detox_eps(K, placement.replication, q_max)
-        curves.append(EpsCurve(label, K, f, rows, detox_r, detox_eps, []))
+        detox_r, eps_detox = detox_eps(K, placement.replication, q_max)
+        curves.append(EpsCurve(label, K, f, rows, detox_r, eps_detox, []))
 
     columns: dict[str, dict[int, str]] = {}  # header -> {q: cell}
     records = []
@@ -234,7 +221,7 @@ def _distortion(cfg) -> int:
 
 def placement_main(argv: Sequence[str]) -> int:
     """``python -m byzshield.placement``; returns the exit status."""
-    from byzshield.adversary import worst_case_table
+    from byzshield.adversary import detox_eps, worst_case_table
     from byzshield.placement import APPROACHES, build_placement
 
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -257,7 +244,7 @@ def placement_main(argv: Sequence[str]) -> int:
     progress = _Progress("searching")
     rows = worst_case_table(placement, q_max, time_budget=budget, progress=progress)
     progress.close()
-    detox_r, detox_eps = _detox_eps(K, placement.replication, q_max)
+    detox_r, eps_detox = detox_eps(K, placement.replication, q_max)
     f = placement.num_files
 
     if cfg.format == "json":
@@ -273,7 +260,7 @@ def placement_main(argv: Sequence[str]) -> int:
                     "q": row.q,
                     "c_max": row.c_max,
                     "eps": row.c_max / f,
-                    "eps_detox": None if detox_eps is None else detox_eps[row.q],
+                    "eps_detox": None if eps_detox is None else eps_detox[row.q],
                     "eps_baseline": row.q / K,
                     "certified": row.certified,
                     "byzantine": list(row.byzantine),
@@ -298,7 +285,7 @@ def placement_main(argv: Sequence[str]) -> int:
     )
     print(head)
     for row in rows:
-        d = "-" if detox_eps is None else f"{detox_eps[row.q]:.3f}"
+        d = "-" if eps_detox is None else f"{eps_detox[row.q]:.3f}"
         print(
             f"{row.q:>3} {row.c_max:>5} {row.c_max / f:>6.3f} {d:>15} {row.q / K:>8.3f} "
             f"{row.upper_bound:>5} {'yes' if row.certified else 'NO':>9} {row.seconds:>8.4f}  "

@@ -749,9 +749,11 @@ def eps_curves(
     """One :class:`EpsCurve` per distinct placement of ``runs`` (q = 0..q_max, default
     the larger of K // 2 and the largest q that ran), computed with a work budget so the
     result is the same on every machine."""
-    from byzshield.adversary import worst_case_table
+    from byzshield.adversary import (
+        detox_eps,  # DETOX's closed form, as the placement table
+        worst_case_table,
+    )
     from byzshield.placement import build_placement
-    from byzshield.placement_cli import _detox_eps  # the placement table's DETOX closed form
 
     placements: dict[tuple, list[RunFolder]] = defaultdict(list)
     for run in runs:
@@ -774,7 +776,7 @@ def eps_curves(
         if say:
             say(f"eps: c_max(q) of {label} for q = 0..{top} (work {work})")
         rows = worst_case_table(p, top, work=work)
-        detox_r, detox_eps = _detox_eps(K, p.replication, top)
+        detox_r, eps_detox = detox_eps(K, p.replication, top)
         used = sorted(
             {
                 (r.q, r.info["selection"]["c_max"] / f)
@@ -782,7 +784,7 @@ def eps_curves(
                 if isinstance(r.q, int) and _number((r.info.get("selection") or {}).get("c_max"))
             }
         )
-        curves.append(EpsCurve(label, K, f, rows, detox_r, detox_eps, used))
+        curves.append(EpsCurve(label, K, f, rows, detox_r, eps_detox, used))
     return curves
 
 

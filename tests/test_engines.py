@@ -196,7 +196,8 @@ def test_simulate_trains_on_cuda(tmp_path):
 
 
 def test_device_cuda_with_the_torchrun_engine_is_refused_in_one_line(tmp_path):
-    from byzshield.config import ConfigError, build_run, compose_config
+    from byzshield.config import ConfigError, build_run
+    from byzshield.overrides import compose_config
 
     with pytest.raises(ConfigError, match="device=cuda needs engine=simulate"):
         build_run(compose_config(["device=cuda", "engine=torchrun"]))

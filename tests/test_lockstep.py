@@ -13,9 +13,10 @@ import pytest
 import torch
 from conftest import read_metrics, run_env
 
-from byzshield.config import build_run, compose_config
+from byzshield.config import build_run
 from byzshield.engines.lockstep import LockstepGroup, Member, lockstep
 from byzshield.engines.simulate import simulate
+from byzshield.overrides import compose_config
 from byzshield.runfolder import prepare
 from byzshield.trainer import TIME_KEYS, TrainingError, announce
 

@@ -199,7 +199,7 @@ def test_custom_placement_missing_file_names_the_path(tmp_path):
 
 
 def test_every_registered_approach_builds_with_its_conf_defaults():
-    from byzshield.config import compose_config
+    from byzshield.overrides import compose_config
 
     for name in APPROACHES:
         if name in ("detox", "custom"):

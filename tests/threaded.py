@@ -12,8 +12,9 @@ from pathlib import Path
 import torch.distributed as dist
 
 from byzshield.comm import Comm
-from byzshield.config import build_run, compose_config
+from byzshield.config import build_run
 from byzshield.networks import use_kernels
+from byzshield.overrides import compose_config
 from byzshield.train import run_rank
 
 _JOBS = iter(range(1 << 30))  # a fresh store prefix per run

@@ -674,8 +674,9 @@ def lockstep(jobs, *, threads: int | None = None, quiet: bool = True) -> list[di
         >>> [r["top1"] > 0 for r in lockstep(jobs)]  # doctest: +SKIP
         [True, True, True]
     """
-    from byzshield.config import build_run, compose_config
+    from byzshield.config import build_run
     from byzshield.networks import use_kernels
+    from byzshield.overrides import compose_config
     from byzshield.runfolder import prepare
     from byzshield.trainer import announce
 

@@ -169,8 +169,9 @@ def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = Tr
     import io
     from pathlib import Path
 
-    from byzshield.config import build_run, compose_config
+    from byzshield.config import build_run
     from byzshield.gradients import num_params
+    from byzshield.overrides import compose_config
     from byzshield.runfolder import prepare
     from byzshield.trainer import Trainer, announce
 

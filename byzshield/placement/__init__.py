@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -516,9 +515,3 @@ def build_placement(name: str, **params) -> Placement:
     if missing:
         raise ValueError(f"approach {name} needs {', '.join(keys)}; missing {missing}")
     return builder(**{k: params[k] for k in keys})
-
-
-if __name__ == "__main__":  # python -m byzshield.placement: the table's command line
-    from byzshield.placement_cli import main
-
-    sys.exit(main())
