@@ -1499,11 +1499,14 @@ def _paired_markdown(specs: Sequence[str], tables: list[list[PairedCell]], last:
         extra_names = [k for k, _ in cells[0].key[-1]]
         head = (["mode"] if len(cells[0].key) == 4 else []) + ["attack", "q", *extra_names]
         header = [*head, "n", "A %", "B %", "A - B", "drop A", "drop B", "drop A - drop B"]
+        header += ["c/√f A", "c/√f B"]
         rows = []
+        agree = decided = 0
         for c in cells:
             fixed = list(c.key[:-1])
             fixed[-1] = c.a.q  # q as shown
             values = [*fixed, *(v for _, v in c.key[-1])]
+            bias_a, bias_b = _bias(c.a), _bias(c.b)
             rows.append(
                 [
                     *values,
@@ -1514,17 +1517,42 @@ def _paired_markdown(specs: Sequence[str], tables: list[list[PairedCell]], last:
                     _interval_text(c.drop_a),
                     _interval_text(c.drop_b),
                     _interval_text(c.drop_diff),
+                    "—" if bias_a is None else f"{bias_a:.2f}",
+                    "—" if bias_b is None else f"{bias_b:.2f}",
                 ]
             )
+            d = c.drop_diff
+            known = None not in (bias_a, bias_b) and bias_a != bias_b
+            if known and d is not None and d.distinguishable:
+                decided += 1
+                agree += (d.mean > 0) == (bias_a > bias_b)
         marked = sum(c.diff.distinguishable for c in cells)
         lines += [
             f"A = {cells[0].a.approach} / {cells[0].a.mode}, B = {cells[0].b.approach} / "
             f"{cells[0].b.mode}; {len(cells)} cells, {marked} with A - B distinguishable "
-            "from 0.",
+            f"from 0. Where the drops differ distinguishably and c/√f differs, the side "
+            f"with the larger c/√f loses more in {agree} of {decided} cells.",
             "",
             _md_table(header, rows),
         ]
+    lines += [
+        "c/√f: the mean number of files a Byzantine copy won per step (c, measured), over "
+        "the square root of the number of files f. At a fixed batch a file of b/f samples "
+        "has a gradient spread of about σ·√(f/b), ALIE shifts each file it wins by z times "
+        "that spread, so a mean-like rule moves by about (c/f)·z·σ·√(f/b) = z·σ·c/√(f·b): "
+        "the model predicts the larger drop for the larger c/√f.",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def _bias(g: Group) -> float | None:
+    """c / sqrt(f) of a group: its runs' mean distorted files per step over sqrt(files)."""
+    fracs = [r.distorted_frac for r in g.complete if _number(r.distorted_frac)]
+    f = _files(g)
+    if not fracs or not f:
+        return None
+    return math.fsum(fracs) / len(fracs) * f / math.sqrt(f)
 
 
 def _paired_csv(specs: Sequence[str], tables: list[list[PairedCell]], out: Path) -> None:
@@ -1568,11 +1596,9 @@ def _drop_figure(tables: list[list[PairedCell]], grouping: Grouping, last: int):
                 if drop is None or id(g) in seen:
                     continue
                 seen.add(id(g))
-                fracs = [r.distorted_frac for r in g.complete if _number(r.distorted_frac)]
-                f = _files(g)
-                if not fracs or not f:
+                x = _bias(g)
+                if x is None:
                     continue
-                x = math.fsum(fracs) / len(fracs) * f / math.sqrt(f)
                 half = 0.0 if drop.low is None else drop.high - drop.mean
                 points[(g.mode, tuple(g.extras.items()))][g.approach].append(
                     (x, 100 * drop.mean, 100 * half)
