@@ -7,6 +7,7 @@ to the same bits. The plans of --dry-run need no cluster."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -115,9 +116,16 @@ def test_a_run_across_slurm_tasks_equals_the_local_torchrun_run(slurm, tmp_path)
     assert [r["distorted_files"] for r in a] == [r["distorted_files"] for r in b]
 
 
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, ppid, full command line) of every process; -ww, or ps cuts lines at 80
+    columns when its output is not a terminal and a folder at the end goes unseen."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True)
+    rows = [line.split(None, 2) for line in out.stdout.splitlines()[1:]]
+    return [(int(r[0]), int(r[1]), r[2]) for r in rows if len(r) == 3 and "ps -ww" not in r[2]]
+
+
 def _ranks_of(folder: Path) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if str(folder) in line and "ps -eo" not in line]
+    return [args for _, _, args in _processes() if str(folder) in args]
 
 
 def test_scancel_stops_every_rank_and_leaves_nothing_running(slurm, tmp_path):
@@ -131,6 +139,9 @@ def test_scancel_stops_every_rank_and_leaves_nothing_running(slurm, tmp_path):
         time.sleep(0.5)
     else:
         pytest.fail((folder / f"slurm-{job}.out").read_text()[-2000:])
+    running = _ranks_of(folder)
+    assert sum("byzshield.comm" in args for args in running) == 2, running  # one per task
+    assert sum("-m byzshield.train" in args for args in running) >= 2, running
     subprocess.run(["scancel", job], env=slurm.env, check=True)
     assert slurm.wait(job, timeout=120) == "CANCELLED"
     deadline = time.monotonic() + 30
@@ -227,3 +238,36 @@ def test_a_requeued_submitit_job_resumes_to_the_same_bits(slurm, tmp_path):
     )
     assert ref.returncode == 0, ref.stderr[-2000:]
     assert _same_params(sweep / "0", tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_a_node_that_dies_stops_the_run_with_a_line_naming_it(slurm, tmp_path):
+    """Task 1's torchrun and its ranks are killed (the node is gone): the server names a
+    rank of task 1, the job fails and nothing of it is left running."""
+    import signal
+
+    folder = tmp_path / "dies"
+    job = _submit(
+        slurm, folder, "--nodes", "2", *ON_ONE_HOST, *MOLS6, "max_steps=100000", "timeout=20"
+    )
+    deadline = time.monotonic() + 120
+    while not ((folder / "metrics.jsonl").exists() and (folder / "metrics.jsonl").stat().st_size):
+        assert time.monotonic() < deadline, (folder / f"slurm-{job}.out").read_text()[-2000:]
+        time.sleep(0.5)
+    rows = _processes()
+    agent = next(
+        pid
+        for pid, _, args in rows
+        if "byzshield.comm" in args and "--node-rank 1 " in args and str(folder) in args
+    )
+    doomed = {agent} | {pid for pid, ppid, _ in rows if ppid == agent}
+    for pid in doomed:
+        os.kill(pid, signal.SIGKILL)
+    assert slurm.wait(job, timeout=180) in ("FAILED", "CANCELLED")
+    log = (folder / f"slurm-{job}.out").read_text()
+    named = [ln for ln in log.splitlines() if ln.startswith("error (rank 0): rank ")]
+    assert named and " on task 1 on " in named[0], log[-3000:]
+    deadline = time.monotonic() + 30
+    while _ranks_of(folder) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _ranks_of(folder) == []
