@@ -865,7 +865,7 @@ KEY_HELP: dict[str, str] = {
     "log_every": "steps between progress lines when stdout is not a terminal",
 }
 """One line per top-level key for ``python -m byzshield.train --help`` (a test checks that
-every key of :class:`TrainConfig` has one and that README's key table names it)."""
+every key of :class:`TrainConfig` has one and that docs/configuration.md's table names it)."""
 
 _OPTIONS: tuple[type[_Option], ...] = (
     BaselineApproach,

@@ -168,7 +168,8 @@ def train_help() -> str:
         lines.append(f"  {f.name:<18}{KEY_HELP[f.name]} [{shown}]")
     lines += [
         "",
-        "more: --cfg job (the composed config), --hydra-help (Hydra's flags), README.md",
+        "more: --cfg job (the composed config), --hydra-help (Hydra's flags),"
+        " docs/configuration.md",
     ]
     return "\n".join(lines)
 
