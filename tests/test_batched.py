@@ -143,8 +143,8 @@ def test_bad_shapes_are_refused_in_one_line(mnist1d):
         ("cnn1d", "mnist1d", 150, 25, 1),
         ("lenet", "digits", 150, 25, 1),
         ("vgg11", "digits", 100, 25, 1),  # BatchNorm
-        ("vgg11", "digits", 100, 25, 2),
-        ("resnet18", "digits", 75, 25, 1),  # BatchNorm, residual blocks
+        pytest.param("vgg11", "digits", 100, 25, 2, marks=pytest.mark.slow),
+        pytest.param("resnet18", "digits", 75, 25, 1, marks=pytest.mark.slow),  # residual
     ],
 )
 def test_a_files_gradient_is_the_same_whichever_files_it_is_computed_with(

@@ -1,6 +1,7 @@
 """Property-based: every combination of config values either builds a run or fails, before
 any process group starts, with one line that names the offending key or value."""
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,14 +64,7 @@ def overrides(draw):
     return out
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    derandomize=True,
-)
-@given(overrides())
-def test_any_config_builds_or_fails_with_one_line(ovs):
+def _builds_or_fails_with_one_line(ovs):
     try:
         run = build_run(compose_config(ovs))
     except (ConfigError, UsageError) as exc:
@@ -80,3 +74,21 @@ def test_any_config_builds_or_fails_with_one_line(ovs):
         return
     assert run.placement.num_workers >= 1 and run.max_steps >= 1
     assert run.aggregator_f >= 0 and len(run.selection.workers(0)) == run.q
+
+
+_SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+
+
+@settings(max_examples=40, derandomize=True, **_SETTINGS)
+@given(overrides())
+def test_any_config_builds_or_fails_with_one_line(ovs):
+    _builds_or_fails_with_one_line(ovs)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, **_SETTINGS)
+@given(overrides())
+def test_many_random_configs_build_or_fail_with_one_line(ovs):
+    """The same property over 400 configs drawn afresh on every run (the default suite's
+    40 are fixed)."""
+    _builds_or_fails_with_one_line(ovs)

@@ -470,6 +470,7 @@ def test_real_sweep_end_to_end(tmp_path):
     assert "| 2 | 1 | 0.040 | yes | 0.200 | 0.133 |" in md  # eps(2): mols vs DETOX, baseline
 
 
+@pytest.mark.slow
 def test_attack_sweep_experiment_runs_through_the_joblib_launcher(tmp_path):
     """+experiment=attack_sweep, narrowed on the command line (command-line values win
     over the experiment's sweep grid): two jobs at a time on mnist1d, then the report."""

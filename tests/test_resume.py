@@ -196,6 +196,7 @@ def test_a_model_that_becomes_non_finite_stops_with_one_line(tmp_path):
         json.loads(line)  # valid JSON: no bare NaN or Infinity
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").exists(), reason="needs /proc to find the ranks")
 def test_torchrun_restarts_after_a_killed_worker_and_resumes_to_the_same_bits(tmp_path):
     overrides = (*RUN, "timeout=10")

@@ -128,6 +128,7 @@ def _ranks_of(folder: Path) -> list[str]:
     return [args for _, _, args in _processes() if str(folder) in args]
 
 
+@pytest.mark.slow
 def test_scancel_stops_every_rank_and_leaves_nothing_running(slurm, tmp_path):
     folder = tmp_path / "long"
     job = _submit(slurm, folder, "--nodes", "2", *ON_ONE_HOST, *MOLS6, "max_steps=100000")
@@ -150,6 +151,7 @@ def test_scancel_stops_every_rank_and_leaves_nothing_running(slurm, tmp_path):
     assert _ranks_of(folder) == []
 
 
+@pytest.mark.slow
 def test_a_requeued_job_resumes_from_its_checkpoint_to_the_same_bits(slurm, tmp_path):
     folder = tmp_path / "requeued"
     common = (*MOLS6, "max_steps=60", "eval_freq=10")
@@ -171,6 +173,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_to_the_same_bits(slurm, tmp_
     assert _same_params(folder, tmp_path / "ref")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "submitit_local"])
 def test_a_sweep_through_the_submitit_launcher_runs_resumes_and_reports(
     request, tmp_path, launcher

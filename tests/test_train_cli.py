@@ -107,7 +107,7 @@ def _interrupt(args, *, when: str | None, tmp_path) -> subprocess.CompletedProce
     return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(out) + rest, err)
 
 
-@pytest.mark.parametrize("engine", ["simulate", "lockstep"])
+@pytest.mark.parametrize("engine", ["simulate", pytest.param("lockstep", marks=pytest.mark.slow)])
 def test_ctrl_c_prints_one_line_and_the_rerun_resumes(tmp_path, engine):
     folder = tmp_path / "run"
     args = [f"engine={engine}", f"train_dir={folder}", "max_steps=100000", "eval_freq=5"]

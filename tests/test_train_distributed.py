@@ -43,6 +43,7 @@ def test_wrong_process_count_stops_with_one_line_naming_nproc_per_node(torchrun)
     assert "run torchrun --nproc-per-node 10" in tail
 
 
+@pytest.mark.slow
 def test_hydra_multirun_runs_every_job_in_its_own_folder(tmp_path):
     folder = tmp_path / "sweep"
     proc = subprocess.run(
@@ -69,6 +70,7 @@ def test_hydra_multirun_runs_every_job_in_its_own_folder(tmp_path):
     assert "mode=mean" in (folder / "1" / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_two_torchrun_agents_form_one_multi_node_job(tmp_path):
     port = free_port()
     folder = tmp_path / "mn"
@@ -202,7 +204,7 @@ class Run:
                 self.proc.kill()
 
 
-@pytest.mark.parametrize("fault", ["hang", "crash"])
+@pytest.mark.parametrize("fault", [pytest.param("hang", marks=pytest.mark.slow), "crash"])
 def test_a_hung_or_crashed_worker_stops_the_run_naming_its_rank(tmp_path, fault):
     folder = tmp_path / f"fault-{fault}"
     # timeout=15: under a loaded machine a 5 s timeout fired on healthy ranks (the server
@@ -250,6 +252,7 @@ def test_a_hung_or_crashed_worker_stops_the_run_naming_its_rank(tmp_path, fault)
 TINY = ("approach=baseline", "approach.K=3", "batch_size=30", "mode=mean", "attack=none")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("message", "extra", "name"),
     [("payload", -10, "payload"), ("payload", 10, "payload"), ("header", 10, "reply header")],
@@ -283,6 +286,7 @@ def test_a_worker_reply_of_the_wrong_length_stops_the_run_naming_its_rank(
     assert "SIGABRT" not in proc.stderr and "exitcode  : -6" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_hung_server_is_named_by_every_worker_with_the_timeout(tmp_path):
     folder = tmp_path / "run"
     run = Run(
@@ -360,6 +364,7 @@ def test_sigterm_to_the_launcher_ends_torchrun_and_every_rank_keeping_the_checkp
     assert torch.load(newest, weights_only=True)["step"] >= 5
 
 
+@pytest.mark.slow
 def test_plain_torchrun_with_the_default_train_dir_makes_exactly_one_folder(tmp_path):
     """Every rank resolves the default runs/<time> itself, seconds apart; only the server
     writes a folder (workers used to leave empty siblings)."""
