@@ -15,7 +15,10 @@ run gets one status, and every run is shown, whatever its status:
   ``--stale-after`` minutes (default 10; the trainer appends a line every step);
 * **died**: not complete, stale, with at least one step recorded ("died at step N/M");
 * **failed to start**: not complete, stale, and no step recorded;
-* **refused**: a multirun job whose config could not run (``refused.txt`` says why).
+* **refused**: a multirun job whose config could not run (``refused.txt`` says why);
+* **queued**: a job of an ``engine=lockstep`` multirun that has its folder but no step
+  yet while another job of the sweep is running (lockstep trains the sweep's groups one
+  after another).
 
 In a sweep folder (``multirun.yaml``), jobs of the sweep that have no folder yet are
 listed as **not started** (Hydra stops a sweep at the first job that exits).
@@ -73,7 +76,7 @@ __all__ = [
     "write_report",
 ]
 
-STATUSES = ("complete", "running", "died", "failed to start", "refused")
+STATUSES = ("complete", "running", "queued", "died", "failed to start", "refused")
 """A run's status, in the order the report lists them."""
 
 TIME_COLUMNS = (
@@ -372,6 +375,19 @@ def read_run(folder: Path, *, now: float | None = None, stale_after: float = 600
     else:
         run.status = "failed to start"
     return run
+
+
+def _mark_queued(runs: list[RunFolder]) -> None:
+    """A lockstep multirun makes every job's folder before it trains the first group:
+    its jobs with no step yet are queued, not failed, while a job beside them runs."""
+    running = {r.path.parent for r in runs if r.status == "running"}
+    for run in runs:
+        if (
+            run.status == "failed to start"
+            and run.path.parent in running
+            and run.config.get("engine") == "lockstep"
+        ):
+            run.status = "queued"
 
 
 # --------------------------------------------------------------------------------------
@@ -941,7 +957,8 @@ def _markdown(
         "Status: *complete* = final evaluation at max_steps recorded; *running* = not "
         f"complete, a file changed within {stale_after / 60:g} min; *died* = not "
         "complete, stale, some steps recorded; *failed to start* = stale, no step "
-        "recorded; *refused* = the job's config could not run (refused.txt). "
+        "recorded; *queued* = a lockstep sweep's job waiting for its group; *refused* = "
+        "the job's config could not run (refused.txt). "
         "Statistics are over the complete runs of a row (n): mean ± sample "
         "std (n - 1).\n\n"
     )
@@ -1712,6 +1729,7 @@ def write_report(
             warnings.append(w)
         if large and (k % progress_every == 0 or k == len(paths)):
             say(f"report: read {k}/{len(paths)} runs ({time.monotonic() - start:.0f} s)")
+    _mark_queued(runs)
     grouping = group_runs(runs, (*DEFAULT_IGNORE, *ignore))
     stats = [_group_stats(g, last_evals) for g in grouping.groups]
     pending: list[PendingJob] = []
@@ -1761,7 +1779,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=(
             "Status of a run: complete (final evaluation at max_steps), running (not "
             "complete, a file changed within --stale-after minutes), died (stale, some "
-            "steps recorded), failed to start (stale, no step). Jobs of a sweep with no "
+            "steps recorded), failed to start (stale, no step), queued (a lockstep "
+            "sweep's job waiting while another runs), refused. Jobs of a sweep with no "
             "folder are listed as not started."
         ),
     )

@@ -272,6 +272,27 @@ def test_report_shows_every_run_and_aggregates_complete_runs_only(tmp_path):
     assert f"`{sweep / '4'}` | failed to start |" in md
 
 
+def test_a_lockstep_sweeps_waiting_jobs_are_queued_not_failed(tmp_path):
+    """engine=lockstep makes every job's folder, then trains the groups one by one."""
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "0", steps=3, age=1, seed=0, engine="lockstep")  # its group runs
+    for k in (1, 2):  # waiting for their group: a config, no step, written an hour ago
+        folder = sweep / str(k)
+        (folder / ".hydra").mkdir(parents=True)
+        cfg = {**_config(seed=k), "engine": "lockstep"}
+        (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+        set_age(folder, HOUR)
+    rep = write_report([sweep], plots=False, eps=False)
+    assert [r.status for r in sorted(rep.runs, key=lambda r: r.path)] == [
+        "running",
+        "queued",
+        "queued",
+    ]
+    set_age(sweep / "0", HOUR)  # the sweep's process is gone: nothing is queued any more
+    rep = write_report([sweep], plots=False, eps=False)
+    assert sorted(r.status for r in rep.runs) == ["died", "failed to start", "failed to start"]
+
+
 def test_group_with_no_complete_run_is_shown_without_statistics(tmp_path):
     make_run(tmp_path / "s" / "0", steps=12)
     write_report([tmp_path / "s"], plots=False, eps=False)
