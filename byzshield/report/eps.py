@@ -1,0 +1,89 @@
+"""eps(q) = c_max(q) / f of each placement the runs used, against DETOX and the baseline
+at the same K, from :func:`byzshield.adversary.worst_case_table` with a work budget
+(the same result on every machine)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from byzshield.report.load import RunFolder, _natural, _number
+
+
+@dataclass
+class EpsCurve:
+    """eps(q) = c_max(q) / f of one placement, with DETOX's and the baseline's at its K."""
+
+    label: str
+    K: int
+    f: int
+    rows: list  # adversary.WorstCase per q
+    detox_r: int | None
+    detox_eps: list[float] | None
+    used: list[tuple[int, float]]  # (q, c_max / f) the runs themselves reported
+
+    @property
+    def certified(self) -> bool:
+        return all(r.certified for r in self.rows)
+
+
+def _placement_params(run: RunFolder) -> tuple[str, dict] | None:
+    from byzshield.placement import APPROACHES
+
+    name = run.config.get("approach.name")
+    if name not in APPROACHES:
+        return None
+    keys = APPROACHES[name][1]
+    params = {k: run.config.get(f"approach.{k}") for k in keys}
+    return name, params
+
+
+def eps_curves(
+    runs: Sequence[RunFolder],
+    *,
+    q_max: int | None = None,
+    work: int = 200_000,
+    say=None,
+    notes: list[str],
+) -> list[EpsCurve]:
+    """One :class:`EpsCurve` per distinct placement of ``runs`` (q = 0..q_max, default
+    the larger of K // 2 and the largest q that ran), computed with a work budget so the
+    result is the same on every machine."""
+    from byzshield.adversary import (
+        detox_eps,  # DETOX's closed form, as the placement table
+        worst_case_table,
+    )
+    from byzshield.placement import build_placement
+
+    placements: dict[tuple, list[RunFolder]] = defaultdict(list)
+    for run in runs:
+        found = _placement_params(run)
+        if found is not None:
+            placements[(found[0], tuple(found[1].items()))].append(run)
+    curves = []
+    for (name, items), members in sorted(placements.items(), key=lambda kv: _natural(kv[0])):
+        params = dict(items)
+        label = f"{name}({', '.join(f'{k}={v}' for k, v in items)})"
+        try:
+            p = build_placement(name, **params)
+        except (ValueError, OSError) as exc:
+            notes.append(f"eps: could not build placement {label}: {exc}")
+            continue
+        K, f = p.num_workers, p.num_files
+        ran = [r.q for r in members if isinstance(r.q, int)]
+        top = q_max if q_max is not None else max([K // 2, *ran])
+        top = max(0, min(top, K))
+        if say:
+            say(f"eps: c_max(q) of {label} for q = 0..{top} (work {work})")
+        rows = worst_case_table(p, top, work=work)
+        detox_r, eps_detox = detox_eps(K, p.replication, top)
+        used = sorted(
+            {
+                (r.q, r.info["selection"]["c_max"] / f)
+                for r in members
+                if isinstance(r.q, int) and _number((r.info.get("selection") or {}).get("c_max"))
+            }
+        )
+        curves.append(EpsCurve(label, K, f, rows, detox_r, eps_detox, used))
+    return curves

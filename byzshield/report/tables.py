@@ -1,0 +1,392 @@
+"""The report's tables: report.md, report.csv (one row per group), runs.csv (one row
+per run), and pivot.md (``--pivot``, read back from report.csv)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from byzshield.report.eps import EpsCurve
+from byzshield.report.groups import Group, Grouping, _canon, _value_str
+from byzshield.report.load import STATUSES, TIME_COLUMNS, PendingJob, RunFolder, _number
+
+# --------------------------------------------------------------------------------------
+# Cells
+
+
+def _fmt(stat: tuple, scale: float = 1.0, digits: int = 2) -> str:
+    mean, std, n = stat
+    if not n:
+        return "—"
+    if std is None:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def _md_cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    lines = ["| " + " | ".join(map(_md_cell, header)) + " |"]
+    lines.append("| " + " | ".join("---" for _ in header) + " |")
+    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} days ago"
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+
+
+def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
+    group_of = {id(r): g for g in grouping.groups for r in g.runs}
+    header = [
+        "path",
+        "status",
+        "approach",
+        "mode",
+        "attack",
+        "q",
+        *grouping.extra_keys,
+        "seed",
+        "steps_done",
+        "max_steps",
+        "final_top1",
+        "best_top1",
+        "last_eval_step",
+        "last_eval_top1",
+        "train_s",
+        "wall_s",
+        "distorted_frac",
+        *TIME_COLUMNS,
+        "outside_guarantee",
+        "config_source",
+        "last_modified",
+    ]
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for g in grouping.groups:
+            for r in g.runs:
+                assert group_of[id(r)] is g
+                last = r.last_eval or {}
+                w.writerow(
+                    _csv_values(
+                        [
+                            str(r.path),
+                            r.status,
+                            g.approach,
+                            g.mode,
+                            g.attack,
+                            g.q,
+                            *g.extras.values(),
+                            r.seed,
+                            r.steps_done,
+                            r.max_steps,
+                            (r.final or {}).get("top1"),
+                            r.best_top1,
+                            last.get("step"),
+                            last.get("top1"),
+                            r.train_s,
+                            r.wall_s,
+                            r.distorted_frac,
+                            *(r.time_split.get(k) for k in TIME_COLUMNS),
+                            r.outside_guarantee,
+                            r.config_source,
+                            _utc(r.modified),
+                        ]
+                    )
+                )
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _csv_values(values: Sequence) -> list:
+    return [
+        ""
+        if v is None
+        else (repr(v) if isinstance(v, float) else (str(v).lower() if isinstance(v, bool) else v))
+        for v in values
+    ]
+
+
+def _report_csv(grouping: Grouping, stats: list[dict], out: Path) -> None:
+    header = [
+        "approach",
+        "mode",
+        "attack",
+        "q",
+        *grouping.extra_keys,
+        "runs",
+        *(s.replace(" ", "_") for s in STATUSES),
+        "seeds",
+        "max_steps",
+    ]
+    measures = [
+        "final_top1",
+        "tail_top1",
+        "best_top1",
+        "final_top5",
+        "final_test_loss",
+        "train_s",
+        "wall_s",
+        "distorted_frac",
+    ]
+    for m in measures:
+        header += [f"{m}_mean", f"{m}_std"]
+    header += [f"{k}_mean" for k in TIME_COLUMNS]
+    header += ["outside_guarantee", "status"]
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for g, s in zip(grouping.groups, stats, strict=True):
+            row = [g.approach, g.mode, g.attack, g.q, *g.extras.values(), len(g.runs)]
+            row += [len(g.with_status(st)) for st in STATUSES]
+            row += [" ".join(_value_str(r.seed) for r in g.runs), _max_steps(g)]
+            for m in measures:
+                row += [s[m][0], s[m][1]]
+            row += [s[k][0] for k in TIME_COLUMNS]
+            row += [any(r.outside_guarantee for r in g.runs), g.status_text()]
+            w.writerow(_csv_values(row))
+
+
+def _max_steps(g: Group) -> str:
+    values = sorted({r.max_steps for r in g.runs if r.max_steps is not None})
+    return "/".join(map(str, values)) if values else "?"
+
+
+def _markdown(
+    dirs: Sequence[Path],
+    runs: Sequence[RunFolder],
+    grouping: Grouping,
+    stats: list[dict],
+    pending: list[PendingJob],
+    sweep_sizes: dict[Path, int | None],
+    curves: list[EpsCurve],
+    plots: list[str],
+    notes: list[str],
+    stale_after: float,
+    last: int = 1,
+) -> str:
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    out = io.StringIO()
+    out.write("# Training report\n\n")
+    out.write("Sources: " + ", ".join(f"`{d}`" for d in dirs) + "\n\n")
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    out.write(f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {summary}.")
+    if pending:
+        out.write(f" {len(pending)} sweep job{'s' if len(pending) > 1 else ''} not started.")
+    out.write("\n\n")
+    for sweep, size in sweep_sizes.items():
+        if size is not None:
+            started = size - sum(p.sweep == sweep for p in pending)
+            out.write(f"Sweep `{sweep}`: {started} of {size} jobs have a folder.\n\n")
+    out.write(
+        "Status: *complete* = final evaluation at max_steps recorded; *running* = not "
+        f"complete, a file changed within {stale_after / 60:g} min; *died* = not "
+        "complete, stale, some steps recorded; *failed to start* = stale, no step "
+        "recorded; *queued* = a lockstep sweep's job waiting for its group; *refused* = "
+        "the job's config could not run (refused.txt). "
+        "Statistics are over the complete runs of a row (n): mean ± sample "
+        "std (n - 1).\n\n"
+    )
+    if grouping.common:
+        common = ", ".join(f"{k}={_value_str(v)}" for k, v in grouping.common.items())
+        out.write(f"Common to all runs: {common}.\n\n")
+    if grouping.ignored:
+        out.write(f"Not distinguishing rows: {', '.join(grouping.ignored)}.\n\n")
+
+    out.write("## Accuracy\n\n")
+    header = ["approach", "mode", "attack", "q", *grouping.extra_keys]
+    tail = [f"last-{last} top-1 %"] if last > 1 else []
+    header += ["n", "final top-1 %", *tail, "best top-1 %", "steps", "train s", "distorted"]
+    header.append("runs")
+    rows = []
+    for g, s in zip(grouping.groups, stats, strict=True):
+        q = f"{g.q}*" if any(r.outside_guarantee for r in g.runs) else g.q
+        rows.append(
+            [
+                g.approach,
+                g.mode,
+                g.attack,
+                q,
+                *g.extras.values(),
+                s["final_top1"][2],
+                _fmt(s["final_top1"], 100),
+                *([_fmt(s["tail_top1"], 100)] if last > 1 else []),
+                _fmt(s["best_top1"], 100),
+                _max_steps(g),
+                _fmt(s["train_s"], 1, 1),
+                _fmt(s["distorted_frac"], 1, 3),
+                g.status_text(),
+            ]
+        )
+    out.write(_md_table(header, rows))
+    out.write(
+        "\nfinal: the evaluation at max_steps; "
+        + (f"last-{last}: the mean of the run's last {last} evaluations; " if last > 1 else "")
+        + "best: the highest of the run's evaluations; "
+        "train s: sum of the per-step step_s; distorted: mean fraction of the f files "
+        "whose vote a Byzantine value won.\n"
+    )
+    if any(r.outside_guarantee for r in runs):
+        out.write("\n\\* q outside the placement's guarantee (run.json outside_guarantee).\n")
+
+    out.write("\n## Time per step (ms, mean over the steps of the complete runs)\n\n")
+    names = ["compute", "comm", "attack", "vote", "aggregation", "update", "other", "step"]
+    header = ["approach", "mode", "attack", "q", *grouping.extra_keys, "n", *names, "wall s"]
+    rows = [
+        [
+            g.approach,
+            g.mode,
+            g.attack,
+            g.q,
+            *g.extras.values(),
+            s["step_s"][2],
+            *(_fmt((s[k][0], None, s[k][2]), 1000, 1) for k in TIME_COLUMNS),
+            _fmt(s["wall_s"], 1, 1),
+        ]
+        for g, s in zip(grouping.groups, stats, strict=True)
+    ]
+    out.write(_md_table(header, rows))
+    out.write(
+        "\nwall s: from file times, run.json (start) to the last metrics.jsonl record; it "
+        "includes evaluations and checkpoints.\n"
+    )
+
+    unfinished = [r for g in grouping.groups for r in g.runs if r.status != "complete"]
+    if unfinished or pending:
+        out.write("\n## Runs not complete\n\n")
+        group_of = {id(r): g for g in grouping.groups for r in g.runs}
+        rows = []
+        for r in unfinished:
+            last = r.last_eval
+            ev = (
+                f"{100 * last['top1']:.2f} @ {last['step']}"
+                if last and _number(last.get("top1"))
+                else "—"
+            )
+            rows.append(
+                [
+                    f"`{r.path}`",
+                    r.describe_status(),
+                    group_of[id(r)].label(),
+                    _value_str(r.seed),
+                    ev,
+                    _ago(r.age_s),
+                ]
+            )
+        for p in pending:
+            rows.append(
+                [
+                    f"`{p.sweep}` job {p.num}",
+                    "not started",
+                    " ".join(p.overrides),
+                    "",
+                    "—",
+                    "",
+                ]
+            )
+        header = ["run", "status", "settings", "seed", "last top-1 % @ step", "last change"]
+        out.write(_md_table(header, rows))
+
+    if curves:
+        out.write("\n## Worst-case fraction of distorted files eps(q) = c_max(q) / f\n\n")
+        for c in curves:
+            detox = f"DETOX r={c.detox_r}" if c.detox_r else "DETOX"
+            out.write(f"{c.label}: K={c.K}, f={c.f}\n\n")
+            rows = []
+            for row in c.rows:
+                d = c.detox_eps[row.q] if c.detox_eps else None
+                rows.append(
+                    [
+                        row.q,
+                        row.c_max,
+                        f"{row.c_max / c.f:.3f}",
+                        "yes" if row.certified else f"no (c_max <= {row.upper_bound})",
+                        "—" if d is None else f"{d:.3f}",
+                        f"{row.q / c.K:.3f}",
+                    ]
+                )
+            header = ["q", "c_max", "eps", "certified", f"eps {detox}", "eps baseline"]
+            out.write(_md_table(header, rows) + "\n")
+    if plots:
+        out.write("## Plots\n\n")
+        out.writelines(f"![{name}]({name})\n\n" for name in plots)
+    duplicated = [
+        g for g in grouping.groups if len({_canon(r.seed) for r in g.complete}) < len(g.complete)
+    ]
+    for g in duplicated:
+        notes.append(
+            f"{g.label()}: several complete runs share a seed; each counts in n "
+            "(repeats of one seed give the same numbers)"
+        )
+    if notes:
+        out.write("## Notes\n\n")
+        out.writelines(f"- {n}\n" for n in notes)
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------------------
+# pivot.md (--pivot), from report.csv
+
+
+PIVOT_KEYS = ("approach", "mode", "attack", "q")
+
+
+def pivot_table(csv_path: Path, column: str, where: dict[str, set[str]]) -> str:
+    """A Markdown table from report.csv: final top-1 % as mean +- std (n seeds), one
+    column per value of ``column``, one row per combination of the other keys that
+    ``where`` does not fix."""
+    with open(csv_path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if all(r[k] in v for k, v in where.items())]
+    header = list(rows[0]) if rows else []
+    extras = header[header.index("q") + 1 : header.index("runs")] if "runs" in header else []
+    keys = [k for k in (*PIVOT_KEYS, *extras) if k != column]
+
+    def collide(without: str) -> bool:
+        """Whether dropping ``without`` from the row keys would put two groups in one cell."""
+        cells = [tuple(r[k] for k in keys if k != without) + (r[column],) for r in rows]
+        return len(set(cells)) < len(cells)
+
+    # a key --where sets is left out of the rows unless leaving it out would merge groups
+    # that differ in it (--pivot mode --where q=1,3 keeps q); other settings that vary
+    # (batch_size, lr, ...) are row keys, the ones that do not are left out
+    for k in list(keys):
+        fixed = k in where and not collide(k)
+        if fixed or (k in extras and len({r[k] for r in rows}) <= 1):
+            keys.remove(k)
+    columns = list(dict.fromkeys(r[column] for r in rows))
+    columns.sort(key=lambda c: c not in ("none", "0"))  # the no-attack reference first
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        mean, std, n = r["final_top1_mean"], r["final_top1_std"], r["complete"]
+        cell = "" if mean == "" else f"{100 * float(mean):.1f}"
+        if std != "":
+            cell += f" ± {100 * float(std):.1f}"
+        cells.setdefault(tuple(r[k] for k in keys), {})[r[column]] = f"{cell} ({n})"
+    fixed = ", ".join(f"{k} = {' or '.join(sorted(v))}" for k, v in where.items())
+    lines = [
+        f"Final top-1 % (mean ± std over seeds, (complete runs)){'; ' + fixed if fixed else ''}",
+        "",
+        "| " + " | ".join([*keys, *columns]) + " |",
+        "|" + " --- |" * (len(keys) + len(columns)),
+    ]
+    for key, by_col in cells.items():
+        lines.append("| " + " | ".join([*key, *(by_col.get(c, "") for c in columns)]) + " |")
+    return "\n".join(lines) + "\n"
