@@ -1,4 +1,4 @@
-"""The report tool (byzshield/report.py) on synthetic run folders, and one real sweep.
+"""The report tool (byzshield/report/) on synthetic run folders, and one real sweep.
 
 The synthetic folders hold what a run writes (.hydra/config.yaml, run.json,
 metrics.jsonl) with file times set to make a run look running or stale.
