@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import run_env
@@ -51,6 +52,28 @@ def test_each_paper_mnist1d_arm_builds_the_documented_run(arm):
     assert run.outside_guarantee or run.aggregator_f <= run.placement.num_files // 2
 
 
+def test_each_half_sweeps_q_up_to_the_largest_byzantine_minority():
+    """paper_mnist1d is the K = 15 half (q 0..7), paper_mnist1d_k25 the K = 25 half (q
+    0..12), each in its own folder under runs/paper_mnist1d; together they cover the six
+    arms, and the plateau check covers all six at q = 0."""
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "experiment"
+    covered = set()
+    for name, k in (("paper_mnist1d", 15), ("paper_mnist1d_k25", 25)):
+        params = OmegaConf.load(conf / f"{name}.yaml").hydra.sweeper.params
+        arms = params["paper/arm"].split(",")
+        for arm in arms:
+            config = compose_config([f"+experiment={name}", f"paper/arm={arm}", "attack.q=0"])
+            assert config.train_dir == f"runs/paper_mnist1d/k{k}"
+            assert build_run(config).placement.num_workers == k, (name, arm)
+        assert [int(q) for q in params["attack.q"].split(",")] == list(range((k - 1) // 2 + 1))
+        covered |= set(arms)
+    assert covered == set(ARMS)
+    plateau = OmegaConf.load(conf / "paper_mnist1d_plateau.yaml").hydra.sweeper.params
+    assert set(plateau["paper/arm"].split(",")) == set(ARMS) and str(plateau["attack.q"]) == "0"
+
+
 def test_the_plateau_check_trains_the_no_attack_runs_twice_as_long():
     for size, (batch, steps, _, lr_step) in SIZES.items():
         config = compose_config(
@@ -62,7 +85,7 @@ def test_the_plateau_check_trains_the_no_attack_runs_twice_as_long():
             ]
         )
         assert (config.batch_size, config.max_steps, config.lr_step) == (batch, 2 * steps, lr_step)
-        assert config.train_dir == "runs/paper_mnist1d_plateau"
+        assert config.train_dir == "runs/paper_mnist1d/plateau"
 
 
 @pytest.mark.parametrize("approach", ["mols", "draco_lite_attack", "baseline"])
