@@ -1,0 +1,132 @@
+"""The ``approach/`` group, the placement: :class:`ApproachOption` and one dataclass per
+design (baseline, DETOX and its variants, MOLS, the Ramanujan cases, a custom JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from omegaconf import MISSING
+
+from byzshield import placement
+from byzshield.config.base import ConfigError, _Option
+from byzshield.placement import Placement
+
+
+@dataclass
+class ApproachOption(_Option):
+    """A placement design (BYZSHIELD.md section 2). ``build()`` returns the Placement."""
+
+    name: str = MISSING
+    group: ClassVar[str] = "approach"
+    forced_mode: ClassVar[str | None] = None  # the aggregation rule the approach implies
+    # what attack.selection=auto means for this approach (the original code's default)
+    default_selection: ClassVar[str] = "worst_case"
+
+    def __post_init__(self) -> None:
+        self._check_name()
+        try:
+            self._placement = self._build()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def build(self) -> Placement:
+        return self._placement
+
+    def _build(self) -> Placement:  # pragma: no cover - every option overrides it
+        raise NotImplementedError
+
+
+@dataclass
+class BaselineApproach(ApproachOption):
+    """Plain data parallelism: K workers, one file each, no vote."""
+
+    name: str = "baseline"
+    K: int = 15
+    option: ClassVar[str] = "baseline"
+
+    def _build(self) -> Placement:
+        return placement.baseline(self.K)
+
+
+@dataclass
+class DracoLiteApproach(ApproachOption):
+    """DETOX: groups of r consecutive workers compute the same file (f = K / r)."""
+
+    name: str = "draco_lite"
+    K: int = 15
+    r: int = 3
+    option: ClassVar[str] = "draco_lite"
+    default_selection: ClassVar[str] = "random"  # a new random set every step
+
+    def _build(self) -> Placement:
+        return placement.detox(self.K, self.r, approach=self.option)
+
+
+@dataclass
+class DracoLiteAttackApproach(DracoLiteApproach):
+    """DETOX under the original's attack strategies (the ``draco_lite_attack`` runs)."""
+
+    name: str = "draco_lite_attack"
+    option: ClassVar[str] = "draco_lite_attack"
+    default_selection: ClassVar[str] = "detox_worst"  # --detox-attack worst
+
+
+@dataclass
+class MajVoteApproach(DracoLiteApproach):
+    """DRACO-style repetition: DETOX groups, vote, then a plain mean (mode is ignored)."""
+
+    name: str = "maj_vote"
+    option: ClassVar[str] = "maj_vote"
+    forced_mode: ClassVar[str | None] = "mean"
+
+
+@dataclass
+class MolsApproach(ApproachOption):
+    """ByzShield MOLS: r orthogonal Latin squares of order l (prime power); K = r*l."""
+
+    name: str = "mols"
+    l: int = 5  # noqa: E741 - the paper's name
+    r: int = 3
+    option: ClassVar[str] = "mols"
+
+    def _build(self) -> Placement:
+        return placement.mols(self.l, self.r)
+
+
+@dataclass
+class RamaOneApproach(ApproachOption):
+    """ByzShield Ramanujan bigraph, case 1: m = r < s, s prime; K = m*s, f = s^2."""
+
+    name: str = "rama_one"
+    m: int = 3
+    s: int = 5
+    option: ClassVar[str] = "rama_one"
+
+    def _build(self) -> Placement:
+        return placement.rama_one(self.m, self.s)
+
+
+@dataclass
+class RamaTwoApproach(ApproachOption):
+    """ByzShield Ramanujan bigraph, case 2: m >= s, s | m, s prime; K = s^2, f = m*s."""
+
+    name: str = "rama_two"
+    m: int = 5
+    s: int = 5
+    option: ClassVar[str] = "rama_two"
+
+    def _build(self) -> Placement:
+        return placement.rama_two(self.m, self.s)
+
+
+@dataclass
+class CustomApproach(ApproachOption):
+    """A placement read from JSON: ``[[files of worker 0], [files of worker 1], ...]``."""
+
+    name: str = "custom"
+    path: str = MISSING
+    option: ClassVar[str] = "custom"
+
+    def _build(self) -> Placement:
+        return placement.from_file(self.path)

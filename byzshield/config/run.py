@@ -1,0 +1,177 @@
+"""Building a run: :class:`Run` (the objects one run needs), :func:`build_run` (builds and
+cross-checks them, once) and :func:`add_server_parts` (what only the parameter server
+needs: the Byzantine selection, the rule, the full attack)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from byzshield.adversary import Selection, build_selection
+from byzshield.config.base import ConfigError
+from byzshield.config.modes import ModeOption
+from byzshield.config.schema import _OPTIONS, TrainConfig
+from byzshield.placement import Placement
+
+
+@dataclass
+class Run:
+    """The objects one run needs, built once from a :class:`TrainConfig`.
+
+    ``selection``, ``aggregator`` and ``aggregator_f`` exist on the parameter server only
+    (``build_run(..., server=True)``): workers never run the worst-case search.
+    """
+
+    config: TrainConfig
+    placement: Placement
+    attack: Any
+    q: int
+    train_data: Any
+    test_data: Any
+    max_steps: int
+    selection: Selection | None = None
+    aggregator: Any = None
+    aggregator_f: int = 0
+    notes: tuple[str, ...] = ()
+    info: dict = field(default_factory=dict)
+    outside_guarantee: bool = False  # the rule runs although its requirement fails
+    mode_option: Any = field(default=None, repr=False)  # the rule actually used
+
+    @property
+    def batched_files(self) -> bool:
+        """Whether a worker computes its files in one batched pass (the network's
+        ``NetworkInfo.batched_files``, on the CPU): both engines ask this, so both make
+        the same choice."""
+        from byzshield.networks import NETWORKS
+
+        return NETWORKS[self.config.network.name].batched_files and self.config.device == "cpu"
+
+    @property
+    def world_size(self) -> int:
+        """K + 1 processes under torchrun: the parameter server and K workers."""
+        return self.placement.num_workers + 1
+
+    def build_model(self) -> torch.nn.Module:
+        """A fresh network, initialised from ``seed`` (identical in every process, and in
+        every thread: initialisation draws from torch's global generator, so builds are
+        serialised)."""
+        with _BUILD_LOCK:
+            torch.manual_seed(self.config.seed)
+            return self.config.network.build(self.train_data)
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def build_run(config: TrainConfig, *, server: bool = True, world_size: int | None = None) -> Run:
+    """Build and cross-check everything a run needs (raises one-line ConfigErrors)."""
+    from byzshield.data import DatasetNotFound
+
+    cfg = config
+    p = cfg.approach.build()
+    K, f = p.num_workers, p.num_files
+    if world_size is not None and world_size != K + 1:
+        raise ConfigError(
+            f"approach {p.describe()} needs K+1 = {K + 1} processes (1 parameter server + "
+            f"{K} workers), but WORLD_SIZE is {world_size}: run torchrun --nproc-per-node {K + 1}"
+        )
+    q = cfg.attack.effective_q
+    if q > K:
+        raise ConfigError(f"attack.q must be an integer in 0..K={K}, got {q}")
+    if cfg.stragglers >= K:
+        raise ConfigError(f"stragglers must be in 0..K-1={K - 1}, got {cfg.stragglers}")
+    if cfg.batch_size % f:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} must be a multiple of the number of files f={f} "
+            f"(each file is an equal slice of the batch)"
+        )
+    if cfg.device == "cuda":
+        if cfg.engine == "torchrun" or (cfg.engine == "auto" and world_size is not None):
+            raise ConfigError("device=cuda needs engine=simulate; the torchrun engine runs on CPUs")
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but torch sees no CUDA GPU here; use device=cpu")
+    try:
+        train_data, test_data = cfg.dataset.build(train=True), cfg.dataset.build(train=False)
+    except DatasetNotFound as exc:
+        raise ConfigError(str(exc)) from None
+    model = _model_probe(cfg, train_data)
+    per_file = cfg.batch_size // f
+    if per_file < 2 and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        raise ConfigError(
+            f"network {cfg.network.name} uses BatchNorm and needs >= 2 samples per file; "
+            f"batch_size={cfg.batch_size} gives {per_file} for f={f} files"
+        )
+    max_steps = cfg.max_steps
+    if cfg.epochs is not None:
+        max_steps = max(1, int(cfg.epochs * train_data.num_samples // cfg.batch_size))
+    notes = []
+    mode = cfg.mode
+    forced = cfg.approach.forced_mode
+    if forced is not None and mode.name != forced:
+        notes.append(
+            f"approach {cfg.approach.name} takes a plain {forced} of the vote winners; "
+            f"mode={mode.name} is not used"
+        )
+        mode = next(c for c in _OPTIONS if issubclass(c, ModeOption) and c.option == forced)()
+    run = Run(cfg, p, cfg.attack.worker_attack(), q, train_data, test_data, max_steps)
+    run.notes, run.mode_option = tuple(notes), mode
+    if server:
+        add_server_parts(run)
+    return run
+
+
+def add_server_parts(run: Run) -> None:
+    """Build what only the parameter server needs: the Byzantine selection (running the
+    worst-case search, once), the f the rule assumes, the rule, the full attack."""
+    cfg, p, q, mode = run.config, run.placement, run.q, run.mode_option
+    f = p.num_files
+    try:
+        rule = cfg.attack.selection
+        if rule == "auto":
+            rule = cfg.approach.default_selection
+        run.selection = build_selection(p, q, rule, seed=cfg.seed, work=cfg.attack.search_work)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    c_max = run.selection.search.upper_bound if run.selection.search else 0
+    run.aggregator_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
+    run.aggregator = mode.build()
+    try:
+        run.aggregator.check(f, run.aggregator_f)
+    except ValueError as exc:
+        what = f"mode {mode.name} with {f} files and f={run.aggregator_f} (c_max for q={q}): {exc}"
+        if not cfg.outside_guarantee:
+            raise ConfigError(f"{what}; outside_guarantee=true runs it anyway") from None
+        run.outside_guarantee = True
+        run.notes = (*run.notes, f"warning: {what}; running outside the rule's guarantee")
+    try:
+        run.attack = cfg.attack.build(num_files=f, aggregator_f=run.aggregator_f)
+    except ValueError as exc:
+        raise ConfigError(f"attack {cfg.attack.name}: {exc}") from None
+    run.info = {
+        "placement": p.describe(),
+        "K": p.num_workers,
+        "f": f,
+        "r": p.replication,
+        "load": p.load,
+        "mode": run.aggregator.describe(),
+        "aggregator_f": run.aggregator_f,
+        "outside_guarantee": run.outside_guarantee,
+        "attack": cfg.attack.info(run.attack),
+        "selection": run.selection.info(),
+        "max_steps": run.max_steps,
+    }
+
+
+def _model_probe(cfg: TrainConfig, data) -> torch.nn.Module:
+    try:
+        with _BUILD_LOCK:  # it draws from the global generator too
+            return cfg.network.build(data)
+    except ValueError as exc:
+        raise ConfigError(
+            f"network={cfg.network.name} with dataset={cfg.dataset.name}: {exc}"
+        ) from None
