@@ -48,6 +48,7 @@ from byzshield.attacks import Attack, forge
 from byzshield.data import derive_seed
 from byzshield.digest import digest
 from byzshield.placement import Placement
+from byzshield.protocol import gradients_nbytes
 from byzshield.vote import Rows, same_bits, vote_positions
 
 __all__ = ["Copies", "Outcome", "RobustUpdate", "copy_index", "pushed_slots"]
@@ -454,7 +455,7 @@ class RobustUpdate:
             w = self.holders[j][i]
             per_worker[w] = per_worker.get(w, 0) + 1
         d = rows.blocks[0].shape[1]
-        self._pulled += sum(4 * (n * d + 1) for n in per_worker.values())
+        self._pulled += sum(gradients_nbytes(n, d) for n in per_worker.values())
 
     def _distorted_digests(self, positions, votes, original, copies, bad, trusted) -> list[int]:
         """As :meth:`_distorted`, comparing digests: a trusted winner from a Byzantine
