@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -129,6 +129,76 @@ class Outcome:
     metrics: dict
 
 
+@dataclass
+class _Inbox:
+    """The copies one step receives inside the robust update, and what that costs: the
+    digest vote's pulls (``copies.fetch``) and the full vote's payloads still on the wire
+    (``copies.arrivals``). Made by :meth:`RobustUpdate.__call__` for one step, so that
+    nothing of a step is left on the update.
+
+    Attributes:
+        copies: the step's copies.
+        holders: ``holders[j][i]``, file j's i-th holder (who is asked for a pull).
+        pulled: bytes of the copies pulled so far.
+        receive_s: seconds spent waiting for copies (pulls and arrivals).
+        last_copy: ``time.perf_counter()`` when the last payload landed, or None.
+        known: vote=digest: the digests of honest copies the attack simulation pulled,
+            (file, holder position) -> digest, verified by the vote without a pull.
+    """
+
+    copies: Copies
+    holders: list[list[int]]
+    pulled: int = 0
+    receive_s: float = 0.0
+    last_copy: float | None = None
+    known: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    _digests: dict[int, bytes] = field(default_factory=dict)  # of rows: each hashed once
+    _fetched: set[int] = field(default_factory=set)  # rows received (never twice)
+
+    def pull(self, rows: Rows, index: Tensor, requests) -> None:
+        """Receive the requested (file, holder position) copies (one round) and count
+        their bytes: one message per worker asked, its copies and END; copies forged on
+        the server, and copies already received this step, are free."""
+        base = self.copies.rows.num_rows
+        wire = []
+        for j, i in requests:
+            row = int(index[j, i])
+            if row < base and row not in self._fetched:
+                self._fetched.add(row)
+                wire.append((j, i, row))
+        if not wire:
+            return
+        if self.copies.fetch is not None:
+            t0 = time.perf_counter()
+            self.copies.fetch(wire)
+            self.receive_s += time.perf_counter() - t0
+        per_worker: dict[int, int] = {}
+        for j, i, _ in wire:
+            w = self.holders[j][i]
+            per_worker[w] = per_worker.get(w, 0) + 1
+        d = rows.blocks[0].shape[1]
+        self.pulled += sum(gradients_nbytes(n, d) for n in per_worker.values())
+
+    def arrived(self) -> Iterator[int]:
+        """Drain ``copies.arrivals``, counting the time spent waiting on it as receiving,
+        and set it to None at the end (every row is in)."""
+        arrivals = self.copies.arrivals
+        while arrivals is not None:
+            t0 = time.perf_counter()
+            w = next(arrivals, None)
+            self.receive_s += time.perf_counter() - t0
+            if w is None:
+                self.copies.arrivals, self.last_copy = None, time.perf_counter()
+                return
+            yield w
+
+    def digest(self, rows: Rows, row: int) -> bytes:
+        """The digest of ``rows[row]`` (each row hashed once a step)."""
+        if row not in self._digests:
+            self._digests[row] = digest(rows[row])
+        return self._digests[row]
+
+
 class RobustUpdate:
     """Attack simulation, vote and aggregation for one run (built once, called per step).
 
@@ -180,25 +250,22 @@ class RobustUpdate:
         """
         bad = set(byzantine)
         original = copies.index
-        self._pulled, self._receive_s, self._last_copy = 0, 0.0, None
-        self._row_digests: dict[int, bytes] = {}
-        self._known: dict[tuple[int, int], bytes] = {}
-        self._fetched: set[int] = set()  # rows received this step (never twice)
+        inbox = _Inbox(copies, self.holders)
         t0 = time.perf_counter()
         if copies.claims is not None:  # the pushed copies: already in when this starts
-            self._pull(copies, copies.rows, copies.index, self._pushed())
-        index, rows = self._simulate_attack(copies, bad, step)
-        claims = self._claims(copies, rows, index, bad)
+            inbox.pull(copies.rows, copies.index, self._pushed())
+        index, rows = self._simulate_attack(copies, bad, step, inbox)
+        claims = self._claims(inbox, rows, index, bad)
         index = self._lie(copies, claims, index, original, bad)
         t1 = time.perf_counter()
-        attack_receive = self._receive_s
+        attack_receive = inbox.receive_s
         block = rows.blocks[0]
         shape = (self.placement.num_files, block.shape[1])
         if self._winners is None or self._winners.shape != shape:
             self._winners = torch.empty(shape, dtype=block.dtype)
         liars: dict[str, int] = {}
         if claims is not None:
-            positions, trusted, votes, liars = self._digest_vote(copies, rows, index, claims)
+            positions, trusted, votes, liars = self._digest_vote(inbox, rows, index, claims)
             winners = rows.gather(
                 [int(index[j, i]) for j, i in enumerate(positions)], out=self._winners
             )
@@ -206,9 +273,7 @@ class RobustUpdate:
             lost = self._lost_digests(positions, votes, trusted)
         else:
             winners = self._winners
-            positions, trusted, distorted, lost = self._full_vote(
-                copies, rows, index, original, bad
-            )
+            positions, trusted, distorted, lost = self._full_vote(inbox, rows, index, original, bad)
         kept = [j for j, ok in enumerate(trusted) if ok]
         losses = [float(copies.losses[j, positions[j]]) for j in kept]
         if len(kept) < len(trusted):
@@ -245,35 +310,35 @@ class RobustUpdate:
                 "attack_factor": getattr(self.attack, "last_factor", None) if bad else None,
                 # bytes the server received this step (reply headers, payloads or the
                 # copies the digest vote pulled); copies forged on the server cost none
-                "bytes_received": copies.bytes_in + self._pulled,
+                "bytes_received": copies.bytes_in + inbox.pulled,
                 # vote=digest: copies whose bytes did not match the digest their sender
                 # sent, per worker (caught lying); always {} for the full vote
                 "digest_liars": _by_worker(liars),
                 # torchrun: waiting for copies inside the update (the full vote's copies
                 # still on the wire, the digest vote's pulls), counted as communication
-                "receive_s": self._receive_s,
+                "receive_s": inbox.receive_s,
                 "attack_s": t1 - t0 - attack_receive,
-                "vote_s": t2 - t1 - (self._receive_s - attack_receive),
+                "vote_s": t2 - t1 - (inbox.receive_s - attack_receive),
                 # the full vote over torchrun: the part of the vote after the last
                 # payload landed (files are voted while later copies arrive); otherwise
                 # the whole vote, with the digest vote's pull rounds in it
-                "vote_tail_s": t2 - max(t1, self._last_copy or t1),
+                "vote_tail_s": t2 - max(t1, inbox.last_copy or t1),
                 "aggregation_s": t3 - t2,
             },
         )
 
     # ------------------------------------------------------------------ the full vote
 
-    def _full_vote(self, copies: Copies, rows: Rows, index: Tensor, original: Tensor, bad):
+    def _full_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, original: Tensor, bad):
         """Vote every file bit for bit, each as soon as all its present copies are in
         (torchrun: ``copies.arrivals``), writing winners into the reused buffer. Returns
         (winning holder position, trusted, distorted files, lost votes per worker)."""
         f, r = index.shape
-        present, winners = copies.present, self._winners
+        present, winners = inbox.copies.present, self._winners
         positions, agree, trusted = [0] * f, [0] * f, [False] * f
         distorted: list[int] = []
         lost: dict[str, int] = {}
-        for files in self._complete_files(copies):
+        for files in self._complete_files(inbox):
             mask = None if present is None else present[files]
             picks, counts = vote_positions(rows, index[files], present=mask)
             for j, i, c in zip(files, picks, counts, strict=True):
@@ -285,10 +350,11 @@ class RobustUpdate:
             self._lost_votes(rows, index, positions, winners, trusted, agree, present, files, lost)
         return positions, trusted, sorted(distorted), _by_worker(lost)
 
-    def _complete_files(self, copies: Copies):
+    def _complete_files(self, inbox: _Inbox):
         """Lists of files whose present copies are all in: every file at once when
         nothing is on the wire, else each file as its last holder's payload lands (a
         file with no present copy first)."""
+        copies = inbox.copies
         f = copies.index.shape[0]
         if copies.arrivals is None:
             yield list(range(f))
@@ -301,7 +367,7 @@ class RobustUpdate:
         empty = [j for j in range(f) if need[j] == 0]
         if empty:
             yield empty
-        for w in self._arrived(copies):
+        for w in inbox.arrived():
             ready = []
             for j in self.placement.worker_files[w]:
                 if present is None or present[j][self.position[(w, j)]]:
@@ -311,29 +377,12 @@ class RobustUpdate:
             if ready:
                 yield ready
 
-    def _arrived(self, copies: Copies):
-        """Drain ``copies.arrivals``, counting the time spent waiting on it as receiving,
-        and set it to None at the end (every row is in)."""
-        arrivals = copies.arrivals
-        while arrivals is not None:
-            t0 = time.perf_counter()
-            w = next(arrivals, None)
-            self._receive_s += time.perf_counter() - t0
-            if w is None:
-                copies.arrivals, self._last_copy = None, time.perf_counter()
-                return
-            yield w
-
     # ---------------------------------------------------------------- the digest vote
 
-    def _row_digest(self, rows: Rows, row: int) -> bytes:
-        if row not in self._row_digests:
-            self._row_digests[row] = digest(rows[row])
-        return self._row_digests[row]
-
-    def _claims(self, copies: Copies, rows: Rows, index: Tensor, bad: set[int]):
+    def _claims(self, inbox: _Inbox, rows: Rows, index: Tensor, bad: set[int]):
         """Each copy's digest as its sender claims it, after the attack: a Byzantine copy
         the server forged (omniscient attacks) claims its forged row's digest."""
+        copies = inbox.copies
         if copies.claims is None:
             return None
         claims = [list(c) for c in copies.claims]
@@ -343,7 +392,7 @@ class RobustUpdate:
                 i = self.position[(w, j)]
                 row = int(index[j, i])
                 if row >= base:
-                    claims[j][i] = self._row_digest(rows, row)
+                    claims[j][i] = inbox.digest(rows, row)
         return claims
 
     def _lie(self, copies, claims, index, original, bad) -> Tensor:
@@ -372,7 +421,7 @@ class RobustUpdate:
                     claims[j][i] = copies.claims[ref_claim[0]][ref_claim[1]]
         return index
 
-    def _digest_vote(self, copies: Copies, rows: Rows, index: Tensor, claims):
+    def _digest_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, claims):
         """Vote on digests, then pull copies of the winning digest until ``verify``
         holders' bytes match it: one (``first``) or a strict majority (``majority``).
         A pulled copy that does not match its sender's digest is recorded against the
@@ -382,12 +431,13 @@ class RobustUpdate:
         liars)."""
         f, r = index.shape
         need = 1 if self.verify == "first" else self.placement.threshold
+        copies = inbox.copies
         present = None if copies.present is None else copies.present.tolist()
-        known = dict(self._known)  # the copies the attack simulation already pulled
+        known = dict(inbox.known)  # the copies the attack simulation already pulled
         pushed = self._pushed()  # as the attack and a digest lie left them (free when pushed)
-        self._pull(copies, rows, index, pushed)
+        inbox.pull(rows, index, pushed)
         for j, i in pushed:
-            known.setdefault((j, i), self._row_digest(rows, int(index[j, i])))
+            known.setdefault((j, i), inbox.digest(rows, int(index[j, i])))
         liars: dict[str, int] = {}
         for (j, i), actual in known.items():
             if present is not None and not present[j][i]:
@@ -421,9 +471,9 @@ class RobustUpdate:
                 requests += [(j, i) for i in todo]
                 still.append(j)
             if requests:
-                self._pull(copies, rows, index, requests)
+                inbox.pull(rows, index, requests)
                 for j, i in requests:
-                    known[(j, i)] = self._row_digest(rows, int(index[j, i]))
+                    known[(j, i)] = inbox.digest(rows, int(index[j, i]))
                     if known[(j, i)] != claims[j][i]:
                         w = str(self.holders[j][i])
                         liars[w] = liars.get(w, 0) + 1
@@ -432,30 +482,6 @@ class RobustUpdate:
 
     def _pushed(self) -> list[tuple[int, int]]:
         return [(j, PUSHED) for j in range(self.placement.num_files)]
-
-    def _pull(self, copies: Copies, rows: Rows, index: Tensor, requests) -> None:
-        """Receive the requested copies (one round) and count their bytes: one message
-        per worker asked, its copies and END; copies forged on the server, and copies
-        already received this step, are free."""
-        base = copies.rows.num_rows
-        wire = []
-        for j, i in requests:
-            row = int(index[j, i])
-            if row < base and row not in self._fetched:
-                self._fetched.add(row)
-                wire.append((j, i, row))
-        if not wire:
-            return
-        if copies.fetch is not None:
-            t0 = time.perf_counter()
-            copies.fetch(wire)
-            self._receive_s += time.perf_counter() - t0
-        per_worker: dict[int, int] = {}
-        for j, i, _ in wire:
-            w = self.holders[j][i]
-            per_worker[w] = per_worker.get(w, 0) + 1
-        d = rows.blocks[0].shape[1]
-        self._pulled += sum(gradients_nbytes(n, d) for n in per_worker.values())
 
     def _distorted_digests(self, positions, votes, original, copies, bad, trusted) -> list[int]:
         """As :meth:`_distorted`, comparing digests: a trusted winner from a Byzantine
@@ -517,20 +543,23 @@ class RobustUpdate:
             return True
         return False
 
-    def _simulate_attack(self, copies: Copies, bad: set[int], step: int) -> tuple[Tensor, Rows]:
+    def _simulate_attack(
+        self, copies: Copies, bad: set[int], step: int, inbox: _Inbox | None = None
+    ) -> tuple[Tensor, Rows]:
         """The omniscient adversary: the one place where Byzantine copies are computed
         from honest gradients. Returns the (possibly re-pointed) index and the rows."""
+        inbox = _Inbox(copies, self.holders) if inbox is None else inbox
         rows, index = copies.rows, copies.index
         if not bad or not self.attack.needs_honest:
             return index, rows
-        for _ in self._arrived(copies):  # the attack reads every honest copy: all of them in
+        for _ in inbox.arrived():  # the attack reads every honest copy: all of them in
             pass
         if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
             picks = [(j, self._honest_position(j, bad)) for j in range(len(self.holders))]
-            self._pull(copies, rows, index, picks)
+            inbox.pull(rows, index, picks)
             for j, i in picks:
                 if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
-                    self._known[(j, i)] = self._row_digest(rows, int(index[j, i]))
+                    inbox.known[(j, i)] = inbox.digest(rows, int(index[j, i]))
         honest = self._honest_stack(rows, index, bad)
         files = sorted({j for w in bad for j in self.placement.worker_files[w]})
         counts = [sum(w in bad for w in ws) for ws in self.holders]
