@@ -44,14 +44,15 @@ import torch
 from torch import Tensor
 
 from byzshield.aggregators._kernels import column_threads
-from byzshield.attacks import Attack, forge
+from byzshield.attacks import Attack
 from byzshield.data import derive_seed
 from byzshield.digest import digest
+from byzshield.omniscient import OmniscientAttack
 from byzshield.placement import Placement
 from byzshield.protocol import gradients_nbytes
 from byzshield.vote import Rows, same_bits, vote_positions
 
-__all__ = ["Copies", "Outcome", "RobustUpdate", "copy_index", "pushed_slots"]
+__all__ = ["Copies", "Outcome", "RobustUpdate", "StepRule", "copy_index", "pushed_slots"]
 
 PUSHED = 0
 """vote=digest: the holder position whose copy of a file rides along with its digests
@@ -199,6 +200,52 @@ class _Inbox:
         return self._digests[row]
 
 
+@dataclass
+class StepRule:
+    """The run's aggregation rule as every step applies it: with the f it assumes, a
+    generator seeded from (seed, step) when it draws random numbers, on ``threads``
+    column threads (its result does not depend on them; None: torch's intra-op thread
+    count), outside its guarantee when told so. The robust update and the omniscient
+    attack's objective (:mod:`byzshield.omniscient`) both call it.
+
+    Attributes:
+        aggregator: the rule object (``aggregator(stack, f=, generator=,
+            outside_guarantee=)``), which keeps its own state across steps (centered
+            clipping's centre).
+        f: the f the rule assumes.
+        seed: the run's seed.
+        threads: column threads of the rule.
+        outside_guarantee: the run was started outside the rule's guarantee on purpose.
+    """
+
+    aggregator: object
+    f: int
+    seed: int
+    threads: int | None = None
+    outside_guarantee: bool = False
+
+    def beyond(self, n: int) -> bool:
+        """Whether n inputs are too few for the rule's guarantee at its f."""
+        try:
+            self.aggregator.check(n, self.f)
+        except ValueError:
+            return True
+        return False
+
+    def outside(self, n: int) -> bool:
+        """Whether the rule runs outside its guarantee on n inputs: on purpose, or
+        because n is too few (see :mod:`byzshield.aggregators`)."""
+        return self.outside_guarantee or self.beyond(n)
+
+    def __call__(self, stack: Tensor, step: int, *, outside: bool):
+        """The rule's result on the (n, d) ``stack`` of ``step``."""
+        generator = None
+        if getattr(self.aggregator, "needs_generator", False):
+            generator = torch.Generator().manual_seed(derive_seed("aggregate", self.seed, step))
+        with column_threads(self.threads):
+            return self.aggregator(stack, f=self.f, generator=generator, outside_guarantee=outside)
+
+
 class RobustUpdate:
     """Attack simulation, vote and aggregation for one run (built once, called per step).
 
@@ -229,12 +276,11 @@ class RobustUpdate:
     ):
         self.placement = placement
         self.verify, self.lie = verify, lie
-        self.threads = threads
-        self.outside_guarantee = outside_guarantee
         self.attack = attack
-        self.aggregator = aggregator
-        self.f = aggregator_f
-        self.seed = seed
+        self.rule = StepRule(aggregator, aggregator_f, seed, threads, outside_guarantee)
+        self.omniscient = (
+            OmniscientAttack(placement, attack, self.rule) if attack.needs_honest else None
+        )
         self.holders = [list(ws) for ws in placement.file_workers]
         self._winners: Tensor | None = None  # reused (f, d) buffer: no page faults per step
         self.position = {(w, j): i for j, ws in enumerate(self.holders) for i, w in enumerate(ws)}
@@ -254,7 +300,7 @@ class RobustUpdate:
         t0 = time.perf_counter()
         if copies.claims is not None:  # the pushed copies: already in when this starts
             inbox.pull(copies.rows, copies.index, self._pushed())
-        index, rows = self._simulate_attack(copies, bad, step, inbox)
+        index, rows = self._attack(inbox, bad, step)
         claims = self._claims(inbox, rows, index, bad)
         index = self._lie(copies, claims, index, original, bad)
         t1 = time.perf_counter()
@@ -279,15 +325,9 @@ class RobustUpdate:
         if len(kept) < len(trusted):
             winners = winners.index_select(0, torch.tensor(kept, dtype=torch.long))
         t2 = time.perf_counter()
-        generator = None
-        if getattr(self.aggregator, "needs_generator", False):
-            generator = torch.Generator().manual_seed(derive_seed("aggregate", self.seed, step))
-        outside = self.outside_guarantee or self._beyond(len(kept))
+        outside = self.rule.outside(len(kept))
         if kept:
-            with column_threads(self.threads):
-                result = self.aggregator(
-                    winners, f=self.f, generator=generator, outside_guarantee=outside
-                )
+            result = self.rule(winners, step, outside=outside)
             gradient, nonfinite = result.value, len(result.nonfinite_rows)
             outside = result.outside_guarantee
         else:  # nothing trusted this step: no update
@@ -535,98 +575,22 @@ class RobustUpdate:
                 if row != win and not same_bits(rows[row], winners[j]):
                     out[str(w)] = out.get(str(w), 0) + 1
 
-    def _beyond(self, n: int) -> bool:
-        """Whether n trusted inputs are too few for the rule's guarantee at its f."""
-        try:
-            self.aggregator.check(n, self.f)
-        except ValueError:
-            return True
-        return False
-
-    def _simulate_attack(
-        self, copies: Copies, bad: set[int], step: int, inbox: _Inbox | None = None
-    ) -> tuple[Tensor, Rows]:
-        """The omniscient adversary: the one place where Byzantine copies are computed
-        from honest gradients. Returns the (possibly re-pointed) index and the rows."""
-        inbox = _Inbox(copies, self.holders) if inbox is None else inbox
+    def _attack(self, inbox: _Inbox, bad: set[int], step: int) -> tuple[Tensor, Rows]:
+        """The omniscient attack (:mod:`byzshield.omniscient`) on every honest copy it
+        reads, received first. Returns the (possibly re-pointed) index and the rows."""
+        copies = inbox.copies
         rows, index = copies.rows, copies.index
-        if not bad or not self.attack.needs_honest:
+        if not bad or self.omniscient is None:
             return index, rows
         for _ in inbox.arrived():  # the attack reads every honest copy: all of them in
             pass
         if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
-            picks = [(j, self._honest_position(j, bad)) for j in range(len(self.holders))]
+            picks = self.omniscient.honest_copies(bad)
             inbox.pull(rows, index, picks)
             for j, i in picks:
                 if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
                     inbox.known[(j, i)] = inbox.digest(rows, int(index[j, i]))
-        honest = self._honest_stack(rows, index, bad)
-        files = sorted({j for w in bad for j in self.placement.worker_files[w]})
-        counts = [sum(w in bad for w in ws) for ws in self.holders]
-        weights = torch.tensor([len(ws) - c for ws, c in zip(self.holders, counts, strict=True)])
-        objective = None
-        if getattr(self.attack, "needs_objective", False):
-            objective = self._damage(honest, counts, step)
-        forged = forge(
-            self.attack,
-            honest,
-            files,
-            seed=self.seed,
-            step=step,
-            weights=weights.to(torch.float64),
-            objective=objective,
-        )
-        rows = Rows(*rows.blocks)
-        start = rows.append(forged)
-        row_of = {j: start + (k if forged.shape[0] > 1 else 0) for k, j in enumerate(files)}
-        index = index.clone()
-        for w in bad:
-            for j in self.placement.worker_files[w]:
-                index[j, self.position[(w, j)]] = row_of[j]
-        return index, rows
-
-    def _damage(self, honest: Tensor, counts: list[int], step: int):
-        """The objective of the optimised attacks: ||rule(winners) - honest mean|| when
-        every file the Byzantine copies win (a strict majority of its copies) carries the
-        candidate vector v and ties are dropped, exactly as the vote will decide. Each
-        evaluation leaves the rule's state as it found it."""
-        r, t = self.placement.replication, self.placement.threshold
-        keep = [j for j, c in enumerate(counts) if 2 * c != r]  # ties are dropped
-        won = [k for k, j in enumerate(keep) if counts[j] >= t]
-        base = honest[keep].clone()
-        mean = honest.to(torch.float64).mean(dim=0)
-        outside = self.outside_guarantee or self._beyond(len(keep))
-        state = self.aggregator.state_dict()
-
-        def damage(v: Tensor) -> float:
-            if not keep:
-                return 0.0
-            base[won] = v
-            generator = None
-            if getattr(self.aggregator, "needs_generator", False):
-                seed = derive_seed("aggregate", self.seed, step)
-                generator = torch.Generator().manual_seed(seed)
-            with column_threads(self.threads):
-                value = self.aggregator(
-                    base, f=self.f, generator=generator, outside_guarantee=outside
-                ).value
-            self.aggregator.load_state_dict(state)
-            return float(torch.linalg.vector_norm(value.to(torch.float64) - mean))
-
-        return damage
-
-    def _honest_position(self, j: int, bad: set[int]) -> int:
-        """File j's first honest holder (position), or 0 when every holder is Byzantine."""
-        return next((i for i, w in enumerate(self.holders[j]) if w not in bad), 0)
-
-    def _honest_stack(self, rows: Rows, index: Tensor, bad: set[int]) -> Tensor:
-        """(f, d): each file's gradient as an honest holder sent it (for an omniscient
-        attack Byzantine workers send honest gradients too, so any holder will do)."""
-        picks = [int(index[j, self._honest_position(j, bad)]) for j in range(len(self.holders))]
-        first = rows.blocks[0]
-        if picks == list(range(len(picks))) and first.shape[0] >= len(picks):
-            return first[: len(picks)]  # the simulator's honest rows: no copy
-        return rows.gather(picks)
+        return self.omniscient.forge(rows, index, bad, step)
 
     def _distorted(
         self,
