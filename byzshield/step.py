@@ -50,7 +50,7 @@ from byzshield.digest import digest
 from byzshield.omniscient import OmniscientAttack
 from byzshield.placement import Placement
 from byzshield.protocol import gradients_nbytes
-from byzshield.vote import Rows, same_bits, vote_positions
+from byzshield.vote import DigestVote, Rows, digest_vote, same_bits, vote_positions
 
 __all__ = ["Copies", "Outcome", "RobustUpdate", "StepRule", "copy_index", "pushed_slots"]
 
@@ -309,9 +309,10 @@ class RobustUpdate:
         shape = (self.placement.num_files, block.shape[1])
         if self._winners is None or self._winners.shape != shape:
             self._winners = torch.empty(shape, dtype=block.dtype)
-        liars: dict[str, int] = {}
+        liars: dict[int, int] = {}
         if claims is not None:
-            positions, trusted, votes, liars = self._digest_vote(inbox, rows, index, claims)
+            vote = self._digest_vote(inbox, rows, index, claims)
+            positions, trusted, votes, liars = vote.positions, vote.trusted, vote.votes, vote.liars
             winners = rows.gather(
                 [int(index[j, i]) for j, i in enumerate(positions)], out=self._winners
             )
@@ -461,64 +462,24 @@ class RobustUpdate:
                     claims[j][i] = copies.claims[ref_claim[0]][ref_claim[1]]
         return index
 
-    def _digest_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, claims):
-        """Vote on digests, then pull copies of the winning digest until ``verify``
-        holders' bytes match it: one (``first``) or a strict majority (``majority``).
-        A pulled copy that does not match its sender's digest is recorded against the
-        sender and votes from then on with the digest of what it sent; ``majority``
-        also pulls every copy of a file without a strict majority of digests. Returns
-        (winning holder position per file, trusted per file, each file's final votes,
-        liars)."""
-        f, r = index.shape
-        need = 1 if self.verify == "first" else self.placement.threshold
-        copies = inbox.copies
-        present = None if copies.present is None else copies.present.tolist()
+    def _digest_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, claims) -> DigestVote:
+        """The digest vote (:func:`byzshield.vote.digest_vote`) on ``claims``, each pull
+        a round of ``inbox``'s. The pushed copies (as the attack and a digest lie left
+        them: free when pushed) and those the attack simulation pulled are verified
+        without asking."""
         known = dict(inbox.known)  # the copies the attack simulation already pulled
-        pushed = self._pushed()  # as the attack and a digest lie left them (free when pushed)
+        pushed = self._pushed()
         inbox.pull(rows, index, pushed)
         for j, i in pushed:
             known.setdefault((j, i), inbox.digest(rows, int(index[j, i])))
-        liars: dict[str, int] = {}
-        for (j, i), actual in known.items():
-            if present is not None and not present[j][i]:
-                continue  # an erased copy does not vote
-            if actual != claims[j][i]:
-                w = str(self.holders[j][i])
-                liars[w] = liars.get(w, 0) + 1
-        positions, trusted, votes = [0] * f, [False] * f, [dict() for _ in range(f)]
-        open_files = list(range(f))
-        while open_files:
-            requests: list[tuple[int, int]] = []
-            still = []
-            for j in open_files:
-                live = [i for i in range(r) if present is None or present[j][i]]
-                vote = {i: known.get((j, i), claims[j][i]) for i in live}
-                members = _largest_group(vote)
-                votes[j] = vote
-                unknown = [i for i in live if (j, i) not in known]
-                if 2 * len(members) <= r:  # no strict majority of all r copies
-                    if self.verify == "majority" and unknown:
-                        requests += [(j, i) for i in unknown]
-                        still.append(j)
-                    else:
-                        positions[j] = members[0] if members else 0
-                    continue
-                checked = [i for i in members if (j, i) in known]
-                if len(checked) >= need:
-                    positions[j], trusted[j] = checked[0], True
-                    continue
-                todo = [i for i in members if (j, i) not in known][: need - len(checked)]
-                requests += [(j, i) for i in todo]
-                still.append(j)
-            if requests:
-                inbox.pull(rows, index, requests)
-                for j, i in requests:
-                    known[(j, i)] = inbox.digest(rows, int(index[j, i]))
-                    if known[(j, i)] != claims[j][i]:
-                        w = str(self.holders[j][i])
-                        liars[w] = liars.get(w, 0) + 1
-            open_files = still
-        return positions, trusted, votes, liars
+
+        def pull(requests: list[tuple[int, int]]) -> list[bytes]:
+            inbox.pull(rows, index, requests)
+            return [inbox.digest(rows, int(index[j, i])) for j, i in requests]
+
+        present = inbox.copies.present
+        present = None if present is None else present.tolist()
+        return digest_vote(claims, self.holders, known, pull, verify=self.verify, present=present)
 
     def _pushed(self) -> list[tuple[int, int]]:
         return [(j, PUSHED) for j in range(self.placement.num_files)]
@@ -627,20 +588,9 @@ class RobustUpdate:
         return out
 
 
-def _by_worker(counts: dict[str, int]) -> dict[str, int]:
-    """A per-worker count in worker order (keys are worker ids as strings, for JSON)."""
-    return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
-
-
-def _largest_group(vote: dict[int, bytes]) -> list[int]:
-    """Positions of the largest group of equal digests, in position order; among
-    groups of equal size the one with the lowest first position (as the full vote)."""
-    groups: dict[bytes, list[int]] = {}
-    for i in sorted(vote):
-        groups.setdefault(vote[i], []).append(i)
-    if not groups:
-        return []
-    return max(groups.values(), key=lambda g: (len(g), -g[0]))
+def _by_worker(counts: dict) -> dict[str, int]:
+    """A per-worker count in worker order, keyed by worker id as a string (for JSON)."""
+    return {str(w): c for w, c in sorted(counts.items(), key=lambda kv: int(kv[0]))}
 
 
 def _mean(values: list[float]) -> float:
