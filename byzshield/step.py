@@ -312,12 +312,11 @@ class RobustUpdate:
         liars: dict[int, int] = {}
         if claims is not None:
             vote = self._digest_vote(inbox, rows, index, claims)
-            positions, trusted, votes, liars = vote.positions, vote.trusted, vote.votes, vote.liars
+            positions, trusted, liars = vote.positions, vote.trusted, vote.liars
             winners = rows.gather(
                 [int(index[j, i]) for j, i in enumerate(positions)], out=self._winners
             )
-            distorted = self._distorted_digests(positions, votes, original, copies, bad, trusted)
-            lost = self._lost_digests(positions, votes, trusted)
+            distorted, lost = self._digest_tallies(vote, copies.claims, bad)
         else:
             winners = self._winners
             positions, trusted, distorted, lost = self._full_vote(inbox, rows, index, original, bad)
@@ -376,19 +375,31 @@ class RobustUpdate:
         (winning holder position, trusted, distorted files, lost votes per worker)."""
         f, r = index.shape
         present, winners = inbox.copies.present, self._winners
+        live = None if present is None else present.tolist()
         positions, agree, trusted = [0] * f, [0] * f, [False] * f
         distorted: list[int] = []
-        lost: dict[str, int] = {}
+        lost: dict[int, int] = {}
+
+        def same_as_honest(j: int, k: int) -> bool:  # the winner vs copy k as received
+            ref = int(original[j, k])
+            return ref == int(index[j, positions[j]]) or same_bits(winners[j], rows[ref])
+
+        def voters(j: int) -> list[int]:  # none when unanimous: no copy lost
+            ks = list(range(r)) if live is None else [k for k in range(r) if live[j][k]]
+            return [] if agree[j] == len(ks) else ks
+
+        def agrees(j: int, k: int) -> bool:
+            row = int(index[j, k])
+            return row == int(index[j, positions[j]]) or same_bits(rows[row], winners[j])
+
         for files in self._complete_files(inbox):
             mask = None if present is None else present[files]
             picks, counts = vote_positions(rows, index[files], present=mask)
             for j, i, c in zip(files, picks, counts, strict=True):
                 positions[j], agree[j], trusted[j] = i, c, 2 * c > r
                 winners[j].copy_(rows[int(index[j, i])])
-            distorted += self._distorted(
-                rows, original, index, positions, winners, bad, trusted, files
-            )
-            self._lost_votes(rows, index, positions, winners, trusted, agree, present, files, lost)
+            distorted += self._distorted(files, positions, trusted, bad, same_as_honest)
+            self._lost_votes(files, positions, trusted, voters, agrees, lost)
         return positions, trusted, sorted(distorted), _by_worker(lost)
 
     def _complete_files(self, inbox: _Inbox):
@@ -484,57 +495,60 @@ class RobustUpdate:
     def _pushed(self) -> list[tuple[int, int]]:
         return [(j, PUSHED) for j in range(self.placement.num_files)]
 
-    def _distorted_digests(self, positions, votes, original, copies, bad, trusted) -> list[int]:
-        """As :meth:`_distorted`, comparing digests: a trusted winner from a Byzantine
-        holder whose digest differs from the honest copy's."""
+    def _digest_tallies(self, vote: DigestVote, sent: list[list[bytes]], bad: set[int]):
+        """(distorted files, lost votes per worker) of a digest vote, comparing digests;
+        ``sent`` are the digests as the workers sent them (an honest one is true)."""
+        files = range(len(vote.positions))
+
+        def same_as_honest(j: int, k: int) -> bool:
+            return vote.votes[j][vote.positions[j]] == sent[j][k]
+
+        def agrees(j: int, k: int) -> bool:
+            return vote.votes[j][k] == vote.votes[j][vote.positions[j]]
+
+        distorted = self._distorted(files, vote.positions, vote.trusted, bad, same_as_honest)
+        lost = self._lost_votes(
+            files, vote.positions, vote.trusted, lambda j: vote.votes[j], agrees, {}
+        )
+        return distorted, _by_worker(lost)
+
+    # ------------------------------------------------------------ the vote's tallies
+
+    def _distorted(self, files, positions, trusted, bad: set[int], same_as_honest) -> list[int]:
+        """The distorted files among ``files`` (see the module docstring), in that
+        order: a trusted winner from a Byzantine holder that is not
+        ``same_as_honest(j, k)``, the copy file j's k-th holder sent honestly (its first
+        honest holder's; for an omniscient attack without one, what the winner's own
+        holder computed before forging). With neither there is nothing to compare with:
+        distorted. The full vote compares bits, the digest vote digests."""
         if not bad:
             return []
         out = []
-        for j, i in enumerate(positions):
-            ws = self.holders[j]
+        for j in files:
+            i, ws = positions[j], self.holders[j]
             if not trusted[j] or ws[i] not in bad:
-                continue
-            winner = votes[j][i]
+                continue  # dropped (not aggregated), or an honest winner
             honest = next((k for k, w in enumerate(ws) if w not in bad), None)
-            if honest is not None:
-                ref = copies.claims[j][honest]  # an honest worker's digest is true
-            elif self.attack.needs_honest:
-                ref = copies.claims[j][i]  # what the Byzantine worker computed honestly
-            else:
-                out.append(j)
-                continue
-            if winner != ref:
+            if honest is None and not self.attack.needs_honest:
+                out.append(j)  # nothing honest to compare with
+            elif not same_as_honest(j, i if honest is None else honest):
                 out.append(j)
         return out
 
-    def _lost_digests(self, positions, votes, trusted) -> dict:
-        out: dict[str, int] = {}
-        for j, i in enumerate(positions):
-            if not trusted[j]:
-                continue
-            winner = votes[j][i]
-            for k, v in votes[j].items():
-                if v != winner:
-                    w = str(self.holders[j][k])
-                    out[w] = out.get(w, 0) + 1
-        return _by_worker(out)
-
-    def _lost_votes(self, rows, index, positions, winners, trusted, agree, present, files, out):
-        """Count into ``out`` {worker: copies of it that disagreed with their file's
+    def _lost_votes(self, files, positions, trusted, voters, agrees, out: dict) -> dict:
+        """Count into ``out`` {worker: copies of it that disagree with their file's
         trusted winner} over ``files``: what the vote can observe of a lying worker,
-        whether or not it was flagged."""
+        whether or not it was flagged. ``voters(j)``: the holder positions of file j's
+        copies that voted (erasures do not); ``agrees(j, k)``: whether copy k equals
+        file j's winner (bits in the full vote, digests in the digest vote)."""
         for j in files:
-            i = positions[j]
-            arrived = len(self.holders[j]) if present is None else int(present[j].sum())
-            if not trusted[j] or agree[j] == arrived:
-                continue  # dropped, or unanimous
-            win = int(index[j, i])
-            for k, w in enumerate(self.holders[j]):
-                if present is not None and not bool(present[j, k]):
-                    continue
-                row = int(index[j, k])
-                if row != win and not same_bits(rows[row], winners[j]):
-                    out[str(w)] = out.get(str(w), 0) + 1
+            if not trusted[j]:
+                continue  # dropped
+            for k in voters(j):
+                if not agrees(j, k):
+                    w = self.holders[j][k]
+                    out[w] = out.get(w, 0) + 1
+        return out
 
     def _attack(self, inbox: _Inbox, bad: set[int], step: int) -> tuple[Tensor, Rows]:
         """The omniscient attack (:mod:`byzshield.omniscient`) on every honest copy it
@@ -552,40 +566,6 @@ class RobustUpdate:
                 if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
                     inbox.known[(j, i)] = inbox.digest(rows, int(index[j, i]))
         return self.omniscient.forge(rows, index, bad, step)
-
-    def _distorted(
-        self,
-        rows: Rows,
-        original: Tensor,
-        index: Tensor,
-        positions: list[int],
-        winners: Tensor,
-        bad: set[int],
-        trusted: list[bool],
-        files: list[int],
-    ) -> list[int]:
-        if not bad:
-            return []
-        out = []
-        for j in files:
-            i, ws = positions[j], self.holders[j]
-            if not trusted[j]:
-                continue  # dropped, not aggregated
-            if ws[i] not in bad:
-                continue
-            honest = next((k for k, w in enumerate(ws) if w not in bad), None)
-            if honest is not None:
-                ref = int(original[j, honest])
-            elif self.attack.needs_honest:
-                ref = int(original[j, i])  # what the Byzantine worker computed honestly
-            else:
-                out.append(j)  # nothing honest to compare with
-                continue
-            if ref == int(index[j, i]):
-                continue  # the winner is the honest row itself
-            if not same_bits(winners[j], rows[ref]):
-                out.append(j)
-        return out
 
 
 def _by_worker(counts: dict) -> dict[str, int]:
