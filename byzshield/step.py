@@ -13,6 +13,13 @@ same copies it returns the same bits, whichever engine built them.
 and an (f, r) index whose entry (j, i) is the row of file j's copy from its i-th holder
 (``placement.file_workers[j][i]``), with the loss reported along with every copy.
 
+:class:`RobustUpdate` runs the pieces in order and keeps nothing of a step but the
+reused winners buffer: the omniscient attack is :mod:`byzshield.omniscient`, the votes
+are :func:`byzshield.vote.vote_positions` (the full vote, each file as its last copy
+arrives) and :func:`byzshield.vote.digest_vote`, the rule runs as :class:`StepRule`, and
+what the step receives inside the update (pulls, payloads still on the wire, their
+time and bytes, :func:`byzshield.protocol.gradients_nbytes`) is a per-step inbox.
+
 Definitions the metrics use (BYZSHIELD.md section 7):
 
 - A file is **trusted** when a strict majority of its r copies agree bit for bit; a file
@@ -50,7 +57,7 @@ from byzshield.digest import digest
 from byzshield.omniscient import OmniscientAttack
 from byzshield.placement import Placement
 from byzshield.protocol import gradients_nbytes
-from byzshield.vote import DigestVote, Rows, digest_vote, same_bits, vote_positions
+from byzshield.vote import Rows, digest_vote, same_bits, vote_positions
 
 __all__ = ["Copies", "Outcome", "RobustUpdate", "StepRule", "copy_index", "pushed_slots"]
 
@@ -246,19 +253,45 @@ class StepRule:
             return self.aggregator(stack, f=self.f, generator=generator, outside_guarantee=outside)
 
 
+@dataclass
+class _Votes:
+    """What the vote decided in one step, and what it saw.
+
+    Attributes:
+        positions: per file, the holder position whose copy won.
+        trusted: per file, whether a strict majority decided it (else it is dropped).
+        winners: (f, d) each file's winning copy (the update's reused buffer).
+        distorted: the distorted files, in file order.
+        lost: {worker: copies of it that lost their file's vote}, in worker order.
+        liars: vote=digest: {worker: copies whose bytes did not match its digest}.
+    """
+
+    positions: list[int]
+    trusted: list[bool]
+    winners: Tensor
+    distorted: list[int]
+    lost: dict[str, int]
+    liars: dict[str, int] = field(default_factory=dict)
+
+
 class RobustUpdate:
     """Attack simulation, vote and aggregation for one run (built once, called per step).
 
     Args:
         placement: who holds which file.
         attack: the attack; only attacks with ``needs_honest`` (omniscient: ALIE, IPM)
-            are simulated here, the others are already in the copies.
+            are simulated here (:mod:`byzshield.omniscient`), the others are already in
+            the copies.
         aggregator: the rule object (``aggregator(stack, f=, generator=)``), which keeps
             its own state across steps (centered clipping's centre).
         aggregator_f: the f the rule assumes.
         seed: the run's seed; per-step generators are derived from (seed, step).
         threads: column threads of the rule (its result does not depend on them);
             None: torch's intra-op thread count.
+        outside_guarantee: the run was started outside the rule's guarantee on purpose.
+        verify: vote=digest: how many copies of a winning digest are checked, ``first``
+            or ``majority`` (:func:`byzshield.vote.digest_vote`).
+        lie: ``attack.digest_lie`` (:meth:`_lie`).
     """
 
     def __init__(
@@ -286,95 +319,91 @@ class RobustUpdate:
         self.position = {(w, j): i for j, ws in enumerate(self.holders) for i, w in enumerate(ws)}
 
     def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
-        """The step's gradient and metrics.
+        """The step's gradient and metrics (:func:`_metrics` lists them).
 
-        Metrics: ``loss``, ``distorted`` (count) and ``distorted_files``, ``all_strict``
-        and ``non_strict_files`` (files without a strict majority, dropped),
-        ``nonfinite_winners`` (winners the rule dropped), ``outside_guarantee`` (the rule
-        ran with f above what its guarantee allows for the inputs it got), and the times
-        ``attack_s``, ``vote_s``, ``aggregation_s``.
+        Times: ``attack_s``, ``vote_s`` and ``aggregation_s``; the first two without the
+        waits for copies, which are ``receive_s`` (torchrun: the full vote's copies still
+        on the wire, the digest vote's pulls; counted as communication). ``vote_tail_s``
+        is the part of the vote after the last payload landed (the full vote over
+        torchrun votes files while later copies arrive), else the whole vote.
         """
         bad = set(byzantine)
-        original = copies.index
         inbox = _Inbox(copies, self.holders)
         t0 = time.perf_counter()
         if copies.claims is not None:  # the pushed copies: already in when this starts
             inbox.pull(copies.rows, copies.index, self._pushed())
         index, rows = self._attack(inbox, bad, step)
         claims = self._claims(inbox, rows, index, bad)
-        index = self._lie(copies, claims, index, original, bad)
-        t1 = time.perf_counter()
-        attack_receive = inbox.receive_s
+        index = self._lie(copies, claims, index, bad)
+        t1, attack_receive = time.perf_counter(), inbox.receive_s
+        if claims is None:
+            vote = self._full_vote(inbox, rows, index, bad)
+        else:
+            vote = self._digest_vote(inbox, rows, index, claims, bad)
+        kept = [j for j, ok in enumerate(vote.trusted) if ok]
+        losses = [float(copies.losses[j, vote.positions[j]]) for j in kept]
+        winners = vote.winners
+        if len(kept) < len(vote.trusted):
+            winners = winners.index_select(0, torch.tensor(kept, dtype=torch.long))
+        t2 = time.perf_counter()
+        gradient, nonfinite, outside = self._aggregate(winners, step)
+        t3 = time.perf_counter()
+        times = {
+            "receive_s": inbox.receive_s,
+            "attack_s": t1 - t0 - attack_receive,
+            "vote_s": t2 - t1 - (inbox.receive_s - attack_receive),
+            "vote_tail_s": t2 - max(t1, inbox.last_copy or t1),
+            "aggregation_s": t3 - t2,
+        }
+        factor = getattr(self.attack, "last_factor", None) if bad else None
+        nbytes = copies.bytes_in + inbox.pulled
+        metrics = _metrics(vote, losses, nonfinite, outside, factor, nbytes, times)
+        return Outcome(gradient=gradient, metrics=metrics)
+
+    def _aggregate(self, winners: Tensor, step: int) -> tuple[Tensor, int, bool]:
+        """The rule on the (n, d) trusted winners: (gradient, winners it dropped as
+        non-finite, whether it ran outside its guarantee); with none, no update."""
+        outside = self.rule.outside(winners.shape[0])
+        if winners.shape[0] == 0:  # nothing trusted this step: no update
+            return torch.zeros(winners.shape[1], dtype=winners.dtype), 0, outside
+        result = self.rule(winners, step, outside=outside)
+        return result.value, len(result.nonfinite_rows), result.outside_guarantee
+
+    def _buffer(self, rows: Rows) -> Tensor:
+        """The reused (f, d) winners buffer for rows like ``rows``."""
         block = rows.blocks[0]
         shape = (self.placement.num_files, block.shape[1])
         if self._winners is None or self._winners.shape != shape:
             self._winners = torch.empty(shape, dtype=block.dtype)
-        liars: dict[int, int] = {}
-        if claims is not None:
-            vote = self._digest_vote(inbox, rows, index, claims)
-            positions, trusted, liars = vote.positions, vote.trusted, vote.liars
-            winners = rows.gather(
-                [int(index[j, i]) for j, i in enumerate(positions)], out=self._winners
-            )
-            distorted, lost = self._digest_tallies(vote, copies.claims, bad)
-        else:
-            winners = self._winners
-            positions, trusted, distorted, lost = self._full_vote(inbox, rows, index, original, bad)
-        kept = [j for j, ok in enumerate(trusted) if ok]
-        losses = [float(copies.losses[j, positions[j]]) for j in kept]
-        if len(kept) < len(trusted):
-            winners = winners.index_select(0, torch.tensor(kept, dtype=torch.long))
-        t2 = time.perf_counter()
-        outside = self.rule.outside(len(kept))
-        if kept:
-            result = self.rule(winners, step, outside=outside)
-            gradient, nonfinite = result.value, len(result.nonfinite_rows)
-            outside = result.outside_guarantee
-        else:  # nothing trusted this step: no update
-            gradient, nonfinite = torch.zeros(winners.shape[1], dtype=winners.dtype), 0
-        t3 = time.perf_counter()
-        dropped = len(trusted) - len(kept)
-        return Outcome(
-            gradient=gradient,
-            metrics={
-                "loss": _mean(losses),
-                "distorted": len(distorted),
-                "distorted_files": distorted,
-                "all_strict": dropped == 0,
-                "non_strict_files": dropped,
-                "nonfinite_winners": nonfinite,
-                # copies that lost their file's vote, per worker (flagged or not)
-                "lost_votes": lost,
-                "outside_guarantee": outside,
-                # the factor an optimised attack chose this step (z or eps), else null
-                "attack_factor": getattr(self.attack, "last_factor", None) if bad else None,
-                # bytes the server received this step (reply headers, payloads or the
-                # copies the digest vote pulled); copies forged on the server cost none
-                "bytes_received": copies.bytes_in + inbox.pulled,
-                # vote=digest: copies whose bytes did not match the digest their sender
-                # sent, per worker (caught lying); always {} for the full vote
-                "digest_liars": _by_worker(liars),
-                # torchrun: waiting for copies inside the update (the full vote's copies
-                # still on the wire, the digest vote's pulls), counted as communication
-                "receive_s": inbox.receive_s,
-                "attack_s": t1 - t0 - attack_receive,
-                "vote_s": t2 - t1 - (inbox.receive_s - attack_receive),
-                # the full vote over torchrun: the part of the vote after the last
-                # payload landed (files are voted while later copies arrive); otherwise
-                # the whole vote, with the digest vote's pull rounds in it
-                "vote_tail_s": t2 - max(t1, inbox.last_copy or t1),
-                "aggregation_s": t3 - t2,
-            },
-        )
+        return self._winners
+
+    # ------------------------------------------------------------ the omniscient attack
+
+    def _attack(self, inbox: _Inbox, bad: set[int], step: int) -> tuple[Tensor, Rows]:
+        """The omniscient attack (:mod:`byzshield.omniscient`) on every honest copy it
+        reads, received first. Returns the (possibly re-pointed) index and the rows."""
+        copies = inbox.copies
+        rows, index = copies.rows, copies.index
+        if not bad or self.omniscient is None:
+            return index, rows
+        for _ in inbox.arrived():  # the attack reads every honest copy: all of them in
+            pass
+        if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
+            picks = self.omniscient.honest_copies(bad)
+            inbox.pull(rows, index, picks)
+            for j, i in picks:
+                if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
+                    inbox.known[(j, i)] = inbox.digest(rows, int(index[j, i]))
+        return self.omniscient.forge(rows, index, bad, step)
 
     # ------------------------------------------------------------------ the full vote
 
-    def _full_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, original: Tensor, bad):
+    def _full_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
         """Vote every file bit for bit, each as soon as all its present copies are in
-        (torchrun: ``copies.arrivals``), writing winners into the reused buffer. Returns
-        (winning holder position, trusted, distorted files, lost votes per worker)."""
+        (torchrun: ``copies.arrivals``), writing winners into the reused buffer."""
         f, r = index.shape
-        present, winners = inbox.copies.present, self._winners
+        original, present = inbox.copies.index, inbox.copies.present
+        winners = self._buffer(rows)
         live = None if present is None else present.tolist()
         positions, agree, trusted = [0] * f, [0] * f, [False] * f
         distorted: list[int] = []
@@ -400,9 +429,9 @@ class RobustUpdate:
                 winners[j].copy_(rows[int(index[j, i])])
             distorted += self._distorted(files, positions, trusted, bad, same_as_honest)
             self._lost_votes(files, positions, trusted, voters, agrees, lost)
-        return positions, trusted, sorted(distorted), _by_worker(lost)
+        return _Votes(positions, trusted, winners, sorted(distorted), _by_worker(lost))
 
-    def _complete_files(self, inbox: _Inbox):
+    def _complete_files(self, inbox: _Inbox) -> Iterator[list[int]]:
         """Lists of files whose present copies are all in: every file at once when
         nothing is on the wire, else each file as its last holder's payload lands (a
         file with no present copy first)."""
@@ -447,7 +476,7 @@ class RobustUpdate:
                     claims[j][i] = inbox.digest(rows, row)
         return claims
 
-    def _lie(self, copies, claims, index, original, bad) -> Tensor:
+    def _lie(self, copies: Copies, claims, index: Tensor, bad: set[int]) -> Tensor:
         """``attack.digest_lie``: a Byzantine copy whose claimed digest and the copy it
         sends when pulled disagree. ``honest_digest``: it claims the honest copy's
         digest and sends its own; ``honest_tensor``: it claims its own and sends the
@@ -455,6 +484,7 @@ class RobustUpdate:
         lie with are left as they are."""
         if self.lie == "none" or not bad:
             return index
+        original = copies.index
         index = index.clone() if self.lie == "honest_tensor" else index
         omniscient = self.attack.needs_honest
         for w in sorted(bad):
@@ -473,11 +503,14 @@ class RobustUpdate:
                     claims[j][i] = copies.claims[ref_claim[0]][ref_claim[1]]
         return index
 
-    def _digest_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, claims) -> DigestVote:
+    def _digest_vote(
+        self, inbox: _Inbox, rows: Rows, index: Tensor, claims: list[list[bytes]], bad: set[int]
+    ) -> _Votes:
         """The digest vote (:func:`byzshield.vote.digest_vote`) on ``claims``, each pull
         a round of ``inbox``'s. The pushed copies (as the attack and a digest lie left
         them: free when pushed) and those the attack simulation pulled are verified
-        without asking."""
+        without asking. Distorted files and lost votes compare digests."""
+        winners = self._buffer(rows)
         known = dict(inbox.known)  # the copies the attack simulation already pulled
         pushed = self._pushed()
         inbox.pull(rows, index, pushed)
@@ -490,27 +523,26 @@ class RobustUpdate:
 
         present = inbox.copies.present
         present = None if present is None else present.tolist()
-        return digest_vote(claims, self.holders, known, pull, verify=self.verify, present=present)
+        vote = digest_vote(claims, self.holders, known, pull, verify=self.verify, present=present)
+        positions, trusted, votes = vote.positions, vote.trusted, vote.votes
+        rows.gather([int(index[j, i]) for j, i in enumerate(positions)], out=winners)
+        sent = inbox.copies.claims  # as the workers sent them: an honest one is true
+
+        def same_as_honest(j: int, k: int) -> bool:
+            return votes[j][positions[j]] == sent[j][k]
+
+        def agrees(j: int, k: int) -> bool:
+            return votes[j][k] == votes[j][positions[j]]
+
+        files = range(len(positions))
+        distorted = self._distorted(files, positions, trusted, bad, same_as_honest)
+        lost = self._lost_votes(files, positions, trusted, lambda j: votes[j], agrees, {})
+        return _Votes(
+            positions, trusted, winners, distorted, _by_worker(lost), _by_worker(vote.liars)
+        )
 
     def _pushed(self) -> list[tuple[int, int]]:
         return [(j, PUSHED) for j in range(self.placement.num_files)]
-
-    def _digest_tallies(self, vote: DigestVote, sent: list[list[bytes]], bad: set[int]):
-        """(distorted files, lost votes per worker) of a digest vote, comparing digests;
-        ``sent`` are the digests as the workers sent them (an honest one is true)."""
-        files = range(len(vote.positions))
-
-        def same_as_honest(j: int, k: int) -> bool:
-            return vote.votes[j][vote.positions[j]] == sent[j][k]
-
-        def agrees(j: int, k: int) -> bool:
-            return vote.votes[j][k] == vote.votes[j][vote.positions[j]]
-
-        distorted = self._distorted(files, vote.positions, vote.trusted, bad, same_as_honest)
-        lost = self._lost_votes(
-            files, vote.positions, vote.trusted, lambda j: vote.votes[j], agrees, {}
-        )
-        return distorted, _by_worker(lost)
 
     # ------------------------------------------------------------ the vote's tallies
 
@@ -550,22 +582,36 @@ class RobustUpdate:
                     out[w] = out.get(w, 0) + 1
         return out
 
-    def _attack(self, inbox: _Inbox, bad: set[int], step: int) -> tuple[Tensor, Rows]:
-        """The omniscient attack (:mod:`byzshield.omniscient`) on every honest copy it
-        reads, received first. Returns the (possibly re-pointed) index and the rows."""
-        copies = inbox.copies
-        rows, index = copies.rows, copies.index
-        if not bad or self.omniscient is None:
-            return index, rows
-        for _ in inbox.arrived():  # the attack reads every honest copy: all of them in
-            pass
-        if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
-            picks = self.omniscient.honest_copies(bad)
-            inbox.pull(rows, index, picks)
-            for j, i in picks:
-                if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
-                    inbox.known[(j, i)] = inbox.digest(rows, int(index[j, i]))
-        return self.omniscient.forge(rows, index, bad, step)
+
+def _metrics(vote: _Votes, losses, nonfinite, outside, factor, nbytes, times) -> dict:
+    """A step's metrics (BYZSHIELD.md section 7):
+
+    ``loss`` (the mean loss reported with the trusted winners), ``distorted`` (count)
+    and ``distorted_files``, ``all_strict`` and ``non_strict_files`` (files without a
+    strict majority, dropped), ``nonfinite_winners`` (winners the rule dropped),
+    ``lost_votes`` (copies that lost their file's vote, per worker, flagged or not),
+    ``outside_guarantee`` (the rule ran with f above what its guarantee allows for the
+    inputs it got), ``attack_factor`` (the factor an optimised attack chose this step, z
+    or eps, else None), ``bytes_received`` (this step's reply headers, payloads or the
+    copies the digest vote pulled; copies forged on the server cost none),
+    ``digest_liars`` (vote=digest: copies whose bytes did not match the digest their
+    sender sent, per worker; always {} for the full vote), then the ``times``.
+    """
+    dropped = len(vote.trusted) - sum(vote.trusted)
+    return {
+        "loss": _mean(losses),
+        "distorted": len(vote.distorted),
+        "distorted_files": vote.distorted,
+        "all_strict": dropped == 0,
+        "non_strict_files": dropped,
+        "nonfinite_winners": nonfinite,
+        "lost_votes": vote.lost,
+        "outside_guarantee": outside,
+        "attack_factor": factor,
+        "bytes_received": nbytes,
+        "digest_liars": vote.liars,
+        **times,
+    }
 
 
 def _by_worker(counts: dict) -> dict[str, int]:
