@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from byzshield.aggregators import AggregateResult, Aggregator
 from byzshield.aggregators._kernels import column_threads
 from byzshield.attacks import Attack
 from byzshield.data import derive_seed
@@ -225,7 +226,7 @@ class StepRule:
         outside_guarantee: the run was started outside the rule's guarantee on purpose.
     """
 
-    aggregator: object
+    aggregator: Aggregator
     f: int
     seed: int
     threads: int | None = None
@@ -244,7 +245,7 @@ class StepRule:
         because n is too few (see :mod:`byzshield.aggregators`)."""
         return self.outside_guarantee or self.beyond(n)
 
-    def __call__(self, stack: Tensor, step: int, *, outside: bool):
+    def __call__(self, stack: Tensor, step: int, *, outside: bool) -> AggregateResult:
         """The rule's result on the (n, d) ``stack`` of ``step``."""
         generator = None
         if getattr(self.aggregator, "needs_generator", False):
