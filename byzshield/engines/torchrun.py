@@ -5,8 +5,8 @@
 Every step the server sends each worker a :class:`byzshield.protocol.Control` message and
 the flat parameters; worker w computes the gradients of ``placement.worker_files[w]``
 with :func:`byzshield.gradients.file_gradients`, Byzantine workers apply their attack
-(unless it is omniscient: the server simulates those, :mod:`byzshield.step`), and each
-sends a :class:`byzshield.protocol.ReplyLayout` header and payload. The server receives
+(unless it is omniscient: the server simulates those, :mod:`byzshield.omniscient`), and
+each sends a :class:`byzshield.protocol.ReplyLayout` header and payload. The server receives
 every payload straight into one buffer, reused every step, which becomes the rows of the
 step's :class:`byzshield.step.Copies`: worker w's l rows and, after them, spare rows for
 its END marker and the slack that lets a message of the wrong length be named
