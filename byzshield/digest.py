@@ -4,7 +4,8 @@ A digest is BLAKE3 (32 bytes) of a copy's float32 bytes: two copies have the sam
 digest exactly when they are equal bit for bit (barring a BLAKE3 collision, which no
 worker can forge: it is a cryptographic hash, unlike xxhash). Workers send the digest of
 every file gradient they hold in their reply header; the server votes on digests and
-pulls one full copy per trusted file, whose digest it checks (:mod:`byzshield.step`).
+pulls one full copy per trusted file, whose digest it checks
+(:func:`byzshield.vote.digest_vote`).
 
 On the wire a digest travels as :data:`DIGEST_VALUES` float32 values carrying its bits.
 

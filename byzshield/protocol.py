@@ -26,6 +26,11 @@ with the requested gradients only::
                                                 then 1 for every held file to send
     pulled   float32[n * d + 1]                 the n requested gradients in order, END
 
+Pushed and pulled messages are built by :func:`pack_gradients`; every size in bytes the
+metrics report is one of this module's: :meth:`ReplyLayout.nbytes` (a reply),
+:func:`gradients_nbytes` (a pushed or pulled message), :func:`message_nbytes` (any
+worker message of a given length).
+
 The header comes first so that the server learns what a worker is about to send before
 it posts the receive for the payload; :meth:`ReplyLayout.check_header` refuses a header
 that announces anything but ``load * d`` values. A worker may lie in its header, so
@@ -71,12 +76,17 @@ from byzshield.digest import DIGEST_VALUES, pack_digests, unpack_digests
 __all__ = [
     "END",
     "SLACK",
+    "VALUE_BYTES",
     "Control",
     "Header",
     "Pull",
     "ReplyLayout",
     "Slot",
     "control_size",
+    "gradients_nbytes",
+    "gradients_size",
+    "message_nbytes",
+    "pack_gradients",
 ]
 
 _CONTROL_FIELDS = 2  # step, stop
@@ -86,11 +96,42 @@ END = torch.tensor([_END_BITS], dtype=torch.int32).view(torch.float32).item()
 """The last value of every message a worker sends (compared bit for bit)."""
 SLACK = 1024
 """Spare values after each message's END in the server's receive buffer."""
+VALUE_BYTES = 4
+"""Bytes of one value of a worker message (float32)."""
 
 
 def control_size(num_workers: int) -> int:
     """Length of the int64 control message for K = ``num_workers`` workers."""
     return _CONTROL_FIELDS + num_workers
+
+
+def message_nbytes(size: int) -> int:
+    """Bytes of a worker message of ``size`` float32 values and its END marker:
+    ``4 * (size + 1)``."""
+    return VALUE_BYTES * (size + 1)
+
+
+def gradients_size(n: int, d: int) -> int:
+    """Values before END of a pushed or pulled message: n file gradients of d values."""
+    return n * d
+
+
+def gradients_nbytes(n: int, d: int) -> int:
+    """Bytes of a pushed or pulled message, ``float32[n * d + 1]``: ``4 * (n * d + 1)``."""
+    return message_nbytes(gradients_size(n, d))
+
+
+def pack_gradients(
+    gradients: torch.Tensor, chosen: Sequence[int], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """vote=digest: a pushed or pulled message, the rows ``chosen`` (slots, in order) of
+    a worker's (load, d) gradients and END, written into ``out`` when given."""
+    d = gradients.shape[1]
+    size = gradients_size(len(chosen), d)
+    message = torch.empty(size + 1) if out is None else out
+    message[:size].view(len(chosen), d).copy_(gradients[list(chosen)])
+    message[size] = END
+    return message
 
 
 @dataclass(frozen=True)
@@ -200,8 +241,8 @@ class ReplyLayout:
         """Bytes of one reply (header and, for the full vote, payload, each with its END
         marker, float32)."""
         if self.digests:
-            return 4 * (self.header_size + 1)
-        return 4 * (self.header_size + 1 + self.payload_size + 1)
+            return message_nbytes(self.header_size)
+        return message_nbytes(self.header_size) + message_nbytes(self.payload_size)
 
     def pack_header(
         self,

@@ -13,6 +13,13 @@ same copies it returns the same bits, whichever engine built them.
 and an (f, r) index whose entry (j, i) is the row of file j's copy from its i-th holder
 (``placement.file_workers[j][i]``), with the loss reported along with every copy.
 
+:class:`RobustUpdate` runs the pieces in order and keeps nothing of a step but the
+reused winners buffer: the omniscient attack is :mod:`byzshield.omniscient`, the votes
+are :func:`byzshield.vote.vote_positions` (the full vote, each file as its last copy
+arrives) and :func:`byzshield.vote.digest_vote`, the rule runs as :class:`StepRule`, and
+what the step receives inside the update (pulls, payloads still on the wire, their
+time and bytes, :func:`byzshield.protocol.gradients_nbytes`) is a per-step inbox.
+
 Definitions the metrics use (BYZSHIELD.md section 7):
 
 - A file is **trusted** when a strict majority of its r copies agree bit for bit; a file
@@ -38,19 +45,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from byzshield.aggregators import AggregateResult, Aggregator
 from byzshield.aggregators._kernels import column_threads
-from byzshield.attacks import Attack, forge
+from byzshield.attacks import Attack
 from byzshield.data import derive_seed
 from byzshield.digest import digest
+from byzshield.omniscient import OmniscientAttack
 from byzshield.placement import Placement
-from byzshield.vote import Rows, same_bits, vote_positions
+from byzshield.protocol import gradients_nbytes
+from byzshield.vote import Rows, digest_vote, same_bits, vote_positions
 
-__all__ = ["Copies", "Outcome", "RobustUpdate", "copy_index", "pushed_slots"]
+__all__ = ["Copies", "Outcome", "RobustUpdate", "StepRule", "copy_index", "pushed_slots"]
 
 PUSHED = 0
 """vote=digest: the holder position whose copy of a file rides along with its digests
@@ -128,19 +138,161 @@ class Outcome:
     metrics: dict
 
 
+@dataclass
+class _Inbox:
+    """The copies one step receives inside the robust update, and what that costs: the
+    digest vote's pulls (``copies.fetch``) and the full vote's payloads still on the wire
+    (``copies.arrivals``). Made by :meth:`RobustUpdate.__call__` for one step, so that
+    nothing of a step is left on the update.
+
+    Attributes:
+        copies: the step's copies.
+        holders: ``holders[j][i]``, file j's i-th holder (who is asked for a pull).
+        pulled: bytes of the copies pulled so far.
+        receive_s: seconds spent waiting for copies (pulls and arrivals).
+        last_copy: ``time.perf_counter()`` when the last payload landed, or None.
+        known: vote=digest: the digests of honest copies the attack simulation pulled,
+            (file, holder position) -> digest, verified by the vote without a pull.
+    """
+
+    copies: Copies
+    holders: list[list[int]]
+    pulled: int = 0
+    receive_s: float = 0.0
+    last_copy: float | None = None
+    known: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    _digests: dict[int, bytes] = field(default_factory=dict)  # of rows: each hashed once
+    _fetched: set[int] = field(default_factory=set)  # rows received (never twice)
+
+    def pull(self, rows: Rows, index: Tensor, requests) -> None:
+        """Receive the requested (file, holder position) copies (one round) and count
+        their bytes: one message per worker asked, its copies and END; copies forged on
+        the server, and copies already received this step, are free."""
+        base = self.copies.rows.num_rows
+        wire = []
+        for j, i in requests:
+            row = int(index[j, i])
+            if row < base and row not in self._fetched:
+                self._fetched.add(row)
+                wire.append((j, i, row))
+        if not wire:
+            return
+        if self.copies.fetch is not None:
+            t0 = time.perf_counter()
+            self.copies.fetch(wire)
+            self.receive_s += time.perf_counter() - t0
+        per_worker: dict[int, int] = {}
+        for j, i, _ in wire:
+            w = self.holders[j][i]
+            per_worker[w] = per_worker.get(w, 0) + 1
+        d = rows.blocks[0].shape[1]
+        self.pulled += sum(gradients_nbytes(n, d) for n in per_worker.values())
+
+    def arrived(self) -> Iterator[int]:
+        """Drain ``copies.arrivals``, counting the time spent waiting on it as receiving,
+        and set it to None at the end (every row is in)."""
+        arrivals = self.copies.arrivals
+        while arrivals is not None:
+            t0 = time.perf_counter()
+            w = next(arrivals, None)
+            self.receive_s += time.perf_counter() - t0
+            if w is None:
+                self.copies.arrivals, self.last_copy = None, time.perf_counter()
+                return
+            yield w
+
+    def digest(self, rows: Rows, row: int) -> bytes:
+        """The digest of ``rows[row]`` (each row hashed once a step)."""
+        if row not in self._digests:
+            self._digests[row] = digest(rows[row])
+        return self._digests[row]
+
+
+@dataclass
+class StepRule:
+    """The run's aggregation rule as every step applies it: with the f it assumes, a
+    generator seeded from (seed, step) when it draws random numbers, on ``threads``
+    column threads (its result does not depend on them; None: torch's intra-op thread
+    count), outside its guarantee when told so. The robust update and the omniscient
+    attack's objective (:mod:`byzshield.omniscient`) both call it.
+
+    Attributes:
+        aggregator: the rule object (``aggregator(stack, f=, generator=,
+            outside_guarantee=)``), which keeps its own state across steps (centered
+            clipping's centre).
+        f: the f the rule assumes.
+        seed: the run's seed.
+        threads: column threads of the rule.
+        outside_guarantee: the run was started outside the rule's guarantee on purpose.
+    """
+
+    aggregator: Aggregator
+    f: int
+    seed: int
+    threads: int | None = None
+    outside_guarantee: bool = False
+
+    def beyond(self, n: int) -> bool:
+        """Whether n inputs are too few for the rule's guarantee at its f."""
+        try:
+            self.aggregator.check(n, self.f)
+        except ValueError:
+            return True
+        return False
+
+    def outside(self, n: int) -> bool:
+        """Whether the rule runs outside its guarantee on n inputs: on purpose, or
+        because n is too few (see :mod:`byzshield.aggregators`)."""
+        return self.outside_guarantee or self.beyond(n)
+
+    def __call__(self, stack: Tensor, step: int, *, outside: bool) -> AggregateResult:
+        """The rule's result on the (n, d) ``stack`` of ``step``."""
+        generator = None
+        if getattr(self.aggregator, "needs_generator", False):
+            generator = torch.Generator().manual_seed(derive_seed("aggregate", self.seed, step))
+        with column_threads(self.threads):
+            return self.aggregator(stack, f=self.f, generator=generator, outside_guarantee=outside)
+
+
+@dataclass
+class _Votes:
+    """What the vote decided in one step, and what it saw.
+
+    Attributes:
+        positions: per file, the holder position whose copy won.
+        trusted: per file, whether a strict majority decided it (else it is dropped).
+        winners: (f, d) each file's winning copy (the update's reused buffer).
+        distorted: the distorted files, in file order.
+        lost: {worker: copies of it that lost their file's vote}, in worker order.
+        liars: vote=digest: {worker: copies whose bytes did not match its digest}.
+    """
+
+    positions: list[int]
+    trusted: list[bool]
+    winners: Tensor
+    distorted: list[int]
+    lost: dict[str, int]
+    liars: dict[str, int] = field(default_factory=dict)
+
+
 class RobustUpdate:
     """Attack simulation, vote and aggregation for one run (built once, called per step).
 
     Args:
         placement: who holds which file.
         attack: the attack; only attacks with ``needs_honest`` (omniscient: ALIE, IPM)
-            are simulated here, the others are already in the copies.
+            are simulated here (:mod:`byzshield.omniscient`), the others are already in
+            the copies.
         aggregator: the rule object (``aggregator(stack, f=, generator=)``), which keeps
             its own state across steps (centered clipping's centre).
         aggregator_f: the f the rule assumes.
         seed: the run's seed; per-step generators are derived from (seed, step).
         threads: column threads of the rule (its result does not depend on them);
             None: torch's intra-op thread count.
+        outside_guarantee: the run was started outside the rule's guarantee on purpose.
+        verify: vote=digest: how many copies of a winning digest are checked, ``first``
+            or ``majority`` (:func:`byzshield.vote.digest_vote`).
+        lie: ``attack.digest_lie`` (:meth:`_lie`).
     """
 
     def __init__(
@@ -158,136 +310,133 @@ class RobustUpdate:
     ):
         self.placement = placement
         self.verify, self.lie = verify, lie
-        self.threads = threads
-        self.outside_guarantee = outside_guarantee
         self.attack = attack
-        self.aggregator = aggregator
-        self.f = aggregator_f
-        self.seed = seed
+        self.rule = StepRule(aggregator, aggregator_f, seed, threads, outside_guarantee)
+        self.omniscient = (
+            OmniscientAttack(placement, attack, self.rule) if attack.needs_honest else None
+        )
         self.holders = [list(ws) for ws in placement.file_workers]
         self._winners: Tensor | None = None  # reused (f, d) buffer: no page faults per step
         self.position = {(w, j): i for j, ws in enumerate(self.holders) for i, w in enumerate(ws)}
 
     def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
-        """The step's gradient and metrics.
+        """The step's gradient and metrics (:func:`_metrics` lists them).
 
-        Metrics: ``loss``, ``distorted`` (count) and ``distorted_files``, ``all_strict``
-        and ``non_strict_files`` (files without a strict majority, dropped),
-        ``nonfinite_winners`` (winners the rule dropped), ``outside_guarantee`` (the rule
-        ran with f above what its guarantee allows for the inputs it got), and the times
-        ``attack_s``, ``vote_s``, ``aggregation_s``.
+        Times: ``attack_s``, ``vote_s`` and ``aggregation_s``; the first two without the
+        waits for copies, which are ``receive_s`` (torchrun: the full vote's copies still
+        on the wire, the digest vote's pulls; counted as communication). ``vote_tail_s``
+        is the part of the vote after the last payload landed (the full vote over
+        torchrun votes files while later copies arrive), else the whole vote.
         """
         bad = set(byzantine)
-        original = copies.index
-        self._pulled, self._receive_s, self._last_copy = 0, 0.0, None
-        self._row_digests: dict[int, bytes] = {}
-        self._known: dict[tuple[int, int], bytes] = {}
-        self._fetched: set[int] = set()  # rows received this step (never twice)
+        inbox = _Inbox(copies, self.holders)
         t0 = time.perf_counter()
         if copies.claims is not None:  # the pushed copies: already in when this starts
-            self._pull(copies, copies.rows, copies.index, self._pushed())
-        index, rows = self._simulate_attack(copies, bad, step)
-        claims = self._claims(copies, rows, index, bad)
-        index = self._lie(copies, claims, index, original, bad)
-        t1 = time.perf_counter()
-        attack_receive = self._receive_s
+            inbox.pull(copies.rows, copies.index, self._pushed())
+        index, rows = self._attack(inbox, bad, step)
+        claims = self._claims(inbox, rows, index, bad)
+        index = self._lie(copies, claims, index, bad)
+        t1, attack_receive = time.perf_counter(), inbox.receive_s
+        if claims is None:
+            vote = self._full_vote(inbox, rows, index, bad)
+        else:
+            vote = self._digest_vote(inbox, rows, index, claims, bad)
+        kept = [j for j, ok in enumerate(vote.trusted) if ok]
+        losses = [float(copies.losses[j, vote.positions[j]]) for j in kept]
+        winners = vote.winners
+        if len(kept) < len(vote.trusted):
+            winners = winners.index_select(0, torch.tensor(kept, dtype=torch.long))
+        t2 = time.perf_counter()
+        gradient, nonfinite, outside = self._aggregate(winners, step)
+        t3 = time.perf_counter()
+        times = {
+            "receive_s": inbox.receive_s,
+            "attack_s": t1 - t0 - attack_receive,
+            "vote_s": t2 - t1 - (inbox.receive_s - attack_receive),
+            "vote_tail_s": t2 - max(t1, inbox.last_copy or t1),
+            "aggregation_s": t3 - t2,
+        }
+        factor = getattr(self.attack, "last_factor", None) if bad else None
+        nbytes = copies.bytes_in + inbox.pulled
+        metrics = _metrics(vote, losses, nonfinite, outside, factor, nbytes, times)
+        return Outcome(gradient=gradient, metrics=metrics)
+
+    def _aggregate(self, winners: Tensor, step: int) -> tuple[Tensor, int, bool]:
+        """The rule on the (n, d) trusted winners: (gradient, winners it dropped as
+        non-finite, whether it ran outside its guarantee); with none, no update."""
+        outside = self.rule.outside(winners.shape[0])
+        if winners.shape[0] == 0:  # nothing trusted this step: no update
+            return torch.zeros(winners.shape[1], dtype=winners.dtype), 0, outside
+        result = self.rule(winners, step, outside=outside)
+        return result.value, len(result.nonfinite_rows), result.outside_guarantee
+
+    def _buffer(self, rows: Rows) -> Tensor:
+        """The reused (f, d) winners buffer for rows like ``rows``."""
         block = rows.blocks[0]
         shape = (self.placement.num_files, block.shape[1])
         if self._winners is None or self._winners.shape != shape:
             self._winners = torch.empty(shape, dtype=block.dtype)
-        liars: dict[str, int] = {}
-        if claims is not None:
-            positions, trusted, votes, liars = self._digest_vote(copies, rows, index, claims)
-            winners = rows.gather(
-                [int(index[j, i]) for j, i in enumerate(positions)], out=self._winners
-            )
-            distorted = self._distorted_digests(positions, votes, original, copies, bad, trusted)
-            lost = self._lost_digests(positions, votes, trusted)
-        else:
-            winners = self._winners
-            positions, trusted, distorted, lost = self._full_vote(
-                copies, rows, index, original, bad
-            )
-        kept = [j for j, ok in enumerate(trusted) if ok]
-        losses = [float(copies.losses[j, positions[j]]) for j in kept]
-        if len(kept) < len(trusted):
-            winners = winners.index_select(0, torch.tensor(kept, dtype=torch.long))
-        t2 = time.perf_counter()
-        generator = None
-        if getattr(self.aggregator, "needs_generator", False):
-            generator = torch.Generator().manual_seed(derive_seed("aggregate", self.seed, step))
-        outside = self.outside_guarantee or self._beyond(len(kept))
-        if kept:
-            with column_threads(self.threads):
-                result = self.aggregator(
-                    winners, f=self.f, generator=generator, outside_guarantee=outside
-                )
-            gradient, nonfinite = result.value, len(result.nonfinite_rows)
-            outside = result.outside_guarantee
-        else:  # nothing trusted this step: no update
-            gradient, nonfinite = torch.zeros(winners.shape[1], dtype=winners.dtype), 0
-        t3 = time.perf_counter()
-        dropped = len(trusted) - len(kept)
-        return Outcome(
-            gradient=gradient,
-            metrics={
-                "loss": _mean(losses),
-                "distorted": len(distorted),
-                "distorted_files": distorted,
-                "all_strict": dropped == 0,
-                "non_strict_files": dropped,
-                "nonfinite_winners": nonfinite,
-                # copies that lost their file's vote, per worker (flagged or not)
-                "lost_votes": lost,
-                "outside_guarantee": outside,
-                # the factor an optimised attack chose this step (z or eps), else null
-                "attack_factor": getattr(self.attack, "last_factor", None) if bad else None,
-                # bytes the server received this step (reply headers, payloads or the
-                # copies the digest vote pulled); copies forged on the server cost none
-                "bytes_received": copies.bytes_in + self._pulled,
-                # vote=digest: copies whose bytes did not match the digest their sender
-                # sent, per worker (caught lying); always {} for the full vote
-                "digest_liars": _by_worker(liars),
-                # torchrun: waiting for copies inside the update (the full vote's copies
-                # still on the wire, the digest vote's pulls), counted as communication
-                "receive_s": self._receive_s,
-                "attack_s": t1 - t0 - attack_receive,
-                "vote_s": t2 - t1 - (self._receive_s - attack_receive),
-                # the full vote over torchrun: the part of the vote after the last
-                # payload landed (files are voted while later copies arrive); otherwise
-                # the whole vote, with the digest vote's pull rounds in it
-                "vote_tail_s": t2 - max(t1, self._last_copy or t1),
-                "aggregation_s": t3 - t2,
-            },
-        )
+        return self._winners
+
+    # ------------------------------------------------------------ the omniscient attack
+
+    def _attack(self, inbox: _Inbox, bad: set[int], step: int) -> tuple[Tensor, Rows]:
+        """The omniscient attack (:mod:`byzshield.omniscient`) on every honest copy it
+        reads, received first. Returns the (possibly re-pointed) index and the rows."""
+        copies = inbox.copies
+        rows, index = copies.rows, copies.index
+        if not bad or self.omniscient is None:
+            return index, rows
+        for _ in inbox.arrived():  # the attack reads every honest copy: all of them in
+            pass
+        if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
+            picks = self.omniscient.honest_copies(bad)
+            inbox.pull(rows, index, picks)
+            for j, i in picks:
+                if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
+                    inbox.known[(j, i)] = inbox.digest(rows, int(index[j, i]))
+        return self.omniscient.forge(rows, index, bad, step)
 
     # ------------------------------------------------------------------ the full vote
 
-    def _full_vote(self, copies: Copies, rows: Rows, index: Tensor, original: Tensor, bad):
+    def _full_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
         """Vote every file bit for bit, each as soon as all its present copies are in
-        (torchrun: ``copies.arrivals``), writing winners into the reused buffer. Returns
-        (winning holder position, trusted, distorted files, lost votes per worker)."""
+        (torchrun: ``copies.arrivals``), writing winners into the reused buffer."""
         f, r = index.shape
-        present, winners = copies.present, self._winners
+        original, present = inbox.copies.index, inbox.copies.present
+        winners = self._buffer(rows)
+        live = None if present is None else present.tolist()
         positions, agree, trusted = [0] * f, [0] * f, [False] * f
         distorted: list[int] = []
-        lost: dict[str, int] = {}
-        for files in self._complete_files(copies):
+        lost: dict[int, int] = {}
+
+        def same_as_honest(j: int, k: int) -> bool:  # the winner vs copy k as received
+            ref = int(original[j, k])
+            return ref == int(index[j, positions[j]]) or same_bits(winners[j], rows[ref])
+
+        def voters(j: int) -> list[int]:  # none when unanimous: no copy lost
+            ks = list(range(r)) if live is None else [k for k in range(r) if live[j][k]]
+            return [] if agree[j] == len(ks) else ks
+
+        def agrees(j: int, k: int) -> bool:
+            row = int(index[j, k])
+            return row == int(index[j, positions[j]]) or same_bits(rows[row], winners[j])
+
+        for files in self._complete_files(inbox):
             mask = None if present is None else present[files]
             picks, counts = vote_positions(rows, index[files], present=mask)
             for j, i, c in zip(files, picks, counts, strict=True):
                 positions[j], agree[j], trusted[j] = i, c, 2 * c > r
                 winners[j].copy_(rows[int(index[j, i])])
-            distorted += self._distorted(
-                rows, original, index, positions, winners, bad, trusted, files
-            )
-            self._lost_votes(rows, index, positions, winners, trusted, agree, present, files, lost)
-        return positions, trusted, sorted(distorted), _by_worker(lost)
+            distorted += self._distorted(files, positions, trusted, bad, same_as_honest)
+            self._lost_votes(files, positions, trusted, voters, agrees, lost)
+        return _Votes(positions, trusted, winners, sorted(distorted), _by_worker(lost))
 
-    def _complete_files(self, copies: Copies):
+    def _complete_files(self, inbox: _Inbox) -> Iterator[list[int]]:
         """Lists of files whose present copies are all in: every file at once when
         nothing is on the wire, else each file as its last holder's payload lands (a
         file with no present copy first)."""
+        copies = inbox.copies
         f = copies.index.shape[0]
         if copies.arrivals is None:
             yield list(range(f))
@@ -300,7 +449,7 @@ class RobustUpdate:
         empty = [j for j in range(f) if need[j] == 0]
         if empty:
             yield empty
-        for w in self._arrived(copies):
+        for w in inbox.arrived():
             ready = []
             for j in self.placement.worker_files[w]:
                 if present is None or present[j][self.position[(w, j)]]:
@@ -310,29 +459,12 @@ class RobustUpdate:
             if ready:
                 yield ready
 
-    def _arrived(self, copies: Copies):
-        """Drain ``copies.arrivals``, counting the time spent waiting on it as receiving,
-        and set it to None at the end (every row is in)."""
-        arrivals = copies.arrivals
-        while arrivals is not None:
-            t0 = time.perf_counter()
-            w = next(arrivals, None)
-            self._receive_s += time.perf_counter() - t0
-            if w is None:
-                copies.arrivals, self._last_copy = None, time.perf_counter()
-                return
-            yield w
-
     # ---------------------------------------------------------------- the digest vote
 
-    def _row_digest(self, rows: Rows, row: int) -> bytes:
-        if row not in self._row_digests:
-            self._row_digests[row] = digest(rows[row])
-        return self._row_digests[row]
-
-    def _claims(self, copies: Copies, rows: Rows, index: Tensor, bad: set[int]):
+    def _claims(self, inbox: _Inbox, rows: Rows, index: Tensor, bad: set[int]):
         """Each copy's digest as its sender claims it, after the attack: a Byzantine copy
         the server forged (omniscient attacks) claims its forged row's digest."""
+        copies = inbox.copies
         if copies.claims is None:
             return None
         claims = [list(c) for c in copies.claims]
@@ -342,10 +474,10 @@ class RobustUpdate:
                 i = self.position[(w, j)]
                 row = int(index[j, i])
                 if row >= base:
-                    claims[j][i] = self._row_digest(rows, row)
+                    claims[j][i] = inbox.digest(rows, row)
         return claims
 
-    def _lie(self, copies, claims, index, original, bad) -> Tensor:
+    def _lie(self, copies: Copies, claims, index: Tensor, bad: set[int]) -> Tensor:
         """``attack.digest_lie``: a Byzantine copy whose claimed digest and the copy it
         sends when pulled disagree. ``honest_digest``: it claims the honest copy's
         digest and sends its own; ``honest_tensor``: it claims its own and sends the
@@ -353,6 +485,7 @@ class RobustUpdate:
         lie with are left as they are."""
         if self.lie == "none" or not bad:
             return index
+        original = copies.index
         index = index.clone() if self.lie == "honest_tensor" else index
         omniscient = self.attack.needs_honest
         for w in sorted(bad):
@@ -371,282 +504,120 @@ class RobustUpdate:
                     claims[j][i] = copies.claims[ref_claim[0]][ref_claim[1]]
         return index
 
-    def _digest_vote(self, copies: Copies, rows: Rows, index: Tensor, claims):
-        """Vote on digests, then pull copies of the winning digest until ``verify``
-        holders' bytes match it: one (``first``) or a strict majority (``majority``).
-        A pulled copy that does not match its sender's digest is recorded against the
-        sender and votes from then on with the digest of what it sent; ``majority``
-        also pulls every copy of a file without a strict majority of digests. Returns
-        (winning holder position per file, trusted per file, each file's final votes,
-        liars)."""
-        f, r = index.shape
-        need = 1 if self.verify == "first" else self.placement.threshold
-        present = None if copies.present is None else copies.present.tolist()
-        known = dict(self._known)  # the copies the attack simulation already pulled
-        pushed = self._pushed()  # as the attack and a digest lie left them (free when pushed)
-        self._pull(copies, rows, index, pushed)
+    def _digest_vote(
+        self, inbox: _Inbox, rows: Rows, index: Tensor, claims: list[list[bytes]], bad: set[int]
+    ) -> _Votes:
+        """The digest vote (:func:`byzshield.vote.digest_vote`) on ``claims``, each pull
+        a round of ``inbox``'s. The pushed copies (as the attack and a digest lie left
+        them: free when pushed) and those the attack simulation pulled are verified
+        without asking. Distorted files and lost votes compare digests."""
+        winners = self._buffer(rows)
+        known = dict(inbox.known)  # the copies the attack simulation already pulled
+        pushed = self._pushed()
+        inbox.pull(rows, index, pushed)
         for j, i in pushed:
-            known.setdefault((j, i), self._row_digest(rows, int(index[j, i])))
-        liars: dict[str, int] = {}
-        for (j, i), actual in known.items():
-            if present is not None and not present[j][i]:
-                continue  # an erased copy does not vote
-            if actual != claims[j][i]:
-                w = str(self.holders[j][i])
-                liars[w] = liars.get(w, 0) + 1
-        positions, trusted, votes = [0] * f, [False] * f, [dict() for _ in range(f)]
-        open_files = list(range(f))
-        while open_files:
-            requests: list[tuple[int, int]] = []
-            still = []
-            for j in open_files:
-                live = [i for i in range(r) if present is None or present[j][i]]
-                vote = {i: known.get((j, i), claims[j][i]) for i in live}
-                members = _largest_group(vote)
-                votes[j] = vote
-                unknown = [i for i in live if (j, i) not in known]
-                if 2 * len(members) <= r:  # no strict majority of all r copies
-                    if self.verify == "majority" and unknown:
-                        requests += [(j, i) for i in unknown]
-                        still.append(j)
-                    else:
-                        positions[j] = members[0] if members else 0
-                    continue
-                checked = [i for i in members if (j, i) in known]
-                if len(checked) >= need:
-                    positions[j], trusted[j] = checked[0], True
-                    continue
-                todo = [i for i in members if (j, i) not in known][: need - len(checked)]
-                requests += [(j, i) for i in todo]
-                still.append(j)
-            if requests:
-                self._pull(copies, rows, index, requests)
-                for j, i in requests:
-                    known[(j, i)] = self._row_digest(rows, int(index[j, i]))
-                    if known[(j, i)] != claims[j][i]:
-                        w = str(self.holders[j][i])
-                        liars[w] = liars.get(w, 0) + 1
-            open_files = still
-        return positions, trusted, votes, liars
+            known.setdefault((j, i), inbox.digest(rows, int(index[j, i])))
+
+        def pull(requests: list[tuple[int, int]]) -> list[bytes]:
+            inbox.pull(rows, index, requests)
+            return [inbox.digest(rows, int(index[j, i])) for j, i in requests]
+
+        present = inbox.copies.present
+        present = None if present is None else present.tolist()
+        vote = digest_vote(claims, self.holders, known, pull, verify=self.verify, present=present)
+        positions, trusted, votes = vote.positions, vote.trusted, vote.votes
+        rows.gather([int(index[j, i]) for j, i in enumerate(positions)], out=winners)
+        sent = inbox.copies.claims  # as the workers sent them: an honest one is true
+
+        def same_as_honest(j: int, k: int) -> bool:
+            return votes[j][positions[j]] == sent[j][k]
+
+        def agrees(j: int, k: int) -> bool:
+            return votes[j][k] == votes[j][positions[j]]
+
+        files = range(len(positions))
+        distorted = self._distorted(files, positions, trusted, bad, same_as_honest)
+        lost = self._lost_votes(files, positions, trusted, lambda j: votes[j], agrees, {})
+        return _Votes(
+            positions, trusted, winners, distorted, _by_worker(lost), _by_worker(vote.liars)
+        )
 
     def _pushed(self) -> list[tuple[int, int]]:
         return [(j, PUSHED) for j in range(self.placement.num_files)]
 
-    def _pull(self, copies: Copies, rows: Rows, index: Tensor, requests) -> None:
-        """Receive the requested copies (one round) and count their bytes: one message
-        per worker asked, its copies and END; copies forged on the server, and copies
-        already received this step, are free."""
-        base = copies.rows.num_rows
-        wire = []
-        for j, i in requests:
-            row = int(index[j, i])
-            if row < base and row not in self._fetched:
-                self._fetched.add(row)
-                wire.append((j, i, row))
-        if not wire:
-            return
-        if copies.fetch is not None:
-            t0 = time.perf_counter()
-            copies.fetch(wire)
-            self._receive_s += time.perf_counter() - t0
-        per_worker: dict[int, int] = {}
-        for j, i, _ in wire:
-            w = self.holders[j][i]
-            per_worker[w] = per_worker.get(w, 0) + 1
-        d = rows.blocks[0].shape[1]
-        self._pulled += sum(4 * (n * d + 1) for n in per_worker.values())
+    # ------------------------------------------------------------ the vote's tallies
 
-    def _distorted_digests(self, positions, votes, original, copies, bad, trusted) -> list[int]:
-        """As :meth:`_distorted`, comparing digests: a trusted winner from a Byzantine
-        holder whose digest differs from the honest copy's."""
-        if not bad:
-            return []
-        out = []
-        for j, i in enumerate(positions):
-            ws = self.holders[j]
-            if not trusted[j] or ws[i] not in bad:
-                continue
-            winner = votes[j][i]
-            honest = next((k for k, w in enumerate(ws) if w not in bad), None)
-            if honest is not None:
-                ref = copies.claims[j][honest]  # an honest worker's digest is true
-            elif self.attack.needs_honest:
-                ref = copies.claims[j][i]  # what the Byzantine worker computed honestly
-            else:
-                out.append(j)
-                continue
-            if winner != ref:
-                out.append(j)
-        return out
-
-    def _lost_digests(self, positions, votes, trusted) -> dict:
-        out: dict[str, int] = {}
-        for j, i in enumerate(positions):
-            if not trusted[j]:
-                continue
-            winner = votes[j][i]
-            for k, v in votes[j].items():
-                if v != winner:
-                    w = str(self.holders[j][k])
-                    out[w] = out.get(w, 0) + 1
-        return _by_worker(out)
-
-    def _lost_votes(self, rows, index, positions, winners, trusted, agree, present, files, out):
-        """Count into ``out`` {worker: copies of it that disagreed with their file's
-        trusted winner} over ``files``: what the vote can observe of a lying worker,
-        whether or not it was flagged."""
-        for j in files:
-            i = positions[j]
-            arrived = len(self.holders[j]) if present is None else int(present[j].sum())
-            if not trusted[j] or agree[j] == arrived:
-                continue  # dropped, or unanimous
-            win = int(index[j, i])
-            for k, w in enumerate(self.holders[j]):
-                if present is not None and not bool(present[j, k]):
-                    continue
-                row = int(index[j, k])
-                if row != win and not same_bits(rows[row], winners[j]):
-                    out[str(w)] = out.get(str(w), 0) + 1
-
-    def _beyond(self, n: int) -> bool:
-        """Whether n trusted inputs are too few for the rule's guarantee at its f."""
-        try:
-            self.aggregator.check(n, self.f)
-        except ValueError:
-            return True
-        return False
-
-    def _simulate_attack(self, copies: Copies, bad: set[int], step: int) -> tuple[Tensor, Rows]:
-        """The omniscient adversary: the one place where Byzantine copies are computed
-        from honest gradients. Returns the (possibly re-pointed) index and the rows."""
-        rows, index = copies.rows, copies.index
-        if not bad or not self.attack.needs_honest:
-            return index, rows
-        for _ in self._arrived(copies):  # the attack reads every honest copy: all of them in
-            pass
-        if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
-            picks = [(j, self._honest_position(j, bad)) for j in range(len(self.holders))]
-            self._pull(copies, rows, index, picks)
-            for j, i in picks:
-                if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
-                    self._known[(j, i)] = self._row_digest(rows, int(index[j, i]))
-        honest = self._honest_stack(rows, index, bad)
-        files = sorted({j for w in bad for j in self.placement.worker_files[w]})
-        counts = [sum(w in bad for w in ws) for ws in self.holders]
-        weights = torch.tensor([len(ws) - c for ws, c in zip(self.holders, counts, strict=True)])
-        objective = None
-        if getattr(self.attack, "needs_objective", False):
-            objective = self._damage(honest, counts, step)
-        forged = forge(
-            self.attack,
-            honest,
-            files,
-            seed=self.seed,
-            step=step,
-            weights=weights.to(torch.float64),
-            objective=objective,
-        )
-        rows = Rows(*rows.blocks)
-        start = rows.append(forged)
-        row_of = {j: start + (k if forged.shape[0] > 1 else 0) for k, j in enumerate(files)}
-        index = index.clone()
-        for w in bad:
-            for j in self.placement.worker_files[w]:
-                index[j, self.position[(w, j)]] = row_of[j]
-        return index, rows
-
-    def _damage(self, honest: Tensor, counts: list[int], step: int):
-        """The objective of the optimised attacks: ||rule(winners) - honest mean|| when
-        every file the Byzantine copies win (a strict majority of its copies) carries the
-        candidate vector v and ties are dropped, exactly as the vote will decide. Each
-        evaluation leaves the rule's state as it found it."""
-        r, t = self.placement.replication, self.placement.threshold
-        keep = [j for j, c in enumerate(counts) if 2 * c != r]  # ties are dropped
-        won = [k for k, j in enumerate(keep) if counts[j] >= t]
-        base = honest[keep].clone()
-        mean = honest.to(torch.float64).mean(dim=0)
-        outside = self.outside_guarantee or self._beyond(len(keep))
-        state = self.aggregator.state_dict()
-
-        def damage(v: Tensor) -> float:
-            if not keep:
-                return 0.0
-            base[won] = v
-            generator = None
-            if getattr(self.aggregator, "needs_generator", False):
-                seed = derive_seed("aggregate", self.seed, step)
-                generator = torch.Generator().manual_seed(seed)
-            with column_threads(self.threads):
-                value = self.aggregator(
-                    base, f=self.f, generator=generator, outside_guarantee=outside
-                ).value
-            self.aggregator.load_state_dict(state)
-            return float(torch.linalg.vector_norm(value.to(torch.float64) - mean))
-
-        return damage
-
-    def _honest_position(self, j: int, bad: set[int]) -> int:
-        """File j's first honest holder (position), or 0 when every holder is Byzantine."""
-        return next((i for i, w in enumerate(self.holders[j]) if w not in bad), 0)
-
-    def _honest_stack(self, rows: Rows, index: Tensor, bad: set[int]) -> Tensor:
-        """(f, d): each file's gradient as an honest holder sent it (for an omniscient
-        attack Byzantine workers send honest gradients too, so any holder will do)."""
-        picks = [int(index[j, self._honest_position(j, bad)]) for j in range(len(self.holders))]
-        first = rows.blocks[0]
-        if picks == list(range(len(picks))) and first.shape[0] >= len(picks):
-            return first[: len(picks)]  # the simulator's honest rows: no copy
-        return rows.gather(picks)
-
-    def _distorted(
-        self,
-        rows: Rows,
-        original: Tensor,
-        index: Tensor,
-        positions: list[int],
-        winners: Tensor,
-        bad: set[int],
-        trusted: list[bool],
-        files: list[int],
-    ) -> list[int]:
+    def _distorted(self, files, positions, trusted, bad: set[int], same_as_honest) -> list[int]:
+        """The distorted files among ``files`` (see the module docstring), in that
+        order: a trusted winner from a Byzantine holder that is not
+        ``same_as_honest(j, k)``, the copy file j's k-th holder sent honestly (its first
+        honest holder's; for an omniscient attack without one, what the winner's own
+        holder computed before forging). With neither there is nothing to compare with:
+        distorted. The full vote compares bits, the digest vote digests."""
         if not bad:
             return []
         out = []
         for j in files:
             i, ws = positions[j], self.holders[j]
-            if not trusted[j]:
-                continue  # dropped, not aggregated
-            if ws[i] not in bad:
-                continue
+            if not trusted[j] or ws[i] not in bad:
+                continue  # dropped (not aggregated), or an honest winner
             honest = next((k for k, w in enumerate(ws) if w not in bad), None)
-            if honest is not None:
-                ref = int(original[j, honest])
-            elif self.attack.needs_honest:
-                ref = int(original[j, i])  # what the Byzantine worker computed honestly
-            else:
+            if honest is None and not self.attack.needs_honest:
                 out.append(j)  # nothing honest to compare with
-                continue
-            if ref == int(index[j, i]):
-                continue  # the winner is the honest row itself
-            if not same_bits(winners[j], rows[ref]):
+            elif not same_as_honest(j, i if honest is None else honest):
                 out.append(j)
         return out
 
+    def _lost_votes(self, files, positions, trusted, voters, agrees, out: dict) -> dict:
+        """Count into ``out`` {worker: copies of it that disagree with their file's
+        trusted winner} over ``files``: what the vote can observe of a lying worker,
+        whether or not it was flagged. ``voters(j)``: the holder positions of file j's
+        copies that voted (erasures do not); ``agrees(j, k)``: whether copy k equals
+        file j's winner (bits in the full vote, digests in the digest vote)."""
+        for j in files:
+            if not trusted[j]:
+                continue  # dropped
+            for k in voters(j):
+                if not agrees(j, k):
+                    w = self.holders[j][k]
+                    out[w] = out.get(w, 0) + 1
+        return out
 
-def _by_worker(counts: dict[str, int]) -> dict[str, int]:
-    """A per-worker count in worker order (keys are worker ids as strings, for JSON)."""
-    return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
+
+def _metrics(vote: _Votes, losses, nonfinite, outside, factor, nbytes, times) -> dict:
+    """A step's metrics (BYZSHIELD.md section 7):
+
+    ``loss`` (the mean loss reported with the trusted winners), ``distorted`` (count)
+    and ``distorted_files``, ``all_strict`` and ``non_strict_files`` (files without a
+    strict majority, dropped), ``nonfinite_winners`` (winners the rule dropped),
+    ``lost_votes`` (copies that lost their file's vote, per worker, flagged or not),
+    ``outside_guarantee`` (the rule ran with f above what its guarantee allows for the
+    inputs it got), ``attack_factor`` (the factor an optimised attack chose this step, z
+    or eps, else None), ``bytes_received`` (this step's reply headers, payloads or the
+    copies the digest vote pulled; copies forged on the server cost none),
+    ``digest_liars`` (vote=digest: copies whose bytes did not match the digest their
+    sender sent, per worker; always {} for the full vote), then the ``times``.
+    """
+    dropped = len(vote.trusted) - sum(vote.trusted)
+    return {
+        "loss": _mean(losses),
+        "distorted": len(vote.distorted),
+        "distorted_files": vote.distorted,
+        "all_strict": dropped == 0,
+        "non_strict_files": dropped,
+        "nonfinite_winners": nonfinite,
+        "lost_votes": vote.lost,
+        "outside_guarantee": outside,
+        "attack_factor": factor,
+        "bytes_received": nbytes,
+        "digest_liars": vote.liars,
+        **times,
+    }
 
 
-def _largest_group(vote: dict[int, bytes]) -> list[int]:
-    """Positions of the largest group of equal digests, in position order; among
-    groups of equal size the one with the lowest first position (as the full vote)."""
-    groups: dict[bytes, list[int]] = {}
-    for i in sorted(vote):
-        groups.setdefault(vote[i], []).append(i)
-    if not groups:
-        return []
-    return max(groups.values(), key=lambda g: (len(g), -g[0]))
+def _by_worker(counts: dict) -> dict[str, int]:
+    """A per-worker count in worker order, keyed by worker id as a string (for JSON)."""
+    return {str(w): c for w, c in sorted(counts.items(), key=lambda kv: int(kv[0]))}
 
 
 def _mean(values: list[float]) -> float:

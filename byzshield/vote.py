@@ -24,6 +24,11 @@ placement lists the file's workers in). It replaces the original research code's
 Boyer-Moore pass, which returned whichever candidate survived last. The trainer's robust
 update (:mod:`byzshield.step`) trusts only strict winners and drops the other files.
 
+The digest-first vote (``vote=digest``, :func:`digest_vote`) votes on the digests the
+workers send instead (:mod:`byzshield.digest`), and reads only as many full copies as
+it takes to check the winning digest; the same policy decides it, and a copy whose
+bytes do not match its sender's digest votes with the digest of what was sent.
+
 Example::
 
     >>> import torch
@@ -38,16 +43,18 @@ Run the tests: ``OMP_NUM_THREADS=1 python -m pytest tests/test_vote.py``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "DigestVote",
     "Rows",
     "VoteBatch",
     "VoteResult",
+    "digest_vote",
     "majority_vote",
     "same_bits",
     "vote_files",
@@ -370,3 +377,116 @@ def _as_rows(rows) -> Rows:
     if not isinstance(rows, Rows):
         raise ValueError(f"rows must be an (N, d) tensor or Rows, got {type(rows)}")
     return rows
+
+
+@dataclass(frozen=True)
+class DigestVote:
+    """Outcome of the digest-first vote over f files (:func:`digest_vote`).
+
+    Attributes:
+        positions: per file, the holder position whose copy won (trusted files: a
+            verified copy; the others: the first of the largest group of digests).
+        trusted: per file, whether a strict majority of its r digests agreed and enough
+            copies of the winning digest were verified.
+        votes: per file, {holder position: digest} of the copies that voted, as the
+            vote ended (a verified copy votes with the digest of its bytes).
+        liars: {worker: copies whose bytes did not match the digest it sent}.
+    """
+
+    positions: list[int]
+    trusted: list[bool]
+    votes: list[dict[int, bytes]]
+    liars: dict[int, int]
+
+
+def digest_vote(
+    claims: Sequence[Sequence[bytes]],
+    holders: Sequence[Sequence[int]],
+    known: Mapping[tuple[int, int], bytes],
+    pull: Callable[[list[tuple[int, int]]], Sequence[bytes]],
+    *,
+    verify: str = "first",
+    present: Sequence[Sequence[bool]] | None = None,
+) -> DigestVote:
+    """Vote on digests, then verify the winner: pull copies of the winning digest until
+    ``verify`` holders' bytes match it, one (``"first"``) or a strict majority of r
+    (``"majority"``). ``"majority"`` also pulls every copy of a file without a strict
+    majority of digests. A verified copy that does not match its sender's digest is
+    recorded against the sender and votes with the digest of its bytes from then on.
+
+    The digests play the copies' part in :func:`majority_vote`'s policy: the largest
+    group wins, ties go to the group whose first member has the lowest position, and
+    only a strict majority of all r copies (``count > r / 2``) is trusted.
+
+    Args:
+        claims: ``claims[j][i]``, the digest the i-th holder of file j sent (f x r).
+        holders: ``holders[j][i]``, that holder's worker id (to name liars).
+        known: (file, holder position) -> the digest of that copy's bytes, for copies
+            already read (verified without a pull).
+        pull: reads the requested (file, holder position) copies, one round, and
+            returns the digests of their bytes in the same order.
+        verify: ``"first"`` or ``"majority"``.
+        present: ``present[j][i]``, whether that copy arrived (erasures do not vote);
+            None when every copy did.
+
+    Returns:
+        A :class:`DigestVote`.
+    """
+    f = len(claims)
+    r = len(claims[0]) if f else 0
+    need = 1 if verify == "first" else r // 2 + 1
+    known = dict(known)
+    liars: dict[int, int] = {}
+
+    def caught(j: int, i: int) -> None:
+        w = holders[j][i]
+        liars[w] = liars.get(w, 0) + 1
+
+    for (j, i), actual in known.items():
+        if present is not None and not present[j][i]:
+            continue  # an erased copy does not vote
+        if actual != claims[j][i]:
+            caught(j, i)
+    positions, trusted, votes = [0] * f, [False] * f, [dict() for _ in range(f)]
+    open_files = list(range(f))
+    while open_files:
+        requests: list[tuple[int, int]] = []
+        still = []
+        for j in open_files:
+            live = [i for i in range(r) if present is None or present[j][i]]
+            vote = {i: known.get((j, i), claims[j][i]) for i in live}
+            members = _largest_group(vote)
+            votes[j] = vote
+            unknown = [i for i in live if (j, i) not in known]
+            if 2 * len(members) <= r:  # no strict majority of all r copies
+                if verify == "majority" and unknown:
+                    requests += [(j, i) for i in unknown]
+                    still.append(j)
+                else:
+                    positions[j] = members[0] if members else 0
+                continue
+            checked = [i for i in members if (j, i) in known]
+            if len(checked) >= need:
+                positions[j], trusted[j] = checked[0], True
+                continue
+            todo = [i for i in members if (j, i) not in known][: need - len(checked)]
+            requests += [(j, i) for i in todo]
+            still.append(j)
+        if requests:
+            for (j, i), actual in zip(requests, pull(requests), strict=True):
+                known[(j, i)] = actual
+                if actual != claims[j][i]:
+                    caught(j, i)
+        open_files = still
+    return DigestVote(positions, trusted, votes, liars)
+
+
+def _largest_group(vote: dict[int, bytes]) -> list[int]:
+    """Positions of the largest group of equal digests, in position order; among
+    groups of equal size the one with the lowest first position (as the full vote)."""
+    groups: dict[bytes, list[int]] = {}
+    for i in sorted(vote):
+        groups.setdefault(vote[i], []).append(i)
+    if not groups:
+        return []
+    return max(groups.values(), key=lambda g: (len(g), -g[0]))

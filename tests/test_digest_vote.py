@@ -145,6 +145,49 @@ def test_bad_vote_options_are_one_line(tmp_path, override, message):
         simulate((*COMMON, override), tmp_path)
 
 
+def _three_files():
+    """Claims of three files with r = 3 (workers 0..8) and the pushed copies' digests:
+    worker 6's bytes (x) are not the digest it claims (c)."""
+    a, b, c, d, x = (bytes([k]) * 32 for k in range(5))
+    claims = [[a, a, b], [c, b, b], [c, c, d]]
+    holders = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    known = {(0, 0): a, (1, 0): c, (2, 0): x}
+    return claims, holders, known, x
+
+
+def test_the_digest_vote_pulls_only_what_verifies_a_winner_and_names_a_liar():
+    from byzshield.vote import digest_vote
+
+    claims, holders, known, x = _three_files()
+    rounds = []
+
+    def pull(requests):
+        rounds.append(requests)
+        return [claims[j][i] for j, i in requests]  # honest copies: bytes as claimed
+
+    out = digest_vote(claims, holders, known, pull)
+    assert rounds == [[(1, 1)]]  # file 0 is verified by its pushed copy, file 2 has no winner
+    assert out.positions == [0, 1, 0] and out.trusted == [True, True, False]
+    assert out.votes[2] == {0: x, 1: claims[2][1], 2: claims[2][2]} and out.liars == {6: 1}
+
+
+def test_the_digest_vote_verifying_a_majority_pulls_every_copy_of_an_undecided_file():
+    from byzshield.vote import digest_vote
+
+    claims, holders, known, _ = _three_files()
+    rounds = []
+
+    def pull(requests):
+        rounds.append(requests)
+        return [claims[j][i] for j, i in requests]
+
+    present = [[True] * 3, [True] * 3, [False, True, True]]  # worker 6's copy is erased
+    out = digest_vote(claims, holders, known, pull, verify="majority", present=present)
+    assert rounds == [[(0, 1), (1, 1), (1, 2), (2, 1), (2, 2)]]
+    assert out.positions == [0, 1, 1] and out.trusted == [True, True, False]
+    assert out.liars == {}  # an erased copy does not vote, so it cannot lie
+
+
 def _claimed_copies(placement, truth, byz=(), scale=-5.0):
     """Copies as torchrun delivers them to the digest vote: every row's digest claimed
     (Byzantine rows scaled by ``scale``), and a fetch that records each round."""

@@ -19,6 +19,7 @@ CORE = {
     "attacks",
     "protocol",
     "step",
+    "omniscient",
     "digest",
     "data",
     "networks",

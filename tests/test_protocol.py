@@ -7,7 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from byzshield.protocol import END, SLACK, Control, ReplyLayout, Slot
+from byzshield.protocol import (
+    END,
+    SLACK,
+    Control,
+    ReplyLayout,
+    Slot,
+    gradients_nbytes,
+    message_nbytes,
+    pack_gradients,
+)
 
 WHO = "rank 3 (worker 2)"
 
@@ -54,6 +63,15 @@ def test_payload_message_holds_the_gradients_then_the_marker():
     gradients.copy_(torch.arange(12.0).view(3, 4))
     assert gradients.shape == (3, 4) and gradients.data_ptr() == message.data_ptr()
     assert message.tolist() == [*map(float, range(12)), END]
+
+
+def test_a_pushed_or_pulled_message_is_the_chosen_gradients_then_the_marker():
+    gradients = torch.arange(12.0).view(3, 4)  # a worker's three files, d = 4
+    message = pack_gradients(gradients, [0, 2])
+    assert message.tolist() == [*gradients[0].tolist(), *gradients[2].tolist(), END]
+    assert gradients_nbytes(2, 4) == 4 * message.numel() == message_nbytes(8) == 36
+    out = torch.zeros(5)
+    assert pack_gradients(gradients, [1], out) is out and out.tolist() == [4, 5, 6, 7, END]
 
 
 def test_slot_accepts_a_message_of_the_right_length_again_and_again():

@@ -58,7 +58,8 @@ def test_omniscient_alie_gives_every_byzantine_copy_one_value_and_distorts_c_max
     byz = worst_case(p, 6).byzantine
     attack = make_attack("alie", n=p.num_files, q=4)
     ru = update(p, attack)
-    index, rows = ru._simulate_attack(received(p, truth), set(byz), step=0)
+    copies = received(p, truth)
+    index, rows = ru.omniscient.forge(copies.rows, copies.index, set(byz), step=0)
     mu, sigma = truth.double().mean(0), truth.double().std(0)
     alie = (mu + attack.z_used * sigma).float()
     for j, ws in enumerate(p.file_workers):
@@ -175,7 +176,8 @@ def test_ipm_in_the_step_averages_over_the_honest_copies():
     p = detox(6, 3)  # files 0 and 1; worker 0 holds a copy of file 0
     truth = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     ru = update(p, make_attack("ipm", eps=1.0))
-    index, rows = ru._simulate_attack(received(p, truth), {0}, step=0)
+    copies = received(p, truth)
+    index, rows = ru.omniscient.forge(copies.rows, copies.index, {0}, step=0)
     expected = torch.tensor([-0.4, -0.6])  # -(2 * file 0 + 3 * file 1) / 5 honest copies
     assert torch.allclose(rows[int(index[0, 0])], expected)
 

@@ -130,7 +130,7 @@ class _FastUpdate:
         self.ddof = int(getattr(attack, "ddof", 0))
         self.eps = float(getattr(attack, "eps", 0.0))
         self.over = getattr(attack, "over", "copies")
-        self.outside = run.outside_guarantee or robust_update._beyond(self.f)
+        self.outside = robust_update.rule.outside(self.f)
         from byzshield.protocol import ReplyLayout
 
         self.bytes_in = p.num_workers * ReplyLayout(p.load, d).nbytes()  # as torchrun's

@@ -16,9 +16,10 @@ each file's gradient computed once. Every step this engine
 3. hands the trainer :class:`byzshield.step.Copies` whose honest copies of file j all
    point at row j.
 
-Omniscient attacks (ALIE, IPM) are then simulated by :mod:`byzshield.step`, as in the
-torchrun engine. Memory is the (f, d) honest rows plus the Byzantine rows; there is no
-(K, l, d) tensor. Metrics report the bytes the torchrun server would have received.
+Omniscient attacks (ALIE, IPM) are then simulated in the robust update
+(:mod:`byzshield.omniscient`), as in the torchrun engine. Memory is the (f, d) honest
+rows plus the Byzantine rows; there is no (K, l, d) tensor. Metrics report the bytes the
+torchrun server would have received.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 Every step the server sends each worker a :class:`byzshield.protocol.Control` message and
 the flat parameters; worker w computes the gradients of ``placement.worker_files[w]``
 with :func:`byzshield.gradients.file_gradients`, Byzantine workers apply their attack
-(unless it is omniscient: the server simulates those, :mod:`byzshield.step`), and each
-sends a :class:`byzshield.protocol.ReplyLayout` header and payload. The server receives
+(unless it is omniscient: the server simulates those, :mod:`byzshield.omniscient`), and
+each sends a :class:`byzshield.protocol.ReplyLayout` header and payload. The server receives
 every payload straight into one buffer, reused every step, which becomes the rows of the
 step's :class:`byzshield.step.Copies`: worker w's l rows and, after them, spare rows for
 its END marker and the slack that lets a message of the wrong length be named
@@ -32,7 +32,15 @@ from byzshield.comm import Comm, RankFailure
 from byzshield.config import Run
 from byzshield.digest import digest
 from byzshield.gradients import file_gradients, load_flat, num_params
-from byzshield.protocol import END, Control, Pull, ReplyLayout, Slot, control_size
+from byzshield.protocol import (
+    Control,
+    Pull,
+    ReplyLayout,
+    Slot,
+    control_size,
+    gradients_size,
+    pack_gradients,
+)
 from byzshield.step import Copies, copy_index, pushed_slots
 from byzshield.vote import Rows
 
@@ -111,7 +119,9 @@ class TorchrunEngine:
         return copies, {"compute_s": compute, "communication_s": wait - compute}
 
     def _slot(self, n: int) -> Slot:
-        return Slot(torch.empty(Slot.capacity(n * self.d)), n * self.d)
+        """A staging slot for a pushed or pulled message of n gradients."""
+        size = gradients_size(n, self.d)
+        return Slot(torch.empty(Slot.capacity(size)), size)
 
     def _receive_into_rows(self, wanted: dict[int, list[int]], slots: dict[int, Slot], what):
         """Worker w's next message, its gradients of slots ``wanted[w]`` in slot order
@@ -125,7 +135,7 @@ class TorchrunEngine:
             with _named(w):
                 slots[w].check(_who(w), what)
             n = len(wanted_slots)
-            got = slots[w].buffer[: n * self.d].view(n, self.d)
+            got = slots[w].buffer[: gradients_size(n, self.d)].view(n, self.d)
             self.rows[[w * self.stride + s for s in wanted_slots]] = got
 
     def _receive_pushed(self) -> None:
@@ -208,16 +218,6 @@ def _named(w: int) -> Iterator[None]:
         raise RankFailure(w + 1, str(exc)) from None
 
 
-def _gradients_message(payload: torch.Tensor, chosen: list[int], out=None) -> torch.Tensor:
-    """vote=digest: the gradients of the held files ``chosen`` (slots, in order) and END,
-    written into ``out`` when given."""
-    d = payload.shape[1]
-    message = torch.empty(len(chosen) * d + 1) if out is None else out
-    message[:-1].view(len(chosen), d).copy_(payload[chosen])
-    message[-1] = END
-    return message
-
-
 def run_worker(comm: Comm, run: Run) -> None:
     """Serve steps until the server says stop (worker index = rank - 1)."""
     cfg, p = run.config, run.placement
@@ -236,7 +236,7 @@ def run_worker(comm: Comm, run: Run) -> None:
     attack = run.attack  # None for omniscient attacks: the server simulates them
     pushed = pushed_slots(p, w) if digests else []
     hasher = ThreadPoolExecutor(1, thread_name_prefix="digest") if digests else None
-    push = torch.empty(len(pushed) * d + 1)  # the pushed gradients and END, reused
+    push = torch.empty(gradients_size(len(pushed), d) + 1)  # the pushed gradients, END; reused
     while True:
         comm.receive_from_server(control)
         message = Control.unpack(control)
@@ -283,14 +283,14 @@ def run_worker(comm: Comm, run: Run) -> None:
         if not digests:
             comm.send_to_server(reply)
         elif pushed:
-            comm.send_to_server(_gradients_message(payload, pushed, push))
+            comm.send_to_server(pack_gradients(payload, pushed, push))
         while digests:  # the server pulls some of the gradients, then ends the step
             comm.receive_from_server(pull)
             request = Pull.unpack(pull)
             if not request.more:
                 break
             chosen = [i for i, wanted in enumerate(request.files) if wanted]
-            comm.send_to_server(_gradients_message(payload, chosen))
+            comm.send_to_server(pack_gradients(payload, chosen))
         if step % 50 == 0:
             log.info(
                 "step %d sent %d file gradients%s",

@@ -1,0 +1,133 @@
+"""The omniscient adversary: the one place where Byzantine copies are computed from
+honest gradients (BYZSHIELD.md section 6).
+
+Attacks that read the other workers' honest gradients (ALIE, IPM and their optimised
+forms, ``attack.needs_honest``) cannot run on a worker, which sees only its own files.
+The parameter server simulates them instead, after the honest copies have arrived and
+before the vote (:class:`byzshield.step.RobustUpdate` calls it, in every engine): every
+copy a Byzantine worker sends of one of its files becomes the attack's forged vector,
+computed by :func:`byzshield.attacks.forge` from the (f, d) stack of the files' honest
+gradients. An optimised attack (``needs_objective``) picks its factor by the damage
+that survives the vote and the run's rule, :meth:`OmniscientAttack.damage`.
+
+    >>> import torch
+    >>> from byzshield.attacks import make_attack
+    >>> from byzshield.config import MeanMode
+    >>> from byzshield.placement import detox
+    >>> from byzshield.step import StepRule, copy_index
+    >>> from byzshield.vote import Rows
+    >>> p = detox(6, 3)  # files 0 (workers 0, 1, 2) and 1 (workers 3, 4, 5)
+    >>> rule = StepRule(MeanMode().build(), f=0, seed=0)
+    >>> adversary = OmniscientAttack(p, make_attack("ipm", eps=1.0), rule)
+    >>> honest = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3)  # row w: worker w's copy
+    >>> index, rows = adversary.forge(Rows(honest), copy_index(p), {0}, step=0)
+    >>> rows[int(index[0, 0])].tolist()  # -(2 * file 0 + 3 * file 1) / 5 honest copies
+    [-0.4000000059604645, -0.6000000238418579]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from byzshield.attacks import Attack, forge
+from byzshield.placement import Placement
+from byzshield.vote import Rows
+
+if TYPE_CHECKING:  # the rule is handed in by the robust update that owns it
+    from byzshield.step import StepRule
+
+__all__ = ["OmniscientAttack"]
+
+
+class OmniscientAttack:
+    """Forges the Byzantine copies of an attack that needs the honest gradients.
+
+    Args:
+        placement: who holds which file.
+        attack: an attack with ``needs_honest``.
+        rule: the run's aggregation as a step applies it; an optimised attack scores
+            its candidates with it (:meth:`damage`).
+    """
+
+    def __init__(self, placement: Placement, attack: Attack, rule: StepRule):
+        self.placement, self.attack, self.rule = placement, attack, rule
+        self.holders = [list(ws) for ws in placement.file_workers]
+        self.position = {(w, j): i for j, ws in enumerate(self.holders) for i, w in enumerate(ws)}
+
+    def honest_position(self, j: int, bad: set[int]) -> int:
+        """File j's first honest holder (position), or 0 when every holder is Byzantine."""
+        return next((i for i, w in enumerate(self.holders[j]) if w not in bad), 0)
+
+    def honest_copies(self, bad: set[int]) -> list[tuple[int, int]]:
+        """(file, holder position) of the copy the attack reads for each file."""
+        return [(j, self.honest_position(j, bad)) for j in range(len(self.holders))]
+
+    def forge(self, rows: Rows, index: Tensor, bad: set[int], step: int) -> tuple[Tensor, Rows]:
+        """Every Byzantine copy re-pointed at its forged row. Returns the new (f, r)
+        index and the rows with the forged block appended (``rows`` is left as it was);
+        every honest copy the attack reads (:meth:`honest_copies`) must be in ``rows``."""
+        honest = self.honest_stack(rows, index, bad)
+        files = sorted({j for w in bad for j in self.placement.worker_files[w]})
+        counts = [sum(w in bad for w in ws) for ws in self.holders]
+        weights = torch.tensor([len(ws) - c for ws, c in zip(self.holders, counts, strict=True)])
+        objective = None
+        if getattr(self.attack, "needs_objective", False):
+            objective = self.damage(honest, counts, step)
+        forged = forge(
+            self.attack,
+            honest,
+            files,
+            seed=self.rule.seed,
+            step=step,
+            weights=weights.to(torch.float64),
+            objective=objective,
+        )
+        rows = Rows(*rows.blocks)
+        start = rows.append(forged)
+        row_of = {j: start + (k if forged.shape[0] > 1 else 0) for k, j in enumerate(files)}
+        index = index.clone()
+        for w in bad:
+            for j in self.placement.worker_files[w]:
+                index[j, self.position[(w, j)]] = row_of[j]
+        return index, rows
+
+    def damage(self, honest: Tensor, counts: list[int], step: int) -> Callable[[Tensor], float]:
+        """The objective of the optimised attacks: ||rule(winners) - honest mean|| when
+        every file the Byzantine copies win (a strict majority of its copies) carries the
+        candidate vector v and ties are dropped, exactly as the vote will decide. Each
+        evaluation leaves the rule's state as it found it.
+
+        Args:
+            honest: (f, d) each file's honest gradient.
+            counts: each file's number of Byzantine holders.
+        """
+        r, t = self.placement.replication, self.placement.threshold
+        keep = [j for j, c in enumerate(counts) if 2 * c != r]  # ties are dropped
+        won = [k for k, j in enumerate(keep) if counts[j] >= t]
+        base = honest[keep].clone()
+        mean = honest.to(torch.float64).mean(dim=0)
+        outside = self.rule.outside(len(keep))
+        state = self.rule.aggregator.state_dict()
+
+        def damage(v: Tensor) -> float:
+            if not keep:
+                return 0.0
+            base[won] = v
+            value = self.rule(base, step, outside=outside).value
+            self.rule.aggregator.load_state_dict(state)
+            return float(torch.linalg.vector_norm(value.to(torch.float64) - mean))
+
+        return damage
+
+    def honest_stack(self, rows: Rows, index: Tensor, bad: set[int]) -> Tensor:
+        """(f, d): each file's gradient as an honest holder sent it (for an omniscient
+        attack Byzantine workers send honest gradients too, so any holder will do)."""
+        picks = [int(index[j, i]) for j, i in self.honest_copies(bad)]
+        first = rows.blocks[0]
+        if picks == list(range(len(picks))) and first.shape[0] >= len(picks):
+            return first[: len(picks)]  # the simulator's honest rows: no copy
+        return rows.gather(picks)
