@@ -100,7 +100,7 @@ def run_rank(comm, run, engine: str, output: Path, *, server_parts: bool, log: b
     if comm.is_server:
         try:
             if server_parts:
-                add_server_parts(run)  # the worst-case search: once, on rank 0 only
+                run = add_server_parts(run)  # the worst-case search: once, on rank 0 only
             folder, resume = prepare(folder, config)  # resume, or refuse another config
         except ValueError as exc:
             status = f"error: {exc}"

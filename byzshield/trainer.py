@@ -422,7 +422,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "aggregator": self.run.aggregator.state_dict(),
-            "rng": torch.get_rng_state(),
             "network": cfg.network.name,
             "dataset": cfg.dataset.name,
             "dataset_root": cfg.dataset.root,

@@ -300,3 +300,25 @@ def test_help_lists_options_without_schemas_and_every_key(capsys):
     assert "_schema" not in text
     assert "  mode       bulyan, caf," in text and "(default coord-median)" in text
     assert "  stragglers        workers per step" in text and "[runs/<time>]" in text
+
+
+def test_a_run_is_frozen_and_building_its_model_leaves_the_global_generator_alone():
+    """build_run builds the run once (add_server_parts returns a new one); build_model
+    seeds inside fork_rng, so two builds give the same parameters and torch's global
+    random stream is where it was."""
+    import torch
+
+    config = make(["approach=mols", "attack.q=2"])
+    worker = build_run(config, server=False)
+    server = C.add_server_parts(worker)
+    assert worker.selection is None and worker.aggregator is None
+    assert server.selection is not None and server.aggregator_f == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        server.aggregator_f = 0
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    a = [p.clone() for p in server.build_model().parameters()]
+    assert torch.equal(torch.rand(3), expected)  # the model's initialisation drew nothing here
+    b = list(worker.build_model().parameters())
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

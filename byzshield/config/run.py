@@ -1,9 +1,10 @@
-"""Building a run: :class:`Run` (the objects one run needs), :func:`build_run` (builds and
-cross-checks them, once) and :func:`add_server_parts` (what only the parameter server
-needs: the Byzantine selection, the rule, the full attack)."""
+"""Building a run: :class:`Run` (the objects one run needs, frozen), :func:`build_run`
+(builds and cross-checks them, once) and :func:`add_server_parts` (the same run with what
+only the parameter server needs: the Byzantine selection, the rule, the full attack)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,10 @@ from byzshield.config.schema import _OPTIONS, TrainConfig
 from byzshield.placement import Placement
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
-    """The objects one run needs, built once from a :class:`TrainConfig`.
+    """The objects one run needs, built once from a :class:`TrainConfig` and not changed
+    after (frozen: :func:`add_server_parts` returns a new one).
 
     ``selection``, ``aggregator`` and ``aggregator_f`` exist on the parameter server only
     (``build_run(..., server=True)``): workers never run the worst-case search.
@@ -55,10 +57,11 @@ class Run:
         return self.placement.num_workers + 1
 
     def build_model(self) -> torch.nn.Module:
-        """A fresh network, initialised from ``seed`` (identical in every process, and in
-        every thread: initialisation draws from torch's global generator, so builds are
-        serialised)."""
-        with _BUILD_LOCK:
+        """A fresh network, initialised from ``seed``: identical in every process and
+        thread. PyTorch's initialisers draw from the global generator only, so the build
+        seeds it inside :func:`torch.random.fork_rng` (its state is restored afterwards:
+        building a model changes no other random stream) and builds are serialised."""
+        with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             return self.config.network.build(self.train_data)
 
@@ -118,53 +121,72 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
             f"mode={mode.name} is not used"
         )
         mode = next(c for c in _OPTIONS if issubclass(c, ModeOption) and c.option == forced)()
-    run = Run(cfg, p, cfg.attack.worker_attack(), q, train_data, test_data, max_steps)
-    run.notes, run.mode_option = tuple(notes), mode
-    if server:
-        add_server_parts(run)
-    return run
+    run = Run(
+        cfg,
+        p,
+        cfg.attack.worker_attack(),
+        q,
+        train_data,
+        test_data,
+        max_steps,
+        notes=tuple(notes),
+        mode_option=mode,
+    )
+    return add_server_parts(run) if server else run
 
 
-def add_server_parts(run: Run) -> None:
-    """Build what only the parameter server needs: the Byzantine selection (running the
-    worst-case search, once), the f the rule assumes, the rule, the full attack."""
+def add_server_parts(run: Run) -> Run:
+    """The run with what only the parameter server needs: the Byzantine selection
+    (running the worst-case search, once), the f the rule assumes, the rule, the full
+    attack. ``run`` itself is not changed."""
     cfg, p, q, mode = run.config, run.placement, run.q, run.mode_option
     f = p.num_files
     try:
         rule = cfg.attack.selection
         if rule == "auto":
             rule = cfg.approach.default_selection
-        run.selection = build_selection(p, q, rule, seed=cfg.seed, work=cfg.attack.search_work)
+        selection = build_selection(p, q, rule, seed=cfg.seed, work=cfg.attack.search_work)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    c_max = run.selection.search.upper_bound if run.selection.search else 0
-    run.aggregator_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
-    run.aggregator = mode.build()
+    c_max = selection.search.upper_bound if selection.search else 0
+    aggregator_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
+    aggregator = mode.build()
+    outside, notes = False, run.notes
     try:
-        run.aggregator.check(f, run.aggregator_f)
+        aggregator.check(f, aggregator_f)
     except ValueError as exc:
-        what = f"mode {mode.name} with {f} files and f={run.aggregator_f} (c_max for q={q}): {exc}"
+        what = f"mode {mode.name} with {f} files and f={aggregator_f} (c_max for q={q}): {exc}"
         if not cfg.outside_guarantee:
             raise ConfigError(f"{what}; outside_guarantee=true runs it anyway") from None
-        run.outside_guarantee = True
-        run.notes = (*run.notes, f"warning: {what}; running outside the rule's guarantee")
+        outside = True
+        notes = (*notes, f"warning: {what}; running outside the rule's guarantee")
     try:
-        run.attack = cfg.attack.build(num_files=f, aggregator_f=run.aggregator_f)
+        attack = cfg.attack.build(num_files=f, aggregator_f=aggregator_f)
     except ValueError as exc:
         raise ConfigError(f"attack {cfg.attack.name}: {exc}") from None
-    run.info = {
+    info = {
         "placement": p.describe(),
         "K": p.num_workers,
         "f": f,
         "r": p.replication,
         "load": p.load,
-        "mode": run.aggregator.describe(),
-        "aggregator_f": run.aggregator_f,
-        "outside_guarantee": run.outside_guarantee,
-        "attack": cfg.attack.info(run.attack),
-        "selection": run.selection.info(),
+        "mode": aggregator.describe(),
+        "aggregator_f": aggregator_f,
+        "outside_guarantee": outside,
+        "attack": cfg.attack.info(attack),
+        "selection": selection.info(),
         "max_steps": run.max_steps,
     }
+    return dataclasses.replace(
+        run,
+        selection=selection,
+        aggregator=aggregator,
+        aggregator_f=aggregator_f,
+        attack=attack,
+        outside_guarantee=outside,
+        notes=notes,
+        info=info,
+    )
 
 
 def _model_probe(cfg: TrainConfig, data) -> torch.nn.Module:
