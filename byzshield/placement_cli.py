@@ -94,7 +94,7 @@ def _check_options(cfg, K: int) -> tuple[int, float]:
 
 def _build_designs(cfg) -> list:
     """The placements of ``designs``, each a mapping {approach: NAME, <its params>}."""
-    from byzshield.placement import APPROACHES, build_placement
+    from byzshield.config import APPROACHES, build_placement
 
     if not isinstance(cfg.designs, Sequence) or isinstance(cfg.designs, str):
         raise UsageError(f"designs must be a list of {{approach: NAME, ...}}, got {cfg.designs!r}")
@@ -222,7 +222,7 @@ def _distortion(cfg) -> int:
 def placement_main(argv: Sequence[str]) -> int:
     """``python -m byzshield.placement``; returns the exit status."""
     from byzshield.adversary import detox_eps, worst_case_table
-    from byzshield.placement import APPROACHES, build_placement
+    from byzshield.config import APPROACHES, build_placement
 
     if any(a in ("-h", "--help", "help") for a in argv):
         print(PLACEMENT_HELP.format(approaches=" | ".join(APPROACHES)))

@@ -11,23 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from byzshield.aggregators import (
-    AGGREGATORS,
-    RULES,
-    AggregateResult,
-    aggregate,
-    build_aggregator,
-    bulyan,
-    centered_clipping,
-    check_requirement,
-    coordinate_median,
-    geometric_median,
-    mean,
-    multi_krum,
-    multi_krum_select,
-    sign_majority,
-    trimmed_mean,
-)
+from byzshield.aggregators import AGGREGATORS, RULES, AggregateResult, aggregate, build_aggregator
 from byzshield.aggregators import _kernels as kernels
 
 NAMES = [
@@ -94,17 +78,24 @@ def test_aggregate_returns_value_and_nonfinite_rows():
 
 def test_coordinate_median_odd_count_is_middle_value():
     stack = torch.tensor([[3.0, -1.0], [1.0, 7.0], [2.0, 5.0]])
-    assert coordinate_median(stack, f=1).tolist() == [2.0, 5.0]
+    assert aggregate("coord-median", stack, f=1).value.tolist() == [2.0, 5.0]
 
 
 def test_coordinate_median_even_count_is_mean_of_two_middle_values():
     # torch.median would say 2.0 (the lower middle value)
-    assert coordinate_median(col(4, 1, 2, 100), f=1).tolist() == [3.0]
+    assert aggregate("coord-median", col(4, 1, 2, 100), f=1).value.tolist() == [3.0]
 
 
 def test_coordinate_median_even_count_does_not_overflow_near_float32_max():
     big = 3.0e38
-    assert coordinate_median(col(big, big, -1, big), f=1).tolist() == [pytest.approx(big)]
+    assert aggregate("coord-median", col(big, big, -1, big), f=1).value.tolist() == [
+        pytest.approx(big)
+    ]
+
+
+def buckets(num_buckets):
+    """Keywords of a rule after a bucketing into num_buckets buckets (median of means)."""
+    return {"pre": [("bucketing", {"num_buckets": num_buckets})]}
 
 
 def contiguous(name, f, stack, **bucketing):
@@ -120,20 +111,26 @@ def test_coordinate_median_of_contiguous_bucket_means():
     assert contiguous("coord-median", 1, stack, num_buckets=4) == [4.25]
     # ByzFL's bucket size: (1,2,3,4) (5,6): means 2.5 5.5 -> 4
     assert contiguous("coord-median", 0, stack, bucket_size=4) == [4.0]
-    # one bucket per input is the plain median
-    assert coordinate_median(stack, f=1, num_buckets=6).tolist() == [3.5]
+    # one bucket per input is the plain median (nothing is drawn from the generator)
+    out = aggregate("coord-median", stack, f=1, **buckets(6), generator=torch.Generator())
+    assert out.value.tolist() == [3.5]
     assert contiguous("coord-median", 0, stack, num_buckets=1) == [3.5]  # the mean
 
 
 def test_coordinate_median_with_buckets_refuses_to_run_without_a_generator():
     with pytest.raises(ValueError, match="pass generator="):
-        coordinate_median(col(1, 2, 3, 4, 5, 6), f=1, num_buckets=3)
+        aggregate("coord-median", col(1, 2, 3, 4, 5, 6), f=1, **buckets(3))
 
 
 def test_coordinate_median_bucketing_with_generator_is_seeded():
     stack = rand(12, 5)
-    one = coordinate_median(stack, f=1, num_buckets=4, generator=torch.Generator().manual_seed(3))
-    two = coordinate_median(stack, f=1, num_buckets=4, generator=torch.Generator().manual_seed(3))
+    one = aggregate(
+        "coord-median", stack, f=1, **buckets(4), generator=torch.Generator().manual_seed(3)
+    )
+    two = aggregate(
+        "coord-median", stack, f=1, **buckets(4), generator=torch.Generator().manual_seed(3)
+    )
+    one, two = one.value, two.value
     assert torch.equal(one, two)
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(3))
     means = stack[perm].reshape(4, 3, 5).double().mean(dim=1).float()
@@ -144,33 +141,36 @@ def test_coordinate_median_bucketing_with_generator_is_seeded():
 def test_multi_krum_averages_the_n_minus_f_lowest_scores():
     stack = col(0, 1, 2, 3, 100)
     # n=5, f=1: k = 2 neighbours; scores 5, 2, 2, 5, huge; m = 4
-    assert multi_krum_select(stack, f=1) == [0, 1, 2, 3]
-    assert multi_krum(stack, f=1).tolist() == [1.5]
+    result = aggregate("multi-krum", stack, f=1)
+    assert result.selected == [0, 1, 2, 3]
+    assert result.value.tolist() == [1.5]
 
 
 def test_krum_ties_are_broken_by_more_neighbours_then_by_lower_index():
     stack = col(0, 1, 2, 3, 100)
     # k=2: rows 1 and 2 tie at 2; k=3: tie at 6; k=4: 6 + 99^2 > 6 + 98^2 -> row 2
-    assert multi_krum_select(stack, f=1, m=1) == [2]
-    assert multi_krum(stack, f=1, m=1).tolist() == [2.0]
+    result = aggregate("multi-krum", stack, f=1, m=1)
+    assert result.selected == [2]
+    assert result.value.tolist() == [2.0]
     # symmetric: rows 1 and 2 tie for every neighbour count -> lower index
-    assert multi_krum_select(col(0, 1, 2, 3), f=0, m=1) == [1]
+    assert aggregate("multi-krum", col(0, 1, 2, 3), f=0, m=1).selected == [1]
 
 
 def test_multi_krum_neighbour_count_changes_the_scores():
     stack = col(0, 1, 3, 6, 10, 100)
     # n=6, f=1, k=3 (default n-f-2): scores 0:46 1:30 3:22 6:50 10:146
-    assert multi_krum_select(stack, f=1, m=2) == [1, 2]
+    assert aggregate("multi-krum", stack, f=1, m=2).selected == [1, 2]
     # k=1, nearest only: 0:1 1:1 3:4 6:9 10:16
-    assert multi_krum_select(stack, f=1, m=2, num_neighbours=1) == [0, 1]
+    assert aggregate("multi-krum", stack, f=1, m=2, num_neighbours=1).selected == [0, 1]
 
 
 def test_bulyan_matches_hand_computation():
     stack = col(0, 1, 2, 4, 8, 9, 1e6)
     # Krum rounds (k = 4, 3, 2, 1, 1 neighbours) pick 4, 2, 8, 1, 9 (the ties 2/4, 1/8,
     # 0/1 and 0/9 are broken by one more neighbour); median 4; closest three: 4, 2, 1
-    assert aggregate("bulyan", stack, f=1).selected == [1, 2, 3, 4, 5]
-    assert bulyan(stack, f=1).tolist() == [pytest.approx(7 / 3)]
+    result = aggregate("bulyan", stack, f=1)
+    assert result.selected == [1, 2, 3, 4, 5]
+    assert result.value.tolist() == [pytest.approx(7 / 3)]
 
 
 def test_bulyan_keeps_values_closest_to_median_not_a_centred_window():
@@ -180,59 +180,66 @@ def test_bulyan_keeps_values_closest_to_median_not_a_centred_window():
     result = aggregate("bulyan", stack, f=1)
     assert result.selected == [0, 1, 2, 3, 4]
     # median 2, distances .5 .1 0 1 2 -> keep 1.5 1.9 2 (a centred window would be 1.9 2 3)
-    assert bulyan(stack, f=1).tolist() == [pytest.approx((1.5 + 1.9 + 2) / 3)]
+    assert result.value.tolist() == [pytest.approx((1.5 + 1.9 + 2) / 3)]
 
 
 def test_bulyan_with_f_zero_is_the_mean():
     stack = col(1, 2, 4)
-    assert bulyan(stack, f=0).tolist() == [pytest.approx(7 / 3)]
+    assert aggregate("bulyan", stack, f=0).value.tolist() == [pytest.approx(7 / 3)]
 
 
 def test_mean_and_trimmed_mean_hand_cases():
-    assert mean(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), f=0).tolist() == [2.0, 3.0]
-    assert trimmed_mean(col(-50, 1, 2, 3, 50), f=1).tolist() == [2.0]
-    assert trimmed_mean(col(-50, 1, 2, 3, 50), f=2).tolist() == [2.0]
-    assert trimmed_mean(col(10, 1, 2, 3), f=1).tolist() == [2.5]
-    assert trimmed_mean(col(10, 1, 2, 3), f=0).tolist() == [4.0]
+    assert aggregate("mean", torch.tensor([[1.0, 2.0], [3.0, 4.0]]), f=0).value.tolist() == [
+        2.0,
+        3.0,
+    ]
+    assert aggregate("trimmed-mean", col(-50, 1, 2, 3, 50), f=1).value.tolist() == [2.0]
+    assert aggregate("trimmed-mean", col(-50, 1, 2, 3, 50), f=2).value.tolist() == [2.0]
+    assert aggregate("trimmed-mean", col(10, 1, 2, 3), f=1).value.tolist() == [2.5]
+    assert aggregate("trimmed-mean", col(10, 1, 2, 3), f=0).value.tolist() == [4.0]
 
 
 def test_mean_does_not_overflow_near_float32_max():
-    assert mean(col(3e38, 3e38), f=0).tolist() == [pytest.approx(3e38)]
+    assert aggregate("mean", col(3e38, 3e38), f=0).value.tolist() == [pytest.approx(3e38)]
 
 
 def test_geometric_median_of_collinear_points_is_their_median():
-    out = geometric_median(col(0, 1, 5), f=1, num_iterations=50)
+    out = aggregate("geometric-median", col(0, 1, 5), f=1, num_iterations=50).value
     assert out.tolist() == [pytest.approx(1.0, abs=1e-5)]
 
 
 def test_geometric_median_of_symmetric_points_is_the_centre():
     stack = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.0, 0.0]])
-    out = geometric_median(stack, f=2, init=torch.tensor([0.3, -0.2]), num_iterations=100)
+    out = aggregate(
+        "geometric-median", stack, f=2, init=torch.tensor([0.3, -0.2]), num_iterations=100
+    ).value
     assert torch.allclose(out, torch.zeros(2), atol=1e-5)
 
 
 def test_centered_clipping_clips_each_difference_to_tau():
     stack = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
-    out = centered_clipping(stack, f=0, tau=1.0, center=torch.zeros(2))
+    out = aggregate("centered-clipping", stack, f=0, tau=1.0, center=torch.zeros(2)).value
     # (3, 4) has norm 5 -> (0.6, 0.8); mean with (0, 0)
     assert torch.allclose(out, torch.tensor([0.3, 0.4]))
     # starting from the median (1.5, 2): differences +-(1.5, 2) of norm 2.5 clip to 1
-    out = centered_clipping(stack, f=0, tau=1.0)
+    out = aggregate("centered-clipping", stack, f=0, tau=1.0).value
     assert torch.allclose(out, torch.tensor([1.5, 2.0]))
-    out = centered_clipping(col(1, 2, 3, 1000), f=1, tau=1.0)
+    out = aggregate("centered-clipping", col(1, 2, 3, 1000), f=1, tau=1.0).value
     assert out.tolist() == [2.5]
 
 
 def test_centered_clipping_iterations_approach_the_mean_of_close_inputs():
     stack = col(0, 1, 2, 3)
-    out = centered_clipping(stack, f=1, tau=10.0, num_iterations=3, center=torch.tensor([15.0]))
+    out = aggregate(
+        "centered-clipping", stack, f=1, tau=10.0, num_iterations=3, center=torch.tensor([15.0])
+    ).value
     # 15 -> 5 (every difference clipped to -10) -> 1.5 (all within tau) -> 1.5
     assert out.tolist() == [pytest.approx(1.5)]
 
 
 def test_sign_majority_votes_signs_and_reports_ties_as_zero():
     stack = torch.tensor([[0.5, -2.0, 1.0], [3.0, -1.0, -1.0], [-9.0, 4.0, 0.0]])
-    assert sign_majority(stack, f=1).tolist() == [1.0, -1.0, 0.0]
+    assert aggregate("sign-majority", stack, f=1).value.tolist() == [1.0, -1.0, 0.0]
     # buckets (0.5, 3) (-9) (1): signs +, -, + -> +
     assert contiguous("sign-majority", 1, col(0.5, 3, -9, 1), num_buckets=3) == [1.0]
 
@@ -287,11 +294,11 @@ def test_f_inputs_at_1e30_move_geometric_median_and_clipping_only_boundedly():
     stack = torch.cat([torch.full((f, d), 1e30), honest])
     lo, hi = honest.min(dim=0).values, honest.max(dim=0).values
     tau = 0.5
-    out = centered_clipping(stack, f=f, tau=tau)
+    out = aggregate("centered-clipping", stack, f=f, tau=tau).value
     # median start in range, honest part a convex mix, each outlier moves <= tau / n
     slack = f * tau / n + 1e-6
     assert (out >= lo - slack).all() and (out <= hi + slack).all()
-    out = geometric_median(stack, f=f)
+    out = aggregate("geometric-median", stack, f=f).value
     centre = honest.mean(dim=0)
     radius = (honest - centre).norm(dim=1).max()
     # Minsker 2015: |GM - y| <= 2 (n - f) / (n - 2f) * radius for honest points in B(y, r)
@@ -302,7 +309,7 @@ def test_sign_majority_follows_unanimous_honest_signs_against_f_outliers():
     n, f = 9, 4
     honest = rand(n - f, 20, seed=8).abs() + 0.1
     stack = torch.cat([torch.full((f, 20), -1e30), honest])
-    assert torch.equal(sign_majority(stack, f=f), torch.ones(20))
+    assert torch.equal(aggregate("sign-majority", stack, f=f).value, torch.ones(20))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "sign-majority"])
@@ -317,7 +324,7 @@ def test_rule_equals_the_input_when_all_inputs_agree(name):
 
 def test_sign_majority_equals_the_sign_when_all_inputs_agree():
     x = rand(1, 64, seed=9)[0]
-    assert torch.equal(sign_majority(x.repeat(5, 1), f=2), torch.sign(x))
+    assert torch.equal(aggregate("sign-majority", x.repeat(5, 1), f=2).value, torch.sign(x))
 
 
 @settings(max_examples=25, deadline=None)
@@ -404,7 +411,7 @@ def test_multi_krum_selects_the_same_inputs_as_an_exact_oracle(n, d, seed, byzfl
     stack = rand(n, d, seed=seed)
     k = n - f - 1 if byzfl_neighbours else None
     for m in {1, n - f}:
-        got = multi_krum_select(stack, f=f, m=m, num_neighbours=k)
+        got = aggregate("multi-krum", stack, f=f, m=m, num_neighbours=k).selected
         assert got == _krum_oracle(stack.numpy(), f, m, k)
 
 
@@ -421,13 +428,15 @@ def test_multi_krum_selection_is_exact_for_nearly_identical_large_inputs():
     dist = kernels._PairwiseDistances(stack.numpy(), list(range(n)))
     assert (dist.err[~np.eye(n, dtype=bool)] > dist.dist[~np.eye(n, dtype=bool)]).any()
     for m in (1, 3, n - f):
-        assert multi_krum_select(stack, f=f, m=m) == _krum_oracle(stack.numpy(), f, m)
+        assert aggregate("multi-krum", stack, f=f, m=m).selected == _krum_oracle(
+            stack.numpy(), f, m
+        )
 
 
 def test_multi_krum_handles_duplicate_inputs_with_lowest_index_ties():
     x = rand(3, 16, seed=11)
     stack = torch.cat([x[[0, 0, 1, 1, 2, 2]], rand(1, 16, seed=12) * 100])
-    assert multi_krum_select(stack, f=2, m=1) == _krum_oracle(stack.numpy(), 2, 1)
+    assert aggregate("multi-krum", stack, f=2, m=1).selected == _krum_oracle(stack.numpy(), 2, 1)
 
 
 def test_sorting_network_sorts_every_zero_one_input():
@@ -461,7 +470,7 @@ def test_result_does_not_depend_on_the_thread_count():
 
 def _median_in_child(d):
     stack = torch.from_numpy(np.arange(5 * d, dtype=np.float32).reshape(5, d))
-    return coordinate_median(stack, f=1)[:3].tolist()
+    return aggregate("coord-median", stack, f=1).value[:3].tolist()
 
 
 def test_aggregation_works_in_a_child_forked_after_the_threads_started():
@@ -469,7 +478,7 @@ def test_aggregation_works_in_a_child_forked_after_the_threads_started():
     d = 3 * kernels._BLOCK_COLUMNS  # several blocks: the work goes to the thread pool
     try:
         torch.set_num_threads(2)
-        coordinate_median(rand(5, d), f=1)  # the parent's pool now has threads
+        aggregate("coord-median", rand(5, d), f=1)  # the parent's pool now has threads
         with multiprocessing.get_context("fork").Pool(1) as pool:
             got = pool.apply_async(_median_in_child, (d,)).get(timeout=60)
     finally:
@@ -553,16 +562,16 @@ def test_rule_accepts_n_at_its_bound_and_refuses_one_more_f(name, n):
     f = max_f(name, n)
     if f < 0:
         with pytest.raises(ValueError, match=f"{name} needs"):
-            check_requirement(name, n, 0)
+            build_aggregator(name).check(n, 0)
         with pytest.raises(ValueError, match=f"{name} needs"):
             aggregate(name, rand(n, 2), f=0)
         return
-    check_requirement(name, n, f)
+    build_aggregator(name).check(n, f)
     assert torch.isfinite(aggregate(name, rand(n, 2), f=f).value).all()
     if name == "mean":
         return
     with pytest.raises(ValueError, match=f"{name} needs .*got n={n}, f={f + 1}"):
-        check_requirement(name, n, f + 1)
+        build_aggregator(name).check(n, f + 1)
     with pytest.raises(ValueError, match=f"{name} needs"):
         build_aggregator(name)(rand(n, 2), f=f + 1)
     assert build_aggregator(name).max_f(n) == f
@@ -570,22 +579,21 @@ def test_rule_accepts_n_at_its_bound_and_refuses_one_more_f(name, n):
 
 def test_requirement_messages_state_the_rule():
     with pytest.raises(ValueError, match=r"n > 2f \+ 2"):
-        check_requirement("multi-krum", 6, 2)
+        build_aggregator("multi-krum").check(6, 2)
     with pytest.raises(ValueError, match=r"n >= 4f \+ 3"):
-        check_requirement("bulyan", 10, 2)
+        build_aggregator("bulyan").check(10, 2)
     with pytest.raises(ValueError, match=r"n > 2f"):
-        check_requirement("coord-median", 4, 2)
+        build_aggregator("coord-median").check(4, 2)
 
 
 @pytest.mark.parametrize(
     ("name", "params", "match"),
     [
-        ("coord-median", {"num_buckets": 2}, r"sees 2 .*coord-median needs n > 2f.*n=2, f=2"),
-        ("coord-median", {"num_buckets": 12}, r"num_buckets must be in \[1, 11\]"),
-        ("coord-median", {"num_buckets": 0}, "num_buckets must be"),
-        ("coord-median", {"num_buckets": 2.5}, "must be an integer"),
-        ("coord-median", {"generator": 3}, "torch.Generator"),
-        ("sign-majority", {"num_buckets": 4}, "sees 4 .*sign-majority needs n > 2f"),
+        ("coord-median", buckets(2), r"sees 2 .*coord-median needs n > 2f.*n=2, f=2"),
+        ("coord-median", buckets(12), r"num_buckets must be in \[1, 11\]"),
+        ("coord-median", buckets(0), "num_buckets must be"),
+        ("coord-median", buckets(2.5), "must be an integer"),
+        ("sign-majority", buckets(4), "sees 4 .*sign-majority needs n > 2f"),
         ("multi-krum", {"m": 0}, r"m must be >= 1"),
         ("multi-krum", {"m": "n+f"}, r"m must be an integer, None or 'n-f-j'"),
         ("multi-krum", {"m": "n-f-9"}, r"m = n-f-9 must be >= 1"),
@@ -608,34 +616,39 @@ def test_requirement_messages_state_the_rule():
 )
 def test_bad_parameters_are_refused_naming_the_value(name, params, match):
     with pytest.raises(ValueError, match=match):
-        check_requirement(name, 11, 2, **params)
+        build_aggregator(name, **params).check(11, 2)
     with pytest.raises(ValueError, match=match):
         aggregate(name, rand(11, 3), f=2, **params)
 
 
+def test_a_generator_that_is_not_a_torch_generator_is_refused():
+    with pytest.raises(ValueError, match="torch.Generator"):
+        aggregate("coord-median", rand(11, 3), f=2, generator=3)
+
+
 def test_bad_names_counts_and_stacks_are_refused():
     with pytest.raises(ValueError, match="unknown aggregator 'krumm'; choose one of"):
-        check_requirement("krumm", 11, 2)
+        build_aggregator("krumm").check(11, 2)
     with pytest.raises(ValueError, match="f .* must be >= 0"):
-        check_requirement("coord-median", 11, -1)
+        build_aggregator("coord-median").check(11, -1)
     with pytest.raises(ValueError, match="must be an integer"):
-        check_requirement("coord-median", 11, True)
+        build_aggregator("coord-median").check(11, True)
     with pytest.raises(ValueError, match="must be an integer"):
-        check_requirement("coord-median", 11, 1.0)
+        build_aggregator("coord-median").check(11, 1.0)
     with pytest.raises(ValueError, match="n .* must be >= 1"):
-        check_requirement("mean", 0, 0)
+        build_aggregator("mean").check(0, 0)
     with pytest.raises(ValueError, match="shape"):
-        coordinate_median(torch.zeros(5), f=1)
+        aggregate("coord-median", torch.zeros(5), f=1)
     with pytest.raises(ValueError, match="shape"):
-        coordinate_median(torch.zeros(5, 0), f=1)
+        aggregate("coord-median", torch.zeros(5, 0), f=1)
     with pytest.raises(ValueError, match="float32 or float64"):
-        coordinate_median(torch.zeros(5, 2, dtype=torch.int64), f=1)
+        aggregate("coord-median", torch.zeros(5, 2, dtype=torch.int64), f=1)
     with pytest.raises(ValueError, match="torch.Tensor"):
-        coordinate_median(np.zeros((5, 2), np.float32), f=1)
+        aggregate("coord-median", np.zeros((5, 2), np.float32), f=1)
     with pytest.raises(ValueError, match=r"init must have shape \(3,\)"):
-        geometric_median(rand(5, 3), f=1, init=torch.zeros(4))
+        aggregate("geometric-median", rand(5, 3), f=1, init=torch.zeros(4))
     with pytest.raises(ValueError, match="center must be finite"):
-        centered_clipping(rand(5, 3), f=1, center=torch.full((3,), math.nan))
+        aggregate("centered-clipping", rand(5, 3), f=1, center=torch.full((3,), math.nan))
 
 
 def test_requirement_table_is_monotone_in_f():
@@ -644,7 +657,7 @@ def test_requirement_table_is_monotone_in_f():
         refused = False
         for f in range(n + 1):
             try:
-                check_requirement(name, n, f)
+                build_aggregator(name).check(n, f)
                 assert not refused, (name, n, f)
             except ValueError:
                 refused = True

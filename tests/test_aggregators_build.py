@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from byzshield.aggregators import (
-    PRE_AGGREGATIONS,
-    RULES,
-    aggregate,
-    build_aggregator,
-    centered_clipping,
-    multi_krum,
-    split_rows,
-)
+from byzshield.aggregators import PRE_AGGREGATIONS, RULES, aggregate, build_aggregator, split_rows
 
 
 def col(*values):
@@ -153,7 +145,7 @@ def test_outside_the_guarantee_multi_krum_runs_its_formula_as_is_where_defined()
     res = agg(stack, f=3, outside_guarantee=True)
     assert res.outside_guarantee and res.f_used == 3
     # k = n - f - 2 = 2 neighbours, m = n - f = 4: the same as asking for those explicitly
-    expected = multi_krum(stack, f=2, m=4, num_neighbours=2)
+    expected = aggregate("multi-krum", stack, f=2, m=4, num_neighbours=2).value
     assert torch.equal(res.value, expected)
     res = agg(stack, f=6, outside_guarantee=True)  # k would be -1: clamped to f = n - 3
     assert (
@@ -197,7 +189,8 @@ def test_centered_clipping_keeps_its_centre_and_it_round_trips_a_weights_only_ch
     agg = build_aggregator("centered-clipping", tau=0.5)
     assert agg.state_dict() == {}
     first = agg(steps[0], f=2).value
-    assert torch.equal(first, centered_clipping(steps[0], f=2, tau=0.5))  # median start
+    start = aggregate("centered-clipping", steps[0], f=2, tau=0.5).value  # from the median
+    assert torch.equal(first, start)
     assert torch.equal(agg.state_dict()["rule.center"], first)
     buffer = io.BytesIO()
     torch.save(agg.state_dict(), buffer)
@@ -205,7 +198,9 @@ def test_centered_clipping_keeps_its_centre_and_it_round_trips_a_weights_only_ch
     restored = build_aggregator("centered-clipping", tau=0.5)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
     second = agg(steps[1], f=2).value
-    assert torch.equal(second, centered_clipping(steps[1], f=2, tau=0.5, center=first))
+    assert torch.equal(
+        second, aggregate("centered-clipping", steps[1], f=2, tau=0.5, center=first).value
+    )
     assert torch.equal(restored(steps[1], f=2).value, second)
     with pytest.raises(ValueError, match="unknown state keys"):
         restored.load_state_dict({"center": first})
@@ -274,11 +269,12 @@ def test_bucket_size_splits_like_byzfl_with_a_last_smaller_bucket():
     assert split_rows(range(7), None, num_buckets=3, shuffle=False) == [(0, 1, 2), (3, 4), (5, 6)]
 
 
-def test_legacy_num_buckets_with_a_generator_gives_the_same_bits_as_the_pre_aggregation():
+def test_aggregate_with_bucketing_and_a_generator_gives_the_bits_of_the_built_aggregator():
     stack = rand(12, 40, seed=5)
-    legacy = aggregate("coord-median", stack, f=1, num_buckets=4, generator=step_generator(0, 3))
-    agg = build_aggregator("coord-median", pre=[("bucketing", {"num_buckets": 4})])
-    assert torch.equal(legacy.value, agg(stack, f=1, generator=step_generator(0, 3)).value)
+    pre = [("bucketing", {"num_buckets": 4})]
+    once = aggregate("coord-median", stack, f=1, pre=pre, generator=step_generator(0, 3))
+    agg = build_aggregator("coord-median", pre=pre)
+    assert torch.equal(once.value, agg(stack, f=1, generator=step_generator(0, 3)).value)
 
 
 # ------------------------------------------------------------------------- hierarchical
@@ -292,7 +288,9 @@ def test_hierarchical_runs_the_rule_in_each_bucket_then_averages():
     agg = build_aggregator("multi-krum", m="n-f-2", hierarchical={"num_buckets": 2})
     res = agg(stack, f=1, generator=step_generator(3, 0))
     buckets = split_rows(range(15), step_generator(3, 0), num_buckets=2)
-    parts = [multi_krum(stack[list(b)], f=1, m=len(b) - 3).double() for b in buckets]
+    parts = [
+        aggregate("multi-krum", stack[list(b)], f=1, m=len(b) - 3).value.double() for b in buckets
+    ]
     assert torch.allclose(res.value.double(), sum(parts) / 2, rtol=0, atol=1e-6)
     assert res.selected is not None and not {0, 1} & set(res.selected)
     assert len(res.selected) == (8 - 3) + (7 - 3)

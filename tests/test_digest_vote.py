@@ -69,9 +69,9 @@ def test_the_bytes_follow_the_wire_format(tmp_path):
     layout_full = full[0]["bytes_received"] // 12  # one reply: 4 * (header + 1 + 4d + 1)
     header = 2 + 4 + DIGEST_VALUES * 4
     d = (layout_full // 4 - (2 + 4 + 1) - 1) // 4
-    from byzshield.placement import build_placement
+    from byzshield.placement import mols
 
-    p = build_placement("mols", l=4, r=3)
+    p = mols(4, 3)
     firsts: dict[int, int] = {}
     for ws in p.file_workers:
         firsts[ws[0]] = firsts.get(ws[0], 0) + 1

@@ -5,11 +5,10 @@ import json
 
 import pytest
 
+from byzshield.config import APPROACHES, build_placement
 from byzshield.placement import (
-    APPROACHES,
     Placement,
     baseline,
-    build_placement,
     detox,
     from_file,
     galois_field,
@@ -205,6 +204,17 @@ def test_every_registered_approach_builds_with_its_conf_defaults():
         if name in ("detox", "custom"):
             continue
         option = compose_config([f"approach={name}"]).approach
-        assert option.name == name
+        assert option.name == name and type(option) is APPROACHES[name]
         params = {k: v for k, v in vars(option).items() if k != "name" and not k.startswith("_")}
+        assert tuple(params) == APPROACHES[name].param_keys()
         assert build_placement(name, **params).describe() == option.build().describe()
+
+
+def test_the_registry_is_conf_approach_plus_detox():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "approach"
+    assert {p.stem for p in conf.glob("*.yaml")} == set(APPROACHES) - {"detox"}
+    detox_named = build_placement("detox", K=15, r=3)
+    assert detox_named.approach == "detox"
+    assert detox_named.worker_files == detox(15, 3).worker_files

@@ -132,7 +132,7 @@ def test_a_design_too_large_to_enumerate_falls_back_to_the_bounded_search():
     """mols l=29 has classes of 29 workers (2^29 subsets each): no 2^29 x f table is
     built, the search is branch and bound within its budget."""
     from byzshield.adversary import _ClassSolver
-    from byzshield.placement import build_placement
+    from byzshield.placement import mols
 
-    solver = _ClassSolver(build_placement("mols", l=29, r=3))
+    solver = _ClassSolver(mols(29, 3))
     assert not solver.feasible() and solver.cover is None

@@ -14,6 +14,10 @@ DETOX's hierarchical form (the rule inside each bucket, then the mean across buc
 of them the rule must tolerate being arbitrary (ByzShield passes c_max(q) of its
 placement, DETOX q // r', the baseline q). Rules know nothing of workers or ranks.
 
+For one call (tests, notebooks, benchmarks), ``aggregate(name, stack, f=f, pre=...,
+generator=g, **params)`` builds and runs in one go, and ``preaggregate(name, stack, f=f,
+**params)`` returns the stack one pre-aggregation makes.
+
 =================  ===========================================  ======================
 config name        rule                                          requirement
 =================  ===========================================  ======================
@@ -61,9 +65,9 @@ decision the bound cannot certify is recomputed exactly). See ``_kernels.py``.
 Example::
 
     >>> import torch
-    >>> from byzshield.aggregators import aggregate, build_aggregator, coordinate_median
+    >>> from byzshield.aggregators import aggregate, build_aggregator
     >>> stack = torch.tensor([[1.0, 10.0], [2.0, 20.0], [1e30, -1e30]])
-    >>> coordinate_median(stack, f=1).tolist()
+    >>> aggregate("coord-median", stack, f=1).value.tolist()
     [2.0, 10.0]
     >>> aggregate("mean", torch.tensor([[1.0], [float("nan")], [3.0]]), f=1).value.tolist()
     [2.0]
@@ -104,18 +108,8 @@ __all__ = [
     "Rule",
     "aggregate",
     "build_aggregator",
-    "bulyan",
-    "centered_clipping",
-    "check_requirement",
-    "coordinate_median",
-    "geometric_median",
-    "mean",
-    "multi_krum",
-    "multi_krum_select",
     "preaggregate",
-    "sign_majority",
     "split_rows",
-    "trimmed_mean",
 ]
 
 AGGREGATORS = RULES
@@ -418,43 +412,46 @@ def build_aggregator(
 
 
 # --------------------------------------------------------------------------------------
-# The functional interface over the same registry
+# One call
 # --------------------------------------------------------------------------------------
 
-_BUCKETED = ("coord-median", "sign-majority")  # the rules that took num_buckets=
 
+def aggregate(
+    name: str,
+    stack: Tensor,
+    *,
+    f: int,
+    pre: Sequence[object] = (),
+    generator: torch.Generator | None = None,
+    **params: object,
+) -> AggregateResult:
+    """Build the rule ``name`` for this one call and run it on ``stack``.
 
-def _legacy(name: str, n: int, params: dict) -> tuple[Aggregator, torch.Generator | None]:
-    """``num_buckets``/``generator`` of coord-median and sign-majority -> bucketing."""
-    params = dict(params)
-    pre, generator = [], None
-    if name in _BUCKETED:
-        generator = params.pop("generator", None)
-        check_generator(generator, name)
-        num_buckets = params.pop("num_buckets", None)
-        if num_buckets is not None:
-            num_buckets = check_count(num_buckets, f"{name}: num_buckets", 1, n)
-            if num_buckets < n:
-                pre = [Bucketing(num_buckets=num_buckets)]
-    return build_aggregator(name, pre=pre, **params), generator
+    ``build_aggregator(name, pre=pre, **params)(stack, f=f, generator=generator)``: for
+    tests, notebooks and benchmarks; a run builds its :class:`Aggregator` once.
 
+    Args:
+        name: a key of :data:`RULES` (config name, e.g. ``"coord-median"``).
+        stack: (n, d) float32 (or float64) CPU tensor of inputs, one per row.
+        f: number of Byzantine inputs to tolerate.
+        pre: pre-aggregations, as for :func:`build_aggregator` (median of means is
+            ``"coord-median"`` with ``pre=[("bucketing", {"num_buckets": b})]``).
+        generator: a torch.Generator; needed by bucketing and by CAF/SMEA with
+            ``power_iterations``.
+        **params: the rule's parameters (see the rule's class).
 
-def check_requirement(name: str, n: int, f: int, **params: object) -> None:
-    """Refuse, before any data exists, a rule that cannot tolerate f of n inputs.
+    Example::
 
-    Checks the rule name, n >= 1, f >= 0, the rule's n-vs-f requirement (the table in
-    the module docstring) and, when given, the rule's parameters (names and ranges).
-    ``num_buckets`` (coord-median, sign-majority) means a bucketing pre-aggregation.
+        >>> aggregate("multi-krum", torch.tensor([[0.0], [1.0], [2.0], [3.0], [100.0]]),
+        ...           f=1).selected  # drops 100, averages 0..3
+        [0, 1, 2, 3]
 
     Raises:
-        ValueError: naming the offending value and what is allowed.
+        ValueError: unknown rule, pre-aggregation or parameter; bad shape/dtype; the
+            guarantee fails for the stack's n (``build_aggregator(...).check(n, f)``); a
+            random stage without a generator.
     """
-    if not isinstance(name, str) or name not in RULES:
-        raise ValueError(f"unknown aggregator {name!r}; choose one of {', '.join(sorted(RULES))}")
-    n = check_count(n, f"{name}: n (number of inputs)", 1)
-    f = check_count(f, f"{name}: f (number of Byzantine inputs)", 0)
-    agg, _ = _legacy(name, n, params)
-    agg.check(n, f)
+    return build_aggregator(name, pre=pre, **params)(stack, f=f, generator=generator)
 
 
 def preaggregate(
@@ -506,182 +503,3 @@ def preaggregate(
     dist = _PairwiseDistances(x, rows) if stage.uses_distances and f_stage > 0 else None
     out, new_rows, _ = stage.apply(x, rows, f_stage, generator=generator, dist=dist)
     return torch.from_numpy(np.ascontiguousarray(out[new_rows]))
-
-
-def aggregate(name: str, stack: Tensor, *, f: int, **params: object) -> AggregateResult:
-    """Build the rule ``name`` for this one call and run it on ``stack``.
-
-    Args:
-        name: a key of :data:`RULES` (config name, e.g. ``"coord-median"``).
-        stack: (n, d) float32 (or float64) CPU tensor of inputs, one per row.
-        f: number of Byzantine inputs to tolerate.
-        **params: the rule's parameters; coord-median and sign-majority also take
-            ``num_buckets`` and ``generator`` (a bucketing pre-aggregation, which needs
-            the generator when num_buckets < n).
-
-    Raises:
-        ValueError: unknown rule or parameter, bad shape/dtype, the rule's n-vs-f
-            requirement fails for the stack's n (see :func:`check_requirement`), or
-            bucketing without a generator.
-    """
-    if not isinstance(name, str) or name not in RULES:
-        raise ValueError(f"unknown aggregator {name!r}; choose one of {', '.join(sorted(RULES))}")
-    stack = _check_stack(stack, name)
-    agg, generator = _legacy(name, stack.shape[0], params)
-    return agg(stack, f=f, generator=generator)
-
-
-def coordinate_median(
-    stack: Tensor,
-    *,
-    f: int,
-    num_buckets: int | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Coordinate-wise median, optionally of bucket means ("median of means").
-
-    out[c] = median_b( mean_{i in B_b} x_i[c] ), the n rows shuffled by ``generator``
-    and split into num_buckets buckets of sizes as ``np.array_split`` (see
-    :func:`split_rows`). An even count's median is the mean of its two middle values.
-    Yin et al., ICML 2018; bucketing as in the ByzShield code (there called bucket size).
-
-    Args:
-        stack: (n, d) inputs.
-        f: Byzantine inputs tolerated; needs n > 2f and num_buckets > 2f.
-        num_buckets: b in [1, n]; None (default) or n = the plain median.
-        generator: required when num_buckets < n (buckets are reshuffled every step).
-
-    Example::
-
-        >>> coordinate_median(torch.tensor([[1.0], [5.0], [2.0], [100.0]]), f=1).tolist()
-        [3.5]
-    """
-    return aggregate("coord-median", stack, f=f, num_buckets=num_buckets, generator=generator).value
-
-
-def multi_krum(
-    stack: Tensor, *, f: int, m: int | None = None, num_neighbours: int | None = None
-) -> Tensor:
-    """Multi-Krum (Blanchard et al. 2017); see :class:`rules.MultiKrum`.
-
-    Example::
-
-        >>> x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [100.0]])
-        >>> multi_krum(x, f=1).tolist()  # drops 100, averages 0..3
-        [1.5]
-    """
-    return aggregate("multi-krum", stack, f=f, m=m, num_neighbours=num_neighbours).value
-
-
-def multi_krum_select(
-    stack: Tensor, *, f: int, m: int | None = None, num_neighbours: int | None = None
-) -> list[int]:
-    """The rows :func:`multi_krum` averages (ascending row indices)."""
-    result = aggregate("multi-krum", stack, f=f, m=m, num_neighbours=num_neighbours)
-    return result.selected or []
-
-
-def bulyan(stack: Tensor, *, f: int) -> Tensor:
-    """Bulyan (El Mhamdi et al. 2018); see :class:`rules.Bulyan`. Needs n >= 4f + 3.
-
-    The original ByzShield code instead took the theta lowest Krum scores at once and
-    averaged the beta values centred in sorted order; we follow the paper.
-
-    Example::
-
-        >>> x = torch.tensor([[0.0], [1.0], [2.0], [4.0], [8.0], [9.0], [1e6]])
-        >>> bulyan(x, f=1).tolist()  # selects 4, 2, 8, 1, 9; keeps 4, 2, 1 (median 4)
-        [2.3333332538604736]
-    """
-    return aggregate("bulyan", stack, f=f).value
-
-
-def mean(stack: Tensor, *, f: int) -> Tensor:
-    """Coordinate-wise mean; f is accepted and ignored (see :class:`rules.Mean`).
-
-    Example::
-
-        >>> mean(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), f=0).tolist()
-        [2.0, 3.0]
-    """
-    return aggregate("mean", stack, f=f).value
-
-
-def trimmed_mean(stack: Tensor, *, f: int) -> Tensor:
-    """Coordinate-wise trimmed mean (Yin et al. 2018); see :class:`rules.TrimmedMean`.
-
-    Example::
-
-        >>> trimmed_mean(torch.tensor([[-50.0], [1.0], [2.0], [3.0], [50.0]]), f=1).tolist()
-        [2.0]
-    """
-    return aggregate("trimmed-mean", stack, f=f).value
-
-
-def geometric_median(
-    stack: Tensor,
-    *,
-    f: int,
-    num_iterations: int = 10,
-    nu: float = 1e-6,
-    tol: float = 1e-7,
-    init: Tensor | None = None,
-) -> Tensor:
-    """Smoothed Weiszfeld geometric median; see :class:`rules.GeometricMedian`.
-
-    Example::
-
-        >>> x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
-        >>> geometric_median(x, f=1).tolist()  # unit vectors to the 4 points cancel
-        [0.5, 0.5]
-    """
-    return aggregate(
-        "geometric-median", stack, f=f, num_iterations=num_iterations, nu=nu, tol=tol, init=init
-    ).value
-
-
-def centered_clipping(
-    stack: Tensor,
-    *,
-    f: int,
-    tau: float = 100.0,
-    num_iterations: int = 1,
-    center: Tensor | None = None,
-) -> Tensor:
-    """One centered-clipping step from ``center`` (None: the coordinate median).
-
-    Stateless; the :class:`Aggregator` built by ``build_aggregator("centered-clipping")``
-    keeps its own centre across steps. See :class:`rules.CenteredClipping`.
-
-    Example::
-
-        >>> x = torch.tensor([[1.0], [2.0], [3.0], [1000.0]])
-        >>> centered_clipping(x, f=1, tau=1.0).tolist()  # from the median 2.5
-        [2.5]
-    """
-    return aggregate(
-        "centered-clipping", stack, f=f, tau=tau, num_iterations=num_iterations, center=center
-    ).value
-
-
-def sign_majority(
-    stack: Tensor,
-    *,
-    f: int,
-    num_buckets: int | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """signSGD with majority vote, optionally over buckets of signs.
-
-    out[c] = sign(sum_b sign(sum_{i in B_b} sign(x_i[c]))) (Bernstein et al., ICLR 2019;
-    buckets as the ByzShield code, whose workers sent signs). Buckets as
-    :func:`coordinate_median`. Needs n > 2f and num_buckets > 2f.
-
-    Example::
-
-        >>> sign_majority(torch.tensor([[0.5, -2.0], [3.0, -1.0], [-9.0, 4.0]]), f=1).tolist()
-        [1.0, -1.0]
-    """
-    return aggregate(
-        "sign-majority", stack, f=f, num_buckets=num_buckets, generator=generator
-    ).value

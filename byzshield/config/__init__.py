@@ -27,8 +27,9 @@ vs file size, process count vs K) happen there, before any process group starts.
 
 The package, one concern a module: :mod:`~byzshield.config.base` (:class:`ConfigError`
 and the checks every option shares), :mod:`~byzshield.config.approaches` (``approach/``,
-the placement), :mod:`~byzshield.config.modes` (``mode/``, the aggregation rule),
-:mod:`~byzshield.config.attacks` (``attack/``), :mod:`~byzshield.config.data`
+the placement; :data:`APPROACHES`, the one registry of designs, and
+:func:`build_placement`), :mod:`~byzshield.config.modes` (``mode/``, the aggregation
+rule), :mod:`~byzshield.config.attacks` (``attack/``), :mod:`~byzshield.config.data`
 (``network/`` and ``dataset/``), :mod:`~byzshield.config.schema` (:class:`TrainConfig`,
 :data:`KEY_HELP`, :func:`register_schema`, :func:`load_config`) and
 :mod:`~byzshield.config.run` (:class:`Run`, :func:`build_run`). Every name they define is
@@ -41,15 +42,18 @@ from __future__ import annotations
 # Re-exports: the names of __all__, and (noqa) every other name byzshield.config defined as
 # one module (the option dataclasses, the constants, the private helpers tests import).
 from byzshield.config.approaches import (  # noqa: F401
+    APPROACHES,
     ApproachOption,
     BaselineApproach,
     CustomApproach,
+    DetoxApproach,
     DracoLiteApproach,
     DracoLiteAttackApproach,
     MajVoteApproach,
     MolsApproach,
     RamaOneApproach,
     RamaTwoApproach,
+    build_placement,
 )
 from byzshield.config.attacks import (  # noqa: F401
     ALIE_DEFAULT_Z,
@@ -110,6 +114,7 @@ from byzshield.config.schema import (  # noqa: F401
 )
 
 __all__ = [
+    "APPROACHES",
     "KEY_HELP",
     "ApproachOption",
     "AttackOption",
@@ -120,6 +125,7 @@ __all__ = [
     "Run",
     "TrainConfig",
     "add_server_parts",
+    "build_placement",
     "build_run",
     "load_config",
     "register_schema",

@@ -1,9 +1,18 @@
 """The ``approach/`` group, the placement: :class:`ApproachOption` and one dataclass per
-design (baseline, DETOX and its variants, MOLS, the Ramanujan cases, a custom JSON)."""
+design (baseline, DETOX and its variants, MOLS, the Ramanujan cases, a custom JSON).
+
+:data:`APPROACHES` is the one registry of designs (name -> option class, whose fields are
+the design's parameters); :func:`build_placement` builds one by name for the front ends
+that read designs outside the training config (``python -m byzshield.placement
+designs=[...]``, the report's eps curves)::
+
+    >>> build_placement("mols", l=5, r=3).num_workers
+    15
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from omegaconf import MISSING
@@ -32,6 +41,11 @@ class ApproachOption(_Option):
 
     def build(self) -> Placement:
         return self._placement
+
+    @classmethod
+    def param_keys(cls) -> tuple[str, ...]:
+        """The design's parameters: the option's fields but ``name`` (``("l", "r")``)."""
+        return tuple(f.name for f in fields(cls) if f.name != "name")
 
     def _build(self) -> Placement:  # pragma: no cover - every option overrides it
         raise NotImplementedError
@@ -70,6 +84,16 @@ class DracoLiteAttackApproach(DracoLiteApproach):
     name: str = "draco_lite_attack"
     option: ClassVar[str] = "draco_lite_attack"
     default_selection: ClassVar[str] = "detox_worst"  # --detox-attack worst
+
+
+@dataclass
+class DetoxApproach(DracoLiteApproach):
+    """DETOX's groups under the DETOX paper's name, for placement tables (``python -m
+    byzshield.placement designs=[{approach: detox, K: 15, r: 3}]``); training runs the
+    same design as draco_lite, so conf/approach/ has no detox.yaml."""
+
+    name: str = "detox"
+    option: ClassVar[str] = "detox"
 
 
 @dataclass
@@ -130,3 +154,42 @@ class CustomApproach(ApproachOption):
 
     def _build(self) -> Placement:
         return placement.from_file(self.path)
+
+
+APPROACHES: dict[str, type[ApproachOption]] = {
+    cls.option: cls
+    for cls in (
+        BaselineApproach,
+        DracoLiteApproach,
+        DracoLiteAttackApproach,
+        DetoxApproach,
+        MajVoteApproach,
+        MolsApproach,
+        RamaOneApproach,
+        RamaTwoApproach,
+        CustomApproach,
+    )
+}
+"""Every placement design: approach name -> option class (in ``--help``'s order). The
+training config registers each class's schema; conf/approach/ has one YAML per trainable
+design."""
+
+
+def build_placement(name: str, **params: object) -> Placement:
+    """The placement of approach ``name`` from all of its parameters (``param_keys()``).
+
+    Raises:
+        ValueError: unknown approach, an unknown or missing (None) parameter, or the
+            design's own check of its values.
+    """
+    if name not in APPROACHES:
+        raise ValueError(f"unknown approach {name!r}; choose one of {', '.join(APPROACHES)}")
+    option = APPROACHES[name]
+    keys = option.param_keys()
+    unknown = sorted(set(params) - set(keys))
+    missing = [k for k in keys if params.get(k) is None]
+    if unknown:
+        raise ValueError(f"approach {name} takes {', '.join(keys)}; unknown key(s) {unknown}")
+    if missing:
+        raise ValueError(f"approach {name} needs {', '.join(keys)}; missing {missing}")
+    return option(**params).build()

@@ -9,17 +9,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from byzshield.config.approaches import (
-    ApproachOption,
-    BaselineApproach,
-    CustomApproach,
-    DracoLiteApproach,
-    DracoLiteAttackApproach,
-    MajVoteApproach,
-    MolsApproach,
-    RamaOneApproach,
-    RamaTwoApproach,
-)
+from byzshield.config.approaches import APPROACHES, ApproachOption
 from byzshield.config.attacks import (
     AlieAttack,
     AttackOption,
@@ -179,14 +169,7 @@ KEY_HELP: dict[str, str] = {
 every key of :class:`TrainConfig` has one and that docs/configuration.md's table names it)."""
 
 _OPTIONS: tuple[type[_Option], ...] = (
-    BaselineApproach,
-    DracoLiteApproach,
-    DracoLiteAttackApproach,
-    MajVoteApproach,
-    MolsApproach,
-    RamaOneApproach,
-    RamaTwoApproach,
-    CustomApproach,
+    *APPROACHES.values(),
     CoordMedianMode,
     MultiKrumMode,
     KrumMode,

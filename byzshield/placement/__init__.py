@@ -32,16 +32,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 __all__ = [
-    "APPROACHES",
     "Placement",
     "baseline",
-    "build_placement",
     "detox",
     "from_file",
     "galois_field",
@@ -487,31 +485,3 @@ def from_file(path: str | Path) -> Placement:
     if num_files is None:
         num_files = max(max(fs) for fs in data) + 1
     return Placement("custom", tuple(tuple(fs) for fs in data), num_files, params={"path": str(p)})
-
-
-# name -> (builder, parameter names). Config group conf/approach/ uses these names.
-APPROACHES: dict[str, tuple[Callable[..., Placement], tuple[str, ...]]] = {
-    "baseline": (baseline, ("K",)),
-    "draco_lite": (lambda K, r: detox(K, r, approach="draco_lite"), ("K", "r")),
-    "draco_lite_attack": (lambda K, r: detox(K, r, approach="draco_lite_attack"), ("K", "r")),
-    "detox": (lambda K, r: detox(K, r, approach="detox"), ("K", "r")),
-    "maj_vote": (lambda K, r: detox(K, r, approach="maj_vote"), ("K", "r")),
-    "mols": (mols, ("l", "r")),
-    "rama_one": (rama_one, ("m", "s")),
-    "rama_two": (rama_two, ("m", "s")),
-    "custom": (from_file, ("path",)),
-}
-
-
-def build_placement(name: str, **params) -> Placement:
-    """Build the placement of approach ``name`` from its parameters (see APPROACHES)."""
-    if name not in APPROACHES:
-        raise ValueError(f"unknown approach {name!r}; choose one of {', '.join(APPROACHES)}")
-    builder, keys = APPROACHES[name]
-    unknown = sorted(set(params) - set(keys))
-    missing = [k for k in keys if params.get(k) is None]
-    if unknown:
-        raise ValueError(f"approach {name} takes {', '.join(keys)}; unknown key(s) {unknown}")
-    if missing:
-        raise ValueError(f"approach {name} needs {', '.join(keys)}; missing {missing}")
-    return builder(**{k: params[k] for k in keys})

@@ -29,13 +29,12 @@ class EpsCurve:
 
 
 def _placement_params(run: RunFolder) -> tuple[str, dict] | None:
-    from byzshield.placement import APPROACHES
+    from byzshield.config import APPROACHES
 
     name = run.config.get("approach.name")
     if name not in APPROACHES:
         return None
-    keys = APPROACHES[name][1]
-    params = {k: run.config.get(f"approach.{k}") for k in keys}
+    params = {k: run.config.get(f"approach.{k}") for k in APPROACHES[name].param_keys()}
     return name, params
 
 
@@ -54,7 +53,7 @@ def eps_curves(
         detox_eps,  # DETOX's closed form, as the placement table
         worst_case_table,
     )
-    from byzshield.placement import build_placement
+    from byzshield.config import build_placement
 
     placements: dict[tuple, list[RunFolder]] = defaultdict(list)
     for run in runs:
