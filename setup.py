@@ -34,6 +34,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # tests/run.sh runs the suite on two workers
             "hypothesis>=6",
             "ruff>=0.6",
             "moto[server]>=5",

@@ -13,6 +13,20 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# tests/run.sh runs the suite on two pytest-xdist workers (--dist loadgroup): the tests of
+# these files share a session or module fixture worth starting once (a Slurm cluster,
+# sshd hosts with this checkout installed, the moto server, both lockstep engines), so
+# each file runs on one worker; the longest go first, so that no worker is left alone
+# with one at the end. Every other test goes wherever a worker is free.
+GROUPED = ["test_slurm.py", "test_launch_ssh.py", "test_lockstep.py", "test_launch_aws.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in GROUPED:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    items.sort(key=lambda item: GROUPED.index(item.path.name) if item.path.name in GROUPED else 99)
+
 
 def free_port() -> int:
     with socket.socket() as s:

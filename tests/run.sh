@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run it. README's Quick start and
 # .ci/run both call this script, so CI runs exactly what a new user runs.
-#   bash tests/run.sh            # default suite (6.4 minutes on a quiet 2-core machine)
-#   bash tests/run.sh -m slow    # extra arguments go to pytest
+#   bash tests/run.sh                # default suite, on pytest-xdist workers (below)
+#   bash tests/run.sh -m slow -n 0   # extra arguments go to pytest (here: the slow
+#                                    # tests, one at a time, as .ci/run runs them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,4 +32,9 @@ fi
 
 python -m pip install -q -r requirements.txt -e '.[test]'
 export OMP_NUM_THREADS=1
-python -m pytest "$@"
+# Two pytest-xdist workers per core, at most 4: most of a test's time is spent waiting
+# (for processes to start, import torch and meet), not computing. Each process runs one thread;
+# -n 0 among the arguments runs the suite in this process instead.
+workers=$((2 * $(nproc 2>/dev/null || echo 1)))
+[ "$workers" -gt 4 ] && workers=4
+python -m pytest -n "$workers" --dist loadgroup "$@"

@@ -102,6 +102,7 @@ def _groups():
     return ([a for a in options("approach") if a != "custom"], options("mode"), options("attack"))
 
 
+@pytest.mark.slow  # exhaustive; test_config_properties.py draws random configs by default
 def test_every_pair_of_approach_mode_attack_options_composes_and_builds_or_says_why():
     """A covering array: every (approach, mode), (approach, attack) and (mode, attack) pair
     appears (triples (a, m, (a + m) mod n)); each builds or fails with one ConfigError line."""

@@ -88,8 +88,10 @@ def test_the_torchrun_engine_in_threads_and_simulate_give_the_same_bits(
 
 @pytest.mark.parametrize(
     "design",
-    [  # real processes: MOLS by default, the other three with the slow tests (CI runs both)
-        "mols",
+    [  # real processes, with the slow tests (CI runs them): the default suite has the same
+        # comparison with the ranks as threads above, and torchrun itself in
+        # tests/test_train_distributed.py
+        pytest.param("mols", marks=pytest.mark.slow),
         pytest.param("rama_two", marks=pytest.mark.slow),
         pytest.param("draco_lite", marks=pytest.mark.slow),
         pytest.param("baseline", marks=pytest.mark.slow),

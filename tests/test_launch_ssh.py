@@ -53,7 +53,10 @@ class LoopbackCluster:
 
 
 def fab(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `fab <args>` from ``cwd`` with this checkout's fabfile, as a user would."""
+    """Run `fab <args>` from ``cwd`` with this checkout's fabfile, as a user would;
+    `fab train` on a free master port (tests running beside it may hold 29500)."""
+    if args[:1] == ("train",):
+        args = ("train", "--master-port", str(free_port(ADDRESSES)), *args[1:])
     env = {k: v for k, v in os.environ.items() if k not in NO_AWS_ENV}
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run(

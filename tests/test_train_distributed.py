@@ -204,7 +204,8 @@ class Run:
                 self.proc.kill()
 
 
-@pytest.mark.parametrize("fault", [pytest.param("hang", marks=pytest.mark.slow), "crash"])
+@pytest.mark.slow  # tests/test_server_faults.py has both faults in-process
+@pytest.mark.parametrize("fault", ["hang", "crash"])
 def test_a_hung_or_crashed_worker_stops_the_run_naming_its_rank(tmp_path, fault):
     folder = tmp_path / f"fault-{fault}"
     # timeout=15: under a loaded machine a 5 s timeout fired on healthy ranks (the server
