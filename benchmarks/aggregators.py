@@ -222,7 +222,8 @@ def same_inputs(stack: torch.Tensor) -> Callable[[object, object], str]:
 
 
 def _pre(name: str, stack: torch.Tensor, f: int, generator=None, **params):
-    stage = PRE_AGGREGATIONS[name](**params)
+    cls = PRE_AGGREGATIONS[name]
+    stage = cls(cls.Config(**params))
     x = stack.numpy()
     out, _, _ = stage.apply(x, range(len(x)), f, generator=generator, dist=None)
     return out

@@ -308,7 +308,8 @@ def test_hierarchical_detox_bucket_of_7_with_f_3_runs_only_outside_the_guarantee
 
 
 def apply(name, stack, f, **params):
-    stage = PRE_AGGREGATIONS[name](**params)
+    cls = PRE_AGGREGATIONS[name]
+    stage = cls(cls.Config(**params))
     out, _, _ = stage.apply(stack.numpy(), range(len(stack)), f, generator=None, dist=None)
     return torch.from_numpy(np.asarray(out))
 

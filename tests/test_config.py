@@ -68,13 +68,36 @@ def test_the_nnm_median_preset_is_coord_median_after_nnm():
 
 
 def test_attack_option_defaults_are_the_attack_classes_own_defaults():
-    """Each default is written once: the options read them from byzshield.attacks."""
-    for cls in (C.RevGradAttack, C.ConstantAttack, C.IpmAttack, C.GaussianAttack):
-        attack_cls = attacks.ATTACKS[cls.option]
+    """Each default is written once: the options are generated from byzshield.attacks."""
+    assert set(C.ATTACK_OPTIONS) == set(attacks.ATTACKS)
+    for name, cls in C.ATTACK_OPTIONS.items():
+        if name == "alie":  # z may be "paper"; its default is the original code's
+            continue
         option = cls()
-        for fld in dataclasses.fields(attack_cls):
+        for fld in dataclasses.fields(attacks.ATTACKS[name]):
             if fld.init:
                 assert getattr(option, fld.name) == fld.default, (cls, fld.name)
+        assert option.build(num_files=5, aggregator_f=1) == attacks.make_attack(name)
+
+
+def test_mode_options_are_generated_from_each_rules_nested_config():
+    """A rule's parameters and defaults are declared once, in its Config: the mode option
+    has each config key with that default, and builds the rule with them."""
+    from byzshield.aggregators import RULES
+
+    assert set(C.MODES) == set(RULES)
+    for name, cls in C.MODES.items():
+        keys = [
+            f for f in dataclasses.fields(RULES[name].Config) if f.metadata.get("config_key", True)
+        ]
+        option = cls()
+        assert cls.rule_keys == tuple(f.name for f in keys)
+        for fld in keys:
+            assert getattr(option, fld.name) == fld.default, (name, fld.name)
+        assert option.build().rule.config == RULES[name].Config(**option.params())
+    assert "center" not in C.CenteredClippingMode.rule_keys  # a tensor: Python API only
+    with pytest.raises(C.ConfigError, match="geometric-median: nu must be"):
+        C.GeometricMedianMode(nu=-1.0)
 
 
 def test_top_level_defaults_are_written_once_in_the_schema():

@@ -80,7 +80,7 @@ Benchmark: ``python benchmarks/aggregators.py``; tests:
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -349,16 +349,14 @@ def _construct(registry: Mapping[str, type], kind: str, name: object, params: Ma
     if not isinstance(name, str) or name not in registry:
         raise ValueError(f"unknown {kind} {name!r}; choose one of {', '.join(sorted(registry))}")
     cls = registry[name]
-    signature = inspect.signature(cls.__init__).parameters.values()
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    allowed = [p.name for p in signature if p.name != "self" and p.kind in named]
+    allowed = [fl.name for fl in dataclasses.fields(cls.Config)]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(
             f"{name} has no parameter {', '.join(unknown)}; "
             f"allowed: {', '.join(allowed) if allowed else 'none'}"
         )
-    return cls(**params)
+    return cls(cls.Config(**params))
 
 
 def _pre_item(item: object) -> PreAggregation:
@@ -394,7 +392,7 @@ def build_aggregator(
             the (pre-aggregated) inputs into buckets, run the rule in each with the same
             f, average the bucket results. The original's multi-krum on DETOX is
             ``build_aggregator("multi-krum", m="n-f-2", hierarchical={"num_buckets": b})``.
-        **params: the rule's parameters (see the rule's class).
+        **params: the fields of the rule's nested ``Config`` (its class docstring).
 
     Raises:
         ValueError: unknown rule, pre-aggregation or parameter; a parameter out of range.
@@ -438,7 +436,7 @@ def aggregate(
             ``"coord-median"`` with ``pre=[("bucketing", {"num_buckets": b})]``).
         generator: a torch.Generator; needed by bucketing and by CAF/SMEA with
             ``power_iterations``.
-        **params: the rule's parameters (see the rule's class).
+        **params: the fields of the rule's nested ``Config`` (its class docstring).
 
     Example::
 

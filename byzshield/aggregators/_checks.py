@@ -1,9 +1,12 @@
-"""Argument checks shared by the rules and pre-aggregations: one-line ValueErrors."""
+"""Argument checks shared by the rules and pre-aggregations: one-line ValueErrors; and
+what their nested ``Config`` dataclasses share (:class:`NoParams`, :data:`PYTHON_ONLY`,
+:func:`config_for`)."""
 
 from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,3 +59,26 @@ def vector_param(value: Tensor | None, d: int, what: str) -> np.ndarray | None:
     if not np.isfinite(out).all():
         raise ValueError(f"{what} must be finite")
     return out
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The ``Config`` of a rule or pre-aggregation without parameters."""
+
+
+PYTHON_ONLY = {"config_key": False}
+"""``field(metadata=PYTHON_ONLY)``: a parameter of the Python API only (a tensor, such as
+a starting point), not offered as a config key."""
+
+
+def config_for(owner: object, config: object | None) -> object:
+    """``config``, checked to be ``owner``'s own ``Config`` (its defaults when None)."""
+    cls = type(owner).Config  # type: ignore[attr-defined]
+    if config is None:
+        return cls()
+    if not isinstance(config, cls):
+        raise TypeError(
+            f"{owner.name} takes a {type(owner).__name__}.Config, "  # type: ignore[attr-defined]
+            f"got {type(config).__name__}"
+        )
+    return config

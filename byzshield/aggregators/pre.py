@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 
-from byzshield.aggregators._checks import check_count, check_positive
+from byzshield.aggregators._checks import NoParams, check_count, check_positive, config_for
 from byzshield.aggregators._kernels import (
     _mixed_rows,
     _nearest,
@@ -29,7 +30,8 @@ __all__ = ["PRE_AGGREGATIONS", "PreAggregation", "split_rows"]
 
 
 class PreAggregation:
-    """A map from rows of a stack to rows of a new stack.
+    """A map from rows of a stack to rows of a new stack. Its parameters are its nested
+    ``Config`` dataclass, as a rule's (:class:`byzshield.aggregators.rules.Rule`).
 
     Attributes:
         name: the config name.
@@ -41,6 +43,10 @@ class PreAggregation:
     uses_distances: ClassVar[bool] = False
     requirement: ClassVar[str] = "n > 2f"
     reference: ClassVar[str] = ""
+    Config: ClassVar[type] = NoParams
+
+    def __init__(self, config: object | None = None):
+        self.config = config_for(self, config)
 
     @property
     def needs_generator(self) -> bool:
@@ -146,9 +152,19 @@ class Bucketing(PreAggregation):
 
     name = "bucketing"
 
-    def __init__(
-        self, bucket_size: int | None = None, num_buckets: int | None = None, shuffle: bool = True
-    ):
+    @dataclass(frozen=True)
+    class Config:
+        bucket_size: int | None = None
+        num_buckets: int | None = None
+        shuffle: bool = True
+
+    def __init__(self, config: Bucketing.Config | None = None):
+        super().__init__(config)
+        bucket_size, num_buckets, shuffle = (
+            self.config.bucket_size,
+            self.config.num_buckets,
+            self.config.shuffle,
+        )
         if (bucket_size is None) == (num_buckets is None):
             raise ValueError(
                 f"bucketing takes exactly one of bucket_size and num_buckets, got "
@@ -245,8 +261,13 @@ class Clipping(PreAggregation):
 
     name = "clipping"
 
-    def __init__(self, c: float = 2.0):
-        self.c = check_positive(c, "clipping: c", allow_zero=True)
+    @dataclass(frozen=True)
+    class Config:
+        c: float = 2.0
+
+    def __init__(self, config: Clipping.Config | None = None):
+        super().__init__(config)
+        self.c = check_positive(self.config.c, "clipping: c", allow_zero=True)
 
     def apply(self, x, rows, f, *, generator, dist):
         norms = _row_norms(x, rows)

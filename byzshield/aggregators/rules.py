@@ -15,6 +15,7 @@ import itertools
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -22,9 +23,12 @@ import torch
 from torch import Tensor
 
 from byzshield.aggregators._checks import (
+    PYTHON_ONLY,
+    NoParams,
     check_count,
     check_positive,
     check_vector,
+    config_for,
     vector_param,
 )
 from byzshield.aggregators._kernels import (
@@ -54,6 +58,11 @@ SMEA_MAX_SUBSETS = 2_000_000
 class Rule:
     """A robust rule on the rows of an (n, d) stack; subclasses set the class attributes.
 
+    A rule's parameters are its nested ``Config`` dataclass (torchtitan's pattern): the
+    one place they and their defaults are declared; ``Rule(config)`` checks them (None:
+    the defaults), :func:`byzshield.aggregators.build_aggregator` builds one from keyword
+    parameters, and the config's ``mode/`` options are generated from it.
+
     Attributes:
         name: the config name.
         requirement: the n-vs-f condition the rule's guarantee needs, as text.
@@ -69,6 +78,10 @@ class Rule:
     reference: ClassVar[str] = "an honest majority"
     uses_distances: ClassVar[bool] = False
     takes_signs: ClassVar[bool] = False
+    Config: ClassVar[type] = NoParams
+
+    def __init__(self, config: object | None = None):
+        self.config = config_for(self, config)
 
     @property
     def needs_generator(self) -> bool:
@@ -299,7 +312,16 @@ class MultiKrum(Rule):
     reference = "Blanchard et al."
     uses_distances = True
 
-    def __init__(self, m: int | str | None = None, num_neighbours: int | None = None):
+    @dataclass(frozen=True)
+    class Config:
+        m: int | str | None = None
+        num_neighbours: int | None = None
+
+    def __init__(self, config: MultiKrum.Config | None = None):
+        super().__init__(config)
+        self._setup(self.config.m, self.config.num_neighbours)
+
+    def _setup(self, m: int | str | None, num_neighbours: int | None) -> None:
         self._m_offset: int | None = None
         if isinstance(m, str):
             match = _M_FORM.fullmatch(m.replace(" ", ""))
@@ -358,8 +380,13 @@ class Krum(MultiKrum):
 
     name = "krum"
 
-    def __init__(self, num_neighbours: int | None = None):
-        super().__init__(m=1, num_neighbours=num_neighbours)
+    @dataclass(frozen=True)
+    class Config:
+        num_neighbours: int | None = None
+
+    def __init__(self, config: Krum.Config | None = None):
+        Rule.__init__(self, config)
+        self._setup(1, self.config.num_neighbours)
 
     def check_params(self, n, f):
         if self.num_neighbours is not None:
@@ -430,8 +457,13 @@ class MoNNA(Rule):
 
     name = "monna"
 
-    def __init__(self, idx: int = 0):
-        self.idx = check_count(idx, f"{self.name}: idx", 0)
+    @dataclass(frozen=True)
+    class Config:
+        idx: int = 0
+
+    def __init__(self, config: MoNNA.Config | None = None):
+        super().__init__(config)
+        self.idx = check_count(self.config.idx, f"{self.name}: idx", 0)
 
     def defined_f(self, n):
         return n - 1
@@ -585,7 +617,13 @@ class _Spectral(Rule):
     drawn from the generator, exactly as ByzFL (T = 1) does, for comparisons.
     """
 
-    def __init__(self, power_iterations: int | None = None):
+    @dataclass(frozen=True)
+    class Config:
+        power_iterations: int | None = None
+
+    def __init__(self, config: _Spectral.Config | None = None):
+        super().__init__(config)
+        power_iterations = self.config.power_iterations
         if power_iterations is not None:
             power_iterations = check_count(power_iterations, f"{self.name}: power_iterations", 1)
         self.power_iterations = power_iterations
@@ -756,17 +794,20 @@ class GeometricMedian(Rule):
 
     name = "geometric-median"
 
-    def __init__(
-        self,
-        num_iterations: int = 10,
-        nu: float = 1e-6,
-        tol: float = 1e-7,
-        init: Tensor | None = None,
-    ):
-        self.num_iterations = check_count(num_iterations, f"{self.name}: num_iterations", 1)
-        self.nu = check_positive(nu, f"{self.name}: nu")
-        self.tol = check_positive(tol, f"{self.name}: tol", allow_zero=True)
-        self.init = check_vector(init, f"{self.name}: init")
+    @dataclass(frozen=True)
+    class Config:
+        num_iterations: int = 10
+        nu: float = 1e-6
+        tol: float = 1e-7
+        init: Tensor | None = field(default=None, metadata=PYTHON_ONLY)
+
+    def __init__(self, config: GeometricMedian.Config | None = None):
+        super().__init__(config)
+        c = self.config
+        self.num_iterations = check_count(c.num_iterations, f"{self.name}: num_iterations", 1)
+        self.nu = check_positive(c.nu, f"{self.name}: nu")
+        self.tol = check_positive(c.tol, f"{self.name}: tol", allow_zero=True)
+        self.init = check_vector(c.init, f"{self.name}: init")
 
     def defined_f(self, n):
         return None
@@ -810,10 +851,18 @@ class CenteredClipping(Rule):
 
     name = "centered-clipping"
 
-    def __init__(self, tau: float = 100.0, num_iterations: int = 1, center: Tensor | None = None):
-        self.tau = check_positive(tau, f"{self.name}: tau")
-        self.num_iterations = check_count(num_iterations, f"{self.name}: num_iterations", 1)
-        self.center = check_vector(center, f"{self.name}: center")
+    @dataclass(frozen=True)
+    class Config:
+        tau: float = 100.0
+        num_iterations: int = 1
+        center: Tensor | None = field(default=None, metadata=PYTHON_ONLY)
+
+    def __init__(self, config: CenteredClipping.Config | None = None):
+        super().__init__(config)
+        c = self.config
+        self.tau = check_positive(c.tau, f"{self.name}: tau")
+        self.num_iterations = check_count(c.num_iterations, f"{self.name}: num_iterations", 1)
+        self.center = check_vector(c.center, f"{self.name}: center")
 
     def defined_f(self, n):
         return None

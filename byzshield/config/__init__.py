@@ -57,13 +57,14 @@ from byzshield.config.approaches import (  # noqa: F401
 )
 from byzshield.config.attacks import (  # noqa: F401
     ALIE_DEFAULT_Z,
+    ATTACK_OPTIONS,
     DIGEST_LIES,
     F32_MAX,
     AlieAttack,
     AttackOption,
     ConstantAttack,
     GaussianAttack,
-    InfAttack,
+    InfinityAttack,
     IpmAttack,
     LabelFlipAttack,
     MimicAttack,
@@ -76,6 +77,7 @@ from byzshield.config.attacks import (  # noqa: F401
 from byzshield.config.base import ConfigError, _int, _Option, _positive  # noqa: F401
 from byzshield.config.data import DatasetOption, NetworkOption, _load_dataset  # noqa: F401
 from byzshield.config.modes import (  # noqa: F401
+    MODES,
     BulyanMode,
     CafMode,
     CenteredClippingMode,

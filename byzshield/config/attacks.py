@@ -1,12 +1,16 @@
 """The ``attack/`` group, what Byzantine workers send, how many there are and who:
-:class:`AttackOption` (q, the selection, the digest lie; :data:`DIGEST_LIES`) and one
-dataclass per attack of :mod:`byzshield.attacks` (ALIE's default z: :data:`ALIE_DEFAULT_Z`)."""
+:class:`AttackOption` (q, the selection, the digest lie; :data:`DIGEST_LIES`) and, in
+:data:`ATTACK_OPTIONS`, one option dataclass per attack of :mod:`byzshield.attacks`,
+generated from the attack's own dataclass (ALIE's default z: :data:`ALIE_DEFAULT_Z`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
+import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from omegaconf import MISSING
@@ -76,8 +80,10 @@ class AttackOption(_Option):
     def effective_q(self) -> int:
         return 0 if self.honest else self.q
 
+    attack_keys: ClassVar[tuple[str, ...]] = ()  # the attack dataclass's init fields
+
     def params(self) -> dict:
-        return {}
+        return {k: getattr(self, k) for k in self.attack_keys}
 
     def _validate(self) -> None:
         self.build(num_files=1, aggregator_f=0)
@@ -106,30 +112,6 @@ class NoAttackOption(AttackOption):
     q: int = 0
     option: ClassVar[str] = "none"
     honest: ClassVar[bool] = True
-
-
-@dataclass
-class RevGradAttack(AttackOption):
-    """Byzantine workers send -scale * g."""
-
-    name: str = "rev_grad"
-    scale: float = attacks.ReverseGradient.scale
-    option: ClassVar[str] = "rev_grad"
-
-    def params(self) -> dict:
-        return {"scale": self.scale}
-
-
-@dataclass
-class ConstantAttack(AttackOption):
-    """Byzantine workers send ``value`` in every coordinate."""
-
-    name: str = "constant"
-    value: float = attacks.Constant.value
-    option: ClassVar[str] = "constant"
-
-    def params(self) -> dict:
-        return {"value": self.value}
 
 
 ALIE_DEFAULT_Z = 1.0
@@ -184,100 +166,34 @@ class AlieAttack(AttackOption):
         return {"name": self.name, "z": self.z, "z_used": attack.z_used, "ddof": self.ddof}
 
 
-@dataclass
-class IpmAttack(AttackOption):
-    """Inner product manipulation (Xie et al. 2019): -eps * mean of the honest gradients;
-    over: ``copies`` (each file weighted by its honest copies, as the original) or
-    ``files``."""
-
-    name: str = "ipm"
-    eps: float = attacks.InnerProductManipulation.eps
-    over: str = attacks.InnerProductManipulation.over
-    option: ClassVar[str] = "ipm"
-
-    def params(self) -> dict:
-        return {"eps": self.eps, "over": self.over}
-
-
-@dataclass
-class InfAttack(AttackOption):
-    """Byzantine workers send +inf in every coordinate."""
-
-    name: str = "infinity"
-    option: ClassVar[str] = "infinity"
-
-
-@dataclass
-class MimicAttack(AttackOption):
-    """Every Byzantine copy is the honest gradient of one file (``target``; null: the
-    first file without a Byzantine holder), simulated on the parameter server."""
-
-    name: str = "mimic"
-    target: int | None = attacks.Mimic.target
-    option: ClassVar[str] = "mimic"
-
-    def params(self) -> dict:
-        return {"target": self.target}
+def _attack_option(attack: type) -> type[AttackOption]:
+    """The ``attack/<name>`` option of an attack of :mod:`byzshield.attacks`: the keys
+    every attack has (q, selection, search_work, digest_lie) plus the attack's own
+    parameters, which are the init fields of its frozen dataclass, with its defaults:
+    the attack's one declaration of them."""
+    hints = typing.get_type_hints(attack, vars(sys.modules[attack.__module__]))
+    keys = [fl for fl in dataclasses.fields(attack) if fl.init]
+    title = "".join(part.capitalize() for part in attack.name.split("_")) + "Attack"
+    cls = dataclasses.make_dataclass(
+        title,
+        [("name", str, field(default=attack.name))]
+        + [(fl.name, hints[fl.name], field(default=fl.default)) for fl in keys],
+        bases=(AttackOption,),
+        namespace={"option": attack.name, "attack_keys": tuple(fl.name for fl in keys)},
+    )
+    cls.__module__, cls.__qualname__ = __name__, title
+    summary = " ".join((attack.__doc__ or attack.name).strip().split("\n\n")[0].split())
+    own = ", ".join(cls.attack_keys) or "none"
+    cls.__doc__ = f"attack={attack.name}: {summary} Keys of its own: {own}."
+    return cls
 
 
-@dataclass
-class OptimalAlieAttack(AttackOption):
-    """ALIE with the z that does the most damage each step through the vote and the
-    configured rule (ByzFL's line search: evals, start, delta, ratio)."""
+ATTACK_OPTIONS: dict[str, type[AttackOption]] = {
+    name: {"none": NoAttackOption, "alie": AlieAttack}.get(name) or _attack_option(attack)
+    for name, attack in attacks.ATTACKS.items()
+}
+"""Config name -> ``attack/`` option class (``RevGradAttack``, ``InfinityAttack``, ...:
+each also a name of this module). Generated from the attacks' dataclasses, except none
+(q = 0) and alie (z may be ``paper``), written here."""
 
-    name: str = "optimal_alie"
-    evals: int = attacks.OptimalALIE.evals
-    start: float = attacks.OptimalALIE.start
-    delta: float = attacks.OptimalALIE.delta
-    ratio: float = attacks.OptimalALIE.ratio
-    ddof: int = attacks.OptimalALIE.ddof
-    option: ClassVar[str] = "optimal_alie"
-
-    def params(self) -> dict:
-        keys = ("evals", "start", "delta", "ratio", "ddof")
-        return {k: getattr(self, k) for k in keys}
-
-
-@dataclass
-class OptimalIpmAttack(AttackOption):
-    """IPM with the eps that does the most damage each step through the vote and the
-    configured rule (ByzFL's line search: evals, start, delta, ratio)."""
-
-    name: str = "optimal_ipm"
-    evals: int = attacks.OptimalIPM.evals
-    start: float = attacks.OptimalIPM.start
-    delta: float = attacks.OptimalIPM.delta
-    ratio: float = attacks.OptimalIPM.ratio
-    option: ClassVar[str] = "optimal_ipm"
-
-    def params(self) -> dict:
-        return {k: getattr(self, k) for k in ("evals", "start", "delta", "ratio")}
-
-
-@dataclass
-class SignFlipAttack(AttackOption):
-    """Byzantine workers send -g."""
-
-    name: str = "sign_flip"
-    option: ClassVar[str] = "sign_flip"
-
-
-@dataclass
-class GaussianAttack(AttackOption):
-    """Byzantine workers send N(mean, std^2) noise seeded by (seed, step, file)."""
-
-    name: str = "gaussian"
-    mean: float = attacks.Gaussian.mean
-    std: float = attacks.Gaussian.std
-    option: ClassVar[str] = "gaussian"
-
-    def params(self) -> dict:
-        return {"mean": self.mean, "std": self.std}
-
-
-@dataclass
-class LabelFlipAttack(AttackOption):
-    """Byzantine workers compute their gradients on labels C - 1 - y."""
-
-    name: str = "label_flip"
-    option: ClassVar[str] = "label_flip"
+globals().update({cls.__name__: cls for cls in ATTACK_OPTIONS.values()})

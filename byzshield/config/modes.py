@@ -1,15 +1,19 @@
 """The ``mode/`` group, the aggregation rule: :class:`ModeOption` (pre-aggregations,
-DETOX's hierarchical form) and one dataclass per rule of
-:func:`byzshield.aggregators.build_aggregator`."""
+DETOX's hierarchical form) and, in :data:`MODES`, one option dataclass per rule of
+:data:`byzshield.aggregators.RULES`, generated from the rule's nested ``Config``."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
+from byzshield.aggregators import RULES
 from byzshield.config.base import ConfigError, _Option
 
 
@@ -36,14 +40,11 @@ class ModeOption(_Option):
         except ValueError as exc:
             raise ConfigError(f"mode {self.name}: {exc}") from None
 
+    rule_keys: ClassVar[tuple[str, ...]] = ()  # the fields of the rule's own Config
+
     def params(self) -> dict:
         """The rule's own parameters (None means the rule's default)."""
-        skip = {"name", "pre", "hierarchical_buckets", "num_buckets"}
-        return {
-            k: v
-            for k, v in self.__dict__.items()
-            if k not in skip and not k.startswith("_") and v is not None
-        }
+        return {k: getattr(self, k) for k in self.rule_keys if getattr(self, k) is not None}
 
     def pre_aggregations(self) -> list:
         return [dict(p) if isinstance(p, Mapping) else p for p in self.pre]
@@ -74,125 +75,48 @@ class _BucketedMode(ModeOption):
         return pre
 
 
-@dataclass
-class CoordMedianMode(_BucketedMode):
-    """Coordinate-wise median; ``num_buckets`` averages shuffled buckets first (median
-    of means, the original's --bucket-size)."""
-
-    name: str = "coord-median"
-    option: ClassVar[str] = "coord-median"
-
-
-@dataclass
-class SignMajorityMode(_BucketedMode):
-    """signSGD with majority vote (Bernstein et al. 2019); with ``num_buckets`` each
-    bucket votes with the sum of its signs."""
-
-    name: str = "sign-majority"
-    option: ClassVar[str] = "sign-majority"
+def _hydra_type(hint: object) -> object:
+    """The annotation a structured config can hold: plain types and ``X | None`` as
+    they are, anything wider (``int | str | None``) as Any, checked by the rule."""
+    if hint in (int, float, bool, str):
+        return hint
+    args = typing.get_args(hint)
+    if (
+        len(args) == 2
+        and type(None) in args
+        and all(a in (int, float, bool, str, type(None)) for a in args)
+    ):
+        return hint
+    return Any
 
 
-@dataclass
-class MultiKrumMode(ModeOption):
-    """Multi-Krum (Blanchard et al. 2017): mean of the m lowest Krum scores. m: null is
-    n - f; an integer, or "n-f-2" (what the original DETOX code averaged)."""
-
-    name: str = "multi-krum"
-    m: Any = None
-    option: ClassVar[str] = "multi-krum"
-
-
-@dataclass
-class KrumMode(ModeOption):
-    """Krum (Blanchard et al. 2017): the input with the lowest Krum score."""
-
-    name: str = "krum"
-    option: ClassVar[str] = "krum"
-
-
-@dataclass
-class BulyanMode(ModeOption):
-    """Bulyan (El Mhamdi et al. 2018); needs n >= 4f + 3."""
-
-    name: str = "bulyan"
-    option: ClassVar[str] = "bulyan"
+def _mode_option(rule: type) -> type[ModeOption]:
+    """The ``mode/<name>`` option of a rule: ``name``, ``pre``, ``hierarchical_buckets``
+    (and ``num_buckets`` for the median and the sign vote) plus the config keys of the
+    rule's own ``Config``, with its defaults; the rule's one declaration of them."""
+    base = _BucketedMode if rule.name in _BUCKETED else ModeOption
+    hints = typing.get_type_hints(rule.Config, vars(sys.modules[rule.__module__]))
+    keys = [fl for fl in dataclasses.fields(rule.Config) if fl.metadata.get("config_key", True)]
+    title = "".join(part.capitalize() for part in rule.name.split("-")) + "Mode"
+    cls = dataclasses.make_dataclass(
+        title,
+        [("name", str, field(default=rule.name))]
+        + [(fl.name, _hydra_type(hints[fl.name]), field(default=fl.default)) for fl in keys],
+        bases=(base,),
+        namespace={"option": rule.name, "rule_keys": tuple(fl.name for fl in keys)},
+    )
+    cls.__module__, cls.__qualname__ = __name__, title
+    summary = " ".join((rule.__doc__ or rule.name).strip().split("\n\n")[0].split())
+    cls.__doc__ = (
+        f"mode={rule.name}: {summary} Keys of its own: {', '.join(cls.rule_keys) or 'none'}."
+    )
+    return cls
 
 
-@dataclass
-class MeanMode(ModeOption):
-    """Plain mean (no robustness)."""
+_BUCKETED = ("coord-median", "sign-majority")
 
-    name: str = "mean"
-    option: ClassVar[str] = "mean"
+MODES: dict[str, type[ModeOption]] = {name: _mode_option(rule) for name, rule in RULES.items()}
+"""Config name -> ``mode/`` option class (``CoordMedianMode``, ``MultiKrumMode``, ...: each
+also a name of this module), generated from :data:`byzshield.aggregators.RULES`."""
 
-
-@dataclass
-class TrimmedMeanMode(ModeOption):
-    """Coordinate-wise trimmed mean: drop the f largest and f smallest values."""
-
-    name: str = "trimmed-mean"
-    option: ClassVar[str] = "trimmed-mean"
-
-
-@dataclass
-class MeamedMode(ModeOption):
-    """Mean around the median (Xie et al. 2018): per coordinate, the mean of the n - f
-    values closest to the median."""
-
-    name: str = "meamed"
-    option: ClassVar[str] = "meamed"
-
-
-@dataclass
-class GeometricMedianMode(ModeOption):
-    """Geometric median by smoothed Weiszfeld iterations (Pillutla et al. 2022)."""
-
-    name: str = "geometric-median"
-    num_iterations: int = 10
-    nu: float = 1e-6
-    option: ClassVar[str] = "geometric-median"
-
-
-@dataclass
-class CenteredClippingMode(ModeOption):
-    """Centered clipping (Karimireddy et al. 2021) around the previous aggregate."""
-
-    name: str = "centered-clipping"
-    tau: float = 100.0
-    num_iterations: int = 1
-    option: ClassVar[str] = "centered-clipping"
-
-
-@dataclass
-class MdaMode(ModeOption):
-    """Minimum-diameter averaging (El Mhamdi et al. 2020): the mean of the n - f inputs
-    of smallest diameter."""
-
-    name: str = "mda"
-    option: ClassVar[str] = "mda"
-
-
-@dataclass
-class MonnaMode(ModeOption):
-    """MoNNA (Farhadkhani et al. 2023): the mean of the n - f nearest neighbours of a
-    trusted input (``idx``)."""
-
-    name: str = "monna"
-    idx: int = 0
-    option: ClassVar[str] = "monna"
-
-
-@dataclass
-class CafMode(ModeOption):
-    """Covariance-aware filtering (Allouah et al. 2025)."""
-
-    name: str = "caf"
-    option: ClassVar[str] = "caf"
-
-
-@dataclass
-class SmeaMode(ModeOption):
-    """Smallest maximum-eigenvalue averaging (Allouah et al. 2023); enumerates subsets."""
-
-    name: str = "smea"
-    option: ClassVar[str] = "smea"
+globals().update({cls.__name__: cls for cls in MODES.values()})

@@ -10,40 +10,10 @@ from dataclasses import dataclass
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from byzshield.config.approaches import APPROACHES, ApproachOption
-from byzshield.config.attacks import (
-    AlieAttack,
-    AttackOption,
-    ConstantAttack,
-    GaussianAttack,
-    InfAttack,
-    IpmAttack,
-    LabelFlipAttack,
-    MimicAttack,
-    NoAttackOption,
-    OptimalAlieAttack,
-    OptimalIpmAttack,
-    RevGradAttack,
-    SignFlipAttack,
-)
+from byzshield.config.attacks import ATTACK_OPTIONS, AttackOption
 from byzshield.config.base import ConfigError, _int, _Option, _positive
 from byzshield.config.data import DatasetOption, NetworkOption
-from byzshield.config.modes import (
-    BulyanMode,
-    CafMode,
-    CenteredClippingMode,
-    CoordMedianMode,
-    GeometricMedianMode,
-    KrumMode,
-    MdaMode,
-    MeamedMode,
-    MeanMode,
-    ModeOption,
-    MonnaMode,
-    MultiKrumMode,
-    SignMajorityMode,
-    SmeaMode,
-    TrimmedMeanMode,
-)
+from byzshield.config.modes import MODES, ModeOption
 
 ENGINES = ("auto", "torchrun", "simulate", "lockstep")
 DEVICES = ("cpu", "cuda")
@@ -170,32 +140,8 @@ every key of :class:`TrainConfig` has one and that docs/configuration.md's table
 
 _OPTIONS: tuple[type[_Option], ...] = (
     *APPROACHES.values(),
-    CoordMedianMode,
-    MultiKrumMode,
-    KrumMode,
-    BulyanMode,
-    MeanMode,
-    TrimmedMeanMode,
-    MeamedMode,
-    GeometricMedianMode,
-    CenteredClippingMode,
-    SignMajorityMode,
-    MdaMode,
-    MonnaMode,
-    CafMode,
-    SmeaMode,
-    NoAttackOption,
-    RevGradAttack,
-    ConstantAttack,
-    AlieAttack,
-    IpmAttack,
-    SignFlipAttack,
-    GaussianAttack,
-    LabelFlipAttack,
-    InfAttack,
-    MimicAttack,
-    OptimalAlieAttack,
-    OptimalIpmAttack,
+    *MODES.values(),
+    *ATTACK_OPTIONS.values(),
 )
 
 

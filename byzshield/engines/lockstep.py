@@ -163,7 +163,11 @@ def _fast_path(run: Run, robust_update, d: int) -> _FastUpdate | None:
         return None
     if isinstance(mode, CoordMedianMode):
         nb = mode.num_buckets
-        buckets = None if nb is None or nb >= run.placement.num_files else Bucketing(num_buckets=nb)
+        buckets = (
+            None
+            if nb is None or nb >= run.placement.num_files
+            else Bucketing(Bucketing.Config(num_buckets=nb))
+        )
         return _FastUpdate(run, robust_update, d, kind, "median", buckets)
     if isinstance(mode, MeanMode):
         return _FastUpdate(run, robust_update, d, kind, "mean", None)
