@@ -131,3 +131,40 @@ class OmniscientAttack:
         if picks == list(range(len(picks))) and first.shape[0] >= len(picks):
             return first[: len(picks)]  # the simulator's honest rows: no copy
         return rows.gather(picks)
+
+
+def digest_lie(
+    lie: str,
+    placement: Placement,
+    original: Tensor,
+    original_claims: list[list[bytes]] | None,
+    index: Tensor,
+    claims: list[list[bytes]] | None,
+    bad: set[int],
+    *,
+    omniscient: bool,
+) -> Tensor:
+    """``attack.digest_lie`` (vote=digest): Byzantine copies whose claimed digest and the
+    copy they send when pulled disagree. ``honest_digest``: a Byzantine holder claims the
+    digest of the file's first honest copy (``claims`` is changed in place) and sends its
+    own; ``honest_tensor``: it claims its own digest and sends that honest copy (the
+    returned ``index`` points at it; the full vote sees it too). A file with no honest
+    holder is left as it is, unless the attack is omniscient: the Byzantine worker then
+    computed the honest copy itself. ``original`` and ``original_claims`` are the copies
+    as the workers sent them, ``index`` and ``claims`` as the attack left them."""
+    if lie == "none" or not bad:
+        return index
+    index = index.clone() if lie == "honest_tensor" else index
+    for w in sorted(bad):
+        for j in placement.worker_files[w]:
+            holders = list(placement.file_workers[j])
+            i = holders.index(w)
+            honest = next((k for k, v in enumerate(holders) if v not in bad), None)
+            if honest is None and not omniscient:
+                continue
+            ref = i if honest is None else honest
+            if lie == "honest_tensor":
+                index[j, i] = int(original[j, ref])
+            elif claims is not None and original_claims is not None:
+                claims[j][i] = original_claims[j][ref]
+    return index

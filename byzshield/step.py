@@ -14,7 +14,8 @@ and an (f, r) index whose entry (j, i) is the row of file j's copy from its i-th
 (``placement.file_workers[j][i]``), with the loss reported along with every copy.
 
 :class:`RobustUpdate` runs the pieces in order and keeps nothing of a step but the
-reused winners buffer: the omniscient attack is :mod:`byzshield.omniscient`, the votes
+reused winners buffer: the omniscient attack and the digest lies are
+:mod:`byzshield.omniscient` (:func:`~byzshield.omniscient.digest_lie`), the votes
 are :func:`byzshield.vote.vote_positions` (the full vote, each file as its last copy
 arrives) and :func:`byzshield.vote.digest_vote`, the rule runs as :class:`StepRule`, and
 what the step receives inside the update (pulls, payloads still on the wire, their
@@ -55,7 +56,7 @@ from byzshield.aggregators._kernels import column_threads
 from byzshield.attacks import Attack
 from byzshield.data import derive_seed
 from byzshield.digest import digest
-from byzshield.omniscient import OmniscientAttack
+from byzshield.omniscient import OmniscientAttack, digest_lie
 from byzshield.placement import Placement
 from byzshield.protocol import gradients_nbytes
 from byzshield.vote import Rows, digest_vote, same_bits, vote_positions
@@ -292,7 +293,7 @@ class RobustUpdate:
         outside_guarantee: the run was started outside the rule's guarantee on purpose.
         verify: vote=digest: how many copies of a winning digest are checked, ``first``
             or ``majority`` (:func:`byzshield.vote.digest_vote`).
-        lie: ``attack.digest_lie`` (:meth:`_lie`).
+        lie: ``attack.digest_lie`` (:func:`byzshield.omniscient.digest_lie`).
     """
 
     def __init__(
@@ -335,7 +336,10 @@ class RobustUpdate:
             inbox.pull(copies.rows, copies.index, self._pushed())
         index, rows = self._attack(inbox, bad, step)
         claims = self._claims(inbox, rows, index, bad)
-        index = self._lie(copies, claims, index, bad)
+        index = digest_lie(
+            self.lie, self.placement, copies.index, copies.claims, index, claims, bad,
+            omniscient=self.attack.needs_honest,
+        )  # fmt: skip
         t1, attack_receive = time.perf_counter(), inbox.receive_s
         if claims is None:
             vote = self._full_vote(inbox, rows, index, bad)
@@ -476,33 +480,6 @@ class RobustUpdate:
                 if row >= base:
                     claims[j][i] = inbox.digest(rows, row)
         return claims
-
-    def _lie(self, copies: Copies, claims, index: Tensor, bad: set[int]) -> Tensor:
-        """``attack.digest_lie``: a Byzantine copy whose claimed digest and the copy it
-        sends when pulled disagree. ``honest_digest``: it claims the honest copy's
-        digest and sends its own; ``honest_tensor``: it claims its own and sends the
-        honest copy (which the full vote then sees). Files without an honest copy to
-        lie with are left as they are."""
-        if self.lie == "none" or not bad:
-            return index
-        original = copies.index
-        index = index.clone() if self.lie == "honest_tensor" else index
-        omniscient = self.attack.needs_honest
-        for w in sorted(bad):
-            for j in self.placement.worker_files[w]:
-                i = self.position[(w, j)]
-                honest = next((k for k, v in enumerate(self.holders[j]) if v not in bad), None)
-                if honest is not None:
-                    ref_claim, ref_row = (j, honest), int(original[j, honest])
-                elif omniscient:  # the Byzantine worker computed the honest copy itself
-                    ref_claim, ref_row = (j, i), int(original[j, i])
-                else:
-                    continue
-                if self.lie == "honest_tensor":
-                    index[j, i] = ref_row
-                elif claims is not None:
-                    claims[j][i] = copies.claims[ref_claim[0]][ref_claim[1]]
-        return index
 
     def _digest_vote(
         self, inbox: _Inbox, rows: Rows, index: Tensor, claims: list[list[bytes]], bad: set[int]
