@@ -38,7 +38,10 @@ class ModeOption(_Option):
         try:
             self.build()
         except ValueError as exc:
-            raise ConfigError(f"mode {self.name}: {exc}") from None
+            text = str(exc)  # the rules' messages start with their name already
+            raise ConfigError(
+                text if text.startswith(self.name) else f"mode {self.name}: {text}"
+            ) from None
 
     rule_keys: ClassVar[tuple[str, ...]] = ()  # the fields of the rule's own Config
 
