@@ -362,7 +362,18 @@ class RobustUpdate:
         }
         factor = getattr(self.attack, "last_factor", None) if bad else None
         nbytes = copies.bytes_in + inbox.pulled
-        metrics = _metrics(vote, losses, nonfinite, outside, factor, nbytes, times)
+        metrics = step_metrics(
+            losses=losses,
+            distorted=vote.distorted,
+            dropped=len(vote.trusted) - sum(vote.trusted),
+            lost=vote.lost,
+            liars=vote.liars,
+            nonfinite=nonfinite,
+            outside=outside,
+            factor=factor,
+            nbytes=nbytes,
+            times=times,
+        )
         return Outcome(gradient=gradient, metrics=metrics)
 
     def _aggregate(self, winners: Tensor, step: int) -> tuple[Tensor, int, bool]:
@@ -561,8 +572,21 @@ class RobustUpdate:
         return out
 
 
-def _metrics(vote: _Votes, losses, nonfinite, outside, factor, nbytes, times) -> dict:
-    """A step's metrics (BYZSHIELD.md section 7):
+def step_metrics(
+    *,
+    losses: list[float],
+    distorted: list[int],
+    dropped: int,
+    lost: dict[str, int],
+    liars: dict[str, int],
+    nonfinite: int,
+    outside: bool,
+    factor: float | None,
+    nbytes: int,
+    times: dict[str, float],
+) -> dict:
+    """A step's metrics (BYZSHIELD.md section 7), the one definition both RobustUpdate
+    and the lockstep engine's batched path report:
 
     ``loss`` (the mean loss reported with the trusted winners), ``distorted`` (count)
     and ``distorted_files``, ``all_strict`` and ``non_strict_files`` (files without a
@@ -575,19 +599,18 @@ def _metrics(vote: _Votes, losses, nonfinite, outside, factor, nbytes, times) ->
     ``digest_liars`` (vote=digest: copies whose bytes did not match the digest their
     sender sent, per worker; always {} for the full vote), then the ``times``.
     """
-    dropped = len(vote.trusted) - sum(vote.trusted)
     return {
         "loss": _mean(losses),
-        "distorted": len(vote.distorted),
-        "distorted_files": vote.distorted,
+        "distorted": len(distorted),
+        "distorted_files": distorted,
         "all_strict": dropped == 0,
         "non_strict_files": dropped,
         "nonfinite_winners": nonfinite,
-        "lost_votes": vote.lost,
+        "lost_votes": lost,
         "outside_guarantee": outside,
         "attack_factor": factor,
         "bytes_received": nbytes,
-        "digest_liars": vote.liars,
+        "digest_liars": liars,
         **times,
     }
 

@@ -55,6 +55,7 @@ from byzshield.config import CoordMedianMode, MeanMode, Run
 from byzshield.data import derive_seed, step_files
 from byzshield.gradients import flat_params, load_flat, num_params
 from byzshield.runfolder import Resume
+from byzshield.step import step_metrics
 from byzshield.trainer import TrainingError, step_record
 
 __all__ = ["CHUNK_SAMPLES", "LockstepGroup", "Member", "collect", "lockstep", "train_collected"]
@@ -284,25 +285,19 @@ def _fast_updates(fasts, honest: Tensor, losses: Tensor, byz, steps):
         if not oks[k]:
             out.append(None)
             continue
-        files = [j for j, x in enumerate(dist_rows[k]) if x]
-        values = loss_rows[k]
         out.append(
-            {
-                "loss": sum(values) / len(values),
-                "distorted": len(files),
-                "distorted_files": files,
-                "all_strict": True,
-                "non_strict_files": 0,
-                "nonfinite_winners": 0,
-                "lost_votes": {str(w): int(c) for w, c in enumerate(lost_rows[k]) if c},
-                "outside_guarantee": fu.outside,
-                "attack_factor": None,
-                "bytes_received": fu.bytes_in,
-                "digest_liars": {},
-                "receive_s": 0.0,
-                **shares,
-                "vote_tail_s": shares["vote_s"],
-            }
+            step_metrics(
+                losses=loss_rows[k],
+                distorted=[j for j, x in enumerate(dist_rows[k]) if x],
+                dropped=0,  # a run with a tied file went to the general update (ok)
+                lost={str(w): int(c) for w, c in enumerate(lost_rows[k]) if c},
+                liars={},
+                nonfinite=0,
+                outside=fu.outside,
+                factor=None,
+                nbytes=fu.bytes_in,
+                times={"receive_s": 0.0, **shares, "vote_tail_s": shares["vote_s"]},
+            )
         )
     return gradient, out
 
