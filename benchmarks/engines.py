@@ -29,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-MOLS15 = ["approach=mols", "approach.l=5", "approach.r=3", "attack=rev_grad", "attack.q=3"]
-MOLS110 = ["approach=mols", "approach.l=11", "approach.r=10", "batch_size=1210", "attack.q=10"]
+MOLS15 = ["approach=mols", "approach.l=5", "approach.r=3", "attack=rev_grad", "adversary.q=3"]
+MOLS110 = ["approach=mols", "approach.l=11", "approach.r=10", "batch_size=1210", "adversary.q=10"]
 LENET_DIGITS_D = 131_080  # LeNet parameters on 8x8 digits
 
 

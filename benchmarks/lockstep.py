@@ -5,7 +5,7 @@ launcher, one thread each).
     python benchmarks/lockstep.py                    # 40 runs x 100 steps, 1 round
     python benchmarks/lockstep.py --rounds 2 --steps 300 --batch-size 750
 
-The same Hydra multirun, ``approach=mols,draco_lite_attack attack=alie attack.q=1..4
+The same Hydra multirun, ``approach=mols,draco_lite_attack attack=alie adversary.q=1..4
 seed=0..4`` (40 runs; cnn1d on MNIST-1D, coord-median, evaluation every 25 steps), once
 with ``hydra/launcher=joblib hydra.launcher.n_jobs=2 engine=simulate threads=1`` (the
 reference: what +experiment=attack_sweep did) and once with ``engine=lockstep``
@@ -46,7 +46,7 @@ def _sweep(engine: str, folder: Path, args) -> list[str]:
         "log_every=100000",
         "approach=mols,draco_lite_attack",
         "attack=alie",
-        f"attack.q={','.join(str(q) for q in range(1, args.qs + 1))}",
+        f"adversary.q={','.join(str(q) for q in range(1, args.qs + 1))}",
         f"seed={','.join(str(s) for s in range(args.seeds))}",
         f"train_dir={folder}",
     ]
@@ -74,7 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=150)
-    p.add_argument("--qs", type=int, default=4, help="attack.q = 1..QS")
+    p.add_argument("--qs", type=int, default=4, help="adversary.q = 1..QS")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args()

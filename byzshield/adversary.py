@@ -886,13 +886,13 @@ def build_selection(
             or not all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w < K for w in ids)
         ):
             raise ValueError(
-                f"attack.selection as a list needs q={q} distinct worker ids in 0..{K - 1}, "
+                f"adversary.selection as a list needs q={q} distinct worker ids in 0..{K - 1}, "
                 f"got {list(ids)}"
             )
         return Selection("list", K, q, seed, tuple(sorted(ids)), search)
     if rule not in SELECTIONS:
         raise ValueError(
-            f"attack.selection must be one of {', '.join(SELECTIONS)} or a list of worker "
+            f"adversary.selection must be one of {', '.join(SELECTIONS)} or a list of worker "
             f"ids, got {rule!r}"
         )
     if q == 0:

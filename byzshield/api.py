@@ -1,7 +1,7 @@
 """The Python interface, for notebooks: train a run, read runs and sweeps as rows.
 
     >>> import byzshield
-    >>> final = byzshield.run(["attack=alie", "attack.q=2", "max_steps=20"], "runs/nb")
+    >>> final = byzshield.run(["attack=alie", "adversary.q=2", "max_steps=20"], "runs/nb")
     >>> steps, evals = byzshield.load_run("runs/nb")       # metrics.jsonl as rows
     >>> evals[-1]["top1"] == final["top1"]
     True

@@ -159,6 +159,9 @@ def train_help() -> str:
         if f.name not in KEY_HELP:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # a node: its keys' defaults
+            node = f.default_factory()
+            default = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(node).items())
         if default is None:
             shown = "null"
         elif isinstance(default, bool):

@@ -144,7 +144,7 @@ def digest_lie(
     *,
     omniscient: bool,
 ) -> Tensor:
-    """``attack.digest_lie`` (vote=digest): Byzantine copies whose claimed digest and the
+    """``adversary.digest_lie`` (vote=digest): Byzantine copies whose claimed digest and the
     copy they send when pulled disagree. ``honest_digest``: a Byzantine holder claims the
     digest of the file's first honest copy (``claims`` is changed in place) and sends its
     own; ``honest_tensor``: it claims its own digest and sends that honest copy (the

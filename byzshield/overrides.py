@@ -66,10 +66,16 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
             if "." not in key:
                 guess = did_you_mean(key, [*_top_level_keys(), *_groups()])
                 hint = f"; {guess}" if guess else ""
+            group, _, leaf = key.partition(".")
+            if group == "attack" and leaf in _MOVED_TO_ADVERSARY:
+                hint = f"; it is adversary.{leaf} now (who the Byzantine workers are)"
             raise UsageError(f"unknown config key {key!r}{hint}") from None
         cause = str(exc.__cause__ or "").strip().splitlines()
         detail = f" ({cause[0]})" if cause else ""
         raise UsageError(f"bad config override: {msg}{detail}") from None
+
+
+_MOVED_TO_ADVERSARY = ("q", "selection", "search_work", "digest_lie")  # attack.* before
 
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:

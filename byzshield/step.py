@@ -293,7 +293,7 @@ class RobustUpdate:
         outside_guarantee: the run was started outside the rule's guarantee on purpose.
         verify: vote=digest: how many copies of a winning digest are checked, ``first``
             or ``majority`` (:func:`byzshield.vote.digest_vote`).
-        lie: ``attack.digest_lie`` (:func:`byzshield.omniscient.digest_lie`).
+        lie: ``adversary.digest_lie`` (:func:`byzshield.omniscient.digest_lie`).
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Training entry point: build the run, pick the engine, train, tear down.
 
     python -m byzshield.train                                   # one process (simulate)
-    python -m byzshield.train -m mode=coord-median,bulyan attack.q=1,3   # a sweep
+    python -m byzshield.train -m mode=coord-median,bulyan adversary.q=1,3   # a sweep
     torchrun --standalone --nproc-per-node 16 -m byzshield.train    # server + 15 workers
     python -m byzshield.train engine=torchrun approach=rama_two      # launches torchrun
 

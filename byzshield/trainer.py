@@ -335,7 +335,7 @@ class Trainer:
             threads=_aggregation_threads(self.model, cfg.threads),
             outside_guarantee=run.outside_guarantee,
             verify=cfg.digest_verify,
-            lie=cfg.attack.digest_lie,
+            lie=cfg.adversary.digest_lie,
         )
         self.metrics = MetricsLog(folder, tensorboard=tensorboard)
         self.checkpoints = folder / "checkpoints"

@@ -12,13 +12,15 @@ import byzshield
 
 def test_run_trains_and_load_run_reads_it_back(tmp_path):
     final = byzshield.run(
-        ["attack=alie", "attack.q=2", "max_steps=6", "eval_freq=3"], tmp_path / "a"
+        ["attack=alie", "adversary.q=2", "max_steps=6", "eval_freq=3"], tmp_path / "a"
     )
     steps, evals = byzshield.load_run(tmp_path / "a")
     assert [s["step"] for s in steps] == list(range(6))
     assert [e["step"] for e in evals] == [3, 6] and evals[-1]["top1"] == final["top1"]
     assert (
-        byzshield.run(["attack=alie", "attack.q=2", "max_steps=6", "eval_freq=3"], tmp_path / "a")
+        byzshield.run(
+            ["attack=alie", "adversary.q=2", "max_steps=6", "eval_freq=3"], tmp_path / "a"
+        )
         == final
     )  # resumed: nothing to do
 

@@ -156,10 +156,10 @@ def test_network_dataset_combinations_build(network, dataset):
 
 
 def test_aggregator_f_defaults_to_c_max_of_the_placement():
-    assert build_run(make(["attack.q=5"])).aggregator_f == 8  # mols l=5 r=3: c_max(5) = 8
-    assert build_run(make(["approach=draco_lite", "attack.q=5"])).aggregator_f == 2  # q // r'
-    assert build_run(make(["approach=baseline", "attack.q=5", "mode=mean"])).aggregator_f == 5
-    assert build_run(make(["attack.q=5", "aggregator_f=1"])).aggregator_f == 1
+    assert build_run(make(["adversary.q=5"])).aggregator_f == 8  # mols l=5 r=3: c_max(5) = 8
+    assert build_run(make(["approach=draco_lite", "adversary.q=5"])).aggregator_f == 2  # q // r'
+    assert build_run(make(["approach=baseline", "adversary.q=5", "mode=mean"])).aggregator_f == 5
+    assert build_run(make(["adversary.q=5", "aggregator_f=1"])).aggregator_f == 1
 
 
 @pytest.mark.parametrize(
@@ -168,11 +168,11 @@ def test_aggregator_f_defaults_to_c_max_of_the_placement():
         (["lr=-1"], "lr must be a finite number > 0"),
         (["momentum=1.5"], "momentum must be in [0, 1)"),
         (["batch_size=260"], "must be a multiple of the number of files f=25"),
-        (["mode=bulyan", "attack.q=5"], "mode bulyan with 25 files and f=8"),
-        (["attack.q=16"], "attack.q must be an integer in 0..K=15"),
-        (["attack.q=-1"], "attack.q must be an integer >= 0"),
-        (["attack.selection=best"], "attack.selection must be one of"),
-        (["attack.selection=[1,2]"], "needs q=3 distinct worker ids"),
+        (["mode=bulyan", "adversary.q=5"], "mode bulyan with 25 files and f=8"),
+        (["adversary.q=16"], "adversary.q must be an integer in 0..K=15"),
+        (["adversary.q=-1"], "adversary.q must be an integer >= 0"),
+        (["adversary.selection=best"], "adversary.selection must be one of"),
+        (["adversary.selection=[1,2]"], "needs q=3 distinct worker ids"),
         (["approach.l=6"], "l must be a prime power"),
         (["approach=custom"], "approach.path has no value"),
         (["network=resnet18", "batch_size=25"], "needs >= 2 samples per file"),
@@ -203,22 +203,22 @@ def test_unknown_keys_and_bad_types_are_refused_when_hydra_composes():
 
 
 def test_maj_vote_always_takes_the_mean_and_says_so():
-    run = build_run(make(["approach=maj_vote", "mode=bulyan", "attack.q=1"]))
+    run = build_run(make(["approach=maj_vote", "mode=bulyan", "adversary.q=1"]))
     assert run.mode_option.name == "mean" and run.notes
 
 
 def test_none_attack_has_no_byzantine_workers_whatever_q_says():
-    run = build_run(make(["attack=none", "attack.q=3"]))
+    run = build_run(make(["attack=none", "adversary.q=3"]))
     assert run.q == 0 and run.selection.workers(0) == ()
 
 
 def test_workers_never_run_the_worst_case_search():
-    run = build_run(make(["attack.q=3"]), server=False)
+    run = build_run(make(["adversary.q=3"]), server=False)
     assert run.selection is None and run.aggregator is None
 
 
 def test_worst_case_set_and_certification_are_in_the_run_info():
-    run = build_run(make(["attack.q=3"]))
+    run = build_run(make(["adversary.q=3"]))
     sel = run.info["selection"]
     assert sel["kind"] == "worst_case" and sel["certified"] and sel["c_max"] == 3
     assert len(sel["workers"]) == 3
@@ -235,14 +235,14 @@ def test_option_classes_document_themselves():
 
 
 def test_alie_defaults_to_a_real_attack_and_refuses_a_harmless_z():
-    assert build_run(make(["attack=alie", "attack.q=2"])).info["attack"]["z_used"] == 1.0
+    assert build_run(make(["attack=alie", "adversary.q=2"])).info["attack"]["z_used"] == 1.0
     with pytest.raises(ConfigError, match="the paper's z for n=25 files, q=1 = 0 <= 0"):
-        build_run(make(["attack=alie", "attack.q=2", "attack.z=paper"]))
+        build_run(make(["attack=alie", "adversary.q=2", "attack.z=paper"]))
     run = build_run(
-        make(["attack=alie", "attack.z=paper", "attack.q=2", "attack.allow_nonpositive_z=true"])
+        make(["attack=alie", "attack.z=paper", "adversary.q=2", "attack.allow_nonpositive_z=true"])
     )
     assert run.info["attack"]["z_used"] == 0.0
-    assert build_run(make(["attack=alie", "attack.z=paper", "attack.q=5"])).attack.z_used > 0
+    assert build_run(make(["attack=alie", "attack.z=paper", "adversary.q=5"])).attack.z_used > 0
 
 
 @pytest.mark.parametrize(
@@ -260,21 +260,21 @@ def test_selection_auto_is_the_original_default_of_each_approach(approach, kind,
 
 def test_detox_strategies_as_selections():
     def chosen(strategy):
-        run = build_run(make(["approach=draco_lite", f"attack.selection=detox_{strategy}"]))
+        run = build_run(make(["approach=draco_lite", f"adversary.selection=detox_{strategy}"]))
         return list(run.selection.workers(7))
 
     assert chosen("worst") == [0, 1, 3]
     assert chosen("benign") == [0, 3, 6]
     assert chosen("whole_group") == [0, 1, 2]
     with pytest.raises(ConfigError, match="need a DETOX group placement"):
-        build_run(make(["attack.selection=detox_worst"]))
+        build_run(make(["adversary.selection=detox_worst"]))
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["+foo=1"], "unknown key foo; the top level takes aggregator_f, approach"),
-        (["+attack.foo=1"], "unknown key attack.foo; attack takes digest_lie, name, q"),
+        (["+foo=1"], "unknown key foo; the top level takes adversary, aggregator_f, approach"),
+        (["+attack.foo=1"], "unknown key attack.foo; attack takes name, scale"),
         (["+mode.bar=2"], "unknown key mode.bar; mode takes"),
         (["attack=constant", "attack.value=1e39"], "attack.value must be a finite float32"),
         (["attack=gaussian", "attack.std=nan"], "attack.std must be a finite float32"),
@@ -332,7 +332,7 @@ def test_a_run_is_frozen_and_building_its_model_leaves_the_global_generator_alon
     random stream is where it was."""
     import torch
 
-    config = make(["approach=mols", "attack.q=2"])
+    config = make(["approach=mols", "adversary.q=2"])
     worker = build_run(config, server=False)
     server = C.add_server_parts(worker)
     assert worker.selection is None and worker.aggregator is None

@@ -52,8 +52,8 @@ def overrides(draw):
         for key, values in table[name].items():
             if draw(st.booleans()):
                 out.append(f"{group}.{key}={draw(values)}")
-    out.append(f"attack.q={draw(st.integers(-1, 8))}")
-    out.append(f"attack.selection={draw(mostly(SELECTIONS[:4], *SELECTIONS[4:]))}")
+    out.append(f"adversary.q={draw(st.integers(-1, 8))}")
+    out.append(f"adversary.selection={draw(mostly(SELECTIONS[:4], *SELECTIONS[4:]))}")
     out.append(f"batch_size={draw(st.sampled_from([0, 25, 36, 90, 300, 301]))}")
     out.append(f"lr={draw(mostly([0.05], -0.1, 0.0))}")
     out.append(f"engine={draw(mostly(['auto', 'simulate', 'torchrun'], 'mpi'))}")

@@ -20,7 +20,7 @@ DESIGNS = {
     "draco_lite": ("approach=draco_lite", "approach.K=9", "approach.r=3", "mode=mean"),
     "baseline": ("approach=baseline", "approach.K=6", "batch_size=60", "mode=mean"),
 }
-COMMON = ("attack.q=2", "max_steps=3", "eval_freq=3", "seed=3", "threads=1")
+COMMON = ("adversary.q=2", "max_steps=3", "eval_freq=3", "seed=3", "threads=1")
 TIMES = {"compute_s", "communication_s", "attack_s", "vote_s", "aggregation_s"}
 TIMES |= {"update_s", "step_s", "other_s", "vote_tail_s"}
 
@@ -44,7 +44,7 @@ def _strip(rows: list[dict], *more: str) -> list[dict]:
 @pytest.mark.parametrize("design", DESIGNS)
 @pytest.mark.parametrize("attack", ["rev_grad", "constant", "label_flip", "alie", "ipm"])
 def test_digest_vote_gives_the_full_votes_bits_and_metrics(tmp_path, design, attack):
-    ovs = (*DESIGNS[design], f"attack={attack}", "attack.selection=worst_case")
+    ovs = (*DESIGNS[design], f"attack={attack}", "adversary.selection=worst_case")
     full, rows_full = _run(tmp_path / "full", *ovs, "vote=full")
     dig, rows_dig = _run(tmp_path / "digest", *ovs, "vote=digest")
     assert _equal(full, dig)
@@ -64,8 +64,8 @@ def test_digest_vote_receives_a_fraction_of_the_bytes(tmp_path, design):
 def test_the_bytes_follow_the_wire_format(tmp_path):
     """mols l=4 r=3 (K=12, f=16), no attack: 12 headers with 4 digests each, then one
     pull per worker holding a first copy of some file (one message each)."""
-    _, rows = _run(tmp_path, *DESIGNS["mols"], "attack=none", "attack.q=0", "vote=digest")
-    _, full = _run(tmp_path / "full", *DESIGNS["mols"], "attack=none", "attack.q=0")
+    _, rows = _run(tmp_path, *DESIGNS["mols"], "attack=none", "adversary.q=0", "vote=digest")
+    _, full = _run(tmp_path / "full", *DESIGNS["mols"], "attack=none", "adversary.q=0")
     layout_full = full[0]["bytes_received"] // 12  # one reply: 4 * (header + 1 + 4d + 1)
     header = 2 + 4 + DIGEST_VALUES * 4
     d = (layout_full // 4 - (2 + 4 + 1) - 1) // 4
@@ -84,7 +84,7 @@ def test_the_bytes_follow_the_wire_format(tmp_path):
 def test_a_wrong_digest_with_a_correct_tensor_is_caught_and_the_full_votes_bits_kept(
     tmp_path, attack
 ):
-    ovs = (*DESIGNS["mols"], f"attack={attack}", "attack.digest_lie=honest_tensor")
+    ovs = (*DESIGNS["mols"], f"attack={attack}", "adversary.digest_lie=honest_tensor")
     full, _ = _run(tmp_path / "full", *ovs, "vote=full")
     for verify in ("first", "majority"):
         dig, rows = _run(tmp_path / verify, *ovs, "vote=digest", f"digest_verify={verify}")
@@ -100,7 +100,7 @@ def test_a_correct_digest_with_a_wrong_tensor_never_wins_and_majority_matches_fu
     """The liar claims the honest digest and sends its own copy: with digest_verify=first
     its copy is rejected whenever it is pulled, so it distorts at most what the full vote
     lets it; with digest_verify=majority the winners are the full vote's."""
-    ovs = (*DESIGNS["mols"], f"attack={attack}", "attack.digest_lie=honest_digest")
+    ovs = (*DESIGNS["mols"], f"attack={attack}", "adversary.digest_lie=honest_digest")
     full, rows_full = _run(tmp_path / "full", *ovs, "vote=full")
     maj, rows_maj = _run(tmp_path / "maj", *ovs, "vote=digest", "digest_verify=majority")
     assert _equal(full, maj)
@@ -135,7 +135,7 @@ def test_digests_and_pulls_round_trip_on_the_wire():
     [
         ("vote=fast", "vote must be one of full, digest"),
         ("digest_verify=all", "digest_verify must be one of first, majority"),
-        ("attack.digest_lie=yes", "attack.digest_lie must be one of none, honest_digest"),
+        ("adversary.digest_lie=yes", "adversary.digest_lie must be one of none, honest_digest"),
     ],
 )
 def test_bad_vote_options_are_one_line(tmp_path, override, message):

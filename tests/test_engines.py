@@ -16,8 +16,8 @@ from conftest import read_metrics, run_env, torchrun_cmd
 from byzshield.engines.simulate import simulate
 from byzshield.trainer import TIME_KEYS
 
-COMMON = ("attack.q=2", "max_steps=3", "eval_freq=2", "seed=5")
-REAL_SWEEP = ("attack=label_flip,alie", "attack.selection=worst_case")
+COMMON = ("adversary.q=2", "max_steps=3", "eval_freq=2", "seed=5")
+REAL_SWEEP = ("attack=label_flip,alie", "adversary.selection=worst_case")
 DESIGNS = {  # small instances of the four families; K + 1 processes each
     "mols": (13, "approach=mols", "approach.l=4", "approach.r=3", "batch_size=96"),
     "rama_two": (
@@ -76,7 +76,7 @@ def test_the_torchrun_engine_in_threads_and_simulate_give_the_same_bits(
     from threaded import run_threaded
 
     _, *overrides = DESIGNS[design]
-    ovs = [*overrides, *COMMON, f"attack={attack}", f"attack.selection={selection}"]
+    ovs = [*overrides, *COMMON, f"attack={attack}", f"adversary.selection={selection}"]
     result, errors = run_threaded(ovs, tmp_path / "torchrun")
     assert not errors and isinstance(result, dict), (result, errors)
     simulate(ovs, tmp_path / "simulate")
@@ -120,7 +120,7 @@ def test_torchrun_and_simulate_give_the_same_bits(tmp_path, design):
         assert (job / "run.json").exists() and (job / "rank0.log").exists()
         steps, evals = read_metrics(job)
         assert len(steps) == 3 and [e["step"] for e in evals] == [2, 3]
-        if "attack.selection=worst_case" in ovs:
+        if "adversary.selection=worst_case" in ovs:
             assert all(
                 s["distorted"] == json.loads((job / "run.json").read_text())["selection"]["c_max"]
                 for s in steps
@@ -215,7 +215,7 @@ def test_the_digest_vote_gives_the_same_bits_in_both_engines_and_as_the_full_vot
     from threaded import run_threaded
 
     _, *overrides = DESIGNS["rama_two"]
-    ovs = [*overrides, *COMMON, "vote=digest", f"attack={attack}", f"attack.digest_lie={lie}"]
+    ovs = [*overrides, *COMMON, "vote=digest", f"attack={attack}", f"adversary.digest_lie={lie}"]
     job = tmp_path / "torchrun"
     result, errors = run_threaded(ovs, job)
     assert not errors and isinstance(result, dict), (result, errors)
@@ -238,7 +238,7 @@ def test_a_worker_whose_pulled_copy_does_not_match_its_digest_is_caught(tmp_path
     when pulled. Each of its copies is rejected, the next holder pulled: the run ends
     with the bits of a run without the liar, and digest_liars names worker 1 only."""
     nproc, *overrides = DESIGNS["rama_two"]
-    ovs = (*overrides, *COMMON, "attack=none", "attack.q=0", "vote=digest")
+    ovs = (*overrides, *COMMON, "attack=none", "adversary.q=0", "vote=digest")
     cmd = torchrun_cmd(nproc, f"train_dir={tmp_path / 'liar'}", *ovs)
     script = str(Path(__file__).with_name("faulty_train.py"))
     cmd[cmd.index("-m", cmd.index("--nproc-per-node")) : cmd.index("byzshield.train") + 1] = [

@@ -31,17 +31,17 @@ BASE = (
 )
 # each through the batched update (fast) or the general robust update (general)
 CONFIGS = {
-    "mols-alie-median": ("approach=mols", "attack=alie", "attack.q=3"),
-    "mols-alie-mom": ("approach=mols", "attack=alie", "attack.q=3", "mode.num_buckets=5"),
-    "detox-ipm": ("approach=draco_lite_attack", "attack=ipm", "attack.q=3"),
-    "detox-random-alie": ("approach=draco_lite", "attack=alie", "attack.q=4"),
-    "rama-revgrad-mean": ("approach=rama_two", "attack=rev_grad", "attack.q=5", "mode=mean"),
-    "baseline-constant": ("approach=baseline", "attack=constant", "attack.q=2"),
+    "mols-alie-median": ("approach=mols", "attack=alie", "adversary.q=3"),
+    "mols-alie-mom": ("approach=mols", "attack=alie", "adversary.q=3", "mode.num_buckets=5"),
+    "detox-ipm": ("approach=draco_lite_attack", "attack=ipm", "adversary.q=3"),
+    "detox-random-alie": ("approach=draco_lite", "attack=alie", "adversary.q=4"),
+    "rama-revgrad-mean": ("approach=rama_two", "attack=rev_grad", "adversary.q=5", "mode=mean"),
+    "baseline-constant": ("approach=baseline", "attack=constant", "adversary.q=2"),
     "mols-none": ("approach=mols", "attack=none"),
     "general-multikrum-labelflip": (
         "approach=mols",
         "attack=label_flip",
-        "attack.q=3",
+        "adversary.q=3",
         "mode=multi-krum",
     ),
     "general-ties": (  # r = 2: ties drop files, which the general update handles
@@ -49,7 +49,7 @@ CONFIGS = {
         "approach.K=10",
         "approach.r=2",
         "attack=alie",
-        "attack.q=3",
+        "adversary.q=3",
         "batch_size=100",
     ),
 }
@@ -117,9 +117,9 @@ def _members(jobs) -> list[Member]:
 
 
 def test_a_lockstep_run_is_the_same_alone_beside_others_and_resumed(tmp_path):
-    run_a = (*BASE, "approach=mols", "attack=alie", "attack.q=3", "seed=4", "eval_freq=3")
+    run_a = (*BASE, "approach=mols", "attack=alie", "adversary.q=3", "seed=4", "eval_freq=3")
     others = [
-        (*BASE, "approach=mols", "attack=ipm", "attack.q=2", "seed=1", "max_steps=6"),
+        (*BASE, "approach=mols", "attack=ipm", "adversary.q=2", "seed=1", "max_steps=6"),
         (*BASE, "approach=mols", "attack=none", "seed=9", "max_steps=4", "mode.num_buckets=5"),
     ]
     lockstep([([*run_a, "max_steps=6"], tmp_path / "alone")])
@@ -143,7 +143,7 @@ def test_a_lockstep_run_is_the_same_alone_beside_others_and_resumed(tmp_path):
 def test_a_lockstep_run_that_becomes_non_finite_stops_alone(tmp_path):
     good = (*BASE, "approach=mols", "attack=none", "max_steps=3", "eval_freq=0")
     bad = (*BASE, "approach=mols", "mode=mean", "aggregator_f=0", "attack=constant")
-    bad = (*bad, "attack.value=-1e38", "attack.q=3", "max_steps=40", "eval_freq=0")
+    bad = (*bad, "attack.value=-1e38", "adversary.q=3", "max_steps=40", "eval_freq=0")
     members = _members([(good, tmp_path / "good"), (bad, tmp_path / "bad")])
     lines = []
     group = LockstepGroup(members, threads=1, say=lines.append)
@@ -167,7 +167,7 @@ def test_a_lockstep_multirun_trains_by_shape_and_a_rerun_does_nothing(tmp_path):
         *BASE,
         "approach=mols,draco_lite_attack",
         "attack=alie",
-        "attack.q=1,3",
+        "adversary.q=1,3",
         "seed=0",
         "max_steps=4",
         "eval_freq=2",

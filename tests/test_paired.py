@@ -87,7 +87,7 @@ def sweep(tmp_path):
             steps=30,
             top1={20: a, 30: b},
             approach=approach,
-            **{"attack.q": q, "seed": seed, "attack.name": "alie"},
+            **{"adversary.q": q, "seed": seed, "attack.name": "alie"},
         )
     return tmp_path / "sweep"
 

@@ -35,7 +35,7 @@ def test_each_paper_mnist1d_arm_builds_the_documented_run(arm):
     placement, buckets = ARMS[arm]
     for size, (batch, steps, lr, lr_step) in SIZES.items():
         config = compose_config(
-            ["+experiment=paper_mnist1d", f"paper/arm={arm}", f"paper/size={size}", "attack.q=3"]
+            ["+experiment=paper_mnist1d", f"paper/arm={arm}", f"paper/size={size}", "adversary.q=3"]
         )
         assert config.engine == "lockstep" and config.network.name == "cnn1d"
         assert (config.batch_size, config.max_steps, config.lr, config.lr_step) == (
@@ -64,14 +64,14 @@ def test_each_half_sweeps_q_up_to_the_largest_byzantine_minority():
         params = OmegaConf.load(conf / f"{name}.yaml").hydra.sweeper.params
         arms = params["paper/arm"].split(",")
         for arm in arms:
-            config = compose_config([f"+experiment={name}", f"paper/arm={arm}", "attack.q=0"])
+            config = compose_config([f"+experiment={name}", f"paper/arm={arm}", "adversary.q=0"])
             assert config.train_dir == f"runs/paper_mnist1d/k{k}"
             assert build_run(config).placement.num_workers == k, (name, arm)
-        assert [int(q) for q in params["attack.q"].split(",")] == list(range((k - 1) // 2 + 1))
+        assert [int(q) for q in params["adversary.q"].split(",")] == list(range((k - 1) // 2 + 1))
         covered |= set(arms)
     assert covered == set(ARMS)
     plateau = OmegaConf.load(conf / "paper_mnist1d_plateau.yaml").hydra.sweeper.params
-    assert set(plateau["paper/arm"].split(",")) == set(ARMS) and str(plateau["attack.q"]) == "0"
+    assert set(plateau["paper/arm"].split(",")) == set(ARMS) and str(plateau["adversary.q"]) == "0"
 
 
 def test_the_plateau_check_trains_the_no_attack_runs_twice_as_long():
@@ -80,7 +80,7 @@ def test_the_plateau_check_trains_the_no_attack_runs_twice_as_long():
             [
                 "+experiment=paper_mnist1d_plateau",
                 f"paper/size={size}_plateau",
-                "attack.q=0",
+                "adversary.q=0",
                 "hydra.mode=RUN",
             ]
         )
@@ -94,7 +94,7 @@ def test_paper_cifar10_composes_for_every_rule_and_attack(approach):
         for attack in ("alie_original", "constant", "rev_grad"):
             config = compose_config(
                 ["+experiment=paper_cifar10", f"approach={approach}", f"mode={mode}"]
-                + [f"attack={attack}", "attack.q=3"]
+                + [f"attack={attack}", "adversary.q=3"]
             )
             assert (config.dataset.name, config.network.name) == ("cifar10", "resnet18")
             assert (config.engine, config.device, config.batch_size) == ("simulate", "cuda", 250)
@@ -117,7 +117,7 @@ def test_a_narrowed_paper_mnist1d_sweep_reports_paired_differences(tmp_path):
         "+experiment=paper_mnist1d",
         "paper/arm=mols_mom,detox15",
         "paper/size=batch150",
-        "attack.q=0,3",
+        "adversary.q=0,3",
         "seed=0,1,2",
         "max_steps=6",
         "eval_freq=2",

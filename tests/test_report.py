@@ -28,7 +28,8 @@ def _config(**changes) -> dict:
     cfg = {
         "approach": {"name": "mols", "l": 5, "r": 3},
         "mode": {"name": "coord-median", "pre": [], "num_buckets": None},
-        "attack": {"name": "rev_grad", "q": 2, "selection": "worst_case", "scale": -100.0},
+        "attack": {"name": "rev_grad", "scale": -100.0},
+        "adversary": {"q": 2, "selection": "worst_case"},
         "network": {"name": "lenet"},
         "dataset": {"name": "digits"},
         "lr": 0.05,
@@ -64,7 +65,7 @@ def make_run(
     if hydra:
         (folder / ".hydra").mkdir()
         (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    q = cfg["attack"]["q"]
+    q = cfg["adversary"]["q"]
     info = {
         **(info or {}),
         "placement": "mols(l=5, r=3): K=15 workers, f=25 files, load l=5, replication r=3",
@@ -200,6 +201,22 @@ def test_seeds_are_one_row_with_mean_and_sample_std(tmp_path):
     assert std == pytest.approx(statistics.stdev(finals))  # n - 1
 
 
+def test_a_run_from_before_the_adversary_node_groups_with_its_new_twin(tmp_path):
+    """Runs written when q and selection were attack.q and attack.selection read as
+    adversary.q and adversary.selection: one row with today's run of the same config."""
+    import yaml
+
+    new = complete(tmp_path / "new", 0.9, seed=0)
+    old = complete(tmp_path / "old", 0.8, seed=1)
+    cfg = yaml.safe_load((old / ".hydra" / "config.yaml").read_text())
+    cfg["attack"].update(cfg.pop("adversary"))
+    (old / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    runs = [read_run(new), read_run(old)]
+    assert runs[1].config["adversary.q"] == 2 and "attack.q" not in runs[1].config
+    (g,) = group_runs(runs).groups
+    assert len(g.runs) == 2 and g.q == 2
+
+
 def test_a_row_never_mixes_runs_that_differ_beyond_the_seed(tmp_path):
     runs = [
         read_run(complete(tmp_path / "a", 0.9)),
@@ -315,18 +332,18 @@ def test_partial_sweep_lists_the_jobs_that_have_not_started(tmp_path):
     sweep = tmp_path / "sweep"
     complete(sweep / "0", 0.9, seed=0)
     make_run(sweep / "1", steps=4, age=1, seed=1)
-    _multirun_yaml(sweep, ["train_dir=x", "attack.q=1,2", "seed=0,1", "max_steps=30"])
+    _multirun_yaml(sweep, ["train_dir=x", "adversary.q=1,2", "seed=0,1", "max_steps=30"])
     size, pending = pending_jobs(sweep.resolve(), [read_run(sweep / "0"), read_run(sweep / "1")])
     assert size == 4
     assert [(p.num, p.overrides) for p in pending] == [
-        (2, ["attack.q=2", "seed=0"]),
-        (3, ["attack.q=2", "seed=1"]),
+        (2, ["adversary.q=2", "seed=0"]),
+        (3, ["adversary.q=2", "seed=1"]),
     ]
     rep = write_report([sweep], plots=False, eps=False)
     assert len(rep.pending) == 2
     md = (sweep / "report" / "report.md").read_text()
     assert "2 of 4 jobs have a folder" in md
-    assert "job 3 | not started | attack.q=2 seed=1 |" in md
+    assert "job 3 | not started | adversary.q=2 seed=1 |" in md
 
 
 def test_runs_outside_the_guarantee_are_marked(tmp_path):
@@ -380,8 +397,8 @@ def test_cli_writes_tables_and_plots_and_says_where(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     for s in range(2):
         complete(tmp_path / "s" / str(s), 0.9 - s / 10, seed=s)
-        complete(tmp_path / "s" / f"q1_{s}", 0.95, seed=s, **{"attack.q": 1})
-    make_run(tmp_path / "s" / "dead", steps=12, top1={10: 0.3}, **{"attack.q": 3})
+        complete(tmp_path / "s" / f"q1_{s}", 0.95, seed=s, **{"adversary.q": 1})
+    make_run(tmp_path / "s" / "dead", steps=12, top1={10: 0.3}, **{"adversary.q": 3})
     assert main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert f"to {tmp_path / 'out'}" in printed
@@ -464,7 +481,7 @@ def test_real_sweep_end_to_end(tmp_path):
         "-m",
         f"train_dir={sweep}",
         "approach=mols,draco_lite",
-        "attack.q=2",
+        "adversary.q=2",
         "seed=0,1",
         "max_steps=4",
         "eval_freq=2",
@@ -508,7 +525,7 @@ def test_attack_sweep_experiment_runs_through_the_joblib_launcher(tmp_path):
         "approach=mols,draco_lite_attack",
         "mode=nnm-median",
         "attack=alie",
-        "attack.q=2",
+        "adversary.q=2",
         "seed=0",
         "max_steps=3",
         "eval_freq=3",

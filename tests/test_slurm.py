@@ -20,7 +20,7 @@ from launch_support.slurm import LocalSlurm, slurm_missing_reason
 
 from byzshield.slurm import plan_ranks
 
-MOLS6 = ("approach=mols", "approach.l=3", "approach.r=2", "batch_size=90", "attack.q=1")
+MOLS6 = ("approach=mols", "approach.l=3", "approach.r=2", "batch_size=90", "adversary.q=1")
 ON_ONE_HOST = ("--tasks-per-node", "2", "--cpus-per-task", "1", "--gloo-socket-ifname", "lo")
 
 
@@ -186,7 +186,7 @@ def test_a_sweep_through_the_submitit_launcher_runs_resumes_and_reports(
     cmd = [
         sys.executable, "-m", "byzshield.train", "-m", f"hydra/launcher={launcher}",
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
-        "approach=mols,draco_lite", "attack.q=1", "seed=0,1", "max_steps=3", "eval_freq=3",
+        "approach=mols,draco_lite", "adversary.q=1", "seed=0,1", "max_steps=3", "eval_freq=3",
         f"train_dir={sweep}",
     ]  # fmt: skip
     if launcher == "submitit_slurm":

@@ -17,7 +17,7 @@ RAMA = ("approach=rama_two", "approach.m=3", "approach.s=3", "batch_size=90")  #
 
 
 def test_worst_case_attack_distorts_exactly_the_files_the_set_controls_every_step(tmp_path):
-    simulate([*RAMA, "attack=rev_grad", "attack.q=3", "max_steps=4", "eval_freq=0"], tmp_path)
+    simulate([*RAMA, "attack=rev_grad", "adversary.q=3", "max_steps=4", "eval_freq=0"], tmp_path)
     steps, evals = read_metrics(tmp_path)
     info = json.loads((tmp_path / "run.json").read_text())
     assert info["selection"]["c_max"] == 3 and info["selection"]["certified"]
@@ -40,7 +40,7 @@ def test_time_split_columns_add_up_to_the_step_time(tmp_path):
 
 
 def test_short_training_under_attack_beats_chance_by_far_and_the_evaluator_agrees(tmp_path):
-    simulate([*RAMA, "attack=alie", "attack.q=3", "max_steps=60", "eval_freq=30"], tmp_path)
+    simulate([*RAMA, "attack=alie", "adversary.q=3", "max_steps=60", "eval_freq=30"], tmp_path)
     _, evals = read_metrics(tmp_path)
     assert [e["step"] for e in evals] == [30, 60]
     assert evals[-1]["top1"] > 0.4, evals  # chance is 0.1
@@ -73,11 +73,11 @@ def test_simulate_threads_do_not_change_the_bits(tmp_path):
             "approach.K=6",
             "approach.r=2",
             "mode=mean",
-            "attack.q=3",
-            "attack.selection=worst_case",
+            "adversary.q=3",
+            "adversary.selection=worst_case",
         ),  # fmt: skip
         ("approach=mols", "approach.l=3", "approach.r=2", "batch_size=90", "mode=mean"),
-        ("approach=mols", "approach.l=4", "approach.r=3", "batch_size=96", "attack.q=4"),
+        ("approach=mols", "approach.l=4", "approach.r=3", "batch_size=96", "adversary.q=4"),
         ("approach=rama_two", "approach.m=4", "approach.s=2", "batch_size=96", "mode=mean"),
     ],
 )
@@ -92,13 +92,13 @@ def test_realised_distortion_equals_c_max_for_odd_and_even_r(tmp_path, design):
 
 
 def test_a_saturated_worst_case_still_has_q_byzantine_workers(tmp_path):
-    simulate(["attack.q=15", "mode=mean", "max_steps=1", "eval_freq=0"], tmp_path)
+    simulate(["adversary.q=15", "mode=mean", "max_steps=1", "eval_freq=0"], tmp_path)
     steps, _ = read_metrics(tmp_path)
     assert len(steps[0]["byzantine"]) == 15 and steps[0]["distorted"] == 25
 
 
 def test_outside_guarantee_runs_a_broken_defence_and_marks_every_step(tmp_path):
-    ovs = ["approach=draco_lite", "attack.q=6", "max_steps=2", "eval_freq=0"]
+    ovs = ["approach=draco_lite", "adversary.q=6", "max_steps=2", "eval_freq=0"]
     with pytest.raises(ConfigError, match="outside_guarantee=true runs it anyway"):
         simulate(ovs, tmp_path / "refused")
     simulate([*ovs, "outside_guarantee=true"], tmp_path / "ran")

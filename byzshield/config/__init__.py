@@ -21,7 +21,7 @@ vs file size, process count vs K) happen there, before any process group starts.
 
     >>> from byzshield.config import build_run
     >>> from byzshield.overrides import compose_config
-    >>> run = build_run(compose_config(["approach=mols", "attack.q=2"]))
+    >>> run = build_run(compose_config(["approach=mols", "adversary.q=2"]))
     >>> run.placement.num_workers, run.aggregator_f
     (15, 1)
 
@@ -29,9 +29,11 @@ The package, one concern a module: :mod:`~byzshield.config.base` (:class:`Config
 and the checks every option shares), :mod:`~byzshield.config.approaches` (``approach/``,
 the placement; :data:`APPROACHES`, the one registry of designs, and
 :func:`build_placement`), :mod:`~byzshield.config.modes` (``mode/``, the aggregation
-rule), :mod:`~byzshield.config.attacks` (``attack/``), :mod:`~byzshield.config.data`
-(``network/`` and ``dataset/``), :mod:`~byzshield.config.schema` (:class:`TrainConfig`,
-:data:`KEY_HELP`, :func:`register_schema`, :func:`load_config`) and
+rule), :mod:`~byzshield.config.attacks` (``attack/``, what Byzantine workers send),
+:mod:`~byzshield.config.adversary` (``adversary``: how many, who, the digest lie),
+:mod:`~byzshield.config.data` (``network/`` and ``dataset/``),
+:mod:`~byzshield.config.schema` (:class:`TrainConfig`, :data:`KEY_HELP`,
+:func:`register_schema`, :func:`load_config`) and
 :mod:`~byzshield.config.run` (:class:`Run`, :func:`build_run`). Every name they define is
 imported here, so ``from byzshield.config import X`` works as it did when the config was
 one module.
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 # Re-exports: the names of __all__, and (noqa) every other name byzshield.config defined as
 # one module (the option dataclasses, the constants, the private helpers tests import).
+from byzshield.config.adversary import DIGEST_LIES, AdversaryOption  # noqa: F401
 from byzshield.config.approaches import (  # noqa: F401
     APPROACHES,
     ApproachOption,
@@ -58,7 +61,6 @@ from byzshield.config.approaches import (  # noqa: F401
 from byzshield.config.attacks import (  # noqa: F401
     ALIE_DEFAULT_Z,
     ATTACK_OPTIONS,
-    DIGEST_LIES,
     F32_MAX,
     AlieAttack,
     AttackOption,
@@ -117,6 +119,7 @@ from byzshield.config.schema import (  # noqa: F401
 
 __all__ = [
     "APPROACHES",
+    "AdversaryOption",
     "KEY_HELP",
     "ApproachOption",
     "AttackOption",

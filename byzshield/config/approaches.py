@@ -29,7 +29,7 @@ class ApproachOption(_Option):
     name: str = MISSING
     group: ClassVar[str] = "approach"
     forced_mode: ClassVar[str | None] = None  # the aggregation rule the approach implies
-    # what attack.selection=auto means for this approach (the original code's default)
+    # what adversary.selection=auto means for this approach (the original code's default)
     default_selection: ClassVar[str] = "worst_case"
 
     def __post_init__(self) -> None:

@@ -1,5 +1,5 @@
-"""The ``attack/`` group, what Byzantine workers send, how many there are and who:
-:class:`AttackOption` (q, the selection, the digest lie; :data:`DIGEST_LIES`) and, in
+"""The ``attack/`` group, what the Byzantine workers send (who they are is the
+``adversary`` node, :mod:`byzshield.config.adversary`): :class:`AttackOption` and, in
 :data:`ATTACK_OPTIONS`, one option dataclass per attack of :mod:`byzshield.attacks`,
 generated from the attack's own dataclass (ALIE's default z: :data:`ALIE_DEFAULT_Z`)."""
 
@@ -9,76 +9,37 @@ import dataclasses
 import math
 import sys
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
 from byzshield import attacks
-from byzshield.adversary import SELECTIONS
-from byzshield.config.base import ConfigError, _int, _Option
+from byzshield.config.base import ConfigError, _Option
 
-DIGEST_LIES = ("none", "honest_digest", "honest_tensor")
 F32_MAX = 3.4028234663852886e38
 
 
 @dataclass
 class AttackOption(_Option):
-    """An attack (BYZSHIELD.md section 6) with ``q`` Byzantine workers chosen by
-    ``selection``: auto (the approach's default, as in the original code), worst_case,
-    random (a new set every step), random_fixed, detox_worst / detox_benign /
-    detox_whole_group (the original's DETOX strategies, DETOX placements only), or a
-    list of 0-based worker ids."""
+    """An attack (BYZSHIELD.md section 6): what the Byzantine workers send. How many
+    there are and who is the ``adversary`` node (:mod:`byzshield.config.adversary`)."""
 
     name: str = MISSING
-    q: int = 3
-    selection: Any = "auto"
-    search_work: int = 200_000
-    # vote=digest liars: none (a Byzantine copy's digest is that of the copy it sends),
-    # honest_digest (the honest copy's digest, its own copy sent when pulled) or
-    # honest_tensor (its own copy's digest, the honest copy sent when pulled)
-    digest_lie: str = "none"
     group: ClassVar[str] = "attack"
-    honest: ClassVar[bool] = False  # no Byzantine workers whatever q says
+    honest: ClassVar[bool] = False  # no Byzantine workers whatever adversary.q says
 
     def __post_init__(self) -> None:
         self._check_name()
-        _int("attack.", "q", self.q, 0)
-        _int("attack.", "search_work", self.search_work, 1)
         for key, value in self.__dict__.items():  # what a worker sends is float32
             if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= F32_MAX):
                 raise ConfigError(
                     f"attack.{key} must be a finite float32 (|x| <= {F32_MAX:.4g}), got {value}"
                 )
-        if self.digest_lie not in DIGEST_LIES:
-            raise ConfigError(
-                f"attack.digest_lie must be one of {', '.join(DIGEST_LIES)}, "
-                f"got {self.digest_lie!r}"
-            )
-        sel = self.selection
-        if isinstance(sel, str):
-            if sel not in (*SELECTIONS, "auto"):
-                raise ConfigError(
-                    f"attack.selection must be one of auto, {', '.join(SELECTIONS)} or a list "
-                    f"of worker ids, got {sel!r}"
-                )
-        elif not (
-            isinstance(sel, Sequence)
-            and all(isinstance(w, int) and not isinstance(w, bool) for w in sel)
-        ):
-            raise ConfigError(
-                f"attack.selection must be one of auto, {', '.join(SELECTIONS)} or a list "
-                f"of worker ids, got {sel!r}"
-            )
         try:
             self._validate()
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"attack {self.name}: {exc}") from None
-
-    @property
-    def effective_q(self) -> int:
-        return 0 if self.honest else self.q
 
     attack_keys: ClassVar[tuple[str, ...]] = ()  # the attack dataclass's init fields
 
@@ -106,10 +67,9 @@ class AttackOption(_Option):
 
 @dataclass
 class NoAttackOption(AttackOption):
-    """Every worker is honest."""
+    """Every worker is honest (whatever adversary.q says)."""
 
     name: str = "none"
-    q: int = 0
     option: ClassVar[str] = "none"
     honest: ClassVar[bool] = True
 
@@ -167,10 +127,9 @@ class AlieAttack(AttackOption):
 
 
 def _attack_option(attack: type) -> type[AttackOption]:
-    """The ``attack/<name>`` option of an attack of :mod:`byzshield.attacks`: the keys
-    every attack has (q, selection, search_work, digest_lie) plus the attack's own
-    parameters, which are the init fields of its frozen dataclass, with its defaults:
-    the attack's one declaration of them."""
+    """The ``attack/<name>`` option of an attack of :mod:`byzshield.attacks`: its name
+    plus the attack's own parameters, which are the init fields of its frozen dataclass,
+    with its defaults: the attack's one declaration of them."""
     hints = typing.get_type_hints(attack, vars(sys.modules[attack.__module__]))
     keys = [fl for fl in dataclasses.fields(attack) if fl.init]
     title = "".join(part.capitalize() for part in attack.name.split("_")) + "Attack"

@@ -81,9 +81,9 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
             f"approach {p.describe()} needs K+1 = {K + 1} processes (1 parameter server + "
             f"{K} workers), but WORLD_SIZE is {world_size}: run torchrun --nproc-per-node {K + 1}"
         )
-    q = cfg.attack.effective_q
+    q = 0 if cfg.attack.honest else cfg.adversary.q
     if q > K:
-        raise ConfigError(f"attack.q must be an integer in 0..K={K}, got {q}")
+        raise ConfigError(f"adversary.q must be an integer in 0..K={K}, got {q}")
     if cfg.stragglers >= K:
         raise ConfigError(f"stragglers must be in 0..K-1={K - 1}, got {cfg.stragglers}")
     if cfg.batch_size % f:
@@ -142,10 +142,10 @@ def add_server_parts(run: Run) -> Run:
     cfg, p, q, mode = run.config, run.placement, run.q, run.mode_option
     f = p.num_files
     try:
-        rule = cfg.attack.selection
+        rule = cfg.adversary.selection
         if rule == "auto":
             rule = cfg.approach.default_selection
-        selection = build_selection(p, q, rule, seed=cfg.seed, work=cfg.attack.search_work)
+        selection = build_selection(p, q, rule, seed=cfg.seed, work=cfg.adversary.search_work)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     c_max = selection.search.upper_bound if selection.search else 0

@@ -5,10 +5,11 @@ typed dataclasses, refusing keys no option has)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from byzshield.config.adversary import AdversaryOption
 from byzshield.config.approaches import APPROACHES, ApproachOption
 from byzshield.config.attacks import ATTACK_OPTIONS, AttackOption
 from byzshield.config.base import ConfigError, _int, _Option, _positive
@@ -28,6 +29,7 @@ class TrainConfig:
     approach: ApproachOption = MISSING
     mode: ModeOption = MISSING
     attack: AttackOption = MISSING
+    adversary: AdversaryOption = field(default_factory=AdversaryOption)  # q, who
     network: NetworkOption = MISSING
     dataset: DatasetOption = MISSING
     # engine: torchrun (rank 0 server + K worker processes over gloo), simulate (one
@@ -110,6 +112,8 @@ class TrainConfig:
 
 
 KEY_HELP: dict[str, str] = {
+    "adversary": "adversary.q Byzantine workers, adversary.selection (auto, worst_case, "
+    "random, random_fixed, detox_*, [ids]), adversary.search_work, adversary.digest_lie",
     "engine": "auto (torchrun under torchrun, else simulate), torchrun, simulate, lockstep",
     "device": "cpu, or cuda (simulate engine)",
     "threads": "simulate: gradient threads; lockstep: intra-op threads (null: one per CPU)",

@@ -1,7 +1,7 @@
 """The lockstep engine: many runs of one shape trained together in one process.
 
     python -m byzshield.train engine=lockstep approach=mols attack=alie     # one run
-    python -m byzshield.train -m engine=lockstep attack.q=1,3 seed=0,1,2,3,4
+    python -m byzshield.train -m engine=lockstep adversary.q=1,3 seed=0,1,2,3,4
     python -m byzshield.train +experiment=paper_mnist1d                    # a whole sweep
 
 In a Hydra multirun (the basic launcher, the default), every job with ``engine=lockstep``
@@ -146,7 +146,7 @@ def _fast_path(run: Run, robust_update, d: int) -> _FastUpdate | None:
     """The batched update for ``run``, or None when its configuration needs the general
     robust update (other attacks and rules, the digest vote, stragglers, digest lies)."""
     cfg = run.config
-    if cfg.vote != "full" or cfg.stragglers or cfg.attack.digest_lie != "none":
+    if cfg.vote != "full" or cfg.stragglers or cfg.adversary.digest_lie != "none":
         return None
     attack = run.attack
     if isinstance(attack, attack_lib.NoAttack) or run.q == 0:

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         default=200_000,
         metavar="N",
         help="work budget of each placement's worst-case search (default: 200000, as "
-        "training's attack.search_work); rows it cannot finish say not certified",
+        "training's adversary.search_work); rows it cannot finish say not certified",
     )
     p.add_argument(
         "--progress-every",

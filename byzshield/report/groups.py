@@ -105,7 +105,7 @@ def _group_label(cfg: dict, group: str, varying: set[str], *, all_params: bool) 
     params = [
         (k[len(prefix) :], v)
         for k, v in cfg.items()
-        if k.startswith(prefix) and k != f"{group}.name" and k != "attack.q"
+        if k.startswith(prefix) and k != f"{group}.name"
         if all_params or k in varying
         if not (k == f"{group}.pre" and v == [])  # no pre-aggregation: nothing to say
     ]
@@ -150,7 +150,7 @@ def group_runs(runs: Sequence[RunFolder], ignore: Iterable[str] = DEFAULT_IGNORE
         k
         for k in all_keys
         if not k.startswith(tuple(g + "." for g in GROUPS))
-        and k != "max_steps"  # always shown, as "steps"
+        and k not in ("max_steps", "adversary.q")  # always shown, as "steps" and "q"
         and len(values[k]) > 1
     ]
     common = {
@@ -167,7 +167,7 @@ def group_runs(runs: Sequence[RunFolder], ignore: Iterable[str] = DEFAULT_IGNORE
                 _group_label(c, "approach", set(), all_params=True),
                 _group_label(c, "mode", varying_in_group, all_params=False),
                 _group_label(c, "attack", varying_in_group, all_params=False),
-                c.get("attack.q", run.q),
+                c.get("adversary.q", run.q),
                 {_column_name(k): _value_str(c[k]) if k in c else "?" for k in extra_keys},
             )
         groups[key].runs.append(run)

@@ -84,7 +84,7 @@ class RunFolder:
 
     @property
     def q(self):
-        q = self.config.get("attack.q")
+        q = self.config.get("adversary.q")
         if q is None:
             q = (self.info.get("selection") or {}).get("q")
         return q
@@ -137,6 +137,19 @@ def _flatten(tree, prefix: str = "") -> dict:
 _PLACEMENT = re.compile(r"^(?P<name>[A-Za-z_]\w*)\((?P<params>[^)]*)\)")
 
 
+_MOVED = ("q", "selection", "search_work", "digest_lie")
+
+
+def _moved_keys(config: dict) -> dict:
+    """A run made before ``attack.q``, ``attack.selection``, ``attack.search_work`` and
+    ``attack.digest_lie`` moved to the ``adversary`` node, under the new keys (so old and
+    new runs of one config group together)."""
+    return {
+        (f"adversary.{k[len('attack.') :]}" if k in {f"attack.{m}" for m in _MOVED} else k): v
+        for k, v in config.items()
+    }
+
+
 def _config_from_info(info: dict) -> dict:
     """The config keys run.json determines, for a run without ``.hydra/config.yaml``."""
     out: dict = {}
@@ -155,8 +168,8 @@ def _config_from_info(info: dict) -> dict:
                 out[f"attack.{k}"] = v
     selection = info.get("selection")
     if isinstance(selection, dict):
-        out["attack.q"] = selection.get("q")
-        out["attack.selection"] = selection.get("kind")
+        out["adversary.q"] = selection.get("q")
+        out["adversary.selection"] = selection.get("kind")
     for k in ("seed", "max_steps", "engine", "device"):
         if k in info:
             out[k] = info[k]
@@ -269,7 +282,7 @@ def read_run(folder: Path, *, now: float | None = None, stale_after: float = 600
             run.warnings.append(f"{info_path}: not valid JSON; ignored")
     config = _load_yaml(folder / ".hydra" / "config.yaml", run.warnings)
     if isinstance(config, dict):
-        run.config, run.config_source = _flatten(config), ".hydra/config.yaml"
+        run.config, run.config_source = _moved_keys(_flatten(config)), ".hydra/config.yaml"
     elif run.info:
         run.config, run.config_source = _config_from_info(run.info), "run.json"
     max_steps = run.info.get("max_steps")
