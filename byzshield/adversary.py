@@ -31,6 +31,10 @@ the budget runs out the answer says ``certified=False`` and gives the best set f
 the best upper bound known, never a silent guess.
 
 Run ``python -m byzshield.placement --help`` for the command line.
+
+Length (about 900 lines): one algorithm. The certified worst-case search (bounds, branch
+and bound, the closed forms for DETOX and the greedy start) and the selections built on
+it share their bounds and state; split in two, each half would need the other's insides.
 """
 
 from __future__ import annotations

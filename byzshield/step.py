@@ -39,6 +39,10 @@ Definitions the metrics use (BYZSHIELD.md section 7):
   runs anyway (see :mod:`byzshield.aggregators`) and the step says so.
 
     >>> from byzshield.step import RobustUpdate  # see tests/test_step.py for examples
+
+Length (about 620 lines): RobustUpdate, StepRule, the per-step inbox and the metrics;
+the votes, the omniscient attack, the digest lies and the byte counts live in
+:mod:`byzshield.vote`, :mod:`byzshield.omniscient` and :mod:`byzshield.protocol`.
 """
 
 from __future__ import annotations

@@ -98,3 +98,15 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
         "def f():\n    from byzshield.report import main\n    import byzshield.train\n"
     )
     assert imports_of(source) == {"report", "train"}
+
+
+def test_a_module_past_a_readers_span_says_why_in_its_opening_comment():
+    """No module over ~600 lines without a reason stated in its docstring ("Length ...")."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 620:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "Length (" not in doc:
+                long.append(f"{path.relative_to(PACKAGE)} ({text.count(chr(10))} lines)")
+    assert not long, f"long modules without a stated reason: {long}"

@@ -6,6 +6,10 @@ blocks are fixed, so results do not depend on the thread count. Order statistics
 from comparator networks applied to whole rows; pairwise distances from a float64 Gram
 matrix with a certified error bound (see :class:`_PairwiseDistances`). Nothing here
 copies the stack.
+
+Length (about 670 lines): the private numeric kernels every rule and pre-aggregation
+shares (comparator networks, certified Gram distances, column chunks over threads),
+tested through the public rules.
 """
 
 from __future__ import annotations

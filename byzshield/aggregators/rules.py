@@ -7,6 +7,9 @@ only sees a NumPy view ``x`` of the (possibly pre-aggregated) stack, the finite 
 None)``. The formulas, references and examples are in each class's docstring; the
 requirement each rule's guarantee needs is ``requirement`` (checked by ``check``), and
 what it does when asked to run outside it is ``defined_f`` (see docs/aggregators.md).
+
+Length (about 900 lines): fourteen rules, one class each with its formula, reference,
+example and nested Config; what they compute with is in ``_kernels``.
 """
 
 from __future__ import annotations

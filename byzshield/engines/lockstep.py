@@ -35,6 +35,10 @@ follow the simulate engine's within float32 rounding (max relative difference be
 hundreds of steps, so compare sweeps by their accuracy distributions). It is not
 bit-identical to the torchrun and simulate engines, which compute each file in its
 own pass. TensorBoard events are not written for lockstep runs (metrics.jsonl is).
+
+Length (about 700 lines): one engine. Collecting a multirun's jobs, the group's step loop
+and the batched update it chooses for the cases it reproduces (``_FastUpdate``) are
+kept together; the general step is :class:`byzshield.step.RobustUpdate`.
 """
 
 from __future__ import annotations
