@@ -28,6 +28,7 @@ class AttackOption(_Option):
     name: str = MISSING
     group: ClassVar[str] = "attack"
     honest: ClassVar[bool] = False  # no Byzantine workers whatever adversary.q says
+    attack_keys: ClassVar[tuple[str, ...]] = ()  # the attack dataclass's init fields
 
     def __post_init__(self) -> None:
         self._check_name()
@@ -40,8 +41,6 @@ class AttackOption(_Option):
             self._validate()
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"attack {self.name}: {exc}") from None
-
-    attack_keys: ClassVar[tuple[str, ...]] = ()  # the attack dataclass's init fields
 
     def params(self) -> dict:
         return {k: getattr(self, k) for k in self.attack_keys}

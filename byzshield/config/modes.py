@@ -32,6 +32,7 @@ class ModeOption(_Option):
     pre: list[Any] = field(default_factory=list)
     hierarchical_buckets: int | None = None
     group: ClassVar[str] = "mode"
+    rule_keys: ClassVar[tuple[str, ...]] = ()  # the fields of the rule's own Config
 
     def __post_init__(self) -> None:
         self._check_name()
@@ -42,8 +43,6 @@ class ModeOption(_Option):
             raise ConfigError(
                 text if text.startswith(self.name) else f"mode {self.name}: {text}"
             ) from None
-
-    rule_keys: ClassVar[tuple[str, ...]] = ()  # the fields of the rule's own Config
 
     def params(self) -> dict:
         """The rule's own parameters (None means the rule's default)."""
