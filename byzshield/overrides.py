@@ -67,7 +67,7 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
                 guess = did_you_mean(key, [*_top_level_keys(), *_groups()])
                 hint = f"; {guess}" if guess else ""
             group, _, leaf = key.partition(".")
-            if group == "attack" and leaf in _MOVED_TO_ADVERSARY:
+            if group == "attack" and leaf in MOVED_TO_ADVERSARY:
                 hint = f"; it is adversary.{leaf} now (who the Byzantine workers are)"
             raise UsageError(f"unknown config key {key!r}{hint}") from None
         cause = str(exc.__cause__ or "").strip().splitlines()
@@ -75,7 +75,9 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
         raise UsageError(f"bad config override: {msg}{detail}") from None
 
 
-_MOVED_TO_ADVERSARY = ("q", "selection", "search_work", "digest_lie")  # attack.* before
+MOVED_TO_ADVERSARY = ("q", "selection", "search_work", "digest_lie")
+"""Keys that were ``attack.<key>`` before they moved to the ``adversary`` node: an old
+override is told the new key, and the report reads old runs under it."""
 
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:

@@ -14,10 +14,6 @@ from byzshield.config.base import ConfigError, _int
 
 DIGEST_LIES = ("none", "honest_digest", "honest_tensor")
 
-MOVED = ("q", "selection", "search_work", "digest_lie")
-"""The keys that were ``attack.<key>`` before they moved here (an old override names
-the new key)."""
-
 
 @dataclass
 class AdversaryOption:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from byzshield.overrides import MOVED_TO_ADVERSARY
+
 STATUSES = ("complete", "running", "queued", "died", "failed to start", "refused")
 """A run's status, in the order the report lists them."""
 
@@ -137,7 +139,7 @@ def _flatten(tree, prefix: str = "") -> dict:
 _PLACEMENT = re.compile(r"^(?P<name>[A-Za-z_]\w*)\((?P<params>[^)]*)\)")
 
 
-_MOVED = ("q", "selection", "search_work", "digest_lie")
+_OLD_KEYS = {f"attack.{m}" for m in MOVED_TO_ADVERSARY}
 
 
 def _moved_keys(config: dict) -> dict:
@@ -145,8 +147,7 @@ def _moved_keys(config: dict) -> dict:
     ``attack.digest_lie`` moved to the ``adversary`` node, under the new keys (so old and
     new runs of one config group together)."""
     return {
-        (f"adversary.{k[len('attack.') :]}" if k in {f"attack.{m}" for m in _MOVED} else k): v
-        for k, v in config.items()
+        (f"adversary.{k[len('attack.') :]}" if k in _OLD_KEYS else k): v for k, v in config.items()
     }
 
 
