@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
 from byzshield import attacks
-from byzshield.config.base import ConfigError, _Option
+from byzshield.config.base import ConfigError, _generated_option, _Option
 
 F32_MAX = 3.4028234663852886e38
 
@@ -129,21 +127,10 @@ def _attack_option(attack: type) -> type[AttackOption]:
     """The ``attack/<name>`` option of an attack of :mod:`byzshield.attacks`: its name
     plus the attack's own parameters, which are the init fields of its frozen dataclass,
     with its defaults: the attack's one declaration of them."""
-    hints = typing.get_type_hints(attack, vars(sys.modules[attack.__module__]))
     keys = [fl for fl in dataclasses.fields(attack) if fl.init]
-    title = "".join(part.capitalize() for part in attack.name.split("_")) + "Attack"
-    cls = dataclasses.make_dataclass(
-        title,
-        [("name", str, field(default=attack.name))]
-        + [(fl.name, hints[fl.name], field(default=fl.default)) for fl in keys],
-        bases=(AttackOption,),
-        namespace={"option": attack.name, "attack_keys": tuple(fl.name for fl in keys)},
+    return _generated_option(
+        attack, attack, keys, AttackOption, suffix="Attack", keys_attr="attack_keys"
     )
-    cls.__module__, cls.__qualname__ = __name__, title
-    summary = " ".join((attack.__doc__ or attack.name).strip().split("\n\n")[0].split())
-    own = ", ".join(cls.attack_keys) or "none"
-    cls.__doc__ = f"attack={attack.name}: {summary} Keys of its own: {own}."
-    return cls
 
 
 ATTACK_OPTIONS: dict[str, type[AttackOption]] = {

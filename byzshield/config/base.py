@@ -1,10 +1,15 @@
 """What every option shares: :class:`ConfigError` (one-line messages), the number
-checks ``_int`` and ``_positive``, and ``_Option`` (an option's ``name`` is its own)."""
+checks ``_int`` and ``_positive``, ``_Option`` (an option's ``name`` is its own) and
+``_generated_option`` (an option made from the class that declares its parameters)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import ClassVar
+import re
+import sys
+import typing
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
@@ -44,3 +49,44 @@ class _Option:
                 f"{self.group}.name is {self.name!r} but the chosen option is "  # type: ignore[attr-defined]
                 f"{self.option!r}; pick another option with {self.group}=NAME"
             )
+
+
+def _hydra_type(hint: object) -> object:
+    """The annotation a structured config can hold: plain types and ``X | None`` as
+    they are, anything wider (``int | str | None``) as Any, checked by the class."""
+    plain = (int, float, bool, str)
+    if hint in plain:
+        return hint
+    args = typing.get_args(hint)
+    if len(args) == 2 and type(None) in args and all(a in (*plain, type(None)) for a in args):
+        return hint
+    return Any
+
+
+def _generated_option(
+    source: type, declared: type, keys: list, base: type, *, suffix: str, keys_attr: str
+) -> type:
+    """The ``<group>/<source.name>`` option: a dataclass over ``base`` with ``name`` and
+    the fields ``keys`` of ``declared`` (the dataclass declaring ``source``'s
+    parameters), their defaults as declared there; ``keys_attr`` lists them. The class
+    is named from the option (``multi-krum`` -> ``MultiKrum`` + ``suffix``) and lives in
+    ``base``'s module."""
+    hints = typing.get_type_hints(declared, vars(sys.modules[source.__module__]))
+    title = "".join(part.capitalize() for part in re.split(r"[-_]", source.name)) + suffix
+    names = tuple(fl.name for fl in keys)
+    cls = dataclasses.make_dataclass(
+        title,
+        [("name", str, dataclasses.field(default=source.name))]
+        + [
+            (fl.name, _hydra_type(hints[fl.name]), dataclasses.field(default=fl.default))
+            for fl in keys
+        ],
+        bases=(base,),
+        namespace={"option": source.name, keys_attr: names},
+    )
+    cls.__module__, cls.__qualname__ = base.__module__, title
+    summary = " ".join((source.__doc__ or source.name).strip().split("\n\n")[0].split())
+    cls.__doc__ = (
+        f"{base.group}={source.name}: {summary} Keys of its own: {', '.join(names) or 'none'}."
+    )
+    return cls

@@ -5,8 +5,6 @@ DETOX's hierarchical form) and, in :data:`MODES`, one option dataclass per rule 
 from __future__ import annotations
 
 import dataclasses
-import sys
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -14,7 +12,7 @@ from typing import Any, ClassVar
 from omegaconf import MISSING
 
 from byzshield.aggregators import RULES
-from byzshield.config.base import ConfigError, _Option
+from byzshield.config.base import ConfigError, _generated_option, _Option
 
 
 @dataclass
@@ -77,42 +75,13 @@ class _BucketedMode(ModeOption):
         return pre
 
 
-def _hydra_type(hint: object) -> object:
-    """The annotation a structured config can hold: plain types and ``X | None`` as
-    they are, anything wider (``int | str | None``) as Any, checked by the rule."""
-    if hint in (int, float, bool, str):
-        return hint
-    args = typing.get_args(hint)
-    if (
-        len(args) == 2
-        and type(None) in args
-        and all(a in (int, float, bool, str, type(None)) for a in args)
-    ):
-        return hint
-    return Any
-
-
 def _mode_option(rule: type) -> type[ModeOption]:
     """The ``mode/<name>`` option of a rule: ``name``, ``pre``, ``hierarchical_buckets``
     (and ``num_buckets`` for the median and the sign vote) plus the config keys of the
     rule's own ``Config``, with its defaults; the rule's one declaration of them."""
-    base = _BucketedMode if rule.name in _BUCKETED else ModeOption
-    hints = typing.get_type_hints(rule.Config, vars(sys.modules[rule.__module__]))
     keys = [fl for fl in dataclasses.fields(rule.Config) if fl.metadata.get("config_key", True)]
-    title = "".join(part.capitalize() for part in rule.name.split("-")) + "Mode"
-    cls = dataclasses.make_dataclass(
-        title,
-        [("name", str, field(default=rule.name))]
-        + [(fl.name, _hydra_type(hints[fl.name]), field(default=fl.default)) for fl in keys],
-        bases=(base,),
-        namespace={"option": rule.name, "rule_keys": tuple(fl.name for fl in keys)},
-    )
-    cls.__module__, cls.__qualname__ = __name__, title
-    summary = " ".join((rule.__doc__ or rule.name).strip().split("\n\n")[0].split())
-    cls.__doc__ = (
-        f"mode={rule.name}: {summary} Keys of its own: {', '.join(cls.rule_keys) or 'none'}."
-    )
-    return cls
+    base = _BucketedMode if rule.name in _BUCKETED else ModeOption
+    return _generated_option(rule, rule.Config, keys, base, suffix="Mode", keys_attr="rule_keys")
 
 
 _BUCKETED = ("coord-median", "sign-majority")
