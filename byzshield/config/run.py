@@ -13,8 +13,8 @@ import torch
 
 from byzshield.adversary import Selection, build_selection
 from byzshield.config.base import ConfigError
-from byzshield.config.modes import ModeOption
-from byzshield.config.schema import _OPTIONS, TrainConfig
+from byzshield.config.modes import MODES
+from byzshield.config.schema import TrainConfig
 from byzshield.placement import Placement
 
 
@@ -120,7 +120,7 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
             f"approach {cfg.approach.name} takes a plain {forced} of the vote winners; "
             f"mode={mode.name} is not used"
         )
-        mode = next(c for c in _OPTIONS if issubclass(c, ModeOption) and c.option == forced)()
+        mode = MODES[forced]()
     run = Run(
         cfg,
         p,
