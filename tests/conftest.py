@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# tests/run.sh runs the suite on two pytest-xdist workers (--dist loadgroup): the tests of
+# tests/run.sh runs the suite on pytest-xdist workers (--dist loadgroup): the tests of
 # these files share a session or module fixture worth starting once (a Slurm cluster,
 # sshd hosts with this checkout installed, the moto server, both lockstep engines), so
 # each file runs on one worker; the longest go first, so that no worker is left alone
