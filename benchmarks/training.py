@@ -4,6 +4,7 @@ the baseline under torchrun, split into its parts, with the bytes into the serve
     python benchmarks/training.py                    # both tables (~15 min on 2 cores)
     python benchmarks/training.py --only lenet --steps 40 --rounds 2
     python benchmarks/training.py --only resnet18 --resnet-steps 3
+    python benchmarks/training.py --shards           # the sharded server (~6 min)
 
 Every configuration has K = 15 workers, the same batch and attack (rev_grad, q = 3,
 coord-median): MOLS l=5 r=3 (f = 25 files, 5 per worker), DETOX (draco_lite K=15 r=3:
@@ -24,6 +25,14 @@ its copies arrive; for the digest vote it is the whole vote with its pull rounds
 Table 1: LeNet on the embedded digits (batch 300). Table 2: ResNet-18 (11.2M parameters)
 on random 32x32x3 images in CIFAR-10's shape (benchmarks/_synthetic_train.py; batch 75),
 a handful of steps, where the traffic into the server dominates.
+
+``--shards``: a parameter server sharded S = 1, 2, 4 ways (``ps_shards``, the simulate
+engine: S servers as threads of one process) for MOLS l=5 r=3 with LeNet and ResNet-18,
+coord-median and multi-krum: the bytes into each server per step against total / S
+(reference: the S = 1 run's bytes, same job), the bytes the servers send each other
+(vote classes and partial sums) as a share of the gradient bytes, the step and
+aggregation times on this machine, and the time to receive each server's bytes on its
+own 10 Gb/s link.
 """
 
 from __future__ import annotations
@@ -152,6 +161,69 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+SHARD_CONFIGS = ("coord-median", "multi-krum")
+LINK_BITS_PER_S = 10e9
+
+
+def run_sharded(model: str, mode: str, S: int, steps: int, folder: Path) -> list[dict]:
+    """One simulate-engine job of MOLS l=5 r=3 with ``ps_shards=S``; its step records."""
+    spec = MODELS[model]
+    entry = [str(spec["script"])] if spec["script"] else ["-m", "byzshield.train"]
+    cmd = [
+        sys.executable,
+        *entry,
+        *spec["overrides"],
+        "engine=simulate",
+        "approach=mols",
+        "approach.l=5",
+        "approach.r=3",
+        f"ps_shards={S}",
+        f"mode={mode}",
+        "attack=rev_grad",
+        "adversary.q=3",
+        "adversary.selection=worst_case",
+        f"max_steps={steps}",
+        "eval_freq=0",
+        "checkpoint=false",
+        "eval_batch_size=100",
+        f"train_dir={folder}",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark run failed (ps_shards={S} {mode}):\n{proc.stderr[-3000:]}")
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "event" not in r]
+
+
+def shard_table(model: str, steps: int, warmup: int, tmp: Path) -> str:
+    head = ["mode", "S", "MB into each server", "max / (total / S)", "control KB/step"]
+    head += ["control / gradient bytes", "step ms", "aggregate ms", "10 Gb/s receive ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for mode in SHARD_CONFIGS:
+        total = None
+        for S in (1, 2, 4):
+            t0 = time.monotonic()
+            rows = run_sharded(model, mode, S, steps, tmp / f"{model}-{mode}-{S}")[warmup:]
+            print(f"  {model} {mode} S={S} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+            per = rows[0].get("bytes_per_server", [rows[0]["bytes_received"]])
+            total = total or rows[0]["bytes_received"]  # S = 1: every gradient, whole
+            control = statistics.median(r.get("control_bytes", 0) for r in rows)
+            cells = [
+                mode,
+                str(S),
+                " / ".join(f"{b / 1e6:.1f}" for b in per),
+                f"{max(per) / (total / S):.3f}",
+                f"{control / 1e3:.1f}",
+                f"{control / total:.3%}",
+                f"{statistics.median(r['step_s'] for r in rows) * 1e3:.0f}",
+                f"{statistics.median(r['aggregation_s'] for r in rows) * 1e3:.1f}",
+                f"{max(per) * 8 / LINK_BITS_PER_S * 1e3:.0f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=sorted(MODELS), help="one table only")
@@ -160,11 +232,23 @@ def main() -> int:
         "--resnet-steps", type=int, default=4, help="ResNet-18 steps per run (default 4)"
     )
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
+    ap.add_argument("--shards", action="store_true", help="the sharded-server table instead")
     args = ap.parse_args()
     if args.steps < 6 or args.resnet_steps < 2 or args.rounds < 1:
         ap.error("--steps must be >= 6, --resnet-steps >= 2, --rounds >= 1")
     plan = {"lenet": (args.steps, 5), "resnet18": (args.resnet_steps, 1)}
     models = [args.only] if args.only else list(MODELS)
+    if args.shards:
+        with tempfile.TemporaryDirectory() as tmp:
+            for model in models:
+                steps, warmup = (args.steps, 5) if model == "lenet" else (args.resnet_steps, 1)
+                print(f"{MODELS[model]['title']}: ps_shards 1, 2, 4", file=sys.stderr)
+                print(
+                    f"\n{MODELS[model]['title']}, MOLS l=5 r=3 (K = 15, f = 25), rev_grad "
+                    f"q = 3, simulate engine, medians over {steps - warmup} steps\n"
+                )
+                print(shard_table(model, steps, warmup, Path(tmp)), flush=True)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             steps, warmup = plan[model]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from byzshield.aggregators import norm
 from byzshield.attacks import Attack, forge
 from byzshield.placement import Placement
 from byzshield.vote import Rows
@@ -119,7 +120,7 @@ class OmniscientAttack:
             base[won] = v
             value = self.rule(base, step, outside=outside).value
             self.rule.aggregator.load_state_dict(state)
-            return float(torch.linalg.vector_norm(value.to(torch.float64) - mean))
+            return norm(value.to(torch.float64) - mean)  # over every shard's columns
 
         return damage
 

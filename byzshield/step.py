@@ -52,10 +52,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from byzshield.aggregators import AggregateResult, Aggregator
+from byzshield.aggregators import AggregateResult, Aggregator, ColumnShard, column_shard
 from byzshield.aggregators._kernels import column_threads
 from byzshield.attacks import Attack
 from byzshield.data import derive_seed
@@ -63,7 +64,14 @@ from byzshield.digest import digest
 from byzshield.omniscient import OmniscientAttack, digest_lie
 from byzshield.placement import Placement
 from byzshield.protocol import gradients_nbytes
-from byzshield.vote import Rows, digest_vote, same_bits, vote_positions
+from byzshield.vote import (
+    Rows,
+    copy_classes,
+    decide_classes,
+    digest_vote,
+    same_bits,
+    vote_positions,
+)
 
 __all__ = ["Copies", "Outcome", "RobustUpdate", "StepRule", "copy_index", "pushed_slots"]
 
@@ -298,6 +306,10 @@ class RobustUpdate:
         verify: vote=digest: how many copies of a winning digest are checked, ``first``
             or ``majority`` (:func:`byzshield.vote.digest_vote`).
         lie: ``adversary.digest_lie`` (:func:`byzshield.omniscient.digest_lie`).
+        shard: one server of a sharded parameter server (:mod:`byzshield.shards`): the
+            copies hold its columns only, the rule's reductions and the vote's classes
+            are exchanged with the other servers, and every server decides the same
+            files, selections and metrics (the full vote only). None: unsharded.
     """
 
     def __init__(
@@ -312,8 +324,9 @@ class RobustUpdate:
         outside_guarantee: bool = False,
         verify: str = "first",
         lie: str = "none",
+        shard: ColumnShard | None = None,
     ):
-        self.placement = placement
+        self.placement, self.shard = placement, shard
         self.verify, self.lie = verify, lie
         self.attack = attack
         self.rule = StepRule(aggregator, aggregator_f, seed, threads, outside_guarantee)
@@ -333,6 +346,20 @@ class RobustUpdate:
         is the part of the vote after the last payload landed (the full vote over
         torchrun votes files while later copies arrive), else the whole vote.
         """
+        with column_shard(self.shard):
+            return self._update(copies, byzantine, step)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The rule's state (this server's columns of it, when sharded)."""
+        return self.rule.aggregator.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.rule.aggregator.load_state_dict(state)
+
+    def close(self) -> None:
+        """Nothing to release (a sharded update's threads are; same interface)."""
+
+    def _update(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
         bad = set(byzantine)
         inbox = _Inbox(copies, self.holders)
         t0 = time.perf_counter()
@@ -345,7 +372,9 @@ class RobustUpdate:
             omniscient=self.attack.needs_honest,
         )  # fmt: skip
         t1, attack_receive = time.perf_counter(), inbox.receive_s
-        if claims is None:
+        if claims is None and self.shard is not None:
+            vote = self._sharded_full_vote(inbox, rows, index, bad)
+        elif claims is None:
             vote = self._full_vote(inbox, rows, index, bad)
         else:
             vote = self._digest_vote(inbox, rows, index, claims, bad)
@@ -450,6 +479,51 @@ class RobustUpdate:
             distorted += self._distorted(files, positions, trusted, bad, same_as_honest)
             self._lost_votes(files, positions, trusted, voters, agrees, lost)
         return _Votes(positions, trusted, winners, sorted(distorted), _by_worker(lost))
+
+    def _sharded_full_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
+        """The full vote of one server of a sharded parameter server: each file's copies
+        are put in classes of bit-equal copies on this server's columns, the servers
+        exchange the classes (an (f, r) int16 table each), and copies agree when they
+        agree on every server's columns, as in the unsharded vote. The comparisons the
+        distorted count makes are exchanged the same way (a bool each)."""
+        f, r = index.shape
+        original, present = inbox.copies.index, inbox.copies.present
+        for _ in inbox.arrived():  # this server's columns of every copy, in
+            pass
+        local = np.asarray(copy_classes(rows, index, present=present), dtype=np.int16)
+        labels = [part.tolist() for part in self.shard.gather([local])]
+        positions, agree = decide_classes(labels)
+        trusted = [2 * c > r for c in agree]
+        rows.gather([int(index[j, i]) for j, i in enumerate(positions)], out=self._buffer(rows))
+        winners = self._winners
+        keys = [list(zip(*(part[j] for part in labels), strict=True)) for j in range(f)]
+        live = None if present is None else present.tolist()
+        files = range(f)
+
+        asked: dict[tuple[int, int], bool] = {}
+
+        def ask(j: int, k: int) -> bool:  # this server's columns: the full vote's question
+            ref = int(original[j, k])
+            asked[(j, k)] = ref == int(index[j, positions[j]]) or same_bits(winners[j], rows[ref])
+            return True
+
+        self._distorted(files, positions, trusted, bad, ask)  # what it will ask, in order
+        same = dict(asked)
+        if asked:  # every server asks the same questions: AND over their columns
+            local_same = np.array(list(asked.values()), dtype=bool)
+            answers = self.shard.reduce([local_same], np.logical_and)
+            same = dict(zip(asked, answers.tolist(), strict=True))
+        distorted = self._distorted(files, positions, trusted, bad, lambda j, k: same[(j, k)])
+
+        def voters(j: int) -> list[int]:  # none when unanimous: no copy lost
+            ks = list(range(r)) if live is None else [k for k in range(r) if live[j][k]]
+            return [] if agree[j] == len(ks) else ks
+
+        def agrees(j: int, k: int) -> bool:
+            return keys[j][k] == keys[j][positions[j]]
+
+        lost = self._lost_votes(files, positions, trusted, voters, agrees, {})
+        return _Votes(positions, trusted, winners, distorted, _by_worker(lost))
 
     def _complete_files(self, inbox: _Inbox) -> Iterator[list[int]]:
         """Lists of files whose present copies are all in: every file at once when

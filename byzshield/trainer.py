@@ -33,6 +33,7 @@ from byzshield.config import Run
 from byzshield.data import ImageDataset, eval_batches, step_batch
 from byzshield.gradients import flat_params
 from byzshield.runfolder import Resume, save_checkpoint
+from byzshield.shards import ShardedUpdate
 from byzshield.step import Copies, RobustUpdate
 
 __all__ = [
@@ -260,6 +261,11 @@ def interrupted_line() -> str:
     )
 
 
+SHARD_KEYS = ("bytes_per_server", "control_bytes")
+"""ps_shards > 1: what each server received from the workers, and what the servers sent
+each other (:class:`byzshield.shards.ShardedUpdate`)."""
+
+
 def step_record(
     step: int,
     m: dict,
@@ -288,6 +294,7 @@ def step_record(
         "attack_factor": m["attack_factor"],
         "bytes_received": m["bytes_received"],
         "digest_liars": m["digest_liars"],
+        **{k: m[k] for k in SHARD_KEYS if k in m},
         "compute_s": times["compute_s"],
         "communication_s": times["communication_s"] + m["receive_s"],
         "attack_s": m["attack_s"],
@@ -300,6 +307,34 @@ def step_record(
     record["other_s"] = max(0.0, step_s - sum(record[k] for k in TIME_KEYS))
     record["vote_tail_s"] = m["vote_tail_s"]  # not in the split: part of vote_s
     return record
+
+
+def robust_update(run: Run, model: nn.Module) -> RobustUpdate | ShardedUpdate:
+    """The run's robust update: one server's, or with ``ps_shards=S`` the S servers' of
+    a sharded parameter server (:mod:`byzshield.shards`), each with its own rule object."""
+    cfg = run.config
+    threads = _aggregation_threads(model, cfg.threads)
+
+    def build(aggregator, shard=None) -> RobustUpdate:
+        return RobustUpdate(
+            run.placement,
+            run.attack,
+            aggregator,
+            aggregator_f=run.aggregator_f,
+            seed=cfg.seed,
+            threads=threads,
+            outside_guarantee=run.outside_guarantee,
+            verify=cfg.digest_verify,
+            lie=cfg.adversary.digest_lie,
+            shard=shard,
+        )
+
+    if cfg.ps_shards == 1:
+        return build(run.aggregator)
+    d = sum(t.numel() for t in model.parameters())
+    return ShardedUpdate(
+        run.placement, d, cfg.ps_shards, lambda shard: build(run.mode_option.build(), shard)
+    )
 
 
 class Trainer:
@@ -326,17 +361,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=cfg.lr_step, gamma=cfg.gamma
         )
-        self.update = RobustUpdate(
-            run.placement,
-            run.attack,
-            run.aggregator,
-            aggregator_f=run.aggregator_f,
-            seed=cfg.seed,
-            threads=_aggregation_threads(self.model, cfg.threads),
-            outside_guarantee=run.outside_guarantee,
-            verify=cfg.digest_verify,
-            lie=cfg.adversary.digest_lie,
-        )
+        self.update = robust_update(run, self.model)
         self.metrics = MetricsLog(folder, tensorboard=tensorboard)
         self.checkpoints = folder / "checkpoints"
         self.start = 0
@@ -347,7 +372,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            run.aggregator.load_state_dict(state["aggregator"])
+            self.update.load_state_dict(state["aggregator"])
             self.start, self.last_checkpoint = int(state["step"]), resume.path
             self.last_eval = dict(state.get("eval") or {})
 
@@ -421,7 +446,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "aggregator": self.run.aggregator.state_dict(),
+            "aggregator": self.update.state_dict(),
             "network": cfg.network.name,
             "dataset": cfg.dataset.name,
             "dataset_root": cfg.dataset.root,
@@ -459,6 +484,7 @@ class Trainer:
         finally:
             progress.close()
             self.engine.close(step)
+            self.update.close()
             self.metrics.close()
         return final
 

@@ -54,6 +54,8 @@ __all__ = [
     "Rows",
     "VoteBatch",
     "VoteResult",
+    "copy_classes",
+    "decide_classes",
     "digest_vote",
     "majority_vote",
     "same_bits",
@@ -367,6 +369,61 @@ def vote_positions(
             )
             picks.append((idx[k], count))
     return [i for i, _ in picks], [c for _, c in picks]
+
+
+def copy_classes(
+    rows: Tensor | Rows, groups: Tensor, *, present: Tensor | None = None
+) -> list[list[int]]:
+    """Each copy's class in its file: ``labels[j][i]`` is the lowest position k of file
+    j whose copy is bit-equal to copy i (itself when none before it is), -1 for an
+    absent copy. The part of the vote a sharded server (:mod:`byzshield.shards`) computes
+    on its slice of the columns; :func:`decide_classes` decides from every slice's
+    labels. Copies naming the same row agree without a comparison."""
+    rows = _as_rows(rows)
+    table = groups.tolist()
+    live = None if present is None else present.tolist()
+    labels = []
+    for j, g in enumerate(table):
+        firsts: list[int] = []
+        out = []
+        for i, row in enumerate(g):
+            if live is not None and not live[j][i]:
+                out.append(-1)
+                continue
+            for k in firsts:
+                if g[k] == row or same_bits(rows[g[k]], rows[row]):
+                    out.append(k)
+                    break
+            else:
+                firsts.append(i)
+                out.append(i)
+        labels.append(out)
+    return labels
+
+
+def decide_classes(labels: Sequence[Sequence[Sequence[int]]]) -> tuple[list[int], list[int]]:
+    """The vote from :func:`copy_classes` of every slice (``labels[s][j][i]``): copies
+    agree when they share a class on every slice, that is, bit for bit over the whole
+    vector. Returns, as :func:`vote_positions`, the winning position and the copies
+    agreeing with it per file: the largest class wins, the lowest first member among
+    equally large ones; a file with no copy present gets (0, 0)."""
+    positions, counts = [], []
+    for j in range(len(labels[0])):
+        classes: dict[tuple[int, ...], list[int]] = {}  # key -> [first member, size]
+        for i in range(len(labels[0][j])):
+            key = tuple(part[j][i] for part in labels)
+            if key[0] < 0:
+                continue  # absent: no slice has it
+            entry = classes.setdefault(key, [i, 0])
+            entry[1] += 1
+        if not classes:
+            positions.append(0)
+            counts.append(0)
+            continue
+        first, size = max(classes.values(), key=lambda e: (e[1], -e[0]))
+        positions.append(first)
+        counts.append(size)
+    return positions, counts
 
 
 def _as_rows(rows) -> Rows:

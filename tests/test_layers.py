@@ -19,6 +19,7 @@ CORE = {
     "attacks",
     "protocol",
     "step",
+    "shards",
     "omniscient",
     "digest",
     "data",

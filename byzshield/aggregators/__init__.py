@@ -90,10 +90,14 @@ from torch import Tensor
 
 from byzshield.aggregators._checks import check_count, check_generator
 from byzshield.aggregators._kernels import (
+    ColumnShard,
+    _dot,
     _mean_rows,
     _nonfinite_rows,
     _PairwiseDistances,
     _sign_rows,
+    column_shard,
+    reduction_block,
 )
 from byzshield.aggregators.pre import PRE_AGGREGATIONS, Bucketing, PreAggregation, split_rows
 from byzshield.aggregators.rules import RULES, Rule
@@ -104,16 +108,27 @@ __all__ = [
     "RULES",
     "AggregateResult",
     "Aggregator",
+    "ColumnShard",
     "PreAggregation",
     "Rule",
     "aggregate",
     "build_aggregator",
+    "column_shard",
+    "norm",
     "preaggregate",
+    "reduction_block",
     "split_rows",
 ]
 
 AGGREGATORS = RULES
 """The rule registry under its historical name (config name -> rule class)."""
+
+
+def norm(v: Tensor) -> float:
+    """|v| in float64, summed per reduction block in column order, so that a sharded
+    server (:func:`column_shard`) gets the very same float as one that holds v whole."""
+    a = v.detach().to(torch.float64).contiguous().numpy()
+    return float(np.sqrt(_dot(a, a)))
 
 
 @dataclass(frozen=True)

@@ -138,20 +138,139 @@ def column_threads(num_threads: int | None):
         _threads.count = saved
 
 
-def _over_columns(d: int, body: Callable[[int, int], object]) -> list:
-    """Run ``body(lo, hi)`` on fixed column blocks covering [0, d), on the torch threads
-    (or as many as :func:`column_threads` says).
+def _over_columns(d: int, body: Callable[[int, int], object], width: int = _BLOCK_COLUMNS) -> list:
+    """Run ``body(lo, hi)`` on fixed column blocks of ``width`` covering [0, d), on the
+    torch threads (or as many as :func:`column_threads` says).
 
     NumPy releases the GIL inside its loops, so the threads overlap. Returns the bodies'
     results in column order; the blocks do not depend on the thread count.
     """
-    blocks = list(_chunks(0, d, _BLOCK_COLUMNS))
+    blocks = list(_chunks(0, d, width))
     wanted = getattr(_threads, "count", None) or torch.get_num_threads()
     threads = min(wanted, len(blocks))
     if threads <= 1:
         return [body(lo, hi) for lo, hi in blocks]
     with _blas_on_calling_threads():
         return list(_executor(threads).map(lambda block: body(*block), blocks))
+
+
+# --------------------------------------------------------------------------------------
+# Reductions over columns, on one process's columns or on a sharded server's
+# --------------------------------------------------------------------------------------
+
+# A reduction over columns (a Gram matrix, distances, norms) is a sum of per-block
+# partials, added one after another in column order. The blocks depend on the whole
+# vector's length only, so a parameter server sharded by column blocks
+# (:mod:`byzshield.shards`) adds the very same partials in the very same order.
+_REDUCTION_BLOCKS = 256  # at least this many blocks, so that shards can be balanced
+_MIN_REDUCTION_BLOCK = 256
+
+
+def reduction_block(total: int) -> int:
+    """Columns per block of every reduction over a vector of ``total`` columns:
+    ``_BLOCK_COLUMNS`` (65,536) for 16.8M columns and more, else halved until there are
+    at least 256 blocks (not below 256 columns)."""
+    block = _BLOCK_COLUMNS
+    while block > _MIN_REDUCTION_BLOCK and total < _REDUCTION_BLOCKS * block:
+        block //= 2
+    return block
+
+
+class ColumnShard:
+    """The columns [offset, offset + width) of a ``total``-column vector that this
+    thread's rules see, and the exchanges with the servers holding the other columns.
+
+    ``reduce(partials, combine)`` takes this shard's per-block partials (NumPy arrays, in
+    column order) and returns the total over every shard's blocks, combined in column
+    order (shard 0's blocks first, then shard 1's, ...): each shard adds its partials to
+    the running total of the shards before it, so every shard gets the float an
+    unsharded sum gives. ``gather(items)`` returns every shard's list of arrays, in
+    shard order. ``offset`` is a multiple of :func:`reduction_block` of ``total``.
+    """
+
+    def __init__(
+        self,
+        offset: int,
+        total: int,
+        reduce: Callable[[list, Callable], np.ndarray],
+        gather: Callable[[list], list],
+    ):
+        block = reduction_block(total)
+        if offset % block:
+            raise ValueError(f"a shard's first column must be a multiple of {block}, got {offset}")
+        self.offset, self.total, self.reduce, self.gather = offset, total, reduce, gather
+
+
+@contextlib.contextmanager
+def column_shard(shard: ColumnShard | None):
+    """Within the block, rules on this thread work on one shard of the columns: every
+    reduction gathers the other shards' partials (None: the whole vector is here)."""
+    saved = getattr(_threads, "shard", None)
+    _threads.shard = shard
+    try:
+        yield
+    finally:
+        _threads.shard = saved
+
+
+def _shard() -> ColumnShard | None:
+    return getattr(_threads, "shard", None)
+
+
+def _total_columns(d: int) -> int:
+    """The length of the whole vector whose ``d`` local columns a rule sees."""
+    shard = _shard()
+    return d if shard is None else shard.total
+
+
+def _in_order(partials: list, combine=np.add):
+    """partials[0] combined with partials[1], then [2], ...: one fixed order."""
+    out = np.array(partials[0], copy=True)
+    for part in partials[1:]:
+        combine(out, part, out=out)
+    return out
+
+
+def _reduce_columns(d: int, body: Callable[[int, int], np.ndarray], combine=np.add):
+    """``body(lo, hi)`` on every reduction block of the local [0, d) columns, then the
+    partials of every shard (:func:`column_shard`) combined in column order."""
+    shard = _shard()
+    partials = _over_columns(d, body, reduction_block(_total_columns(d)))
+    if shard is not None:
+        return shard.reduce(partials, combine)
+    return _in_order(partials, combine)
+
+
+def _across_shards(local: np.ndarray, combine=np.add) -> np.ndarray:
+    """A per-shard value combined over every shard, in shard order (itself unsharded)."""
+    shard = _shard()
+    return local if shard is None else shard.reduce([local], combine)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """a . b over the whole vector (float64, per reduction block, in column order)."""
+    return float(
+        _reduce_columns(len(a), lambda lo, hi: np.array(np.dot(a[lo:hi], b[lo:hi]), np.float64))
+    )
+
+
+def _local_columns(value: torch.Tensor | None, d: int) -> torch.Tensor | None:
+    """A whole-vector parameter (a starting point) cut to this shard's d columns; a
+    rule's own state (already this shard's) and anything unsharded pass as they are."""
+    shard = _shard()
+    if value is None or shard is None or value.dim() != 1 or value.shape[0] != shard.total:
+        return value
+    return value[shard.offset : shard.offset + d]
+
+
+def _unit_random(d: int, generator: torch.Generator) -> np.ndarray:
+    """A random unit vector as ByzFL draws it: torch.randn(d) / its norm, in float32;
+    drawn whole (the same on every shard) and cut to this shard's d columns."""
+    total = _total_columns(d)
+    v = torch.randn(total, generator=generator)
+    v = (v / torch.linalg.norm(v)).double().numpy()
+    shard = _shard()
+    return v if shard is None else v[shard.offset : shard.offset + d]
 
 
 def _chunks(lo: int, hi: int, width: int):
@@ -209,7 +328,7 @@ def _squared_distances_to(x: np.ndarray, rows: Sequence[int], center: np.ndarray
             acc += np.einsum("ij,ij->i", diff, diff)
         return acc
 
-    return np.sum(_over_columns(d, body), axis=0)
+    return _reduce_columns(d, body)
 
 
 # --------------------------------------------------------------------------------------
@@ -385,7 +504,8 @@ class _PairwiseDistances:
                     gram += block @ block.T
             return gram
 
-        g = np.sum(_over_columns(d, body), axis=0)
+        g = _reduce_columns(d, body)
+        d = _total_columns(d)  # the error bounds are those of the whole vector
         diag = np.diag(g).copy()
         self.nonfinite = self.rows[~np.isfinite(diag)].tolist()
         if self.nonfinite:
@@ -426,7 +546,7 @@ class _PairwiseDistances:
                     acc[pos] += np.einsum("ij,ij->i", diff, diff)
             return acc
 
-        exact = np.sum(_over_columns(d, body), axis=0)
+        exact = _reduce_columns(d, body)
         for pos, i in enumerate(local):
             self.dist[i, :] = self.dist[:, i] = exact[pos]
             self.err[i, :] = self.err[:, i] = self._exact_gamma * exact[pos]
@@ -554,9 +674,13 @@ def _nonfinite_rows(x: np.ndarray) -> list[int]:
         with np.errstate(over="ignore", invalid="ignore"):  # per thread: errstate is local
             return np.isfinite(x[:, lo:hi].sum(axis=1))
 
-    partial = _over_columns(x.shape[1], body)
-    suspects = np.flatnonzero(~np.logical_and.reduce(partial, axis=0)).tolist()
-    return [i for i in suspects if not np.isfinite(x[i]).all()]
+    finite = _reduce_columns(x.shape[1], body, np.logical_and)
+    suspects = np.flatnonzero(~finite).tolist()
+    if not suspects:
+        return []
+    local = np.array([not np.isfinite(x[i]).all() for i in suspects])
+    confirmed = _across_shards(local, np.logical_or)
+    return [i for i, bad in zip(suspects, confirmed.tolist(), strict=True) if bad]
 
 
 def _row_norms(x: np.ndarray, rows: Sequence[int]) -> np.ndarray:
@@ -581,7 +705,7 @@ def _centred_gram(x: np.ndarray, rows: Sequence[int], center: np.ndarray) -> np.
             gram += block @ block.T
         return gram
 
-    return np.sum(_over_columns(x.shape[1], body), axis=0)
+    return _reduce_columns(x.shape[1], body)
 
 
 def _project(x: np.ndarray, rows: Sequence[int], vector: np.ndarray) -> np.ndarray:
@@ -594,7 +718,7 @@ def _project(x: np.ndarray, rows: Sequence[int], vector: np.ndarray) -> np.ndarr
             acc += x[idx, a:b].astype(np.float64) @ vector[a:b]
         return acc
 
-    return np.sum(_over_columns(x.shape[1], body), axis=0)
+    return _reduce_columns(x.shape[1], body)
 
 
 def _row_means(x: np.ndarray, sources: Sequence[Sequence[int]]) -> np.ndarray:

@@ -39,7 +39,9 @@ from byzshield.aggregators._kernels import (
     _chunk_width,
     _chunks,
     _closest_to_median_reduce,
+    _dot,
     _krum_select,
+    _local_columns,
     _mean_rows,
     _median_reduce,
     _order_statistics,
@@ -49,6 +51,7 @@ from byzshield.aggregators._kernels import (
     _selection_network,
     _sorting_network,
     _squared_distances_to,
+    _unit_random,
     _weighted_row_sum,
 )
 
@@ -605,12 +608,6 @@ class MDA(Rule):
 # --------------------------------------------------------------------------------------
 
 
-def _unit_random(d: int, generator: torch.Generator) -> np.ndarray:
-    """A random unit vector as ByzFL draws it: torch.randn(d) / its norm, in float32."""
-    v = torch.randn(d, generator=generator)
-    return (v / torch.linalg.norm(v)).double().numpy()
-
-
 class _Spectral(Rule):
     """Shared by CAF and SMEA: the top eigenpair of a (weighted) covariance.
 
@@ -681,7 +678,7 @@ class CAF(_Spectral):
                 proj = ddt @ (s * vecs[:, -1]) / math.sqrt(lam) if lam > 0 else np.zeros(k)
             else:
                 v0 = _unit_random(d, generator)
-                p = _project(x, rows, v0) - center @ v0  # (x_i - center) . v0
+                p = _project(x, rows, v0) - _dot(center, v0)  # (x_i - center) . v0
                 proj = p - w @ p  # (x_i - mu) . v0
                 lam = 0.0
                 for _ in range(self.power_iterations):
@@ -816,7 +813,8 @@ class GeometricMedian(Rule):
         return None
 
     def core(self, x, rows, f, *, dist=None, generator=None):
-        z = vector_param(self.init, x.shape[1], f"{self.name}: init")
+        d = x.shape[1]
+        z = vector_param(_local_columns(self.init, d), d, f"{self.name}: init")
         if z is None:
             z = _coordinate_median(x, rows).astype(np.float64)
         for _ in range(self.num_iterations):
@@ -824,9 +822,10 @@ class GeometricMedian(Rule):
             weights = 1.0 / np.maximum(dists, self.nu)
             weights /= weights.sum()
             new = _weighted_row_sum(x, rows, weights)
-            step = np.linalg.norm(new - z)
+            diff = new - z
+            step = math.sqrt(_dot(diff, diff))  # over every shard's columns
             z = new
-            if step <= self.tol * np.linalg.norm(z):
+            if step <= self.tol * math.sqrt(_dot(z, z)):
                 break
         return z.astype(x.dtype), None
 
@@ -871,7 +870,8 @@ class CenteredClipping(Rule):
         return None
 
     def core(self, x, rows, f, *, dist=None, generator=None):
-        v = vector_param(self.center, x.shape[1], f"{self.name}: center")
+        d = x.shape[1]
+        v = vector_param(_local_columns(self.center, d), d, f"{self.name}: center")
         if v is None:
             v = _coordinate_median(x, rows).astype(np.float64)
         k = len(rows)

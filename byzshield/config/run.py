@@ -16,6 +16,7 @@ from byzshield.config.base import ConfigError
 from byzshield.config.modes import MODES
 from byzshield.config.schema import TrainConfig
 from byzshield.placement import Placement
+from byzshield.shards import shard_bounds
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,16 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
     except DatasetNotFound as exc:
         raise ConfigError(str(exc)) from None
     model = _model_probe(cfg, train_data)
+    if cfg.ps_shards > 1:
+        if world_size is not None:
+            raise ConfigError(
+                f"ps_shards={cfg.ps_shards} runs in the simulate engine only so far; "
+                "under torchrun use ps_shards=1"
+            )
+        try:
+            shard_bounds(sum(t.numel() for t in model.parameters()), cfg.ps_shards)
+        except ValueError as exc:
+            raise ConfigError(f"network {cfg.network.name}: {exc}") from None
     per_file = cfg.batch_size // f
     if per_file < 2 and any(
         isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()

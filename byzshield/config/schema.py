@@ -68,6 +68,10 @@ class TrainConfig:
     # worker's digest is that of the copy it sends) or a strict majority of holders
     # (majority; the full vote's winners whatever a worker claims, at ~r/2 the bytes)
     digest_verify: str = "first"
+    # a parameter server sharded ps_shards ways (simulate engine): S servers, each owning
+    # a contiguous slice of the parameters and receiving only that slice of each copy;
+    # they exchange vote classes and partial sums, never gradients (same bits as 1)
+    ps_shards: int = 1
     timeout: float = 300.0  # torchrun: seconds before a silent rank is declared dead
     checkpoint: bool = True  # write checkpoints/step_NNNNNN.pt at every evaluation
     bn_batches: int = 8  # training batches to recompute BatchNorm statistics on the PS
@@ -104,6 +108,17 @@ class TrainConfig:
         _int("", "stragglers", self.stragglers, 0)
         if self.vote not in VOTES:
             raise ConfigError(f"vote must be one of {', '.join(VOTES)}, got {self.vote!r}")
+        _int("", "ps_shards", self.ps_shards, 1)
+        if self.ps_shards > 1 and self.vote != "full":
+            raise ConfigError(
+                f"ps_shards={self.ps_shards} runs the full vote only (vote=full), "
+                f"got vote={self.vote}"
+            )
+        if self.ps_shards > 1 and self.engine not in ("simulate", "auto"):
+            raise ConfigError(
+                f"ps_shards={self.ps_shards} runs in the simulate engine only so far "
+                f"(engine=simulate), got engine={self.engine}"
+            )
         if self.digest_verify not in DIGEST_VERIFY:
             raise ConfigError(
                 f"digest_verify must be one of {', '.join(DIGEST_VERIFY)}, "
@@ -133,6 +148,7 @@ KEY_HELP: dict[str, str] = {
     "stragglers": "workers per step whose replies miss the deadline (erasures)",
     "vote": "full (every copy, bit for bit) or digest (BLAKE3 digests, copies on demand)",
     "digest_verify": "vote=digest: first (one holder's copy checked) or majority",
+    "ps_shards": "parameter-server shards S (simulate engine, vote=full): same bits as 1",
     "timeout": "torchrun: seconds before a silent rank is declared dead",
     "checkpoint": "write checkpoints/step_NNNNNN.pt at every evaluation",
     "bn_batches": "training batches BatchNorm statistics are recomputed on before evaluating",
