@@ -26,13 +26,14 @@ Table 1: LeNet on the embedded digits (batch 300). Table 2: ResNet-18 (11.2M par
 on random 32x32x3 images in CIFAR-10's shape (benchmarks/_synthetic_train.py; batch 75),
 a handful of steps, where the traffic into the server dominates.
 
-``--shards``: a parameter server sharded S = 1, 2, 4 ways (``ps_shards``, the simulate
-engine: S servers as threads of one process) for MOLS l=5 r=3 with LeNet and ResNet-18,
-coord-median and multi-krum: the bytes into each server per step against total / S
-(reference: the S = 1 run's bytes, same job), the bytes the servers send each other
-(vote classes and partial sums) as a share of the gradient bytes, the step and
-aggregation times on this machine, and the time to receive each server's bytes on its
-own 10 Gb/s link.
+``--shards``: a parameter server sharded S = 1, 2, 4 ways (``ps_shards``; torchrun with
+K + S processes, servers on ranks 0..S-1) for MOLS l=5 r=3 with LeNet and ResNet-18,
+coord-median and multi-krum: the bytes into each server per step from the workers
+against total / S (total: the S = 1 run's, measured in the same invocation), the bytes
+the servers send each other (vote classes, partial sums) as a share of the gradient
+bytes, the gradient slices servers 1..S-1 send server 0, the step and aggregation times
+on this machine, and the time the busiest server needs to receive its bytes on its own
+10 Gb/s link.
 """
 
 from __future__ import annotations
@@ -162,18 +163,22 @@ def table(results: dict[str, dict]) -> str:
 
 
 SHARD_CONFIGS = ("coord-median", "multi-krum")
-LINK_BITS_PER_S = 10e9
+LINK_BYTES_PER_S = 10e9 / 8  # a 10 Gb/s link per server
 
 
 def run_sharded(model: str, mode: str, S: int, steps: int, folder: Path) -> list[dict]:
-    """One simulate-engine job of MOLS l=5 r=3 with ``ps_shards=S``; its step records."""
+    """One torchrun job of MOLS l=5 r=3 with ``ps_shards=S`` (K + S processes)."""
     spec = MODELS[model]
     entry = [str(spec["script"])] if spec["script"] else ["-m", "byzshield.train"]
     cmd = [
         sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(15 + S),
         *entry,
         *spec["overrides"],
-        "engine=simulate",
         "approach=mols",
         "approach.l=5",
         "approach.r=3",
@@ -197,8 +202,11 @@ def run_sharded(model: str, mode: str, S: int, steps: int, folder: Path) -> list
 
 
 def shard_table(model: str, steps: int, warmup: int, tmp: Path) -> str:
-    head = ["mode", "S", "MB into each server", "max / (total / S)", "control KB/step"]
-    head += ["control / gradient bytes", "step ms", "aggregate ms", "10 Gb/s receive ms"]
+    """The sharded server's table: S = 1, 2, 4 for each rule, against S = 1 of the same
+    rule in the same run (bytes are per step and the same every step)."""
+    head = ["mode", "S", "MB into each server", "max / (total / S)", "control KB"]
+    head += ["control / gradient bytes", "slices to server 0 MB", "step ms", "aggregate ms"]
+    head += ["10 Gb/s receive ms (busiest server)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for mode in SHARD_CONFIGS:
         total = None
@@ -206,9 +214,12 @@ def shard_table(model: str, steps: int, warmup: int, tmp: Path) -> str:
             t0 = time.monotonic()
             rows = run_sharded(model, mode, S, steps, tmp / f"{model}-{mode}-{S}")[warmup:]
             print(f"  {model} {mode} S={S} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
-            per = rows[0].get("bytes_per_server", [rows[0]["bytes_received"]])
-            total = total or rows[0]["bytes_received"]  # S = 1: every gradient, whole
+            first = rows[0]
+            per = first.get("bytes_per_server", [first["bytes_received"]])
+            total = total or first["bytes_received"]  # S = 1: every gradient, whole
             control = statistics.median(r.get("control_bytes", 0) for r in rows)
+            slices = statistics.median(r.get("slice_bytes", 0) for r in rows)
+            busiest = max(b + (slices if s == 0 else 0) + control for s, b in enumerate(per))
             cells = [
                 mode,
                 str(S),
@@ -216,9 +227,10 @@ def shard_table(model: str, steps: int, warmup: int, tmp: Path) -> str:
                 f"{max(per) / (total / S):.3f}",
                 f"{control / 1e3:.1f}",
                 f"{control / total:.3%}",
+                f"{slices / 1e6:.2f}",
                 f"{statistics.median(r['step_s'] for r in rows) * 1e3:.0f}",
                 f"{statistics.median(r['aggregation_s'] for r in rows) * 1e3:.1f}",
-                f"{max(per) * 8 / LINK_BITS_PER_S * 1e3:.0f}",
+                f"{busiest / LINK_BYTES_PER_S * 1e3:.0f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -245,7 +257,7 @@ def main() -> int:
                 print(f"{MODELS[model]['title']}: ps_shards 1, 2, 4", file=sys.stderr)
                 print(
                     f"\n{MODELS[model]['title']}, MOLS l=5 r=3 (K = 15, f = 25), rev_grad "
-                    f"q = 3, simulate engine, medians over {steps - warmup} steps\n"
+                    f"q = 3, torchrun on this machine, medians over {steps - warmup} steps\n"
                 )
                 print(shard_table(model, steps, warmup, Path(tmp)), flush=True)
         return 0

@@ -4,7 +4,10 @@ Rank 0 is the parameter server, ranks 1..K the workers. Every step the server se
 small control vector and the flat parameters to each worker and receives one flat
 message per worker, all point to point under one deadline, so that a worker that
 crashes or stays silent is named by its rank (a collective could only say "something
-failed").
+failed"). With a sharded server (``ps_shards=S``, ``num_servers``) ranks 0..S-1 are the
+servers and ranks S..S+K-1 the workers: rank 0 still sends control and parameters, each
+server receives its slice of every reply, and the servers exchange small messages
+(:meth:`Comm.send_to_peer`, :meth:`Comm.receive_from_peer`).
 
 With no WORLD_SIZE in the environment, :func:`init` returns a single-process
 :class:`Comm` whose collectives are no-ops, so server and worker code can be called and
@@ -60,6 +63,7 @@ class Comm:
     timeout: float = 300.0
     group: object = None  # the gloo process group (a torch ProcessGroup or Backend)
     owns_default: bool = False  # init() made torch.distributed's default group
+    num_servers: int = 1  # ranks 0..num_servers-1 are the (sharded) parameter server
     _waiters: _Waiters | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -67,18 +71,37 @@ class Comm:
         return self.group is not None
 
     @classmethod
-    def local_group(cls, store, rank: int, world_size: int, *, timeout: float) -> Comm:
+    def local_group(
+        cls, store, rank: int, world_size: int, *, timeout: float, num_servers: int = 1
+    ) -> Comm:
         """This rank's Comm over its own gloo process group on ``store`` (a
         ``torch.distributed.HashStore`` shared by threads of one process, or a TCPStore):
         several ranks as threads in one process, for tests of the server and workers
         without processes (torchft's pattern). Blocks until all ``world_size`` ranks
         have joined."""
         group = dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout))
-        return cls(rank=rank, world_size=world_size, timeout=timeout, group=group)
+        return cls(
+            rank=rank, world_size=world_size, timeout=timeout, group=group, num_servers=num_servers
+        )
 
     @property
     def is_server(self) -> bool:
+        """The parameter server, or with a sharded one its server 0 (the trainer)."""
         return self.rank == 0
+
+    @property
+    def is_shard_server(self) -> bool:
+        """One of servers 1..S-1 of a sharded parameter server."""
+        return 0 < self.rank < self.num_servers
+
+    def worker_rank(self, w: int) -> int:
+        """The rank of worker w (0-based): the servers come first."""
+        return self.num_servers + w
+
+    @property
+    def worker(self) -> int:
+        """This worker's index (its rank less the servers')."""
+        return self.rank - self.num_servers
 
     def broadcast(self, tensor: torch.Tensor) -> None:
         """In place: every rank ends with rank 0's ``tensor``."""
@@ -107,7 +130,8 @@ class Comm:
         """Rank 0: send ``tensor`` to every worker, naming any that does not take it."""
         if not self.distributed:
             return
-        self._wait_each([self._send(tensor, r) for r in range(1, self.world_size)])
+        ranks = list(range(self.num_servers, self.world_size))
+        self._wait_each([self._send(tensor, r) for r in ranks], ranks)
 
     def receive_from_server(self, tensor: torch.Tensor) -> None:
         """A worker: fill ``tensor`` with rank 0's next message."""
@@ -118,21 +142,40 @@ class Comm:
         except RuntimeError as exc:
             raise _server_failure(exc, self.timeout) from None
 
-    def send_to_server(self, tensor: torch.Tensor) -> None:
-        """A worker's message to rank 0."""
+    def send_to_server(self, tensor: torch.Tensor, server: int = 0) -> None:
+        """A worker's message to rank 0 (or to server ``server`` of a sharded one)."""
         if not self.distributed:
             return
         try:
-            self._wait(self._send(tensor, 0))
+            self._wait(self._send(tensor, server))
         except RuntimeError as exc:
-            raise _server_failure(exc, self.timeout) from None
+            raise _server_failure(exc, self.timeout, server) from None
+
+    def send_to_peer(self, tensor: torch.Tensor, server: int) -> None:
+        """A server's message to another server of a sharded parameter server."""
+        if not self.distributed:
+            return
+        try:
+            self._wait(self._send(tensor, server))
+        except RuntimeError as exc:
+            raise _server_failure(exc, self.timeout, server) from None
+
+    def receive_from_peer(self, tensor: torch.Tensor, server: int) -> None:
+        """Fill ``tensor`` with server ``server``'s next message to this server."""
+        if not self.distributed:
+            return
+        try:
+            self._wait(self._recv(tensor, server))
+        except RuntimeError as exc:
+            raise _server_failure(exc, self.timeout, server) from None
 
     def receive_from_workers(self, buffers) -> None:
         """Rank 0: fill ``buffers[w]`` (a tensor's rows, or a list of tensors) with worker
         rank w+1's next message, naming any worker that fails."""
         if not self.distributed:
             return
-        self._wait_each([self._recv(buffers[w], w + 1) for w in range(len(buffers))])
+        ranks = [self.worker_rank(w) for w in range(len(buffers))]
+        self._wait_each([self._recv(buffers[w], r) for w, r in enumerate(ranks)], ranks)
 
     def receive_as_completed(self, buffers) -> Iterator[int]:
         """Rank 0: as :meth:`receive_from_workers`, yielding each worker index w as its
@@ -144,7 +187,7 @@ class Comm:
         if not self.distributed:
             yield from range(len(buffers))
             return
-        works = [self._recv(buffers[w], w + 1) for w in range(len(buffers))]
+        works = [self._recv(buffers[w], self.worker_rank(w)) for w in range(len(buffers))]
         deadline = time.monotonic() + self.timeout
         arrived: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -163,23 +206,23 @@ class Comm:
         for _ in works:
             w, exc = arrived.get()
             if exc is not None:
-                raise _worker_failure(w + 1, exc, self.timeout)
+                raise _worker_failure(self.worker_rank(w), exc, self.timeout, w)
             yield w
 
     def send_each(self, messages: dict[int, torch.Tensor]) -> None:
-        """Rank 0: send ``messages[w]`` to worker w (rank w + 1) only."""
+        """Rank 0: send ``messages[w]`` to worker w only."""
         if not self.distributed:
             return
-        ranks = [w + 1 for w in messages]
-        works = [self._send(t, w + 1) for w, t in messages.items()]
+        ranks = [self.worker_rank(w) for w in messages]
+        works = [self._send(t, r) for r, t in zip(ranks, messages.values(), strict=True)]
         self._wait_each(works, ranks)
 
     def receive_each(self, buffers: dict[int, torch.Tensor]) -> None:
-        """Rank 0: fill ``buffers[w]`` with worker w's (rank w + 1's) next message."""
+        """Rank 0: fill ``buffers[w]`` with worker w's next message."""
         if not self.distributed:
             return
-        ranks = [w + 1 for w in buffers]
-        works = [self._recv(t, w + 1) for w, t in buffers.items()]
+        ranks = [self.worker_rank(w) for w in buffers]
+        works = [self._recv(t, r) for r, t in zip(ranks, buffers.values(), strict=True)]
         self._wait_each(works, ranks)
 
     def _send(self, tensor: torch.Tensor, rank: int):
@@ -193,19 +236,19 @@ class Comm:
         if work.wait(timedelta(seconds=self.timeout)) is False:
             raise RuntimeError(f"timed out after {self.timeout:g} s")
 
-    def _wait_each(self, works: list, ranks: list[int] | None = None) -> None:
-        """Wait for per-worker operations (works[i] is rank ``ranks[i]``'s, by default
-        rank i+1's) under one deadline."""
+    def _wait_each(self, works: list, ranks: list[int]) -> None:
+        """Wait for per-worker operations (works[i] is rank ``ranks[i]``'s) under one
+        deadline."""
         deadline = time.monotonic() + self.timeout
-        for i, work in enumerate(works):
-            rank = ranks[i] if ranks is not None else i + 1
+        for work, rank in zip(works, ranks, strict=True):
+            w = rank - self.num_servers
             left = max(0.001, deadline - time.monotonic())
             try:
                 ok = work.wait(timedelta(seconds=left))
             except RuntimeError as exc:
-                raise _worker_failure(rank, exc, self.timeout) from None
+                raise _worker_failure(rank, exc, self.timeout, w) from None
             if ok is False:
-                raise _worker_failure(rank, TimeoutError("timed out"), self.timeout)
+                raise _worker_failure(rank, TimeoutError("timed out"), self.timeout, w)
 
     def close(self) -> None:
         if self.owns_default and dist.is_initialized():
@@ -256,8 +299,8 @@ def _node_of(rank: int) -> str:
         return ""
 
 
-def _worker_failure(rank: int, exc: BaseException, timeout: float) -> RankFailure:
-    who = f"rank {rank} (worker {rank - 1}){_node_of(rank)}"
+def _worker_failure(rank: int, exc: BaseException, timeout: float, w: int) -> RankFailure:
+    who = f"rank {rank} (worker {w}){_node_of(rank)}"
     if _timed_out(exc):
         return RankFailure(
             rank, f"{who} did not answer within {timeout:g} s (timeout)", timed_out=True
@@ -265,27 +308,28 @@ def _worker_failure(rank: int, exc: BaseException, timeout: float) -> RankFailur
     return RankFailure(rank, f"{who} failed or closed its connection: {_short(exc)}")
 
 
-def _server_failure(exc: BaseException, timeout: float) -> RankFailure:
-    """What a worker says when rank 0 fails: a hung server is named by no one else."""
+def _server_failure(exc: BaseException, timeout: float, rank: int = 0) -> RankFailure:
+    """What a worker says when a server fails: a hung server is named by no one else."""
+    who = "the parameter server (rank 0)" if rank == 0 else f"parameter server rank {rank}"
     if _timed_out(exc):
         return RankFailure(
-            0,
-            f"the parameter server (rank 0) did not answer within {timeout:g} s (timeout)",
-            timed_out=True,
+            rank, f"{who} did not answer within {timeout:g} s (timeout)", timed_out=True
         )
-    return RankFailure(0, f"lost the parameter server (rank 0): {_short(exc)}")
+    lost = "the parameter server (rank 0)" if rank == 0 else f"parameter server rank {rank}"
+    return RankFailure(rank, f"lost {lost}: {_short(exc)}")
 
 
-def init(*, timeout: float, job: int = 0) -> Comm:
+def init(*, timeout: float, job: int = 0, num_servers: int = 1) -> Comm:
     """Join the process group that torchrun describes in the environment.
 
-    Each Hydra multirun job passes its own ``job`` number: its process group lives under
+    Ranks 0..``num_servers``-1 are the parameter server's (``ps_shards``), the rest the
+    workers. Each Hydra multirun job passes its own ``job`` number: its process group lives under
     its own key prefix of the rendezvous store, so consecutive jobs never see each
     other's keys. When every rank runs on this machine (LOCAL_WORLD_SIZE = WORLD_SIZE)
     and GLOO_SOCKET_IFNAME is unset, gloo is bound to the loopback interface.
     """
     if "WORLD_SIZE" not in os.environ:
-        return Comm(timeout=timeout)
+        return Comm(timeout=timeout, num_servers=num_servers)
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     host = os.environ.get("MASTER_ADDR", "127.0.0.1")
@@ -314,7 +358,14 @@ def init(*, timeout: float, job: int = 0) -> Comm:
         timeout=timedelta(seconds=timeout),
     )
     group = dist.distributed_c10d._get_default_group()
-    return Comm(rank=rank, world_size=world, timeout=timeout, group=group, owns_default=True)
+    return Comm(
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+        group=group,
+        owns_default=True,
+        num_servers=num_servers,
+    )
 
 
 def _loopback_interface() -> str | None:

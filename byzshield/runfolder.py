@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 # Keys that may change between a run and its resumption: they do not change the bits of
-# any step (both engines give the same bits; max_steps/epochs only say where to stop).
+# any step (both engines give the same bits, and so does a server sharded any number of
+# ways; max_steps/epochs only say where to stop).
 RESUMABLE = frozenset(
     {
         "train_dir",
@@ -48,6 +49,7 @@ RESUMABLE = frozenset(
         "eval_freq",
         "checkpoint",
         "start_over",
+        "ps_shards",
     }  # fmt: skip
 )
 CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "aggregator")

@@ -26,8 +26,9 @@ what one server holding whole vectors decides, bit for bit:
 
 This module holds the slices, :class:`ThreadPeers` (the exchange between servers run as
 threads of one process) and :class:`ShardedUpdate` (the robust update of S servers in
-one process, as the simulate engine runs it). Not sharded yet: the digest vote and the
-torchrun engine.
+one process, as the simulate engine runs it); the torchrun engine runs the same
+exchanges between processes (:class:`byzshield.engines.torchrun.TorchrunPeers`). Not
+sharded: the digest vote.
 
     >>> from byzshield.shards import shard_bounds
     >>> shard_bounds(61_706, 4)  # LeNet-sized: 242 blocks of 256 columns
@@ -186,8 +187,10 @@ class ShardedUpdate:
     The step's metrics are server 0's (every server decides the same files and
     selections), with ``bytes_per_server`` what each server receives from the workers
     (every worker's reply header and its slice of each gradient,
-    :class:`~byzshield.protocol.ReplyLayout`), ``bytes_received`` their sum, and
-    ``control_bytes`` what the servers sent each other this step.
+    :class:`~byzshield.protocol.ReplyLayout`), ``bytes_received`` their sum,
+    ``control_bytes`` what the servers sent each other this step (vote classes, partial
+    sums), and ``slice_bytes`` what servers 1..S-1 sent server 0 (each its gradient slice
+    and rule state, which the torchrun engine's server 0 puts together).
     """
 
     def __init__(
@@ -238,6 +241,10 @@ class ShardedUpdate:
         metrics["bytes_received"] = sum(self.per_server)
         metrics["bytes_per_server"] = list(self.per_server)
         metrics["control_bytes"] = sum(self.peers.sent) - sent
+        metrics["slice_bytes"] = sum(  # servers 1..S-1 to 0: counts, slice, rule state
+            _SLICE_HEADER + 4 * (o.gradient.numel() + _state_values(u))
+            for o, u in zip(outcomes[1:], self.updates[1:], strict=True)
+        )
         return Outcome(gradient=gradient, metrics=metrics)
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -249,8 +256,19 @@ class ShardedUpdate:
         for update, (lo, hi) in zip(self.updates, self.bounds, strict=True):
             update.load_state_dict({k: v[lo:hi].clone() for k, v in state.items()})
 
+    def start(self) -> None:
+        """Nothing to tell: the servers are threads holding the rule's state."""
+
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+_SLICE_HEADER = 16
+"""Bytes of the (2,) int64 message before each slice: control bytes sent, state values."""
+
+
+def _state_values(update: RobustUpdate) -> int:
+    return sum(t.numel() for t in update.state_dict().values())
 
 
 def check_shards(num_shards: int, vote: str) -> None:

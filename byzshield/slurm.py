@@ -7,8 +7,9 @@
 Submits one batch job (``sbatch``) whose single step starts one task per node
 (``srun --ntasks N``); each task runs ``python -m byzshield.slurm --node ...``, which
 execs ``python -m byzshield.comm`` (torchrun with its stores bound to the address given)
-with that node's share of the K + 1 ranks: node 0 holds rank 0, the parameter server,
-and the ranks are split as evenly as the count allows (``--nproc-per-node`` per node).
+with that node's share of the K + S ranks (S = ``ps_shards``, 1 by default): node 0 holds
+rank 0, the parameter server, and the ranks are split as evenly as the count allows
+(``--nproc-per-node`` per node).
 The rendezvous address is node 0's (its ``NodeAddr`` in Slurm), the port
 ``--port`` (default: 20000 + job id % 20000). ``--gloo-socket-ifname IF`` sets
 ``GLOO_SOCKET_IFNAME`` on every node (the interface gloo binds).
@@ -47,7 +48,7 @@ def plan_ranks(world_size: int, nodes: int) -> list[int]:
         raise ValueError(f"--nodes must be >= 1, got {nodes}")
     if nodes > world_size:
         raise ValueError(
-            f"--nodes {nodes} is more than the run's {world_size} ranks (K + 1); use at most "
+            f"--nodes {nodes} is more than the run's {world_size} ranks (K + S); use at most "
             f"{world_size}"
         )
     base, extra = divmod(world_size, nodes)
@@ -131,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Everything else is a training override (python -m byzshield.train --help).",
     )
     p.add_argument(
-        "--nodes", type=int, help="torchrun agents (Slurm tasks) to spread the K + 1 ranks over"
+        "--nodes", type=int, help="torchrun agents (Slurm tasks) to spread the K + S ranks over"
     )
     p.add_argument(
         "--tasks-per-node",
@@ -212,7 +213,7 @@ def _submit(args, overrides: list[str]) -> int:
                 "the torchrun engine runs on CPUs; device=cuda needs the simulate engine"
             )
         p = config.approach.build()
-        counts = plan_ranks(p.num_workers + 1, args.nodes)
+        counts = plan_ranks(p.num_workers + config.ps_shards, args.nodes)
         train_dir = Path(str(cfg.train_dir)).expanduser().resolve()
     except (UsageError, ValueError) as exc:
         return _fail(str(exc))

@@ -356,6 +356,10 @@ class RobustUpdate:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.rule.aggregator.load_state_dict(state)
 
+    def start(self) -> None:
+        """Nothing to tell anyone before the first step (a sharded server's server 0
+        does; same interface)."""
+
     def close(self) -> None:
         """Nothing to release (a sharded update's threads are; same interface)."""
 

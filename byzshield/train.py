@@ -12,6 +12,7 @@ one line before any process group starts.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -33,7 +34,7 @@ from omegaconf import DictConfig
 from byzshield.comm import RankFailure, init
 from byzshield.config import add_server_parts, build_run, load_config, register_schema
 from byzshield.engines import build_engine, lockstep
-from byzshield.engines.torchrun import run_worker
+from byzshield.engines.torchrun import LeadUpdate, run_shard_server, run_worker
 from byzshield.launcher import entry_point, fail, fail_job, launch_torchrun, log_to_folder
 from byzshield.networks import use_kernels
 from byzshield.runfolder import CheckpointError, prepare
@@ -63,7 +64,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(launch_torchrun(run.world_size))
     if engine == "lockstep":
         return lockstep_job(config, run)
-    comm = init(timeout=config.timeout, job=HydraConfig.get().job.get("num") or 0)
+    job = HydraConfig.get().job.get("num") or 0
+    comm = init(timeout=config.timeout, job=job, num_servers=config.ps_shards)
     try:
         output = Path(HydraConfig.get().runtime.output_dir)
         result = run_rank(comm, run, engine, output, server_parts=UNDER_TORCHRUN)
@@ -109,12 +111,16 @@ def run_rank(comm, run, engine: str, output: Path, *, server_parts: bool, log: b
     folder = Path(comm.broadcast_text(str(folder)))
     if log:
         log_to_folder(folder, comm.rank)
+    if comm.is_shard_server:  # servers 1..S-1 of a sharded parameter server
+        run_shard_server(comm, run)
+        return None
     if not comm.is_server:
         run_worker(comm, run)
         return None
     gather = build_engine(engine, run, comm)
     announce(run, folder, engine)
-    trainer = Trainer(run, gather, folder, device=config.device, resume=resume)
+    lead = functools.partial(LeadUpdate, comm) if engine == "torchrun" else None
+    trainer = Trainer(run, gather, folder, device=config.device, resume=resume, lead=lead)
     return trainer.train()
 
 

@@ -261,9 +261,10 @@ def interrupted_line() -> str:
     )
 
 
-SHARD_KEYS = ("bytes_per_server", "control_bytes")
-"""ps_shards > 1: what each server received from the workers, and what the servers sent
-each other (:class:`byzshield.shards.ShardedUpdate`)."""
+SHARD_KEYS = ("bytes_per_server", "control_bytes", "slice_bytes")
+"""ps_shards > 1: what each server received from the workers, what the servers sent
+each other, and the slices servers 1..S-1 sent server 0
+(:class:`byzshield.shards.ShardedUpdate`)."""
 
 
 def step_record(
@@ -309,9 +310,11 @@ def step_record(
     return record
 
 
-def robust_update(run: Run, model: nn.Module) -> RobustUpdate | ShardedUpdate:
+def robust_update(run: Run, model: nn.Module, *, lead=None):
     """The run's robust update: one server's, or with ``ps_shards=S`` the S servers' of
-    a sharded parameter server (:mod:`byzshield.shards`), each with its own rule object."""
+    a sharded parameter server (:mod:`byzshield.shards`), each with its own rule object:
+    as threads of this process, or (``lead``, the torchrun engine's
+    :class:`~byzshield.engines.torchrun.LeadUpdate`) server 0's part of S processes."""
     cfg = run.config
     threads = _aggregation_threads(model, cfg.threads)
 
@@ -332,9 +335,23 @@ def robust_update(run: Run, model: nn.Module) -> RobustUpdate | ShardedUpdate:
     if cfg.ps_shards == 1:
         return build(run.aggregator)
     d = sum(t.numel() for t in model.parameters())
+    if lead is not None:
+        return lead(run, d, lambda shard: build(run.aggregator, shard))
     return ShardedUpdate(
         run.placement, d, cfg.ps_shards, lambda shard: build(run.mode_option.build(), shard)
     )
+
+
+def erasures(run: Run, step: int) -> tuple[int, ...]:
+    """The workers whose replies miss this step's deadline (``stragglers``, drawn from
+    (seed, step), the same in both engines and on every server)."""
+    count = run.config.stragglers
+    if not count:
+        return ()
+    from byzshield.adversary import random_selection
+
+    K = run.placement.num_workers
+    return tuple(random_selection(K, count, seed=run.config.seed, step=step, stragglers=True))
 
 
 class Trainer:
@@ -353,6 +370,7 @@ class Trainer:
         device: str = "cpu",
         resume: Resume | None = None,
         tensorboard: bool = True,
+        lead=None,
     ):
         self.run, self.engine, self.folder = run, engine, folder
         cfg = run.config
@@ -361,7 +379,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=cfg.lr_step, gamma=cfg.gamma
         )
-        self.update = robust_update(run, self.model)
+        self.update = robust_update(run, self.model, lead=lead)
         self.metrics = MetricsLog(folder, tensorboard=tensorboard)
         self.checkpoints = folder / "checkpoints"
         self.start = 0
@@ -377,16 +395,7 @@ class Trainer:
             self.last_eval = dict(state.get("eval") or {})
 
     def erasures(self, step: int) -> tuple[int, ...]:
-        """The workers whose replies miss this step's deadline (``stragglers``, drawn from
-        (seed, step), the same in both engines)."""
-        count = self.run.config.stragglers
-        if not count:
-            return ()
-        from byzshield.adversary import random_selection
-
-        K = self.run.placement.num_workers
-        seed = self.run.config.seed
-        return tuple(random_selection(K, count, seed=seed, step=step, stragglers=True))
+        return erasures(self.run, step)
 
     def apply(self, gradient: torch.Tensor) -> float:
         """One SGD step with ``gradient`` (d,) as every parameter's gradient; returns the lr."""
@@ -459,6 +468,7 @@ class Trainer:
         cfg = self.run.config
         total = self.run.max_steps
         step = self.start
+        self.update.start()  # a sharded server's other processes learn the rule's state
         if self.start >= total and self.last_eval:
             print(f"the run is complete ({_steps(self.start)}); nothing to do", flush=True)
             self.engine.close(step)
@@ -493,11 +503,19 @@ def _steps(n: int) -> str:
     return f"{n} step{'' if n == 1 else 's'}"
 
 
+def _servers(S: int, engine: str) -> str:
+    if S == 1:
+        return ""
+    where = "ranks 0.." + str(S - 1) if engine == "torchrun" else "threads"
+    return f", parameter server sharded {S} ways ({where})"
+
+
 def announce(run: Run, folder: Path, engine: str, *, quiet: bool = False) -> None:
     """Print what the run is about to do (unless ``quiet``) and store it in ``run.json``
     in its folder."""
     cfg = run.config
     info = {**run.info, "engine": engine, "device": cfg.device, "seed": cfg.seed}
+    info["ps_shards"] = cfg.ps_shards
     (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     if quiet:
         return
@@ -508,7 +526,7 @@ def announce(run: Run, folder: Path, engine: str, *, quiet: bool = False) -> Non
     print(
         f"{run.placement.describe()}; mode={run.info['mode']} (f={run.aggregator_f}); "
         f"attack={cfg.attack.name}{z} q={run.q}; {cfg.network.name} on {cfg.dataset.name}; "
-        f"engine={engine}; output {folder}",
+        f"engine={engine}{_servers(cfg.ps_shards, engine)}; output {folder}",
         flush=True,
     )
     print(f"byzantine: {run.selection.describe()}", flush=True)

@@ -21,9 +21,10 @@ _JOBS = iter(range(1 << 30))  # a fresh store prefix per run
 
 
 def run_threaded(overrides, folder: Path, *, timeout: float = 60.0, workers: dict | None = None):
-    """Train ``overrides`` (a config of the torchrun engine) into ``folder`` with rank 0
-    and K worker ranks as threads. ``workers`` maps a worker index to a function
-    ``(comm, run) -> None`` run instead of the real worker (a faulty one). Returns
+    """Train ``overrides`` (a config of the torchrun engine) into ``folder`` with the
+    server's ranks (0, or 0..S-1 with ``ps_shards=S``) and K worker ranks as threads.
+    ``workers`` maps a worker index to a function ``(comm, run) -> None`` run instead
+    of the real worker (a faulty one). Returns
     (the server's final evaluation or the exception it raised, {rank: exception})."""
     config = compose_config([*overrides, "engine=torchrun", f"train_dir={folder}"])
     use_kernels(config.network.name)
@@ -33,9 +34,11 @@ def run_threaded(overrides, folder: Path, *, timeout: float = 60.0, workers: dic
     results: dict = {}
     errors: dict[int, BaseException] = {}
 
+    servers = config.ps_shards  # ranks 0..S-1: a sharded parameter server
+
     def rank(r: int) -> None:
         try:
-            comm = Comm.local_group(store, r, world, timeout=timeout)
+            comm = Comm.local_group(store, r, world, timeout=timeout, num_servers=servers)
             try:
                 if r == 0:
                     results[0] = run_rank(
@@ -43,7 +46,7 @@ def run_threaded(overrides, folder: Path, *, timeout: float = 60.0, workers: dic
                     )
                 else:
                     run = build_run(config, server=False)
-                    fault = (workers or {}).get(r - 1)
+                    fault = (workers or {}).get(r - servers)
                     if fault is not None:
                         fault(comm, run)
                     else:

@@ -54,8 +54,9 @@ class Run:
 
     @property
     def world_size(self) -> int:
-        """K + 1 processes under torchrun: the parameter server and K workers."""
-        return self.placement.num_workers + 1
+        """K + S processes under torchrun: the parameter server's S = ``ps_shards``
+        servers and K workers."""
+        return self.placement.num_workers + self.config.ps_shards
 
     def build_model(self) -> torch.nn.Module:
         """A fresh network, initialised from ``seed``: identical in every process and
@@ -77,10 +78,12 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
     cfg = config
     p = cfg.approach.build()
     K, f = p.num_workers, p.num_files
-    if world_size is not None and world_size != K + 1:
+    S = cfg.ps_shards
+    if world_size is not None and world_size != K + S:
+        servers = "1 parameter server" if S == 1 else f"{S} parameter servers (ps_shards)"
         raise ConfigError(
-            f"approach {p.describe()} needs K+1 = {K + 1} processes (1 parameter server + "
-            f"{K} workers), but WORLD_SIZE is {world_size}: run torchrun --nproc-per-node {K + 1}"
+            f"approach {p.describe()} needs K+{S} = {K + S} processes ({servers} + "
+            f"{K} workers), but WORLD_SIZE is {world_size}: run torchrun --nproc-per-node {K + S}"
         )
     q = 0 if cfg.attack.honest else cfg.adversary.q
     if q > K:
@@ -103,11 +106,6 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
         raise ConfigError(str(exc)) from None
     model = _model_probe(cfg, train_data)
     if cfg.ps_shards > 1:
-        if world_size is not None:
-            raise ConfigError(
-                f"ps_shards={cfg.ps_shards} runs in the simulate engine only so far; "
-                "under torchrun use ps_shards=1"
-            )
         try:
             shard_bounds(sum(t.numel() for t in model.parameters()), cfg.ps_shards)
         except ValueError as exc:
@@ -146,21 +144,25 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
     return add_server_parts(run) if server else run
 
 
-def add_server_parts(run: Run) -> Run:
+def add_server_parts(run: Run, *, aggregator_f: int | None = None) -> Run:
     """The run with what only the parameter server needs: the Byzantine selection
     (running the worst-case search, once), the f the rule assumes, the rule, the full
-    attack. ``run`` itself is not changed."""
+    attack. ``run`` itself is not changed. Servers 1..S-1 of a sharded server are given
+    the ``aggregator_f`` server 0 found: they build no selection (server 0 says who is
+    Byzantine each step)."""
     cfg, p, q, mode = run.config, run.placement, run.q, run.mode_option
     f = p.num_files
-    try:
-        rule = cfg.adversary.selection
-        if rule == "auto":
-            rule = cfg.approach.default_selection
-        selection = build_selection(p, q, rule, seed=cfg.seed, work=cfg.adversary.search_work)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    c_max = selection.search.upper_bound if selection.search else 0
-    aggregator_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
+    selection = None
+    if aggregator_f is None:
+        try:
+            rule = cfg.adversary.selection
+            if rule == "auto":
+                rule = cfg.approach.default_selection
+            selection = build_selection(p, q, rule, seed=cfg.seed, work=cfg.adversary.search_work)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        c_max = selection.search.upper_bound if selection.search else 0
+        aggregator_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
     aggregator = mode.build()
     outside, notes = False, run.notes
     try:
@@ -185,7 +187,7 @@ def add_server_parts(run: Run) -> Run:
         "aggregator_f": aggregator_f,
         "outside_guarantee": outside,
         "attack": cfg.attack.info(attack),
-        "selection": selection.info(),
+        "selection": None if selection is None else selection.info(),
         "max_steps": run.max_steps,
     }
     return dataclasses.replace(

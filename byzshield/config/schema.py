@@ -68,9 +68,9 @@ class TrainConfig:
     # worker's digest is that of the copy it sends) or a strict majority of holders
     # (majority; the full vote's winners whatever a worker claims, at ~r/2 the bytes)
     digest_verify: str = "first"
-    # a parameter server sharded ps_shards ways (simulate engine): S servers, each owning
-    # a contiguous slice of the parameters and receiving only that slice of each copy;
-    # they exchange vote classes and partial sums, never gradients (same bits as 1)
+    # a parameter server sharded ps_shards ways: S servers (torchrun: ranks 0..S-1), each
+    # owning a contiguous slice of the parameters and receiving only that slice of each
+    # copy; they exchange vote classes and partial sums, never gradients (same bits as 1)
     ps_shards: int = 1
     timeout: float = 300.0  # torchrun: seconds before a silent rank is declared dead
     checkpoint: bool = True  # write checkpoints/step_NNNNNN.pt at every evaluation
@@ -114,10 +114,10 @@ class TrainConfig:
                 f"ps_shards={self.ps_shards} runs the full vote only (vote=full), "
                 f"got vote={self.vote}"
             )
-        if self.ps_shards > 1 and self.engine not in ("simulate", "auto"):
+        if self.ps_shards > 1 and self.engine == "lockstep":
             raise ConfigError(
-                f"ps_shards={self.ps_shards} runs in the simulate engine only so far "
-                f"(engine=simulate), got engine={self.engine}"
+                f"ps_shards={self.ps_shards} runs in the simulate and torchrun engines, "
+                "not engine=lockstep"
             )
         if self.digest_verify not in DIGEST_VERIFY:
             raise ConfigError(
@@ -148,7 +148,7 @@ KEY_HELP: dict[str, str] = {
     "stragglers": "workers per step whose replies miss the deadline (erasures)",
     "vote": "full (every copy, bit for bit) or digest (BLAKE3 digests, copies on demand)",
     "digest_verify": "vote=digest: first (one holder's copy checked) or majority",
-    "ps_shards": "parameter-server shards S (simulate engine, vote=full): same bits as 1",
+    "ps_shards": "parameter-server shards S (ranks 0..S-1 under torchrun; vote=full)",
     "timeout": "torchrun: seconds before a silent rank is declared dead",
     "checkpoint": "write checkpoints/step_NNNNNN.pt at every evaluation",
     "bn_batches": "training batches BatchNorm statistics are recomputed on before evaluating",

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
+from byzshield.aggregators import ColumnShard
 from byzshield.attacks import attack_generator
 from byzshield.comm import Comm, RankFailure
-from byzshield.config import Run
+from byzshield.config import Run, add_server_parts
 from byzshield.digest import digest
 from byzshield.gradients import file_gradients, load_flat, num_params
 from byzshield.protocol import (
@@ -41,10 +44,12 @@ from byzshield.protocol import (
     gradients_size,
     pack_gradients,
 )
-from byzshield.step import Copies, copy_index, pushed_slots
+from byzshield.shards import shard_bounds
+from byzshield.step import Copies, Outcome, RobustUpdate, copy_index, pushed_slots
+from byzshield.trainer import erasures
 from byzshield.vote import Rows
 
-__all__ = ["TorchrunEngine", "run_worker"]
+__all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server", "run_worker"]
 
 log = logging.getLogger("byzshield.engines.torchrun")
 
@@ -54,11 +59,16 @@ class TorchrunEngine:
 
     name = "torchrun"
 
-    def __init__(self, comm: Comm, run: Run, d: int):
+    def __init__(self, comm: Comm, run: Run, d: int, *, server: int = 0):
         p = run.placement
-        self.comm, self.run, self.d = comm, run, d
+        self.comm, self.run = comm, run
         self.K, self.load = p.num_workers, p.load
         self.digests = run.config.vote == "digest"
+        # a sharded server: this server receives its columns of every copy
+        self.lo, hi = shard_bounds(d, run.config.ps_shards)[server]
+        self.d = d = hi - self.lo
+        self.servers = run.config.ps_shards
+        self.peers = range(1, self.servers) if server == 0 else range(0)
         self.layout = ReplyLayout(p.load, d, digests=self.digests)
         self.pulling = False  # vote=digest: workers wait for Pull messages of this step
         n = self.layout.payload_size
@@ -83,13 +93,22 @@ class TorchrunEngine:
         t0 = time.perf_counter()
         self._end_pulls()
         self.idle = False
-        self.comm.send_to_workers(Control.for_step(step, self.K, byzantine).pack())
+        control = Control.for_step(step, self.K, byzantine).pack()
+        for server in self.peers:  # servers 1..S-1 of a sharded server: the step starts
+            self.comm.send_to_peer(control, server)
+        self.comm.send_to_workers(control)
         self.comm.send_to_workers(params)
+        return self.collect(t0)
+
+    def collect(self, t0: float):
+        """The step's replies (this server's columns of them): headers now, payloads as
+        they land (the copies' ``arrivals``); with the control and parameters sent at
+        ``t0`` (``time.perf_counter()``)."""
         self._receive(self.headers, "reply header")
         headers = [self.layout.unpack_header(slot.buffer) for slot in self.headers]
         for w, header in enumerate(headers):
-            with _named(w):
-                self.layout.check_header(header, _who(w))
+            with _named(w, self.servers):
+                self.layout.check_header(header, _who(w, self.servers))
         if self.digests:  # the pushed copies now; the rest wait until the vote pulls them
             self.pulling = True
             self._receive_pushed()
@@ -132,8 +151,8 @@ class TorchrunEngine:
         self.comm.receive_each({w: slot.buffer for w, slot in slots.items()})
         self.idle = True  # every worker waits for a pull or the end of the step
         for w, wanted_slots in wanted.items():
-            with _named(w):
-                slots[w].check(_who(w), what)
+            with _named(w, self.servers):
+                slots[w].check(_who(w, self.servers), what)
             n = len(wanted_slots)
             got = slots[w].buffer[: gradients_size(n, self.d)].view(n, self.d)
             self.rows[[w * self.stride + s for s in wanted_slots]] = got
@@ -174,8 +193,8 @@ class TorchrunEngine:
         for slot in self.payloads:
             slot.arm()
         for w in self.comm.receive_as_completed([slot.buffer for slot in self.payloads]):
-            with _named(w):
-                self.payloads[w].check(_who(w), "payload")
+            with _named(w, self.servers):
+                self.payloads[w].check(_who(w, self.servers), "payload")
             yield w
         self.idle = True  # after a step's last message every worker waits for the next
 
@@ -192,8 +211,8 @@ class TorchrunEngine:
             slot.arm()
         self.comm.receive_from_workers([slot.buffer for slot in slots])
         for w, slot in enumerate(slots):
-            with _named(w):
-                slot.check(_who(w), what)
+            with _named(w, self.servers):
+                slot.check(_who(w, self.servers), what)
 
     def close(self, step: int) -> None:
         """Tell the workers to return (best effort: a dead worker must not hang us). After
@@ -202,31 +221,35 @@ class TorchrunEngine:
         if self.idle:
             with contextlib.suppress(Exception):
                 self._end_pulls()
-                self.comm.send_to_workers(Control.stop_message(step, self.K).pack())
+                stop = Control.stop_message(step, self.K).pack()
+                for server in self.peers:
+                    self.comm.send_to_peer(stop, server)
+                self.comm.send_to_workers(stop)
 
 
-def _who(w: int) -> str:
-    return f"rank {w + 1} (worker {w})"
+def _who(w: int, servers: int = 1) -> str:
+    return f"rank {w + servers} (worker {w})"
 
 
 @contextlib.contextmanager
-def _named(w: int) -> Iterator[None]:
+def _named(w: int, servers: int = 1) -> Iterator[None]:
     """Turn a refused message of worker ``w`` into a RankFailure naming its rank."""
     try:
         yield
     except ValueError as exc:
-        raise RankFailure(w + 1, str(exc)) from None
+        raise RankFailure(w + servers, str(exc)) from None
 
 
 def run_worker(comm: Comm, run: Run) -> None:
     """Serve steps until the server says stop (worker index = rank - 1)."""
     cfg, p = run.config, run.placement
-    w = comm.rank - 1
+    w = comm.worker
     files = p.worker_files[w]
     model = run.build_model()
     d = num_params(model)
     digests = cfg.vote == "digest"
     layout = ReplyLayout(p.load, d, digests=digests)
+    slices = _ShardReplies(p.load, d, cfg.ps_shards)  # ps_shards > 1: a slice per server
     control = torch.zeros(control_size(p.num_workers), dtype=torch.int64)
     pull = torch.zeros(Pull.size(p.load), dtype=torch.int64)
     params = torch.empty(d)
@@ -276,14 +299,16 @@ def run_worker(comm: Comm, run: Run) -> None:
             sums = [h.result() for h in hashing]
         else:
             sums = [digest(g) for g in payload]
-        layout.pack_header(
-            compute_s=time.perf_counter() - t0, losses=losses, digests=sums, out=header
-        )
-        comm.send_to_server(header)
-        if not digests:
-            comm.send_to_server(reply)
-        elif pushed:
-            comm.send_to_server(pack_gradients(payload, pushed, push))
+        compute_s = time.perf_counter() - t0
+        if slices.servers > 1:  # a header and its columns of the payload to each server
+            slices.send(comm, payload, compute_s=compute_s, losses=losses)
+        else:
+            layout.pack_header(compute_s=compute_s, losses=losses, digests=sums, out=header)
+            comm.send_to_server(header)
+            if not digests:
+                comm.send_to_server(reply)
+            elif pushed:
+                comm.send_to_server(pack_gradients(payload, pushed, push))
         while digests:  # the server pulls some of the gradients, then ends the step
             comm.receive_from_server(pull)
             request = Pull.unpack(pull)
@@ -303,3 +328,242 @@ def run_worker(comm: Comm, run: Run) -> None:
 def _hash_row(hasher: ThreadPoolExecutor, payload: torch.Tensor, out: list, i: int) -> None:
     """Start hashing row i of the payload on the digest thread (its future into out)."""
     out.append(hasher.submit(digest, payload[i]))
+
+
+# --------------------------------------------------------------------------------------
+# A sharded parameter server (ps_shards = S): servers 0..S-1, workers S..S+K-1
+# --------------------------------------------------------------------------------------
+
+
+class _ShardReplies:
+    """A worker's replies to a sharded server: every server gets the reply header and
+    its columns of the payload (:class:`ReplyLayout` at its width), sent in server
+    order. One server: nothing to do here (the unsharded path sends the reply)."""
+
+    def __init__(self, load: int, d: int, servers: int):
+        self.servers = servers
+        bounds = shard_bounds(d, servers) if servers > 1 else []
+        self.parts = [(lo, hi, ReplyLayout(load, hi - lo)) for lo, hi in bounds]
+        self.messages = [layout.payload_message() for _, _, layout in self.parts]
+        self.header = torch.empty(ReplyLayout(load, d).header_size + 1)  # + END; reused
+
+    def send(self, comm: Comm, payload: torch.Tensor, *, compute_s: float, losses) -> None:
+        for server, (lo, hi, layout) in enumerate(self.parts):
+            message = self.messages[server]
+            layout.payload(message).copy_(payload[:, lo:hi])
+            layout.pack_header(compute_s=compute_s, losses=losses, digests=(), out=self.header)
+            comm.send_to_server(self.header, server)
+            comm.send_to_server(message, server)
+
+
+class TorchrunPeers:
+    """The exchanges between the S servers of a sharded parameter server over gloo
+    (:class:`byzshield.shards.ThreadPeers` runs the same ones between threads).
+
+    ``reduce`` is a chain in server order: server s receives the running total from
+    server s - 1, adds its per-block partials in column order and sends it on; the last
+    server sends the total to every other. ``gather`` sends every server this server's
+    arrays and receives theirs. Arrays travel as tensors of their own shape (every
+    server's match: the same code on the same decisions); bools as uint8, int16 as
+    int32. ``sent`` counts the bytes of the arrays sent, as ThreadPeers counts them.
+    """
+
+    def __init__(self, comm: Comm, servers: int):
+        self.comm, self.servers, self.sent = comm, servers, 0
+
+    def shard(self, offset: int, total: int) -> ColumnShard:
+        return ColumnShard(offset, total, self.reduce, self.gather)
+
+    def _send(self, array: np.ndarray, server: int) -> None:
+        self.sent += array.nbytes
+        self.comm.send_to_peer(_wire(array), server)
+
+    def _receive(self, like: np.ndarray, server: int) -> np.ndarray:
+        buffer = _wire(np.empty_like(like))
+        self.comm.receive_from_peer(buffer, server)
+        return buffer.numpy().astype(like.dtype, copy=False)
+
+    def reduce(self, partials: list, combine) -> np.ndarray:
+        s, last = self.comm.rank, self.servers - 1
+        if s == 0:
+            acc, rest = np.array(partials[0], copy=True), partials[1:]
+        else:
+            acc, rest = self._receive(np.asarray(partials[0]), s - 1), partials
+        for part in rest:
+            combine(acc, part, out=acc)
+        if s < last:
+            self._send(acc, s + 1)
+            return self._receive(acc, last)
+        for t in range(last):
+            self._send(acc, t)
+        return acc
+
+    def gather(self, items: list) -> list:
+        s = self.comm.rank
+        arrays = [np.ascontiguousarray(a) for a in items]
+        out: list[list[np.ndarray]] = [[] for _ in range(self.servers)]
+        out[s] = arrays
+        for t in range(self.servers):  # in server order: t sends, then everyone else
+            if t == s:
+                for other in range(self.servers):
+                    if other != s:
+                        for a in arrays:
+                            self._send(a, other)
+            else:
+                out[t] = [self._receive(a, t) for a in arrays]
+        return [a for part in out for a in part]
+
+
+def _wire(array: np.ndarray) -> torch.Tensor:
+    """A NumPy array as a tensor gloo carries (bool as uint8, int16 as int32)."""
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.int16:
+        array = array.astype(np.int32)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class LeadUpdate:
+    """Server 0's robust update of a sharded parameter server: its own columns
+    (a :class:`RobustUpdate` whose exchanges go to servers 1..S-1), then every other
+    server's gradient slice and rule state (:func:`run_shard_server`), put together.
+
+    :meth:`start` tells the other servers what server 0 decided at start-up: the f the
+    rule assumes, whether it runs outside its guarantee, and the rule's state (a resumed
+    run's), cut to their columns. Metrics are server 0's, with the traffic of every
+    server (:class:`byzshield.shards.ShardedUpdate` reports the same).
+    """
+
+    def __init__(self, comm: Comm, run: Run, d: int, build: Callable[[ColumnShard], RobustUpdate]):
+        self.comm, self.run, self.d = comm, run, d
+        self.bounds = shard_bounds(d, run.config.ps_shards)
+        self.peers = TorchrunPeers(comm, len(self.bounds))
+        self.update = build(self.peers.shard(0, d))
+        self.state: dict[str, torch.Tensor] = {}  # the whole vector's, from every server
+        K, load = run.placement.num_workers, run.placement.load
+        self.per_server = [K * ReplyLayout(load, hi - lo).nbytes() for lo, hi in self.bounds]
+
+    def start(self) -> None:
+        text = json.dumps(
+            {
+                "aggregator_f": self.run.aggregator_f,
+                "outside_guarantee": self.run.outside_guarantee,
+                "state": {k: list(v.shape) for k, v in self.state.items()},
+            }
+        )
+        for server, (lo, hi) in enumerate(self.bounds[1:], start=1):
+            self.comm.send_to_peer(_text_tensor(text), server)
+            for key in sorted(self.state):
+                self.comm.send_to_peer(self.state[key][lo:hi].contiguous(), server)
+
+    def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
+        sent = self.peers.sent
+        outcome = self.update(copies, byzantine, step)
+        own = self.update.state_dict()
+        parts, states, control = [outcome.gradient], [own], self.peers.sent - sent
+        slices = 0
+        for server, (lo, hi) in enumerate(self.bounds[1:], start=1):
+            counts = torch.zeros(2, dtype=torch.int64)  # control bytes sent, state values
+            self.comm.receive_from_peer(counts, server)
+            message = torch.empty(hi - lo + int(counts[1]))
+            self.comm.receive_from_peer(message, server)
+            slices += counts.nbytes + message.nbytes
+            parts.append(message[: hi - lo])
+            states.append(_split_state(own, message[hi - lo :], hi - lo))
+            control += int(counts[0])
+        self.state = {k: torch.cat([st[k] for st in states]) for k in own}
+        metrics = dict(outcome.metrics)
+        metrics["bytes_received"] = sum(self.per_server)
+        metrics["bytes_per_server"] = list(self.per_server)
+        metrics["control_bytes"] = control
+        metrics["slice_bytes"] = slices
+        return Outcome(gradient=torch.cat(parts), metrics=metrics)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = {k: v.clone() for k, v in state.items()}
+        lo, hi = self.bounds[0]
+        self.update.load_state_dict({k: v[lo:hi].clone() for k, v in state.items()})
+
+    def close(self) -> None:
+        """Nothing to release (the other servers stop with the engine's stop message)."""
+
+
+def _split_state(like: dict[str, torch.Tensor], flat: torch.Tensor, width: int) -> dict:
+    """A server's rule state from its flat message: ``like``'s keys in sorted order,
+    each a vector of ``width`` columns (the only state a rule keeps: a centre)."""
+    out, offset = {}, 0
+    for key in sorted(like):
+        out[key] = flat[offset : offset + width].clone()
+        offset += width
+    return out
+
+
+def _text_tensor(text: str) -> torch.Tensor:
+    raw = text.encode()
+    if len(raw) > _TEXT_BYTES:
+        raise ValueError(f"start-up message of {len(raw)} bytes (max {_TEXT_BYTES})")
+    out = torch.zeros(_TEXT_BYTES, dtype=torch.uint8)
+    if raw:
+        out[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    return out
+
+
+_TEXT_BYTES = 4096
+
+
+def run_shard_server(comm: Comm, run: Run) -> None:
+    """Server s of a sharded parameter server (rank s, 0 < s < S): serve steps until
+    server 0 says stop. Each step: server 0's control message, every worker's header and
+    columns s of its payload, the robust update of those columns (exchanging with the
+    other servers), then the gradient slice and the rule's state to server 0."""
+    cfg, p = run.config, run.placement
+    s = comm.rank
+    model = run.build_model()
+    d = num_params(model)
+    lo, hi = shard_bounds(d, cfg.ps_shards)[s]
+    start = _text_tensor("")
+    comm.receive_from_peer(start, 0)
+    told = json.loads(bytes(start.tolist()).rstrip(b"\0").decode())
+    run = add_server_parts(run, aggregator_f=told["aggregator_f"])
+    peers = TorchrunPeers(comm, cfg.ps_shards)
+    update = RobustUpdate(
+        p,
+        run.attack,
+        run.aggregator,
+        aggregator_f=run.aggregator_f,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        outside_guarantee=bool(told["outside_guarantee"]),
+        shard=peers.shard(lo, d),
+    )
+    if told["state"]:
+        state = {}
+        for key in sorted(told["state"]):
+            state[key] = torch.empty(hi - lo)
+            comm.receive_from_peer(state[key], 0)
+        update.load_state_dict(state)
+    engine = TorchrunEngine(comm, run, d, server=s)
+    control = torch.zeros(control_size(p.num_workers), dtype=torch.int64)
+    while True:
+        comm.receive_from_peer(control, 0)
+        message = Control.unpack(control)
+        if message.stop:
+            log.info("server %d: stop after %d steps", s, message.step)
+            return
+        step = message.step
+        byzantine = tuple(w for w, bad in enumerate(message.byzantine) if bad)
+        copies, _ = engine.collect(time.perf_counter())
+        missing = erasures(run, step)
+        if missing:
+            gone = set(missing)
+            copies.present = torch.tensor([[w not in gone for w in ws] for ws in p.file_workers])
+        sent = peers.sent
+        outcome = update(copies, byzantine, step)
+        state = update.state_dict()
+        flat = [state[k].reshape(-1) for k in sorted(state)]
+        counts = torch.tensor([peers.sent - sent, sum(t.numel() for t in flat)])
+        comm.send_to_peer(counts, 0)
+        comm.send_to_peer(torch.cat([outcome.gradient, *flat]), 0)
