@@ -2,6 +2,7 @@
 
 fab launch --workers 15 --dry-run        # print the plan; calls nothing
 fab launch --workers 15 --market spot    # K+1 instances, hostfile, .byzshield/<run>/
+fab launch --workers 15 --servers 4      # K+4: a parameter server sharded 4 ways
 fab setup                                # ship this checkout, install it on every host
 fab train -- approach=mols dataset=cifar10 network=resnet18
 fab status
@@ -39,7 +40,9 @@ cli.install_remainder_executor()
 @task(
     auto_shortflags=False,
     help={
-        "workers": "K, the number of workers (the cluster has K+1 instances)",
+        "workers": "K, the number of workers (the cluster has K+S instances)",
+        "servers": "S parameter-server instances, a server sharded S ways (default 1; "
+        "fab train then adds ps_shards=S)",
         "run": "run name, tags everything (default: bz-<utc time>)",
         "market": "on-demand (default) or spot",
         "server-type": f"parameter server instance type (default {DEFAULT_SERVER_TYPE})",
@@ -62,6 +65,7 @@ cli.install_remainder_executor()
 def launch(
     c,
     workers="15",
+    servers="1",
     run="",
     market="on-demand",
     server_type=DEFAULT_SERVER_TYPE,
@@ -84,6 +88,7 @@ def launch(
     with cli.one_line_errors("launch"):
         cli.do_launch(
             workers=workers,
+            servers=servers,
             run=run,
             market=market,
             server_type=server_type,

@@ -313,7 +313,7 @@ def launch_cluster(
     poll: float = 5.0,
     ssh_port: int = 22,
 ) -> ClusterState:
-    """Create the run's key pair, security group and K + 1 instances, all or nothing.
+    """Create the run's key pair, security group and K + S instances, all or nothing.
 
     Waits until every instance runs and answers SSH, records its host keys, then writes
     the state file and the hostfile. On any failure, Ctrl-C included, terminates what it
@@ -434,11 +434,12 @@ def _create(
     assert len(ordered) == opts.num_nodes, (len(ordered), opts.num_nodes)
     log(f"instances: {len(ordered)} requested ({opts.market}) in {pre.zone}")
     for index, instance in enumerate(ordered):
-        role = "server" if index == 0 else "worker"
+        role = "server" if index < opts.servers else "worker"
+        name = node_name(index, opts.servers)
         ec2.create_tags(
             Resources=[instance["InstanceId"]],
             Tags=[
-                {"Key": "Name", "Value": f"{resource_name(opts.run)}-{node_name(index)}"},
+                {"Key": "Name", "Value": f"{resource_name(opts.run)}-{name}"},
                 {"Key": TAG_ROLE, "Value": role},
                 {"Key": TAG_NODE, "Value": str(index)},
             ],
@@ -460,8 +461,8 @@ def _create(
             raise LaunchError(f"instance {launched_instance['InstanceId']} has no public address")
         nodes.append(
             Node(
-                name=node_name(index),
-                role="server" if index == 0 else "worker",
+                name=node_name(index, opts.servers),
+                role="server" if index < opts.servers else "worker",
                 instance_id=instance["InstanceId"],
                 instance_type=instance["InstanceType"],
                 public_ip=instance["PublicIpAddress"],
@@ -709,11 +710,12 @@ def format_status(run: str, region: str, described: dict) -> str:
         return (int(node) if node.isdigit() else 10**6, instance["InstanceId"])
 
     rows = [("node", "instance", "type", "market", "state", "public ip", "private ip")]
+    servers = max(1, sum(tag(i, TAG_ROLE) == "server" for i in described["instances"]))
     for i in sorted(described["instances"], key=order):
         node = tag(i, TAG_NODE)
         rows.append(
             (
-                node_name(int(node)) if node.isdigit() else "?",
+                node_name(int(node), servers) if node.isdigit() else "?",
                 i["InstanceId"],
                 i["InstanceType"],
                 i.get("InstanceLifecycle", "on-demand"),

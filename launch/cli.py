@@ -32,6 +32,7 @@ from launch.plan import (
     DEFAULT_HOSTFILE,
     DEFAULT_STATE_DIR,
     LaunchOptions,
+    check_servers,
     check_workers,
     describe_plan,
 )
@@ -115,6 +116,7 @@ def _log_dir(state_dir: str, run: str) -> Path:
 def do_launch(
     *,
     workers: int | str,
+    servers: int | str = 1,
     run: str = "",
     market: str = "on-demand",
     server_type: str,
@@ -136,6 +138,8 @@ def do_launch(
 ) -> state_io.ClusterState | None:
     workers = whole_number(workers, "--workers")
     check_workers(workers)  # before any AWS lookup: a bad flag is the first thing said
+    servers = whole_number(servers, "--servers")
+    check_servers(servers)
     volume_size = whole_number(volume_size, "--volume-size")
     wait_timeout = whole_number(wait_timeout, "--wait-timeout")
     ssh_timeout = whole_number(ssh_timeout, "--ssh-timeout")
@@ -146,6 +150,7 @@ def do_launch(
         resolved, note = "us-east-1", "not set (pass --region or set AWS_DEFAULT_REGION)"
     opts = LaunchOptions(
         workers=workers,
+        servers=servers,
         run=run or default_run_name(),
         region=aws.resolve_region(session, resolved),
         zone=zone,
@@ -237,6 +242,7 @@ def do_train(
     state_io.read_hostfile(hostfile)  # a missing hostfile is the first thing to report
     state = _load(state_dir, run)
     nodes = state_io.nodes_from_hostfile(state, hostfile)
+    args = with_servers(args, nodes, nproc_per_node)
     remote.train_cluster(
         state,
         nodes,
@@ -248,6 +254,15 @@ def do_train(
         timeout=timeout,
     )
     print(f"training finished on all {len(nodes)} nodes; `fab fetch` copies the outputs back")
+
+
+def with_servers(args: list[str], nodes, nproc_per_node: int) -> list[str]:
+    """The overrides, with ``ps_shards=S`` added for a cluster launched with
+    ``--servers S`` (S > 1, one process per node) unless they set it already."""
+    servers = sum(node.role == "server" for node in nodes)
+    if servers <= 1 or nproc_per_node != 1 or any(a.startswith("ps_shards=") for a in args):
+        return args
+    return [*args, f"ps_shards={servers}"]
 
 
 def do_stop(*, run: str = "", state_dir: str = DEFAULT_STATE_DIR) -> None:

@@ -30,6 +30,7 @@ DEFAULT_STATE_DIR = ".byzshield"
 DEFAULT_HOSTFILE = "hostfile"
 MARKETS = ("on-demand", "spot")
 MAX_WORKERS = 256
+MAX_SERVERS = 64
 
 # Canonical publishes the current Ubuntu LTS image of every region under this public SSM
 # name; {arch} is amd64 or arm64 (the instance type decides which).
@@ -59,11 +60,20 @@ def check_workers(workers: object) -> None:
         raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}, got {workers}")
 
 
+def check_servers(servers: object) -> None:
+    """--servers (S, the parameter server's instances: ps_shards) must be in 1..64."""
+    if isinstance(servers, bool) or not isinstance(servers, int):
+        raise UsageError(f"--servers must be a whole number, got {servers!r}")
+    if not 1 <= servers <= MAX_SERVERS:
+        raise UsageError(f"--servers must be between 1 and {MAX_SERVERS}, got {servers}")
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
     """Everything `fab launch` needs; checked on construction (UsageError: one line).
 
-    ``workers`` is K: the cluster has K + 1 instances, the parameter server first.
+    ``workers`` is K and ``servers`` S (a parameter server sharded S ways, ``ps_shards``):
+    the cluster has K + S instances, the parameter server's first.
     Empty strings mean "decide at launch": ``zone`` (first zone offering both types),
     ``ami`` (from ``ami_parameter``, default the Ubuntu LTS one), ``ssh_from`` (this
     machine's public address), ``key_name`` (``byzshield-<run>``).
@@ -85,9 +95,11 @@ class LaunchOptions:
     ssh_user: str = DEFAULT_SSH_USER
     state_dir: str = DEFAULT_STATE_DIR
     hostfile: str = DEFAULT_HOSTFILE
+    servers: int = 1
 
     def __post_init__(self) -> None:
         check_workers(self.workers)
+        check_servers(self.servers)
         validate_run(self.run)
         validate_instance_type(self.server_type, "--server-type")
         validate_instance_type(self.worker_type, "--worker-type")
@@ -120,7 +132,7 @@ class LaunchOptions:
 
     @property
     def num_nodes(self) -> int:
-        return self.workers + 1
+        return self.workers + self.servers
 
     @property
     def group_name(self) -> str:
@@ -239,9 +251,12 @@ def run_tags(run: str, **extra: str) -> list[dict]:
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
-def node_name(index: int) -> str:
-    """Node 0 is the parameter server, nodes 1..K the workers (the hostfile order)."""
-    return "server" if index == 0 else f"worker-{index}"
+def node_name(index: int, servers: int = 1) -> str:
+    """Node 0 is the parameter server, nodes 1..K the workers (the hostfile order); with
+    S servers, nodes 0..S-1 are server-0.. server-(S-1), then worker-1.. worker-K."""
+    if servers == 1:
+        return "server" if index == 0 else f"worker-{index}"
+    return f"server-{index}" if index < servers else f"worker-{index - servers + 1}"
 
 
 def run_instances_requests(
@@ -254,7 +269,7 @@ def run_instances_requests(
 ) -> list[tuple[str, dict]]:
     """The RunInstances calls, as (role, kwargs) with MinCount == MaxCount (all-or-nothing).
 
-    One call for all K + 1 nodes when server and workers share a type (EC2 then launches
+    One call for all K + S nodes when server and workers share a type (EC2 then launches
     all or none), else one for the server and one for the workers. Every instance gets
     IMDSv2 only (no token, no metadata: blocks SSRF credential theft), a public address
     in the run's group, an encrypted root volume deleted with it, and the run's tags.
@@ -262,7 +277,10 @@ def run_instances_requests(
     if opts.same_type:
         groups = [("cluster", opts.server_type, opts.num_nodes)]
     else:
-        groups = [("server", opts.server_type, 1), ("workers", opts.worker_type, opts.workers)]
+        groups = [
+            ("server", opts.server_type, opts.servers),
+            ("workers", opts.worker_type, opts.workers),
+        ]
     requests = []
     for role, instance_type, count in groups:
         tags = run_tags(opts.run, **{TAG_ROLE: role})
@@ -340,7 +358,7 @@ only; other regions differ, spot is usually lower, and prices change."""
 
 def estimate_cost(opts: LaunchOptions) -> str:
     """The plan's cost line: instances x list price per hour, or why there is none."""
-    counts = {opts.server_type: 1}
+    counts = {opts.server_type: opts.servers}
     counts[opts.worker_type] = counts.get(opts.worker_type, 0) + opts.workers
     unknown = [t for t in counts if t not in ON_DEMAND_USD_PER_HOUR]
     if unknown:
@@ -361,11 +379,14 @@ def describe_plan(opts: LaunchOptions, *, region_note: str = "") -> str:
     """The plan `fab launch --dry-run` prints: what would be created, what it costs, and
     how to undo it. ``region_note`` replaces the region when none was set (a dry run
     needs none)."""
+    servers = "1 server" if opts.servers == 1 else f"{opts.servers} servers (ps_shards)"
     if opts.same_type:
-        instances = f"{opts.num_nodes} x {opts.server_type} (1 server + {opts.workers} workers)"
+        instances = f"{opts.num_nodes} x {opts.server_type} ({servers} + {opts.workers} workers)"
     else:
+        named = "server" if opts.servers == 1 else servers
         instances = (
-            f"1 x {opts.server_type} (server) + {opts.workers} x {opts.worker_type} (workers)"
+            f"{opts.servers} x {opts.server_type} ({named}) + {opts.workers} x "
+            f"{opts.worker_type} (workers)"
         )
     if opts.ami:
         ami = opts.ami

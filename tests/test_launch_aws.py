@@ -175,6 +175,24 @@ def test_launch_writes_hostfile_and_state_with_server_first(session, ec2, ami, t
         ]
 
 
+def test_launch_with_servers_puts_the_sharded_servers_first_and_status_names_them(
+    session, ec2, ami, tmp_path
+):
+    state = launch(session, make_options(tmp_path, ami, workers=2, servers=2))
+    names = ["server-0", "server-1", "worker-1", "worker-2"]
+    assert [n.name for n in state.nodes] == names
+    assert [n.role for n in state.nodes] == ["server", "server", "worker", "worker"]
+    by_id = {i["InstanceId"]: i for i in live_instances(ec2)}
+    assert [by_id[n.instance_id]["InstanceType"] for n in state.nodes] == [
+        "c5.2xlarge",
+        "c5.2xlarge",
+        "c5.xlarge",
+        "c5.xlarge",
+    ]
+    text = aws.format_status("demo", REGION, aws.describe_run(session, REGION, "demo"))
+    assert [line.split()[0] for line in text.splitlines()[2:6]] == names
+
+
 def test_security_group_allows_members_and_ssh_from_the_caller_only(session, ec2, ami, tmp_path):
     state = launch(session, make_options(tmp_path, ami))
 

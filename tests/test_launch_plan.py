@@ -499,3 +499,37 @@ def test_launch_package_never_imports_torch_or_byzshield():
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", probe], cwd=ROOT, check=True, timeout=60)
+
+
+def test_servers_make_k_plus_s_instances_the_servers_first_named_and_priced():
+    from launch.plan import estimate_cost, node_name
+
+    opts = options(workers=3, servers=2)
+    assert opts.num_nodes == 5
+    requests = run_instances_requests(
+        opts, ami="ami-1", root_device="/dev/sda1", subnet_id="s", group_id="g"
+    )
+    assert [(role, kw["MinCount"]) for role, kw in requests] == [("server", 2), ("workers", 3)]
+    assert [node_name(i, 2) for i in range(5)] == [
+        "server-0",
+        "server-1",
+        "worker-1",
+        "worker-2",
+        "worker-3",
+    ]
+    assert [node_name(i) for i in range(3)] == ["server", "worker-1", "worker-2"]
+    assert "2 x $" in estimate_cost(opts)
+    assert "2 x c5.2xlarge (2 servers (ps_shards)) + 3 x c5.xlarge" in describe_plan(opts)
+    with pytest.raises(UsageError, match="--servers must be between 1 and 64, got 0"):
+        options(servers=0)
+
+
+def test_fab_train_passes_ps_shards_for_a_cluster_launched_with_several_servers():
+    from launch.cli import with_servers
+
+    nodes = sample_state(3).nodes
+    assert with_servers(["mode=bulyan"], nodes, 1) == ["mode=bulyan"]  # one server
+    nodes[1].role = "server"
+    assert with_servers(["mode=bulyan"], nodes, 1) == ["mode=bulyan", "ps_shards=2"]
+    assert with_servers(["ps_shards=1"], nodes, 1) == ["ps_shards=1"]  # the user's own
+    assert with_servers([], nodes, 2) == []  # several processes per node: the user's call
