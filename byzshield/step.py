@@ -40,8 +40,9 @@ Definitions the metrics use (BYZSHIELD.md section 7):
 
     >>> from byzshield.step import RobustUpdate  # see tests/test_step.py for examples
 
-Length (about 620 lines): RobustUpdate, StepRule, the per-step inbox and the metrics;
-the votes, the omniscient attack, the digest lies and the byte counts live in
+Length (about 700 lines): RobustUpdate (with one server's part of a sharded server's
+vote, :mod:`byzshield.shards`), StepRule, the per-step inbox and the metrics; the votes,
+the omniscient attack, the digest lies and the byte counts live in
 :mod:`byzshield.vote`, :mod:`byzshield.omniscient` and :mod:`byzshield.protocol`.
 """
 
@@ -466,10 +467,6 @@ class RobustUpdate:
             ref = int(original[j, k])
             return ref == int(index[j, positions[j]]) or same_bits(winners[j], rows[ref])
 
-        def voters(j: int) -> list[int]:  # none when unanimous: no copy lost
-            ks = list(range(r)) if live is None else [k for k in range(r) if live[j][k]]
-            return [] if agree[j] == len(ks) else ks
-
         def agrees(j: int, k: int) -> bool:
             row = int(index[j, k])
             return row == int(index[j, positions[j]]) or same_bits(rows[row], winners[j])
@@ -481,7 +478,7 @@ class RobustUpdate:
                 positions[j], agree[j], trusted[j] = i, c, 2 * c > r
                 winners[j].copy_(rows[int(index[j, i])])
             distorted += self._distorted(files, positions, trusted, bad, same_as_honest)
-            self._lost_votes(files, positions, trusted, voters, agrees, lost)
+            self._lost_votes(files, positions, trusted, _voters(agree, live, r), agrees, lost)
         return _Votes(positions, trusted, winners, sorted(distorted), _by_worker(lost))
 
     def _sharded_full_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
@@ -519,13 +516,10 @@ class RobustUpdate:
             same = dict(zip(asked, answers.tolist(), strict=True))
         distorted = self._distorted(files, positions, trusted, bad, lambda j, k: same[(j, k)])
 
-        def voters(j: int) -> list[int]:  # none when unanimous: no copy lost
-            ks = list(range(r)) if live is None else [k for k in range(r) if live[j][k]]
-            return [] if agree[j] == len(ks) else ks
-
         def agrees(j: int, k: int) -> bool:
             return keys[j][k] == keys[j][positions[j]]
 
+        voters = _voters(agree, live, r)
         lost = self._lost_votes(files, positions, trusted, voters, agrees, {})
         return _Votes(positions, trusted, winners, distorted, _by_worker(lost))
 
@@ -695,6 +689,17 @@ def step_metrics(
         "digest_liars": liars,
         **times,
     }
+
+
+def _voters(agree: list[int], live: list[list[bool]] | None, r: int):
+    """The full vote's ``voters(j)``: the positions of file j's copies that voted, none
+    when they were unanimous (no copy lost its vote)."""
+
+    def voters(j: int) -> list[int]:
+        ks = list(range(r)) if live is None else [k for k in range(r) if live[j][k]]
+        return [] if agree[j] == len(ks) else ks
+
+    return voters
 
 
 def _by_worker(counts: dict) -> dict[str, int]:

@@ -4,12 +4,14 @@ Everything here works column chunk by column chunk (each chunk fits in cache), s
 ``torch.get_num_threads()`` threads (NumPy releases the GIL inside its loops). Column
 blocks are fixed, so results do not depend on the thread count. Order statistics come
 from comparator networks applied to whole rows; pairwise distances from a float64 Gram
-matrix with a certified error bound (see :class:`_PairwiseDistances`). Nothing here
-copies the stack.
+matrix with a certified error bound (see :class:`_PairwiseDistances`). Every sum over
+columns adds per-block partials in column order (:func:`reduction_block`), on one server
+or, sharded, across servers. Nothing here copies the stack.
 
-Length (about 670 lines): the private numeric kernels every rule and pre-aggregation
-shares (comparator networks, certified Gram distances, column chunks over threads),
-tested through the public rules.
+Length (about 800 lines): the private numeric kernels every rule and pre-aggregation
+shares (comparator networks, certified Gram distances, column chunks over threads, the
+reductions over columns that a sharded server adds across servers: :class:`ColumnShard`),
+tested through the public rules and tests/test_shards.py.
 """
 
 from __future__ import annotations

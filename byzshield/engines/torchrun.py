@@ -13,6 +13,13 @@ its END marker and the slack that lets a message of the wrong length be named
 (:class:`byzshield.protocol.Slot`). Spare rows are never read and, never written,
 cost no memory. The copies are handed over while the payloads are still arriving: the
 robust update votes each file as soon as its last copy lands.
+
+With ``ps_shards=S`` ranks 0..S-1 are the servers of a sharded parameter server and ranks
+S..S+K-1 the workers (docs/shards.md). Rank 0 sends control and parameters, as before;
+each worker sends every server a header and that server's columns of its payload;
+servers 1..S-1 (:func:`run_shard_server`) run the robust update of their columns,
+exchanging vote classes and partial sums with the others (:class:`TorchrunPeers`), and
+send rank 0 their gradient slice (:class:`LeadUpdate` puts the step together).
 """
 
 from __future__ import annotations
