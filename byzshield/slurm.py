@@ -72,6 +72,7 @@ class Plan:
     extra: list[str]
     tasks_per_node: int = 1
     cpus_per_task: int | None = None
+    servers: int = 1  # ranks 0..servers-1: the parameter server (ps_shards)
 
     def node_command(self) -> list[str]:
         """What each task of the step runs (inside the allocation)."""
@@ -106,6 +107,16 @@ class Plan:
         ]
         return "\n".join(lines) + "\n"
 
+    def _servers_in(self, lo: int, hi: int) -> str:
+        """The parameter server's ranks among ranks lo..hi-1, for the plan's rows."""
+        top = min(hi, self.servers)
+        if self.servers == 1:
+            return " (rank 0: the parameter server)" if lo == 0 else ""
+        if lo >= top:
+            return ""
+        ranks = f"rank {lo}" if top - lo == 1 else f"ranks {lo}..{top - 1}"
+        return f" ({ranks}: parameter servers, ps_shards={self.servers})"
+
     def describe(self) -> str:
         world = sum(self.counts)
         tasks = len(self.counts)
@@ -115,7 +126,7 @@ class Plan:
         start = 0
         for n, count in enumerate(self.counts):
             ranks = f"ranks {start}..{start + count - 1}" if count > 1 else f"rank {start}"
-            role = " (rank 0: the parameter server)" if n == 0 else ""
+            role = self._servers_in(start, start + count)
             host = n // self.tasks_per_node
             rows.append(f"  task {n} (node {host}): {ranks}, --nproc-per-node {count}{role}")
             start += count
@@ -232,6 +243,7 @@ def _submit(args, overrides: list[str]) -> int:
         list(args.sbatch_arg),
         args.tasks_per_node,
         args.cpus_per_task,
+        config.ps_shards,
     )
     if args.dry_run:
         print(plan.describe().replace("byzshield slurm plan:", "byzshield slurm plan (dry run):"))

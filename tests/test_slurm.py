@@ -83,6 +83,19 @@ def test_dry_run_prints_the_plan_and_submits_nothing(tmp_path, nodes):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_sharded_server_adds_its_ranks_to_the_plan(tmp_path):
+    proc = _run(
+        [sys.executable, "-m", "byzshield.slurm", "--nodes", "2", "--dry-run",
+         "ps_shards=3", f"train_dir={tmp_path / 'run'}"],
+        run_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "18 ranks in 2 tasks" in proc.stdout  # K = 15 workers and 3 servers
+    assert "ranks 0..8, --nproc-per-node 9 (ranks 0..2: parameter servers, ps_shards=3)" in (
+        proc.stdout
+    )
+
+
 def test_bad_slurm_options_are_one_line(tmp_path):
     proc = _run([sys.executable, "-m", "byzshield.slurm", "--dry-run"], run_env())
     assert proc.returncode == 2 and proc.stderr.strip() == (
