@@ -84,7 +84,15 @@ MODELS = {
 }
 
 
-def run_once(model: str, overrides: list[str], steps: int, folder: Path) -> list[dict]:
+def run_once(
+    model: str,
+    overrides: list[str],
+    steps: int,
+    folder: Path,
+    *,
+    nproc: int = 16,
+    mode: str = "coord-median",
+) -> list[dict]:
     """One torchrun job of ``steps`` steps; its per-step metrics records."""
     spec = MODELS[model]
     entry = [str(spec["script"])] if spec["script"] else ["-m", "byzshield.train"]
@@ -94,14 +102,14 @@ def run_once(model: str, overrides: list[str], steps: int, folder: Path) -> list
         "torch.distributed.run",
         "--standalone",
         "--nproc-per-node",
-        "16",
+        str(nproc),
         *entry,
         *spec["overrides"],
         *overrides,
         "attack=rev_grad",
         "adversary.q=3",
         "adversary.selection=worst_case",
-        "mode=coord-median",
+        f"mode={mode}",
         f"max_steps={steps}",
         "eval_freq=0",
         "checkpoint=false",
@@ -166,41 +174,6 @@ SHARD_CONFIGS = ("coord-median", "multi-krum")
 LINK_BYTES_PER_S = 10e9 / 8  # a 10 Gb/s link per server
 
 
-def run_sharded(model: str, mode: str, S: int, steps: int, folder: Path) -> list[dict]:
-    """One torchrun job of MOLS l=5 r=3 with ``ps_shards=S`` (K + S processes)."""
-    spec = MODELS[model]
-    entry = [str(spec["script"])] if spec["script"] else ["-m", "byzshield.train"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(15 + S),
-        *entry,
-        *spec["overrides"],
-        "approach=mols",
-        "approach.l=5",
-        "approach.r=3",
-        f"ps_shards={S}",
-        f"mode={mode}",
-        "attack=rev_grad",
-        "adversary.q=3",
-        "adversary.selection=worst_case",
-        f"max_steps={steps}",
-        "eval_freq=0",
-        "checkpoint=false",
-        "eval_batch_size=100",
-        f"train_dir={folder}",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"benchmark run failed (ps_shards={S} {mode}):\n{proc.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "event" not in r]
-
-
 def shard_table(model: str, steps: int, warmup: int, tmp: Path) -> str:
     """The sharded server's table: S = 1, 2, 4 for each rule, against S = 1 of the same
     rule in the same run (bytes are per step and the same every step)."""
@@ -212,7 +185,9 @@ def shard_table(model: str, steps: int, warmup: int, tmp: Path) -> str:
         total = None
         for S in (1, 2, 4):
             t0 = time.monotonic()
-            rows = run_sharded(model, mode, S, steps, tmp / f"{model}-{mode}-{S}")[warmup:]
+            overrides = [*CONFIGS["MOLS l=5 r=3, vote=full"], f"ps_shards={S}"]
+            folder = tmp / f"{model}-{mode}-{S}"
+            rows = run_once(model, overrides, steps, folder, nproc=15 + S, mode=mode)[warmup:]
             print(f"  {model} {mode} S={S} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
             first = rows[0]
             per = first.get("bytes_per_server", [first["bytes_received"]])

@@ -7,7 +7,7 @@ crashes or stays silent is named by its rank (a collective could only say "somet
 failed"). With a sharded server (``ps_shards=S``, ``num_servers``) ranks 0..S-1 are the
 servers and ranks S..S+K-1 the workers: rank 0 still sends control and parameters, each
 server receives its slice of every reply, and the servers exchange small messages
-(:meth:`Comm.send_to_peer`, :meth:`Comm.receive_from_peer`).
+(:meth:`Comm.send_to_server`, :meth:`Comm.receive_from_server` with a server rank).
 
 With no WORLD_SIZE in the environment, :func:`init` returns a single-process
 :class:`Comm` whose collectives are no-ops, so server and worker code can be called and
@@ -133,39 +133,23 @@ class Comm:
         ranks = list(range(self.num_servers, self.world_size))
         self._wait_each([self._send(tensor, r) for r in ranks], ranks)
 
-    def receive_from_server(self, tensor: torch.Tensor) -> None:
-        """A worker: fill ``tensor`` with rank 0's next message."""
-        if not self.distributed:
-            return
-        try:
-            self._wait(self._recv(tensor, 0))
-        except RuntimeError as exc:
-            raise _server_failure(exc, self.timeout) from None
-
-    def send_to_server(self, tensor: torch.Tensor, server: int = 0) -> None:
-        """A worker's message to rank 0 (or to server ``server`` of a sharded one)."""
-        if not self.distributed:
-            return
-        try:
-            self._wait(self._send(tensor, server))
-        except RuntimeError as exc:
-            raise _server_failure(exc, self.timeout, server) from None
-
-    def send_to_peer(self, tensor: torch.Tensor, server: int) -> None:
-        """A server's message to another server of a sharded parameter server."""
-        if not self.distributed:
-            return
-        try:
-            self._wait(self._send(tensor, server))
-        except RuntimeError as exc:
-            raise _server_failure(exc, self.timeout, server) from None
-
-    def receive_from_peer(self, tensor: torch.Tensor, server: int) -> None:
-        """Fill ``tensor`` with server ``server``'s next message to this server."""
+    def receive_from_server(self, tensor: torch.Tensor, server: int = 0) -> None:
+        """Fill ``tensor`` with rank 0's next message to this rank (or server
+        ``server``'s, between the servers of a sharded parameter server)."""
         if not self.distributed:
             return
         try:
             self._wait(self._recv(tensor, server))
+        except RuntimeError as exc:
+            raise _server_failure(exc, self.timeout, server) from None
+
+    def send_to_server(self, tensor: torch.Tensor, server: int = 0) -> None:
+        """A message to rank 0 (or to server ``server`` of a sharded parameter server,
+        from a worker or from another server)."""
+        if not self.distributed:
+            return
+        try:
+            self._wait(self._send(tensor, server))
         except RuntimeError as exc:
             raise _server_failure(exc, self.timeout, server) from None
 

@@ -102,7 +102,7 @@ class TorchrunEngine:
         self.idle = False
         control = Control.for_step(step, self.K, byzantine).pack()
         for server in self.peers:  # servers 1..S-1 of a sharded server: the step starts
-            self.comm.send_to_peer(control, server)
+            self.comm.send_to_server(control, server)
         self.comm.send_to_workers(control)
         self.comm.send_to_workers(params)
         return self.collect(t0)
@@ -230,7 +230,7 @@ class TorchrunEngine:
                 self._end_pulls()
                 stop = Control.stop_message(step, self.K).pack()
                 for server in self.peers:
-                    self.comm.send_to_peer(stop, server)
+                    self.comm.send_to_server(stop, server)
                 self.comm.send_to_workers(stop)
 
 
@@ -383,11 +383,11 @@ class TorchrunPeers:
 
     def _send(self, array: np.ndarray, server: int) -> None:
         self.sent += array.nbytes
-        self.comm.send_to_peer(_wire(array), server)
+        self.comm.send_to_server(_wire(array), server)
 
     def _receive(self, like: np.ndarray, server: int) -> np.ndarray:
         buffer = _wire(np.empty_like(like))
-        self.comm.receive_from_peer(buffer, server)
+        self.comm.receive_from_server(buffer, server)
         return buffer.numpy().astype(like.dtype, copy=False)
 
     def reduce(self, partials: list, combine) -> np.ndarray:
@@ -459,9 +459,9 @@ class LeadUpdate:
             }
         )
         for server, (lo, hi) in enumerate(self.bounds[1:], start=1):
-            self.comm.send_to_peer(_text_tensor(text), server)
+            self.comm.send_to_server(_text_tensor(text), server)
             for key in sorted(self.state):
-                self.comm.send_to_peer(self.state[key][lo:hi].contiguous(), server)
+                self.comm.send_to_server(self.state[key][lo:hi].contiguous(), server)
 
     def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
         sent = self.peers.sent
@@ -471,9 +471,9 @@ class LeadUpdate:
         slices = 0
         for server, (lo, hi) in enumerate(self.bounds[1:], start=1):
             counts = torch.zeros(2, dtype=torch.int64)  # control bytes sent, state values
-            self.comm.receive_from_peer(counts, server)
+            self.comm.receive_from_server(counts, server)
             message = torch.empty(hi - lo + int(counts[1]))
-            self.comm.receive_from_peer(message, server)
+            self.comm.receive_from_server(message, server)
             slices += counts.nbytes + message.nbytes
             parts.append(message[: hi - lo])
             states.append(_split_state(own, message[hi - lo :], hi - lo))
@@ -532,7 +532,7 @@ def run_shard_server(comm: Comm, run: Run) -> None:
     d = num_params(model)
     lo, hi = shard_bounds(d, cfg.ps_shards)[s]
     start = _text_tensor("")
-    comm.receive_from_peer(start, 0)
+    comm.receive_from_server(start, 0)
     told = json.loads(bytes(start.tolist()).rstrip(b"\0").decode())
     run = add_server_parts(run, aggregator_f=told["aggregator_f"])
     peers = TorchrunPeers(comm, cfg.ps_shards)
@@ -550,12 +550,12 @@ def run_shard_server(comm: Comm, run: Run) -> None:
         state = {}
         for key in sorted(told["state"]):
             state[key] = torch.empty(hi - lo)
-            comm.receive_from_peer(state[key], 0)
+            comm.receive_from_server(state[key], 0)
         update.load_state_dict(state)
     engine = TorchrunEngine(comm, run, d, server=s)
     control = torch.zeros(control_size(p.num_workers), dtype=torch.int64)
     while True:
-        comm.receive_from_peer(control, 0)
+        comm.receive_from_server(control, 0)
         message = Control.unpack(control)
         if message.stop:
             log.info("server %d: stop after %d steps", s, message.step)
@@ -572,5 +572,5 @@ def run_shard_server(comm: Comm, run: Run) -> None:
         state = update.state_dict()
         flat = [state[k].reshape(-1) for k in sorted(state)]
         counts = torch.tensor([peers.sent - sent, sum(t.numel() for t in flat)])
-        comm.send_to_peer(counts, 0)
-        comm.send_to_peer(torch.cat([outcome.gradient, *flat]), 0)
+        comm.send_to_server(counts, 0)
+        comm.send_to_server(torch.cat([outcome.gradient, *flat]), 0)
