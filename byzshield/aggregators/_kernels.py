@@ -164,14 +164,14 @@ def _over_columns(d: int, body: Callable[[int, int], object], width: int = _BLOC
 # partials, added one after another in column order. The blocks depend on the whole
 # vector's length only, so a parameter server sharded by column blocks
 # (:mod:`byzshield.shards`) adds the very same partials in the very same order.
-_REDUCTION_BLOCKS = 256  # at least this many blocks, so that shards can be balanced
-_MIN_REDUCTION_BLOCK = 256
+_REDUCTION_BLOCKS = 128  # at least this many blocks, so that shards can be balanced
+_MIN_REDUCTION_BLOCK = 1024  # smaller blocks cost more in per-block overhead than they save
 
 
 def reduction_block(total: int) -> int:
     """Columns per block of every reduction over a vector of ``total`` columns:
-    ``_BLOCK_COLUMNS`` (65,536) for 16.8M columns and more, else halved until there are
-    at least 256 blocks (not below 256 columns)."""
+    ``_BLOCK_COLUMNS`` (65,536) for 8.4M columns and more, else halved until there are
+    at least 128 blocks (not below 1,024 columns)."""
     block = _BLOCK_COLUMNS
     while block > _MIN_REDUCTION_BLOCK and total < _REDUCTION_BLOCKS * block:
         block //= 2
@@ -237,7 +237,13 @@ def _reduce_columns(d: int, body: Callable[[int, int], np.ndarray], combine=np.a
     """``body(lo, hi)`` on every reduction block of the local [0, d) columns, then the
     partials of every shard (:func:`column_shard`) combined in column order."""
     shard = _shard()
-    partials = _over_columns(d, body, reduction_block(_total_columns(d)))
+    block = reduction_block(_total_columns(d))
+    per_task = max(block, _BLOCK_COLUMNS // block * block)  # a thread's whole blocks
+
+    def task(lo: int, hi: int) -> list:
+        return [body(a, b) for a, b in _chunks(lo, hi, block)]
+
+    partials = [p for part in _over_columns(d, task, per_task) for p in part]
     if shard is not None:
         return shard.reduce(partials, combine)
     return _in_order(partials, combine)
