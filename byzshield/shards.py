@@ -269,9 +269,3 @@ _SLICE_HEADER = 16
 
 def _state_values(update: RobustUpdate) -> int:
     return sum(t.numel() for t in update.state_dict().values())
-
-
-def check_shards(num_shards: int, vote: str) -> None:
-    """The configurations a sharded server runs (a one-line ValueError otherwise)."""
-    if num_shards > 1 and vote != "full":
-        raise ValueError(f"ps_shards={num_shards} runs the full vote only, got vote={vote}")
