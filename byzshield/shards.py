@@ -81,6 +81,13 @@ def shard_bounds(d: int, num_shards: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
+def bytes_per_server(placement: Placement, bounds: list[tuple[int, int]]) -> list[int]:
+    """What each server receives from the workers in a step: every worker's reply
+    header and its columns of each gradient (:class:`~byzshield.protocol.ReplyLayout`)."""
+    K, load = placement.num_workers, placement.load
+    return [K * ReplyLayout(load, hi - lo).nbytes() for lo, hi in bounds]
+
+
 class Aborted(Exception):
     """Another server of the step failed: this one stops waiting for it."""
 
@@ -201,8 +208,7 @@ class ShardedUpdate:
         build_update: Callable[[ColumnShard], RobustUpdate],
     ):
         self.d, self.bounds = d, shard_bounds(d, num_shards)
-        K, load = placement.num_workers, placement.load
-        self.per_server = [K * ReplyLayout(load, hi - lo).nbytes() for lo, hi in self.bounds]
+        self.per_server = bytes_per_server(placement, self.bounds)
         self.peers = ThreadPeers(num_shards)
         self.updates = [
             build_update(self.peers.shard(s, lo, d)) for s, (lo, _) in enumerate(self.bounds)

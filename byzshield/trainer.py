@@ -342,6 +342,12 @@ def robust_update(run: Run, model: nn.Module, *, lead=None):
     )
 
 
+def present_copies(run: Run, missing: tuple[int, ...]) -> torch.Tensor:
+    """(f, r) bool: which copies arrive when the workers ``missing`` miss the deadline."""
+    gone = set(missing)
+    return torch.tensor([[w not in gone for w in ws] for ws in run.placement.file_workers])
+
+
 def erasures(run: Run, step: int) -> tuple[int, ...]:
     """The workers whose replies miss this step's deadline (``stragglers``, drawn from
     (seed, step), the same in both engines and on every server)."""
@@ -428,9 +434,7 @@ class Trainer:
         copies, times = self.engine.gather(step, params, byzantine)
         missing = self.erasures(step)
         if missing:
-            gone = set(missing)
-            holders = self.run.placement.file_workers
-            copies.present = torch.tensor([[w not in gone for w in ws] for ws in holders])
+            copies.present = present_copies(self.run, missing)
         outcome = self.update(copies, byzantine, step)
         t1 = time.perf_counter()
         lr = self.apply(outcome.gradient)

@@ -51,9 +51,9 @@ from byzshield.protocol import (
     gradients_size,
     pack_gradients,
 )
-from byzshield.shards import shard_bounds
+from byzshield.shards import bytes_per_server, shard_bounds
 from byzshield.step import Copies, Outcome, RobustUpdate, copy_index, pushed_slots
-from byzshield.trainer import erasures
+from byzshield.trainer import erasures, present_copies
 from byzshield.vote import Rows
 
 __all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server", "run_worker"]
@@ -447,8 +447,7 @@ class LeadUpdate:
         self.peers = TorchrunPeers(comm, len(self.bounds))
         self.update = build(self.peers.shard(0, d))
         self.state: dict[str, torch.Tensor] = {}  # the whole vector's, from every server
-        K, load = run.placement.num_workers, run.placement.load
-        self.per_server = [K * ReplyLayout(load, hi - lo).nbytes() for lo, hi in self.bounds]
+        self.per_server = bytes_per_server(run.placement, self.bounds)
 
     def start(self) -> None:
         text = json.dumps(
@@ -565,8 +564,7 @@ def run_shard_server(comm: Comm, run: Run) -> None:
         copies, _ = engine.collect(time.perf_counter())
         missing = erasures(run, step)
         if missing:
-            gone = set(missing)
-            copies.present = torch.tensor([[w not in gone for w in ws] for ws in p.file_workers])
+            copies.present = present_copies(run, missing)
         sent = peers.sent
         outcome = update(copies, byzantine, step)
         state = update.state_dict()
