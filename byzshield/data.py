@@ -95,6 +95,9 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 
+SEED_MAX = 2**63 - 1
+"""The largest run seed: :func:`derive_seed` packs each value as 8 signed bytes, and
+``torch.manual_seed`` and NumPy's generators take every integer in 0..SEED_MAX."""
 DIGITS_SPLIT_SEED = 0
 """Seed of the legacy ``numpy.random.RandomState`` permutation that splits ``digits``."""
 DIGITS_NUM_TEST = 359

@@ -12,13 +12,17 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from byzshield.config.adversary import AdversaryOption
 from byzshield.config.approaches import APPROACHES, ApproachOption
 from byzshield.config.attacks import ATTACK_OPTIONS, AttackOption
-from byzshield.config.base import ConfigError, _int, _Option, _positive
+from byzshield.config.base import ConfigError, _float32, _int, _Option, _positive
 from byzshield.config.data import DatasetOption, NetworkOption
 from byzshield.config.modes import MODES, ModeOption
+from byzshield.data import SEED_MAX
 
 ENGINES = ("auto", "torchrun", "simulate", "lockstep")
 DEVICES = ("cpu", "cuda")
 VOTES = ("full", "digest")
+TIMEOUT_MAX = 1e9
+"""The longest ``timeout`` in seconds (~32 years: "never"), inside what timedelta and
+gloo's millisecond clocks hold."""
 DIGEST_VERIFY = ("first", "majority")
 
 
@@ -86,6 +90,7 @@ class TrainConfig:
         if self.threads is not None:
             _int("", "threads", self.threads, 1)
         _positive("", "lr", self.lr)
+        _float32("", "lr", self.lr)  # SGD's step is a float32 value
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 < self.gamma <= 1:
@@ -93,6 +98,7 @@ class TrainConfig:
         _int("", "lr_step", self.lr_step, 1)
         _int("", "batch_size", self.batch_size, 1)
         _int("", "max_steps", self.max_steps, 1)
+        _int("", "seed", self.seed, 0, SEED_MAX)  # what torch's and NumPy's generators take
         if self.epochs is not None:
             _positive("", "epochs", self.epochs)
         if isinstance(self.eval_freq, bool) or self.eval_freq < 0:
@@ -100,6 +106,8 @@ class TrainConfig:
                 f"eval_freq must be >= 0 (0: evaluate only at the end), got {self.eval_freq}"
             )
         _positive("", "timeout", self.timeout)
+        if self.timeout > TIMEOUT_MAX:
+            raise ConfigError(f"timeout must be at most {TIMEOUT_MAX:.0e} s, got {self.timeout}")
         _int("", "bn_batches", self.bn_batches, 1)
         _int("", "eval_batch_size", self.eval_batch_size, 1)
         _int("", "log_every", self.log_every, 1)
