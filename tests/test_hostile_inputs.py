@@ -10,12 +10,15 @@ output going into a pipe that is already closed (``--help | head``).
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
 
+from byzshield import data as data_module
 from byzshield.config import ConfigError, build_run
 from byzshield.config.data import _load_dataset
+from byzshield.data import DatasetNotFound, load_dataset
 from byzshield.overrides import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +88,103 @@ def test_a_bad_config_value_is_one_line_naming_it(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as info:
         build_run(compose_config(args), server=False)
     assert one_line(str(info.value)).startswith(message.format(path=path))
+
+
+# ------------------------------------------------------------------ datasets
+
+
+def _damaged(tmp_path: Path, name: str, keep: int) -> Path:
+    """A copy of the shipped ``name`` cut to its first ``keep`` bytes, in tmp_path."""
+    copy = tmp_path / name
+    copy.write_bytes(data_module._shipped(name).read_bytes()[:keep])
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("dataset", "name", "keep", "reason"),
+    [
+        ("digits", "digits.csv.gz", 20_000, "EOFError: Compressed file ended"),
+        ("digits", "digits.csv.gz", 0, "ValueError: expected 1797 rows of 65 values, got (0,"),
+        ("mnist1d", "mnist1d.npz", 100_000, "BadZipFile: File is not a zip file"),
+    ],
+)
+def test_a_damaged_shipped_dataset_names_the_file_and_how_to_restore_it(
+    tmp_path, monkeypatch, fresh_datasets, dataset, name, keep, reason
+):
+    copy = _damaged(tmp_path, name, keep)
+    monkeypatch.setattr(data_module, "_shipped", lambda n: tmp_path / n)
+    network = "cnn1d" if dataset == "mnist1d" else "lenet"
+    with pytest.raises(ConfigError) as info:
+        build_run(compose_config([f"dataset={dataset}", f"network={network}"]), server=False)
+    line = one_line(str(info.value))
+    assert line.startswith(f"{dataset}: the shipped file {copy} is missing or damaged ({reason}")
+    assert line.endswith(f"git checkout -- byzshield/data/{name})")
+    assert "reinstalling byzshield" in line
+
+
+def test_a_shipped_digits_file_with_rows_missing_is_refused(tmp_path, monkeypatch):
+    rows = gzip.decompress(data_module._shipped("digits.csv.gz").read_bytes()).splitlines()
+    (tmp_path / "digits.csv.gz").write_bytes(gzip.compress(b"\n".join(rows[:1000])))
+    monkeypatch.setattr(data_module, "_shipped", lambda n: tmp_path / n)
+    with pytest.raises(DatasetNotFound, match=r"expected 1797 rows of 65 values, got \(1000, 65\)"):
+        load_dataset("digits", root=tmp_path, download=False, train=True)
+
+
+def _mnist_folder(root: Path, images: bytes) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(images)
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x00")
+    return raw
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        bytes(range(256)) * 4,  # noise: torchvision asserted, with no message
+        b"\x00\x00\x08\x03\x00\x00\x00\x10",  # a header and no data: int(b'', 16)
+    ],
+)
+def test_a_corrupt_mnist_folder_names_the_file_and_how_to_restore_it(
+    tmp_path, fresh_datasets, images
+):
+    raw = _mnist_folder(tmp_path / "data", images)
+    with pytest.raises(ConfigError) as info:
+        build_run(compose_config(["dataset=mnist", f"dataset.root={tmp_path / 'data'}"]))
+    line = one_line(str(info.value))
+    assert line.startswith(f"mnist: {raw / 'train-images-idx3-ubyte'} is damaged (")
+    assert line.endswith(
+        f"delete {raw.parent} and run again with dataset.download=true, or put an intact copy there"
+    )
+
+
+def _failing_download(url, download_root, filename=None, md5=None, **_):
+    """What torchvision sees with no network, after it made its folders and began a file."""
+    from urllib.error import URLError
+
+    Path(download_root).mkdir(parents=True, exist_ok=True)
+    (Path(download_root) / (filename or "partial.gz")).write_bytes(b"\x1f\x8b")
+    raise URLError("no network here")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_download_removes_what_it_created(tmp_path, monkeypatch, existing):
+    import torchvision.datasets.mnist
+
+    monkeypatch.setattr(
+        torchvision.datasets.mnist, "download_and_extract_archive", _failing_download
+    )
+    root = tmp_path / "data"
+    if existing:  # a folder the user had: it and what was in it stay
+        root.mkdir()
+        (root / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetNotFound) as info:
+        load_dataset("mnist", root=root, download=True, train=True)
+    assert one_line(str(info.value)).startswith(
+        "mnist: files not found or corrupted (Error downloading"
+    )
+    if existing:
+        assert sorted(p.name for p in root.rglob("*")) == ["notes.txt"]
+    else:
+        assert not root.exists()
