@@ -14,6 +14,7 @@ from pathlib import Path
 from byzshield.overrides import UsageError, compose
 
 __all__ = [
+    "check_out_dir",
     "check_train_dir",
     "check_train_overrides",
     "entry_point",
@@ -128,11 +129,9 @@ def train_help() -> str:
     its default and meaning (Hydra's own flags: --hydra-help)."""
     import dataclasses
 
-    import byzshield.conf
     from byzshield.config import KEY_HELP, TrainConfig
-    from byzshield.overrides import _groups
+    from byzshield.overrides import _groups, group_options
 
-    root = Path(byzshield.conf.__file__).parent
     defaults = {"approach": "mols", "mode": "coord-median", "attack": "rev_grad"}
     defaults |= {"network": "lenet", "dataset": "digits"}
     lines = [
@@ -149,8 +148,7 @@ def train_help() -> str:
     for group in _groups():
         if group == "paper":
             continue
-        folder = root / group
-        names = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.endswith("_schema"))
+        names = group_options(group)
         default = defaults.get(group)
         extra = f" (default {default})" if default else " (+experiment=NAME)"
         lines.append(f"  {group:<11}{', '.join(names)}{extra}")
@@ -243,6 +241,24 @@ def check_train_dir(path: str) -> None:
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"train_dir {path} cannot be written: {exc.strerror or exc}") from None
+
+
+def check_out_dir(path: str, key: str) -> Path:
+    """Refuse, in one line (ValueError naming ``key``), an output folder that cannot be
+    created or written, before any work: a file in its place or above it, or a
+    read-only or unwritable parent. Creates nothing (a command stopped later leaves no
+    empty folder)."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{key}={path} is an existing file, not a folder")
+    existing = folder
+    while not existing.exists():  # the deepest part that exists: it must take the rest
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{key}={path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{key}={path} cannot be written: {existing} is not writable")
+    return folder
 
 
 def launch_torchrun(world_size: int) -> int:

@@ -20,6 +20,7 @@ from byzshield.config import ConfigError, build_run
 from byzshield.config.data import _load_dataset
 from byzshield.data import DatasetNotFound, load_dataset
 from byzshield.overrides import compose_config
+from byzshield.placement_cli import placement_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,3 +189,33 @@ def test_a_failed_download_removes_what_it_created(tmp_path, monkeypatch, existi
         assert sorted(p.name for p in root.rglob("*")) == ["notes.txt"]
     else:
         assert not root.exists()
+
+
+# ------------------------------------------------------------------ python -m byzshield.placement
+
+
+def test_placement_out_is_checked_before_the_search(tmp_path, monkeypatch, capsys):
+    import byzshield.adversary
+
+    def search(*args, **kwargs):
+        raise AssertionError("the search ran before out= was checked")
+
+    monkeypatch.setattr(byzshield.adversary, "worst_case_table", search)
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "figures"
+    assert placement_main(["+experiment=distortion", f"out={out}"]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"error: out={out} cannot be created: {tmp_path / 'a-file'} is a file"
+    )
+    assert not out.exists()
+
+
+def test_placement_help_lists_the_approaches_it_accepts(capsys):
+    from byzshield.overrides import compose, group_options
+
+    assert placement_main(["--help"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "approach=NAME" in ln]
+    listed = [name.strip() for name in line.split("approach=NAME", 1)[1].split(" | ")]
+    assert listed == group_options("approach") and "detox" not in listed
+    for name in listed:  # each one it lists composes
+        assert compose("placement", [f"approach={name}"]).approach.name == name
