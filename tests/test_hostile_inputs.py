@@ -11,11 +11,15 @@ output going into a pipe that is already closed (``--help | head``).
 from __future__ import annotations
 
 import gzip
+import ipaddress
+import os
+import socket
 from pathlib import Path
 
 import pytest
 
 from byzshield import data as data_module
+from byzshield import slurm
 from byzshield.config import ConfigError, build_run
 from byzshield.config.data import _load_dataset
 from byzshield.data import DatasetNotFound, load_dataset
@@ -219,3 +223,103 @@ def test_placement_help_lists_the_approaches_it_accepts(capsys):
     assert listed == group_options("approach") and "detox" not in listed
     for name in listed:  # each one it lists composes
         assert compose("placement", [f"approach={name}"]).approach.name == name
+
+
+# ------------------------------------------------------------------ python -m byzshield.slurm
+
+
+def test_slurm_help_shows_the_default_port(capsys):
+    with pytest.raises(SystemExit) as info:
+        slurm.main(["--help"])
+    assert info.value.code == 0
+    assert "20000 + job id % 20000" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-5"])
+def test_slurm_port_outside_1_to_65535_is_one_line(tmp_path, capsys, port):
+    code = slurm.main(["--nodes", "1", "--dry-run", "--port", port, f"train_dir={tmp_path / 'r'}"])
+    assert code == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"error: --port must be a TCP port in 1..65535, got {port}"
+    )
+
+
+def _resolver(table: dict[str, list[str]]):
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0))
+            for a in table[host]
+        ]
+
+    return getaddrinfo
+
+
+@pytest.mark.parametrize(
+    ("node_addr", "names", "expected"),
+    [
+        ("10.1.2.3", {}, "10.1.2.3"),  # an address is used as it is
+        ("node0", {"node0": ["10.1.2.3"]}, "10.1.2.3"),
+        ("node0", {"node0": ["fd00::7", "10.1.2.3"]}, "10.1.2.3"),  # IPv4 first
+        ("node0", {"node0": ["127.0.1.1", "fd00::7"]}, "fd00::7"),  # reachable first
+        ("node0", {"node0": ["127.0.1.1"]}, "127.0.1.1"),  # one host: loopback is enough
+    ],
+)
+def test_slurm_rendezvous_binds_an_address_not_a_host_name(monkeypatch, node_addr, names, expected):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver(names))
+    assert slurm.rendezvous_address(node_addr, []) == expected
+
+
+def test_slurm_rendezvous_name_that_does_not_resolve_is_one_line(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver({}))
+    with pytest.raises(ValueError) as info:
+        slurm.rendezvous_address("node0", [])
+    assert one_line(str(info.value)).startswith("cannot resolve the first node's address 'node0'")
+
+
+def test_slurm_rendezvous_loopback_name_on_several_hosts_binds_the_routed_address(monkeypatch):
+    """Debian maps a machine's own name to 127.0.1.1: bound there, the other nodes could
+    not reach the store; the address this host reaches them from is used instead."""
+    peer = "192.0.2.77"  # TEST-NET-1: routed by any default route, never answers
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((peer, 9))
+            routed = probe.getsockname()[0]
+    except OSError:
+        pytest.skip("this machine has no route beyond loopback")
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver({"node0": ["127.0.1.1"], "node1": [peer]}))
+    address = slurm.rendezvous_address("node0", ["node1"])
+    assert address == routed and not ipaddress.ip_address(address).is_loopback
+
+
+def test_slurm_task_passes_torchrun_an_ip_address(tmp_path, monkeypatch, capsys):
+    """Inside the job (``--node``): NodeAddr a host name, the store bound to its address."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(
+        "#!/bin/sh\n"
+        'if [ "$2" = hostnames ]; then echo localhost; '
+        "else echo NodeName=n0 NodeAddr=localhost State=IDLE; fi\n"
+    )
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "localhost")
+    monkeypatch.delenv("BYZSHIELD_RANK_NODES", raising=False)
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    started = []
+
+    def execv(path, cmd):
+        started.append(cmd)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execv", execv)
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver({"localhost": ["127.0.0.1"]}))
+    with pytest.raises(SystemExit):
+        slurm.main(["--node", "--counts", "16", "--", "approach=mols"])
+    (cmd,) = started
+    assert cmd[cmd.index("--master-addr") + 1] == "127.0.0.1"
+    assert "rendezvous 127.0.0.1:20007" in capsys.readouterr().out
