@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from byzshield.overrides import UsageError, compose
@@ -22,6 +22,7 @@ __all__ = [
     "fail_job",
     "launch_torchrun",
     "log_to_folder",
+    "quiet_when_stdout_closes",
     "sweep_status",
     "train_help",
 ]
@@ -55,6 +56,21 @@ def _tell_torchrun(message: str) -> None:
             json.dump({"message": message, "timestamp": int(time.time())}, fh)
     except OSError:
         pass  # the agent then reports the exit code alone
+
+
+def quiet_when_stdout_closes(run: Callable[[], int]) -> int:
+    """``run()``'s exit status; when the reader of stdout goes away first (``--help |
+    head``), the command stops quietly with status 0, as the argparse front ends do,
+    instead of ending in a BrokenPipeError traceback."""
+    try:
+        code = run()
+        sys.stdout.flush()  # output that fit in the buffer meets the closed pipe here
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout once more at exit
+        os.close(devnull)
+        return 0
+    return code
 
 
 FAILED_JOBS: list[str] = []
@@ -99,8 +115,7 @@ def entry_point(main, after=None) -> int:
     engine trains the multirun jobs it collected; it returns the lines of runs that
     failed); the exit status."""
     if {"--help", "-h"} & set(sys.argv[1:]):
-        print(train_help())
-        return 0
+        return quiet_when_stdout_closes(lambda: print(train_help()) or 0)
     check_train_overrides(sys.argv[1:])
     if int(os.environ.get("RANK", "0")) != 0:  # only rank 0 writes Hydra's folders
         sys.argv += [

@@ -311,7 +311,10 @@ def placement_main(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m byzshield.placement`` and ``byzshield-placement``."""
-    return placement_main(sys.argv[1:] if argv is None else list(argv))
+    from byzshield.launcher import quiet_when_stdout_closes
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return quiet_when_stdout_closes(lambda: placement_main(args))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,14 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_env
 
 from byzshield import data as data_module
 from byzshield import slurm
@@ -244,6 +248,28 @@ def test_slurm_port_outside_1_to_65535_is_one_line(tmp_path, capsys, port):
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--nnodes", "1", "--master-addr", "127.0.0.1", "--master-port", "99999"],
+            "error: --master-port needs a TCP port in 1..65535, got 99999",
+        ),
+        (
+            ["--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:70000"],
+            "error: --rdzv-endpoint needs a TCP port in 0..65535, got 70000",
+        ),
+    ],
+)
+def test_comm_port_outside_the_tcp_range_is_one_line(capsys, args, message):
+    from byzshield import comm
+
+    with pytest.raises(SystemExit) as info:
+        comm.torchrun([*args, "--nproc-per-node", "1", "-m", "byzshield.train"])
+    assert info.value.code == 2
+    assert one_line(capsys.readouterr().err) == message
+
+
 def _resolver(table: dict[str, list[str]]):
     def getaddrinfo(host, port, *args, **kwargs):
         if host not in table:
@@ -323,3 +349,38 @@ def test_slurm_task_passes_torchrun_an_ip_address(tmp_path, monkeypatch, capsys)
     (cmd,) = started
     assert cmd[cmd.index("--master-addr") + 1] == "127.0.0.1"
     assert "rendezvous 127.0.0.1:20007" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ every command's --help
+
+COMMANDS = {
+    "train": [sys.executable, "-m", "byzshield.train", "--help"],
+    "report": [sys.executable, "-m", "byzshield.report", "--help"],
+    "placement": [sys.executable, "-m", "byzshield.placement", "--help"],
+    "slurm": [sys.executable, "-m", "byzshield.slurm", "--help"],
+    "evaluate": [sys.executable, "-m", "byzshield.evaluate", "--help"],
+    "comm": [sys.executable, "-m", "byzshield.comm", "--help"],
+    "fab": [sys.executable, "-m", "fabric", "--list"],
+}
+FIRST_WORDS = {"fab": "Available tasks:"}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help_of_every_command_prints_and_survives_a_closed_pipe(tmp_path, command):
+    """``--help`` prints its text and exits 0; into a pipe whose reader has already gone
+    (``--help | head`` once head has its lines) it exits quietly, no BrokenPipeError."""
+    if command == "fab" and shutil.which("fab") is None:
+        pytest.skip("Fabric is not installed")
+    cmd, env = COMMANDS[command], run_env()
+    shown = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    assert shown.stdout.startswith(FIRST_WORDS.get(command, "usage:")), shown.stdout[:200]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        cut = subprocess.run(
+            cmd, stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, timeout=120
+        )
+    finally:
+        os.close(write)
+    assert cut.returncode == 0 and cut.stderr == "", cut.stderr
