@@ -47,7 +47,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (PyTorch form, no dampening)
     gamma: float = 0.1  # LR decay factor
     lr_step: int = 10_000  # decay every lr_step steps
-    batch_size: int = 300  # samples per step, cut into f equal files (a multiple of f)
+    batch_size: int = 300  # samples per step, cut into f equal files (a multiple of f, <= N)
     max_steps: int = 200  # training steps (epochs wins when set)
     epochs: float | None = None  # passes over the training set
     eval_freq: int = 50  # evaluate + checkpoint every eval_freq steps (0: at the end)
@@ -144,11 +144,11 @@ KEY_HELP: dict[str, str] = {
     "momentum": "SGD momentum (PyTorch form, no dampening)",
     "gamma": "learning-rate decay factor",
     "lr_step": "decay the learning rate every lr_step steps",
-    "batch_size": "samples per step, a multiple of the files f (cut into f equal files)",
+    "batch_size": "samples per step, a multiple of the files f, at most the training set",
     "max_steps": "steps to train",
     "epochs": "passes over the training set; wins over max_steps when set",
     "eval_freq": "evaluate and checkpoint every N steps (0: only at the end)",
-    "seed": "data order, augmentation, initialisation, random Byzantine sets",
+    "seed": "data order, augmentation, initialisation, random Byzantine sets (0..2^63-1)",
     "train_dir": "the run's folder (a rerun with the same config resumes from it)",
     "aggregator_f": "the f the rule assumes (null: c_max(q) of the placement)",
     "outside_guarantee": "run even where the rule's n-versus-f requirement fails",
@@ -157,7 +157,7 @@ KEY_HELP: dict[str, str] = {
     "vote": "full (every copy, bit for bit) or digest (BLAKE3 digests, copies on demand)",
     "digest_verify": "vote=digest: first (one holder's copy checked) or majority",
     "ps_shards": "parameter-server shards S (ranks 0..S-1 under torchrun; vote=full)",
-    "timeout": "torchrun: seconds before a silent rank is declared dead",
+    "timeout": "torchrun: seconds before a silent rank is declared dead (at most 1e9)",
     "checkpoint": "write checkpoints/step_NNNNNN.pt at every evaluation",
     "bn_batches": "training batches BatchNorm statistics are recomputed on before evaluating",
     "eval_batch_size": "test samples per forward pass when evaluating",
