@@ -42,15 +42,6 @@ def one_line(text: str) -> str:
 # ------------------------------------------------------------------ the training config
 
 
-@pytest.fixture
-def fresh_datasets():
-    """Datasets are cached per process: read them from disk in this test, and forget
-    what it read (a damaged copy) afterwards."""
-    _load_dataset.cache_clear()
-    yield
-    _load_dataset.cache_clear()
-
-
 CONFIG_CASES = [
     # finite, but not a float32: SGD's step overflowed inside torch
     (["lr=1e308"], "lr must be a finite float32 (|x| <= 3.403e+38), got 1e+308"),
@@ -100,6 +91,15 @@ def test_a_bad_config_value_is_one_line_naming_it(tmp_path, overrides, message):
 
 
 # ------------------------------------------------------------------ datasets
+
+
+@pytest.fixture
+def fresh_datasets():
+    """Datasets are cached per process: read them from disk in this test, and forget
+    what it read (a damaged copy) afterwards."""
+    _load_dataset.cache_clear()
+    yield
+    _load_dataset.cache_clear()
 
 
 def _damaged(tmp_path: Path, name: str, keep: int) -> Path:
