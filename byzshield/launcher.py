@@ -8,12 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from byzshield.overrides import UsageError, compose
 
 __all__ = [
+    "check_out_dir",
     "check_train_dir",
     "check_train_overrides",
     "entry_point",
@@ -21,6 +22,7 @@ __all__ = [
     "fail_job",
     "launch_torchrun",
     "log_to_folder",
+    "quiet_when_stdout_closes",
     "sweep_status",
     "train_help",
 ]
@@ -54,6 +56,21 @@ def _tell_torchrun(message: str) -> None:
             json.dump({"message": message, "timestamp": int(time.time())}, fh)
     except OSError:
         pass  # the agent then reports the exit code alone
+
+
+def quiet_when_stdout_closes(run: Callable[[], int]) -> int:
+    """``run()``'s exit status; when the reader of stdout goes away first (``--help |
+    head``), the command stops quietly with status 0, as the argparse front ends do,
+    instead of ending in a BrokenPipeError traceback."""
+    try:
+        code = run()
+        sys.stdout.flush()  # output that fit in the buffer meets the closed pipe here
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout once more at exit
+        os.close(devnull)
+        return 0
+    return code
 
 
 FAILED_JOBS: list[str] = []
@@ -98,8 +115,7 @@ def entry_point(main, after=None) -> int:
     engine trains the multirun jobs it collected; it returns the lines of runs that
     failed); the exit status."""
     if {"--help", "-h"} & set(sys.argv[1:]):
-        print(train_help())
-        return 0
+        return quiet_when_stdout_closes(lambda: print(train_help()) or 0)
     check_train_overrides(sys.argv[1:])
     if int(os.environ.get("RANK", "0")) != 0:  # only rank 0 writes Hydra's folders
         sys.argv += [
@@ -128,11 +144,9 @@ def train_help() -> str:
     its default and meaning (Hydra's own flags: --hydra-help)."""
     import dataclasses
 
-    import byzshield.conf
     from byzshield.config import KEY_HELP, TrainConfig
-    from byzshield.overrides import _groups
+    from byzshield.overrides import _groups, group_options
 
-    root = Path(byzshield.conf.__file__).parent
     defaults = {"approach": "mols", "mode": "coord-median", "attack": "rev_grad"}
     defaults |= {"network": "lenet", "dataset": "digits"}
     lines = [
@@ -149,8 +163,7 @@ def train_help() -> str:
     for group in _groups():
         if group == "paper":
             continue
-        folder = root / group
-        names = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.endswith("_schema"))
+        names = group_options(group)
         default = defaults.get(group)
         extra = f" (default {default})" if default else " (+experiment=NAME)"
         lines.append(f"  {group:<11}{', '.join(names)}{extra}")
@@ -243,6 +256,24 @@ def check_train_dir(path: str) -> None:
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"train_dir {path} cannot be written: {exc.strerror or exc}") from None
+
+
+def check_out_dir(path: str, key: str) -> Path:
+    """Refuse, in one line (ValueError naming ``key``), an output folder that cannot be
+    created or written, before any work: a file in its place or above it, or a
+    read-only or unwritable parent. Creates nothing (a command stopped later leaves no
+    empty folder)."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{key}={path} is an existing file, not a folder")
+    existing = folder
+    while not existing.exists():  # the deepest part that exists: it must take the rest
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{key}={path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{key}={path} cannot be written: {existing} is not writable")
+    return folder
 
 
 def launch_torchrun(world_size: int) -> int:
