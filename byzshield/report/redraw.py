@@ -20,7 +20,7 @@ from pathlib import Path
 
 from byzshield.report.eps import eps_curve, placement_of
 from byzshield.report.groups import Summary
-from byzshield.report.load import ReportError, _natural, plural
+from byzshield.report.load import ReportError, _natural
 from byzshield.report.plots import (
     FIGURES,
     DiffPoint,
@@ -204,6 +204,4 @@ def redraw(
         if fig is not None:
             save_figure(fig, out / name)
             written.append(name)
-    if say:
-        say(f"redrew {plural(len(written), 'figure')} from {folder}")
     return written
