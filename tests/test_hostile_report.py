@@ -118,6 +118,8 @@ MOLS, DETOX_NAME = "MOLS K=15", "DETOX (worst) K=15 r=3"
         (["adversary.q=2", "approach=mols"], [MOLS]),  # the key's config name
         (["approach=mols", "approach=draco_lite_attack"], [DETOX_NAME, MOLS]),  # adds values
         (["lr=0.050"], [DETOX_NAME, MOLS]),  # a setting every run shares, as a number
+        (["dataset=digits"], [DETOX_NAME, MOLS]),  # dataset.name by its column's name
+        (["network.name=lenet", "mode.name=coord-median"], [DETOX_NAME, MOLS]),
     ],
 )
 def test_where_takes_what_one_types(sweep, tmp_path, capsys, where, rows):

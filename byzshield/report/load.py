@@ -278,10 +278,7 @@ def _read_metrics(path: Path, warnings: list[str]) -> _Metrics:
             metrics.add(record, number)
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
-        warnings.append(
-            f"{path}: skipped {len(bad)} unreadable line{'s' if len(bad) > 1 else ''} "
-            f"(line {shown})"
-        )
+        warnings.append(f"{path}: skipped {plural(len(bad), 'unreadable line')} (line {shown})")
     if metrics.impossible:
         n = len(metrics.impossible)
         shown = "; ".join(metrics.impossible[:3]) + ("; ..." if n > 3 else "")

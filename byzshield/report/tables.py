@@ -221,7 +221,7 @@ def _markdown(
     out.write("# Training report\n\n")
     out.write("Sources: " + ", ".join(f"`{d}`" for d in dirs) + "\n\n")
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    out.write(f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {summary}.")
+    out.write(f"{plural(len(runs), 'run')}: {summary}.")
     if pending:
         out.write(f" {plural(len(pending), 'sweep job')} not started.")
     out.write("\n\n")
@@ -460,7 +460,10 @@ def _spellings(row: dict, key: str) -> list[str] | None:
         if value is None:
             value = row.get(key)  # the same in every run: not in the label
         return [] if value is None else [value]  # [] : this group has no such parameter
-    return [row[key]] if key in row else None
+    for name in (key, f"{key}.name", key.removesuffix(".name")):  # dataset = dataset.name
+        if name in row:
+            return [row[name]]
+    return None
 
 
 def select(rows: Sequence[dict], where: dict[str, set[str]]) -> list[dict]:

@@ -66,7 +66,8 @@ def check_writable(out: Path) -> None:
             pass
     except OSError as exc:
         raise ReportError(
-            f"cannot write the report to {out}: {probe} is not writable ({exc.strerror})"
+            f"cannot write the report to {out}: {probe} is not writable ({exc.strerror}); "
+            "choose another folder with --out"
         ) from None
 
 
