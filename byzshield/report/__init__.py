@@ -56,17 +56,17 @@ with a work budget); with ``--paired``, ``drop_vs_bias.png`` and ``paired_vs_q.p
 Each approach has one colour in all of them; ``--redraw`` draws them again from a
 report's report.csv and paired.csv (all but accuracy against step, which needs the runs).
 
-The package, one concern a module: :mod:`~byzshield.report.load` (run folders, statuses,
-sweeps and their pending jobs), :mod:`~byzshield.report.groups` (rows and their
-statistics), :mod:`~byzshield.report.names` (approaches' names and colours),
-:mod:`~byzshield.report.eps` (eps(q) of the placements),
-:mod:`~byzshield.report.tables` (report.md, the CSVs, --where, pivot.md),
-:mod:`~byzshield.report.pairs` (``--paired``), :mod:`~byzshield.report.plots` (the
-figures), :mod:`~byzshield.report.write` (:func:`write_report`),
-:mod:`~byzshield.report.redraw` (``--redraw``) and :mod:`~byzshield.report.cli` (the
-command line). The public names of all of them, and ``_group_stats`` (the tests read
-it), are imported here, so ``from byzshield.report import X`` works as it did when the
-report was one module.
+The package, one concern a module: :mod:`~byzshield.report.load` (run folders,
+statuses, sweeps and their pending jobs), :mod:`~byzshield.report.groups` (rows and
+their statistics), :mod:`~byzshield.report.names` (approaches' names and colours),
+:mod:`~byzshield.report.eps` (eps(q) of the placements), :mod:`~byzshield.report.tables`
+(report.md, the CSVs, pivot.md), :mod:`~byzshield.report.where` (``--where``),
+:mod:`~byzshield.report.pairs` (``--paired``), :mod:`~byzshield.report.points` (what the
+figures draw), :mod:`~byzshield.report.plots` (the figures),
+:mod:`~byzshield.report.write` (:func:`write_report`), :mod:`~byzshield.report.redraw`
+(``--redraw``) and :mod:`~byzshield.report.cli` (the command line). The public names of
+all of them, and ``_group_stats`` (the tests read it), are imported here, so ``from
+byzshield.report import X`` works as it did when the report was one module.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ from byzshield.report.plots import (  # noqa: F401
     eps_figure,
     save_figure,
 )
-from byzshield.report.tables import PIVOT_KEYS, parse_where, pivot_table  # noqa: F401
+from byzshield.report.tables import PIVOT_KEYS, pivot_table  # noqa: F401
+from byzshield.report.where import parse_where  # noqa: F401
 from byzshield.report.write import Report, write_report  # noqa: F401
 
 __all__ = [

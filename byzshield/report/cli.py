@@ -10,7 +10,8 @@ from pathlib import Path
 
 from byzshield.report.load import STATUSES, ReportError, plural
 from byzshield.report.plots import FIGURES
-from byzshield.report.tables import PIVOT_KEYS, SPREADS, parse_where
+from byzshield.report.tables import PIVOT_KEYS, SPREADS
+from byzshield.report.where import parse_where
 from byzshield.report.write import write_report
 
 

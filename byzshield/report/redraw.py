@@ -23,10 +23,6 @@ from byzshield.report.groups import Summary
 from byzshield.report.load import ReportError, _natural
 from byzshield.report.plots import (
     FIGURES,
-    DiffPoint,
-    DropPoint,
-    Look,
-    QPoint,
     _comparisons,
     diff_figure,
     drop_figure,
@@ -35,6 +31,7 @@ from byzshield.report.plots import (
     q_figure,
     save_figure,
 )
+from byzshield.report.points import DiffPoint, DropPoint, Look, QPoint
 from byzshield.report.write import check_writable
 
 REDRAWN = ("q", "eps", "drop", "paired")

@@ -30,10 +30,9 @@ from byzshield.report.tables import (
     _markdown,
     _report_csv,
     _runs_csv,
-    check_where,
-    group_rows,
     pivot_table,
 )
+from byzshield.report.where import check_where, group_rows
 
 
 @dataclass
@@ -105,7 +104,7 @@ def write_report(
 ) -> Report:
     """Read every run under ``dirs`` and write the report into ``out`` (see the module
     docstring); ``say`` receives progress lines. ``pivot`` also writes pivot.md over the
-    groups ``where`` selects (see :func:`~byzshield.report.tables.parse_where`). Raises
+    groups ``where`` selects (see :func:`~byzshield.report.where.parse_where`). Raises
     :class:`ReportError` on bad input, checked before the long parts (reading the runs,
     the eps search): ``figures``, ``spread``, ``pivot``, ``dirs``, ``out``, then ``where``."""
     say = say or (lambda message: None)
