@@ -214,14 +214,13 @@ def _distortion(cfg) -> int:
         writer.writerows(records)
     written = ["distortion.md", "distortion.csv"]
     try:
-        from byzshield.report import eps_figure
+        from byzshield.report import eps_figure, save_figure
 
         fig = eps_figure(curves)
     except ImportError:
         print("note: no plot: matplotlib is not installed (pip install 'byzshield[report]')")
     else:
-        fig.tight_layout()
-        fig.savefig(out / "distortion.png", dpi=100, metadata={"Software": None})
+        save_figure(fig, out / "distortion.png")  # laid out by the figure itself
         written.append("distortion.png")
     print(f"wrote {', '.join(written)} to {out}")
     return 0
