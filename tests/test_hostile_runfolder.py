@@ -205,6 +205,25 @@ def test_a_lock_naming_another_host_is_refused_with_how_to_remove_it(base, tmp_p
     assert digest(folder) == before
 
 
+def test_a_slurm_job_requeued_onto_another_node_takes_its_own_lock_over(
+    base, tmp_path, monkeypatch, capsys
+):
+    folder = copy(base, tmp_path / "run")
+    lock = {"pid": 4242, "host": "node-1", "since": "2026-12-07 10:00:00"}
+    (folder / LOCK).write_text(json.dumps({**lock, "slurm_job": "777", "slurm_restart": 0}))
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # not requeued: another run of the job?
+    with pytest.raises(FolderInUse, match="is in use by a run on another host"):
+        simulate(RUN, folder)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued: the holder was this job
+    simulate(RUN, folder, quiet=False)
+    assert capsys.readouterr().out.startswith(
+        f"note: {folder / LOCK} was left by a run that Slurm requeued (job 777) (pid 4242 on "
+        "host node-1 since 2026-12-07 10:00:00); taking the folder over"
+    )
+    assert not (folder / LOCK).exists()
+
+
 def test_the_torchrun_server_takes_the_lock_and_every_rank_stops_when_it_is_held(tmp_path, holder):
     from threaded import run_threaded
 

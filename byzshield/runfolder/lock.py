@@ -34,6 +34,12 @@ def _host() -> str:
     return socket.gethostname()
 
 
+def _slurm() -> tuple[str | None, int]:
+    """This process's Slurm job id and how often Slurm requeued it (None, 0 outside)."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return os.environ.get("SLURM_JOB_ID"), int(restarts) if restarts.isdigit() else 0
+
+
 @dataclass(frozen=True)
 class _Holder:
     """What a lock file says about the run holding it."""
@@ -41,6 +47,8 @@ class _Holder:
     pid: int | None = None
     host: str | None = None
     since: str | None = None
+    slurm_job: str | None = None
+    slurm_restart: int = 0
 
     @classmethod
     def parse(cls, raw: bytes) -> _Holder | None:
@@ -49,11 +57,13 @@ class _Holder:
             return None
         try:
             data = json.loads(raw)
-            pid = data.get("pid")
+            pid, restart = data.get("pid"), data.get("slurm_restart")
             return cls(
                 pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
                 str(data["host"]) if data.get("host") else None,
                 str(data["since"]) if data.get("since") else None,
+                str(data["slurm_job"]) if data.get("slurm_job") else None,
+                restart if isinstance(restart, int) and not isinstance(restart, bool) else 0,
             )
         except (ValueError, AttributeError):
             return cls()
@@ -68,6 +78,13 @@ class _Holder:
     @property
     def here(self) -> bool:
         return self.host is None or self.host == _host()
+
+    @property
+    def requeued(self) -> bool:
+        """Whether this process is the same Slurm job, requeued since the holder wrote
+        the lock: Slurm runs a job once at a time, so that holder has ended."""
+        job, restart = _slurm()
+        return self.slurm_job is not None and self.slurm_job == job and restart > self.slurm_restart
 
     def describe(self) -> str:
         parts = [f"pid {self.pid if self.pid is not None else '?'}"]
@@ -127,10 +144,12 @@ def _alive(pid: int) -> bool:
 
 class RunLock:
     """The lock of one run folder, ``folder/.lock``: an exclusive ``flock`` on the file,
-    whose content (JSON: pid, host, since, command) names the holder. The kernel frees
-    an flock when its process ends however it ends, so a lock file whose flock is free
-    is stale; on a shared file system (NFS) the flock is a lock of the server's lock
-    manager, and a file naming another host is never taken over."""
+    whose content (JSON: pid, host, since, command; under Slurm the job id and its
+    requeue count) names the holder. The kernel frees an flock when its process ends
+    however it ends, so a lock file whose flock is free is stale; on a shared file
+    system (NFS) the flock is a lock of the server's lock manager, and a file naming
+    another host is not taken over, unless it was written by this very Slurm job
+    before Slurm requeued it (possibly onto another node)."""
 
     def __init__(self, folder: Path):
         self.folder, self.path = folder, folder / LOCK
@@ -158,13 +177,15 @@ class RunLock:
             time.sleep(0.1)
         try:
             old = _Holder.parse(os.pread(fd, 1 << 16, 0))
-            if old is not None and not old.here:
+            if old is not None and not old.here and not old.requeued:
                 raise FolderInUse(_in_use(self.folder, old))
+            job, restart = _slurm()
             record = {
                 "pid": os.getpid(),
                 "host": _host(),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(sys.orig_argv)[:500],
+                **({"slurm_job": job, "slurm_restart": restart} if job else {}),
             }
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
@@ -175,7 +196,10 @@ class RunLock:
         self.fd = fd
         if old is None:
             return None
-        ended = "has ended" if old.pid is None or not _alive(old.pid) else "no longer holds it"
+        if not old.here:
+            ended = f"Slurm requeued (job {old.slurm_job})"
+        else:
+            ended = "has ended" if old.pid is None or not _alive(old.pid) else "no longer holds it"
         return (
             f"note: {self.path} was left by a run that {ended} ({old.describe()}); "
             f"taking the folder over"
@@ -209,7 +233,7 @@ def check_free(folder: Path) -> None:
     finally:
         os.close(fd)
     holder = _Holder.read(path)
-    if held or (holder is not None and not holder.here):
+    if held or (holder is not None and not holder.here and not holder.requeued):
         raise FolderInUse(_in_use(folder, holder))
 
 
