@@ -13,7 +13,8 @@ is refused with one line (``start_over=true`` starts over in a new sub-folder in
   changes nothing there. The lock is an ``flock``: the kernel frees it when the holder
   dies, even by ``kill -9``, and a lock file left by a dead holder on this host is taken
   over with a note. A holder on another host (a shared file system) cannot be checked:
-  the start is refused and says which file to remove if that run has ended.
+  the start is refused and says which file to remove if that run has ended (unless it
+  was this very Slurm job, before Slurm requeued it).
 - **Checkpoints are validated on load**: the training state complete, ``step`` equal to
   the step in the file name, the model's keys and shapes, every value finite. A bad one
   is renamed ``*.corrupt`` and the previous one is tried. A checkpoint beyond a lowered
@@ -21,7 +22,8 @@ is refused with one line (``start_over=true`` starts over in a new sub-folder in
 - **Nothing is overwritten or half-written.** The steps a resumed run repeats are moved
   from metrics.jsonl to ``metrics.superseded-N.jsonl``; an evaluation row lost with a
   torn last line is rewritten from the checkpoint that holds it; Hydra's ``.hydra/`` of
-  the first start is kept in ``.hydra-first/``. Every file is written to a temporary
+  the first start is kept in ``.hydra-first/``. Every file that is written whole
+  (checkpoints, config.json, run.json, a trimmed metrics.jsonl) goes to a temporary
   file, flushed to disk (fsync) and renamed, so a crash or a full disk leaves the
   previous version; a full disk stops the run with one line naming the path and the
   free space, and the temporary file is removed (a crash's leftover is removed at the

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from byzshield.runfolder.checkpoints import Resume, _checkpoints, newest_checkpoint
 from byzshield.runfolder.files import (
-    FolderInUse,
     RunFileError,
     RunFolderError,
     _why,
@@ -80,10 +79,7 @@ def prepare(folder: Path, run) -> tuple[Path, Resume | None]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = RunLock(folder)
-        note = lock.acquire()
-    except FolderInUse:
-        _restore_hydra(folder)  # Hydra rewrote it before this start was refused
-        raise
+        note = lock.acquire()  # FolderInUse: the holder's files are left as they are
     except OSError as exc:
         raise RunFolderError(f"train_dir {folder} cannot be used: {_why(exc)}") from None
     try:
