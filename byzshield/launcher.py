@@ -20,6 +20,7 @@ __all__ = [
     "entry_point",
     "fail",
     "fail_job",
+    "drop_empty_job_log",
     "launch_torchrun",
     "log_to_folder",
     "quiet_when_stdout_closes",
@@ -84,11 +85,11 @@ _HYDRA_ONLY = {".hydra", "train.log"}  # what Hydra writes into a job's folder b
 CREATED: list[Path] = []  # train_dir when this command created it (removed if refused)
 
 
-def fail_job(message: str, code: int = 2) -> None:
+def fail_job(message: str, code: int = 2, *, mark: bool = True) -> None:
     """``fail`` for a job that cannot start; in a Hydra multirun the line names the job,
     the sweep goes on with the next one and the command exits 1 at the end. A single
     run's folder is removed when Hydra's files are all it holds; a multirun job's keeps
-    the reason in ``refused.txt``."""
+    the reason in ``refused.txt`` (unless not ``mark``: the folder is another run's)."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get() if HydraConfig.initialized() else None
@@ -101,7 +102,7 @@ def fail_job(message: str, code: int = 2) -> None:
             logging.shutdown()  # train.log is open
             shutil.rmtree(folder, ignore_errors=True)
         fail(message, code)
-    if folder is not None and folder.is_dir():
+    if mark and folder is not None and folder.is_dir():
         (folder / REFUSED).write_text(message + "\n")
     line = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {message}"
     logging.getLogger("byzshield.launcher").error(line)
@@ -256,6 +257,9 @@ def check_train_dir(path: str) -> None:
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"train_dir {path} cannot be written: {exc.strerror or exc}") from None
+    from byzshield.runfolder import check_free
+
+    check_free(folder)  # another run's folder: refused before Hydra writes into it
 
 
 def check_out_dir(path: str, key: str) -> Path:
@@ -342,11 +346,31 @@ def launch_torchrun(world_size: int) -> int:
 
 
 def log_to_folder(folder: Path, rank: int) -> None:
-    """Each rank logs to rank<N>.log in the run folder; only rank 0 talks to the terminal."""
+    """Each rank logs to rank<N>.log in the run folder (created at its first line: the
+    server's account of the run, a worker's stop and errors); only rank 0 talks to the
+    terminal."""
     folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(folder / f"rank{rank}.log")
+    handler = logging.FileHandler(folder / f"rank{rank}.log", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     root = logging.getLogger("byzshield")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+
+
+def drop_empty_job_log(folder: Path) -> None:
+    """Close and remove Hydra's job log in ``folder`` (train.log) while it is empty:
+    byzshield's loggers write to rank<N>.log (:func:`log_to_folder`), so it would stay
+    empty."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        path = Path(getattr(h, "baseFilename", "") or ".")
+        if isinstance(h, logging.FileHandler) and path.parent.resolve() == folder.resolve():
+            try:
+                empty = path.stat().st_size == 0
+            except OSError:
+                continue
+            if empty:
+                root.removeHandler(h)
+                h.close()
+                path.unlink(missing_ok=True)
