@@ -334,7 +334,10 @@ def test_slurm_task_passes_torchrun_an_ip_address(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "localhost")
-    monkeypatch.delenv("BYZSHIELD_RANK_NODES", raising=False)
+    # slurm.main sets BYZSHIELD_RANK_NODES for torchrun's ranks: set it here first, so that
+    # the monkeypatch takes it away again after the test
+    monkeypatch.setenv("BYZSHIELD_RANK_NODES", "")
+    monkeypatch.delenv("BYZSHIELD_RANK_NODES")
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
     started = []
 
