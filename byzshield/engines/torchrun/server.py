@@ -1,62 +1,31 @@
-"""The torchrun engine: a parameter server on rank 0 and K worker processes over gloo.
-
-    torchrun --standalone --nproc-per-node 16 -m byzshield.train engine=torchrun
-
-Every step the server sends each worker a :class:`byzshield.protocol.Control` message and
-the flat parameters; worker w computes the gradients of ``placement.worker_files[w]``
-with :func:`byzshield.gradients.file_gradients`, Byzantine workers apply their attack
-(unless it is omniscient: the server simulates those, :mod:`byzshield.omniscient`), and
-each sends a :class:`byzshield.protocol.ReplyLayout` header and payload. The server receives
-every payload straight into one buffer, reused every step, which becomes the rows of the
-step's :class:`byzshield.step.Copies`: worker w's l rows and, after them, spare rows for
-its END marker and the slack that lets a message of the wrong length be named
-(:class:`byzshield.protocol.Slot`). Spare rows are never read and, never written,
-cost no memory. The copies are handed over while the payloads are still arriving: the
-robust update votes each file as soon as its last copy lands.
-
-With ``ps_shards=S`` ranks 0..S-1 are the servers of a sharded parameter server and ranks
-S..S+K-1 the workers (docs/shards.md). Rank 0 sends control and parameters, as before;
-each worker sends every server a header and that server's columns of its payload;
-servers 1..S-1 (:func:`run_shard_server`) run the robust update of their columns,
-exchanging vote classes and partial sums with the others (:class:`TorchrunPeers`), and
-send rank 0 their gradient slice (:class:`LeadUpdate` puts the step together).
-"""
+"""The server ranks of the torchrun engine: :class:`TorchrunEngine` (what every server
+receives from the workers), and with ``ps_shards=S`` the exchanges between the S
+servers (:class:`TorchrunPeers`), server 0's :class:`LeadUpdate` and servers 1..S-1's
+loop (:func:`run_shard_server`)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from byzshield.aggregators import ColumnShard
-from byzshield.attacks import attack_generator
 from byzshield.comm import Comm, RankFailure
 from byzshield.config import Run, add_server_parts
-from byzshield.digest import digest
-from byzshield.gradients import file_gradients, load_flat, num_params
-from byzshield.protocol import (
-    Control,
-    Pull,
-    ReplyLayout,
-    Slot,
-    control_size,
-    gradients_size,
-    pack_gradients,
-)
+from byzshield.gradients import num_params
+from byzshield.protocol import Control, Pull, ReplyLayout, Slot, control_size, gradients_size
 from byzshield.shards import bytes_per_server, shard_bounds
 from byzshield.step import Copies, Outcome, RobustUpdate, copy_index, pushed_slots
 from byzshield.trainer import erasures, present_copies
 from byzshield.vote import Rows
 
-__all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server", "run_worker"]
+__all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server"]
 
 log = logging.getLogger("byzshield.engines.torchrun")
 
@@ -247,120 +216,9 @@ def _named(w: int, servers: int = 1) -> Iterator[None]:
         raise RankFailure(w + servers, str(exc)) from None
 
 
-def run_worker(comm: Comm, run: Run) -> None:
-    """Serve steps until the server says stop (worker index = rank - 1)."""
-    cfg, p = run.config, run.placement
-    w = comm.worker
-    files = p.worker_files[w]
-    model = run.build_model()
-    d = num_params(model)
-    digests = cfg.vote == "digest"
-    layout = ReplyLayout(p.load, d, digests=digests)
-    slices = _ShardReplies(p.load, d, cfg.ps_shards)  # ps_shards > 1: a slice per server
-    control = torch.zeros(control_size(p.num_workers), dtype=torch.int64)
-    pull = torch.zeros(Pull.size(p.load), dtype=torch.int64)
-    params = torch.empty(d)
-    reply = layout.payload_message()
-    payload = layout.payload(reply)  # the gradients, written in place
-    header = torch.empty(layout.header_size + 1)  # + END
-    attack = run.attack  # None for omniscient attacks: the server simulates them
-    pushed = pushed_slots(p, w) if digests else []
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="digest") if digests else None
-    push = torch.empty(gradients_size(len(pushed), d) + 1)  # the pushed gradients, END; reused
-    while True:
-        comm.receive_from_server(control)
-        message = Control.unpack(control)
-        if message.stop:
-            log.info("stop after %d steps", message.step)
-            if hasher is not None:
-                hasher.shutdown()
-            return
-        comm.receive_from_server(params)
-        load_flat(model, params)
-        step, byzantine = message.step, message.byzantine[w]
-        t0 = time.perf_counter()
-        hashing: list = []  # vote=digest: each file hashed on a thread once it is final
-        forged = byzantine and attack is not None
-        on_file = None
-        if digests and not forged:
-            on_file = functools.partial(_hash_row, hasher, payload, hashing)
-        _, losses = file_gradients(
-            model,
-            run.train_data,
-            files,
-            seed=cfg.seed,
-            step=step,
-            batch_size=cfg.batch_size,
-            num_files=p.num_files,
-            flip=byzantine and attack is not None and attack.flips_labels,
-            out=payload,
-            batched=run.batched_files,
-            on_file=on_file,
-        )
-        if forged:
-            for i, j in enumerate(files):
-                payload[i] = attack(payload[i], generator=attack_generator(cfg.seed, step, j))
-        if not digests:
-            sums = ()
-        elif hashing:
-            sums = [h.result() for h in hashing]
-        else:
-            sums = [digest(g) for g in payload]
-        compute_s = time.perf_counter() - t0
-        if slices.servers > 1:  # a header and its columns of the payload to each server
-            slices.send(comm, payload, compute_s=compute_s, losses=losses)
-        else:
-            layout.pack_header(compute_s=compute_s, losses=losses, digests=sums, out=header)
-            comm.send_to_server(header)
-            if not digests:
-                comm.send_to_server(reply)
-            elif pushed:
-                comm.send_to_server(pack_gradients(payload, pushed, push))
-        while digests:  # the server pulls some of the gradients, then ends the step
-            comm.receive_from_server(pull)
-            request = Pull.unpack(pull)
-            if not request.more:
-                break
-            chosen = [i for i, wanted in enumerate(request.files) if wanted]
-            comm.send_to_server(pack_gradients(payload, chosen))
-        if step % 50 == 0:
-            log.info(
-                "step %d sent %d file gradients%s",
-                step,
-                len(files),
-                " (Byzantine)" if byzantine else "",
-            )
-
-
-def _hash_row(hasher: ThreadPoolExecutor, payload: torch.Tensor, out: list, i: int) -> None:
-    """Start hashing row i of the payload on the digest thread (its future into out)."""
-    out.append(hasher.submit(digest, payload[i]))
-
-
 # --------------------------------------------------------------------------------------
 # A sharded parameter server (ps_shards = S): servers 0..S-1, workers S..S+K-1
 # --------------------------------------------------------------------------------------
-
-
-class _ShardReplies:
-    """A worker's replies to a sharded server: every server gets the reply header and
-    its columns of the payload (:class:`ReplyLayout` at its width), sent in server
-    order. One server: nothing to do here (the unsharded path sends the reply)."""
-
-    def __init__(self, load: int, d: int, servers: int):
-        self.servers = servers
-        bounds = shard_bounds(d, servers) if servers > 1 else []
-        self.parts = [(lo, hi, ReplyLayout(load, hi - lo)) for lo, hi in bounds]
-        self.messages = [layout.payload_message() for _, _, layout in self.parts]
-        self.header = torch.empty(ReplyLayout(load, d).header_size + 1)  # + END; reused
-
-    def send(self, comm: Comm, payload: torch.Tensor, *, compute_s: float, losses) -> None:
-        for server, (lo, hi, layout) in enumerate(self.parts):
-            message = self.messages[server]
-            layout.payload(message).copy_(payload[:, lo:hi])
-            layout.pack_header(compute_s=compute_s, losses=losses, digests=(), out=self.header)
-            comm.send_to_server(self.header, server)
-            comm.send_to_server(message, server)
 
 
 class TorchrunPeers:
