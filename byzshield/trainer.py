@@ -64,9 +64,15 @@ TIME_KEYS = (
 
 
 class Engine(Protocol):
-    """How the copies of a step's files reach the parameter server."""
+    """How the copies of a step's files reach the parameter server.
+
+    ``dropped``: the workers dropped for the rest of the run, each with why (the torchrun
+    engine drops a worker whose message is malformed, that fails or that is late; the
+    simulate engine drops none), in the order they were dropped.
+    """
 
     name: str
+    dropped: dict[int, str]
 
     def gather(
         self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]
@@ -276,15 +282,18 @@ def step_record(
     times: dict,
     update_s: float,
     step_s: float,
+    dropped: Iterable[int] = (),
 ) -> dict:
     """A step's line of metrics.jsonl from the robust update's metrics ``m``, the lr it
-    was applied with and the gather's times (``compute_s``, ``communication_s``)."""
+    was applied with, the gather's times (``compute_s``, ``communication_s``), this
+    step's stragglers (``missing``) and the workers dropped so far (``dropped``)."""
     record = {
         "step": step,
         "loss": m["loss"],
         "lr": lr,
         "byzantine": list(byzantine),
         "missing_workers": list(missing),
+        "dropped_workers": sorted(dropped),
         "distorted": m["distorted"],
         "distorted_files": m["distorted_files"],
         "all_strict": m["all_strict"],
@@ -348,6 +357,21 @@ def present_copies(run: Run, missing: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor([[w not in gone for w in ws] for ws in run.placement.file_workers])
 
 
+def erase(copies: Copies, run: Run, missing: tuple[int, ...]) -> None:
+    """Mark the copies of the workers ``missing`` absent, on top of those the engine has
+    marked (a dropped worker's)."""
+    if missing:
+        present = present_copies(run, missing)
+        copies.present = present if copies.present is None else copies.present & present
+
+
+def voteable_files(run: Run, dropped: Iterable[int]) -> int:
+    """Files that keep more than r/2 holders once the workers ``dropped`` are gone: the
+    only ones whose vote can still have a strict majority."""
+    gone, r = set(dropped), run.placement.replication
+    return sum(2 * sum(w not in gone for w in ws) > r for ws in run.placement.file_workers)
+
+
 def erasures(run: Run, step: int) -> tuple[int, ...]:
     """The workers whose replies miss this step's deadline (``stragglers``, drawn from
     (seed, step), the same in both engines and on every server)."""
@@ -391,6 +415,7 @@ class Trainer:
         self.start = 0
         self.last_checkpoint: Path | None = None
         self.last_eval: dict = {}
+        self.told: set[int] = set()  # dropped workers already reported
         if resume is not None:
             state = resume.state
             self.model.load_state_dict(state["model"])
@@ -433,15 +458,63 @@ class Trainer:
         packed = time.perf_counter() - t0
         copies, times = self.engine.gather(step, params, byzantine)
         missing = self.erasures(step)
-        if missing:
-            copies.present = present_copies(self.run, missing)
+        erase(copies, self.run, missing)
         outcome = self.update(copies, byzantine, step)
+        self.check_voteable(step)
         t1 = time.perf_counter()
         lr = self.apply(outcome.gradient)
         self.check_finite(step)
         t2 = time.perf_counter()
         times = {**times, "communication_s": times["communication_s"] + packed}
-        return step_record(step, outcome.metrics, lr, byzantine, missing, times, t2 - t1, t2 - t0)
+        return step_record(
+            step,
+            outcome.metrics,
+            lr,
+            byzantine,
+            missing,
+            times,
+            t2 - t1,
+            t2 - t0,
+            dropped=self.engine.dropped,
+        )
+
+    def check_voteable(self, step: int) -> None:
+        """Stop, in one line, when the dropped workers leave no file that can still have
+        a strict majority of its holders (no vote could be trusted again)."""
+        dropped = self.engine.dropped
+        if dropped and not voteable_files(self.run, dropped):
+            kept = self.last_checkpoint or "none written yet"
+            r = self.run.placement.replication
+            raise TrainingError(
+                f"step {step}: workers {sorted(dropped)} are dropped and no file keeps more "
+                f"than {r}/2 of its {r} holders, so no vote can be trusted; stopping. The "
+                f"last good checkpoint is {kept}"
+            )
+
+    def drops_to_tell(self, step: int) -> list[str]:
+        """One line for each worker dropped since the last call: which, why, and what is
+        left to vote (and whether the rule still has its guarantee on that)."""
+        lines = []
+        for w, why in self.engine.dropped.items():
+            if w in self.told:
+                continue
+            self.told.add(w)
+            p = self.run.placement
+            left = voteable_files(self.run, self.engine.dropped)
+            line = (
+                f"step {step}: {why}; worker {w} is dropped for the rest of the run: its "
+                f"files vote among their other holders ({left} of {p.num_files} files can "
+                f"still have a strict majority)"
+            )
+            try:
+                self.run.aggregator.check(left, self.run.aggregator_f)
+            except ValueError:
+                line += (
+                    f"; {left} files are too few for the rule with f={self.run.aggregator_f}: "
+                    "steps run outside its guarantee (outside_guarantee in metrics.jsonl)"
+                )
+            lines.append(line)
+        return lines
 
     def evaluate(self, step: int) -> dict:
         result = evaluate(self.model, self.run)
@@ -486,6 +559,8 @@ class Trainer:
                 PROGRESS.update(step=step, total=total, checkpoint=self.last_checkpoint)
                 record = self.step(step)
                 self.metrics.write(record)
+                for line in self.drops_to_tell(step):  # the engine's log has them
+                    progress.say(line)
                 progress.step(step, record)
                 done = step + 1
                 if cfg.eval_freq and done % cfg.eval_freq == 0 and done < total:

@@ -12,7 +12,9 @@ step's :class:`byzshield.step.Copies`: worker w's l rows and, after them, spare 
 its END marker and the slack that lets a message of the wrong length be named
 (:class:`byzshield.protocol.Slot`). Spare rows are never read and, never written,
 cost no memory. The copies are handed over while the payloads are still arriving: the
-robust update votes each file as soon as its last copy lands.
+robust update votes each file as soon as its last copy lands. A worker whose message is
+malformed, that fails or that is late is dropped for the rest of the run: its copies
+are erasures and its files vote among their other holders (:class:`TorchrunEngine`).
 
 With ``ps_shards=S`` ranks 0..S-1 are the servers of a sharded parameter server and ranks
 S..S+K-1 the workers (docs/shards.md). Rank 0 sends control and parameters, as before;

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from byzshield.attacks import attack_generator
-from byzshield.comm import Comm
+from byzshield.comm import Comm, RankFailure
 from byzshield.config import Run
 from byzshield.digest import digest
 from byzshield.gradients import file_gradients, load_flat, num_params
@@ -33,7 +33,18 @@ log = logging.getLogger("byzshield.engines.torchrun")
 
 
 def run_worker(comm: Comm, run: Run) -> None:
-    """Serve steps until the server says stop (worker index = rank - 1)."""
+    """Serve steps until the server says stop (worker index = rank - 1). A worker the
+    server dropped returns when its wait for the server ends, saying why in its log."""
+    try:
+        _serve_steps(comm, run)
+    except RankFailure:
+        note = comm.dropped_note()
+        if note is None:
+            raise
+        log.warning("the parameter server dropped this worker: %s", note)
+
+
+def _serve_steps(comm: Comm, run: Run) -> None:
     cfg, p = run.config, run.placement
     w = comm.worker
     files = p.worker_files[w]
