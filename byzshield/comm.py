@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import re
@@ -65,7 +66,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["Comm", "RankFailure", "init", "torchrun"]
+__all__ = ["REPORT_ENV", "Comm", "RankFailure", "failure_line", "init", "torchrun"]
 
 
 _TWICE = "2 x timeout"
@@ -495,14 +496,23 @@ def _shared_store_server(_handler, master_addr: str, master_port: int) -> dist.T
     return _tcp_store(master_addr, master_port, is_master=True, multi_tenant=True)
 
 
+REPORT_ENV = "BYZSHIELD_TORCHRUN_LOG"
+"""Where :func:`torchrun` writes its agent's log and report (the launcher sets it to the
+run folder's ``torchrun.log``)."""
+
+
 def torchrun(argv: Sequence[str]) -> None:
     """torchrun (``torch.distributed.run``, same arguments) whose rendezvous stores,
     given an IP address (the rendezvous endpoint, ``--master-addr``, ``--local-addr``),
     listen on that address only. A single-node run (``--standalone``, or no rendezvous
-    arguments) uses 127.0.0.1 throughout: nothing listens beyond loopback."""
+    arguments) uses 127.0.0.1 throughout: nothing listens beyond loopback.
+
+    When a rank fails, torchrun's agent stops every rank and reports each of them; here
+    that report goes to a file (``$BYZSHIELD_TORCHRUN_LOG``, with the agent's own log
+    lines, or a temporary file) and the console gets one line: which rank, and why."""
     from torch.distributed import run
     from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import record
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
     from torch.distributed.elastic.rendezvous import (
         c10d_rendezvous_backend,
         dynamic_rendezvous,
@@ -533,11 +543,59 @@ def torchrun(argv: Sequence[str]) -> None:
         args.rdzv_backend, args.rdzv_endpoint = "c10d", "127.0.0.1:0"
         args.rdzv_id = str(uuid.uuid4())
         args.local_addr = args.local_addr or "127.0.0.1"
+    report = os.environ.get(REPORT_ENV)
+    if report:
+        _agent_log_to(report)
     try:
         record(run.run)(args)
     except SignalException as exc:  # the agent has stopped every rank: one line, no traceback
         print(f"torchrun: stopped by {exc.sigval.name}; every rank has exited", file=sys.stderr)
         sys.exit(128 + exc.sigval)
+    except ChildFailedError as exc:  # the agent has stopped every rank: one line, the report
+        print(failure_line(exc, _write_report(exc, report)), file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def failure_line(exc, report: str) -> str:
+    """The one line for torchrun's ``ChildFailedError``: the rank that failed first (not
+    one the agent stopped with SIGTERM because another failed), and why."""
+    import signal
+
+    def stopped(failure) -> bool:  # by the agent, after another rank failed
+        return failure.exitcode == -signal.SIGTERM and failure.error_file == "<N/A>"
+
+    rank, failure = min(
+        exc.failures.items(), key=lambda kv: (stopped(kv[1]), kv[1].timestamp, kv[0])
+    )
+    if failure.exitcode < 0:
+        why = f"was killed by {failure.signal_name()}"
+    elif failure.error_file != "<N/A>" and isinstance(failure.message, str):
+        why = f"exited with code {failure.exitcode}: {failure.message.strip().splitlines()[0]}"
+    else:
+        why = f"exited with code {failure.exitcode} (its log: rank{rank}.log in the run folder)"
+    return f"torchrun: rank {rank} {why}; every rank was stopped (torchrun's report: {report})"
+
+
+def _agent_log_to(path: str) -> None:
+    """Send the torchrun agent's log lines (torch.distributed's loggers) to ``path``."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    agent = logging.getLogger("torch.distributed")
+    agent.handlers[:] = [handler]
+    agent.propagate = False
+
+
+def _write_report(exc, path: str | None) -> str:
+    """Append torchrun's report of the failed ranks to ``path`` (a temporary file when
+    None); returns the path."""
+    import tempfile
+
+    if path is None:
+        fd, path = tempfile.mkstemp(prefix="torchrun-", suffix=".log")
+        os.close(fd)
+    with open(path, "a") as out:
+        out.write(exc.format_msg() + "\n")
+    return path
 
 
 if __name__ == "__main__":

@@ -249,10 +249,16 @@ def launch_torchrun(world_size: int) -> int:
     """Re-run this Hydra job under torchrun with ``world_size`` processes on this machine,
     everything listening on 127.0.0.1 only (``python -m byzshield.comm --standalone``).
 
+    torchrun's agent writes its log and, when a rank fails, its report of every rank to
+    ``torchrun.log`` in the run folder; the console gets the ranks' own lines and one
+    closing line naming the rank that failed (:func:`byzshield.comm.failure_line`).
+
     torchrun runs in its own session, so a terminal's Ctrl-C reaches this process alone;
     SIGINT, SIGTERM and SIGHUP are passed on to torchrun as one SIGTERM, which stops every
     rank, and the exit code is then 128 + the signal's number."""
     from hydra.core.hydra_config import HydraConfig
+
+    from byzshield.comm import REPORT_ENV
 
     hc = HydraConfig.get()
     if hc.mode.name == "MULTIRUN":
@@ -296,7 +302,8 @@ def launch_torchrun(world_size: int) -> int:
     caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, stop) for s in caught}  # before torchrun: no orphan
     try:
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        report = str(Path(hc.runtime.output_dir) / "torchrun.log")
+        env = dict(os.environ, OMP_NUM_THREADS="1", **{REPORT_ENV: report})
         torchrun = subprocess.Popen(cmd, env=env, start_new_session=True)
         terminate()  # for a signal that came while it started
         code = torchrun.wait()

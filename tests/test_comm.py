@@ -322,3 +322,32 @@ def test_multi_node_store_listens_on_the_master_address_only(tmp_path):
             node1.kill()
     assert proc.returncode == 0
     assert f"127.0.0.1:{port}" in addresses and only_loopback(addresses), addresses
+
+
+def test_torchruns_report_becomes_one_line_naming_the_rank_that_failed_first(tmp_path):
+    """The agent stops every rank with SIGTERM once one fails: the line names the one
+    that failed (killed, or exited with its own one-line error), not those it stopped."""
+    import json
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from byzshield.comm import failure_line
+
+    def failure(rank: int, exitcode: int, message: str | None = None) -> ProcessFailure:
+        path = "<N/A>"
+        if message is not None:
+            path = str(tmp_path / f"error{rank}.json")
+            Path(path).write_text(json.dumps({"message": message, "timestamp": 0}))
+        return ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=exitcode, error_file=path)
+
+    killed = ChildFailedError("byzshield.train", {0: failure(0, -15), 2: failure(2, -9)})
+    assert failure_line(killed, "runs/a/torchrun.log") == (
+        "torchrun: rank 2 was killed by SIGKILL; every rank was stopped (torchrun's report: "
+        "runs/a/torchrun.log)"
+    )
+    line = "error (rank 0): the parameter server refused: ..."
+    ours = ChildFailedError("byzshield.train", {1: failure(1, -15), 0: failure(0, 1, line)})
+    assert failure_line(ours, "r.log") == (
+        f"torchrun: rank 0 exited with code 1: {line}; every rank was stopped (torchrun's "
+        "report: r.log)"
+    )

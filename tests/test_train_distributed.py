@@ -247,6 +247,30 @@ def test_a_hung_worker_is_dropped_and_the_run_finishes(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_killed_worker_ends_the_launcher_run_with_one_line_naming_its_rank(tmp_path):
+    """torchrun's agent stops every rank when one dies; `python -m byzshield.train
+    engine=torchrun` ends with one line naming it, torchrun's report in the run folder."""
+    folder = tmp_path / "run"
+    cmd = [sys.executable, "-m", "byzshield.train", "engine=torchrun", f"train_dir={folder}"]
+    run = Run([*cmd, *TINY, "max_steps=100000", "eval_freq=0"], folder, tmp_path)
+    try:
+        pids = run.ranks(4)
+        run.steps(2)
+        os.kill(pids[2], signal.SIGKILL)
+        code = run.finish(timeout=120)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    err = run.stderr().strip().splitlines()
+    report = folder / "torchrun.log"
+    assert code == 1 and err == [
+        f"torchrun: rank 2 was killed by SIGKILL; every rank was stopped (torchrun's report: "
+        f"{report})"
+    ], err
+    assert "byzshield.train FAILED" in report.read_text()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("message", "extra"), [("payload", -10), ("header", 10), ("float64", 0)])
 def test_a_worker_reply_of_the_wrong_length_is_dropped_and_the_run_finishes(
     tmp_path, message, extra
