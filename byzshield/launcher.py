@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -207,8 +208,13 @@ def check_train_overrides(argv: Sequence[str]) -> None:
         cfg = compose("config", argv)
         if whole:  # one job (or an experiment's sweep base): check it entirely
             from byzshield.config import load_config
+            from byzshield.config.run import check_world_size
 
-            load_config(cfg)
+            config = load_config(cfg)
+            if "WORLD_SIZE" in os.environ:  # under torchrun: the process count, before data
+                check_world_size(
+                    config.approach.build(), config.ps_shards, int(os.environ["WORLD_SIZE"])
+                )
             train_dir = str(cfg.train_dir)
             check_train_dir(train_dir)
             if not any(a.startswith(("train_dir=", "+train_dir=")) for a in argv):
@@ -216,7 +222,24 @@ def check_train_overrides(argv: Sequence[str]) -> None:
                 # time again a second later (that left an empty sibling folder behind)
                 sys.argv.append(f"train_dir={train_dir}")
     except (UsageError, ValueError) as exc:
-        fail(f"error: {exc}", 2)
+        refuse_start(f"error: {exc}")
+
+
+def refuse_start(message: str) -> None:
+    """Stop a command refused before it starts (one line, exit status 2). Under torchrun
+    on one node rank 0 says it and every other rank exits quietly with status 0 at once,
+    so that torchrun's closing report lists one failed rank (not K + 1 of them); rank 0
+    gives them a second to be gone before it exits (a rank still running when the agent
+    sees rank 0 fail is stopped with SIGTERM and listed too)."""
+    rank = int(os.environ.get("RANK", "0"))
+    one_node = os.environ.get("LOCAL_WORLD_SIZE", "") == os.environ.get("WORLD_SIZE")
+    if "WORLD_SIZE" not in os.environ or not one_node:
+        fail(message, 2)
+    if rank != 0:
+        sys.exit(0)
+    print(message, file=sys.stderr, flush=True)
+    time.sleep(1.0)
+    fail(message, 2, console=False)
 
 
 def check_train_dir(path: str) -> None:

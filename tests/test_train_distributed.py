@@ -41,6 +41,9 @@ def test_wrong_process_count_stops_with_one_line_naming_nproc_per_node(torchrun)
     # torchrun's own report ends with the root cause: the same line, not a traceback hint
     tail = [ln for ln in proc.stderr.strip().splitlines() if not set(ln) <= {"="}][-1]
     assert "run torchrun --nproc-per-node 10" in tail
+    # and lists rank 0 alone: the other ranks exit quietly (it used to list all ten)
+    assert "<NO_OTHER_FAILURES>" in proc.stderr, proc.stderr[-4000:]
+    assert not (proc.stdout + proc.stderr).count("Traceback") > 1  # torchrun's own only
 
 
 @pytest.mark.slow
