@@ -508,8 +508,10 @@ def torchrun(argv: Sequence[str]) -> None:
     arguments) uses 127.0.0.1 throughout: nothing listens beyond loopback.
 
     When a rank fails, torchrun's agent stops every rank and reports each of them; here
-    that report goes to a file (``$BYZSHIELD_TORCHRUN_LOG``, with the agent's own log
-    lines, or a temporary file) and the console gets one line: which rank, and why."""
+    the console gets one line, which rank and why, and the report goes to a file:
+    ``$BYZSHIELD_TORCHRUN_LOG`` (the launcher's ``torchrun.log`` in the run folder, which
+    also gets the agent's own log lines), else ``torchrun-<pid>.log`` in the temporary
+    folder."""
     from torch.distributed import run
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
@@ -552,7 +554,8 @@ def torchrun(argv: Sequence[str]) -> None:
         print(f"torchrun: stopped by {exc.sigval.name}; every rank has exited", file=sys.stderr)
         sys.exit(128 + exc.sigval)
     except ChildFailedError as exc:  # the agent has stopped every rank: one line, the report
-        print(failure_line(exc, _write_report(exc, report)), file=sys.stderr, flush=True)
+        report = _write_report(exc, report or _temporary_log())
+        print(failure_line(exc, report), file=sys.stderr, flush=True)
         sys.exit(1)
 
 
@@ -576,23 +579,24 @@ def failure_line(exc, report: str) -> str:
     return f"torchrun: rank {rank} {why}; every rank was stopped (torchrun's report: {report})"
 
 
+def _temporary_log() -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"torchrun-{os.getpid()}.log")
+
+
 def _agent_log_to(path: str) -> None:
-    """Send the torchrun agent's log lines (torch.distributed's loggers) to ``path``."""
-    handler = logging.FileHandler(path)
+    """Send the torchrun agent's log lines (torch.distributed's loggers) to ``path``,
+    made when the first line is written."""
+    handler = logging.FileHandler(path, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     agent = logging.getLogger("torch.distributed")
     agent.handlers[:] = [handler]
     agent.propagate = False
 
 
-def _write_report(exc, path: str | None) -> str:
-    """Append torchrun's report of the failed ranks to ``path`` (a temporary file when
-    None); returns the path."""
-    import tempfile
-
-    if path is None:
-        fd, path = tempfile.mkstemp(prefix="torchrun-", suffix=".log")
-        os.close(fd)
+def _write_report(exc, path: str) -> str:
+    """Append torchrun's report of the failed ranks to ``path``; returns the path."""
     with open(path, "a") as out:
         out.write(exc.format_msg() + "\n")
     return path
