@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent
 # gets one clear line instead of invoke's traceback.
 RUN = "run name (default: the only run in .byzshield/)"
 cli.install_remainder_executor()
+cli.install_quiet_stdout()
 
 
 @task(

@@ -19,6 +19,7 @@ under folders, each with its flattened config, status and evaluations
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,11 +53,33 @@ def runs(
 
 def load_run(folder: str | Path) -> tuple[list[dict], list[dict]]:
     """(per-step records, evaluation records) of a run folder's metrics.jsonl, the steps a
-    resumed run repeated excluded (they are in metrics.superseded-N.jsonl)."""
+    resumed run repeated excluded (they are in metrics.superseded-N.jsonl). Lines that
+    are not a record (the torn last line a killed run leaves) are skipped, as
+    ``python -m byzshield.report`` skips them, with one warning naming them."""
     path = Path(folder) / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{folder} holds no metrics.jsonl: not a run folder (or not started)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, bad = [], []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            step = row.get("step") if isinstance(row, dict) else None
+            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                bad.append(number)
+                continue
+            rows.append(row)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        warnings.warn(
+            f"{path}: skipped {len(bad)} unreadable line{'s' if len(bad) > 1 else ''} "
+            f"(line {shown})",
+            stacklevel=2,
+        )
     return [r for r in rows if "event" not in r], [r for r in rows if r.get("event") == "eval"]
 
 

@@ -521,6 +521,8 @@ def torchrun(argv: Sequence[str]) -> None:
         static_tcp_rendezvous,
     )
 
+    args = run.parse_args(list(argv))
+    _check_ports(args)
     # The three places torchrun's agent creates a store server (read in torch 2.14).
     handler = dynamic_rendezvous.DynamicRendezvousHandler
     for owner, name in (
@@ -536,7 +538,6 @@ def torchrun(argv: Sequence[str]) -> None:
     c10d_rendezvous_backend.TCPStore = _tcp_store
     static_tcp_rendezvous.TCPStore = _tcp_store
     handler._create_tcp_store_server = _shared_store_server
-    args = run.parse_args(list(argv))
     one_node = args.rdzv_backend == "static" and not args.rdzv_endpoint
     one_node = one_node and args.master_port is None
     if args.standalone or (one_node and run.parse_min_max_nnodes(args.nnodes)[1] == 1):
@@ -600,6 +601,20 @@ def _write_report(exc, path: str) -> str:
     with open(path, "a") as out:
         out.write(exc.format_msg() + "\n")
     return path
+
+
+def _check_ports(args) -> None:
+    """``--master-port`` must be a TCP port (1..65535) and the port of
+    ``--rdzv-endpoint`` one or 0 (any free port, one node): one line and exit 2, not
+    torch's traceback."""
+    ports = [("--master-port", args.master_port, 1)]
+    endpoint = args.rdzv_endpoint or ""
+    if ":" in endpoint and not endpoint.endswith("]"):  # host:port, [v6]:port
+        ports.append(("--rdzv-endpoint", endpoint.rpartition(":")[2], 0))
+    for flag, port, low in ports:
+        if port is not None and not (str(port).isdigit() and low <= int(port) <= 65535):
+            print(f"error: {flag} needs a TCP port in {low}..65535, got {port}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,11 @@ Datasets (registry :data:`DATASETS`; :func:`load_dataset` returns an :class:`Ima
   licence and attribution in ``byzshield/data/README.md``). The generator already
   standardised the whole dataset, so batches are the stored values unchanged.
 - ``mnist``, ``cifar10``, ``cifar100``, ``svhn``: read with torchvision's dataset classes
-  from ``root`` in torchvision's layout (downloaded there with ``dataset.download=true``). Missing
-  files raise :class:`DatasetNotFound` with one line naming the expected paths.
+  from ``root`` in torchvision's layout (downloaded there with ``dataset.download=true``; a
+  download that fails removes what it created).
+
+Missing or damaged files, shipped or downloaded, raise :class:`DatasetNotFound`: one line
+naming the file (or the expected paths) and how to restore it.
 
 Images stay uint8 in memory; batches are float32, scaled to [0, 1] and normalised per
 channel with the dataset's training-set mean/std. CIFAR-10/100 training batches are
@@ -63,6 +66,7 @@ import hashlib
 import io
 import os
 import random
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -95,6 +99,9 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 
+SEED_MAX = 2**63 - 1
+"""The largest run seed: :func:`derive_seed` packs each value as 8 signed bytes, and
+``torch.manual_seed`` and NumPy's generators take every integer in 0..SEED_MAX."""
 DIGITS_SPLIT_SEED = 0
 """Seed of the legacy ``numpy.random.RandomState`` permutation that splits ``digits``."""
 DIGITS_NUM_TEST = 359
@@ -436,11 +443,54 @@ def eval_batches(
 Reader = Callable[[Path, bool, bool], tuple[torch.Tensor, torch.Tensor]]
 
 
+DIGITS_FILE = "digits.csv.gz"
+"""The shipped UCI digits, in ``byzshield/data/``: 1,797 rows of 64 pixels and a label."""
+DIGITS_NUM_SAMPLES = 1797
+MNIST1D_NUM_TRAIN = 4000
+"""Training signals of the shipped MNIST-1D (80 % of 5,000); the test set has 1,000."""
+
+
+def _shipped(name: str):
+    """The file ``name`` shipped in ``byzshield/data/`` (an importlib Traversable)."""
+    return resources.files("byzshield").joinpath("data").joinpath(name)
+
+
+def _read_shipped(dataset: str, name: str, read: Callable):
+    """``read(binary file)`` on the shipped file ``name``. A missing or damaged copy (cut
+    short, not gzip/zip, rows or shapes other than the dataset's) raises
+    :class:`DatasetNotFound`: one line naming the file and how to restore it."""
+    source = _shipped(name)
+    try:
+        with source.open("rb") as raw:
+            return read(raw)
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes the parser raise
+        detail = str(exc).strip().splitlines()
+        reason = type(exc).__name__ + (f": {detail[0]}" if detail else "")
+        raise DatasetNotFound(
+            f"{dataset}: the shipped file {source} is missing or damaged ({reason}); "
+            "restore it by reinstalling byzshield (pip install --force-reinstall --no-deps "
+            f"byzshield; in a git checkout: git checkout -- byzshield/data/{name})"
+        ) from exc
+
+
+def _check_labels(labels: np.ndarray, num_classes: int) -> None:
+    if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
+        raise ValueError(f"labels outside 0..{num_classes - 1}")
+
+
 def _read_digits(root: Path, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The embedded digits; ``root`` and ``download`` are ignored."""
-    source = resources.files("byzshield").joinpath("data").joinpath("digits.csv.gz")
-    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
-        table = np.loadtxt(text, delimiter=",", dtype=np.int64)  # (1797, 64 pixels + label)
+
+    def read(raw) -> np.ndarray:
+        with gzip.open(raw, "rt") as text, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": refused below
+            table = np.loadtxt(text, delimiter=",", dtype=np.int64, ndmin=2)
+        if table.shape != (DIGITS_NUM_SAMPLES, 65):  # 64 pixels + label
+            raise ValueError(f"expected {DIGITS_NUM_SAMPLES} rows of 65 values, got {table.shape}")
+        _check_labels(table[:, 64], 10)
+        return table
+
+    table = _read_shipped("digits", DIGITS_FILE, read)
     order = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(table))
     rows = np.sort(order[DIGITS_NUM_TEST:] if train else order[:DIGITS_NUM_TEST])
     images = torch.from_numpy(table[rows, :64].astype(np.uint8)).view(-1, 1, 8, 8)
@@ -449,10 +499,22 @@ def _read_digits(root: Path, download: bool, train: bool) -> tuple[torch.Tensor,
 
 def _read_mnist1d(root: Path, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The embedded MNIST-1D: (N, 1, 40) float32 signals; ``root`` and ``download`` are ignored."""
-    source = resources.files("byzshield").joinpath("data").joinpath(MNIST1D_FILE)
     split = "train" if train else "test"
-    with source.open("rb") as raw, np.load(raw, allow_pickle=False) as arrays:
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    size = MNIST1D_NUM_TRAIN if train else MNIST1D_ARGS["num_samples"] - MNIST1D_NUM_TRAIN
+    length = MNIST1D_ARGS["final_seq_length"]
+
+    def read(raw) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(raw, allow_pickle=False) as arrays:
+            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.shape != (size, length) or x.dtype != np.float32 or y.shape != (size,):
+            raise ValueError(
+                f"expected x_{split} float32 {(size, length)} and y_{split} ({size},), got "
+                f"{x.dtype} {x.shape} and {y.shape}"
+            )
+        _check_labels(y, 10)
+        return x, y
+
+    x, y = _read_shipped("mnist1d", MNIST1D_FILE, read)
     return torch.from_numpy(x).unsqueeze(1).contiguous(), torch.from_numpy(y.astype(np.int64))
 
 
@@ -509,10 +571,37 @@ def write_mnist1d(path: PathLike) -> None:
 
 
 def _read_mnist(root: Path, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST's two files of the split, each read on its own so that a damaged one is
+    named (torchvision checks only that they exist, and a download skips them then)."""
     from torchvision.datasets import MNIST
+    from torchvision.datasets.mnist import read_image_file, read_label_file
 
-    ds = MNIST(root, train=train, download=download)
-    return ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)
+    folder = root / "MNIST"
+    split = "train" if train else "t10k"
+    images, labels = (
+        folder / "raw" / f"{split}-images-idx3-ubyte",
+        folder / "raw" / f"{split}-labels-idx1-ubyte",
+    )
+    if not (images.is_file() and labels.is_file()):
+        MNIST(root, train=train, download=download)  # fetches them, or says they are missing
+    read = []
+    for path, reader in ((images, read_image_file), (labels, read_label_file)):
+        try:
+            read.append(reader(str(path)))
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes it raise
+            detail = str(exc).strip().splitlines()
+            reason = type(exc).__name__ + (f": {detail[0]}" if detail else "")
+            raise DatasetNotFound(
+                f"mnist: {path} is damaged ({reason}); delete {folder} and run again with "
+                "dataset.download=true, or put an intact copy there"
+            ) from exc
+    x, y = read
+    if x.shape[1:] != (28, 28) or len(x) != len(y):
+        raise DatasetNotFound(
+            f"mnist: {images} and {labels} do not match (images {tuple(x.shape)}, "
+            f"{len(y)} labels); delete {folder} and run again with dataset.download=true"
+        )
+    return x.unsqueeze(1).contiguous(), y.to(torch.int64)
 
 
 def _read_cifar(cls_name: str) -> Reader:
@@ -539,7 +628,8 @@ class DatasetInfo:
     """What is known about a dataset before reading it, and how to read it.
 
     ``files`` names the expected files relative to ``root`` for error messages (None for
-    the embedded datasets, whose read errors are packaging bugs and propagate unchanged).
+    the embedded datasets, shipped in ``byzshield/data/``: a damaged copy is one line
+    naming it and how to restore it).
     ``spatial_dims`` is 2 for (C, H, H) images, 1 for (C, L) signals of length
     ``image_size``.
     """
@@ -685,19 +775,47 @@ def _read_files(
     info: DatasetInfo, root: Path, download: bool, train: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``info.read`` with torchvision's missing/corrupted/download errors turned into one
-    :class:`DatasetNotFound` line."""
+    :class:`DatasetNotFound` line. A download that fails removes the files and folders
+    it created under ``root`` (an empty ``root/MNIST/raw`` would look like a dataset)."""
+    before = _tree(root) if download else set()
     try:
         return info.read(root, download, train)
-    except (RuntimeError, OSError) as err:  # URLError is an OSError
+    except DatasetNotFound:
+        raise
+    except Exception as err:  # noqa: BLE001 - URLError (an OSError), RuntimeError, parse errors
+        if download:
+            _remove_new(root, before)
         lines = str(err).strip().splitlines()
         reason = (lines[0] if lines else type(err).__name__).split(". ")[0].rstrip(".:")
         how = (
             "download failed: check the network, or place the files there yourself"
             if download
-            else "run once with dataset.download=true on a machine with internet access, "
-            "or place the files there yourself"
+            else "run once with dataset.download=true on a machine with internet access "
+            "(delete damaged files first), or place the files there yourself"
         )
         raise DatasetNotFound(
             f"{info.name}: files not found or corrupted ({reason}); expected "
             f"{root / str(info.files)} (torchvision's layout); {how}"
         ) from err
+
+
+def _tree(root: Path) -> set[Path]:
+    """``root`` and every path under it (none if it does not exist)."""
+    if not root.exists():
+        return set()
+    found = {root}
+    for folder, dirs, files in os.walk(root):
+        found.update(Path(folder) / name for name in (*dirs, *files))
+    return found
+
+
+def _remove_new(root: Path, before: set[Path]) -> None:
+    """Remove what appeared under ``root`` since ``before`` (``_tree``), deepest first."""
+    for path in sorted(_tree(root) - before, key=lambda p: len(p.parts), reverse=True):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()  # its new contents went first; anything else stays
+            else:
+                path.unlink()
+        except OSError:
+            pass

@@ -18,6 +18,7 @@ import torch
 
 from byzshield.data import DatasetNotFound, load_dataset
 from byzshield.networks import build_network
+from byzshield.runfolder import checkpoint_problem
 from byzshield.trainer import score_test_set
 
 
@@ -33,24 +34,40 @@ def checkpoints(path: Path) -> list[Path]:
     return found
 
 
+# what evaluating needs (a checkpoint's optimizer state is for resuming)
+KEYS = ("step", "model", "network", "dataset", "num_classes")
+
+
 @torch.no_grad()
 def evaluate_checkpoint(path: Path, *, data_root: str | None = None, batch_size: int = 500) -> dict:
-    """{"step", "top1", "top5", "test_loss"} of one checkpoint on its test set."""
+    """{"step", "top1", "top5", "test_loss"} of one checkpoint on its test set; a file
+    that is no byzshield checkpoint, or one that resuming would not trust
+    (:func:`byzshield.runfolder.checkpoint_problem`: its step, its model's keys and
+    shapes, non-finite values), raises ValueError naming it."""
     try:
         # tensors and plain values only: a crafted file cannot run code here
         state = torch.load(path, map_location="cpu", weights_only=True)
-        network, dataset = state["network"], state["dataset"]
+        problem = checkpoint_problem(state, path, keys=KEYS)
+        network, dataset = str(state["network"]), str(state["dataset"])
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
         raise ValueError(f"{path}: not a byzshield checkpoint ({type(exc).__name__})") from None
+    if problem:
+        raise ValueError(f"{path} {problem}")
     test = load_dataset(
         dataset, root=data_root or state.get("dataset_root", "data"), download=False, train=False
     )
-    model = build_network(
-        network,
-        num_classes=state["num_classes"],
-        in_channels=test.in_channels,
-        image_size=test.image_size,
-    )
+    try:
+        model = build_network(
+            network,
+            num_classes=state["num_classes"],
+            in_channels=test.in_channels,
+            image_size=test.image_size,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: its network {network!r} cannot be built ({exc})") from None
+    problem = checkpoint_problem(state, path, model, keys=KEYS)
+    if problem:
+        raise ValueError(f"{path} {problem}")
     model.load_state_dict(state["model"])
     scores = score_test_set(model, test, batch_size)
     return {"step": state["step"], **scores}
@@ -68,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     try:
         paths = checkpoints(args.path)
-        print(f"{'checkpoint':<50} {'step':>7} {'top-1':>7} {'top-5':>7} {'loss':>8}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    width = max(len("checkpoint"), *(len(str(p)) for p in paths))  # paths whole
+    print(f"{'checkpoint':<{width}} {'step':>7} {'top-1':>7} {'top-5':>7} {'loss':>8}")
     bad = 0
     for p in paths:
         try:
@@ -81,15 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             bad += 1
             continue
         print(
-            f"{_fit(str(p), 50):<50} {r['step']:>7} {r['top1']:>7.4f} {r['top5']:>7.4f} "
+            f"{str(p):<{width}} {r['step']:>7} {r['top1']:>7.4f} {r['top5']:>7.4f} "
             f"{r['test_loss']:>8.4f}"
         )
     return 2 if bad else 0
-
-
-def _fit(text: str, width: int) -> str:
-    """``text``, or its last width - 1 characters after an ellipsis when it is longer."""
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 if __name__ == "__main__":

@@ -9,19 +9,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from byzshield.overrides import UsageError, compose
 
 __all__ = [
+    "check_out_dir",
     "check_train_dir",
     "check_train_overrides",
     "entry_point",
     "fail",
     "fail_job",
+    "drop_empty_job_log",
     "launch_torchrun",
     "log_to_folder",
+    "quiet_when_stdout_closes",
     "sweep_status",
     "train_help",
 ]
@@ -57,6 +60,21 @@ def _tell_torchrun(message: str) -> None:
         pass  # the agent then reports the exit code alone
 
 
+def quiet_when_stdout_closes(run: Callable[[], int]) -> int:
+    """``run()``'s exit status; when the reader of stdout goes away first (``--help |
+    head``), the command stops quietly with status 0, as the argparse front ends do,
+    instead of ending in a BrokenPipeError traceback."""
+    try:
+        code = run()
+        sys.stdout.flush()  # output that fit in the buffer meets the closed pipe here
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout once more at exit
+        os.close(devnull)
+        return 0
+    return code
+
+
 FAILED_JOBS: list[str] = []
 
 
@@ -68,11 +86,11 @@ _HYDRA_ONLY = {".hydra", "train.log"}  # what Hydra writes into a job's folder b
 CREATED: list[Path] = []  # train_dir when this command created it (removed if refused)
 
 
-def fail_job(message: str, code: int = 2) -> None:
+def fail_job(message: str, code: int = 2, *, mark: bool = True) -> None:
     """``fail`` for a job that cannot start; in a Hydra multirun the line names the job,
     the sweep goes on with the next one and the command exits 1 at the end. A single
     run's folder is removed when Hydra's files are all it holds; a multirun job's keeps
-    the reason in ``refused.txt``."""
+    the reason in ``refused.txt`` (unless not ``mark``: the folder is another run's)."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get() if HydraConfig.initialized() else None
@@ -85,7 +103,7 @@ def fail_job(message: str, code: int = 2) -> None:
             logging.shutdown()  # train.log is open
             shutil.rmtree(folder, ignore_errors=True)
         fail(message, code)
-    if folder is not None and folder.is_dir():
+    if mark and folder is not None and folder.is_dir():
         (folder / REFUSED).write_text(message + "\n")
     line = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {message}"
     logging.getLogger("byzshield.launcher").error(line)
@@ -99,8 +117,7 @@ def entry_point(main, after=None) -> int:
     engine trains the multirun jobs it collected; it returns the lines of runs that
     failed); the exit status."""
     if {"--help", "-h"} & set(sys.argv[1:]):
-        print(train_help())
-        return 0
+        return quiet_when_stdout_closes(lambda: print(train_help()) or 0)
     check_train_overrides(sys.argv[1:])
     if int(os.environ.get("RANK", "0")) != 0:  # only rank 0 writes Hydra's folders
         sys.argv += [
@@ -129,11 +146,9 @@ def train_help() -> str:
     its default and meaning (Hydra's own flags: --hydra-help)."""
     import dataclasses
 
-    import byzshield.conf
     from byzshield.config import KEY_HELP, TrainConfig
-    from byzshield.overrides import _groups
+    from byzshield.overrides import _groups, group_options
 
-    root = Path(byzshield.conf.__file__).parent
     defaults = {"approach": "mols", "mode": "coord-median", "attack": "rev_grad"}
     defaults |= {"network": "lenet", "dataset": "digits"}
     lines = [
@@ -150,8 +165,7 @@ def train_help() -> str:
     for group in _groups():
         if group == "paper":
             continue
-        folder = root / group
-        names = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.endswith("_schema"))
+        names = group_options(group)
         default = defaults.get(group)
         extra = f" (default {default})" if default else " (+experiment=NAME)"
         lines.append(f"  {group:<11}{', '.join(names)}{extra}")
@@ -266,6 +280,27 @@ def check_train_dir(path: str) -> None:
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"train_dir {path} cannot be written: {exc.strerror or exc}") from None
+    from byzshield.runfolder import check_free
+
+    check_free(folder)  # another run's folder: refused before Hydra writes into it
+
+
+def check_out_dir(path: str, key: str) -> Path:
+    """Refuse, in one line (ValueError naming ``key``), an output folder that cannot be
+    created or written, before any work: a file in its place or above it, or a
+    read-only or unwritable parent. Creates nothing (a command stopped later leaves no
+    empty folder)."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{key}={path} is an existing file, not a folder")
+    existing = folder
+    while not existing.exists():  # the deepest part that exists: it must take the rest
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{key}={path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{key}={path} cannot be written: {existing} is not writable")
+    return folder
 
 
 def launch_torchrun(world_size: int) -> int:
@@ -341,11 +376,31 @@ def launch_torchrun(world_size: int) -> int:
 
 
 def log_to_folder(folder: Path, rank: int) -> None:
-    """Each rank logs to rank<N>.log in the run folder; only rank 0 talks to the terminal."""
+    """Each rank logs to rank<N>.log in the run folder (created at its first line: the
+    server's account of the run, a worker's stop and errors); only rank 0 talks to the
+    terminal."""
     folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(folder / f"rank{rank}.log")
+    handler = logging.FileHandler(folder / f"rank{rank}.log", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     root = logging.getLogger("byzshield")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+
+
+def drop_empty_job_log(folder: Path) -> None:
+    """Close and remove Hydra's job log in ``folder`` (train.log) while it is empty:
+    byzshield's loggers write to rank<N>.log (:func:`log_to_folder`), so it would stay
+    empty."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        path = Path(getattr(h, "baseFilename", "") or ".")
+        if isinstance(h, logging.FileHandler) and path.parent.resolve() == folder.resolve():
+            try:
+                empty = path.stat().st_size == 0
+            except OSError:
+                continue
+            if empty:
+                root.removeHandler(h)
+                h.close()
+                path.unlink(missing_ok=True)

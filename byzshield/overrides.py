@@ -11,7 +11,14 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["UsageError", "approach_params", "compose", "compose_config", "did_you_mean"]
+__all__ = [
+    "UsageError",
+    "approach_params",
+    "compose",
+    "compose_config",
+    "did_you_mean",
+    "group_options",
+]
 
 
 class UsageError(ValueError):
@@ -107,6 +114,17 @@ def _groups() -> list[str]:
 
     root = Path(byzshield.conf.__file__).parent
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def group_options(group: str) -> list[str]:
+    """The options Hydra accepts for ``group=NAME``: the YAML files of ``conf/<group>/``
+    (what ``compose`` validates against), sorted."""
+    from pathlib import Path
+
+    import byzshield.conf
+
+    folder = Path(byzshield.conf.__file__).parent / group
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.endswith("_schema"))
 
 
 def compose_config(overrides: Sequence[str] = ()):

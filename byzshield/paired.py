@@ -29,7 +29,14 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["PairedInterval", "Side", "paired_interval", "parse_pair", "tail_accuracy"]
+__all__ = [
+    "PairedInterval",
+    "Side",
+    "paired_interval",
+    "parse_pair",
+    "t_half_width",
+    "tail_accuracy",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,18 @@ class PairedInterval:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
 
+def t_half_width(sd: float, n: int, level: float = 0.95) -> float:
+    """Half the width of Student's t interval of a mean of ``n`` values whose sample
+    std (n - 1) is ``sd``: t_{(1 + level) / 2, n - 1} * sd / sqrt(n) (n >= 2)."""
+    if n < 2:
+        raise ValueError(f"a t interval needs at least two values, got {n}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+
+
 def paired_interval(
     a: Sequence[float], b: Sequence[float], *, level: float = 0.95
 ) -> PairedInterval:
@@ -65,20 +84,22 @@ def paired_interval(
     mean = math.fsum(d) / n
     if n < 2:
         return PairedInterval(mean, None, None, n, None, level)
-    from scipy.stats import t
-
     sd = statistics.stdev(d)
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    half = t_half_width(sd, n, level)
     return PairedInterval(mean, mean - half, mean + half, n, sd, level)
 
 
 def tail_accuracy(evals: Sequence[dict], last: int = 1) -> float | None:
     """Mean top-1 over the last ``last`` evaluations (None without any)."""
-    values = [e["top1"] for e in evals if isinstance(e.get("top1"), int | float)]
+    values = [e["top1"] for e in evals if _finite(e.get("top1"))]
     if not values:
         return None
     tail = values[-last:]
     return math.fsum(tail) / len(tail)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from byzshield.overrides import UsageError, approach_params, compose
+from byzshield.overrides import UsageError, approach_params, compose, group_options
 
 __all__ = ["main", "placement_main"]
 
@@ -38,9 +38,11 @@ Config (Hydra overrides, composed from conf/placement.yaml and conf/approach/):
 
 Several placements side by side (the paper's distortion tables):
   python -m byzshield.placement +experiment=distortion
-  designs=[{{approach: mols, l: 5, r: 3}}, ...]   one eps column per design, DETOX's and
-                       the baseline's at each K; out=DIR also writes distortion.md,
-                       distortion.csv and distortion.png (matplotlib) there
+  designs=[{{approach: NAME, ...}}, ...]   e.g. [{{approach: mols, l: 5, r: 3}}]: one eps
+                       column per design, DETOX's and the baseline's at each K;
+                       NAME: {designs}
+  out=DIR              also write distortion.md, distortion.csv and distortion.png
+                       (matplotlib) there
 """
 
 
@@ -121,8 +123,14 @@ def _distortion(cfg) -> int:
     """``designs=[...]``: c_max(q) / f of several placements with DETOX's and the
     baseline's at each K, as a Markdown table on stdout (and files under ``out``)."""
     from byzshield.adversary import detox_eps, worst_case_table
+    from byzshield.launcher import check_out_dir
     from byzshield.report import EpsCurve
 
+    if cfg.out is not None:  # before the searches, which can take minutes
+        try:
+            check_out_dir(str(cfg.out), "out")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     curves = []
     for label, placement in _build_designs(cfg):
         K, f = placement.num_workers, placement.num_files
@@ -206,14 +214,13 @@ def _distortion(cfg) -> int:
         writer.writerows(records)
     written = ["distortion.md", "distortion.csv"]
     try:
-        from byzshield.report import eps_figure
+        from byzshield.report import eps_figure, save_figure
 
         fig = eps_figure(curves)
     except ImportError:
         print("note: no plot: matplotlib is not installed (pip install 'byzshield[report]')")
     else:
-        fig.tight_layout()
-        fig.savefig(out / "distortion.png", dpi=100, metadata={"Software": None})
+        save_figure(fig, out / "distortion.png")  # laid out by the figure itself
         written.append("distortion.png")
     print(f"wrote {', '.join(written)} to {out}")
     return 0
@@ -225,7 +232,8 @@ def placement_main(argv: Sequence[str]) -> int:
     from byzshield.config import APPROACHES, build_placement
 
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(PLACEMENT_HELP.format(approaches=" | ".join(APPROACHES)))
+        approaches = " | ".join(group_options("approach"))  # what approach=NAME composes
+        print(PLACEMENT_HELP.format(approaches=approaches, designs=" | ".join(APPROACHES)))
         return 0
     try:
         cfg = compose("placement", argv)
@@ -302,7 +310,10 @@ def placement_main(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m byzshield.placement`` and ``byzshield-placement``."""
-    return placement_main(sys.argv[1:] if argv is None else list(argv))
+    from byzshield.launcher import quiet_when_stdout_closes
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return quiet_when_stdout_closes(lambda: placement_main(args))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ execs ``python -m byzshield.comm`` (torchrun with its stores bound to the addres
 with that node's share of the K + S ranks (S = ``ps_shards``, 1 by default): node 0 holds
 rank 0, the parameter server, and the ranks are split as evenly as the count allows
 (``--nproc-per-node`` per node).
-The rendezvous address is node 0's (its ``NodeAddr`` in Slurm), the port
-``--port`` (default: 20000 + job id % 20000). ``--gloo-socket-ifname IF`` sets
-``GLOO_SOCKET_IFNAME`` on every node (the interface gloo binds).
+The rendezvous address is node 0's (its ``NodeAddr`` in Slurm) as an IP address, so that
+node 0's store listens on that address only (:func:`rendezvous_address`: a host name is
+resolved; one that resolves to loopback on a multi-host allocation, as Debian's
+``/etc/hosts`` maps a machine's own name to 127.0.1.1, is replaced by the address this
+host reaches the other nodes from). The port is ``--port`` (1..65535; default: 20000 +
+job id % 20000). ``--gloo-socket-ifname IF`` sets ``GLOO_SOCKET_IFNAME`` on every node
+(the interface gloo binds).
 
 The run's folder (``train_dir``, resolved once at submission) holds the job's output
 (``slurm-<jobid>.out``) beside the usual run files; with ``--requeue`` Slurm may requeue
@@ -33,12 +37,16 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Plan", "main", "plan_ranks"]
+__all__ = ["Plan", "main", "plan_ranks", "rendezvous_address"]
+
+PORTS = range(1, 65536)
+"""TCP ports ``--port`` may name."""
 
 
 def plan_ranks(world_size: int, nodes: int) -> list[int]:
@@ -157,7 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", help="sbatch --partition")
     p.add_argument("--time", help="sbatch --time (e.g. 2:00:00)")
     p.add_argument("--job-name", default="byzshield", help="sbatch --job-name")
-    p.add_argument("--port", type=int, help="rendezvous port (default 20000 + job id % 20000)")
+    p.add_argument(
+        "--port", type=int, help="rendezvous port, 1..65535 (default 20000 + job id %% 20000)"
+    )
     p.add_argument("--gloo-socket-ifname", help="GLOO_SOCKET_IFNAME on every node")
     p.add_argument(
         "--requeue", action="store_true", help="let Slurm requeue the job (it then resumes)"
@@ -192,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = [o for o in overrides if o.startswith("-")]
     if flags:
         return _fail(f"unknown option {flags[0]}; see python -m byzshield.slurm --help")
+    if args.port is not None and args.port not in PORTS:
+        return _fail(f"--port must be a TCP port in 1..65535, got {args.port}")
     for o in list(overrides):  # nodes=N, the issue's spelling
         if o.startswith("nodes="):
             overrides.remove(o)
@@ -270,20 +282,75 @@ def _submit(args, overrides: list[str]) -> int:
     return 0
 
 
-def _first_node_address() -> str:
-    """NodeAddr of the allocation's first node (what Slurm itself connects to)."""
+def _hostnames() -> list[str]:
+    """The allocation's host names, in Slurm's order (this host alone outside a job)."""
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
     hosts = subprocess.run(
         ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True
     ).stdout.split()
-    first = hosts[0] if hosts else os.uname().nodename
+    return hosts or [os.environ.get("SLURMD_NODENAME") or os.uname().nodename]
+
+
+def _node_address(host: str) -> str:
+    """NodeAddr of ``host`` (what Slurm itself connects to), else the name itself."""
     shown = subprocess.run(
-        ["scontrol", "show", "node", "-o", first], capture_output=True, text=True
+        ["scontrol", "show", "node", "-o", host], capture_output=True, text=True
     ).stdout
     for field in shown.split():
         if field.startswith("NodeAddr="):
             return field.split("=", 1)[1]
-    return first
+    return host
+
+
+def rendezvous_address(node_addr: str, peers: list[str]) -> str:
+    """The IP address node 0's rendezvous store listens on, and the other nodes connect
+    to: ``node_addr`` (Slurm's NodeAddr of the first node) when it is an IP address,
+    else the address it resolves to (IPv4 first). A store given a host name would
+    listen on every interface (see :mod:`byzshield.comm`).
+
+    A name that resolves to a loopback address (Debian's ``/etc/hosts`` maps a machine's
+    own name to 127.0.1.1) is kept when the allocation has no other host (``peers``
+    empty: nothing outside this host needs to reach the store); otherwise it is replaced
+    by the address of the interface this host reaches ``peers[0]`` from, which the
+    other nodes can reach. Raises ValueError (one line) for a name that does not resolve.
+    """
+    if _ip(node_addr) is not None:
+        return node_addr
+    address = _resolve(node_addr, "the first node's address")
+    if _ip(address).is_loopback and peers:
+        peer = _resolve(peers[0], "the allocation's second host")
+        family = socket.AF_INET6 if ":" in peer else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((peer, 9))  # UDP: picks the route, sends nothing
+            except OSError as exc:
+                raise ValueError(
+                    f"the first node's address {node_addr!r} resolves to {address} "
+                    f"(loopback) and there is no route to {peers[0]} ({peer}): "
+                    f"{exc.strerror or exc}; set the node's NodeAddr to its IP address"
+                ) from None
+            address = probe.getsockname()[0]
+    return address
+
+
+def _ip(text: str):
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _resolve(host: str, what: str) -> str:
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ValueError(f"cannot resolve {what} {host!r}: {exc.strerror or exc}") from None
+    addresses = [info[4][0] for info in found if _ip(str(info[4][0])) is not None]
+    if not addresses:
+        raise ValueError(f"cannot resolve {what} {host!r}: no IP address")
+    return min(addresses, key=lambda a: (_ip(a).is_loopback, ":" in a))  # reachable, IPv4
 
 
 def _node(args, overrides: list[str]) -> int:
@@ -294,16 +361,16 @@ def _node(args, overrides: list[str]) -> int:
         return _fail("--node runs inside the job's step (srun sets SLURM_PROCID)")
     job = int(os.environ.get("SLURM_JOB_ID", "0"))
     port = args.port or 20000 + job % 20000
-    addr = _first_node_address()
+    hosts = _hostnames()
+    try:
+        addr = rendezvous_address(_node_address(hosts[0]), hosts[1:])
+    except ValueError as exc:
+        return _fail(str(exc))
     if args.gloo_socket_ifname:
         os.environ["GLOO_SOCKET_IFNAME"] = args.gloo_socket_ifname
     node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
     names = os.environ.get("BYZSHIELD_RANK_NODES")
     if names is None:  # every rank's node, for messages naming a failed rank
-        nodelist = os.environ.get("SLURM_JOB_NODELIST", node)
-        hosts = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True
-        ).stdout.split() or [node]
         per = max(1, args.tasks_per_node)
         per_task = [hosts[min(t // per, len(hosts) - 1)] for t in range(len(counts))]
         names = json.dumps(

@@ -20,7 +20,14 @@ from pathlib import Path
 
 
 def _interrupted_while_starting(signum, frame) -> None:
-    print("\ninterrupted during start-up; nothing was trained", file=sys.stderr, flush=True)
+    line = "interrupted during start-up; nothing was trained"
+    try:  # where train_dir stands, when it already holds checkpoints (torch-free)
+        from byzshield.runfolder import interrupted_start_line
+
+        line = interrupted_start_line()
+    except Exception:  # noqa: BLE001, S110 - caught mid-import: the plain line
+        pass
+    print(f"\n{line}", file=sys.stderr, flush=True)
     os._exit(130)
 
 
@@ -35,9 +42,16 @@ from byzshield.comm import RankFailure, init
 from byzshield.config import add_server_parts, build_run, load_config, register_schema
 from byzshield.engines import build_engine, lockstep
 from byzshield.engines.torchrun import LeadUpdate, run_shard_server, run_worker
-from byzshield.launcher import entry_point, fail, fail_job, launch_torchrun, log_to_folder
+from byzshield.launcher import (
+    drop_empty_job_log,
+    entry_point,
+    fail,
+    fail_job,
+    launch_torchrun,
+    log_to_folder,
+)
 from byzshield.networks import use_kernels
-from byzshield.runfolder import CheckpointError, prepare
+from byzshield.runfolder import PROGRESS, FolderInUse, RunFileError, prepare, release
 from byzshield.trainer import Trainer, TrainingError, announce
 
 UNDER_TORCHRUN = "WORLD_SIZE" in os.environ
@@ -46,6 +60,7 @@ register_schema()
 
 @hydra.main(config_path="pkg://byzshield.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    drop_empty_job_log(Path(HydraConfig.get().runtime.output_dir))  # rank<N>.log instead
     try:
         config = load_config(cfg)
         use_kernels(config.network.name)  # one thread, the same kernels in every process
@@ -65,21 +80,16 @@ def main(cfg: DictConfig) -> None:
     if engine == "lockstep":
         return lockstep_job(config, run)
     job = HydraConfig.get().job.get("num") or 0
+    PROGRESS.clear()  # a Ctrl-C line about this job, not the sweep's previous one
     comm = init(timeout=config.timeout, job=job, num_servers=config.ps_shards)
     try:
         output = Path(HydraConfig.get().runtime.output_dir)
-        result = run_rank(comm, run, engine, output, server_parts=UNDER_TORCHRUN)
-        if result is not None:
-            print(
-                f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
-                f"loss {result['test_loss']:.4f} after {run.max_steps} steps",
-                flush=True,
-            )
+        run_rank(comm, run, engine, output, server_parts=UNDER_TORCHRUN)  # prints the result
     except StartError as exc:
         fail(str(exc), 2)
     except RankFailure as exc:  # a worker also prints a hung server: no one else can
         fail(f"error (rank {comm.rank}): {exc}", 1, console=comm.is_server or exc.timed_out)
-    except (TrainingError, CheckpointError) as exc:
+    except (TrainingError, RunFileError) as exc:
         fail(f"error: {exc}", 1)
     finally:
         comm.close()
@@ -91,9 +101,10 @@ class StartError(RuntimeError):
 
 
 def run_rank(comm, run, engine: str, output: Path, *, server_parts: bool, log: bool = True):
-    """One rank of a run over ``comm``: the server (rank 0) prepares the folder, tells
-    the workers its status and the folder, then trains with ``engine`` and returns the
-    final evaluation; a worker serves until the server stops it and returns None.
+    """One rank of a run over ``comm``: the server (rank 0) takes and prepares the
+    folder, tells the workers its status and the folder, then trains with ``engine``,
+    gives the folder back and returns the final evaluation; a worker serves until the
+    server stops it and returns None.
     ``server_parts``: the server builds the Byzantine selection and the rule here (under
     torchrun, build_run left them out). Tests call it for ranks running as threads
     (:meth:`byzshield.comm.Comm.local_group`)."""
@@ -103,55 +114,73 @@ def run_rank(comm, run, engine: str, output: Path, *, server_parts: bool, log: b
         try:
             if server_parts:
                 run = add_server_parts(run)  # the worst-case search: once, on rank 0 only
-            folder, resume = prepare(folder, config)  # resume, or refuse another config
+            folder, resume = prepare(folder, run)  # locked; resume, or refuse
         except ValueError as exc:
             status = f"error: {exc}"
-    if comm.broadcast_text(status):
-        raise StartError(status)
-    folder = Path(comm.broadcast_text(str(folder)))
-    if log:
-        log_to_folder(folder, comm.rank)
-    if comm.is_shard_server:  # servers 1..S-1 of a sharded parameter server
-        run_shard_server(comm, run)
-        return None
-    if not comm.is_server:
-        run_worker(comm, run)
-        return None
-    gather = build_engine(engine, run, comm)
-    announce(run, folder, engine)
-    lead = functools.partial(LeadUpdate, comm) if engine == "torchrun" else None
-    trainer = Trainer(run, gather, folder, device=config.device, resume=resume, lead=lead)
-    return trainer.train()
+    try:
+        status = comm.broadcast_text(status)  # the server's line, on every rank
+        if status:
+            raise StartError(status)
+        folder = Path(comm.broadcast_text(str(folder)))
+        if log:
+            log_to_folder(folder, comm.rank)
+        if comm.is_shard_server:  # servers 1..S-1 of a sharded parameter server
+            run_shard_server(comm, run)
+            return None
+        if not comm.is_server:
+            run_worker(comm, run)
+            return None
+        gather = build_engine(engine, run, comm)
+        announce(run, folder, engine)
+        lead = functools.partial(LeadUpdate, comm) if engine == "torchrun" else None
+        trainer = Trainer(run, gather, folder, device=config.device, resume=resume, lead=lead)
+        return trainer.train()
+    finally:
+        if comm.is_server and not status:
+            release(folder)
 
 
 def lockstep_job(config, run) -> None:
     """engine=lockstep: in a multirun, keep the job for training with the others of its
-    shape once Hydra has composed them all; otherwise train it now (a group of one)."""
+    shape once Hydra has composed them all (its folder stays locked until then);
+    otherwise train it now (a group of one)."""
     hc = HydraConfig.get()
+    multirun = hc.mode.name == "MULTIRUN"
     try:
-        folder, resume = prepare(Path(hc.runtime.output_dir), config)
+        folder, resume = prepare(Path(hc.runtime.output_dir), run)
+    except FolderInUse as exc:  # the folder is another run's: leave no refused.txt there
+        return fail_job(f"error: {exc}", mark=False)
     except ValueError as exc:
         return fail_job(f"error: {exc}")
-    multirun = hc.mode.name == "MULTIRUN"
-    announce(run, folder, "lockstep", quiet=multirun)
     member = lockstep.Member(run, folder, resume, name=f"job {hc.job.num}" if multirun else "")
     if multirun:
+        announce(run, folder, "lockstep", quiet=True)
         return lockstep.collect(member)
-    log_to_folder(folder, 0)
-    group = lockstep.LockstepGroup([member], threads=config.threads, show_steps=True)
-    result = group.train().get(0)
+    try:
+        log_to_folder(folder, 0)
+        announce(run, folder, "lockstep")
+        group = lockstep.LockstepGroup([member], threads=config.threads, show_steps=True)
+        group.train()  # prints the result
+    except RunFileError as exc:
+        fail(f"error: {exc}", 1)
+    finally:
+        release(folder)
     if group.failures:
         fail(f"error: {group.failures[0]}", 1)
-    print(
-        f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
-        f"loss {result['test_loss']:.4f} after {run.max_steps} steps",
-        flush=True,
-    )
+
+
+def train_collected() -> list[str]:
+    """The lockstep jobs of a multirun, trained once Hydra has composed them all; a file
+    that cannot be written (a full disk) stops the sweep with one line."""
+    try:
+        return lockstep.train_collected()
+    except RunFileError as exc:
+        fail(f"error: {exc}", 1)
 
 
 def cli() -> None:
     """The ``byzshield-train`` console script: ``python -m byzshield.train``."""
-    sys.exit(entry_point(main, after=lockstep.train_collected))  # the sweep's exit status
+    sys.exit(entry_point(main, after=train_collected))  # the sweep's exit status
 
 
 if __name__ == "__main__":

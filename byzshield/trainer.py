@@ -32,7 +32,14 @@ from torch import nn
 from byzshield.config import Run
 from byzshield.data import ImageDataset, eval_batches, step_batch
 from byzshield.gradients import flat_params
-from byzshield.runfolder import Resume, save_checkpoint
+from byzshield.runfolder import (
+    PROGRESS,
+    Resume,
+    RunFileError,
+    interrupted_start_line,
+    save_checkpoint,
+    write_atomic,
+)
 from byzshield.shards import ShardedUpdate
 from byzshield.step import Copies, RobustUpdate
 
@@ -44,8 +51,10 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "evaluate",
+    "final_line",
     "interrupted_line",
     "recompute_batchnorm",
+    "say",
     "score_test_set",
     "step_record",
 ]
@@ -181,8 +190,12 @@ class MetricsLog:
         return self.tb
 
     def write(self, record: dict) -> None:
+        """Append ``record``; a full disk raises RunFileError (one line)."""
         clean = {k: _finite_or_none(v) for k, v in record.items()}
-        self.file.write(json.dumps(clean, allow_nan=False) + "\n")
+        try:
+            self.file.write(json.dumps(clean, allow_nan=False) + "\n")
+        except OSError as exc:
+            raise _unwritable(self.file.name, exc) from None
         if self._tensorboard() is not None:
             prefix = "eval/" if record.get("event") == "eval" else "train/"
             for k, v in clean.items():
@@ -190,13 +203,48 @@ class MetricsLog:
                     self.tb.add_scalar(prefix + k, v, record["step"])
 
     def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        try:
+            self.file.close()
+        except OSError as exc:
+            raise _unwritable(self.file.name, exc) from None
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _unwritable(path: str, exc: OSError) -> RunFileError:
+    return RunFileError.of(Path(path), exc)
+
+
+def say(message: str) -> None:
+    """A line of the run's account: on the console and, once
+    :func:`byzshield.launcher.log_to_folder` opened it, in the folder's ``rank0.log``."""
+    print(message, flush=True)
+    log.info(message)
+
+
+def final_line(result: dict, steps: int) -> str:
+    """The run's last line: its final evaluation and how many steps its model has."""
+    return (
+        f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
+        f"loss {result['test_loss']:.4f} after {_steps(steps)}"
+    )
+
+
+def complete_line(steps: int, max_steps: int) -> str:
+    """A rerun of a finished run (or one with a lowered ``max_steps``): nothing to do."""
+    if steps > max_steps:
+        return (
+            f"the run is complete: its model has {_steps(steps)}, beyond max_steps="
+            f"{max_steps}; nothing to do (a run is never trained backwards; raise max_steps "
+            "to train on)"
+        )
+    return f"the run is complete ({_steps(steps)}); nothing to do"
 
 
 class Progress:
-    """A tqdm bar on a terminal, otherwise one line every ``every`` steps."""
+    """A tqdm bar on a terminal, otherwise one line every ``every`` steps (in the log
+    either way)."""
 
     def __init__(self, total: int, every: int, initial: int = 0):
         self.total, self.every = total, every
@@ -209,19 +257,23 @@ class Progress:
             )
 
     def step(self, step: int, record: dict) -> None:
+        line = None
+        if step % self.every == 0 or step == self.total - 1:
+            line = (
+                f"step {step + 1}/{self.total} loss {record['loss']:.4f} lr {record['lr']:.4g} "
+                f"distorted {record['distorted']} ({record['step_s'] * 1000:.0f} ms/step)"
+            )
+            log.info(line)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.3f}", distorted=record["distorted"])
-        elif step % self.every == 0 or step == self.total - 1:
-            print(
-                f"step {step + 1}/{self.total} loss {record['loss']:.4f} lr {record['lr']:.4g} "
-                f"distorted {record['distorted']} ({record['step_s'] * 1000:.0f} ms/step)",
-                flush=True,
-            )
+        elif line is not None:
+            print(line, flush=True)
 
     def say(self, message: str) -> None:
         (self.bar.write if self.bar is not None else print)(message)
         sys.stdout.flush()
+        log.info(message)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -245,20 +297,20 @@ class TrainingError(RuntimeError):
     """Training cannot go on (the model became non-finite); the message is one line."""
 
 
-PROGRESS: dict = {}
-"""Where this process's training is (step, total, last checkpoint; the lockstep engine:
-run-steps done of all), for the one line printed when it is interrupted."""
-
-
 def interrupted_line() -> str:
     """The line for Ctrl-C: how far training got and how to go on."""
-    if not PROGRESS:
-        return "interrupted during start-up; nothing was trained"
     if "run_steps" in PROGRESS:
+        if not PROGRESS["run_steps"]:
+            return (
+                "interrupted before the first step; nothing new was trained; rerun the "
+                "same command to resume every run from its last checkpoint"
+            )
         return (
             f"interrupted after {PROGRESS['run_steps']} of {PROGRESS['total']} run-steps; "
             "rerun the same command to resume every run from its last checkpoint"
         )
+    if "step" not in PROGRESS:
+        return interrupted_start_line()
     kept = PROGRESS.get("checkpoint")
     where = f" from {kept}" if kept else " from the start (no checkpoint was written yet)"
     return (
@@ -541,19 +593,22 @@ class Trainer:
         }
 
     def train(self, steps: Iterable[int] | None = None) -> dict:
-        """Run every step, evaluating every ``eval_freq`` steps and at the end."""
+        """Run every step, evaluating every ``eval_freq`` steps and at the end; prints
+        the final line. A model already at or beyond ``max_steps`` is not trained."""
         cfg = self.run.config
         total = self.run.max_steps
         step = self.start
         self.update.start()  # a sharded server's other processes learn the rule's state
         if self.start >= total and self.last_eval:
-            print(f"the run is complete ({_steps(self.start)}); nothing to do", flush=True)
+            say(complete_line(self.start, total))
             self.engine.close(step)
             self.metrics.close()
+            say(final_line(self.last_eval, self.start))
             return self.last_eval
         if self.start:
-            print(f"resuming after step {self.start} from {self.last_checkpoint}", flush=True)
-        progress = Progress(total, cfg.log_every, initial=self.start)
+            say(f"resuming after step {self.start} from {self.last_checkpoint}")
+        end = max(total, self.start)  # a checkpoint beyond max_steps: evaluate it as is
+        progress = Progress(total, cfg.log_every, initial=min(self.start, total))
         try:
             for step in steps if steps is not None else range(self.start, total):
                 PROGRESS.update(step=step, total=total, checkpoint=self.last_checkpoint)
@@ -569,12 +624,13 @@ class Trainer:
                         f"step {done}: test top-1 {ev['top1']:.4f} top-5 {ev['top5']:.4f} "
                         f"loss {ev['test_loss']:.4f}"
                     )
-            final = self.evaluate(total)
+            final = self.evaluate(end)
         finally:
             progress.close()
             self.engine.close(step)
             self.update.close()
             self.metrics.close()
+        say(final_line(final, end))
         return final
 
 
@@ -595,17 +651,16 @@ def announce(run: Run, folder: Path, engine: str, *, quiet: bool = False) -> Non
     cfg = run.config
     info = {**run.info, "engine": engine, "device": cfg.device, "seed": cfg.seed}
     info["ps_shards"] = cfg.ps_shards
-    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(folder / "run.json", json.dumps(info, indent=2) + "\n")
     if quiet:
         return
     for note in run.notes:
-        print(note if note.startswith("warning:") else f"note: {note}", flush=True)
+        say(note if note.startswith("warning:") else f"note: {note}")
     attack = run.info["attack"]
     z = f" z={attack['z_used']:.4g}" if "z_used" in attack else ""
-    print(
+    say(
         f"{run.placement.describe()}; mode={run.info['mode']} (f={run.aggregator_f}); "
         f"attack={cfg.attack.name}{z} q={run.q}; {cfg.network.name} on {cfg.dataset.name}; "
-        f"engine={engine}{_servers(cfg.ps_shards, engine)}; output {folder}",
-        flush=True,
+        f"engine={engine}{_servers(cfg.ps_shards, engine)}; output {folder}"
     )
-    print(f"byzantine: {run.selection.describe()}", flush=True)
+    say(f"byzantine: {run.selection.describe()}")

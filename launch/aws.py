@@ -413,10 +413,13 @@ def _create(
     state.security_group_id = group_id
     state_io.save(state, opts.state_dir)
     ingress, egress = security_group_rules(group_id, pre.ssh_cidr)
-    ec2.revoke_security_group_egress(
-        GroupId=group_id,
-        IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
-    )
+    # A new group lets everything out: 0.0.0.0/0, and ::/0 too in a VPC with IPv6.
+    # Revoke the rules it came with, whichever they are, before adding ours.
+    (created,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    if created["IpPermissionsEgress"]:
+        ec2.revoke_security_group_egress(
+            GroupId=group_id, IpPermissions=created["IpPermissionsEgress"]
+        )
     ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=ingress)
     ec2.authorize_security_group_egress(GroupId=group_id, IpPermissions=egress)
     log(f"security group {group_id}: all traffic between members, SSH only from {pre.ssh_cidr}")

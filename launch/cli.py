@@ -9,7 +9,9 @@ overrides (Fabric would otherwise try to run it as a shell command on ``-H`` hos
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +84,42 @@ def install_remainder_executor() -> None:
     import fabric.main
 
     fabric.main.program.executor_class = RemainderExecutor
+
+
+class QuietStdout:
+    """``sys.stdout`` for the running ``fab``: once the reader of a pipe has gone (``fab
+    --list | head``), the rest of the output goes to /dev/null and fab carries on to
+    its usual exit status, instead of ending in invoke's BrokenPipeError traceback."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # what is still buffered goes there too
+        os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def install_quiet_stdout() -> None:
+    """Give the running ``fab`` a :class:`QuietStdout` (called by fabfile.py)."""
+    if not isinstance(sys.stdout, QuietStdout):
+        sys.stdout = QuietStdout(sys.stdout)
 
 
 def whole_number(value: int | str, flag: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -23,6 +24,15 @@ def test_run_trains_and_load_run_reads_it_back(tmp_path):
         )
         == final
     )  # resumed: nothing to do
+
+
+def test_load_run_skips_a_torn_last_line_with_one_warning(tmp_path):
+    rows = [{"step": 0, "loss": 2.3}, {"step": 1, "loss": 2.2}, {"step": 2, "event": "eval"}]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "metrics.jsonl").write_text(text + '{"step": 2, "loss": 2.')  # kill -9
+    with pytest.warns(UserWarning, match=r"metrics.jsonl: skipped 1 unreadable line \(line 4\)"):
+        steps, evals = byzshield.load_run(tmp_path)
+    assert steps == rows[:2] and evals == rows[2:]
 
 
 def test_runs_trains_in_lockstep_and_load_sweep_finds_every_run(tmp_path):

@@ -217,6 +217,24 @@ def test_security_group_allows_members_and_ssh_from_the_caller_only(session, ec2
             assert permission["IpProtocol"] == "tcp" and permission["FromPort"] in (80, 443)
 
 
+def test_security_group_of_an_ipv6_vpc_keeps_no_allow_all_egress(session, ec2, ami, tmp_path):
+    """A new group in a VPC with an IPv6 block comes with two allow-all egress rules,
+    0.0.0.0/0 and ::/0: both are revoked, leaving the members and tcp 80/443."""
+    (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    ec2.associate_vpc_cidr_block(VpcId=vpc["VpcId"], AmazonProvidedIpv6CidrBlock=True)
+    state = launch(session, make_options(tmp_path, ami))
+
+    (group,) = ec2.describe_security_groups(GroupIds=[state.security_group_id])["SecurityGroups"]
+    to_internet = [
+        (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"), cidr)
+        for p in group["IpPermissionsEgress"]
+        for cidr in [r["CidrIp"] for r in p["IpRanges"]] + [r["CidrIpv6"] for r in p["Ipv6Ranges"]]
+    ]
+    assert sorted(to_internet) == sorted(
+        ("tcp", port, port, cidr) for port in (80, 443) for cidr in ("0.0.0.0/0", "::/0")
+    )
+
+
 def test_created_key_pair_is_tagged_and_saved_owner_only(session, ec2, ami, tmp_path):
     state = launch(session, make_options(tmp_path, ami))
 

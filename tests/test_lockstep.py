@@ -17,7 +17,7 @@ from byzshield.config import build_run
 from byzshield.engines.lockstep import LockstepGroup, Member, lockstep
 from byzshield.engines.simulate import simulate
 from byzshield.overrides import compose_config
-from byzshield.runfolder import prepare
+from byzshield.runfolder import prepare, release
 from byzshield.trainer import TIME_KEYS, TrainingError, announce
 
 TIMES = {*TIME_KEYS, "step_s", "other_s", "vote_tail_s"}
@@ -110,7 +110,7 @@ def _members(jobs) -> list[Member]:
     for overrides, folder in jobs:
         config = compose_config([*overrides, "engine=lockstep", f"train_dir={folder}"])
         run = build_run(config)
-        path, resume = prepare(Path(folder), config)
+        path, resume = prepare(Path(folder), run)
         announce(run, path, "lockstep", quiet=True)
         out.append(Member(run, path, resume, name=str(folder)))
     return out
@@ -148,11 +148,18 @@ def test_a_lockstep_run_that_becomes_non_finite_stops_alone(tmp_path):
     lines = []
     group = LockstepGroup(members, threads=1, say=lines.append)
     results = group.train()
+    for m in members:
+        release(m.folder)
     assert 0 in results and 1 not in results
     assert len(group.failures) == 1
     assert group.failures[0].startswith(f"{tmp_path / 'bad'}: step ")
     assert "the model became non-finite" in group.failures[0]
     assert read_metrics(tmp_path / "good")[1][-1]["step"] == 3
+    # the group ends with a line per run: its folder, and its final evaluation or error
+    good_line, bad_line = lines[-2:]
+    assert good_line.startswith(f"{tmp_path / 'good'}: test accuracy: top-1 ")
+    assert good_line.endswith(" after 3 steps")
+    assert bad_line.startswith(f"{tmp_path / 'bad'}: error: step ") and "non-finite" in bad_line
     with pytest.raises(TrainingError, match="became non-finite"):
         lockstep([(bad, tmp_path / "bad2")])
 

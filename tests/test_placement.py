@@ -181,7 +181,7 @@ def test_custom_placement_round_trips_through_json(tmp_path):
         ("[[0, 1], [0, 1], [2, 3]]", "same positive number of workers"),
         ("[[0, 0]]", "lists a file twice"),
         ('[[0, "a"]]', "expected a JSON list"),
-        ('{"worker_files": [[0], [1]], "num_files": 3}', "same positive number of workers"),
+        ('{"worker_files": [[0], [1]], "num_files": 3}', "every file needs a holder"),
         ("[[0], [-1]]", "file ids must be"),
     ],
 )

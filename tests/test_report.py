@@ -67,7 +67,6 @@ def make_run(
         (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     q = cfg["adversary"]["q"]
     info = {
-        **(info or {}),
         "placement": "mols(l=5, r=3): K=15 workers, f=25 files, load l=5, replication r=3",
         "K": 15,
         "f": 25,
@@ -78,6 +77,7 @@ def make_run(
         "selection": {"kind": "worst_case", "q": q, "c_max": [0, 0, 1, 3][q]},
         "max_steps": cfg["max_steps"],
         "seed": cfg["seed"],
+        **(info or {}),
     }
     (folder / "run.json").write_text(json.dumps(info))
     lines = []
@@ -190,15 +190,20 @@ def test_run_without_hydra_folder_takes_its_settings_from_run_json(tmp_path):
 # Grouping and statistics
 
 
-def test_seeds_are_one_row_with_mean_and_sample_std(tmp_path):
+def test_seeds_are_one_row_with_mean_sample_std_and_95_interval(tmp_path):
     finals = [0.8, 0.9, 0.95]
     runs = [read_run(complete(tmp_path / str(s), f, seed=s)) for s, f in enumerate(finals)]
     (g,) = group_runs(runs).groups
     stats = report._group_stats(g)
-    mean, std, n = stats["final_top1"]
-    assert n == 3
-    assert mean == pytest.approx(statistics.mean(finals))
-    assert std == pytest.approx(statistics.stdev(finals))  # n - 1
+    s = stats["final_top1"]
+    assert s.n == 3
+    assert s.mean == pytest.approx(statistics.mean(finals))
+    assert s.std == pytest.approx(statistics.stdev(finals))  # n - 1
+    # t(0.975, 2) = 4.302653: mean +- 4.302653 * std / sqrt(3)
+    half = 4.302653 * statistics.stdev(finals) / 3**0.5
+    assert (s.low, s.high) == pytest.approx((s.mean - half, s.mean + half), abs=1e-6)
+    one = report.summarize([0.7])
+    assert (one.mean, one.std, one.n, one.low, one.high) == (0.7, None, 1, None, None)
 
 
 def test_a_run_from_before_the_adversary_node_groups_with_its_new_twin(tmp_path):
@@ -281,7 +286,9 @@ def test_report_shows_every_run_and_aggregates_complete_runs_only(tmp_path):
         "failed to start",
     ]
     md = (sweep / "report" / "report.md").read_text()
-    assert "| mols(l=5, r=3) | coord-median | rev_grad | 2 | 2 | 85.00 ± 7.07 |" in md
+    # the mean and its 95 % t interval over the 2 seeds: 85 +- 12.7062 * 7.0711 / sqrt(2)
+    assert "| MOLS K=15 | coord-median | rev_grad | 2 | 2 | 85.00 [21.47, 148.53] |" in md
+    assert "MOLS K=15 = `mols(l=5, r=3)`" in md
     assert "## Runs not complete" in md
     assert f"`{sweep / '2'}` | died at step 12/30 |" in md
     assert "| 40.00 @ 10 |" in md  # how far the dead run got
@@ -462,8 +469,9 @@ def test_help_describes_the_options(capsys):
         main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--out", "--stale-after", "--ignore", "--no-plots", "--eps-work"):
+    for option in ("--out", "--stale-after", "--ignore", "--no-plots", "--eps-work", "--redraw"):
         assert option in text
+    assert "95 % interval" in text and "%%" not in text
 
 
 # --------------------------------------------------------------------------------------
@@ -555,13 +563,19 @@ def test_pivot_puts_one_value_per_column_and_filters_with_where(tmp_path):
     table = report.pivot_table(path, "attack", {"q": {"0", "3"}})
     lines = table.splitlines()
     assert lines[2] == "| approach | mode | none | alie |"
-    assert lines[4] == "| mols | coord-median | 50.0 ± 1.0 (3) | 25.0 ± 2.0 (3) |"
-    assert lines[5] == "| baseline | coord-median |  | 12.5 ± 5.0 (2) |"
-    assert "q = 0 or 3" in lines[0] and len(lines) == 6
+    # 95 % t intervals: 50 +- 4.3027 * 1 / sqrt(3), 12.5 +- 12.7062 * 5 / sqrt(2)
+    assert lines[4] == "| MOLS | coord-median | 50.0 [47.5, 52.5] (3) | 25.0 [20.0, 30.0] (3) |"
+    assert lines[5] == "| baseline | coord-median |  | 12.5 [-32.4, 57.4] (2) |"
+    assert "q = 0 or 3" in lines[0] and "95 % interval" in lines[0] and len(lines) == 6
+    lines = report.pivot_table(path, "attack", {"q": {"0", "3"}}, spread="std").splitlines()
+    assert lines[4] == "| MOLS | coord-median | 50.0 ± 1.0 (3) | 25.0 ± 2.0 (3) |"
 
 
 def test_pivot_options_are_checked(tmp_path, capsys):
+    complete(tmp_path / "a", 0.9)
     assert main([str(tmp_path), "--where", "q=3"]) == 2  # --where needs --pivot
+    assert "--where selects the groups of --pivot's table" in capsys.readouterr().err
+    assert main([str(tmp_path), "--pivot", "q", "--where", "q"]) == 2
     assert "--where takes KEY=VALUE" in capsys.readouterr().err
 
 
@@ -582,8 +596,8 @@ def test_pivot_keeps_a_where_key_with_several_values_when_dropping_it_would_merg
     path.write_text(head + "\n".join(body) + "\n")
     lines = report.pivot_table(path, "mode", {"q": {"1", "3"}}).splitlines()
     assert lines[2] == "| approach | attack | q | coord-median | multi-krum |"
-    assert lines[4] == "| mols | alie | 1 | 79.5 (3) | 80.0 (3) |"
-    assert lines[5] == "| mols | alie | 3 | 74.0 (3) | 70.0 (3) |"
+    assert lines[4] == "| MOLS | alie | 1 | 79.5 (3) | 80.0 (3) |"
+    assert lines[5] == "| MOLS | alie | 3 | 74.0 (3) | 70.0 (3) |"
     assert len(lines) == 6
 
 
@@ -597,3 +611,232 @@ def test_without_matplotlib_the_report_says_in_one_line_that_it_skipped_the_plot
     assert lines == [report.PLOTS_SKIPPED] and "pip install 'byzshield[report]'" in lines[0]
     assert not [f for f in rep.files if f.endswith(".png")]
     assert report.PLOTS_SKIPPED in (tmp_path / "out" / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------------------
+# Figures: nothing cut, titles apart, one colour per approach, integer q and step, every
+# band and bar named. Each figure the report writes is checked as it is saved.
+
+
+def _texts(fig) -> list[tuple[str, object]]:
+    """(kind, artist) of every title, axis label, visible tick label and legend."""
+    items: list[tuple[str, object]] = []
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        items += [("title", ax.title), ("xlabel", ax.xaxis.label), ("ylabel", ax.yaxis.label)]
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            slack = (high - low) * 1e-9
+            items += [
+                ("tick", t.label1)
+                for t in axis.get_major_ticks()
+                if low - slack <= t.get_loc() <= high + slack and t.label1.get_visible()
+            ]
+        if ax.get_legend() is not None:
+            items.append(("legend", ax.get_legend()))
+    items += [("legend", legend) for legend in fig.legends]
+    if fig._suptitle is not None:
+        items.append(("title", fig._suptitle))
+    return [(k, a) for k, a in items if k == "legend" or a.get_text()]
+
+
+def layout_problems(fig) -> list[str]:
+    """What lies (partly) outside the canvas, and titles that overlap each other."""
+    import itertools
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    problems = []
+    items = _texts(fig)
+    for kind, artist in items:
+        box = artist.get_window_extent(renderer)
+        if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1:
+            text = artist.get_text() if kind != "legend" else ""
+            problems.append(f"{kind} {text!r} outside the {width:.0f}x{height:.0f} canvas")
+    titles = [a for kind, a in items if kind == "title"]
+    for a, b in itertools.combinations(titles, 2):
+        if a.get_window_extent(renderer).overlaps(b.get_window_extent(renderer)):
+            problems.append(f"titles {a.get_text()!r} and {b.get_text()!r} overlap")
+    return problems
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """{file name: figure facts} of every figure saved while the test runs."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    saved: dict[str, dict] = {}
+    original = Figure.savefig
+
+    def savefig(fig, fname, *args, **kwargs):
+        colors: dict[str, set] = {}
+        xticks: list[str] = []
+        for ax in fig.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                line = handle.lines[0] if hasattr(handle, "lines") else handle
+                name = label.split(" (n=")[0].split(" (incomplete)")[0]
+                colors.setdefault(name, set()).add(matplotlib.colors.to_hex(line.get_color()))
+            xticks += [t.get_text() for kind, t in _texts(fig) if kind == "tick"]
+        legend_texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        saved[Path(fname).name] = {
+            "problems": layout_problems(fig),
+            "colors": colors,
+            "legend": legend_texts,
+            "xlabels": [ax.get_xlabel() for ax in fig.axes],
+            "xticks": [
+                t.label1.get_text()
+                for ax in fig.axes
+                for t in ax.xaxis.get_major_ticks()
+                if ax.get_xlabel().startswith(("q ", "step"))
+                and min(ax.get_xlim()) <= t.get_loc() <= max(ax.get_xlim())
+            ],
+        }
+        return original(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+LONG = {"eval_freq": 50, "lr_step": 25}  # settings that vary make titles long
+
+
+def _figure_sweep(root: Path) -> None:
+    """Two approaches x two rules x two batch sizes x q in 0..3, two seeds; MOLS's
+    accuracy falls slower than DETOX's."""
+    k = 0
+    detox_info = {"placement": "draco_lite_attack(K=15, r=3): K=15 workers, f=5 files", "f": 5}
+    for name, approach in (
+        ("mols", {"name": "mols", "l": 5, "r": 3}),
+        ("detox", {"name": "draco_lite_attack", "K": 15, "r": 3}),
+    ):
+        for buckets in (None, 5):
+            for batch, lr, freq, lr_step in ((150, 0.1, 10, 25), (750, 0.2236, 15, 10)):
+                for q in (0, 1, 2, 3):
+                    for seed in (0, 1):
+                        acc = 0.9 - q / 10 * (1.5 if name == "detox" else 1) + seed / 100
+                        make_run(
+                            root / str(k),
+                            steps=30,
+                            top1={10: 0.3, 20: acc - 0.05, 30: acc},
+                            approach=approach,
+                            seed=seed,
+                            batch_size=batch,
+                            lr=lr,
+                            lr_step=lr_step,
+                            eval_freq=freq,
+                            info=detox_info if name == "detox" else None,
+                            **{"adversary.q": q, "attack.name": "alie"},
+                            **{"mode.num_buckets": buckets},
+                        )
+                        k += 1
+
+
+PAIRS = [
+    "mols(l=5, r=3) / coord-median(num_buckets=5) vs "
+    "draco_lite_attack(K=15, r=3) / coord-median(num_buckets=null)",
+    "MOLS K=15 / coord-median(num_buckets=null) vs "
+    "DETOX (worst) K=15 r=3 / coord-median(num_buckets=null)",
+]
+
+
+@pytest.fixture
+def figure_sweep(tmp_path) -> Path:
+    _figure_sweep(tmp_path / "sweep")
+    return tmp_path / "sweep"
+
+
+def test_every_figure_keeps_its_text_inside_the_image_and_titles_apart(
+    figure_sweep, tmp_path, saved_figures
+):
+    """Legends, titles, axis and tick labels of every figure lie inside the canvas and no
+    two titles overlap (they used to be cut at the edges, and drop_vs_bias's long panel
+    titles ran into each other)."""
+    rep = write_report([figure_sweep], tmp_path / "out", paired=PAIRS, eps_q_max=4)
+    kinds = {"accuracy_vs_step_", "accuracy_vs_q", "eps_vs_q", "drop_vs_bias", "paired_vs_q"}
+    assert {k for k in kinds for name in saved_figures if name.startswith(k)} == kinds
+    assert sorted(f for f in rep.files if f.endswith(".png")) == sorted(saved_figures)
+    problems = {name: facts["problems"] for name, facts in saved_figures.items()}
+    assert problems == {name: [] for name in saved_figures}
+
+
+def test_a_single_q_and_long_names_still_fit(tmp_path, saved_figures):
+    for seed in (0, 1):
+        complete(tmp_path / "s" / f"m{seed}", 0.8, seed=seed)
+        complete(
+            tmp_path / "s" / f"d{seed}",
+            0.7,
+            seed=seed,
+            approach={"name": "draco_lite_attack", "K": 15, "r": 3},
+        )
+    write_report([tmp_path / "s"], tmp_path / "out", eps_q_max=3)
+    assert saved_figures and all(not f["problems"] for f in saved_figures.values())
+    xticks = saved_figures["accuracy_vs_q.png"]["xticks"]
+    assert xticks == ["1", "2", "3"]  # not 1.900, 1.925, ... around the one q that ran
+
+
+def test_one_colour_per_approach_in_every_figure(figure_sweep, tmp_path, saved_figures):
+    """An approach has the same colour in every figure of the report, and no two
+    approaches share one (eps_vs_q used to draw each panel's own placement in blue)."""
+    write_report([figure_sweep], tmp_path / "out", paired=PAIRS[:1], eps_q_max=4)
+    seen: dict[str, set] = {}
+    for facts in saved_figures.values():
+        for name, colors in facts["colors"].items():
+            seen.setdefault(name, set()).update(colors)
+    assert {"MOLS K=15", "DETOX (worst) K=15 r=3", "baseline K=15"} <= set(seen)
+    assert all(len(colors) == 1 for colors in seen.values()), seen
+    assert "c_max(q) / f of the runs (run.json)" in seen  # black crosses, not an approach
+    del seen["c_max(q) / f of the runs (run.json)"]
+    approaches = {n: c for n, c in seen.items() if " − " not in n}  # not the A - B lines
+    assert len({c for colors in approaches.values() for c in colors}) == len(approaches)
+    assert seen["MOLS K=15"] == {"#1f77b4"}  # MOLS is blue in every report
+
+
+def test_q_and_step_ticks_are_integers_and_bands_and_bars_are_named(
+    figure_sweep, tmp_path, saved_figures
+):
+    write_report([figure_sweep], tmp_path / "out", paired=PAIRS[:1], eps=False)
+    for name, facts in saved_figures.items():
+        assert facts["xticks"] or name == "drop_vs_bias.png"
+        assert all(t.lstrip("−-").isdigit() for t in facts["xticks"]), (name, facts["xticks"])
+    step = next(f for n, f in saved_figures.items() if n.startswith("accuracy_vs_step_"))
+    assert "shaded: 95 % interval over seeds" in step["legend"]
+    assert "bars: 95 % interval over seeds" in saved_figures["accuracy_vs_q.png"]["legend"]
+    assert "dotted: no attack (q = 0)" in saved_figures["accuracy_vs_q.png"]["legend"]
+    assert "bars (paired): 95 % interval over seeds" in saved_figures["paired_vs_q.png"]["legend"]
+    saved_figures.clear()
+    write_report([figure_sweep], tmp_path / "std", eps=False, spread="std", figures=["q"])
+    assert "bars: ± std over seeds" in saved_figures["accuracy_vs_q.png"]["legend"]
+
+
+def test_the_distortion_figure_of_the_placement_command_fits(tmp_path, saved_figures):
+    """python -m byzshield.placement designs=[...] out=DIR draws eps_figure too."""
+    from byzshield.placement_cli import placement_main
+
+    designs = "designs=[{approach: mols, l: 5, r: 3}, {approach: rama_two, m: 5, s: 5}]"
+    assert placement_main([designs, f"out={tmp_path}", "q_max=6"]) == 0
+    facts = saved_figures["distortion.png"]
+    assert facts["problems"] == []
+    assert set(facts["colors"]) == {
+        "MOLS K=15",
+        "Ramanujan 2 K=25",
+        "DETOX (worst) K=15 r=3",
+        "DETOX (worst) K=25 r=5",
+        "baseline K=15",
+        "baseline K=25",
+    }
+
+
+def test_redraw_from_the_tables_gives_the_figures_drawn_from_the_runs(figure_sweep, tmp_path):
+    """A report's report.csv and paired.csv hold what its q, drop and paired figures
+    draw: --redraw writes the same images without the run folders."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    args = ["--no-eps", "--figures", "q,drop,paired", "-q"]
+    assert main([str(figure_sweep), "--out", str(out), *args, "--paired", PAIRS[0]]) == 0
+    assert main([str(out), "--redraw", "--out", str(tmp_path / "again"), "-q"]) == 0
+    for name in ("accuracy_vs_q.png", "drop_vs_bias.png", "paired_vs_q.png"):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name

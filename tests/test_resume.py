@@ -141,28 +141,38 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_
     assert same(params(tmp_path / "run", 6), params(tmp_path / "whole", 6))
 
 
-def test_an_unwritable_checkpoint_is_one_line_naming_the_path_and_keeps_the_previous(
-    tmp_path, monkeypatch
-):
-    import byzshield.runfolder as rf
+# what torch.save raises on a full disk: an OSError, or (the zip writer) a RuntimeError
+FULL_DISK = [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 530112 vs 530016"),
+]
 
+
+@pytest.mark.parametrize("error", FULL_DISK, ids=["OSError", "RuntimeError"])
+def test_an_unwritable_checkpoint_is_one_line_naming_the_path_and_keeps_the_previous(
+    tmp_path, monkeypatch, error
+):
     real = torch.save
     calls = []
 
-    def full_disk(obj, path):
-        calls.append(path)
+    def full_disk(obj, f):
+        calls.append(f)
         if len(calls) > 1:
-            raise OSError(28, "No space left on device")
-        real(obj, path)
+            f.write(b"PK" * 1000)  # what it wrote before the disk filled up
+            raise error
+        real(obj, f)
 
-    monkeypatch.setattr(rf.torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CheckpointError) as info:
         simulate((*RAMA, "max_steps=4", "eval_freq=2"), tmp_path)
     message = str(info.value)
-    assert "\n" not in message and "step_000004.pt" in message and "No space left" in message
+    assert "\n" not in message and "step_000004.pt" in message and "free there" in message
+    assert ("No space left" if isinstance(error, OSError) else "unexpected pos") in message
+    assert "a checkpoint needs about" in message and "previous checkpoints are intact" in message
     state = torch.load(tmp_path / "checkpoints" / "step_000002.pt", weights_only=True)
     assert state["step"] == 2
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+    assert not (tmp_path / ".lock").exists()  # released on the error
 
 
 def test_a_model_that_becomes_non_finite_stops_with_one_line(tmp_path):

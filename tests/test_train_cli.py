@@ -31,6 +31,9 @@ def train(*args: str, cwd) -> subprocess.CompletedProcess:
         (["attack=constant", "attack.value=1e39"], "error: attack.value must be a finite"),
         (["train_dir="], "error: train_dir is empty"),
         (["train_dir='runs/a,b'"], "error: train_dir must not contain a comma"),
+        (["seed=99999999999999999999"], "error: seed must be an integer in 0..9223372036854775807"),
+        # refused once the data is read, after Hydra made the folder: it is removed
+        (["batch_size=100000000"], "error: batch_size must be at most the 1438 training"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_folder(tmp_path, args, message):

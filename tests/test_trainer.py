@@ -107,10 +107,14 @@ def test_outside_guarantee_runs_a_broken_defence_and_marks_every_step(tmp_path):
     assert json.loads((tmp_path / "ran" / "run.json").read_text())["outside_guarantee"]
 
 
-def test_evaluate_shortens_long_paths_on_the_left_with_an_ellipsis():
-    from byzshield.evaluate import _fit
+def test_evaluate_prints_the_default_checkpoint_path_whole(tmp_path, monkeypatch, capsys):
+    from byzshield.evaluate import main
 
-    assert _fit("runs/a/checkpoints/step_000010.pt", 50) == "runs/a/checkpoints/step_000010.pt"
-    long = "/very/long/" + "x" * 60 + "/checkpoints/step_000010.pt"
-    assert len(_fit(long, 50)) == 50 and _fit(long, 50).startswith("…")
-    assert _fit(long, 50).endswith("/checkpoints/step_000010.pt")
+    monkeypatch.chdir(tmp_path)
+    folder = "runs/2026-12-07_14-28-00"  # the default train_dir: 51 characters with the file
+    simulate([*RAMA, "max_steps=1", "eval_freq=0"], tmp_path / folder)
+    capsys.readouterr()
+    assert main([folder]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert row.split()[0] == f"{folder}/checkpoints/step_000001.pt"
+    assert header.index("step") + len("step") == row.index(" 1 ") + 2  # columns aligned

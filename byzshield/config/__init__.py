@@ -61,7 +61,6 @@ from byzshield.config.approaches import (  # noqa: F401
 from byzshield.config.attacks import (  # noqa: F401
     ALIE_DEFAULT_Z,
     ATTACK_OPTIONS,
-    F32_MAX,
     AlieAttack,
     AttackOption,
     ConstantAttack,
@@ -76,7 +75,14 @@ from byzshield.config.attacks import (  # noqa: F401
     RevGradAttack,
     SignFlipAttack,
 )
-from byzshield.config.base import ConfigError, _int, _Option, _positive  # noqa: F401
+from byzshield.config.base import (  # noqa: F401
+    F32_MAX,
+    ConfigError,
+    _float32,
+    _int,
+    _Option,
+    _positive,
+)
 from byzshield.config.data import DatasetOption, NetworkOption, _load_dataset  # noqa: F401
 from byzshield.config.modes import (  # noqa: F401
     MODES,

@@ -6,16 +6,13 @@ generated from the attack's own dataclass (ALIE's default z: :data:`ALIE_DEFAULT
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
 from byzshield import attacks
-from byzshield.config.base import ConfigError, _generated_option, _Option
-
-F32_MAX = 3.4028234663852886e38
+from byzshield.config.base import ConfigError, _float32, _generated_option, _Option
 
 
 @dataclass
@@ -31,10 +28,8 @@ class AttackOption(_Option):
     def __post_init__(self) -> None:
         self._check_name()
         for key, value in self.__dict__.items():  # what a worker sends is float32
-            if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= F32_MAX):
-                raise ConfigError(
-                    f"attack.{key} must be a finite float32 (|x| <= {F32_MAX:.4g}), got {value}"
-                )
+            if isinstance(value, float):
+                _float32("attack.", key, value)
         try:
             self._validate()
         except (ValueError, TypeError) as exc:

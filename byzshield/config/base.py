@@ -1,5 +1,5 @@
 """What every option shares: :class:`ConfigError` (one-line messages), the number
-checks ``_int`` and ``_positive``, ``_Option`` (an option's ``name`` is its own) and
+checks ``_int``, ``_positive`` and ``_float32``, ``_Option`` (an option's ``name`` is its own) and
 ``_generated_option`` (an option made from the class that declares its parameters)."""
 
 from __future__ import annotations
@@ -33,6 +33,22 @@ def _positive(owner: str, key: str, value: object, allow_zero: bool = False) -> 
     if not ok or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(
             f"{owner}{key} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}"
+        )
+    return float(value)
+
+
+F32_MAX = 3.4028234663852886e38
+"""The largest finite float32: a config value that becomes a float32 tensor value (the
+learning rate, an attack's scale) must not exceed it in magnitude."""
+
+
+def _float32(owner: str, key: str, value: object) -> float:
+    """A number that becomes a float32 value: finite, and |value| <= :data:`F32_MAX`
+    (a larger float64 would overflow where torch converts it)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and abs(value) <= F32_MAX):
+        raise ConfigError(
+            f"{owner}{key} must be a finite float32 (|x| <= {F32_MAX:.4g}), got {value!r}"
         )
     return float(value)
 

@@ -5,6 +5,8 @@ only the parameter server needs: the Byzantine selection, the rule, the full att
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +113,11 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
         train_data, test_data = cfg.dataset.build(train=True), cfg.dataset.build(train=False)
     except DatasetNotFound as exc:
         raise ConfigError(str(exc)) from None
+    if cfg.batch_size > train_data.num_samples:  # a larger batch repeats samples in a step
+        raise ConfigError(
+            f"batch_size must be at most the {train_data.num_samples} training samples of "
+            f"dataset {cfg.dataset.name}, got {cfg.batch_size}"
+        )
     model = _model_probe(cfg, train_data)
     if cfg.ps_shards > 1:
         try:
@@ -127,7 +134,14 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
         )
     max_steps = cfg.max_steps
     if cfg.epochs is not None:
-        max_steps = max(1, int(cfg.epochs * train_data.num_samples // cfg.batch_size))
+        steps = cfg.epochs * train_data.num_samples // cfg.batch_size
+        if not math.isfinite(steps):  # the product overflowed
+            limit = sys.float_info.max / train_data.num_samples * cfg.batch_size
+            raise ConfigError(
+                f"epochs must be at most {limit:.4g} ({train_data.num_samples} samples, "
+                f"batch_size={cfg.batch_size}), got {cfg.epochs}"
+            )
+        max_steps = max(1, int(steps))
     notes = []
     mode = cfg.mode
     forced = cfg.approach.forced_mode

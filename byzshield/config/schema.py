@@ -12,13 +12,17 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from byzshield.config.adversary import AdversaryOption
 from byzshield.config.approaches import APPROACHES, ApproachOption
 from byzshield.config.attacks import ATTACK_OPTIONS, AttackOption
-from byzshield.config.base import ConfigError, _int, _Option, _positive
+from byzshield.config.base import ConfigError, _float32, _int, _Option, _positive
 from byzshield.config.data import DatasetOption, NetworkOption
 from byzshield.config.modes import MODES, ModeOption
+from byzshield.data import SEED_MAX
 
 ENGINES = ("auto", "torchrun", "simulate", "lockstep")
 DEVICES = ("cpu", "cuda")
 VOTES = ("full", "digest")
+TIMEOUT_MAX = 1e9
+"""The longest ``timeout`` in seconds (~32 years: "never"), inside what timedelta and
+gloo's millisecond clocks hold."""
 DIGEST_VERIFY = ("first", "majority")
 
 
@@ -43,7 +47,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (PyTorch form, no dampening)
     gamma: float = 0.1  # LR decay factor
     lr_step: int = 10_000  # decay every lr_step steps
-    batch_size: int = 300  # samples per step, cut into f equal files (a multiple of f)
+    batch_size: int = 300  # samples per step, cut into f equal files (a multiple of f, <= N)
     max_steps: int = 200  # training steps (epochs wins when set)
     epochs: float | None = None  # passes over the training set
     eval_freq: int = 50  # evaluate + checkpoint every eval_freq steps (0: at the end)
@@ -86,6 +90,7 @@ class TrainConfig:
         if self.threads is not None:
             _int("", "threads", self.threads, 1)
         _positive("", "lr", self.lr)
+        _float32("", "lr", self.lr)  # SGD's step is a float32 value
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 < self.gamma <= 1:
@@ -93,6 +98,7 @@ class TrainConfig:
         _int("", "lr_step", self.lr_step, 1)
         _int("", "batch_size", self.batch_size, 1)
         _int("", "max_steps", self.max_steps, 1)
+        _int("", "seed", self.seed, 0, SEED_MAX)  # what torch's and NumPy's generators take
         if self.epochs is not None:
             _positive("", "epochs", self.epochs)
         if isinstance(self.eval_freq, bool) or self.eval_freq < 0:
@@ -100,6 +106,8 @@ class TrainConfig:
                 f"eval_freq must be >= 0 (0: evaluate only at the end), got {self.eval_freq}"
             )
         _positive("", "timeout", self.timeout)
+        if self.timeout > TIMEOUT_MAX:
+            raise ConfigError(f"timeout must be at most {TIMEOUT_MAX:.0e} s, got {self.timeout}")
         _int("", "bn_batches", self.bn_batches, 1)
         _int("", "eval_batch_size", self.eval_batch_size, 1)
         _int("", "log_every", self.log_every, 1)
@@ -136,11 +144,11 @@ KEY_HELP: dict[str, str] = {
     "momentum": "SGD momentum (PyTorch form, no dampening)",
     "gamma": "learning-rate decay factor",
     "lr_step": "decay the learning rate every lr_step steps",
-    "batch_size": "samples per step, a multiple of the files f (cut into f equal files)",
+    "batch_size": "samples per step, a multiple of the files f, at most the training set",
     "max_steps": "steps to train",
     "epochs": "passes over the training set; wins over max_steps when set",
     "eval_freq": "evaluate and checkpoint every N steps (0: only at the end)",
-    "seed": "data order, augmentation, initialisation, random Byzantine sets",
+    "seed": "data order, augmentation, initialisation, random Byzantine sets (0..2^63-1)",
     "train_dir": "the run's folder (a rerun with the same config resumes from it)",
     "aggregator_f": "the f the rule assumes (null: c_max(q) of the placement)",
     "outside_guarantee": "run even where the rule's n-versus-f requirement fails",
@@ -149,7 +157,7 @@ KEY_HELP: dict[str, str] = {
     "vote": "full (every copy, bit for bit) or digest (BLAKE3 digests, copies on demand)",
     "digest_verify": "vote=digest: first (one holder's copy checked) or majority",
     "ps_shards": "parameter-server shards S (ranks 0..S-1 under torchrun; vote=full)",
-    "timeout": "torchrun: seconds the server waits for a worker before dropping it",
+    "timeout": "torchrun: seconds the server waits for a worker before dropping it (at most 1e9)",
     "checkpoint": "write checkpoints/step_NNNNNN.pt at every evaluation",
     "bn_batches": "training batches BatchNorm statistics are recomputed on before evaluating",
     "eval_batch_size": "test samples per forward pass when evaluating",

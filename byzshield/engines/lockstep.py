@@ -60,7 +60,7 @@ from byzshield.data import derive_seed, step_files
 from byzshield.gradients import flat_params, load_flat, num_params
 from byzshield.runfolder import Resume
 from byzshield.step import step_metrics
-from byzshield.trainer import TrainingError, step_record
+from byzshield.trainer import TrainingError, complete_line, final_line, say, step_record
 
 __all__ = ["CHUNK_SAMPLES", "LockstepGroup", "Member", "collect", "lockstep", "train_collected"]
 
@@ -344,6 +344,8 @@ class LockstepGroup:
         self.show_steps = show_steps and len(members) == 1
         self.failures: list[str] = []
         self.results: dict[int, dict] = {}
+        self.steps: dict[int, int] = {}  # the steps each run's model has at the end
+        self.errors: dict[int, str] = {}
 
     # ---------------------------------------------------------------- setting up
 
@@ -356,15 +358,13 @@ class LockstepGroup:
             trainer = Trainer(
                 run, None, m.folder, device=run.config.device, resume=m.resume, tensorboard=False
             )
-            if trainer.start >= run.max_steps and trainer.last_eval:
+            if trainer.start >= run.max_steps:  # complete (never trained backwards)
+                if not trainer.last_eval:
+                    trainer.evaluate(trainer.start)
                 trainer.metrics.close()
-                self.results[k] = trainer.last_eval
+                self.results[k], self.steps[k] = trainer.last_eval, trainer.start
                 if self.show_steps:
-                    print(
-                        f"the run is complete ({trainer.start} step{'s' * (trainer.start != 1)}); "
-                        "nothing to do",
-                        flush=True,
-                    )
+                    say(complete_line(trainer.start, run.max_steps))
                 continue
             lr = trainer.optimizer.param_groups[0]["lr"]
             fast = _fast_path(run, trainer.update, num_params(trainer.model))
@@ -409,6 +409,7 @@ class LockstepGroup:
         done_before = len(self.results)
         if not slots:
             self.say(f"lockstep{self.label}: all {done_before} runs are complete; nothing to do")
+            self._end_lines()
             return self.results
         for s in slots:
             if s.step:
@@ -456,7 +457,23 @@ class LockstepGroup:
             f"{total_steps} run-steps in {_duration(elapsed)}"
             + (f"; {len(self.failures)} failed" if self.failures else "")
         )
+        self._end_lines()
         return self.results
+
+    def _end_lines(self) -> None:
+        """A line per run, in order: its folder and final evaluation, or its error (a
+        group of one from the command line: the usual last line)."""
+        for k, m in enumerate(self.members):
+            if k in self.errors and not self.show_steps:  # (else: the command's last line)
+                line = f"error: {self.errors[k]}"
+            elif k in self.results:
+                line = final_line(self.results[k], self.steps[k])
+            else:  # pragma: no cover - every member ends in one of the two
+                continue
+            if self.show_steps:
+                say(line)
+            else:
+                self.say(f"{m.folder}: {line}")
 
     def _advance(self, chunk: list[_Slot], grads_fn, params, buffers, f: int) -> None:
         """One step of every run in ``chunk`` (each at its own step)."""
@@ -601,6 +618,7 @@ class LockstepGroup:
     def _finish(self, s: _Slot, params, buffers) -> dict:
         self._sync(s, params, buffers)
         final = s.trainer.evaluate(s.total)
+        self.steps[s.index] = s.total
         s.trainer.metrics.close()
         if s.progress is not None:
             s.progress.close()
@@ -610,11 +628,12 @@ class LockstepGroup:
         load_flat(s.trainer.model, params[s.row])
         try:
             s.trainer.check_finite(s.step)
+            error = "the model became non-finite"  # pragma: no cover - the check raises
         except TrainingError as exc:
-            line = f"{s.member.name or s.member.folder}: {exc}"
-        else:  # pragma: no cover - the check above saw a non-finite value
-            line = f"{s.member.name or s.member.folder}: the model became non-finite"
+            error = str(exc)
+        line = f"{s.member.name or s.member.folder}: {error}"
         self.failures.append(line)
+        self.errors[s.index] = error
         self.say(f"error: {line}")
         s.trainer.metrics.close()
         if s.progress is not None:
@@ -680,9 +699,10 @@ def lockstep(jobs, *, threads: int | None = None, quiet: bool = True) -> list[di
     from byzshield.config import build_run
     from byzshield.networks import use_kernels
     from byzshield.overrides import compose_config
-    from byzshield.runfolder import prepare
+    from byzshield.runfolder import PROGRESS, prepare, release
     from byzshield.trainer import announce
 
+    PROGRESS.clear()  # a new command: what a Ctrl-C line reports is about these runs
     members = []
     threads_before, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     try:
@@ -690,9 +710,9 @@ def lockstep(jobs, *, threads: int | None = None, quiet: bool = True) -> list[di
             config = compose_config([*overrides, "engine=lockstep", f"train_dir={folder}"])
             use_kernels(config.network.name)
             run = build_run(config)
-            path, resume = prepare(Path(folder), config)
-            announce(run, path, "lockstep", quiet=True)
+            path, resume = prepare(Path(folder), run)  # locked until the end
             members.append(Member(run, path, resume, name=str(folder)))
+            announce(run, path, "lockstep", quiet=True)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for k, m in enumerate(members):
             groups[_group_key(m.run)].append(k)
@@ -707,5 +727,7 @@ def lockstep(jobs, *, threads: int | None = None, quiet: bool = True) -> list[di
                 results[k] = out[pos]
         return results
     finally:
+        for m in members:
+            release(m.folder)
         torch.set_num_threads(threads_before)
         torch.backends.mkldnn.enabled = onednn

@@ -174,9 +174,10 @@ def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = Tr
     from byzshield.config import build_run
     from byzshield.gradients import num_params
     from byzshield.overrides import compose_config
-    from byzshield.runfolder import prepare
+    from byzshield.runfolder import PROGRESS, prepare, release
     from byzshield.trainer import Trainer, announce
 
+    PROGRESS.clear()  # a new command: what a Ctrl-C line reports is about this run
     config = compose_config([*overrides, f"train_dir={folder}"])
     from byzshield.networks import use_kernels
 
@@ -184,14 +185,17 @@ def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = Tr
     use_kernels(config.network.name)  # as a worker: one intra-op thread per replica
     try:
         run = build_run(config)
-        folder, resume = prepare(Path(folder), config)
-        engine = SimulateEngine(
-            run, num_params(run.build_model()), threads=config.threads, device=config.device
-        )
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
-            announce(run, folder, "simulate")
-            return Trainer(run, engine, folder, device=config.device, resume=resume).train()
+        folder, resume = prepare(Path(folder), run)  # the folder's lock, until the end
+        try:
+            engine = SimulateEngine(
+                run, num_params(run.build_model()), threads=config.threads, device=config.device
+            )
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
+                announce(run, folder, "simulate")
+                return Trainer(run, engine, folder, device=config.device, resume=resume).train()
+        finally:
+            release(folder)
     finally:
         torch.set_num_threads(threads)
         torch.backends.mkldnn.enabled = onednn

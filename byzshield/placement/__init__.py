@@ -80,6 +80,12 @@ class Placement:
         f = self.num_files
         if not isinstance(f, int) or f < 1:
             raise ValueError(f"placement {name!r}: num_files must be a positive integer, got {f!r}")
+        entries = sum(len(files) for files in wf)
+        if f > entries:  # checked before anything of size f is allocated
+            raise ValueError(
+                f"placement {name!r}: num_files={f}, but the {len(wf)} workers hold {entries} "
+                f"files in all; every file needs a holder, so num_files <= {entries}"
+            )
         holders = [0] * f
         for w, files in enumerate(wf):
             if len(set(files)) != len(files):
@@ -483,5 +489,14 @@ def from_file(path: str | Path) -> Placement:
             'file ids, one list per worker (or {"worker_files": [...]})'
         )
     if num_files is None:
-        num_files = max(max(fs) for fs in data) + 1
+        top = max(max(fs) for fs in data)
+        entries = sum(len(fs) for fs in data)
+        if top >= entries:  # some file below it would have no holder
+            worker = next(w for w, fs in enumerate(data) if top in fs)
+            raise ValueError(
+                f"custom placement {str(p)!r}: worker {worker} holds file {top}, but the "
+                f"{len(data)} workers hold {entries} files in all, so file ids must lie in "
+                f"0..{entries - 1} (every file needs a holder)"
+            )
+        num_files = top + 1
     return Placement("custom", tuple(tuple(fs) for fs in data), num_files, params={"path": str(p)})

@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from byzshield.report.load import STATUSES, ReportError
+from byzshield.report.load import STATUSES, ReportError, plural
 from byzshield.report.plots import FIGURES
-from byzshield.report.tables import PIVOT_KEYS, pivot_table
+from byzshield.report.tables import PIVOT_KEYS, SPREADS
+from byzshield.report.where import parse_where
 from byzshield.report.write import write_report
 
 
@@ -20,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Summarise run folders and Hydra sweeps: report.md (tables), report.csv (one "
             "row per group of runs differing only in the seed), runs.csv (one row per "
-            "run) and PNG plots (accuracy vs step, final accuracy vs q, eps(q) vs q)."
+            "run) and PNG plots (accuracy vs step, final accuracy vs q, eps(q) vs q). Each "
+            "cell is the mean over seeds with its 95 % interval (Student's t)."
         ),
         epilog=(
             "Status of a run: complete (final evaluation at max_steps), running (not "
@@ -31,9 +33,33 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "dirs", nargs="+", metavar="DIR", help="run or sweep folders (searched recursively)"
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="run or sweep folders (searched recursively); with --redraw, one folder the "
+        "report wrote",
     )
-    p.add_argument("--out", type=Path, help="output folder (default: report/ inside the first DIR)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: report/ inside the first DIR; with --redraw, DIR); "
+        "checked first",
+    )
+    p.add_argument(
+        "--redraw",
+        action="store_true",
+        help="redraw the figures of the report in DIR from its report.csv and paired.csv, "
+        "without the run folders: q, eps, drop and paired (accuracy against step needs the "
+        "runs)",
+    )
+    p.add_argument(
+        "--spread",
+        choices=SPREADS,
+        default="ci",
+        help="what a cell and a figure's bars show beside the mean: ci, the 95%% interval "
+        "over seeds (Student's t, n - 1 degrees of freedom; default), or std, the sample "
+        "standard deviation",
+    )
     p.add_argument(
         "--stale-after",
         type=float,
@@ -56,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(FIGURES),
         metavar="KIND[,KIND]",
         help="which figures: step (accuracy against step, one per rule, q and setting), q "
-        "(final accuracy against q), eps (eps(q) of the placements), drop (with --paired: "
-        "drop against c / sqrt(f)); default: all",
+        "(final accuracy against q), eps (eps(q) of the placements), drop and paired (with "
+        "--paired: drop against c / sqrt(f), and A - B against q); default: all",
     )
     p.add_argument(
         "--no-eps", action="store_true", help="skip the eps(q) table and plot (no c_max search)"
@@ -87,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         "--pivot",
         metavar="COLUMN",
         choices=PIVOT_KEYS,
-        help="also write pivot.md: final top-1 (mean +- std over seeds) with one column per "
+        help="also write pivot.md: final top-1 (as the tables' cells) with one column per "
         "value of COLUMN (approach, mode, attack or q) and a row per value of the others",
     )
     p.add_argument(
@@ -95,18 +121,24 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=V[,V]",
-        help="with --pivot: keep the groups whose KEY (approach, mode, attack, q) is one of "
-        "the values, e.g. --where q=0,3 (repeatable)",
+        help="with --pivot: keep the groups whose KEY is one of the values (repeatable; "
+        "all must hold). KEY: approach, mode, attack, q, their config names (approach.name, "
+        "adversary.q, ...), a group's parameter (approach.l, mode.num_buckets) or a setting "
+        "that varies (batch_size); an approach by config name (mols), label "
+        "('mols(l=5, r=3)') or display name ('MOLS K=15'). E.g. --where q=0,3 --where "
+        "approach=mols,draco_lite_attack. A KEY or value that matches nothing is an error",
     )
     p.add_argument(
         "--paired",
         action="append",
         default=[],
         metavar="'A vs B'",
-        help="also write paired.md, paired.csv and drop_vs_bias.png: per cell, A - B over "
-        "the seeds both ran with a 95%% interval, and each side's drop from its own q = 0 "
-        "reference; A and B are approach labels as in report.md, optionally with ' / MODE' "
-        "(e.g. --paired 'mols(l=5, r=3) vs draco_lite_attack(K=15, r=3)'; repeatable)",
+        help="also write paired.md, paired.csv, drop_vs_bias.png and paired_vs_q.png: per "
+        "cell, A - B over the seeds both ran with a 95%% interval, and each side's drop "
+        "from its own q = 0 reference; A and B are approaches as report.md names them "
+        "(label or display name), optionally with ' / MODE' (e.g. --paired 'mols(l=5, "
+        "r=3) vs draco_lite_attack(K=15, r=3)'; repeatable); with --redraw, which of "
+        "paired.csv's comparisons to draw (default: all)",
     )
     p.add_argument(
         "--last-evals",
@@ -131,23 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.eps_q_max is not None and args.eps_q_max < 0:
         print("error: --eps-q-max must be >= 0", file=sys.stderr)
         return 2
-    where: dict[str, set[str]] = {}
-    for item in args.where:
-        key, _, values = item.partition("=")
-        if key not in PIVOT_KEYS or not values or not args.pivot:
-            print(
-                f"error: --where takes KEY=VALUE[,VALUE] with KEY one of "
-                f"{', '.join(PIVOT_KEYS)}, after --pivot; got {item!r}",
-                file=sys.stderr,
-            )
-            return 2
-        where[key] = set(values.split(","))
 
     def say(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
+    figures = [k for k in args.figures.split(",") if k]
     try:
+        if args.redraw:
+            return _redraw(args, figures, say)
         report = write_report(
             args.dirs,
             args.out,
@@ -161,24 +185,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             say=say,
             paired=args.paired,
             last_evals=args.last_evals,
-            figures=[k for k in args.figures.split(",") if k],
+            figures=figures,
+            pivot=args.pivot,
+            where=parse_where(args.where),
+            spread=args.spread,
         )
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.pivot:
-        table = pivot_table(report.out / "report.csv", args.pivot, where)
-        (report.out / "pivot.md").write_text(table)
-        report.files.append("pivot.md")
     counts = {s: sum(r.status == s for r in report.runs) for s in STATUSES}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     if report.pending:
-        summary += f"; {len(report.pending)} sweep jobs not started"
+        summary += f"; {plural(len(report.pending), 'sweep job')} not started"
+    if report.left_out:
+        runs = sum(bool(r.left_out) for r in report.runs)
+        summary += (
+            f"; left out {plural(report.left_out, 'impossible evaluation value')} in "
+            f"{plural(runs, 'run')}"
+        )
     n, k = len(report.runs), len(report.grouping.groups)
     print(
-        f"{n} run{'s' if n != 1 else ''} in {k} group{'s' if k != 1 else ''} ({summary}); "
+        f"{plural(n, 'run')} in {plural(k, 'group')} ({summary}); "
         f"wrote {', '.join(report.files)} to {report.out}"
     )
+    return 0
+
+
+def _redraw(args, figures: list[str], say) -> int:
+    from byzshield.report.redraw import REDRAWN, redraw
+
+    if len(args.dirs) != 1:
+        raise ReportError(f"--redraw takes one report folder, got {len(args.dirs)}")
+    if args.pivot or args.where or args.no_plots:
+        raise ReportError("--redraw draws figures only: no --pivot, --where or --no-plots")
+    chosen = [k for k in figures if k in REDRAWN] if args.figures == ",".join(FIGURES) else figures
+    if args.no_eps:
+        chosen = [k for k in chosen if k != "eps"]
+    folder = Path(args.dirs[0])
+    out = args.out if args.out is not None else folder
+    written = redraw(
+        folder,
+        out,
+        figures=chosen,
+        paired=args.paired,
+        spread=args.spread,
+        eps_q_max=args.eps_q_max,
+        eps_work=args.eps_work,
+        say=say,
+    )
+    print(f"redrew {', '.join(written) or 'no figure'} to {out}")
     return 0
 
 

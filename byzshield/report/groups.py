@@ -9,6 +9,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from byzshield.report.load import (
     DEFAULT_IGNORE,
@@ -18,6 +19,7 @@ from byzshield.report.load import (
     _natural,
     _number,
 )
+from byzshield.report.names import approach_names
 
 GROUPS = ("approach", "mode", "attack")
 """Config groups shown as their own columns."""
@@ -58,6 +60,7 @@ class Group:
     q: object
     extras: dict
     runs: list[RunFolder] = field(default_factory=list)
+    name: str = ""  # the approach's display name (tables and figures), see names.py
 
     def with_status(self, status: str) -> list[RunFolder]:
         return [r for r in self.runs if r.status == status]
@@ -67,7 +70,7 @@ class Group:
         return self.with_status("complete")
 
     def label(self, *, q: bool = True) -> str:
-        parts = [self.approach, self.mode, self.attack]
+        parts = [self.name or self.approach, self.mode, self.attack]
         if q:
             parts.append(f"q={self.q}")
         parts += [f"{k}={v}" for k, v in self.extras.items()]
@@ -181,8 +184,10 @@ def group_runs(runs: Sequence[RunFolder], ignore: Iterable[str] = DEFAULT_IGNORE
             [_natural(v) for v in g.extras.values()],
         ),
     )
+    names = approach_names(g.approach for g in ordered)
     for g in ordered:
         g.runs.sort(key=lambda r: (_natural(r.seed), _natural(r.path)))
+        g.name = names[g.approach]
     return Grouping(ordered, [_column_name(k) for k in extra_keys], common, ignored)
 
 
@@ -190,15 +195,36 @@ def group_runs(runs: Sequence[RunFolder], ignore: Iterable[str] = DEFAULT_IGNORE
 # Statistics
 
 
-def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
-    """(mean, sample standard deviation with n - 1, n) of the finite values; the std
-    is None for fewer than two values."""
+class Summary(NamedTuple):
+    """The statistics of one cell over seeds: the mean, the sample standard deviation
+    (n - 1), n, and the 95 % interval of the mean (Student's t, n - 1 degrees of
+    freedom); std, low and high are None for fewer than two values, everything but n
+    for none."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    low: float | None = None
+    high: float | None = None
+
+    @classmethod
+    def of(cls, mean: float | None, std: float | None, n: int) -> Summary:
+        """The summary of n values with this mean and std (a report.csv row read back)."""
+        from byzshield.paired import t_half_width
+
+        if mean is None or std is None or n < 2:
+            return cls(mean, None if n < 2 else std, n)
+        half = t_half_width(std, n)
+        return cls(mean, std, n, mean - half, mean + half)
+
+
+def summarize(values: Iterable[float | None]) -> Summary:
+    """The :class:`Summary` of the finite values (others are left out)."""
     vals = [float(v) for v in values if _number(v)]
     if not vals:
-        return None, None, 0
+        return Summary(None, None, 0)
     mean = math.fsum(vals) / len(vals)
-    std = statistics.stdev(vals) if len(vals) > 1 else None
-    return mean, std, len(vals)
+    return Summary.of(mean, statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
 
 
 def _group_stats(g: Group, last: int = 1) -> dict:
@@ -216,7 +242,7 @@ def _group_stats(g: Group, last: int = 1) -> dict:
         ("wall_s", [r.wall_s for r in done]),
         ("distorted_frac", [r.distorted_frac for r in done]),
     ):
-        out[name] = mean_std(values)
+        out[name] = summarize(values)
     for k in TIME_COLUMNS:
-        out[k] = mean_std(r.time_split.get(k) for r in done)
+        out[k] = summarize(r.time_split.get(k) for r in done)
     return out

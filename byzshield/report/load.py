@@ -48,6 +48,30 @@ class ReportError(Exception):
     """Bad input: printed as one line by the command line."""
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """ "1 cell", "2 cells"; ``many`` for other plurals (``plural(n, "job has", "jobs have")``)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+EVAL_RANGES = {"top1": (0.0, 1.0), "top5": (0.0, 1.0), "test_loss": (0.0, math.inf)}
+"""What an evaluation's values can be (accuracies are fractions): a value outside its range,
+or not a finite number, is left out of every statistic and flagged."""
+
+
+def _impossible(key: str, value) -> str | None:
+    """Why an evaluation's ``key: value`` cannot be right (None when it can, or is absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return f"{key}={json.dumps(value)} is not a number"
+    low, high = EVAL_RANGES[key]
+    if not math.isfinite(value):
+        return f"{key}={value} is not finite"
+    if not low <= value <= high:
+        return f"{key}={value:g} is outside [{low:g}, {high:g}{']' if high < math.inf else ')'}"
+    return None
+
+
 # --------------------------------------------------------------------------------------
 # Reading one run
 
@@ -78,6 +102,7 @@ class RunFolder:
     modified: float = 0.0
     age_s: float = 0.0
     reason: str = ""  # why a refused job was refused
+    left_out: int = 0  # evaluation values left out as impossible (see EVAL_RANGES)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -207,11 +232,18 @@ class _Metrics:
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.evals: list[dict] = []
+        self.impossible: list[str] = []  # "line 31: top1=7.5 is outside [0, 1]"
 
-    def add(self, record: dict) -> None:
+    def add(self, record: dict, line: int = 0) -> None:
         step = record["step"]
         if record.get("event") == "eval":
-            self.evals.append({k: record.get(k) for k in ("step", "top1", "top5", "test_loss")})
+            evaluation = {"step": step}
+            for k in EVAL_RANGES:
+                why = _impossible(k, record.get(k))
+                evaluation[k] = None if why else record.get(k)
+                if why:
+                    self.impossible.append(f"line {line}: {why}")
+            self.evals.append(evaluation)
             return
         if self.last_step is not None and step <= self.last_step:
             self._reset()  # the folder was reused: a new run starts over at step 0
@@ -243,13 +275,14 @@ def _read_metrics(path: Path, warnings: list[str]) -> _Metrics:
             if not isinstance(step, int) or isinstance(step, bool) or step < 0:
                 bad.append(number)
                 continue
-            metrics.add(record)
+            metrics.add(record, number)
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
-        warnings.append(
-            f"{path}: skipped {len(bad)} unreadable line{'s' if len(bad) > 1 else ''} "
-            f"(line {shown})"
-        )
+        warnings.append(f"{path}: skipped {plural(len(bad), 'unreadable line')} (line {shown})")
+    if metrics.impossible:
+        n = len(metrics.impossible)
+        shown = "; ".join(metrics.impossible[:3]) + ("; ..." if n > 3 else "")
+        warnings.append(f"{path}: left out {plural(n, 'impossible evaluation value')} ({shown})")
     if metrics.segments > 1:
         warnings.append(
             f"{path}: holds {metrics.segments} runs appended to one folder; reporting the last"
@@ -299,6 +332,7 @@ def read_run(folder: Path, *, now: float | None = None, stale_after: float = 600
             run.warnings.append(f"{metrics_path}: unreadable ({exc.strerror}); ignored")
             m = _Metrics()
         run.evals = m.evals
+        run.left_out = len(m.impossible)
         run.steps_done = (m.last_step + 1) if m.last_step is not None else 0
         if m.num_steps:
             run.train_s = m.sums["step_s"] if m.counts.get("step_s") else None

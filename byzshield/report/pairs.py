@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from byzshield.report.groups import Group, Grouping, _canon
-from byzshield.report.load import ReportError, _natural, _number
+from byzshield.report.load import ReportError, _natural, _number, plural
 from byzshield.report.tables import _md_table
 
 
@@ -31,6 +31,11 @@ class PairedCell:
     drop_a: object = None  # PairedInterval of ref_a - acc_a (vs 0)
     drop_b: object = None
     drop_diff: object = None  # PairedInterval of drop_a - drop_b
+
+
+def _named(g: Group) -> str:
+    """A group's approach as --paired takes it: ``MOLS K=15 (mols(l=5, r=3))``."""
+    return g.approach if g.name in ("", g.approach) else f"{g.name} ({g.approach})"
 
 
 def _by_seed(g: Group | None, last: int) -> dict:
@@ -69,7 +74,9 @@ def paired_cells(grouping: Grouping, spec: str, *, last: int = 1) -> list[Paired
     def side(sd) -> dict[tuple, Group]:
         chosen: dict[tuple, Group] = {}
         for g in grouping.groups:
-            if g.approach != sd.approach or (sd.mode is not None and g.mode != sd.mode):
+            if sd.approach not in (g.approach, g.name):
+                continue
+            if sd.mode is not None and g.mode != sd.mode:
                 continue
             k = key(g)
             if k in chosen:
@@ -79,7 +86,7 @@ def paired_cells(grouping: Grouping, spec: str, *, last: int = 1) -> list[Paired
                 )
             chosen[k] = g
         if not chosen:
-            labels = sorted({f"{g.approach} / {g.mode}" for g in grouping.groups})
+            labels = sorted({f"{_named(g)} / {g.mode}" for g in grouping.groups})
             raise ReportError(
                 f"--paired: no runs of {sd.describe()}; the report has {'; '.join(labels)}"
             )
@@ -182,11 +189,12 @@ def _paired_markdown(specs: Sequence[str], tables: list[list[PairedCell]], last:
                 decided += 1
                 agree += (d.mean > 0) == (bias_a > bias_b)
         marked = sum(c.diff.distinguishable for c in cells)
+        a, b = cells[0].a, cells[0].b
         lines += [
-            f"A = {cells[0].a.approach} / {cells[0].a.mode}, B = {cells[0].b.approach} / "
-            f"{cells[0].b.mode}; {len(cells)} cells, {marked} with A - B distinguishable "
-            f"from 0. Where the drops differ distinguishably and c/√f differs, the side "
-            f"with the larger c/√f loses more in {agree} of {decided} cells.",
+            f"A = {_named(a)} / {a.mode}, B = {_named(b)} / {b.mode}; "
+            f"{plural(len(cells), 'cell')}, {marked} with A - B distinguishable from 0. Where "
+            f"the drops differ distinguishably and c/√f differs, the side with the larger "
+            f"c/√f loses more in {agree} of {plural(decided, 'cell')}.",
             "",
             _md_table(header, rows),
         ]

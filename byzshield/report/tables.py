@@ -10,20 +10,46 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from byzshield.report.eps import EpsCurve
-from byzshield.report.groups import Group, Grouping, _canon, _value_str
-from byzshield.report.load import STATUSES, TIME_COLUMNS, PendingJob, RunFolder, _number
+from byzshield.report.groups import Group, Grouping, Summary, _canon, _value_str
+from byzshield.report.load import (
+    STATUSES,
+    TIME_COLUMNS,
+    PendingJob,
+    RunFolder,
+    _number,
+    plural,
+)
+from byzshield.report.names import approach_name
+from byzshield.report.where import select
+
+SPREADS = ("ci", "std")
+"""What a cell shows beside the mean: the 95 % interval over seeds (``ci``, the default)
+or the sample standard deviation (``std``)."""
 
 # --------------------------------------------------------------------------------------
 # Cells
 
 
-def _fmt(stat: tuple, scale: float = 1.0, digits: int = 2) -> str:
-    mean, std, n = stat
-    if not n:
+def _fmt(stat: Summary, scale: float = 1.0, digits: int = 2, spread: str | None = "ci") -> str:
+    """A cell: the mean and, by ``spread``, its 95 % interval ``[low, high]`` or ``± std``
+    (None: the mean alone); a single value says ``(n=1)`` instead."""
+    if not stat.n:
         return "—"
-    if std is None:
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    mean = f"{stat.mean * scale:.{digits}f}"
+    if stat.n == 1:
+        return f"{mean} (n=1)" if spread else mean
+    if spread is None or stat.std is None:  # no spread asked for, or none known
+        return mean
+    if spread == "std":
+        return f"{mean} ± {stat.std * scale:.{digits}f}"
+    return f"{mean} [{stat.low * scale:.{digits}f}, {stat.high * scale:.{digits}f}]"
+
+
+def spread_text(spread: str) -> str:
+    """What the tables' cells and the figures' bars show, in words."""
+    if spread == "std":
+        return "mean ± sample standard deviation (n - 1) over seeds"
+    return "mean [95 % interval] over seeds (Student's t, n - 1 degrees of freedom)"
 
 
 def _md_cell(text) -> str:
@@ -57,6 +83,7 @@ def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
         "path",
         "status",
         "approach",
+        "name",
         "mode",
         "attack",
         "q",
@@ -73,6 +100,7 @@ def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
         "distorted_frac",
         *TIME_COLUMNS,
         "outside_guarantee",
+        "left_out",
         "config_source",
         "last_modified",
     ]
@@ -89,6 +117,7 @@ def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
                             str(r.path),
                             r.status,
                             g.approach,
+                            g.name,
                             g.mode,
                             g.attack,
                             g.q,
@@ -105,6 +134,7 @@ def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
                             r.distorted_frac,
                             *(r.time_split.get(k) for k in TIME_COLUMNS),
                             r.outside_guarantee,
+                            r.left_out,
                             r.config_source,
                             _utc(r.modified),
                         ]
@@ -128,6 +158,7 @@ def _csv_values(values: Sequence) -> list:
 def _report_csv(grouping: Grouping, stats: list[dict], out: Path) -> None:
     header = [
         "approach",
+        "name",
         "mode",
         "attack",
         "q",
@@ -148,20 +179,21 @@ def _report_csv(grouping: Grouping, stats: list[dict], out: Path) -> None:
         "distorted_frac",
     ]
     for m in measures:
-        header += [f"{m}_mean", f"{m}_std"]
+        header += [f"{m}_{part}" for part in ("mean", "std", "n", "low", "high")]
     header += [f"{k}_mean" for k in TIME_COLUMNS]
-    header += ["outside_guarantee", "status"]
+    header += ["outside_guarantee", "left_out", "status"]
     with open(out, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for g, s in zip(grouping.groups, stats, strict=True):
-            row = [g.approach, g.mode, g.attack, g.q, *g.extras.values(), len(g.runs)]
+            row = [g.approach, g.name, g.mode, g.attack, g.q, *g.extras.values(), len(g.runs)]
             row += [len(g.with_status(st)) for st in STATUSES]
             row += [" ".join(_value_str(r.seed) for r in g.runs), _max_steps(g)]
             for m in measures:
-                row += [s[m][0], s[m][1]]
-            row += [s[k][0] for k in TIME_COLUMNS]
-            row += [any(r.outside_guarantee for r in g.runs), g.status_text()]
+                row += [s[m].mean, s[m].std, s[m].n, s[m].low, s[m].high]
+            row += [s[k].mean for k in TIME_COLUMNS]
+            row += [any(r.outside_guarantee for r in g.runs), sum(r.left_out for r in g.runs)]
+            row.append(g.status_text())
             w.writerow(_csv_values(row))
 
 
@@ -182,29 +214,38 @@ def _markdown(
     notes: list[str],
     stale_after: float,
     last: int = 1,
+    spread: str = "ci",
 ) -> str:
     counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
     out = io.StringIO()
     out.write("# Training report\n\n")
     out.write("Sources: " + ", ".join(f"`{d}`" for d in dirs) + "\n\n")
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    out.write(f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {summary}.")
+    out.write(f"{plural(len(runs), 'run')}: {summary}.")
     if pending:
-        out.write(f" {len(pending)} sweep job{'s' if len(pending) > 1 else ''} not started.")
+        out.write(f" {plural(len(pending), 'sweep job')} not started.")
     out.write("\n\n")
     for sweep, size in sweep_sizes.items():
         if size is not None:
             started = size - sum(p.sweep == sweep for p in pending)
-            out.write(f"Sweep `{sweep}`: {started} of {size} jobs have a folder.\n\n")
+            have = plural(size, "job has", "jobs have")
+            out.write(f"Sweep `{sweep}`: {started} of {have} a folder.\n\n")
     out.write(
         "Status: *complete* = final evaluation at max_steps recorded; *running* = not "
         f"complete, a file changed within {stale_after / 60:g} min; *died* = not "
         "complete, stale, some steps recorded; *failed to start* = stale, no step "
         "recorded; *queued* = a lockstep sweep's job waiting for its group; *refused* = "
         "the job's config could not run (refused.txt). "
-        "Statistics are over the complete runs of a row (n): mean ± sample "
-        "std (n - 1).\n\n"
+        f"Statistics are over the complete runs of a row (n): {spread_text(spread)}; "
+        "(n=1): a single run, so no spread.\n\n"
     )
+    named = {g.approach: g.name for g in grouping.groups if g.name != g.approach}
+    if named:
+        out.write(
+            "Approaches: "
+            + "; ".join(f"{name} = `{label}`" for label, name in named.items())
+            + " (either form names an approach in --paired and --where).\n\n"
+        )
     if grouping.common:
         common = ", ".join(f"{k}={_value_str(v)}" for k, v in grouping.common.items())
         out.write(f"Common to all runs: {common}.\n\n")
@@ -221,18 +262,18 @@ def _markdown(
         q = f"{g.q}*" if any(r.outside_guarantee for r in g.runs) else g.q
         rows.append(
             [
-                g.approach,
+                g.name,
                 g.mode,
                 g.attack,
                 q,
                 *g.extras.values(),
-                s["final_top1"][2],
-                _fmt(s["final_top1"], 100),
-                *([_fmt(s["tail_top1"], 100)] if last > 1 else []),
-                _fmt(s["best_top1"], 100),
+                s["final_top1"].n,
+                _fmt(s["final_top1"], 100, spread=spread),
+                *([_fmt(s["tail_top1"], 100, spread=spread)] if last > 1 else []),
+                _fmt(s["best_top1"], 100, spread=spread),
                 _max_steps(g),
-                _fmt(s["train_s"], 1, 1),
-                _fmt(s["distorted_frac"], 1, 3),
+                _fmt(s["train_s"], 1, 1, spread),
+                _fmt(s["distorted_frac"], 1, 3, spread),
                 g.status_text(),
             ]
         )
@@ -252,14 +293,14 @@ def _markdown(
     header = ["approach", "mode", "attack", "q", *grouping.extra_keys, "n", *names, "wall s"]
     rows = [
         [
-            g.approach,
+            g.name,
             g.mode,
             g.attack,
             g.q,
             *g.extras.values(),
-            s["step_s"][2],
-            *(_fmt((s[k][0], None, s[k][2]), 1000, 1) for k in TIME_COLUMNS),
-            _fmt(s["wall_s"], 1, 1),
+            s["step_s"].n,
+            *(_fmt(s[k], 1000, 1, None) for k in TIME_COLUMNS),
+            _fmt(s["wall_s"], 1, 1, spread),
         ]
         for g, s in zip(grouping.groups, stats, strict=True)
     ]
@@ -337,7 +378,7 @@ def _markdown(
             "(repeats of one seed give the same numbers)"
         )
     if notes:
-        out.write("## Notes\n\n")
+        out.write("\n## Notes\n\n")
         out.writelines(f"- {n}\n" for n in notes)
     return out.getvalue()
 
@@ -349,12 +390,19 @@ def _markdown(
 PIVOT_KEYS = ("approach", "mode", "attack", "q")
 
 
-def pivot_table(csv_path: Path, column: str, where: dict[str, set[str]]) -> str:
-    """A Markdown table from report.csv: final top-1 % as mean +- std (n seeds), one
-    column per value of ``column``, one row per combination of the other keys that
-    ``where`` does not fix."""
+def pivot_table(
+    csv_path: Path,
+    column: str,
+    where: dict[str, set[str]],
+    spread: str = "ci",
+    common: dict[str, str] | None = None,
+) -> str:
+    """A Markdown table from report.csv: final top-1 % as the mean and its 95 % interval
+    (or ± std, ``spread``) with n, one column per value of ``column``, one row per
+    combination of the other keys that ``where`` does not fix (``common``: the settings
+    every run shares, which report.csv leaves out, for ``where`` to match)."""
     with open(csv_path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if all(r[k] in v for k, v in where.items())]
+        rows = select([{**(common or {}), **r} for r in csv.DictReader(fh)], where)
     header = list(rows[0]) if rows else []
     extras = header[header.index("q") + 1 : header.index("runs")] if "runs" in header else []
     keys = [k for k in (*PIVOT_KEYS, *extras) if k != column]
@@ -371,18 +419,25 @@ def pivot_table(csv_path: Path, column: str, where: dict[str, set[str]]) -> str:
         fixed = k in where and not collide(k)
         if fixed or (k in extras and len({r[k] for r in rows}) <= 1):
             keys.remove(k)
-    columns = list(dict.fromkeys(r[column] for r in rows))
+
+    def shown(row: dict, key: str) -> str:
+        if key == "approach":
+            return row.get("name") or approach_name(row["approach"])
+        return row[key]
+
+    columns = list(dict.fromkeys(shown(r, column) for r in rows))
     columns.sort(key=lambda c: c not in ("none", "0"))  # the no-attack reference first
     cells: dict[tuple, dict[str, str]] = {}
     for r in rows:
-        mean, std, n = r["final_top1_mean"], r["final_top1_std"], r["complete"]
-        cell = "" if mean == "" else f"{100 * float(mean):.1f}"
-        if std != "":
-            cell += f" ± {100 * float(std):.1f}"
-        cells.setdefault(tuple(r[k] for k in keys), {})[r[column]] = f"{cell} ({n})"
+        mean, std = r["final_top1_mean"], r["final_top1_std"]
+        n = int(r.get("final_top1_n") or r["complete"] or 0)
+        stat = Summary.of(None if mean == "" else float(mean), None if std == "" else float(std), n)
+        cell = f"{_fmt(stat, 100, 1, spread)}" + (f" ({n})" if n != 1 else "")
+        cells.setdefault(tuple(shown(r, k) for k in keys), {})[shown(r, column)] = cell
     fixed = ", ".join(f"{k} = {' or '.join(sorted(v))}" for k, v in where.items())
+    what = spread_text(spread).replace(" over seeds", "")
     lines = [
-        f"Final top-1 % (mean ± std over seeds, (complete runs)){'; ' + fixed if fixed else ''}",
+        f"Final top-1 % ({what}, (n: complete runs)){'; ' + fixed if fixed else ''}",
         "",
         "| " + " | ".join([*keys, *columns]) + " |",
         "|" + " --- |" * (len(keys) + len(columns)),
