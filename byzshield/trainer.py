@@ -31,6 +31,7 @@ from torch import nn
 
 from byzshield.config import Run
 from byzshield.data import ImageDataset, eval_batches, step_batch
+from byzshield.erasures import drop_line, erase, erasures, unvoteable
 from byzshield.gradients import flat_params
 from byzshield.runfolder import (
     PROGRESS,
@@ -403,39 +404,6 @@ def robust_update(run: Run, model: nn.Module, *, lead=None):
     )
 
 
-def present_copies(run: Run, missing: tuple[int, ...]) -> torch.Tensor:
-    """(f, r) bool: which copies arrive when the workers ``missing`` miss the deadline."""
-    gone = set(missing)
-    return torch.tensor([[w not in gone for w in ws] for ws in run.placement.file_workers])
-
-
-def erase(copies: Copies, run: Run, missing: tuple[int, ...]) -> None:
-    """Mark the copies of the workers ``missing`` absent, on top of those the engine has
-    marked (a dropped worker's)."""
-    if missing:
-        present = present_copies(run, missing)
-        copies.present = present if copies.present is None else copies.present & present
-
-
-def voteable_files(run: Run, dropped: Iterable[int]) -> int:
-    """Files that keep more than r/2 holders once the workers ``dropped`` are gone: the
-    only ones whose vote can still have a strict majority."""
-    gone, r = set(dropped), run.placement.replication
-    return sum(2 * sum(w not in gone for w in ws) > r for ws in run.placement.file_workers)
-
-
-def erasures(run: Run, step: int) -> tuple[int, ...]:
-    """The workers whose replies miss this step's deadline (``stragglers``, drawn from
-    (seed, step), the same in both engines and on every server)."""
-    count = run.config.stragglers
-    if not count:
-        return ()
-    from byzshield.adversary import random_selection
-
-    K = run.placement.num_workers
-    return tuple(random_selection(K, count, seed=run.config.seed, step=step, stragglers=True))
-
-
 class Trainer:
     """The parameter server's side of a run: model, optimizer, schedule and the loop.
 
@@ -533,40 +501,16 @@ class Trainer:
     def check_voteable(self, step: int) -> None:
         """Stop, in one line, when the dropped workers leave no file that can still have
         a strict majority of its holders (no vote could be trusted again)."""
-        dropped = self.engine.dropped
-        if dropped and not voteable_files(self.run, dropped):
+        why = unvoteable(self.run, step, self.engine.dropped)
+        if why is not None:
             kept = self.last_checkpoint or "none written yet"
-            r = self.run.placement.replication
-            raise TrainingError(
-                f"step {step}: workers {sorted(dropped)} are dropped and no file keeps more "
-                f"than {r}/2 of its {r} holders, so no vote can be trusted; stopping. The "
-                f"last good checkpoint is {kept}"
-            )
+            raise TrainingError(f"{why}. The last good checkpoint is {kept}")
 
     def drops_to_tell(self, step: int) -> list[str]:
-        """One line for each worker dropped since the last call: which, why, and what is
-        left to vote (and whether the rule still has its guarantee on that)."""
-        lines = []
-        for w, why in self.engine.dropped.items():
-            if w in self.told:
-                continue
-            self.told.add(w)
-            p = self.run.placement
-            left = voteable_files(self.run, self.engine.dropped)
-            line = (
-                f"step {step}: {why}; worker {w} is dropped for the rest of the run: its "
-                f"files vote among their other holders ({left} of {p.num_files} files can "
-                f"still have a strict majority)"
-            )
-            try:
-                self.run.aggregator.check(left, self.run.aggregator_f)
-            except ValueError:
-                line += (
-                    f"; {left} files are too few for the rule with f={self.run.aggregator_f}: "
-                    "steps run outside its guarantee (outside_guarantee in metrics.jsonl)"
-                )
-            lines.append(line)
-        return lines
+        """One line for each worker dropped since the last call (:func:`drop_line`)."""
+        new = {w: why for w, why in self.engine.dropped.items() if w not in self.told}
+        self.told.update(new)
+        return [drop_line(self.run, step, w, why, self.engine.dropped) for w, why in new.items()]
 
     def evaluate(self, step: int) -> dict:
         result = evaluate(self.model, self.run)
@@ -614,7 +558,7 @@ class Trainer:
                 PROGRESS.update(step=step, total=total, checkpoint=self.last_checkpoint)
                 record = self.step(step)
                 self.metrics.write(record)
-                for line in self.drops_to_tell(step):  # the engine's log has them
+                for line in self.drops_to_tell(step):  # on the console and in rank0.log
                     progress.say(line)
                 progress.step(step, record)
                 done = step + 1

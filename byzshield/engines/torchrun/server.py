@@ -18,11 +18,11 @@ import torch
 from byzshield.aggregators import ColumnShard
 from byzshield.comm import Comm, RankFailure
 from byzshield.config import Run, add_server_parts
+from byzshield.erasures import erase, erasures, present_copies
 from byzshield.gradients import num_params
 from byzshield.protocol import Control, Pull, ReplyLayout, Slot, control_size, gradients_size
 from byzshield.shards import bytes_per_server, shard_bounds
 from byzshield.step import Copies, Outcome, RobustUpdate, copy_index, pushed_slots
-from byzshield.trainer import erase, erasures, present_copies
 from byzshield.vote import Rows
 
 __all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server"]
