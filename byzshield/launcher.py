@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -221,8 +222,13 @@ def check_train_overrides(argv: Sequence[str]) -> None:
         cfg = compose("config", argv)
         if whole:  # one job (or an experiment's sweep base): check it entirely
             from byzshield.config import load_config
+            from byzshield.config.run import check_world_size
 
-            load_config(cfg)
+            config = load_config(cfg)
+            if "WORLD_SIZE" in os.environ:  # under torchrun: the process count, before data
+                check_world_size(
+                    config.approach.build(), config.ps_shards, int(os.environ["WORLD_SIZE"])
+                )
             train_dir = str(cfg.train_dir)
             check_train_dir(train_dir)
             if not any(a.startswith(("train_dir=", "+train_dir=")) for a in argv):
@@ -230,7 +236,24 @@ def check_train_overrides(argv: Sequence[str]) -> None:
                 # time again a second later (that left an empty sibling folder behind)
                 sys.argv.append(f"train_dir={train_dir}")
     except (UsageError, ValueError) as exc:
-        fail(f"error: {exc}", 2)
+        refuse_start(f"error: {exc}")
+
+
+def refuse_start(message: str) -> None:
+    """Stop a command refused before it starts (one line, exit status 2). Under torchrun
+    on one node rank 0 says it and every other rank exits quietly with status 0 at once,
+    so that torchrun's closing report lists one failed rank (not K + 1 of them); rank 0
+    gives them a second to be gone before it exits (a rank still running when the agent
+    sees rank 0 fail is stopped with SIGTERM and listed too)."""
+    rank = int(os.environ.get("RANK", "0"))
+    one_node = os.environ.get("LOCAL_WORLD_SIZE", "") == os.environ.get("WORLD_SIZE")
+    if "WORLD_SIZE" not in os.environ or not one_node:
+        fail(message, 2)
+    if rank != 0:
+        sys.exit(0)
+    print(message, file=sys.stderr, flush=True)
+    time.sleep(1.0)
+    fail(message, 2, console=False)
 
 
 def check_train_dir(path: str) -> None:
@@ -284,10 +307,16 @@ def launch_torchrun(world_size: int) -> int:
     """Re-run this Hydra job under torchrun with ``world_size`` processes on this machine,
     everything listening on 127.0.0.1 only (``python -m byzshield.comm --standalone``).
 
+    torchrun's agent writes its log and, when a rank fails, its report of every rank to
+    ``torchrun.log`` in the run folder; the console gets the ranks' own lines and one
+    closing line naming the rank that failed (:func:`byzshield.comm.failure_line`).
+
     torchrun runs in its own session, so a terminal's Ctrl-C reaches this process alone;
     SIGINT, SIGTERM and SIGHUP are passed on to torchrun as one SIGTERM, which stops every
     rank, and the exit code is then 128 + the signal's number."""
     from hydra.core.hydra_config import HydraConfig
+
+    from byzshield.comm import REPORT_ENV
 
     hc = HydraConfig.get()
     if hc.mode.name == "MULTIRUN":
@@ -331,7 +360,8 @@ def launch_torchrun(world_size: int) -> int:
     caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, stop) for s in caught}  # before torchrun: no orphan
     try:
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        report = str(Path(hc.runtime.output_dir) / "torchrun.log")
+        env = dict(os.environ, OMP_NUM_THREADS="1", **{REPORT_ENV: report})
         torchrun = subprocess.Popen(cmd, env=env, start_new_session=True)
         terminate()  # for a signal that came while it started
         code = torchrun.wait()

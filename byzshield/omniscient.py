@@ -59,29 +59,44 @@ class OmniscientAttack:
         self.holders = [list(ws) for ws in placement.file_workers]
         self.position = {(w, j): i for j, ws in enumerate(self.holders) for i, w in enumerate(ws)}
 
-    def honest_position(self, j: int, bad: set[int]) -> int:
-        """File j's first honest holder (position), or 0 when every holder is Byzantine."""
-        return next((i for i, w in enumerate(self.holders[j]) if w not in bad), 0)
+    def honest_position(self, j: int, bad: set[int], live=None) -> int | None:
+        """The holder position of the copy of file j the attack reads: its first honest
+        holder whose copy arrived (``live[j][i]``; None: every copy did), else its first
+        holder whose copy arrived (a Byzantine worker under an omniscient attack sends
+        its honest gradient too); None when no copy of file j arrived."""
+        arrived = [i for i in range(len(self.holders[j])) if live is None or live[j][i]]
+        honest = (i for i in arrived if self.holders[j][i] not in bad)
+        return next(honest, arrived[0] if arrived else None)
 
-    def honest_copies(self, bad: set[int]) -> list[tuple[int, int]]:
-        """(file, holder position) of the copy the attack reads for each file."""
-        return [(j, self.honest_position(j, bad)) for j in range(len(self.holders))]
+    def honest_copies(self, bad: set[int], live=None) -> list[tuple[int, int]]:
+        """(file, holder position) of the copy the attack reads for each file of which
+        some copy arrived (:meth:`honest_position`)."""
+        picks = ((j, self.honest_position(j, bad, live)) for j in range(len(self.holders)))
+        return [(j, i) for j, i in picks if i is not None]
 
-    def forge(self, rows: Rows, index: Tensor, bad: set[int], step: int) -> tuple[Tensor, Rows]:
+    def forge(
+        self, rows: Rows, index: Tensor, bad: set[int], step: int, live=None
+    ) -> tuple[Tensor, Rows]:
         """Every Byzantine copy re-pointed at its forged row. Returns the new (f, r)
         index and the rows with the forged block appended (``rows`` is left as it was);
-        every honest copy the attack reads (:meth:`honest_copies`) must be in ``rows``."""
-        honest = self.honest_stack(rows, index, bad)
-        files = sorted({j for w in bad for j in self.placement.worker_files[w]})
-        counts = [sum(w in bad for w in ws) for ws in self.holders]
-        weights = torch.tensor([len(ws) - c for ws, c in zip(self.holders, counts, strict=True)])
+        every honest copy the attack reads (:meth:`honest_copies`) must be in ``rows``.
+        ``live[j][i]``: whether file j's i-th copy arrived (None: every copy did); a file
+        none of whose copies arrived is left out of the attack's honest gradients (the
+        server never had it), and its Byzantine copies, erasures too, are not forged."""
+        picks = self.honest_copies(bad, live)
+        readable = [j for j, _ in picks]
+        at = {j: k for k, j in enumerate(readable)}  # file -> its row of the honest stack
+        honest = self.honest_stack(rows, index, bad, picks)
+        files = sorted({j for w in bad for j in self.placement.worker_files[w] if j in at})
+        counts = [sum(w in bad for w in self.holders[j]) for j in readable]
+        weights = torch.tensor([len(self.holders[j]) - counts[k] for k, j in enumerate(readable)])
         objective = None
         if getattr(self.attack, "needs_objective", False):
             objective = self.damage(honest, counts, step)
         forged = forge(
             self.attack,
             honest,
-            files,
+            [at[j] for j in files],
             seed=self.rule.seed,
             step=step,
             weights=weights.to(torch.float64),
@@ -93,7 +108,8 @@ class OmniscientAttack:
         index = index.clone()
         for w in bad:
             for j in self.placement.worker_files[w]:
-                index[j, self.position[(w, j)]] = row_of[j]
+                if j in row_of:
+                    index[j, self.position[(w, j)]] = row_of[j]
         return index, rows
 
     def damage(self, honest: Tensor, counts: list[int], step: int) -> Callable[[Tensor], float]:
@@ -124,10 +140,11 @@ class OmniscientAttack:
 
         return damage
 
-    def honest_stack(self, rows: Rows, index: Tensor, bad: set[int]) -> Tensor:
+    def honest_stack(self, rows: Rows, index: Tensor, bad: set[int], picks=None) -> Tensor:
         """(f, d): each file's gradient as an honest holder sent it (for an omniscient
-        attack Byzantine workers send honest gradients too, so any holder will do)."""
-        picks = [int(index[j, i]) for j, i in self.honest_copies(bad)]
+        attack Byzantine workers send honest gradients too, so any holder will do); with
+        ``picks`` (:meth:`honest_copies`), those files' only."""
+        picks = [int(index[j, i]) for j, i in (self.honest_copies(bad) if picks is None else picks)]
         first = rows.blocks[0]
         if picks == list(range(len(picks))) and first.shape[0] >= len(picks):
             return first[: len(picks)]  # the simulator's honest rows: no copy
@@ -144,6 +161,7 @@ def digest_lie(
     bad: set[int],
     *,
     omniscient: bool,
+    live=None,
 ) -> Tensor:
     """``adversary.digest_lie`` (vote=digest): Byzantine copies whose claimed digest and the
     copy they send when pulled disagree. ``honest_digest``: a Byzantine holder claims the
@@ -152,7 +170,8 @@ def digest_lie(
     returned ``index`` points at it; the full vote sees it too). A file with no honest
     holder is left as it is, unless the attack is omniscient: the Byzantine worker then
     computed the honest copy itself. ``original`` and ``original_claims`` are the copies
-    as the workers sent them, ``index`` and ``claims`` as the attack left them."""
+    as the workers sent them, ``index`` and ``claims`` as the attack left them; only
+    copies that arrived (``live[j][k]``; None: every copy did) are read."""
     if lie == "none" or not bad:
         return index
     index = index.clone() if lie == "honest_tensor" else index
@@ -160,7 +179,10 @@ def digest_lie(
         for j in placement.worker_files[w]:
             holders = list(placement.file_workers[j])
             i = holders.index(w)
-            honest = next((k for k, v in enumerate(holders) if v not in bad), None)
+            honest = next(
+                (k for k, v in enumerate(holders) if v not in bad and (live is None or live[j][k])),
+                None,
+            )
             if honest is None and not omniscient:
                 continue
             ref = i if honest is None else honest

@@ -34,13 +34,16 @@ worker message of a given length).
 The header comes first so that the server learns what a worker is about to send before
 it posts the receive for the payload; :meth:`ReplyLayout.check_header` refuses a header
 that announces anything but ``load * d`` values. A worker may lie in its header, so
-the server also receives each message into a :class:`Slot` with :data:`SLACK` spare
-values: gloo accepts a message shorter than the posted buffer silently (the rest keeps
-stale memory) and aborts the whole receiving process (SIGABRT) on one longer than it,
-so a message of the wrong length must land in a buffer that is longer still, where
-the missing END (too short) or a spare value overwritten (too long) names the sender.
-Only a message longer than its slot by more than the slack still aborts the server,
-inside gloo, where no Python code can name the sender.
+the server also receives each message into a :class:`Slot` twice its length and
+:data:`SLACK` values more: gloo accepts a message shorter than the posted buffer
+silently (the rest keeps stale memory) and aborts the whole receiving process
+(SIGABRT) on one longer than it, so a message of the wrong length must land in a
+buffer that is longer still, where the missing END (too short, or a wrong marker) or a
+spare value overwritten (too long) names the sender. Twice the length: the same values
+as float64 (twice the bytes) land too. The spare part of a slot is never written by an
+honest worker and costs no memory (its pages are never touched). Only a message longer
+than its slot (more than twice the length expected, plus the slack) still aborts the
+server, inside gloo, where no Python code can name the sender.
 
     >>> import torch
     >>> from byzshield.protocol import Control, ReplyLayout, Slot
@@ -56,7 +59,7 @@ inside gloo, where no Python code can name the sender.
     >>> slot.check("rank 1 (worker 0)", "reply header")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: rank 1 (worker 0) sent a reply header shorter than the 4 values expected ...
+    ValueError: rank 1 (worker 0) sent a reply header without the end marker after value 4: ...
 
 Both engines use this module: the torchrun engine sends these messages over
 :mod:`byzshield.comm`; the simulate engine sends nothing but reports the bytes these
@@ -95,7 +98,7 @@ _END_BITS = int.from_bytes(b"BYZ!", "little")  # as float32: about 7.4e-19, a no
 END = torch.tensor([_END_BITS], dtype=torch.int32).view(torch.float32).item()
 """The last value of every message a worker sends (compared bit for bit)."""
 SLACK = 1024
-"""Spare values after each message's END in the server's receive buffer."""
+"""Spare values in the server's receive buffer beyond twice a message's length and END."""
 VALUE_BYTES = 4
 """Bytes of one value of a worker message (float32)."""
 
@@ -300,7 +303,8 @@ class ReplyLayout:
 class Slot:
     """Where the server receives one worker message of ``size`` values and its END.
 
-    ``buffer`` (1-D float32) must hold at least ``size + 1 + SLACK`` values. Call
+    ``buffer`` (1-D float32) must hold at least ``2 * (size + 1) + SLACK`` values
+    (:meth:`capacity`: the message as float64 lands too). Call
     :meth:`arm` before posting the receive and :meth:`check` once it completed: the
     value after the END position and the END position itself are set to fresh random
     bits, which a worker cannot know, so a short message (END missing) and a long one
@@ -312,8 +316,8 @@ class Slot:
             raise ValueError("a slot's buffer must be a contiguous 1-D float32 tensor")
         if buffer.numel() < Slot.capacity(size):
             raise ValueError(
-                f"a slot for {size} values needs {Slot.capacity(size)} (size + END + SLACK), "
-                f"got {buffer.numel()}"
+                f"a slot for {size} values needs {Slot.capacity(size)} "
+                f"(2 * (size + END) + SLACK), got {buffer.numel()}"
             )
         self.buffer, self.size = buffer, size
         self._bits = buffer.view(torch.int32).numpy()  # shares memory; cheap to index
@@ -321,8 +325,9 @@ class Slot:
 
     @staticmethod
     def capacity(size: int) -> int:
-        """The least buffer length for a slot of ``size`` values."""
-        return size + 1 + SLACK
+        """The least buffer length for a slot of ``size`` values: the message and its END
+        twice over (the same values as float64), and :data:`SLACK`."""
+        return 2 * (size + 1) + SLACK
 
     def arm(self) -> None:
         end, spare = secrets.randbits(32) - 2**31, secrets.randbits(32) - 2**31
@@ -337,6 +342,6 @@ class Slot:
             raise ValueError(f"{who} sent a {what} longer than the {self.size} values expected")
         if int(self._bits[self.size]) != _END_BITS:
             raise ValueError(
-                f"{who} sent a {what} shorter than the {self.size} values expected "
-                f"(no end marker after value {self.size})"
+                f"{who} sent a {what} without the end marker after value {self.size}: "
+                f"shorter than the {self.size} values expected, or a wrong marker"
             )

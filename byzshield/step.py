@@ -369,12 +369,15 @@ class RobustUpdate:
         inbox = _Inbox(copies, self.holders)
         t0 = time.perf_counter()
         if copies.claims is not None:  # the pushed copies: already in when this starts
-            inbox.pull(copies.rows, copies.index, self._pushed())
+            inbox.pull(copies.rows, copies.index, self._pushed(_live(copies)))
         index, rows = self._attack(inbox, bad, step)
         claims = self._claims(inbox, rows, index, bad)
+        if self.lie != "none" and bad:  # a lie copies another holder's copy: all in first
+            for _ in inbox.arrived():
+                pass
         index = digest_lie(
             self.lie, self.placement, copies.index, copies.claims, index, claims, bad,
-            omniscient=self.attack.needs_honest,
+            omniscient=self.attack.needs_honest, live=_live(copies),
         )  # fmt: skip
         t1, attack_receive = time.perf_counter(), inbox.receive_s
         if claims is None and self.shard is not None:
@@ -443,12 +446,17 @@ class RobustUpdate:
         for _ in inbox.arrived():  # the attack reads every honest copy: all of them in
             pass
         if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
-            picks = self.omniscient.honest_copies(bad)
-            inbox.pull(rows, index, picks)
+            picks = self.omniscient.honest_copies(bad, _live(copies))
+            while True:
+                inbox.pull(rows, index, picks)
+                again = self.omniscient.honest_copies(bad, _live(copies))
+                if again == picks:
+                    break
+                picks = again  # a worker asked was dropped: read another copy
             for j, i in picks:
                 if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
                     inbox.known[(j, i)] = inbox.digest(rows, int(index[j, i]))
-        return self.omniscient.forge(rows, index, bad, step)
+        return self.omniscient.forge(rows, index, bad, step, live=_live(copies))
 
     # ------------------------------------------------------------------ the full vote
 
@@ -456,9 +464,8 @@ class RobustUpdate:
         """Vote every file bit for bit, each as soon as all its present copies are in
         (torchrun: ``copies.arrivals``), writing winners into the reused buffer."""
         f, r = index.shape
-        original, present = inbox.copies.index, inbox.copies.present
+        original = inbox.copies.index
         winners = self._buffer(rows)
-        live = None if present is None else present.tolist()
         positions, agree, trusted = [0] * f, [0] * f, [False] * f
         distorted: list[int] = []
         lost: dict[int, int] = {}
@@ -472,12 +479,14 @@ class RobustUpdate:
             return row == int(index[j, positions[j]]) or same_bits(rows[row], winners[j])
 
         for files in self._complete_files(inbox):
+            present = inbox.copies.present  # as it is now: a worker may be dropped on the way
+            live = _live(inbox.copies)
             mask = None if present is None else present[files]
             picks, counts = vote_positions(rows, index[files], present=mask)
             for j, i, c in zip(files, picks, counts, strict=True):
                 positions[j], agree[j], trusted[j] = i, c, 2 * c > r
                 winners[j].copy_(rows[int(index[j, i])])
-            distorted += self._distorted(files, positions, trusted, bad, same_as_honest)
+            distorted += self._distorted(files, positions, trusted, bad, same_as_honest, live)
             self._lost_votes(files, positions, trusted, _voters(agree, live, r), agrees, lost)
         return _Votes(positions, trusted, winners, sorted(distorted), _by_worker(lost))
 
@@ -488,9 +497,9 @@ class RobustUpdate:
         agree on every server's columns, as in the unsharded vote. The comparisons the
         distorted count makes are exchanged the same way (a bool each)."""
         f, r = index.shape
-        original, present = inbox.copies.index, inbox.copies.present
         for _ in inbox.arrived():  # this server's columns of every copy, in
             pass
+        original, present = inbox.copies.index, inbox.copies.present
         local = np.asarray(copy_classes(rows, index, present=present), dtype=np.int16)
         labels = [part.tolist() for part in self.shard.gather([local])]
         positions, agree = decide_classes(labels)
@@ -508,13 +517,13 @@ class RobustUpdate:
             asked[(j, k)] = ref == int(index[j, positions[j]]) or same_bits(winners[j], rows[ref])
             return True
 
-        self._distorted(files, positions, trusted, bad, ask)  # what it will ask, in order
+        self._distorted(files, positions, trusted, bad, ask, live)  # what it will ask, in order
         same = dict(asked)
         if asked:  # every server asks the same questions: AND over their columns
             local_same = np.array(list(asked.values()), dtype=bool)
             answers = self.shard.reduce([local_same], np.logical_and)
             same = dict(zip(asked, answers.tolist(), strict=True))
-        distorted = self._distorted(files, positions, trusted, bad, lambda j, k: same[(j, k)])
+        distorted = self._distorted(files, positions, trusted, bad, lambda j, k: same[(j, k)], live)
 
         def agrees(j: int, k: int) -> bool:
             return keys[j][k] == keys[j][positions[j]]
@@ -549,6 +558,9 @@ class RobustUpdate:
                         ready.append(j)
             if ready:
                 yield ready
+        waited = [j for j in range(f) if got[j] < need[j]]
+        if waited:  # files that waited for a worker dropped on the way: its copies erased
+            yield waited
 
     # ---------------------------------------------------------------- the digest vote
 
@@ -577,18 +589,25 @@ class RobustUpdate:
         without asking. Distorted files and lost votes compare digests."""
         winners = self._buffer(rows)
         known = dict(inbox.known)  # the copies the attack simulation already pulled
-        pushed = self._pushed()
+        f, r = index.shape
+        live = _live(inbox.copies) or [[True] * r for _ in range(f)]
+        pushed = self._pushed(live)
         inbox.pull(rows, index, pushed)
         for j, i in pushed:
             known.setdefault((j, i), inbox.digest(rows, int(index[j, i])))
 
         def pull(requests: list[tuple[int, int]]) -> list[bytes]:
             inbox.pull(rows, index, requests)
-            return [inbox.digest(rows, int(index[j, i])) for j, i in requests]
+            now = _live(inbox.copies)
+            for row, arrived in zip(live, now or live, strict=True):
+                row[:] = arrived  # a worker dropped during the pull: its copies are erasures
+            # an erased copy's digest is never read: the vote skips it from now on
+            return [
+                inbox.digest(rows, int(index[j, i])) if live[j][i] else claims[j][i]
+                for j, i in requests
+            ]
 
-        present = inbox.copies.present
-        present = None if present is None else present.tolist()
-        vote = digest_vote(claims, self.holders, known, pull, verify=self.verify, present=present)
+        vote = digest_vote(claims, self.holders, known, pull, verify=self.verify, present=live)
         positions, trusted, votes = vote.positions, vote.trusted, vote.votes
         rows.gather([int(index[j, i]) for j, i in enumerate(positions)], out=winners)
         sent = inbox.copies.claims  # as the workers sent them: an honest one is true
@@ -600,24 +619,29 @@ class RobustUpdate:
             return votes[j][k] == votes[j][positions[j]]
 
         files = range(len(positions))
-        distorted = self._distorted(files, positions, trusted, bad, same_as_honest)
+        distorted = self._distorted(files, positions, trusted, bad, same_as_honest, live)
         lost = self._lost_votes(files, positions, trusted, lambda j: votes[j], agrees, {})
         return _Votes(
             positions, trusted, winners, distorted, _by_worker(lost), _by_worker(vote.liars)
         )
 
-    def _pushed(self) -> list[tuple[int, int]]:
-        return [(j, PUSHED) for j in range(self.placement.num_files)]
+    def _pushed(self, live=None) -> list[tuple[int, int]]:
+        """The pushed copies that arrived (``live``; None: every copy did)."""
+        f = self.placement.num_files
+        return [(j, PUSHED) for j in range(f) if live is None or live[j][PUSHED]]
 
     # ------------------------------------------------------------ the vote's tallies
 
-    def _distorted(self, files, positions, trusted, bad: set[int], same_as_honest) -> list[int]:
+    def _distorted(
+        self, files, positions, trusted, bad: set[int], same_as_honest, live=None
+    ) -> list[int]:
         """The distorted files among ``files`` (see the module docstring), in that
         order: a trusted winner from a Byzantine holder that is not
         ``same_as_honest(j, k)``, the copy file j's k-th holder sent honestly (its first
-        honest holder's; for an omniscient attack without one, what the winner's own
-        holder computed before forging). With neither there is nothing to compare with:
-        distorted. The full vote compares bits, the digest vote digests."""
+        honest holder whose copy arrived, ``live[j][k]``; for an omniscient attack
+        without one, what the winner's own holder computed before forging). With neither
+        there is nothing to compare with: distorted. The full vote compares bits, the
+        digest vote digests."""
         if not bad:
             return []
         out = []
@@ -625,7 +649,8 @@ class RobustUpdate:
             i, ws = positions[j], self.holders[j]
             if not trusted[j] or ws[i] not in bad:
                 continue  # dropped (not aggregated), or an honest winner
-            honest = next((k for k, w in enumerate(ws) if w not in bad), None)
+            arrived = (k for k, w in enumerate(ws) if live is None or live[j][k])
+            honest = next((k for k in arrived if ws[k] not in bad), None)
             if honest is None and not self.attack.needs_honest:
                 out.append(j)  # nothing honest to compare with
             elif not same_as_honest(j, i if honest is None else honest):
@@ -689,6 +714,11 @@ def step_metrics(
         "digest_liars": liars,
         **times,
     }
+
+
+def _live(copies: Copies) -> list[list[bool]] | None:
+    """``copies.present`` as lists (which copies arrived), None when every copy did."""
+    return None if copies.present is None else copies.present.tolist()
 
 
 def _voters(agree: list[int], live: list[list[bool]] | None, r: int):

@@ -31,6 +31,7 @@ from torch import nn
 
 from byzshield.config import Run
 from byzshield.data import ImageDataset, eval_batches, step_batch
+from byzshield.erasures import drop_line, erase, erasures, unvoteable
 from byzshield.gradients import flat_params
 from byzshield.runfolder import (
     PROGRESS,
@@ -73,9 +74,15 @@ TIME_KEYS = (
 
 
 class Engine(Protocol):
-    """How the copies of a step's files reach the parameter server."""
+    """How the copies of a step's files reach the parameter server.
+
+    ``dropped``: the workers dropped for the rest of the run, each with why (the torchrun
+    engine drops a worker whose message is malformed, that fails or that is late; the
+    simulate engine drops none), in the order they were dropped.
+    """
 
     name: str
+    dropped: dict[int, str]
 
     def gather(
         self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]
@@ -328,15 +335,18 @@ def step_record(
     times: dict,
     update_s: float,
     step_s: float,
+    dropped: Iterable[int] = (),
 ) -> dict:
     """A step's line of metrics.jsonl from the robust update's metrics ``m``, the lr it
-    was applied with and the gather's times (``compute_s``, ``communication_s``)."""
+    was applied with, the gather's times (``compute_s``, ``communication_s``), this
+    step's stragglers (``missing``) and the workers dropped so far (``dropped``)."""
     record = {
         "step": step,
         "loss": m["loss"],
         "lr": lr,
         "byzantine": list(byzantine),
         "missing_workers": list(missing),
+        "dropped_workers": sorted(dropped),
         "distorted": m["distorted"],
         "distorted_files": m["distorted_files"],
         "all_strict": m["all_strict"],
@@ -394,24 +404,6 @@ def robust_update(run: Run, model: nn.Module, *, lead=None):
     )
 
 
-def present_copies(run: Run, missing: tuple[int, ...]) -> torch.Tensor:
-    """(f, r) bool: which copies arrive when the workers ``missing`` miss the deadline."""
-    gone = set(missing)
-    return torch.tensor([[w not in gone for w in ws] for ws in run.placement.file_workers])
-
-
-def erasures(run: Run, step: int) -> tuple[int, ...]:
-    """The workers whose replies miss this step's deadline (``stragglers``, drawn from
-    (seed, step), the same in both engines and on every server)."""
-    count = run.config.stragglers
-    if not count:
-        return ()
-    from byzshield.adversary import random_selection
-
-    K = run.placement.num_workers
-    return tuple(random_selection(K, count, seed=run.config.seed, step=step, stragglers=True))
-
-
 class Trainer:
     """The parameter server's side of a run: model, optimizer, schedule and the loop.
 
@@ -443,6 +435,7 @@ class Trainer:
         self.start = 0
         self.last_checkpoint: Path | None = None
         self.last_eval: dict = {}
+        self.told: set[int] = set()  # dropped workers already reported
         if resume is not None:
             state = resume.state
             self.model.load_state_dict(state["model"])
@@ -485,15 +478,39 @@ class Trainer:
         packed = time.perf_counter() - t0
         copies, times = self.engine.gather(step, params, byzantine)
         missing = self.erasures(step)
-        if missing:
-            copies.present = present_copies(self.run, missing)
+        erase(copies, self.run, missing)
         outcome = self.update(copies, byzantine, step)
+        self.check_voteable(step)
         t1 = time.perf_counter()
         lr = self.apply(outcome.gradient)
         self.check_finite(step)
         t2 = time.perf_counter()
         times = {**times, "communication_s": times["communication_s"] + packed}
-        return step_record(step, outcome.metrics, lr, byzantine, missing, times, t2 - t1, t2 - t0)
+        return step_record(
+            step,
+            outcome.metrics,
+            lr,
+            byzantine,
+            missing,
+            times,
+            t2 - t1,
+            t2 - t0,
+            dropped=self.engine.dropped,
+        )
+
+    def check_voteable(self, step: int) -> None:
+        """Stop, in one line, when the dropped workers leave no file that can still have
+        a strict majority of its holders (no vote could be trusted again)."""
+        why = unvoteable(self.run, step, self.engine.dropped)
+        if why is not None:
+            kept = self.last_checkpoint or "none written yet"
+            raise TrainingError(f"{why}. The last good checkpoint is {kept}")
+
+    def drops_to_tell(self, step: int) -> list[str]:
+        """One line for each worker dropped since the last call (:func:`drop_line`)."""
+        new = {w: why for w, why in self.engine.dropped.items() if w not in self.told}
+        self.told.update(new)
+        return [drop_line(self.run, step, w, why, self.engine.dropped) for w, why in new.items()]
 
     def evaluate(self, step: int) -> dict:
         result = evaluate(self.model, self.run)
@@ -541,6 +558,8 @@ class Trainer:
                 PROGRESS.update(step=step, total=total, checkpoint=self.last_checkpoint)
                 record = self.step(step)
                 self.metrics.write(record)
+                for line in self.drops_to_tell(step):  # on the console and in rank0.log
+                    progress.say(line)
                 progress.step(step, record)
                 done = step + 1
                 if cfg.eval_freq and done % cfg.eval_freq == 0 and done < total:

@@ -1,8 +1,9 @@
 """`python -m byzshield.train`, except that worker rank FAULTY_RANK sends payloads of
 FAULTY_EXTRA values too many (or too few, if negative) while its header still announces
-the right length, or headers of the wrong length with FAULTY_MESSAGE=header, or (with
-vote=digest, FAULTY_MESSAGE=pulled) the negated gradients when pulled, after a header
-with the true digests: a test stand-in for a buggy or lying worker. Production code has no
+the right length, or headers of the wrong length with FAULTY_MESSAGE=header, or its
+payloads as float64 (the same values, twice the bytes) with FAULTY_MESSAGE=float64, or
+(with vote=digest, FAULTY_MESSAGE=pulled) the negated gradients when pulled, after a
+header with the true digests: a test stand-in for a buggy or lying worker. Production code has no
 such switch; this script patches :meth:`byzshield.comm.Comm.send_to_server` and runs
 the real entry point.
 
@@ -32,6 +33,9 @@ def send_to_server(self: Comm, tensor: torch.Tensor) -> None:
     if MESSAGE == "pulled":
         if self.rank == RANK and tensor.numel() > 1000:  # pulled gradients, not a header
             tensor = torch.cat([-tensor[:-1], torch.tensor([END])])
+    elif MESSAGE == "float64":
+        if self.rank == RANK and _sent[0] % 2 == 0:  # header, payload, ...
+            tensor = tensor.double()
     elif self.rank == RANK and (_sent[0] % 2 == 0) == PAYLOAD:  # header, payload, ...
         body = tensor[:-1]
         body = body[:EXTRA] if EXTRA < 0 else torch.cat([body, torch.zeros(EXTRA)])

@@ -42,8 +42,10 @@ slot = Slot(torch.empty(Slot.capacity(n)), n)
 for extra in extras:
     if comm.rank == 0:
         slot.arm()
-        comm.receive_from_workers([slot.buffer])
+        failure = comm.receive_each({0: slot.buffer}).get(0)
         try:
+            if failure is not None:
+                raise failure
             slot.check("rank 1 (worker 0)", "payload")
             print("accepted", flush=True)
         except ValueError as exc:
@@ -73,11 +75,12 @@ def _pair_env(rank: int, port: int, world: int = 2) -> dict:
 def test_a_pair_listens_on_loopback_and_names_each_message_of_the_wrong_length(tmp_path):
     """Two ranks started by hand (comm.init creates the store). gloo itself, measured
     with torch 2.14: a message shorter than the posted buffer is accepted silently, one
-    longer aborts the receiving process ("op.preamble.length <= op.nbytes"); the Slot's
-    slack turns both into a line naming the rank, and only an overrun beyond the slack
-    still aborts. Message boundaries survive: the message after a bad one reads intact."""
+    longer aborts the receiving process ("op.preamble.length <= op.nbytes"); the Slot,
+    twice the message and its END plus the slack, turns both into a line naming the rank
+    (the same values as float64 included: N + 1 values more), and only an overrun beyond
+    it still aborts. Message boundaries survive: the message after a bad one reads intact."""
     port = free_port()
-    extras = [0, -10, 0, 10, 0, SLACK, 0, -N, 0, SLACK + 100]
+    extras = [0, -10, 0, 10, 0, SLACK, 0, N + 1, 0, -N, 0, N + 1 + SLACK, 0, N + 2 + SLACK]
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", PAIR, str(tmp_path / "release"), str(N), *map(str, extras)],
@@ -100,11 +103,14 @@ def test_a_pair_listens_on_loopback_and_names_each_message_of_the_wrong_length(t
                 p.kill()
     assert f"127.0.0.1:{port}" in addresses  # rank 0's store, on the address it was given
     assert len(addresses) == 3 and only_loopback(addresses), addresses  # + one gloo per rank
-    short = f"rank 1 (worker 0) sent a payload shorter than the {N} values expected"
+    short = (
+        f"rank 1 (worker 0) sent a payload without the end marker after value {N}: shorter "
+        f"than the {N} values expected, or a wrong marker"
+    )
     long = f"rank 1 (worker 0) sent a payload longer than the {N} values expected"
-    verdicts = [line.split(" (no end marker")[0] for line in out.splitlines()]
+    verdicts = out.splitlines()
     ok = "accepted"
-    assert verdicts == [ok, short, ok, long, ok, long, ok, short, ok]
+    assert verdicts == [ok, short, ok, long, ok, long, ok, long, ok, short, ok, long, ok]
     assert procs[0].returncode == -signal.SIGABRT, err[-2000:]  # the overrun: inside gloo
     assert "Received data size doesn't match expected size" in err
 
@@ -113,19 +119,18 @@ def test_a_pair_listens_on_loopback_and_names_each_message_of_the_wrong_length(t
 # after DELAYS[w] seconds, or exits without sending when its delay is negative.
 ARRIVALS = r"""
 import sys, time, torch
-from byzshield.comm import RankFailure, init
+from byzshield.comm import init
 
 delays = [float(x) for x in sys.argv[1:]]
 comm = init(timeout=20)
 comm.broadcast(torch.zeros(1))
 if comm.rank == 0:
     buffers = [torch.zeros(1000) for _ in delays]
-    try:
-        for w in comm.receive_as_completed(buffers):
-            print("arrived", w, int(buffers[w][0]), flush=True)
-    except RankFailure as exc:
-        print("failure", exc.rank, exc, flush=True)
-        sys.exit(1)
+    for w, failure in comm.receive_as_completed(dict(enumerate(buffers))):
+        if failure is not None:
+            print("failure", failure.rank, failure, flush=True)
+            sys.exit(1)
+        print("arrived", w, int(buffers[w][0]), flush=True)
 else:
     delay = delays[comm.rank - 1]
     if delay < 0:
@@ -157,7 +162,9 @@ def test_receiving_as_completed_yields_workers_in_arrival_order():
             comm.broadcast(torch.zeros(1))
             if r == 0:
                 buffers = [torch.zeros(1000) for _ in delays]
-                arrived.extend((w, int(buffers[w][0])) for w in comm.receive_as_completed(buffers))
+                for w, failure in comm.receive_as_completed(dict(enumerate(buffers))):
+                    assert failure is None, failure
+                    arrived.append((w, int(buffers[w][0])))
             else:
                 time.sleep(delays[r - 1])
                 comm.send_to_server(torch.full((1000,), float(r)))
@@ -315,3 +322,32 @@ def test_multi_node_store_listens_on_the_master_address_only(tmp_path):
             node1.kill()
     assert proc.returncode == 0
     assert f"127.0.0.1:{port}" in addresses and only_loopback(addresses), addresses
+
+
+def test_torchruns_report_becomes_one_line_naming_the_rank_that_failed_first(tmp_path):
+    """The agent stops every rank with SIGTERM once one fails: the line names the one
+    that failed (killed, or exited with its own one-line error), not those it stopped."""
+    import json
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from byzshield.comm import failure_line
+
+    def failure(rank: int, exitcode: int, message: str | None = None) -> ProcessFailure:
+        path = "<N/A>"
+        if message is not None:
+            path = str(tmp_path / f"error{rank}.json")
+            Path(path).write_text(json.dumps({"message": message, "timestamp": 0}))
+        return ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=exitcode, error_file=path)
+
+    killed = ChildFailedError("byzshield.train", {0: failure(0, -15), 2: failure(2, -9)})
+    assert failure_line(killed, "runs/a/torchrun.log") == (
+        "torchrun: rank 2 was killed by SIGKILL; every rank was stopped (torchrun's report: "
+        "runs/a/torchrun.log)"
+    )
+    line = "error (rank 0): the parameter server refused: ..."
+    ours = ChildFailedError("byzshield.train", {1: failure(1, -15), 0: failure(0, 1, line)})
+    assert failure_line(ours, "r.log") == (
+        f"torchrun: rank 0 exited with code 1: {line}; every rank was stopped (torchrun's "
+        "report: r.log)"
+    )

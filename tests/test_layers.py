@@ -43,6 +43,7 @@ FRONT_ENDS = {
     "api",
     "runfolder",
     "comm",
+    "erasures",
 }
 """What sits above the core and the config: the loop, the engines, the command lines."""
 

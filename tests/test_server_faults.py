@@ -1,39 +1,52 @@
 """The parameter server against faulty workers, in one process: the torchrun engine's
-ranks as threads (tests/threaded.py) with one worker replaced by a faulty one. These are
-the server-logic halves of the real-process fault tests in test_train_distributed.py
-(which keep the process-level halves: torchrun's monitor, signals, exit codes)."""
+ranks as threads (tests/threaded.py) with some workers replaced by faulty ones. The table
+of single hostile workers is tests/test_hostile_workers.py; here, what follows from drops:
+lost files, a run that cannot go on, a sharded server's servers agreeing on whom they
+dropped, and a drop in the middle of the digest vote's pulls. The real-process halves
+(torchrun's monitor, signals, exit codes) are in test_train_distributed.py."""
 
 from __future__ import annotations
 
-import re
-import time
 from pathlib import Path
 
-import pytest
 import torch
+from conftest import read_metrics
+from test_hostile_workers import RUN, TIMEOUT
 from threaded import run_threaded
 
-from byzshield.comm import RankFailure
+from byzshield.engines.simulate import simulate
 from byzshield.protocol import END
 from byzshield.train import run_rank
+from byzshield.trainer import TrainingError
 
-TINY = ("approach=baseline", "approach.K=3", "batch_size=30", "mode=mean", "attack=none")
+
+def _params(folder: Path) -> dict:
+    last = sorted((folder / "checkpoints").glob("step_*.pt"))[-1]
+    return torch.load(last, weights_only=True)["model"]
 
 
-def _lying(message: str, extra: int):
-    """Worker 1: the real worker, except that its payloads (or headers) carry ``extra``
-    values too many or too few while the header still announces the right length."""
+def _same_params(a: Path, b: Path) -> bool:
+    pa, pb = _params(a), _params(b)
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def _faulty(*, at: int = 1, cut: tuple[int, ...] = (0,), mute: tuple[int, ...] = ()):
+    """A worker that, from step ``at`` on, cuts short every message with gradients it
+    sends to the servers ``cut`` (payloads; pulled gradients with vote=digest) and sends
+    nothing at all to the servers ``mute`` (a worker that answers one server only)."""
 
     def worker(comm, run):
-        send, sent = comm.send_to_server, [0]
+        send, steps = comm.send_to_server, [-1]
 
-        def send_to_server(tensor: torch.Tensor) -> None:
-            sent[0] += 1
-            if (sent[0] % 2 == 0) == (message == "payload"):  # header, payload, ...
-                body = tensor[:-1]
-                body = body[:extra] if extra < 0 else torch.cat([body, torch.zeros(extra)])
-                tensor = torch.cat([body, torch.tensor([END])])
-            send(tensor)
+        def send_to_server(tensor: torch.Tensor, server: int = 0) -> None:
+            header = tensor.numel() < 1000  # the rest carry gradients
+            if header and server == 0:
+                steps[0] += 1
+            if steps[0] >= at and server in mute:
+                return  # never sent: the server waits for it until its deadline
+            if steps[0] >= at and server in cut and not header:
+                tensor = torch.cat([tensor[:-11], torch.tensor([END])])
+            send(tensor, server)
 
         comm.send_to_server = send_to_server
         run_rank(comm, run, "torchrun", Path(), server_parts=False, log=False)
@@ -41,45 +54,86 @@ def _lying(message: str, extra: int):
     return worker
 
 
-@pytest.mark.parametrize(
-    ("message", "extra", "name"),
-    [("payload", -10, "payload"), ("payload", 10, "payload"), ("header", 10, "reply header")],
-)
-def test_a_reply_of_the_wrong_length_stops_the_server_naming_the_worker(
-    tmp_path, message, extra, name
+def test_a_file_whose_holders_are_dropped_is_lost_and_training_goes_on(tmp_path, capsys):
+    """Workers 0 and 1 hold file 0 with worker 2 (DETOX r = 3): once both are dropped the
+    one copy left cannot be a strict majority, so file 0 is lost (not aggregated) and
+    the run trains on file 1."""
+    faulty = {0: _faulty(), 1: _faulty()}
+    result, errors = run_threaded(RUN, tmp_path / "run", timeout=TIMEOUT, workers=faulty)
+    assert isinstance(result, dict) and not errors, (result, errors)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "is dropped" in ln]
+    assert len(said) == 2 and said[-1].endswith(
+        "its files vote among their other holders (1 of 2 files can still have a strict majority)"
+    ), said
+    steps, _ = read_metrics(tmp_path / "run")
+    assert [s["dropped_workers"] for s in steps] == [[], [0, 1], [0, 1], [0, 1]]
+    assert [s["non_strict_files"] for s in steps] == [0, 1, 1, 1]
+
+
+def test_so_many_dropped_workers_that_no_vote_can_be_trusted_stops_the_run_in_one_line(
+    tmp_path,
 ):
-    ovs = [*TINY, "max_steps=5", "eval_freq=0", "timeout=5"]
-    result, _ = run_threaded(ovs, tmp_path / "run", timeout=5, workers={1: _lying(message, extra)})
-    what = "shorter" if extra < 0 else "longer"
-    assert isinstance(result, Exception), result
-    assert re.fullmatch(
-        rf"rank 2 \(worker 1\) sent a {name} {what} than the (\d+) values "
-        r"expected( \(no end marker after value \1\))?",
-        str(result),
-    ), result
+    faulty = {w: _faulty() for w in (0, 1, 3, 4)}  # two of each file's three holders
+    result, _ = run_threaded(RUN, tmp_path / "run", timeout=TIMEOUT, workers=faulty)
+    assert isinstance(result, TrainingError), result
+    assert str(result) == (
+        "step 1: workers [0, 1, 3, 4] are dropped and no file keeps more than 3/2 of its 3 "
+        "holders, so no vote can be trusted; stopping. The last good checkpoint is none "
+        "written yet"
+    )
 
 
-def test_a_silent_worker_is_named_with_the_timeout(tmp_path):
-    def silent(comm, run):
-        comm.broadcast_text("")  # takes part in the start (status, folder), then is silent
-        comm.broadcast_text("")
-        time.sleep(3)
+def test_a_worker_that_answers_one_server_only_is_dropped_by_every_server_by_name(tmp_path, capsys):
+    """ps_shards=2: worker 1 sends server 0 its header and columns but server 1 nothing.
+    Server 1 drops it at its deadline and tells server 0, which names the worker (not
+    server 1) on the console; both vote without it, to the bits of a run without it."""
+    ovs = (*RUN, "ps_shards=2")
+    faulty = {1: _faulty(cut=(), mute=(1,))}
+    result, errors = run_threaded(ovs, tmp_path / "run", timeout=TIMEOUT, workers=faulty)
+    assert isinstance(result, dict) and not errors, (result, errors)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "is dropped" in ln]
+    assert said == [
+        f"step 1: rank 3 (worker 1) did not answer within {TIMEOUT} s (timeout) (seen by "
+        "parameter server rank 1); worker 1 is dropped for the rest of the run: its files "
+        "vote among their other holders (2 of 2 files can still have a strict majority)"
+    ]
+    steps, _ = read_metrics(tmp_path / "run")
+    assert [s["dropped_workers"] for s in steps] == [[], [1], [1], [1]]
+    simulate(list(RUN), tmp_path / "clean")
+    assert _same_params(tmp_path / "run", tmp_path / "clean")
 
-    ovs = [*TINY, "max_steps=5", "eval_freq=0", "timeout=2"]
-    t0 = time.monotonic()
-    result, _ = run_threaded(ovs, tmp_path / "run", timeout=2, workers={0: silent})
-    assert isinstance(result, RankFailure) and result.timed_out, result
-    assert str(result) == "rank 1 (worker 0) did not answer within 2 s (timeout)"
-    assert time.monotonic() - t0 < 30
+
+def test_a_worker_dropped_during_the_digest_votes_pulls_leaves_the_file_to_the_others(
+    tmp_path, capsys
+):
+    """vote=digest with digest_verify=majority: each file's second verified copy is
+    pulled from its second holder; worker 1 answers the pull with a short message, is
+    dropped in the middle of the vote, and the vote verifies file 0 on worker 2's copy."""
+    ovs = (*RUN, "vote=digest", "digest_verify=majority")
+    faulty = {1: _faulty()}
+    result, errors = run_threaded(ovs, tmp_path / "run", timeout=TIMEOUT, workers=faulty)
+    assert isinstance(result, dict) and not errors, (result, errors)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "is dropped" in ln]
+    assert len(said) == 1 and said[0].startswith(
+        "step 1: rank 2 (worker 1) sent a pulled gradients without the end marker"
+    ), said
+    steps, _ = read_metrics(tmp_path / "run")
+    assert all(s["all_strict"] and not s["digest_liars"] for s in steps)
+    simulate(list(RUN), tmp_path / "clean")
+    assert _same_params(tmp_path / "run", tmp_path / "clean")
 
 
-def test_a_worker_that_fails_is_named_as_failed_not_as_late(tmp_path):
-    def dies(comm, run):
-        comm.send_to_server = lambda tensor: (_ for _ in ()).throw(SystemExit(1))
-        run_rank(comm, run, "torchrun", Path(), server_parts=False, log=False)
-
-    ovs = [*TINY, "max_steps=5", "eval_freq=0", "timeout=5"]
-    result, _ = run_threaded(ovs, tmp_path / "run", timeout=5, workers={2: dies})
-    assert isinstance(result, RankFailure) and result.rank == 3, result
-    assert str(result).startswith("rank 3 (worker 2) failed or closed its connection: "), result
-    assert not result.timed_out
+def test_drops_that_leave_too_few_files_for_the_rule_say_so_and_mark_the_steps(tmp_path, capsys):
+    """DETOX K=9 r=3 (3 files) with coord-median at f=1 needs n > 2 files: once file 0
+    is lost, the 2 files left run the rule outside its guarantee, as stragglers would."""
+    ovs = (*RUN, "approach.K=9", "batch_size=90", "mode=coord-median", "aggregator_f=1")
+    faulty = {0: _faulty(), 1: _faulty()}
+    result, errors = run_threaded(ovs, tmp_path / "run", timeout=TIMEOUT, workers=faulty)
+    assert isinstance(result, dict) and not errors, (result, errors)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "is dropped" in ln]
+    assert said[-1].endswith(
+        "(2 of 3 files can still have a strict majority); 2 files are too few for the rule "
+        "with f=1: steps run outside its guarantee (outside_guarantee in metrics.jsonl)"
+    ), said
+    steps, _ = read_metrics(tmp_path / "run")
+    assert [s["outside_guarantee"] for s in steps] == [False, True, True, True]

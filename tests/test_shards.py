@@ -374,9 +374,9 @@ def test_a_sharded_torchrun_run_resumes_to_the_bits_of_an_uninterrupted_one(tmp_
 def test_a_split_vote_liar_over_torchrun_is_judged_as_one_server_judges_it(tmp_path, monkeypatch):
     """Worker 0 sends server 0 its honest columns and server 1 forged ones; every server
     sees the whole-vector forgery, as the simulate engine's servers and one server do."""
-    from byzshield.engines import torchrun
+    from byzshield.engines.torchrun import worker
 
-    honest_send = torchrun._ShardReplies.send
+    honest_send = worker._ShardReplies.send
 
     def lying_send(self, comm, payload, *, compute_s, losses):
         if comm.worker == 0:
@@ -385,7 +385,7 @@ def test_a_split_vote_liar_over_torchrun_is_judged_as_one_server_judges_it(tmp_p
             payload[:, lo:hi] *= -3
         honest_send(self, comm, payload, compute_s=compute_s, losses=losses)
 
-    monkeypatch.setattr(torchrun._ShardReplies, "send", lying_send)
+    monkeypatch.setattr(worker._ShardReplies, "send", lying_send)
     ovs = (*RAMA, "mode=coord-median", "attack=none", "adversary.q=0", "max_steps=2")
     torchrun_threads((*ovs, "ps_shards=2", "eval_freq=0"), tmp_path / "torchrun")
     # server 0 saw worker 0's columns agree: it learns the disagreement from server 1

@@ -41,6 +41,9 @@ def test_wrong_process_count_stops_with_one_line_naming_nproc_per_node(torchrun)
     # torchrun's own report ends with the root cause: the same line, not a traceback hint
     tail = [ln for ln in proc.stderr.strip().splitlines() if not set(ln) <= {"="}][-1]
     assert "run torchrun --nproc-per-node 10" in tail
+    # and lists rank 0 alone: the other ranks exit quietly (it used to list all ten)
+    assert "<NO_OTHER_FAILURES>" in proc.stderr, proc.stderr[-4000:]
+    assert not (proc.stdout + proc.stderr).count("Traceback") > 1  # torchrun's own only
 
 
 @pytest.mark.slow
@@ -204,65 +207,81 @@ class Run:
                 self.proc.kill()
 
 
-@pytest.mark.slow  # tests/test_server_faults.py has both faults in-process
-@pytest.mark.parametrize("fault", ["hang", "crash"])
-def test_a_hung_or_crashed_worker_stops_the_run_naming_its_rank(tmp_path, fault):
-    folder = tmp_path / f"fault-{fault}"
-    # timeout=15: under a loaded machine a 5 s timeout fired on healthy ranks (the server
-    # evaluates every 2 steps while the workers wait), which ended the run before it was hit
+DETOX = ("approach=draco_lite", "approach.K=6", "approach.r=3", "batch_size=60", "mode=mean")
+TINY = ("approach=baseline", "approach.K=3", "batch_size=30", "mode=mean", "attack=none")
+
+
+@pytest.mark.slow  # tests/test_hostile_workers.py has the late worker in-process
+def test_a_hung_worker_is_dropped_and_the_run_finishes(tmp_path):
+    """A worker stopped (SIGSTOP) is dropped at the server's deadline and the run goes on
+    to the end; once resumed, the stopped worker learns it was dropped and exits 0, so
+    torchrun succeeds: processes that hang are what the server can drop (a process that
+    dies is torchrun's agent's to see: it stops every rank)."""
+    folder = tmp_path / "run"
     run = Run(
-        torchrun_cmd(
-            10, f"train_dir={folder}", *RAMA, "max_steps=100000", "eval_freq=2", "timeout=15"
-        ),
+        torchrun_cmd(7, f"train_dir={folder}", *DETOX, "max_steps=40", "eval_freq=0", "timeout=10"),
         folder,
         tmp_path,
     )
     try:
-        pids = run.ranks(10)  # as soon as they exist: the pids outlive nothing we need
-        run.checkpoints(2)
-        assert all(_alive(p) for p in pids.values()), run.stderr()[-4000:]
-        os.kill(pids[4], signal.SIGSTOP if fault == "hang" else signal.SIGKILL)
-        t0 = time.monotonic()
-        if fault == "hang":
-            while time.monotonic() - t0 < 90 and _alive(pids[0]):  # server: 15 s timeout
-                time.sleep(0.2)
-            os.kill(pids[4], signal.SIGCONT)  # let torchrun's SIGTERM reach it
+        pids = run.ranks(7)
+        run.steps(2)
+        os.kill(pids[2], signal.SIGSTOP)  # worker 1
+        run.wait_for("the server's end", lambda: not _alive(pids[0]), 180)
+        os.kill(pids[2], signal.SIGCONT)
         code = run.finish(timeout=120)
-        elapsed = time.monotonic() - t0
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[2], signal.SIGCONT)
         if run.proc.poll() is None:
             run.proc.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pids[4], signal.SIGCONT)
-    err = run.stderr()
-    assert code != 0, err[-4000:]
-    assert elapsed < 60, err[-4000:]
-    ours = [ln for ln in err.splitlines() if ln.startswith("error (rank 0)")]
-    if fault == "hang":
-        assert ours == ["error (rank 0): rank 4 (worker 3) did not answer within 15 s (timeout)"]
-    else:  # the server names it, unless torchrun (0.1 s monitor) stopped the server first
-        assert ours or re.search(r"rank\s*: 4 ", err), err[-4000:]
-        assert all("rank 4 (worker 3) failed or closed its connection" in ln for ln in ours)
-    for line in ours:
-        assert line in (folder / "rank0.log").read_text()  # the error path is in the log too
-    last = sorted((folder / "checkpoints").glob("step_*.pt"))[-1]
-    state = torch.load(last, weights_only=True)  # the last checkpoint is intact
-    assert state["step"] >= 2
-
-
-TINY = ("approach=baseline", "approach.K=3", "batch_size=30", "mode=mean", "attack=none")
+    out, err = run.out.read_text(), run.stderr()
+    assert code == 0, err[-4000:]
+    dropped = [ln for ln in out.splitlines() if "is dropped" in ln]
+    assert len(dropped) == 1 and re.match(
+        r"step \d+: rank 2 \(worker 1\) did not answer within 10 s \(timeout\); worker 1 is "
+        r"dropped for the rest of the run",
+        dropped[0],
+    ), out[-4000:]
+    steps, _ = read_metrics(folder)
+    assert len(steps) == 40 and steps[-1]["dropped_workers"] == [1]
+    assert "did not answer within 10 s" in (folder / "rank0.log").read_text()
+    assert "the parameter server dropped this worker" in (folder / "rank2.log").read_text()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("message", "extra", "name"),
-    [("payload", -10, "payload"), ("payload", 10, "payload"), ("header", 10, "reply header")],
-)
-def test_a_worker_reply_of_the_wrong_length_stops_the_run_naming_its_rank(
-    tmp_path, message, extra, name
+def test_a_killed_worker_ends_the_launcher_run_with_one_line_naming_its_rank(tmp_path):
+    """torchrun's agent stops every rank when one dies; `python -m byzshield.train
+    engine=torchrun` ends with one line naming it, torchrun's report in the run folder."""
+    folder = tmp_path / "run"
+    cmd = [sys.executable, "-m", "byzshield.train", "engine=torchrun", f"train_dir={folder}"]
+    run = Run([*cmd, *TINY, "max_steps=100000", "eval_freq=0"], folder, tmp_path)
+    try:
+        pids = run.ranks(4)
+        run.steps(2)
+        os.kill(pids[2], signal.SIGKILL)
+        code = run.finish(timeout=120)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    err = run.stderr().strip().splitlines()
+    report = folder / "torchrun.log"
+    assert code == 1 and err == [
+        f"torchrun: rank 2 was killed by SIGKILL; every rank was stopped (torchrun's report: "
+        f"{report})"
+    ], err
+    assert "byzshield.train FAILED" in report.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("message", "extra"), [("payload", -10), ("header", 10), ("float64", 0)])
+def test_a_worker_reply_of_the_wrong_length_is_dropped_and_the_run_finishes(
+    tmp_path, message, extra
 ):
     """A payload's header announces the right length (a lying worker); gloo alone would
-    accept a short message with stale memory in the rest and abort the server on a long one."""
+    accept a short message with stale memory in the rest and abort the server on a long
+    one (float64: the same values, twice the bytes). The server drops the worker and
+    finishes; the dropped worker exits 0 when the server is gone."""
     folder = tmp_path / "run"
     cmd = torchrun_cmd(4, f"train_dir={folder}", *TINY, "max_steps=5", "eval_freq=0")
     script = str(Path(__file__).with_name("faulty_train.py"))
@@ -270,20 +289,18 @@ def test_a_worker_reply_of_the_wrong_length_stops_the_run_naming_its_rank(
         script
     ]
     faulty = {"FAULTY_RANK": "2", "FAULTY_EXTRA": str(extra), "FAULTY_MESSAGE": message}
-    t0 = time.monotonic()
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env={**run_env(), **faulty}
     )
-    what = "shorter" if extra < 0 else "longer"
-    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
-    assert proc.returncode != 0 and len(ours) == 1, proc.stderr[-4000:]
-    assert re.fullmatch(
-        rf"error \(rank 0\): rank 2 \(worker 1\) sent a {name} {what} than the (\d+) values "
-        r"expected( \(no end marker after value \1\))?",
-        ours[0],
-    ), ours
-    assert ours[0] in (folder / "rank0.log").read_text()
-    assert time.monotonic() - t0 < 120  # no timeout waited for: workers mid-send just exit
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    what = {"payload": "payload without the end marker", "header": "reply header longer"}
+    dropped = [ln for ln in proc.stdout.splitlines() if "is dropped" in ln]
+    assert len(dropped) == 1, proc.stdout[-4000:]
+    assert dropped[0].startswith(
+        f"step 0: rank 2 (worker 1) sent a {what.get(message, 'payload longer')}"
+    ), dropped
+    steps, _ = read_metrics(folder)
+    assert [s["dropped_workers"] for s in steps] == [[1]] * 5
     assert "SIGABRT" not in proc.stderr and "exitcode  : -6" not in proc.stderr
 
 
@@ -310,9 +327,9 @@ def test_a_hung_server_is_named_by_every_worker_with_the_timeout(tmp_path):
         run.finish()
     err = run.stderr()
     assert run.proc.returncode != 0 and elapsed < 30, err[-4000:]
-    for rank in (1, 2, 3):
-        line = f"error (rank {rank}): the parameter server (rank 0) did not answer within 5 s"
-        assert f"{line} (timeout)" in err, err[-4000:]  # on the console (torchrun's stderr)
+    for rank in (1, 2, 3):  # twice the timeout: the server may be waiting for a late worker
+        line = f"error (rank {rank}): the parameter server (rank 0) did not answer within 10 s"
+        assert f"{line} (2 x timeout)" in err, err[-4000:]  # on the console (torchrun's stderr)
         assert line in (folder / f"rank{rank}.log").read_text()
 
 

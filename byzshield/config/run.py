@@ -73,6 +73,18 @@ class Run:
 _BUILD_LOCK = threading.Lock()
 
 
+def check_world_size(placement: Placement, ps_shards: int, world_size: int) -> None:
+    """Refuse a process group of any size but K + ps_shards (one ConfigError line saying
+    what ``--nproc-per-node`` should be)."""
+    K, S = placement.num_workers, ps_shards
+    if world_size != K + S:
+        servers = "1 parameter server" if S == 1 else f"{S} parameter servers (ps_shards)"
+        raise ConfigError(
+            f"approach {placement.describe()} needs K+{S} = {K + S} processes ({servers} + "
+            f"{K} workers), but WORLD_SIZE is {world_size}: run torchrun --nproc-per-node {K + S}"
+        )
+
+
 def build_run(config: TrainConfig, *, server: bool = True, world_size: int | None = None) -> Run:
     """Build and cross-check everything a run needs (raises one-line ConfigErrors)."""
     from byzshield.data import DatasetNotFound
@@ -80,13 +92,8 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
     cfg = config
     p = cfg.approach.build()
     K, f = p.num_workers, p.num_files
-    S = cfg.ps_shards
-    if world_size is not None and world_size != K + S:
-        servers = "1 parameter server" if S == 1 else f"{S} parameter servers (ps_shards)"
-        raise ConfigError(
-            f"approach {p.describe()} needs K+{S} = {K + S} processes ({servers} + "
-            f"{K} workers), but WORLD_SIZE is {world_size}: run torchrun --nproc-per-node {K + S}"
-        )
+    if world_size is not None:
+        check_world_size(p, cfg.ps_shards, world_size)
     q = 0 if cfg.attack.honest else cfg.adversary.q
     if q > K:
         raise ConfigError(f"adversary.q must be an integer in 0..K={K}, got {q}")

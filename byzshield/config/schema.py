@@ -76,7 +76,7 @@ class TrainConfig:
     # owning a contiguous slice of the parameters and receiving only that slice of each
     # copy; they exchange vote classes and partial sums, never gradients (same bits as 1)
     ps_shards: int = 1
-    timeout: float = 300.0  # torchrun: seconds before a silent rank is declared dead
+    timeout: float = 300.0  # torchrun: seconds the server waits for a worker before dropping it
     checkpoint: bool = True  # write checkpoints/step_NNNNNN.pt at every evaluation
     bn_batches: int = 8  # training batches to recompute BatchNorm statistics on the PS
     eval_batch_size: int = 500
@@ -157,7 +157,7 @@ KEY_HELP: dict[str, str] = {
     "vote": "full (every copy, bit for bit) or digest (BLAKE3 digests, copies on demand)",
     "digest_verify": "vote=digest: first (one holder's copy checked) or majority",
     "ps_shards": "parameter-server shards S (ranks 0..S-1 under torchrun; vote=full)",
-    "timeout": "torchrun: seconds before a silent rank is declared dead (at most 1e9)",
+    "timeout": "torchrun: seconds the server waits for a worker before dropping it (at most 1e9)",
     "checkpoint": "write checkpoints/step_NNNNNN.pt at every evaluation",
     "bn_batches": "training batches BatchNorm statistics are recomputed on before evaluating",
     "eval_batch_size": "test samples per forward pass when evaluating",

@@ -62,6 +62,7 @@ class SimulateEngine:
         self.digests = run.config.vote == "digest"
         layout = ReplyLayout(p.load, d, digests=self.digests)
         self.bytes_in = p.num_workers * layout.nbytes()  # what the torchrun server receives
+        self.dropped: dict[int, str] = {}  # no worker is ever dropped in process
 
     def _gradients(self, files: list[int], step: int, *, flip: bool, out: torch.Tensor):
         """Gradients of ``files`` into ``out`` rows, split over the replicas; losses."""

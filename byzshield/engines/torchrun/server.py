@@ -1,68 +1,45 @@
-"""The torchrun engine: a parameter server on rank 0 and K worker processes over gloo.
-
-    torchrun --standalone --nproc-per-node 16 -m byzshield.train engine=torchrun
-
-Every step the server sends each worker a :class:`byzshield.protocol.Control` message and
-the flat parameters; worker w computes the gradients of ``placement.worker_files[w]``
-with :func:`byzshield.gradients.file_gradients`, Byzantine workers apply their attack
-(unless it is omniscient: the server simulates those, :mod:`byzshield.omniscient`), and
-each sends a :class:`byzshield.protocol.ReplyLayout` header and payload. The server receives
-every payload straight into one buffer, reused every step, which becomes the rows of the
-step's :class:`byzshield.step.Copies`: worker w's l rows and, after them, spare rows for
-its END marker and the slack that lets a message of the wrong length be named
-(:class:`byzshield.protocol.Slot`). Spare rows are never read and, never written,
-cost no memory. The copies are handed over while the payloads are still arriving: the
-robust update votes each file as soon as its last copy lands.
-
-With ``ps_shards=S`` ranks 0..S-1 are the servers of a sharded parameter server and ranks
-S..S+K-1 the workers (docs/shards.md). Rank 0 sends control and parameters, as before;
-each worker sends every server a header and that server's columns of its payload;
-servers 1..S-1 (:func:`run_shard_server`) run the robust update of their columns,
-exchanging vote classes and partial sums with the others (:class:`TorchrunPeers`), and
-send rank 0 their gradient slice (:class:`LeadUpdate` puts the step together).
-"""
+"""The server ranks of the torchrun engine: :class:`TorchrunEngine` (what every server
+receives from the workers, and the workers it drops), and with ``ps_shards=S`` the
+exchanges between the S servers (:class:`TorchrunPeers`), server 0's
+:class:`LeadUpdate` and servers 1..S-1's loop (:func:`run_shard_server`)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from byzshield.aggregators import ColumnShard
-from byzshield.attacks import attack_generator
 from byzshield.comm import Comm, RankFailure
 from byzshield.config import Run, add_server_parts
-from byzshield.digest import digest
-from byzshield.gradients import file_gradients, load_flat, num_params
-from byzshield.protocol import (
-    Control,
-    Pull,
-    ReplyLayout,
-    Slot,
-    control_size,
-    gradients_size,
-    pack_gradients,
-)
+from byzshield.erasures import erase, erasures, present_copies
+from byzshield.gradients import num_params
+from byzshield.protocol import Control, Pull, ReplyLayout, Slot, control_size, gradients_size
 from byzshield.shards import bytes_per_server, shard_bounds
 from byzshield.step import Copies, Outcome, RobustUpdate, copy_index, pushed_slots
-from byzshield.trainer import erasures, present_copies
 from byzshield.vote import Rows
 
-__all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server", "run_worker"]
+__all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server"]
 
 log = logging.getLogger("byzshield.engines.torchrun")
 
 
 class TorchrunEngine:
-    """The parameter server's side: send control and parameters, receive the replies."""
+    """The parameter server's side: send control and parameters, receive the replies.
+
+    A worker whose message is malformed (the wrong length, no end marker, a header that
+    announces another length), that fails or closes its connection, or that is not heard
+    from within ``timeout`` is **dropped** for the rest of the run (:attr:`dropped`):
+    never sent to or received from again, its copies erasures (``Copies.present``), so
+    its files vote among their other holders. With a sharded server every server ends
+    each step with the same dropped workers (:meth:`_agree`), so all decide the same bits.
+    """
 
     name = "torchrun"
 
@@ -76,6 +53,7 @@ class TorchrunEngine:
         self.d = d = hi - self.lo
         self.servers = run.config.ps_shards
         self.peers = range(1, self.servers) if server == 0 else range(0)
+        self.agreement = TorchrunPeers(comm, self.servers) if self.servers > 1 else None
         self.layout = ReplyLayout(p.load, d, digests=self.digests)
         self.pulling = False  # vote=digest: workers wait for Pull messages of this step
         n = self.layout.payload_size
@@ -95,6 +73,13 @@ class TorchrunEngine:
         self.push_slots = {w: self._slot(len(slots)) for w, slots in self.pushed.items()}
         self.pushed_rows = {w * self.stride + s for w, ss in self.pushed.items() for s in ss}
         self.idle = True  # every worker waits for a control message (none is mid-send)
+        self.dropped: dict[int, str] = {}  # worker -> why, in the order they were dropped
+        self.copies: Copies | None = None  # this step's, once made (a drop erases copies)
+
+    @property
+    def live(self) -> list[int]:
+        """The workers not dropped."""
+        return [w for w in range(self.K) if w not in self.dropped]
 
     def gather(self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]):
         t0 = time.perf_counter()
@@ -103,46 +88,94 @@ class TorchrunEngine:
         control = Control.for_step(step, self.K, byzantine).pack()
         for server in self.peers:  # servers 1..S-1 of a sharded server: the step starts
             self.comm.send_to_server(control, server)
-        self.comm.send_to_workers(control)
-        self.comm.send_to_workers(params)
+        self._drop_failed(self.comm.send_to_workers(control, self.live))
+        self._drop_failed(self.comm.send_to_workers(params, self.live))
         return self.collect(t0)
 
     def collect(self, t0: float):
-        """The step's replies (this server's columns of them): headers now, payloads as
-        they land (the copies' ``arrivals``); with the control and parameters sent at
-        ``t0`` (``time.perf_counter()``)."""
+        """The step's replies (this server's columns of them) from the workers not
+        dropped: headers now, payloads as they land (the copies' ``arrivals``); with the
+        control and parameters sent at ``t0`` (``time.perf_counter()``)."""
+        self.copies = None
         self._receive(self.headers, "reply header")
-        headers = [self.layout.unpack_header(slot.buffer) for slot in self.headers]
-        for w, header in enumerate(headers):
-            with _named(w, self.servers):
+        headers = {}
+        for w in self.live:
+            header = self.layout.unpack_header(self.headers[w].buffer)
+            try:
                 self.layout.check_header(header, _who(w, self.servers))
+            except ValueError as exc:
+                self._drop(w, str(exc))
+                continue
+            headers[w] = header
         if self.digests:  # the pushed copies now; the rest wait until the vote pulls them
             self.pulling = True
             self._receive_pushed()
         wait = time.perf_counter() - t0
-        reported = [h.compute_s for h in headers]
+        reported = [h.compute_s for w, h in headers.items() if w not in self.dropped]
         compute = max((c for c in reported if c == c), default=0.0)  # NaN-safe
         compute = min(max(compute, 0.0), wait)  # a worker's own figure, clamped to the wait
-        losses = torch.tensor([x for h in headers for x in h.losses], dtype=torch.float64)
+        nothing = (math.nan,) * self.load  # a dropped worker's: never read (erasures)
+        reported_losses = [headers[w].losses if w in headers else nothing for w in range(self.K)]
+        losses = torch.tensor([x for ls in reported_losses for x in ls], dtype=torch.float64)
         claims = None
         if self.digests:
             table = self.index.tolist()
             by_row = {
-                w * self.stride + i: g
-                for w, h in enumerate(headers)
-                for i, g in enumerate(h.digests)
+                w * self.stride + i: g for w, h in headers.items() for i, g in enumerate(h.digests)
             }
-            claims = [[by_row[r] for r in rs] for rs in table]
-        copies = Copies(
+            claims = [[by_row.get(r, b"") for r in rs] for rs in table]
+        self.copies = copies = Copies(
             Rows(self.rows),
             self.index,
             losses[self.loss_index],
+            present=present_copies(self.run, tuple(self.dropped)) if self.dropped else None,
             claims=claims,
             fetch=self._fetch if self.digests else None,
-            bytes_in=self.K * self.layout.nbytes(),
-            arrivals=None if self.digests else self._arrivals(),
+            bytes_in=len(headers) * self.layout.nbytes(),
         )
+        if not self.digests:
+            copies.arrivals = self._arrivals()
+        if self.agreement is not None:  # every server's copies in, then the same drops
+            for _ in copies.arrivals or ():
+                pass
+            copies.arrivals = None
+            self._agree()
         return copies, {"compute_s": compute, "communication_s": wait - compute}
+
+    def _drop(self, w: int, why: str) -> None:
+        """Drop worker w for the rest of the run: its copies of this step are erasures
+        from now on, and no message goes to or comes from it again."""
+        if w in self.dropped:
+            return
+        self.dropped[w] = why
+        log.warning("dropped worker %d for the rest of the run: %s", w, why)
+        self.comm.tell_dropped(w, why)
+        if self.copies is not None:
+            gone = present_copies(self.run, (w,))
+            present = self.copies.present
+            self.copies.present = gone if present is None else present & gone
+
+    def _drop_failed(self, failures: dict[int, RankFailure]) -> None:
+        for w, failure in failures.items():
+            self._drop(w, str(failure))
+
+    def _agree(self) -> None:
+        """ps_shards > 1: every server ends the step with the union of the workers the
+        servers dropped, so that every server votes on the same copies. The servers
+        exchange a mask of K bytes each step and, when they differ, why."""
+        mine = np.array([w in self.dropped for w in range(self.K)], dtype=bool)
+        masks = self.agreement.gather([mine])
+        union = np.logical_or.reduce(masks)
+        if all(np.array_equal(m, union) for m in masks):
+            return
+        news = {w: why for w, why in self.dropped.items() if not all(m[w] for m in masks)}
+        text = json.dumps({"server": self.comm.rank, "dropped": news})
+        notes = self.agreement.gather([np.frombuffer(_padded(text, self.K), dtype=np.uint8).copy()])
+        for note in notes:
+            told = json.loads(bytes(note).rstrip(b"\0").decode())
+            for w, why in told["dropped"].items():
+                if told["server"] != self.comm.rank:
+                    self._drop(int(w), f"{why} (seen by parameter server rank {told['server']})")
 
     def _slot(self, n: int) -> Slot:
         """A staging slot for a pushed or pulled message of n gradients."""
@@ -151,216 +184,124 @@ class TorchrunEngine:
 
     def _receive_into_rows(self, wanted: dict[int, list[int]], slots: dict[int, Slot], what):
         """Worker w's next message, its gradients of slots ``wanted[w]`` in slot order
-        and END, into the staging slot ``slots[w]`` (a wrong length names the rank),
-        then copied to their rows (row w * stride + s is worker w's s-th file)."""
+        and END, into the staging slot ``slots[w]`` (the worker is dropped if it fails
+        or the message is malformed), then copied to their rows (row w * stride + s is
+        worker w's s-th file)."""
         for slot in slots.values():
             slot.arm()
-        self.comm.receive_each({w: slot.buffer for w, slot in slots.items()})
+        failures = self.comm.receive_each({w: slot.buffer for w, slot in slots.items()})
         self.idle = True  # every worker waits for a pull or the end of the step
         for w, wanted_slots in wanted.items():
-            with _named(w, self.servers):
-                slots[w].check(_who(w, self.servers), what)
+            if not self._check(w, slots[w], what, failures.get(w)):
+                continue
             n = len(wanted_slots)
             got = slots[w].buffer[: gradients_size(n, self.d)].view(n, self.d)
             self.rows[[w * self.stride + s for s in wanted_slots]] = got
 
+    def _check(self, w: int, slot: Slot, what: str, failure: RankFailure | None) -> bool:
+        """Whether worker w's message landed in ``slot`` whole; else w is dropped."""
+        if failure is None:
+            try:
+                slot.check(_who(w, self.servers), what)
+                return True
+            except ValueError as exc:
+                failure = str(exc)
+        self._drop(w, str(failure))
+        return False
+
     def _receive_pushed(self) -> None:
-        """vote=digest: every worker's pushed gradients (its first-holder files) into
-        their rows."""
-        self._receive_into_rows(self.pushed, self.push_slots, "pushed gradients")
+        """vote=digest: every live worker's pushed gradients (its first-holder files)
+        into their rows."""
+        live = [w for w in self.pushed if w not in self.dropped]
+        wanted = {w: self.pushed[w] for w in live}
+        self._receive_into_rows(wanted, {w: self.push_slots[w] for w in live}, "pushed gradients")
 
     def _fetch(self, wire: list[tuple[int, int, int]]) -> None:
         """vote=digest: one round of pulls; each worker asked sends the requested
         gradients in slot order (:meth:`_receive_into_rows`). Rows pushed this step are
-        there already."""
-        wire = [item for item in wire if item[2] not in self.pushed_rows]
-        if not wire:
-            return
+        there already; a dropped worker is not asked (its copies are erasures: only a
+        simulated digest lie may point a Byzantine copy at one, which then reads what
+        that row held, never a buffer gloo may still write: pulls land in staging)."""
         wanted: dict[int, list[int]] = {}
         for _, _, row in wire:
             w, slot = divmod(row, self.stride)
+            if row in self.pushed_rows or w in self.dropped:
+                continue  # pushed this step; or an erasure, its row left as it is
             if slot not in wanted.setdefault(w, []):
                 wanted[w].append(slot)
+        if not wanted:
+            return
         for slots in wanted.values():
             slots.sort()
         self.idle = False
-        self.comm.send_each(
+        failures = self.comm.send_each(
             {
                 w: Pull(True, tuple(s in slots for s in range(self.load))).pack()
                 for w, slots in wanted.items()
             }
         )
+        self._drop_failed(failures)
+        wanted = {w: slots for w, slots in wanted.items() if w not in failures}
         staging = {w: self._slot(len(slots)) for w, slots in wanted.items()}
         self._receive_into_rows(wanted, staging, "pulled gradients")
 
     def _arrivals(self) -> Iterator[int]:
-        """The full vote: every worker's payload into its slot, yielding w as worker w's
-        lands and passes its check (a wrong length names the rank), in arrival order;
-        the robust update votes each file as its last copy lands."""
-        for slot in self.payloads:
+        """The full vote: every live worker's payload into its slot, yielding w as worker
+        w's lands and passes its check, in arrival order (a worker that fails or sends a
+        malformed payload is dropped and not yielded); the robust update votes each file
+        as its last copy lands."""
+        slots = {w: self.payloads[w] for w in self.live}
+        for slot in slots.values():
             slot.arm()
-        for w in self.comm.receive_as_completed([slot.buffer for slot in self.payloads]):
-            with _named(w, self.servers):
-                self.payloads[w].check(_who(w, self.servers), "payload")
-            yield w
+        for w, failure in self.comm.receive_as_completed({w: s.buffer for w, s in slots.items()}):
+            if self._check(w, slots[w], "payload", failure):
+                yield w
         self.idle = True  # after a step's last message every worker waits for the next
 
     def _end_pulls(self) -> None:
-        """vote=digest: tell every worker the last step needs nothing more."""
+        """vote=digest: tell every live worker the last step needs nothing more."""
         if self.pulling:
-            self.comm.send_to_workers(Pull(False, (False,) * self.load).pack())
+            end = Pull(False, (False,) * self.load).pack()
+            self._drop_failed(self.comm.send_to_workers(end, self.live))
             self.pulling = False
 
     def _receive(self, slots: list[Slot], what: str) -> None:
-        """Every worker's next message into its slot; a message of the wrong length is
-        refused naming its rank (see :class:`byzshield.protocol.Slot`)."""
-        for slot in slots:
-            slot.arm()
-        self.comm.receive_from_workers([slot.buffer for slot in slots])
-        for w, slot in enumerate(slots):
-            with _named(w, self.servers):
-                slot.check(_who(w, self.servers), what)
+        """Every live worker's next message into its slot; a worker that fails or sends
+        a message of the wrong length is dropped (:class:`byzshield.protocol.Slot`)."""
+        live = self.live
+        for w in live:
+            slots[w].arm()
+        failures = self.comm.receive_each({w: slots[w].buffer for w in live})
+        for w in live:
+            self._check(w, slots[w], what, failures.get(w))
 
     def close(self, step: int) -> None:
-        """Tell the workers to return (best effort: a dead worker must not hang us). After
-        a failed step some workers may be blocked sending to us: they cannot take the
-        message, and learn that the server is gone when its process exits."""
+        """Tell the live workers to return (best effort: a dead worker must not hang us;
+        a dropped one is not told). After a failed step some workers may be blocked
+        sending to us: they cannot take the message, and learn that the server is gone
+        when its process exits."""
         if self.idle:
             with contextlib.suppress(Exception):
                 self._end_pulls()
                 stop = Control.stop_message(step, self.K).pack()
                 for server in self.peers:
                     self.comm.send_to_server(stop, server)
-                self.comm.send_to_workers(stop)
+                self.comm.send_to_workers(stop, self.live)
 
 
 def _who(w: int, servers: int = 1) -> str:
     return f"rank {w + servers} (worker {w})"
 
 
-@contextlib.contextmanager
-def _named(w: int, servers: int = 1) -> Iterator[None]:
-    """Turn a refused message of worker ``w`` into a RankFailure naming its rank."""
-    try:
-        yield
-    except ValueError as exc:
-        raise RankFailure(w + servers, str(exc)) from None
-
-
-def run_worker(comm: Comm, run: Run) -> None:
-    """Serve steps until the server says stop (worker index = rank - 1)."""
-    cfg, p = run.config, run.placement
-    w = comm.worker
-    files = p.worker_files[w]
-    model = run.build_model()
-    d = num_params(model)
-    digests = cfg.vote == "digest"
-    layout = ReplyLayout(p.load, d, digests=digests)
-    slices = _ShardReplies(p.load, d, cfg.ps_shards)  # ps_shards > 1: a slice per server
-    control = torch.zeros(control_size(p.num_workers), dtype=torch.int64)
-    pull = torch.zeros(Pull.size(p.load), dtype=torch.int64)
-    params = torch.empty(d)
-    reply = layout.payload_message()
-    payload = layout.payload(reply)  # the gradients, written in place
-    header = torch.empty(layout.header_size + 1)  # + END
-    attack = run.attack  # None for omniscient attacks: the server simulates them
-    pushed = pushed_slots(p, w) if digests else []
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="digest") if digests else None
-    push = torch.empty(gradients_size(len(pushed), d) + 1)  # the pushed gradients, END; reused
-    while True:
-        comm.receive_from_server(control)
-        message = Control.unpack(control)
-        if message.stop:
-            log.info("stop after %d steps", message.step)
-            if hasher is not None:
-                hasher.shutdown()
-            return
-        comm.receive_from_server(params)
-        load_flat(model, params)
-        step, byzantine = message.step, message.byzantine[w]
-        t0 = time.perf_counter()
-        hashing: list = []  # vote=digest: each file hashed on a thread once it is final
-        forged = byzantine and attack is not None
-        on_file = None
-        if digests and not forged:
-            on_file = functools.partial(_hash_row, hasher, payload, hashing)
-        _, losses = file_gradients(
-            model,
-            run.train_data,
-            files,
-            seed=cfg.seed,
-            step=step,
-            batch_size=cfg.batch_size,
-            num_files=p.num_files,
-            flip=byzantine and attack is not None and attack.flips_labels,
-            out=payload,
-            batched=run.batched_files,
-            on_file=on_file,
-        )
-        if forged:
-            for i, j in enumerate(files):
-                payload[i] = attack(payload[i], generator=attack_generator(cfg.seed, step, j))
-        if not digests:
-            sums = ()
-        elif hashing:
-            sums = [h.result() for h in hashing]
-        else:
-            sums = [digest(g) for g in payload]
-        compute_s = time.perf_counter() - t0
-        if slices.servers > 1:  # a header and its columns of the payload to each server
-            slices.send(comm, payload, compute_s=compute_s, losses=losses)
-        else:
-            layout.pack_header(compute_s=compute_s, losses=losses, digests=sums, out=header)
-            comm.send_to_server(header)
-            if not digests:
-                comm.send_to_server(reply)
-            elif pushed:
-                comm.send_to_server(pack_gradients(payload, pushed, push))
-        while digests:  # the server pulls some of the gradients, then ends the step
-            comm.receive_from_server(pull)
-            request = Pull.unpack(pull)
-            if not request.more:
-                break
-            chosen = [i for i, wanted in enumerate(request.files) if wanted]
-            comm.send_to_server(pack_gradients(payload, chosen))
-        if step % 50 == 0:
-            log.info(
-                "step %d sent %d file gradients%s",
-                step,
-                len(files),
-                " (Byzantine)" if byzantine else "",
-            )
-
-
-def _hash_row(hasher: ThreadPoolExecutor, payload: torch.Tensor, out: list, i: int) -> None:
-    """Start hashing row i of the payload on the digest thread (its future into out)."""
-    out.append(hasher.submit(digest, payload[i]))
+def _padded(text: str, K: int) -> bytes:
+    """``text`` in a message of K * 512 bytes (zero padded), as every server sends."""
+    raw = text.encode()[: K * 512]
+    return raw + bytes(K * 512 - len(raw))
 
 
 # --------------------------------------------------------------------------------------
 # A sharded parameter server (ps_shards = S): servers 0..S-1, workers S..S+K-1
 # --------------------------------------------------------------------------------------
-
-
-class _ShardReplies:
-    """A worker's replies to a sharded server: every server gets the reply header and
-    its columns of the payload (:class:`ReplyLayout` at its width), sent in server
-    order. One server: nothing to do here (the unsharded path sends the reply)."""
-
-    def __init__(self, load: int, d: int, servers: int):
-        self.servers = servers
-        bounds = shard_bounds(d, servers) if servers > 1 else []
-        self.parts = [(lo, hi, ReplyLayout(load, hi - lo)) for lo, hi in bounds]
-        self.messages = [layout.payload_message() for _, _, layout in self.parts]
-        self.header = torch.empty(ReplyLayout(load, d).header_size + 1)  # + END; reused
-
-    def send(self, comm: Comm, payload: torch.Tensor, *, compute_s: float, losses) -> None:
-        for server, (lo, hi, layout) in enumerate(self.parts):
-            message = self.messages[server]
-            layout.payload(message).copy_(payload[:, lo:hi])
-            layout.pack_header(compute_s=compute_s, losses=losses, digests=(), out=self.header)
-            comm.send_to_server(self.header, server)
-            comm.send_to_server(message, server)
 
 
 class TorchrunPeers:
@@ -562,9 +503,7 @@ def run_shard_server(comm: Comm, run: Run) -> None:
         step = message.step
         byzantine = tuple(w for w, bad in enumerate(message.byzantine) if bad)
         copies, _ = engine.collect(time.perf_counter())
-        missing = erasures(run, step)
-        if missing:
-            copies.present = present_copies(run, missing)
+        erase(copies, run, erasures(run, step))
         sent = peers.sent
         outcome = update(copies, byzantine, step)
         state = update.state_dict()

@@ -1,4 +1,5 @@
-"""The only module that talks to torch.distributed (gloo).
+"""The only package that talks to torch.distributed (gloo): this module, the process
+group, and :mod:`byzshield.comm.launch`, torchrun with its stores bound.
 
 Rank 0 is the parameter server, ranks 1..K the workers. Every step the server sends a
 small control vector and the flat parameters to each worker and receives one flat
@@ -9,6 +10,28 @@ servers and ranks S..S+K-1 the workers: rank 0 still sends control and parameter
 server receives its slice of every reply, and the servers exchange small messages
 (:meth:`Comm.send_to_server`, :meth:`Comm.receive_from_server` with a server rank).
 
+A server's exchanges with the workers (:meth:`Comm.send_each`, :meth:`Comm.receive_each`,
+:meth:`Comm.receive_as_completed`) never raise for a worker: they return each worker
+that failed, with a :class:`RankFailure`, and the server drops it
+(:mod:`byzshield.engines.torchrun`). What gloo allows, measured with torch 2.14's gloo:
+
+- a worker that crashes or closes its connection fails its own operations only: the
+  other ranks' connections go on;
+- gloo's own timeout is fatal to everyone: a receive that times out in gloo closes the
+  connection to every rank. So a server never lets gloo time an operation out: each
+  is waited for, without a limit, on a thread of its worker's, and the server stops
+  waiting at ``timeout``. An operation abandoned so stays posted: gloo may still write
+  a late message into its buffer, so it is kept (:attr:`Comm.abandoned`) and its buffer
+  is never read or given to anyone else (the engine keeps every worker's buffers to
+  itself);
+- a message shorter than the posted buffer is accepted, one longer aborts the receiving
+  process: see :class:`byzshield.protocol.Slot`.
+
+A worker, or another server, waits up to twice ``timeout`` for a server, which may be
+waiting ``timeout`` for a late worker before it answers. A worker the server dropped
+learns it from the rendezvous store (:meth:`Comm.dropped_note`) when its own wait ends,
+and returns quietly.
+
 With no WORLD_SIZE in the environment, :func:`init` returns a single-process
 :class:`Comm` whose collectives are no-ops, so server and worker code can be called and
 tested in one process.
@@ -16,24 +39,23 @@ tested in one process.
 What listens on the network: gloo's one socket per rank, on the interface named by
 ``GLOO_SOCKET_IFNAME`` (:func:`init` sets it to the loopback interface when every rank
 is on this machine; otherwise gloo uses the address the hostname resolves to), and the
-rendezvous stores (unauthenticated TCP key-value stores). torchrun's own stores listen
-on every interface whatever address they are given; ``python -m byzshield.comm`` is
-torchrun with each store bound to the IP address it is given, and 127.0.0.1 for a
-single-node run (:func:`torchrun`)::
+rendezvous stores, bound where they are told by :mod:`byzshield.comm.launch`
+(``python -m byzshield.comm``, torchrun with its stores bound, and its failures said in
+one line)::
 
     python -m byzshield.comm --standalone --nproc-per-node 16 -m byzshield.train
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import re
 import socket
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -41,7 +63,17 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["Comm", "RankFailure", "init", "torchrun"]
+from byzshield.comm.launch import REPORT_ENV, _tcp_store, failure_line, torchrun
+
+__all__ = ["REPORT_ENV", "Comm", "RankFailure", "failure_line", "init", "torchrun"]
+
+
+_TWICE = "2 x timeout"
+_FOREVER = timedelta(seconds=4e9)
+"""What a server passes to gloo as an operation's timeout: never reached (gloo's timeout
+would close every connection); the server's own deadline is ``timeout``. About 127
+years: beyond the longest ``timeout`` (1e9 s) and twice it (a wait for a server), and
+within gloo's clock (nanoseconds in 64 bits: about 292 years)."""
 
 
 class RankFailure(RuntimeError):
@@ -64,6 +96,8 @@ class Comm:
     group: object = None  # the gloo process group (a torch ProcessGroup or Backend)
     owns_default: bool = False  # init() made torch.distributed's default group
     num_servers: int = 1  # ranks 0..num_servers-1 are the (sharded) parameter server
+    store: object = None  # the rendezvous store (a dropped worker's note is left there)
+    abandoned: list = field(default_factory=list, repr=False, compare=False)
     _waiters: _Waiters | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -81,7 +115,12 @@ class Comm:
         have joined."""
         group = dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout))
         return cls(
-            rank=rank, world_size=world_size, timeout=timeout, group=group, num_servers=num_servers
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
+            group=group,
+            num_servers=num_servers,
+            store=store,
         )
 
     @property
@@ -126,12 +165,18 @@ class Comm:
         self.broadcast(data)
         return bytes(data.tolist()).rstrip(b"\0").decode()
 
-    def send_to_workers(self, tensor: torch.Tensor) -> None:
-        """Rank 0: send ``tensor`` to every worker, naming any that does not take it."""
-        if not self.distributed:
-            return
-        ranks = list(range(self.num_servers, self.world_size))
-        self._wait_each([self._send(tensor, r) for r in ranks], ranks)
+    @property
+    def server_timeout(self) -> float:
+        """How long a worker or another server waits for a server: twice ``timeout``
+        (the server may itself be waiting ``timeout`` for a late worker)."""
+        return 2 * self.timeout
+
+    def send_to_workers(
+        self, tensor: torch.Tensor, workers: Sequence[int]
+    ) -> dict[int, RankFailure]:
+        """A server: send ``tensor`` to each of ``workers``; those that did not take it
+        (:meth:`send_each`)."""
+        return self.send_each({w: tensor for w in workers})
 
     def receive_from_server(self, tensor: torch.Tensor, server: int = 0) -> None:
         """Fill ``tensor`` with rank 0's next message to this rank (or server
@@ -141,7 +186,7 @@ class Comm:
         try:
             self._wait(self._recv(tensor, server))
         except RuntimeError as exc:
-            raise _server_failure(exc, self.timeout, server) from None
+            raise _server_failure(exc, self.server_timeout, server, _TWICE) from None
 
     def send_to_server(self, tensor: torch.Tensor, server: int = 0) -> None:
         """A message to rank 0 (or to server ``server`` of a sharded parameter server,
@@ -151,63 +196,50 @@ class Comm:
         try:
             self._wait(self._send(tensor, server))
         except RuntimeError as exc:
-            raise _server_failure(exc, self.timeout, server) from None
+            raise _server_failure(exc, self.server_timeout, server, _TWICE) from None
 
-    def receive_from_workers(self, buffers) -> None:
-        """Rank 0: fill ``buffers[w]`` (a tensor's rows, or a list of tensors) with worker
-        rank w+1's next message, naming any worker that fails."""
+    def receive_as_completed(
+        self, buffers: dict[int, torch.Tensor]
+    ) -> Iterator[tuple[int, RankFailure | None]]:
+        """A server: receive worker w's next message into ``buffers[w]`` for every w, all
+        posted at once under one deadline; yields (w, None) as each lands, in arrival
+        order, so that the server can work on what arrived while the rest is on the
+        wire, and (w, failure) for a worker that failed or was not heard from within
+        ``timeout`` (:meth:`_settle`). Consume it to the end."""
         if not self.distributed:
+            yield from ((w, None) for w in buffers)
             return
-        ranks = [self.worker_rank(w) for w in range(len(buffers))]
-        self._wait_each([self._recv(buffers[w], r) for w, r in enumerate(ranks)], ranks)
+        yield from self._settle({w: self._post(self._recv, t, w) for w, t in buffers.items()})
 
-    def receive_as_completed(self, buffers) -> Iterator[int]:
-        """Rank 0: as :meth:`receive_from_workers`, yielding each worker index w as its
-        message lands in ``buffers[w]``, in arrival order, so that the server can work
-        on what arrived while the rest is on the wire. Every receive is posted at once
-        under one deadline; a worker that fails or stays silent is named when its turn
-        comes. Consume it to the end (a gloo receive cannot be polled: one waiting
-        thread per worker hands each arrival over)."""
+    def send_each(self, messages: dict[int, torch.Tensor]) -> dict[int, RankFailure]:
+        """A server: send ``messages[w]`` to worker w, under one deadline; the workers
+        that did not take theirs, each with its failure."""
         if not self.distributed:
-            yield from range(len(buffers))
-            return
-        works = [self._recv(buffers[w], self.worker_rank(w)) for w in range(len(buffers))]
-        deadline = time.monotonic() + self.timeout
-        arrived: queue.SimpleQueue = queue.SimpleQueue()
+            return {}
+        works = {w: self._post(self._send, t, w) for w, t in messages.items()}
+        return {w: failure for w, failure in self._settle(works) if failure is not None}
 
-        def wait(w: int) -> None:
-            try:
-                left = max(0.001, deadline - time.monotonic())
-                ok = works[w].wait(timedelta(seconds=left))
-                arrived.put((w, None if ok is not False else TimeoutError("timed out")))
-            except Exception as exc:  # noqa: BLE001 - every failure reaches the server thread
-                arrived.put((w, exc))
+    def receive_each(self, buffers: dict[int, torch.Tensor]) -> dict[int, RankFailure]:
+        """A server: fill ``buffers[w]`` with worker w's next message, under one deadline;
+        the workers that failed, each with its failure."""
+        return {w: failure for w, failure in self.receive_as_completed(buffers) if failure}
 
-        if self._waiters is None:
-            self._waiters = _Waiters()
-        for w in range(len(works)):
-            self._waiters.run(w, wait, w)
-        for _ in works:
-            w, exc = arrived.get()
-            if exc is not None:
-                raise _worker_failure(self.worker_rank(w), exc, self.timeout, w)
-            yield w
+    def tell_dropped(self, w: int, why: str) -> None:
+        """A server: leave worker w a note that it was dropped (best effort)."""
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.set(_dropped_key(self.worker_rank(w)), why)
 
-    def send_each(self, messages: dict[int, torch.Tensor]) -> None:
-        """Rank 0: send ``messages[w]`` to worker w only."""
-        if not self.distributed:
-            return
-        ranks = [self.worker_rank(w) for w in messages]
-        works = [self._send(t, r) for r, t in zip(ranks, messages.values(), strict=True)]
-        self._wait_each(works, ranks)
-
-    def receive_each(self, buffers: dict[int, torch.Tensor]) -> None:
-        """Rank 0: fill ``buffers[w]`` with worker w's next message."""
-        if not self.distributed:
-            return
-        ranks = [self.worker_rank(w) for w in buffers]
-        works = [self._recv(t, r) for r, t in zip(ranks, buffers.values(), strict=True)]
-        self._wait_each(works, ranks)
+    def dropped_note(self) -> str | None:
+        """A worker: why a server dropped it, or None (not dropped, or no store left to
+        ask)."""
+        key = _dropped_key(self.rank)
+        try:
+            if self.store is None or not self.store.check([key]):
+                return None
+            return self.store.get(key).decode(errors="replace")
+        except Exception:  # noqa: BLE001 - the store went with the server: no note
+            return None
 
     def _send(self, tensor: torch.Tensor, rank: int):
         return self.group.send([tensor], rank, 0)
@@ -215,24 +247,53 @@ class Comm:
     def _recv(self, tensor: torch.Tensor, rank: int):
         return self.group.recv([tensor], rank, 0)
 
-    def _wait(self, work) -> None:
-        """Wait for one operation; a timeout raises (gloo's own error names it)."""
-        if work.wait(timedelta(seconds=self.timeout)) is False:
-            raise RuntimeError(f"timed out after {self.timeout:g} s")
+    def _post(self, op, tensor: torch.Tensor, w: int):
+        """Post ``op`` (``_send`` or ``_recv``) with worker w: its work, or the error gloo
+        raised at once (a connection already closed)."""
+        try:
+            return op(tensor, self.worker_rank(w)), tensor
+        except RuntimeError as exc:
+            return exc
 
-    def _wait_each(self, works: list, ranks: list[int]) -> None:
-        """Wait for per-worker operations (works[i] is rank ``ranks[i]``'s) under one
-        deadline."""
+    def _wait(self, work) -> None:
+        """Wait for one operation with a server (twice ``timeout``); a timeout raises
+        (gloo's own error names it)."""
+        if work.wait(timedelta(seconds=self.server_timeout)) is False:
+            raise RuntimeError(f"timed out after {self.server_timeout:g} s")
+
+    def _settle(self, posted: dict) -> Iterator[tuple[int, RankFailure | None]]:
+        """Each of a server's operations with the workers (``posted[w]``: worker w's
+        (work, tensor), or the error posting it raised) as it completes, in completion
+        order: (w, None), or (w, failure). One deadline, ``timeout`` from now; gloo is
+        never allowed to time out (it would close every connection): each operation is
+        waited for without a limit on worker w's own thread, and one not done by the
+        deadline is abandoned, kept in :attr:`abandoned` with its tensor (gloo may
+        still write into it), and named as timed out."""
         deadline = time.monotonic() + self.timeout
-        for work, rank in zip(works, ranks, strict=True):
-            w = rank - self.num_servers
-            left = max(0.001, deadline - time.monotonic())
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        if self._waiters is None:
+            self._waiters = _Waiters()
+        pending = {}
+        for w, item in posted.items():
+            if isinstance(item, BaseException):
+                yield w, _worker_failure(self.worker_rank(w), item, self.timeout, w)
+            else:
+                pending[w] = item
+                self._waiters.run(w, _complete, item[0], w, done)
+        while pending:
             try:
-                ok = work.wait(timedelta(seconds=left))
-            except RuntimeError as exc:
-                raise _worker_failure(rank, exc, self.timeout, w) from None
-            if ok is False:
-                raise _worker_failure(rank, TimeoutError("timed out"), self.timeout, w)
+                w, exc = done.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                for w in sorted(pending):
+                    self.abandoned.append(pending[w])
+                    late = TimeoutError("timed out")
+                    yield w, _worker_failure(self.worker_rank(w), late, self.timeout, w)
+                return
+            del pending[w]
+            yield (
+                w,
+                None if exc is None else _worker_failure(self.worker_rank(w), exc, self.timeout, w),
+            )
 
     def close(self) -> None:
         if self.owns_default and dist.is_initialized():
@@ -262,8 +323,26 @@ def _serve(inbox: queue.SimpleQueue) -> None:
         job(*args)
 
 
+def _complete(work, w: int, done: queue.SimpleQueue) -> None:
+    """Wait for ``work`` without a limit and put (w, None or its error) in ``done``."""
+    try:
+        work.wait(_FOREVER)
+        done.put((w, None))
+    except Exception as exc:  # noqa: BLE001 - every failure reaches the server thread
+        done.put((w, exc))
+
+
+def _dropped_key(rank: int) -> str:
+    return f"byzshield/dropped/{rank}"
+
+
 def _short(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    """The gist of an error: its first sentence, without gloo's ``[file:line]`` prefix."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])
+    return text.split(". ")[0][:200]
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -292,12 +371,15 @@ def _worker_failure(rank: int, exc: BaseException, timeout: float, w: int) -> Ra
     return RankFailure(rank, f"{who} failed or closed its connection: {_short(exc)}")
 
 
-def _server_failure(exc: BaseException, timeout: float, rank: int = 0) -> RankFailure:
-    """What a worker says when a server fails: a hung server is named by no one else."""
+def _server_failure(
+    exc: BaseException, seconds: float, rank: int = 0, limit: str = "timeout"
+) -> RankFailure:
+    """What a worker says when a server fails: a hung server is named by no one else.
+    ``limit`` says what ``seconds`` is."""
     who = "the parameter server (rank 0)" if rank == 0 else f"parameter server rank {rank}"
     if _timed_out(exc):
         return RankFailure(
-            rank, f"{who} did not answer within {timeout:g} s (timeout)", timed_out=True
+            rank, f"{who} did not answer within {seconds:g} s ({limit})", timed_out=True
         )
     lost = "the parameter server (rank 0)" if rank == 0 else f"parameter server rank {rank}"
     return RankFailure(rank, f"lost {lost}: {_short(exc)}")
@@ -349,130 +431,10 @@ def init(*, timeout: float, job: int = 0, num_servers: int = 1) -> Comm:
         group=group,
         owns_default=True,
         num_servers=num_servers,
+        store=prefixed,
     )
 
 
 def _loopback_interface() -> str | None:
     names = [name for _, name in socket.if_nameindex()]
     return "lo" if "lo" in names else next((n for n in names if n.startswith("lo")), None)
-
-
-def _tcp_store(
-    host_name: str,
-    port: int,
-    world_size: int | None = None,
-    is_master: bool = False,
-    timeout: timedelta = timedelta(seconds=300),
-    wait_for_workers: bool = True,
-    multi_tenant: bool = False,
-    master_listen_fd: int | None = None,
-    use_libuv: bool = True,
-) -> dist.TCPStore:
-    """``dist.TCPStore`` (same arguments), except that a server given an IP address
-    listens on that address only; TCPStore's own server listens on every interface
-    (0.0.0.0 and ::). A host name is left to TCPStore: it may resolve to a different
-    address here (e.g. 127.0.1.1) than on the nodes that connect to it."""
-    if is_master and master_listen_fd is None and _is_ip(host_name):
-        listener = _listen(host_name, port)
-        port = listener.getsockname()[1]
-        master_listen_fd = listener.detach()  # the store's server owns it from here
-    return dist.TCPStore(
-        host_name,
-        port,
-        world_size,
-        is_master,
-        timeout,
-        wait_for_workers,
-        multi_tenant,
-        master_listen_fd,
-        use_libuv,
-    )
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        return False
-    return True
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket listening on ``host``:``port`` (RuntimeError, like TCPStore's, if not)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(socket.SOMAXCONN)
-    except OSError as exc:
-        sock.close()
-        raise RuntimeError(f"cannot listen on {host}:{port}: {exc}") from None
-    return sock
-
-
-def _shared_store_server(_handler, master_addr: str, master_port: int) -> dist.TCPStore:
-    return _tcp_store(master_addr, master_port, is_master=True, multi_tenant=True)
-
-
-def torchrun(argv: Sequence[str]) -> None:
-    """torchrun (``torch.distributed.run``, same arguments) whose rendezvous stores,
-    given an IP address (the rendezvous endpoint, ``--master-addr``, ``--local-addr``),
-    listen on that address only. A single-node run (``--standalone``, or no rendezvous
-    arguments) uses 127.0.0.1 throughout: nothing listens beyond loopback."""
-    from torch.distributed import run
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import record
-    from torch.distributed.elastic.rendezvous import (
-        c10d_rendezvous_backend,
-        dynamic_rendezvous,
-        static_tcp_rendezvous,
-    )
-
-    args = run.parse_args(list(argv))
-    _check_ports(args)
-    # The three places torchrun's agent creates a store server (read in torch 2.14).
-    handler = dynamic_rendezvous.DynamicRendezvousHandler
-    for owner, name in (
-        (c10d_rendezvous_backend, "TCPStore"),
-        (static_tcp_rendezvous, "TCPStore"),
-        (handler, "_create_tcp_store_server"),
-    ):
-        if not hasattr(owner, name):
-            raise RuntimeError(
-                f"torch {torch.__version__} has no {owner.__name__}.{name}: byzshield.comm "
-                "cannot bind torchrun's stores; use torchrun itself (stores on every interface)"
-            )
-    c10d_rendezvous_backend.TCPStore = _tcp_store
-    static_tcp_rendezvous.TCPStore = _tcp_store
-    handler._create_tcp_store_server = _shared_store_server
-    one_node = args.rdzv_backend == "static" and not args.rdzv_endpoint
-    one_node = one_node and args.master_port is None
-    if args.standalone or (one_node and run.parse_min_max_nnodes(args.nnodes)[1] == 1):
-        # what torchrun does for these, with 127.0.0.1 in place of localhost and the FQDN
-        args.standalone = False
-        args.rdzv_backend, args.rdzv_endpoint = "c10d", "127.0.0.1:0"
-        args.rdzv_id = str(uuid.uuid4())
-        args.local_addr = args.local_addr or "127.0.0.1"
-    try:
-        record(run.run)(args)
-    except SignalException as exc:  # the agent has stopped every rank: one line, no traceback
-        print(f"torchrun: stopped by {exc.sigval.name}; every rank has exited", file=sys.stderr)
-        sys.exit(128 + exc.sigval)
-
-
-def _check_ports(args) -> None:
-    """``--master-port`` must be a TCP port (1..65535) and the port of
-    ``--rdzv-endpoint`` one or 0 (any free port, one node): one line and exit 2, not
-    torch's traceback."""
-    ports = [("--master-port", args.master_port, 1)]
-    endpoint = args.rdzv_endpoint or ""
-    if ":" in endpoint and not endpoint.endswith("]"):  # host:port, [v6]:port
-        ports.append(("--rdzv-endpoint", endpoint.rpartition(":")[2], 0))
-    for flag, port, low in ports:
-        if port is not None and not (str(port).isdigit() and low <= int(port) <= 65535):
-            print(f"error: {flag} needs a TCP port in {low}..65535, got {port}", file=sys.stderr)
-            sys.exit(2)
-
-
-if __name__ == "__main__":
-    torchrun(sys.argv[1:])

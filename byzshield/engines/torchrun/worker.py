@@ -1,0 +1,154 @@
+"""The worker ranks of the torchrun engine: serve steps until the server says stop
+(:func:`run_worker`): compute the held files' gradients, attack them when Byzantine, and
+send the reply (to every server of a sharded server, :class:`_ShardReplies`)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from byzshield.attacks import attack_generator
+from byzshield.comm import Comm, RankFailure
+from byzshield.config import Run
+from byzshield.digest import digest
+from byzshield.gradients import file_gradients, load_flat, num_params
+from byzshield.protocol import (
+    Control,
+    Pull,
+    ReplyLayout,
+    control_size,
+    gradients_size,
+    pack_gradients,
+)
+from byzshield.shards import shard_bounds
+from byzshield.step import pushed_slots
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger("byzshield.engines.torchrun")
+
+
+def run_worker(comm: Comm, run: Run) -> None:
+    """Serve steps until the server says stop (worker index = rank - 1). A worker the
+    server dropped returns when its wait for the server ends, saying why in its log."""
+    try:
+        _serve_steps(comm, run)
+    except RankFailure:
+        note = comm.dropped_note()
+        if note is None:
+            raise
+        log.warning("the parameter server dropped this worker: %s", note)
+
+
+def _serve_steps(comm: Comm, run: Run) -> None:
+    cfg, p = run.config, run.placement
+    w = comm.worker
+    files = p.worker_files[w]
+    model = run.build_model()
+    d = num_params(model)
+    digests = cfg.vote == "digest"
+    layout = ReplyLayout(p.load, d, digests=digests)
+    slices = _ShardReplies(p.load, d, cfg.ps_shards)  # ps_shards > 1: a slice per server
+    control = torch.zeros(control_size(p.num_workers), dtype=torch.int64)
+    pull = torch.zeros(Pull.size(p.load), dtype=torch.int64)
+    params = torch.empty(d)
+    reply = layout.payload_message()
+    payload = layout.payload(reply)  # the gradients, written in place
+    header = torch.empty(layout.header_size + 1)  # + END
+    attack = run.attack  # None for omniscient attacks: the server simulates them
+    pushed = pushed_slots(p, w) if digests else []
+    hasher = ThreadPoolExecutor(1, thread_name_prefix="digest") if digests else None
+    push = torch.empty(gradients_size(len(pushed), d) + 1)  # the pushed gradients, END; reused
+    while True:
+        comm.receive_from_server(control)
+        message = Control.unpack(control)
+        if message.stop:
+            log.info("stop after %d steps", message.step)
+            if hasher is not None:
+                hasher.shutdown()
+            return
+        comm.receive_from_server(params)
+        load_flat(model, params)
+        step, byzantine = message.step, message.byzantine[w]
+        t0 = time.perf_counter()
+        hashing: list = []  # vote=digest: each file hashed on a thread once it is final
+        forged = byzantine and attack is not None
+        on_file = None
+        if digests and not forged:
+            on_file = functools.partial(_hash_row, hasher, payload, hashing)
+        _, losses = file_gradients(
+            model,
+            run.train_data,
+            files,
+            seed=cfg.seed,
+            step=step,
+            batch_size=cfg.batch_size,
+            num_files=p.num_files,
+            flip=byzantine and attack is not None and attack.flips_labels,
+            out=payload,
+            batched=run.batched_files,
+            on_file=on_file,
+        )
+        if forged:
+            for i, j in enumerate(files):
+                payload[i] = attack(payload[i], generator=attack_generator(cfg.seed, step, j))
+        if not digests:
+            sums = ()
+        elif hashing:
+            sums = [h.result() for h in hashing]
+        else:
+            sums = [digest(g) for g in payload]
+        compute_s = time.perf_counter() - t0
+        if slices.servers > 1:  # a header and its columns of the payload to each server
+            slices.send(comm, payload, compute_s=compute_s, losses=losses)
+        else:
+            layout.pack_header(compute_s=compute_s, losses=losses, digests=sums, out=header)
+            comm.send_to_server(header)
+            if not digests:
+                comm.send_to_server(reply)
+            elif pushed:
+                comm.send_to_server(pack_gradients(payload, pushed, push))
+        while digests:  # the server pulls some of the gradients, then ends the step
+            comm.receive_from_server(pull)
+            request = Pull.unpack(pull)
+            if not request.more:
+                break
+            chosen = [i for i, wanted in enumerate(request.files) if wanted]
+            comm.send_to_server(pack_gradients(payload, chosen))
+        if step % 50 == 0:
+            log.info(
+                "step %d sent %d file gradients%s",
+                step,
+                len(files),
+                " (Byzantine)" if byzantine else "",
+            )
+
+
+def _hash_row(hasher: ThreadPoolExecutor, payload: torch.Tensor, out: list, i: int) -> None:
+    """Start hashing row i of the payload on the digest thread (its future into out)."""
+    out.append(hasher.submit(digest, payload[i]))
+
+
+class _ShardReplies:
+    """A worker's replies to a sharded server: every server gets the reply header and
+    its columns of the payload (:class:`ReplyLayout` at its width), sent in server
+    order. One server: nothing to do here (the unsharded path sends the reply)."""
+
+    def __init__(self, load: int, d: int, servers: int):
+        self.servers = servers
+        bounds = shard_bounds(d, servers) if servers > 1 else []
+        self.parts = [(lo, hi, ReplyLayout(load, hi - lo)) for lo, hi in bounds]
+        self.messages = [layout.payload_message() for _, _, layout in self.parts]
+        self.header = torch.empty(ReplyLayout(load, d).header_size + 1)  # + END; reused
+
+    def send(self, comm: Comm, payload: torch.Tensor, *, compute_s: float, losses) -> None:
+        for server, (lo, hi, layout) in enumerate(self.parts):
+            message = self.messages[server]
+            layout.payload(message).copy_(payload[:, lo:hi])
+            layout.pack_header(compute_s=compute_s, losses=losses, digests=(), out=self.header)
+            comm.send_to_server(self.header, server)
+            comm.send_to_server(message, server)
