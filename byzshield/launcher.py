@@ -339,7 +339,7 @@ def launch_torchrun(world_size: int) -> int:
         f"train_dir={hc.runtime.output_dir}",
     ]
     print(
-        f"launching {world_size} processes: torchrun --standalone --nproc-per-node "
+        f"launching {world_size} processes: python -m byzshield.comm --standalone --nproc-per-node "
         f"{world_size} -m byzshield.train {' '.join(overrides)} "
         f"train_dir={hc.runtime.output_dir}",
         flush=True,
