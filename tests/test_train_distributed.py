@@ -41,8 +41,12 @@ def test_wrong_process_count_stops_with_one_line_naming_nproc_per_node(torchrun)
     # torchrun's own report ends with the root cause: the same line, not a traceback hint
     tail = [ln for ln in proc.stderr.strip().splitlines() if not set(ln) <= {"="}][-1]
     assert "run torchrun --nproc-per-node 10" in tail
-    # and lists rank 0 alone: the other ranks exit quietly (it used to list all ten)
-    assert "<NO_OTHER_FAILURES>" in proc.stderr, proc.stderr[-4000:]
+    # and lists rank 0 as the only rank that failed by itself: the others exit quietly (it
+    # used to list all ten). On a loaded machine a rank still importing when rank 0 ends
+    # is stopped by torchrun and listed with SIGTERM, which is torchrun's doing, not a failure.
+    others = proc.stderr.split("Root Cause")[0]
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", others)
+    assert "<NO_OTHER_FAILURES>" in others or set(codes) == {"-15"}, proc.stderr[-4000:]
     assert not (proc.stdout + proc.stderr).count("Traceback") > 1  # torchrun's own only
 
 
