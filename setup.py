@@ -25,7 +25,7 @@ setup(
     packages=[*find_packages(include=["byzshield", "byzshield.*", "launch"]), "byzshield.conf"],
     package_dir={"byzshield": "byzshield", "byzshield.conf": "conf", "launch": "launch"},
     package_data={
-        "byzshield": ["data/*"],
+        "byzshield": ["compute/assets/*"],
         "byzshield.conf": ["*.yaml", "*/*.yaml", "*/*/*.yaml"],
     },
     include_package_data=True,
@@ -56,7 +56,7 @@ setup(
         "console_scripts": [
             "byzshield-train=byzshield.train:cli",
             "byzshield-report=byzshield.report:cli",
-            "byzshield-placement=byzshield.placement_cli:main",
+            "byzshield-placement=byzshield.placement:main",
         ]
     },
 )

@@ -15,7 +15,7 @@ import runpy
 
 import torch
 
-from byzshield import data
+from byzshield.compute import datasets as data
 
 
 def _random_images(shape):

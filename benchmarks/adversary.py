@@ -23,8 +23,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from byzshield.adversary import worst_case_table  # noqa: E402
-from byzshield.placement import mols, rama_two  # noqa: E402
+from byzshield.design.placements import mols, rama_two  # noqa: E402
+from byzshield.design.search import worst_case_table  # noqa: E402
 
 
 def enumerate_q(inc: np.ndarray, t: int, q: int, limit: int | None = None) -> tuple[int, int]:

@@ -8,8 +8,8 @@ A MOLS l=5 r=3 worker (K = 15) holds 5 files of b/25 samples; a DETOX worker (K 
 r = 3) one file of b/5. Same samples per worker, five small passes against one. Timed in
 one process with one intra-op thread (a worker's), in alternating order, medians:
 
-- ``per file``: :func:`byzshield.gradients.file_gradients` one pass per file;
-- ``batched``: the same call with ``batched=True`` (:mod:`byzshield.batched`: the cnn1d
+- ``per file``: :func:`byzshield.compute.gradients.file_gradients` one pass per file;
+- ``batched``: the same call with ``batched=True`` (:mod:`byzshield.compute.batched`: the cnn1d
   kernel, LeNet's dense pass, torch.func vmap for BatchNorm networks);
 - ``DETOX``: ``file_gradients`` on one file of b/5 samples, as a DETOX worker runs it
   (with ``batched`` as the network's ``NetworkInfo.batched_files`` says).
@@ -28,10 +28,10 @@ import time
 
 import torch
 
-from byzshield.data import ImageDataset, load_dataset
-from byzshield.gradients import file_gradients
-from byzshield.networks import NETWORKS, build_network, use_kernels
-from byzshield.placement import mols
+from byzshield.compute.datasets import ImageDataset, load_dataset
+from byzshield.compute.gradients import file_gradients
+from byzshield.compute.networks import NETWORKS, build_network, use_kernels
+from byzshield.design.placements import mols
 
 
 def _random_cifar() -> ImageDataset:

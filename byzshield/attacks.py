@@ -102,7 +102,7 @@ def attack_generator(seed: int, step: int, file: int) -> torch.Generator:
     Seeded from (seed, step, file) only, so all Byzantine copies of a file agree (they
     collude), both engines draw the same numbers, and a rerun reproduces them.
     """
-    from byzshield.data import derive_seed
+    from byzshield.compute.datasets import derive_seed
 
     return torch.Generator().manual_seed(derive_seed("attack", seed, step, file))
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from byzshield.data import DatasetNotFound, load_dataset
-from byzshield.networks import build_network
-from byzshield.runfolder import checkpoint_problem
-from byzshield.trainer import score_test_set
+from byzshield.compute.datasets import DatasetNotFound, load_dataset
+from byzshield.compute.networks import build_network
+from byzshield.training.loop import score_test_set
+from byzshield.training.runfolder import checkpoint_problem
 
 
 def checkpoints(path: Path) -> list[Path]:
@@ -42,7 +42,7 @@ KEYS = ("step", "model", "network", "dataset", "num_classes")
 def evaluate_checkpoint(path: Path, *, data_root: str | None = None, batch_size: int = 500) -> dict:
     """{"step", "top1", "top5", "test_loss"} of one checkpoint on its test set; a file
     that is no byzshield checkpoint, or one that resuming would not trust
-    (:func:`byzshield.runfolder.checkpoint_problem`: its step, its model's keys and
+    (:func:`byzshield.training.runfolder.checkpoint_problem`: its step, its model's keys and
     shapes, non-finite values), raises ValueError naming it."""
     try:
         # tensors and plain values only: a crafted file cannot run code here

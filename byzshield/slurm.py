@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _submit(args, overrides: list[str]) -> int:
-    from byzshield.launcher import check_train_dir
-    from byzshield.overrides import UsageError, compose
+    from byzshield.cli.launcher import check_train_dir
+    from byzshield.config.overrides import UsageError, compose
 
     if args.nodes is None:
         return _fail("give --nodes N (the tasks the run's ranks are spread over)")
@@ -306,7 +306,7 @@ def rendezvous_address(node_addr: str, peers: list[str]) -> str:
     """The IP address node 0's rendezvous store listens on, and the other nodes connect
     to: ``node_addr`` (Slurm's NodeAddr of the first node) when it is an IP address,
     else the address it resolves to (IPv4 first). A store given a host name would
-    listen on every interface (see :mod:`byzshield.comm`).
+    listen on every interface (see :mod:`byzshield.engines.torchrun.comm`).
 
     A name that resolves to a loopback address (Debian's ``/etc/hosts`` maps a machine's
     own name to 127.0.1.1) is kept when the allocation has no other host (``peers``

@@ -22,7 +22,7 @@ from pathlib import Path
 def _interrupted_while_starting(signum, frame) -> None:
     line = "interrupted during start-up; nothing was trained"
     try:  # where train_dir stands, when it already holds checkpoints (torch-free)
-        from byzshield.runfolder import interrupted_start_line
+        from byzshield.training.runfolder import interrupted_start_line
 
         line = interrupted_start_line()
     except Exception:  # noqa: BLE001, S110 - caught mid-import: the plain line
@@ -38,11 +38,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from byzshield.comm import RankFailure, init
-from byzshield.config import add_server_parts, build_run, load_config, register_schema
-from byzshield.engines import build_engine, lockstep
-from byzshield.engines.torchrun import LeadUpdate, run_shard_server, run_worker
-from byzshield.launcher import (
+from byzshield.cli.launcher import (
     drop_empty_job_log,
     entry_point,
     fail,
@@ -50,9 +46,13 @@ from byzshield.launcher import (
     launch_torchrun,
     log_to_folder,
 )
-from byzshield.networks import use_kernels
-from byzshield.runfolder import PROGRESS, FolderInUse, RunFileError, prepare, release
-from byzshield.trainer import Trainer, TrainingError, announce
+from byzshield.compute.networks import use_kernels
+from byzshield.config import add_server_parts, build_run, load_config, register_schema
+from byzshield.engines import build_engine, lockstep
+from byzshield.engines.torchrun import LeadUpdate, run_shard_server, run_worker
+from byzshield.engines.torchrun.comm import RankFailure, init
+from byzshield.training.loop import Trainer, TrainingError, announce
+from byzshield.training.runfolder import PROGRESS, FolderInUse, RunFileError, prepare, release
 
 UNDER_TORCHRUN = "WORLD_SIZE" in os.environ
 register_schema()
@@ -107,7 +107,7 @@ def run_rank(comm, run, engine: str, output: Path, *, server_parts: bool, log: b
     server stops it and returns None.
     ``server_parts``: the server builds the Byzantine selection and the rule here (under
     torchrun, build_run left them out). Tests call it for ranks running as threads
-    (:meth:`byzshield.comm.Comm.local_group`)."""
+    (:meth:`byzshield.engines.torchrun.comm.Comm.local_group`)."""
     config = run.config
     status, folder, resume = "", output, None
     if comm.is_server:

@@ -4,7 +4,8 @@ the right length, or headers of the wrong length with FAULTY_MESSAGE=header, or 
 payloads as float64 (the same values, twice the bytes) with FAULTY_MESSAGE=float64, or
 (with vote=digest, FAULTY_MESSAGE=pulled) the negated gradients when pulled, after a
 header with the true digests: a test stand-in for a buggy or lying worker. Production code has no
-such switch; this script patches :meth:`byzshield.comm.Comm.send_to_server` and runs
+such switch; this script patches
+:meth:`byzshield.engines.torchrun.comm.Comm.send_to_server` and runs
 the real entry point.
 
     FAULTY_RANK=2 FAULTY_EXTRA=-10 torchrun --standalone --nproc-per-node 4 \\
@@ -18,8 +19,8 @@ import runpy
 
 import torch
 
-from byzshield.comm import Comm
-from byzshield.protocol import END
+from byzshield.engines.torchrun.comm import Comm
+from byzshield.server.wire import END
 
 RANK, EXTRA = int(os.environ["FAULTY_RANK"]), int(os.environ.get("FAULTY_EXTRA", "0"))
 MESSAGE = os.environ.get("FAULTY_MESSAGE", "payload")

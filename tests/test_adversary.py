@@ -6,7 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from byzshield.adversary import (
+from byzshield.design.placements import Placement, baseline, detox, mols, rama_one, rama_two
+from byzshield.design.search import (
     branch_and_bound,
     detox_selection,
     distorted_files,
@@ -16,7 +17,6 @@ from byzshield.adversary import (
     worst_case,
     worst_case_table,
 )
-from byzshield.placement import Placement, baseline, detox, mols, rama_one, rama_two
 
 
 def brute_force(p: Placement, q: int) -> int:
@@ -191,7 +191,7 @@ def test_random_selection_is_seeded_and_per_step():
 
 
 def test_uncertified_rows_report_a_set_between_greedy_and_the_exact_value():
-    from byzshield.adversary import _greedy
+    from byzshield.design.search import _greedy
 
     exact = [r.c_max for r in worst_case_table(mols(7, 5), 11)]
     bare = Placement("custom", mols(7, 5).worker_files, 49)
@@ -203,7 +203,7 @@ def test_uncertified_rows_report_a_set_between_greedy_and_the_exact_value():
 
 
 def test_local_search_finds_the_exact_worst_case_on_all_but_one_q_of_mols_7_5():
-    from byzshield.adversary import _local_search
+    from byzshield.design.search import _local_search
 
     exact = [r.c_max for r in worst_case_table(mols(7, 5), 13)]
     bare = Placement("custom", mols(7, 5).worker_files, 49)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from byzshield.batched import BatchedGradients
-from byzshield.data import file_batches, load_dataset, step_files
-from byzshield.gradients import file_gradients, flat_params
-from byzshield.networks import build_network
+from byzshield.compute.batched import BatchedGradients
+from byzshield.compute.datasets import file_batches, load_dataset, step_files
+from byzshield.compute.gradients import file_gradients, flat_params
+from byzshield.compute.networks import build_network
 
 
 def _model(name: str, seed: int, data):

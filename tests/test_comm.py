@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port, run_env
 
-from byzshield.protocol import SLACK
+from byzshield.server.wire import SLACK
 
 needs_ss = pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
 
@@ -28,8 +28,8 @@ needs_ss = pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (ipro
 PAIR = r"""
 import sys, time, torch
 from pathlib import Path
-from byzshield.comm import init
-from byzshield.protocol import END, Slot
+from byzshield.engines.torchrun.comm import init
+from byzshield.server.wire import END, Slot
 
 release, n, extras = Path(sys.argv[1]), int(sys.argv[2]), [int(x) for x in sys.argv[3:]]
 comm = init(timeout=60)
@@ -119,7 +119,7 @@ def test_a_pair_listens_on_loopback_and_names_each_message_of_the_wrong_length(t
 # after DELAYS[w] seconds, or exits without sending when its delay is negative.
 ARRIVALS = r"""
 import sys, time, torch
-from byzshield.comm import init
+from byzshield.engines.torchrun.comm import init
 
 delays = [float(x) for x in sys.argv[1:]]
 comm = init(timeout=20)
@@ -149,7 +149,7 @@ def test_receiving_as_completed_yields_workers_in_arrival_order():
     import torch
     import torch.distributed as dist
 
-    from byzshield.comm import Comm
+    from byzshield.engines.torchrun.comm import Comm
 
     delays = [1.5, 0.0, 0.7]
     store = dist.HashStore()
@@ -331,7 +331,7 @@ def test_torchruns_report_becomes_one_line_naming_the_rank_that_failed_first(tmp
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from byzshield.comm import failure_line
+    from byzshield.engines.torchrun.comm import failure_line
 
     def failure(rank: int, exitcode: int, message: str | None = None) -> ProcessFailure:
         path = "<N/A>"

@@ -296,7 +296,7 @@ def test_added_keys_and_float32_overflow_are_refused_in_one_line(overrides, mess
     ],
 )
 def test_a_train_dir_that_cannot_be_a_run_folder_is_one_line(path, message):
-    from byzshield.launcher import check_train_dir
+    from byzshield.cli.launcher import check_train_dir
 
     with pytest.raises(ValueError, match=message):
         check_train_dir(path)
@@ -318,7 +318,7 @@ def test_every_key_has_help_and_a_row_in_the_configuration_key_table():
 
 
 def test_help_lists_options_without_schemas_and_every_key(capsys):
-    from byzshield.launcher import train_help
+    from byzshield.cli.launcher import train_help
 
     text = train_help()
     assert "_schema" not in text

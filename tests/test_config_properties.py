@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from byzshield.config import ConfigError, build_run
-from byzshield.overrides import UsageError, compose_config
+from byzshield.config.overrides import UsageError, compose_config
 
 APPROACHES = {
     "mols": {"l": st.sampled_from([2, 3, 4, 5, 6, 7, 9, 10]), "r": st.integers(-1, 8)},

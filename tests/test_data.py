@@ -1,6 +1,6 @@
-"""byzshield.data: the embedded digits and MNIST-1D, torchvision datasets read from small
-files in their real on-disk formats, and the (seed, step, file) -> samples map every replica
-must share."""
+"""byzshield.compute.datasets: the embedded digits and MNIST-1D, torchvision datasets read
+from small files in their real on-disk formats, and the (seed, step, file) -> samples map
+every replica must share."""
 
 import gzip
 import hashlib
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torchvision import datasets as tv
 
-from byzshield.data import (
+from byzshield.compute.datasets import (
     DATASETS,
     DIGITS_NUM_TEST,
     MNIST1D_FILE,
@@ -74,7 +74,7 @@ def test_digits_loads_offline_with_all_1797_samples():
 
 
 def test_digits_split_partitions_the_shipped_file():
-    source = resources.files("byzshield").joinpath("data").joinpath("digits.csv.gz")
+    source = resources.files("byzshield.compute").joinpath("assets").joinpath("digits.csv.gz")
     with source.open("rb") as raw, gzip.open(raw, "rt") as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.int64)
     assert table.shape == (1797, 65)
@@ -86,7 +86,7 @@ def test_digits_split_partitions_the_shipped_file():
 
 
 def test_digits_attribution_ships_next_to_the_data():
-    text = resources.files("byzshield").joinpath("data").joinpath("README.md").read_text()
+    text = resources.files("byzshield.compute").joinpath("assets").joinpath("README.md").read_text()
     for needle in ("UCI", "Alpaydin", "Kaynak", "CC BY 4.0", "scikit-learn"):
         assert needle in text
 
@@ -123,7 +123,7 @@ def _mnist1d(train: bool) -> ImageDataset:
 
 
 def _shipped_mnist1d() -> dict[str, np.ndarray]:
-    source = resources.files("byzshield").joinpath("data").joinpath(MNIST1D_FILE)
+    source = resources.files("byzshield.compute").joinpath("assets").joinpath(MNIST1D_FILE)
     with source.open("rb") as raw, np.load(raw, allow_pickle=False) as arrays:
         return {key: arrays[key] for key in arrays.files}
 
@@ -166,10 +166,12 @@ def test_mnist1d_batches_are_the_stored_standardised_values_unchanged():
 
 
 def test_mnist1d_attribution_and_checksum_ship_next_to_the_data():
-    text = resources.files("byzshield").joinpath("data").joinpath("README.md").read_text()
+    text = resources.files("byzshield.compute").joinpath("assets").joinpath("README.md").read_text()
     for needle in ("MNIST-1D", "Greydanus", "Kobak", "Apache License 2.0", "0.0.2.post1"):
         assert needle in text
-    data = resources.files("byzshield").joinpath("data").joinpath(MNIST1D_FILE).read_bytes()
+    data = (
+        resources.files("byzshield.compute").joinpath("assets").joinpath(MNIST1D_FILE).read_bytes()
+    )
     assert hashlib.sha256(data).hexdigest() in text
     assert f"{len(data):,} bytes" in text
 
@@ -384,7 +386,7 @@ def test_file_batch_is_identical_in_another_process():
     code = textwrap.dedent(
         """
         import hashlib, torch
-        from byzshield.data import ImageDataset, file_batch
+        from byzshield.compute.datasets import ImageDataset, file_batch
         gen = torch.Generator().manual_seed(0)
         data = ImageDataset(
             name="cifar-like",

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from byzshield.digest import DIGEST_VALUES, digest, pack_digests, unpack_digests
 from byzshield.engines.simulate import simulate
-from byzshield.protocol import Pull, ReplyLayout
+from byzshield.server.digest import DIGEST_VALUES, digest, pack_digests, unpack_digests
+from byzshield.server.wire import Pull, ReplyLayout
 
 DESIGNS = {
     "mols": ("approach=mols", "approach.l=4", "approach.r=3", "batch_size=96"),
@@ -69,7 +69,7 @@ def test_the_bytes_follow_the_wire_format(tmp_path):
     layout_full = full[0]["bytes_received"] // 12  # one reply: 4 * (header + 1 + 4d + 1)
     header = 2 + 4 + DIGEST_VALUES * 4
     d = (layout_full // 4 - (2 + 4 + 1) - 1) // 4
-    from byzshield.placement import mols
+    from byzshield.design.placements import mols
 
     p = mols(4, 3)
     firsts: dict[int, int] = {}
@@ -156,7 +156,7 @@ def _three_files():
 
 
 def test_the_digest_vote_pulls_only_what_verifies_a_winner_and_names_a_liar():
-    from byzshield.vote import digest_vote
+    from byzshield.server.vote import digest_vote
 
     claims, holders, known, x = _three_files()
     rounds = []
@@ -172,7 +172,7 @@ def test_the_digest_vote_pulls_only_what_verifies_a_winner_and_names_a_liar():
 
 
 def test_the_digest_vote_verifying_a_majority_pulls_every_copy_of_an_undecided_file():
-    from byzshield.vote import digest_vote
+    from byzshield.server.vote import digest_vote
 
     claims, holders, known, _ = _three_files()
     rounds = []
@@ -191,8 +191,8 @@ def test_the_digest_vote_verifying_a_majority_pulls_every_copy_of_an_undecided_f
 def _claimed_copies(placement, truth, byz=(), scale=-5.0):
     """Copies as torchrun delivers them to the digest vote: every row's digest claimed
     (Byzantine rows scaled by ``scale``), and a fetch that records each round."""
-    from byzshield.step import Copies, copy_index
-    from byzshield.vote import Rows
+    from byzshield.server.update import Copies, copy_index
+    from byzshield.server.vote import Rows
 
     K, l = placement.num_workers, placement.load
     rows = torch.empty(K * l, truth.shape[1])
@@ -215,8 +215,8 @@ def _claimed_copies(placement, truth, byz=(), scale=-5.0):
 def test_the_first_holders_copies_ride_with_the_digests_so_an_honest_step_pulls_nothing():
     from byzshield.attacks import make_attack
     from byzshield.config import MeanMode
-    from byzshield.placement import mols
-    from byzshield.step import RobustUpdate, copy_index, pushed_slots
+    from byzshield.design.placements import mols
+    from byzshield.server.update import RobustUpdate, copy_index, pushed_slots
 
     p = mols(5, 3)
     truth = torch.randn(p.num_files, 20, generator=torch.Generator().manual_seed(5))

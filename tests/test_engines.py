@@ -14,7 +14,7 @@ import yaml
 from conftest import read_metrics, run_env, torchrun_cmd
 
 from byzshield.engines.simulate import simulate
-from byzshield.trainer import TIME_KEYS
+from byzshield.training.loop import TIME_KEYS
 
 COMMON = ("adversary.q=2", "max_steps=3", "eval_freq=2", "seed=5")
 REAL_SWEEP = ("attack=label_flip,alie", "adversary.selection=worst_case")
@@ -199,7 +199,7 @@ def test_simulate_trains_on_cuda(tmp_path):
 
 def test_device_cuda_with_the_torchrun_engine_is_refused_in_one_line(tmp_path):
     from byzshield.config import ConfigError, build_run
-    from byzshield.overrides import compose_config
+    from byzshield.config.overrides import compose_config
 
     with pytest.raises(ConfigError, match="device=cuda needs engine=simulate"):
         build_run(compose_config(["device=cuda", "engine=torchrun"]))

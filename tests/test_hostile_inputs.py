@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from conftest import run_env
 
-from byzshield import data as data_module
 from byzshield import slurm
+from byzshield.compute import datasets as data_module
+from byzshield.compute.datasets import DatasetNotFound, load_dataset
 from byzshield.config import ConfigError, build_run
 from byzshield.config.data import _load_dataset
-from byzshield.data import DatasetNotFound, load_dataset
-from byzshield.overrides import compose_config
-from byzshield.placement_cli import placement_main
+from byzshield.config.overrides import compose_config
+from byzshield.placement import placement_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_a_damaged_shipped_dataset_names_the_file_and_how_to_restore_it(
         build_run(compose_config([f"dataset={dataset}", f"network={network}"]), server=False)
     line = one_line(str(info.value))
     assert line.startswith(f"{dataset}: the shipped file {copy} is missing or damaged ({reason}")
-    assert line.endswith(f"git checkout -- byzshield/data/{name})")
+    assert line.endswith(f"git checkout -- byzshield/compute/assets/{name})")
     assert "reinstalling byzshield" in line
 
 
@@ -203,12 +203,12 @@ def test_a_failed_download_removes_what_it_created(tmp_path, monkeypatch, existi
 
 
 def test_placement_out_is_checked_before_the_search(tmp_path, monkeypatch, capsys):
-    import byzshield.adversary
+    import byzshield.design.search
 
     def search(*args, **kwargs):
         raise AssertionError("the search ran before out= was checked")
 
-    monkeypatch.setattr(byzshield.adversary, "worst_case_table", search)
+    monkeypatch.setattr(byzshield.design.search, "worst_case_table", search)
     (tmp_path / "a-file").write_text("")
     out = tmp_path / "a-file" / "figures"
     assert placement_main(["+experiment=distortion", f"out={out}"]) == 2
@@ -219,7 +219,7 @@ def test_placement_out_is_checked_before_the_search(tmp_path, monkeypatch, capsy
 
 
 def test_placement_help_lists_the_approaches_it_accepts(capsys):
-    from byzshield.overrides import compose, group_options
+    from byzshield.config.overrides import compose, group_options
 
     assert placement_main(["--help"]) == 0
     (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "approach=NAME" in ln]
@@ -262,7 +262,7 @@ def test_slurm_port_outside_1_to_65535_is_one_line(tmp_path, capsys, port):
     ],
 )
 def test_comm_port_outside_the_tcp_range_is_one_line(capsys, args, message):
-    from byzshield import comm
+    from byzshield.engines.torchrun import launch as comm
 
     with pytest.raises(SystemExit) as info:
         comm.torchrun([*args, "--nproc-per-node", "1", "-m", "byzshield.train"])

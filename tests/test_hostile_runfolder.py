@@ -23,7 +23,8 @@ from byzshield.engines import lockstep as lockstep_engine
 from byzshield.engines.simulate import SimulateEngine, simulate
 from byzshield.evaluate import evaluate_checkpoint
 from byzshield.evaluate import main as evaluate_main
-from byzshield.runfolder import (
+from byzshield.training.loop import interrupted_line
+from byzshield.training.runfolder import (
     LOCK,
     PROGRESS,
     CheckpointError,
@@ -31,7 +32,6 @@ from byzshield.runfolder import (
     check_free,
     save_checkpoint,
 )
-from byzshield.trainer import interrupted_line
 
 RAMA = ("approach=rama_two", "approach.m=3", "approach.s=3", "batch_size=90")  # K=9, f=9
 RUN = (*RAMA, "max_steps=6", "eval_freq=2")  # checkpoints at steps 2, 4 and 6
@@ -88,7 +88,7 @@ def holder():
     def hold(folder: Path) -> subprocess.Popen:
         code = (
             "import sys, time; from pathlib import Path; "
-            "from byzshield.runfolder import RunLock; "
+            "from byzshield.training.runfolder import RunLock; "
             "RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(600)"
         )
         proc = subprocess.Popen(

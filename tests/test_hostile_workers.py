@@ -25,7 +25,7 @@ from conftest import read_metrics
 from threaded import run_threaded
 
 from byzshield.engines.simulate import simulate
-from byzshield.protocol import END
+from byzshield.server.wire import END
 from byzshield.train import run_rank
 
 TIMEOUT = 3  # seconds; a dropped worker's own wait for the server ends after 2 x TIMEOUT

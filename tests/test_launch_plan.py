@@ -440,7 +440,9 @@ def test_pack_outputs_command_refuses_to_climb_out_of_the_project():
 
 def test_checkout_bundle_leaves_keys_state_outputs_and_caches_behind():
     assert is_shipped("byzshield/train.py") and is_shipped("conf/approach/mols.yaml")
-    assert is_shipped("byzshield/data/digits.csv.gz")  # package data, not the download cache
+    assert is_shipped(
+        "byzshield/compute/assets/digits.csv.gz"
+    )  # package data, not the download cache
     for local in (
         ".byzshield/demo/byzshield-demo.pem",
         ".byzshield/demo/state.json",

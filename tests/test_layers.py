@@ -1,114 +1,198 @@
-"""Layers point one way: the pure core never imports a command line, the report, the
-trainer, an engine or the config; the config imports none of the front ends. Every
-import counts, also those inside functions (read from the source, nothing is run)."""
+"""The folders are the layers, and the layers point one way.
+
+Each folder of the package is a layer; a module imports only from its own layer and the
+layers below it (docs/architecture.md names them). The graph of imports between modules
+has no circle, and no module imports a private module (``_name``) or a private name of
+another package. Every import counts, also those inside functions and under
+``TYPE_CHECKING`` (read from the source, nothing is run). A module stays short enough to
+read in one sitting.
+"""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "byzshield"
 
-CORE = {
-    "placement",
-    "adversary",
-    "vote",
-    "aggregators",
-    "attacks",
-    "protocol",
-    "step",
-    "shards",
-    "omniscient",
-    "digest",
-    "data",
-    "networks",
-    "gradients",
-    "batched",
-    "paired",
+LAYERS = [
+    {"design", "detection"},  # placements, the worst-case search; the certificate of liars
+    {"compute"},  # seeds and sampling, datasets, networks, parameter vectors, gradients
+    {"attacks"},  # what Byzantine workers send
+    {"aggregators"},  # robust rules on an (n, d) stack
+    {"server"},  # everything that decides the next gradient from what arrived
+    {"config"},  # typed options that build the objects above
+    {"training"},  # the loop, evaluation, run folders
+    {"engines"},  # simulate, torchrun, lockstep
+    # front ends: the command lines, the report, the Python API
+    {"cli", "report", "placement", "train", "evaluate", "slurm", "api", "comm", "__init__"},
+]
+"""Bottom first. A unit is a folder or a module directly in the package."""
+
+LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+
+MAX_LINES = 600
+"""A module past this many lines holds more than one concern."""
+
+# What the redesign has yet to fix while it is done in steps. Each check fails on a
+# violation not listed here, and on a listed one that is gone: the lists only shrink.
+PENDING_ABOVE = {
+    "byzshield.compute.gradients imports byzshield.attacks",
+    "byzshield.server.erasures imports byzshield.config",
 }
-"""Math without ranks, processes, files of runs or command lines (STYLE.md)."""
-
-FRONT_ENDS = {
-    "overrides",
-    "launcher",
-    "train",
-    "trainer",
-    "engines",
-    "report",
-    "placement_cli",
-    "evaluate",
-    "slurm",
-    "api",
-    "runfolder",
-    "comm",
-    "erasures",
+PENDING_PRIVATE = {
+    "byzshield.cli.launcher imports byzshield.config.overrides._groups",
+    "byzshield.server.update imports byzshield.aggregators._kernels.column_threads",
 }
-"""What sits above the core and the config: the loop, the engines, the command lines."""
-
-ALLOWED = {
-    **{name: CORE for name in CORE},
-    "config": CORE,  # typed options that build the core's objects
+PENDING_CIRCLES = {
+    "byzshield.compute.batched -> byzshield.compute.gradients -> byzshield.compute.batched",
+    "byzshield.server.update -> byzshield.server.forgery -> byzshield.server.update",
+}
+PENDING_LONG = {
+    "aggregators/_kernels.py",
+    "aggregators/rules.py",
+    "attacks.py",
+    "compute/datasets.py",
+    "design/search.py",
+    "engines/lockstep.py",
+    "server/update.py",
+    "training/loop.py",
 }
 
 
-def imports_of(path: Path) -> set[str]:
-    """The byzshield modules (first component below the package) ``path`` imports."""
+def check(found: set[str], pending: set[str]) -> None:
+    assert not found - pending, sorted(found - pending)
+    assert not pending - found, (
+        f"fixed, so take them off the pending list: {sorted(pending - found)}"
+    )
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def unit_of(module: str) -> str:
+    """The layer unit of a module: its folder below the package, or its own name."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _resolve(node: ast.ImportFrom, importer: str, is_package: bool) -> str | None:
+    if node.level == 0:
+        return node.module
+    base = importer.split(".")
+    base = base if is_package else base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(path: Path) -> list[tuple[str, str | None]]:
+    """(module, name) for every byzshield import of ``path``: ``from m import x`` gives
+    (m, x), ``import m`` gives (m, None). Inside functions and TYPE_CHECKING too."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    found: set[str] = set()
+    importer = module_name(path) if path.is_relative_to(PACKAGE) else "byzshield"
+    found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-            if node.module == "byzshield":  # from byzshield import x
-                names = [f"byzshield.{a.name}" for a in node.names]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "byzshield" and len(parts) > 1:
-                found.add(parts[1])
+            found += [(a.name, None) for a in node.names if a.name.split(".")[0] == "byzshield"]
+        elif isinstance(node, ast.ImportFrom):
+            module = _resolve(node, importer, path.name == "__init__.py")
+            if module and module.split(".")[0] == "byzshield":
+                found += [(module, a.name) for a in node.names]
     return found
 
 
-def module_of(path: Path) -> str:
-    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
-
-
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+MODULES = {module_name(p): p for p in SOURCES}
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_a_lower_layer_imports_nothing_above_it(path):
-    module = module_of(path)
-    if module not in ALLOWED or path.name == "__main__.py":  # an entry point sits on top
-        return
-    above = sorted(imports_of(path) - ALLOWED[module] - {module, "conf"})
-    assert not above, f"{path.relative_to(PACKAGE)} ({module}) imports {above}"
+def targets(module: str, name: str | None) -> str:
+    """The module an import reaches: ``from byzshield.x import y`` reaches byzshield.x.y
+    when that is a module, else byzshield.x."""
+    if name is not None and f"{module}.{name}" in MODULES:
+        return f"{module}.{name}"
+    return module
 
 
-def test_the_layers_cover_every_module():
-    modules = {module_of(p) for p in SOURCES} - {"__init__"}
-    assert modules <= CORE | FRONT_ENDS | {"config"}, modules - CORE - FRONT_ENDS
+def graph() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {m: set() for m in MODULES}
+    for m, path in MODULES.items():
+        for module, name in imports_of(path):
+            target = targets(module, name)
+            if target != m and target in MODULES:
+                edges[m].add(target)
+    return edges
 
 
-def test_the_check_sees_an_import_inside_a_function(tmp_path):
+def test_every_module_is_in_a_layer():
+    missing = sorted({unit_of(m) for m in MODULES} - set(LAYER_OF))
+    assert not missing, f"in no layer: {missing} (add them to LAYERS and docs/architecture.md)"
+
+
+def test_a_module_imports_only_its_own_layer_and_those_below():
+    found = set()
+    for m, path in MODULES.items():
+        layer = LAYER_OF.get(unit_of(m), len(LAYERS))
+        for module, name in imports_of(path):
+            target = targets(module, name)
+            if LAYER_OF.get(unit_of(target), -1) > layer:
+                found.add(f"{m} imports {target}")
+    check(found, PENDING_ABOVE)
+
+
+def test_no_module_imports_a_private_module_or_name_of_another_package():
+    bad = set()
+    for m, path in MODULES.items():
+        package = m.rsplit(".", 1)[0] if path.name != "__init__.py" else m
+        for module, name in imports_of(path):
+            target = targets(module, name)
+            owner = (
+                target.rsplit(".", 1)[0]
+                if MODULES.get(target, Path()).name != "__init__.py"
+                else target
+            )
+            private_module = any(
+                part.startswith("_") and part != "__init__" for part in target.split(".")
+            )
+            private_name = name is not None and name.startswith("_") and target == module
+            if (private_module or private_name) and owner != package:
+                bad.add(f"{m} imports {target}{'' if target != module else f'.{name}'}")
+    check(bad, PENDING_PRIVATE)
+
+
+def test_the_imports_make_no_circle():
+    edges, seen, done, circles = graph(), set(), set(), []
+
+    def visit(m: str, trail: list[str]) -> None:
+        seen.add(m)
+        for n in sorted(edges[m]):
+            if n in trail:
+                circles.append(" -> ".join(trail[trail.index(n) :] + [n]))
+            elif n not in seen:
+                visit(n, [*trail, n])
+        done.add(m)
+
+    for m in sorted(edges):
+        if m not in seen:
+            visit(m, [m])
+    check(set(circles), PENDING_CIRCLES)
+
+
+def test_no_module_is_longer_than_a_reader_reads_in_one_sitting():
+    long = {str(p.relative_to(PACKAGE)) for p in SOURCES if p.read_text().count("\n") > MAX_LINES}
+    check(long, PENDING_LONG)
+
+
+def test_the_checks_see_imports_inside_functions_and_relative_ones(tmp_path):
     source = tmp_path / "m.py"
     source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from byzshield.server import update\n"
         "def f():\n    from byzshield.report import main\n    import byzshield.train\n"
     )
-    assert imports_of(source) == {"report", "train"}
-
-
-def test_a_module_past_a_readers_span_says_why_in_its_opening_comment():
-    """No module over ~600 lines without a reason stated in its docstring ("Length ...")."""
-    long = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        text = path.read_text()
-        if text.count("\n") > 620:
-            doc = ast.get_docstring(ast.parse(text)) or ""
-            if "Length (" not in doc:
-                long.append(f"{path.relative_to(PACKAGE)} ({text.count(chr(10))} lines)")
-    assert not long, f"long modules without a stated reason: {long}"
+    assert sorted(imports_of(source), key=str) == [
+        ("byzshield.report", "main"),
+        ("byzshield.server", "update"),
+        ("byzshield.train", None),
+    ]

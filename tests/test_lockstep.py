@@ -14,11 +14,11 @@ import torch
 from conftest import read_metrics, run_env
 
 from byzshield.config import build_run
+from byzshield.config.overrides import compose_config
 from byzshield.engines.lockstep import LockstepGroup, Member, lockstep
 from byzshield.engines.simulate import simulate
-from byzshield.overrides import compose_config
-from byzshield.runfolder import prepare, release
-from byzshield.trainer import TIME_KEYS, TrainingError, announce
+from byzshield.training.loop import TIME_KEYS, TrainingError, announce
+from byzshield.training.runfolder import prepare, release
 
 TIMES = {*TIME_KEYS, "step_s", "other_s", "vote_tail_s"}
 BASE = (

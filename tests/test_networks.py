@@ -1,12 +1,12 @@
-"""byzshield.networks: shapes for every network and input size, sizes, BatchNorm, errors,
+"""byzshield.compute.networks: shapes for every network and input size, sizes, BatchNorm, errors,
 and short training runs on the embedded datasets."""
 
 import pytest
 import torch
 from torch import nn
 
-from byzshield.data import eval_batches, file_batch, load_dataset
-from byzshield.networks import NETWORKS, CNN1d, build_network
+from byzshield.compute.datasets import eval_batches, file_batch, load_dataset
+from byzshield.compute.networks import NETWORKS, CNN1d, build_network
 
 # (in_channels, image_size): embedded digits, MNIST, CIFAR/SVHN
 INPUTS = [(1, 8), (1, 28), (3, 32)]

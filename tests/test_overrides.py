@@ -15,7 +15,7 @@ import pytest
     ],
 )
 def test_a_misspelt_option_or_key_gets_a_suggestion_and_no_schema_entries(override, message):
-    from byzshield.overrides import UsageError, compose
+    from byzshield.config.overrides import UsageError, compose
 
     with pytest.raises(UsageError) as exc:
         compose("config", [override])

@@ -9,8 +9,8 @@ import math
 import pytest
 from test_report import make_run
 
-from byzshield.paired import paired_interval, parse_pair, tail_accuracy
 from byzshield.report import main, write_report
+from byzshield.report.paired import paired_interval, parse_pair, tail_accuracy
 
 MOLS = "mols(l=5, r=3)"
 DETOX = "draco_lite_attack(K=15, r=3)"

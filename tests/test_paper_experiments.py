@@ -13,7 +13,7 @@ import pytest
 from conftest import run_env
 
 from byzshield.config import build_run
-from byzshield.overrides import compose_config
+from byzshield.config.overrides import compose_config
 
 ARMS = {  # arm -> (placement, num_buckets)
     "mols_median": ("mols(l=5, r=3)", None),

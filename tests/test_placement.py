@@ -6,7 +6,7 @@ import json
 import pytest
 
 from byzshield.config import APPROACHES, build_placement
-from byzshield.placement import (
+from byzshield.design.placements import (
     Placement,
     baseline,
     detox,
@@ -198,7 +198,7 @@ def test_custom_placement_missing_file_names_the_path(tmp_path):
 
 
 def test_every_registered_approach_builds_with_its_conf_defaults():
-    from byzshield.overrides import compose_config
+    from byzshield.config.overrides import compose_config
 
     for name in APPROACHES:
         if name in ("detox", "custom"):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from byzshield.placement_cli import placement_main
+from byzshield.placement import placement_main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -131,8 +131,8 @@ def test_a_bad_design_is_one_line_naming_it(capsys, designs, message):
 def test_a_design_too_large_to_enumerate_falls_back_to_the_bounded_search():
     """mols l=29 has classes of 29 workers (2^29 subsets each): no 2^29 x f table is
     built, the search is branch and bound within its budget."""
-    from byzshield.adversary import _ClassSolver
-    from byzshield.placement import mols
+    from byzshield.design.placements import mols
+    from byzshield.design.search import _ClassSolver
 
     solver = _ClassSolver(mols(29, 3))
     assert not solver.feasible() and solver.cover is None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from byzshield.protocol import (
+from byzshield.server.wire import (
     END,
     SLACK,
     Control,

@@ -814,7 +814,7 @@ def test_q_and_step_ticks_are_integers_and_bands_and_bars_are_named(
 
 def test_the_distortion_figure_of_the_placement_command_fits(tmp_path, saved_figures):
     """python -m byzshield.placement designs=[...] out=DIR draws eps_figure too."""
-    from byzshield.placement_cli import placement_main
+    from byzshield.placement import placement_main
 
     designs = "designs=[{approach: mols, l: 5, r: 3}, {approach: rama_two, m: 5, s: 5}]"
     assert placement_main([designs, f"out={tmp_path}", "q_max=6"]) == 0

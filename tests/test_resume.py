@@ -18,7 +18,7 @@ from conftest import read_metrics, run_env, torchrun_cmd
 
 from byzshield.config import ConfigError
 from byzshield.engines.simulate import simulate
-from byzshield.runfolder import CheckpointError, RunFolderError
+from byzshield.training.runfolder import CheckpointError, RunFolderError
 
 RAMA = ("approach=rama_two", "approach.m=3", "approach.s=3", "batch_size=90")  # K=9, f=9
 RUN = (*RAMA, "mode=centered-clipping", "attack=alie", "max_steps=30", "eval_freq=10")

@@ -15,9 +15,9 @@ from test_hostile_workers import RUN, TIMEOUT
 from threaded import run_threaded
 
 from byzshield.engines.simulate import simulate
-from byzshield.protocol import END
+from byzshield.server.wire import END
 from byzshield.train import run_rank
-from byzshield.trainer import TrainingError
+from byzshield.training.loop import TrainingError
 
 
 def _params(folder: Path) -> dict:

@@ -1,7 +1,8 @@
 """A sharded parameter server (ps_shards=S) decides the bits one server decides.
 
-Each test runs S servers as threads of this process (:class:`byzshield.shards.ShardedUpdate`)
-and compares them with the unsharded :class:`byzshield.step.RobustUpdate` on the same
+Each test runs S servers as threads of this process
+(:class:`byzshield.server.sharded.ShardedUpdate`)
+and compares them with the unsharded :class:`byzshield.server.update.RobustUpdate` on the same
 copies: gradients with ``torch.equal``, every metric but timings and traffic with ``==``.
 """
 
@@ -14,17 +15,17 @@ import pytest
 import torch
 from test_step import received
 
-from byzshield.adversary import worst_case
 from byzshield.aggregators import reduction_block
 from byzshield.aggregators._kernels import _PairwiseDistances, column_shard
 from byzshield.attacks import attack_generator, make_attack
 from byzshield.config import ConfigError
 from byzshield.config.modes import MODES
+from byzshield.design.placements import detox, mols
+from byzshield.design.search import worst_case
 from byzshield.engines.simulate import simulate
-from byzshield.placement import detox, mols
-from byzshield.shards import ShardedUpdate, ThreadPeers, shard_bounds
-from byzshield.step import RobustUpdate
-from byzshield.vote import copy_classes
+from byzshield.server.sharded import ShardedUpdate, ThreadPeers, shard_bounds
+from byzshield.server.update import RobustUpdate
+from byzshield.server.vote import copy_classes
 
 TRAFFIC = ("bytes_received", "bytes_per_server", "control_bytes", "slice_bytes")
 

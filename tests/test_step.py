@@ -7,15 +7,15 @@ import pytest
 import torch
 from conftest import run_env
 
-from byzshield.adversary import distorted_files, worst_case
 from byzshield.attacks import make_attack
+from byzshield.compute.datasets import load_dataset
+from byzshield.compute.networks import build_network
 from byzshield.config import MeanMode, MultiKrumMode
-from byzshield.data import load_dataset
-from byzshield.networks import build_network
-from byzshield.placement import detox, mols, rama_two
-from byzshield.step import Copies, RobustUpdate, copy_index
-from byzshield.trainer import evaluate, recompute_batchnorm, score_test_set
-from byzshield.vote import Rows
+from byzshield.design.placements import detox, mols, rama_two
+from byzshield.design.search import distorted_files, worst_case
+from byzshield.server.update import Copies, RobustUpdate, copy_index
+from byzshield.server.vote import Rows
+from byzshield.training.loop import evaluate, recompute_batchnorm, score_test_set
 
 
 def received(placement, truth, losses=None):
@@ -288,7 +288,7 @@ def test_a_file_is_voted_when_its_last_copy_lands_not_after_every_payload():
 
 def _digested(copies: Copies) -> Copies:
     """The copies with each sender's digest (vote=digest), every row already received."""
-    from byzshield.digest import digest
+    from byzshield.server.digest import digest
 
     rows, table = copies.rows, copies.index.tolist()
     copies.claims = [[digest(rows[r]) for r in rs] for rs in table]

@@ -1,4 +1,4 @@
-"""TensorBoard events (MetricsLog, byzshield/trainer.py) from a real simulate run, read
+"""TensorBoard events (MetricsLog, byzshield/training/loop.py) from a real simulate run, read
 back with TensorBoard's own reader (needs the tensorboard package: the `test` extra), and
 the run without it."""
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from byzshield.trainer import MetricsLog
+from byzshield.training.loop import MetricsLog
 
 
 def _scalars(folder) -> dict[str, list[tuple[int, float]]]:

@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import read_metrics
 
-from byzshield.adversary import distorted_files
 from byzshield.config import ConfigError
+from byzshield.design.placements import rama_two
+from byzshield.design.search import distorted_files
 from byzshield.engines.simulate import simulate
 from byzshield.evaluate import checkpoints, evaluate_checkpoint
-from byzshield.placement import rama_two
-from byzshield.trainer import TIME_KEYS
+from byzshield.training.loop import TIME_KEYS
 
 RAMA = ("approach=rama_two", "approach.m=3", "approach.s=3", "batch_size=90")  # K=9, f=9
 

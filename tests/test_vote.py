@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from byzshield.vote import VoteBatch, VoteResult, majority_vote, same_bits, vote_files
+from byzshield.server.vote import VoteBatch, VoteResult, majority_vote, same_bits, vote_files
 
 
 def _rows(*values):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from byzshield.vote import vote_files, vote_rows
+from byzshield.server.vote import vote_files, vote_rows
 
 
 @pytest.mark.parametrize("seed", range(5))

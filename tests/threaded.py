@@ -1,7 +1,7 @@
 """The torchrun engine with its ranks as threads of this process: the server and the
 workers run the very code of ``python -m byzshield.train`` under torchrun
 (:func:`byzshield.train.run_rank`), over gloo process groups on one in-process store
-(:meth:`byzshield.comm.Comm.local_group`), so server logic is tested without K + 1
+(:meth:`byzshield.engines.torchrun.comm.Comm.local_group`), so server logic is tested without K + 1
 Python processes (each paying torch's import and a rendezvous)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from byzshield.comm import Comm
+from byzshield.compute.networks import use_kernels
 from byzshield.config import build_run
-from byzshield.networks import use_kernels
-from byzshield.overrides import compose_config
+from byzshield.config.overrides import compose_config
+from byzshield.engines.torchrun.comm import Comm
 from byzshield.train import run_rank
 
 _JOBS = iter(range(1 << 30))  # a fresh store prefix per run

@@ -163,7 +163,7 @@ def _over_columns(d: int, body: Callable[[int, int], object], width: int = _BLOC
 # A reduction over columns (a Gram matrix, distances, norms) is a sum of per-block
 # partials, added one after another in column order. The blocks depend on the whole
 # vector's length only, so a parameter server sharded by column blocks
-# (:mod:`byzshield.shards`) adds the very same partials in the very same order.
+# (:mod:`byzshield.server.sharded`) adds the very same partials in the very same order.
 _REDUCTION_BLOCKS = 128  # at least this many blocks, so that shards can be balanced
 _MIN_REDUCTION_BLOCK = 1024  # smaller blocks cost more in per-block overhead than they save
 

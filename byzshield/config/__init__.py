@@ -20,7 +20,7 @@ rule. Cross-option checks (batch size vs files, the rule's n-vs-f requirement, B
 vs file size, process count vs K) happen there, before any process group starts.
 
     >>> from byzshield.config import build_run
-    >>> from byzshield.overrides import compose_config
+    >>> from byzshield.config.overrides import compose_config
     >>> run = build_run(compose_config(["approach=mols", "adversary.q=2"]))
     >>> run.placement.num_workers, run.aggregator_f
     (15, 1)

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from byzshield.adversary import SELECTIONS
 from byzshield.config.base import ConfigError, _int
+from byzshield.design.search import SELECTIONS
 
 DIGEST_LIES = ("none", "honest_digest", "honest_tensor")
 

@@ -17,9 +17,9 @@ from typing import ClassVar
 
 from omegaconf import MISSING
 
-from byzshield import placement
 from byzshield.config.base import ConfigError, _Option
-from byzshield.placement import Placement
+from byzshield.design import placements as placement
+from byzshield.design.placements import Placement
 
 
 @dataclass

@@ -49,7 +49,7 @@ class AttackOption(_Option):
     def worker_attack(self):
         """What a worker process applies itself: the attack, or None for an omniscient
         attack, which the parameter server simulates (workers then send honest
-        gradients; see :mod:`byzshield.omniscient`)."""
+        gradients; see :mod:`byzshield.server.forgery`)."""
         attack = self.build(num_files=1, aggregator_f=0)
         return None if attack.needs_honest else attack
 

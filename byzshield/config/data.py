@@ -15,20 +15,20 @@ from byzshield.config.base import ConfigError, _Option
 
 @dataclass
 class NetworkOption(_Option):
-    """A network of :data:`byzshield.networks.NETWORKS`; classes and input size come
+    """A network of :data:`byzshield.compute.networks.NETWORKS`; classes and input size come
     from the dataset."""
 
     name: str = MISSING
     group: ClassVar[str] = "network"
 
     def __post_init__(self) -> None:
-        from byzshield.networks import NETWORKS
+        from byzshield.compute.networks import NETWORKS
 
         if self.name not in NETWORKS:
             raise ConfigError(f"unknown network {self.name!r}; choose one of {', '.join(NETWORKS)}")
 
     def build(self, data) -> torch.nn.Module:
-        from byzshield.networks import build_network
+        from byzshield.compute.networks import build_network
 
         return build_network(
             self.name,
@@ -41,7 +41,7 @@ class NetworkOption(_Option):
 
 @dataclass
 class DatasetOption(_Option):
-    """A dataset of :data:`byzshield.data.DATASETS`, read from ``root`` (``download``
+    """A dataset of :data:`byzshield.compute.datasets.DATASETS`, read from ``root`` (``download``
     fetches it where that is possible; the embedded ones ignore both)."""
 
     name: str = MISSING
@@ -50,7 +50,7 @@ class DatasetOption(_Option):
     group: ClassVar[str] = "dataset"
 
     def __post_init__(self) -> None:
-        from byzshield.data import DATASETS
+        from byzshield.compute.datasets import DATASETS
 
         if self.name not in DATASETS:
             raise ConfigError(f"unknown dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
@@ -63,6 +63,6 @@ class DatasetOption(_Option):
 def _load_dataset(name: str, root: str, download: bool, train: bool):
     """Datasets are read once per process (a sweep composes hundreds of runs); the
     tensors are never written to."""
-    from byzshield.data import load_dataset
+    from byzshield.compute.datasets import load_dataset
 
     return load_dataset(name, root=root, download=download, train=train)

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from byzshield.adversary import Selection, build_selection
 from byzshield.config.base import ConfigError
 from byzshield.config.modes import MODES
 from byzshield.config.schema import TrainConfig
-from byzshield.placement import Placement
-from byzshield.shards import shard_bounds
+from byzshield.design.placements import Placement
+from byzshield.design.search import Selection, build_selection
+from byzshield.server.sharded import shard_bounds
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Run:
         """Whether a worker computes its files in one batched pass (the network's
         ``NetworkInfo.batched_files``, on the CPU): both engines ask this, so both make
         the same choice."""
-        from byzshield.networks import NETWORKS
+        from byzshield.compute.networks import NETWORKS
 
         return NETWORKS[self.config.network.name].batched_files and self.config.device == "cpu"
 
@@ -87,7 +87,7 @@ def check_world_size(placement: Placement, ps_shards: int, world_size: int) -> N
 
 def build_run(config: TrainConfig, *, server: bool = True, world_size: int | None = None) -> Run:
     """Build and cross-check everything a run needs (raises one-line ConfigErrors)."""
-    from byzshield.data import DatasetNotFound
+    from byzshield.compute.datasets import DatasetNotFound
 
     cfg = config
     p = cfg.approach.build()

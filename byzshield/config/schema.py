@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from byzshield.compute.datasets import SEED_MAX
 from byzshield.config.adversary import AdversaryOption
 from byzshield.config.approaches import APPROACHES, ApproachOption
 from byzshield.config.attacks import ATTACK_OPTIONS, AttackOption
 from byzshield.config.base import ConfigError, _float32, _int, _Option, _positive
 from byzshield.config.data import DatasetOption, NetworkOption
 from byzshield.config.modes import MODES, ModeOption
-from byzshield.data import SEED_MAX
 
 ENGINES = ("auto", "torchrun", "simulate", "lockstep")
 DEVICES = ("cpu", "cuda")

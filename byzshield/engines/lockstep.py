@@ -14,13 +14,13 @@ every unfinished job and leaves the finished ones alone.
 
 What is batched, per step:
 
-- the file gradients of every run (:class:`byzshield.batched.BatchedGradients`), chunk
+- the file gradients of every run (:class:`byzshield.compute.batched.BatchedGradients`), chunk
   by chunk of about :data:`CHUNK_SAMPLES` samples;
 - for the common cases (attacks none, ALIE, IPM, rev_grad, sign_flip, constant; rules
   coord-median, its median of means ``num_buckets``, mean; the full vote, no
   stragglers) the omniscient attack, the vote and the rule, as tensor operations over the
   runs of a chunk (:class:`_FastUpdate`); any other configuration goes, run by run,
-  through :class:`byzshield.step.RobustUpdate` on the copies the simulate engine builds,
+  through :class:`byzshield.server.update.RobustUpdate` on the copies the simulate engine builds,
   and so does a step of a fast run that meets a case the batched code does not handle
   (a tied vote, a non-finite winner);
 - the SGD update, with the arithmetic of ``torch.optim.SGD`` (momentum, no dampening)
@@ -38,7 +38,7 @@ own pass. TensorBoard events are not written for lockstep runs (metrics.jsonl is
 
 Length (about 700 lines): one engine. Collecting a multirun's jobs, the group's step loop
 and the batched update it chooses for the cases it reproduces (``_FastUpdate``) are
-kept together; the general step is :class:`byzshield.step.RobustUpdate`.
+kept together; the general step is :class:`byzshield.server.update.RobustUpdate`.
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ from torch import Tensor
 
 from byzshield import attacks as attack_lib
 from byzshield.aggregators.pre import Bucketing
-from byzshield.batched import BatchedGradients
+from byzshield.compute.batched import BatchedGradients
+from byzshield.compute.datasets import derive_seed, step_files
+from byzshield.compute.gradients import flat_params, load_flat, num_params
 from byzshield.config import CoordMedianMode, MeanMode, Run
-from byzshield.data import derive_seed, step_files
-from byzshield.gradients import flat_params, load_flat, num_params
-from byzshield.runfolder import Resume
-from byzshield.step import step_metrics
-from byzshield.trainer import TrainingError, complete_line, final_line, say, step_record
+from byzshield.server.update import step_metrics
+from byzshield.training.loop import TrainingError, complete_line, final_line, say, step_record
+from byzshield.training.runfolder import Resume
 
 __all__ = ["CHUNK_SAMPLES", "LockstepGroup", "Member", "collect", "lockstep", "train_collected"]
 
@@ -136,7 +136,7 @@ class _FastUpdate:
         self.eps = float(getattr(attack, "eps", 0.0))
         self.over = getattr(attack, "over", "copies")
         self.outside = robust_update.rule.outside(self.f)
-        from byzshield.protocol import ReplyLayout
+        from byzshield.server.wire import ReplyLayout
 
         self.bytes_in = p.num_workers * ReplyLayout(p.load, d).nbytes()  # as torchrun's
 
@@ -350,7 +350,7 @@ class LockstepGroup:
     # ---------------------------------------------------------------- setting up
 
     def _slots(self) -> list[_Slot]:
-        from byzshield.trainer import Trainer
+        from byzshield.training.loop import Trainer
 
         slots = []
         for k, m in enumerate(self.members):
@@ -370,7 +370,7 @@ class LockstepGroup:
             fast = _fast_path(run, trainer.update, num_params(trainer.model))
             slot = _Slot(m, trainer, len(slots), trainer.start, run.max_steps, lr, fast, index=k)
             if self.show_steps:
-                from byzshield.trainer import Progress
+                from byzshield.training.loop import Progress
 
                 slot.progress = Progress(run.max_steps, run.config.log_every, initial=slot.step)
             slots.append(slot)
@@ -430,7 +430,7 @@ class LockstepGroup:
             + ")"
         )
         active = list(slots)
-        from byzshield.trainer import PROGRESS
+        from byzshield.training.loop import PROGRESS
 
         while active:
             PROGRESS.update(run_steps=total_steps - remaining, total=total_steps)
@@ -696,11 +696,11 @@ def lockstep(jobs, *, threads: int | None = None, quiet: bool = True) -> list[di
         >>> [r["top1"] > 0 for r in lockstep(jobs)]  # doctest: +SKIP
         [True, True, True]
     """
+    from byzshield.compute.networks import use_kernels
     from byzshield.config import build_run
-    from byzshield.networks import use_kernels
-    from byzshield.overrides import compose_config
-    from byzshield.runfolder import PROGRESS, prepare, release
-    from byzshield.trainer import announce
+    from byzshield.config.overrides import compose_config
+    from byzshield.training.loop import announce
+    from byzshield.training.runfolder import PROGRESS, prepare, release
 
     PROGRESS.clear()  # a new command: what a Ctrl-C line reports is about these runs
     members = []

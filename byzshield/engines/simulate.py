@@ -6,18 +6,18 @@ Honest replicas are bit-identical by construction, so the vote's outcome depends
 each file's gradient computed once. Every step this engine
 
 1. loads the parameters into its model replicas (one per thread) and computes the
-   gradient of every file with :func:`byzshield.gradients.file_gradients`, the very
+   gradient of every file with :func:`byzshield.compute.gradients.file_gradients`, the very
    function a torchrun worker calls, one intra-op thread per replica;
 2. makes the Byzantine copies a torchrun worker would send, with the same attack code
    and generators (:func:`byzshield.attacks.attack_generator`): for a non-omniscient
    attack one copy per file with a Byzantine holder (all Byzantine copies of a file are
    equal: they are a function of the file, the step and the seed), for label flip the
    gradient on flipped labels;
-3. hands the trainer :class:`byzshield.step.Copies` whose honest copies of file j all
+3. hands the trainer :class:`byzshield.server.update.Copies` whose honest copies of file j all
    point at row j.
 
 Omniscient attacks (ALIE, IPM) are then simulated in the robust update
-(:mod:`byzshield.omniscient`), as in the torchrun engine. Memory is the (f, d) honest
+(:mod:`byzshield.server.forgery`), as in the torchrun engine. Memory is the (f, d) honest
 rows plus the Byzantine rows; there is no (K, l, d) tensor. Metrics report the bytes the
 torchrun server would have received.
 """
@@ -32,12 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from byzshield.attacks import attack_generator
+from byzshield.compute.gradients import file_gradients, load_flat
 from byzshield.config import Run
-from byzshield.digest import digest
-from byzshield.gradients import file_gradients, load_flat
-from byzshield.protocol import ReplyLayout
-from byzshield.step import Copies
-from byzshield.vote import Rows
+from byzshield.server.digest import digest
+from byzshield.server.update import Copies
+from byzshield.server.vote import Rows
+from byzshield.server.wire import ReplyLayout
 
 __all__ = ["SimulateEngine"]
 
@@ -171,15 +171,15 @@ def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = Tr
     import io
     from pathlib import Path
 
+    from byzshield.compute.gradients import num_params
     from byzshield.config import build_run
-    from byzshield.gradients import num_params
-    from byzshield.overrides import compose_config
-    from byzshield.runfolder import PROGRESS, prepare, release
-    from byzshield.trainer import Trainer, announce
+    from byzshield.config.overrides import compose_config
+    from byzshield.training.loop import Trainer, announce
+    from byzshield.training.runfolder import PROGRESS, prepare, release
 
     PROGRESS.clear()  # a new command: what a Ctrl-C line reports is about this run
     config = compose_config([*overrides, f"train_dir={folder}"])
-    from byzshield.networks import use_kernels
+    from byzshield.compute.networks import use_kernels
 
     threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     use_kernels(config.network.name)  # as a worker: one intra-op thread per replica

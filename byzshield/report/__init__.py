@@ -51,7 +51,7 @@ of every measure), ``runs.csv`` (one row per run), and with matplotlib (``pip in
 'byzshield[report]'``) ``accuracy_vs_step_<mode>_q<q>.png`` (one panel per attack, one
 line per approach), ``accuracy_vs_q.png`` (final accuracy against q: where each defence
 breaks) and ``eps_vs_q.png`` (eps(q) = c_max(q) / f of each placement found, against
-DETOX and the baseline at the same K, from :func:`byzshield.adversary.worst_case_table`
+DETOX and the baseline at the same K, from :func:`byzshield.design.search.worst_case_table`
 with a work budget); with ``--paired``, ``drop_vs_bias.png`` and ``paired_vs_q.png``.
 Each approach has one colour in all of them; ``--redraw`` draws them again from a
 report's report.csv and paired.csv (all but accuracy against step, which needs the runs).

@@ -1,5 +1,5 @@
 """eps(q) = c_max(q) / f of each placement the runs used, against DETOX and the baseline
-at the same K, from :func:`byzshield.adversary.worst_case_table` with a work budget
+at the same K, from :func:`byzshield.design.search.worst_case_table` with a work budget
 (the same result on every machine)."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def eps_curve(
     """The :class:`EpsCurve` of one placement for q = 0..q_max (default the larger of
     K // 2 and the largest q in ``ran``), computed with a work budget so the result is
     the same on every machine; ``used``: the (q, c_max / f) the runs reported."""
-    from byzshield.adversary import (
+    from byzshield.design.search import (
         detox_eps,  # DETOX's closed form, as the placement table
         worst_case_table,
     )

@@ -210,7 +210,7 @@ class Summary(NamedTuple):
     @classmethod
     def of(cls, mean: float | None, std: float | None, n: int) -> Summary:
         """The summary of n values with this mean and std (a report.csv row read back)."""
-        from byzshield.paired import t_half_width
+        from byzshield.report.paired import t_half_width
 
         if mean is None or std is None or n < 2:
             return cls(mean, None if n < 2 else std, n)
@@ -228,7 +228,7 @@ def summarize(values: Iterable[float | None]) -> Summary:
 
 
 def _group_stats(g: Group, last: int = 1) -> dict:
-    from byzshield.paired import tail_accuracy
+    from byzshield.report.paired import tail_accuracy
 
     done = g.complete
     out: dict = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from byzshield.overrides import MOVED_TO_ADVERSARY
+from byzshield.config.overrides import MOVED_TO_ADVERSARY
 
 STATUSES = ("complete", "running", "queued", "died", "failed to start", "refused")
 """A run's status, in the order the report lists them."""

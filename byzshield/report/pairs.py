@@ -1,6 +1,6 @@
 """Paired comparisons (``--paired``): per cell, A - B over the seeds both sides ran and
 each side's drop from its own no-attack reference, written as paired.md and
-paired.csv. The statistics themselves are :mod:`byzshield.paired`'s."""
+paired.csv. The statistics themselves are :mod:`byzshield.report.paired`'s."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from byzshield.report.tables import _md_table
 @dataclass
 class PairedCell:
     """One cell of a --paired comparison: the matched groups of both sides, their
-    no-attack references, and the per-seed statistics (see :mod:`byzshield.paired`)."""
+    no-attack references, and the per-seed statistics (see :mod:`byzshield.report.paired`)."""
 
     key: tuple
     a: Group
@@ -39,7 +39,7 @@ def _named(g: Group) -> str:
 
 
 def _by_seed(g: Group | None, last: int) -> dict:
-    from byzshield.paired import tail_accuracy
+    from byzshield.report.paired import tail_accuracy
 
     if g is None:
         return {}
@@ -52,10 +52,10 @@ def _by_seed(g: Group | None, last: int) -> dict:
 
 
 def paired_cells(grouping: Grouping, spec: str, *, last: int = 1) -> list[PairedCell]:
-    """The cells of ``spec`` ("A vs B", see :func:`byzshield.paired.parse_pair`): groups
+    """The cells of ``spec`` ("A vs B", see :func:`byzshield.report.paired.parse_pair`): groups
     of both sides that agree on everything but the approach (and the mode, when a side
     names one), each with its q = 0 reference of the same approach, mode and extras."""
-    from byzshield.paired import paired_interval, parse_pair
+    from byzshield.report.paired import paired_interval, parse_pair
 
     try:
         side_a, side_b = parse_pair(spec)

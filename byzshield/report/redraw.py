@@ -121,7 +121,7 @@ def _drop_points(paired: Sequence[dict], report: Sequence[dict]) -> list[DropPoi
 
 
 def _diff_points(paired: Sequence[dict]) -> list[DiffPoint]:
-    from byzshield.paired import parse_pair
+    from byzshield.report.paired import parse_pair
 
     points = []
     for r in paired:

@@ -2,15 +2,15 @@
 
     torchrun --standalone --nproc-per-node 16 -m byzshield.train engine=torchrun
 
-Every step the server sends each worker a :class:`byzshield.protocol.Control` message and
+Every step the server sends each worker a :class:`byzshield.server.wire.Control` message and
 the flat parameters; worker w computes the gradients of ``placement.worker_files[w]``
-with :func:`byzshield.gradients.file_gradients`, Byzantine workers apply their attack
-(unless it is omniscient: the server simulates those, :mod:`byzshield.omniscient`), and
-each sends a :class:`byzshield.protocol.ReplyLayout` header and payload. The server receives
+with :func:`byzshield.compute.gradients.file_gradients`, Byzantine workers apply their attack
+(unless it is omniscient: the server simulates those, :mod:`byzshield.server.forgery`), and
+each sends a :class:`byzshield.server.wire.ReplyLayout` header and payload. The server receives
 every payload straight into one buffer, reused every step, which becomes the rows of the
-step's :class:`byzshield.step.Copies`: worker w's l rows and, after them, spare rows for
+step's :class:`byzshield.server.update.Copies`: worker w's l rows and, after them, spare rows for
 its END marker and the slack that lets a message of the wrong length be named
-(:class:`byzshield.protocol.Slot`). Spare rows are never read and, never written,
+(:class:`byzshield.server.wire.Slot`). Spare rows are never read and, never written,
 cost no memory. The copies are handed over while the payloads are still arriving: the
 robust update votes each file as soon as its last copy lands. A worker whose message is
 malformed, that fails or that is late is dropped for the rest of the run: its copies

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from byzshield.aggregators import ColumnShard
-from byzshield.comm import Comm, RankFailure
+from byzshield.compute.gradients import num_params
 from byzshield.config import Run, add_server_parts
-from byzshield.erasures import erase, erasures, present_copies
-from byzshield.gradients import num_params
-from byzshield.protocol import Control, Pull, ReplyLayout, Slot, control_size, gradients_size
-from byzshield.shards import bytes_per_server, shard_bounds
-from byzshield.step import Copies, Outcome, RobustUpdate, copy_index, pushed_slots
-from byzshield.vote import Rows
+from byzshield.engines.torchrun.comm import Comm, RankFailure
+from byzshield.server.erasures import erase, erasures, present_copies
+from byzshield.server.sharded import bytes_per_server, shard_bounds
+from byzshield.server.update import Copies, Outcome, RobustUpdate, copy_index, pushed_slots
+from byzshield.server.vote import Rows
+from byzshield.server.wire import Control, Pull, ReplyLayout, Slot, control_size, gradients_size
 
 __all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server"]
 
@@ -267,7 +267,7 @@ class TorchrunEngine:
 
     def _receive(self, slots: list[Slot], what: str) -> None:
         """Every live worker's next message into its slot; a worker that fails or sends
-        a message of the wrong length is dropped (:class:`byzshield.protocol.Slot`)."""
+        a message of the wrong length is dropped (:class:`byzshield.server.wire.Slot`)."""
         live = self.live
         for w in live:
             slots[w].arm()
@@ -306,7 +306,7 @@ def _padded(text: str, K: int) -> bytes:
 
 class TorchrunPeers:
     """The exchanges between the S servers of a sharded parameter server over gloo
-    (:class:`byzshield.shards.ThreadPeers` runs the same ones between threads).
+    (:class:`byzshield.server.sharded.ThreadPeers` runs the same ones between threads).
 
     ``reduce`` is a chain in server order: server s receives the running total from
     server s - 1, adds its per-block partials in column order and sends it on; the last
@@ -379,7 +379,7 @@ class LeadUpdate:
     :meth:`start` tells the other servers what server 0 decided at start-up: the f the
     rule assumes, whether it runs outside its guarantee, and the rule's state (a resumed
     run's), cut to their columns. Metrics are server 0's, with the traffic of every
-    server (:class:`byzshield.shards.ShardedUpdate` reports the same).
+    server (:class:`byzshield.server.sharded.ShardedUpdate` reports the same).
     """
 
     def __init__(self, comm: Comm, run: Run, d: int, build: Callable[[ColumnShard], RobustUpdate]):

@@ -12,11 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from byzshield.attacks import attack_generator
-from byzshield.comm import Comm, RankFailure
+from byzshield.compute.gradients import file_gradients, load_flat, num_params
 from byzshield.config import Run
-from byzshield.digest import digest
-from byzshield.gradients import file_gradients, load_flat, num_params
-from byzshield.protocol import (
+from byzshield.engines.torchrun.comm import Comm, RankFailure
+from byzshield.server.digest import digest
+from byzshield.server.sharded import shard_bounds
+from byzshield.server.update import pushed_slots
+from byzshield.server.wire import (
     Control,
     Pull,
     ReplyLayout,
@@ -24,8 +26,6 @@ from byzshield.protocol import (
     gradients_size,
     pack_gradients,
 )
-from byzshield.shards import shard_bounds
-from byzshield.step import pushed_slots
 
 __all__ = ["run_worker"]
 

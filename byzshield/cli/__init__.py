@@ -1,0 +1,1 @@
+"""Process plumbing shared by the command lines."""

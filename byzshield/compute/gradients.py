@@ -1,0 +1,134 @@
+"""File gradients: the one function that turns a model and a file into a gradient.
+
+A torchrun worker calls :func:`file_gradients` for the files it holds; the simulate
+engine calls it for every file once. With the same parameters, thread count (one
+intra-op thread) and torch build, the same call gives the same bits in any process, so
+the two engines agree bit for bit (BYZSHIELD.md sections 4 and 8).
+
+    >>> import torch
+    >>> from byzshield.compute.datasets import load_dataset
+    >>> from byzshield.compute.gradients import file_gradients
+    >>> from byzshield.compute.networks import build_network
+    >>> data = load_dataset("digits", root="data", download=False, train=True)
+    >>> model = build_network("lenet", num_classes=10, in_channels=1, image_size=8)
+    >>> grads, losses = file_gradients(model, data, (0, 3), seed=0, step=0, batch_size=60,
+    ...                                num_files=5)
+    >>> grads.shape[0], len(losses)
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from byzshield.attacks import flip_labels
+from byzshield.compute.datasets import ImageDataset, file_batches
+
+__all__ = ["file_gradients", "flat_params", "load_flat", "num_params"]
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """All trainable parameters as one float32 vector (d,), on the CPU."""
+    return torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()])
+
+
+def num_params(model: nn.Module) -> int:
+    """d, the number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
+    """Copy a (d,) vector into the model's parameters (inverse of :func:`flat_params`)."""
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+
+def file_gradients(
+    model: nn.Module,
+    data: ImageDataset,
+    files: Sequence[int],
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_files: int,
+    flip: bool = False,
+    out: torch.Tensor | None = None,
+    batched: bool = False,
+    on_file: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, list[float]]:
+    """(len(files), d) gradients of the mean cross-entropy over each file, and each loss.
+
+    The model is in training mode; each file is a separate forward/backward pass, so
+    BatchNorm sees only that file's samples, exactly as every other replica does. With
+    ``batched`` (the network's ``NetworkInfo.batched_files``, on the CPU) the files go
+    through one batched pass instead (:class:`byzshield.compute.batched.BatchedGradients`),
+    whose result for a file does not depend on the other files of the call; both engines
+    make the same choice, so replicas stay bit-identical. With ``flip`` the labels are
+    flipped first (the label-flip attack). ``out``, when given, is the (len(files), d)
+    float32 CPU buffer the gradients are written to (reusing one avoids page faults
+    every step). ``on_file(i)`` is called as soon as row i is final (a worker starts
+    hashing it for the digest vote while the next file is computed).
+    """
+    if batched:
+        out, losses = _batched(model, data, files, seed, step, batch_size, num_files, flip, out)
+        if on_file is not None:
+            for i in range(len(files)):
+                on_file(i)
+        return out, losses
+    model.train()
+    params = list(model.parameters())
+    d = sum(p.numel() for p in params)
+    if out is None:
+        out = torch.empty(len(files), d)
+    device = params[0].device
+    losses = []
+    batches = file_batches(
+        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, files=files
+    )  # the step's sample order is drawn once for all the files
+    for i, (x, y) in enumerate(batches):
+        if flip:
+            y = flip_labels(y, data.num_classes)
+        if device.type != "cpu":
+            x, y = x.to(device), y.to(device)
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if device.type == "cpu":
+            torch.cat([p.grad.reshape(-1) for p in params], out=out[i])
+        else:
+            out[i].copy_(torch.cat([p.grad.reshape(-1) for p in params]))
+        losses.append(float(loss.detach()))
+        if on_file is not None:
+            on_file(i)
+    return out, losses
+
+
+def _batched(model, data, files, seed, step, batch_size, num_files, flip, out):
+    """file_gradients(..., batched=True): the files stacked into one batched pass, with
+    the kernel built once per model (kept on it)."""
+    from byzshield.compute.batched import BatchedGradients
+
+    kernel = model.__dict__.get("_batched_gradients")
+    if kernel is None:
+        kernel = model.__dict__["_batched_gradients"] = BatchedGradients(model)
+    batches = file_batches(
+        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, files=files
+    )
+    x = torch.stack([b[0] for b in batches])
+    y = torch.stack([b[1] for b in batches])
+    if flip:
+        y = flip_labels(y, data.num_classes)
+    grads, losses = kernel(flat_params(model)[None], x[None], y[None])
+    if out is None:
+        out = torch.empty(len(files), grads.shape[2])
+    out.copy_(grads[0])
+    return out, [float(v) for v in losses[0]]

@@ -1,0 +1,1 @@
+"""Placements and the worst-case search."""

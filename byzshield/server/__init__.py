@@ -1,0 +1,1 @@
+"""What decides the next gradient from what arrived."""
