@@ -38,15 +38,13 @@ MAX_LINES = 600
 # violation not listed here, and on a listed one that is gone: the lists only shrink.
 PENDING_ABOVE = {
     "byzshield.compute.gradients imports byzshield.attacks",
-    "byzshield.server.erasures imports byzshield.config",
 }
 PENDING_PRIVATE = {
     "byzshield.cli.launcher imports byzshield.config.overrides._groups",
-    "byzshield.server.update imports byzshield.aggregators._kernels.column_threads",
+    "byzshield.server.rule imports byzshield.aggregators._kernels.column_threads",
 }
 PENDING_CIRCLES = {
     "byzshield.compute.batched -> byzshield.compute.gradients -> byzshield.compute.batched",
-    "byzshield.server.update -> byzshield.server.forgery -> byzshield.server.update",
 }
 PENDING_LONG = {
     "aggregators/_kernels.py",
@@ -55,8 +53,6 @@ PENDING_LONG = {
     "compute/datasets.py",
     "design/search.py",
     "engines/lockstep.py",
-    "server/update.py",
-    "training/loop.py",
 }
 
 

@@ -13,7 +13,8 @@ from byzshield.compute.networks import build_network
 from byzshield.config import MeanMode, MultiKrumMode
 from byzshield.design.placements import detox, mols, rama_two
 from byzshield.design.search import distorted_files, worst_case
-from byzshield.server.update import Copies, RobustUpdate, copy_index
+from byzshield.server.copies import Copies, copy_index
+from byzshield.server.update import RobustUpdate
 from byzshield.server.vote import Rows
 from byzshield.training.loop import evaluate, recompute_batchnorm, score_test_set
 

@@ -7,9 +7,9 @@
   code and generators; no torch.distributed.
 
 Both hand the trainer (:mod:`byzshield.training.loop`) a
-:class:`byzshield.server.update.Copies`, and
-the same robust update (:mod:`byzshield.server.update`) decides the gradient: for the same
-config they give the same bits.
+:class:`byzshield.server.copies.Copies`, and the same robust update
+(:mod:`byzshield.server.update`) decides the gradient: for the same config they give the
+same bits.
 """
 
 

@@ -58,8 +58,8 @@ from byzshield.compute.batched import BatchedGradients
 from byzshield.compute.datasets import derive_seed, step_files
 from byzshield.compute.gradients import flat_params, load_flat, num_params
 from byzshield.config import CoordMedianMode, MeanMode, Run
-from byzshield.server.update import step_metrics
-from byzshield.training.loop import TrainingError, complete_line, final_line, say, step_record
+from byzshield.server.metrics import step_metrics, step_record
+from byzshield.training.loop import TrainingError, complete_line, final_line, say
 from byzshield.training.runfolder import Resume
 
 __all__ = ["CHUNK_SAMPLES", "LockstepGroup", "Member", "collect", "lockstep", "train_collected"]

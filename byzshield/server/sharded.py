@@ -48,7 +48,9 @@ from torch import Tensor
 
 from byzshield.aggregators import ColumnShard, reduction_block
 from byzshield.design.placements import Placement
-from byzshield.server.update import Copies, Outcome, RobustUpdate
+from byzshield.server.copies import Copies
+from byzshield.server.metrics import Outcome
+from byzshield.server.update import RobustUpdate
 from byzshield.server.vote import Rows
 from byzshield.server.wire import ReplyLayout
 

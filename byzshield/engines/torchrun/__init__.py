@@ -8,7 +8,7 @@ with :func:`byzshield.compute.gradients.file_gradients`, Byzantine workers apply
 (unless it is omniscient: the server simulates those, :mod:`byzshield.server.forgery`), and
 each sends a :class:`byzshield.server.wire.ReplyLayout` header and payload. The server receives
 every payload straight into one buffer, reused every step, which becomes the rows of the
-step's :class:`byzshield.server.update.Copies`: worker w's l rows and, after them, spare rows for
+step's :class:`byzshield.server.copies.Copies`: worker w's l rows and, after them, spare rows for
 its END marker and the slack that lets a message of the wrong length be named
 (:class:`byzshield.server.wire.Slot`). Spare rows are never read and, never written,
 cost no memory. The copies are handed over while the payloads are still arriving: the

@@ -19,9 +19,11 @@ from byzshield.aggregators import ColumnShard
 from byzshield.compute.gradients import num_params
 from byzshield.config import Run, add_server_parts
 from byzshield.engines.torchrun.comm import Comm, RankFailure
+from byzshield.server.copies import Copies, copy_index, pushed_slots
 from byzshield.server.erasures import erase, erasures, present_copies
+from byzshield.server.metrics import Outcome
 from byzshield.server.sharded import bytes_per_server, shard_bounds
-from byzshield.server.update import Copies, Outcome, RobustUpdate, copy_index, pushed_slots
+from byzshield.server.update import RobustUpdate
 from byzshield.server.vote import Rows
 from byzshield.server.wire import Control, Pull, ReplyLayout, Slot, control_size, gradients_size
 
@@ -128,7 +130,7 @@ class TorchrunEngine:
             Rows(self.rows),
             self.index,
             losses[self.loss_index],
-            present=present_copies(self.run, tuple(self.dropped)) if self.dropped else None,
+            present=present_copies(self.run.placement, self.dropped) if self.dropped else None,
             claims=claims,
             fetch=self._fetch if self.digests else None,
             bytes_in=len(headers) * self.layout.nbytes(),
@@ -151,7 +153,7 @@ class TorchrunEngine:
         log.warning("dropped worker %d for the rest of the run: %s", w, why)
         self.comm.tell_dropped(w, why)
         if self.copies is not None:
-            gone = present_copies(self.run, (w,))
+            gone = present_copies(self.run.placement, (w,))
             present = self.copies.present
             self.copies.present = gone if present is None else present & gone
 
@@ -503,7 +505,7 @@ def run_shard_server(comm: Comm, run: Run) -> None:
         step = message.step
         byzantine = tuple(w for w, bad in enumerate(message.byzantine) if bad)
         copies, _ = engine.collect(time.perf_counter())
-        erase(copies, run, erasures(run, step))
+        erase(copies, p, erasures(p, cfg.stragglers, seed=cfg.seed, step=step))
         sent = peers.sent
         outcome = update(copies, byzantine, step)
         state = update.state_dict()
