@@ -12,7 +12,6 @@ one line before any process group starts.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
@@ -49,7 +48,7 @@ from byzshield.cli.launcher import (
 from byzshield.compute.networks import use_kernels
 from byzshield.config import add_server_parts, build_run, load_config, register_schema
 from byzshield.engines import build_engine, lockstep
-from byzshield.engines.torchrun import LeadUpdate, run_shard_server, run_worker
+from byzshield.engines.torchrun import run_shard_server, run_worker
 from byzshield.engines.torchrun.comm import RankFailure, init
 from byzshield.training.loop import Trainer, TrainingError, announce
 from byzshield.training.runfolder import PROGRESS, FolderInUse, RunFileError, prepare, release
@@ -132,8 +131,7 @@ def run_rank(comm, run, engine: str, output: Path, *, server_parts: bool, log: b
             return None
         gather = build_engine(engine, run, comm)
         announce(run, folder, engine)
-        lead = functools.partial(LeadUpdate, comm) if engine == "torchrun" else None
-        trainer = Trainer(run, gather, folder, device=config.device, resume=resume, lead=lead)
+        trainer = Trainer(run, gather, folder, device=config.device, resume=resume)
         return trainer.train()
     finally:
         if comm.is_server and not status:

@@ -63,6 +63,7 @@ class SimulateEngine:
         layout = ReplyLayout(p.load, d, digests=self.digests)
         self.bytes_in = p.num_workers * layout.nbytes()  # what the torchrun server receives
         self.dropped: dict[int, str] = {}  # no worker is ever dropped in process
+        self.peers = None  # a sharded server's servers are threads (ShardedUpdate)
 
     def _gradients(self, files: list[int], step: int, *, flip: bool, out: torch.Tensor):
         """Gradients of ``files`` into ``out`` rows, split over the replicas; losses."""

@@ -19,26 +19,31 @@ server's vote) and :func:`byzshield.server.vote.digest_vote`, the rule
 :class:`byzshield.server.rule.StepRule`, and what the step reports
 :func:`byzshield.server.metrics.step_metrics` (which defines trusted, distorted and lost).
 
+:func:`build_update` is the one builder of a run's update, from an :class:`UpdateSpec`
+(:meth:`byzshield.config.Run.update_spec` makes a run's): one server's
+:class:`RobustUpdate`, or with S servers those of :mod:`byzshield.server.sharded`, as
+threads of this process or over a transport between processes (the torchrun engine's).
 tests/test_step.py has examples.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from byzshield.aggregators import ColumnShard, column_shard
+from byzshield.aggregators import Aggregator, ColumnShard, column_shard
 from byzshield.attacks import Attack
 from byzshield.design.placements import Placement
 from byzshield.server.copies import PUSHED, Copies, Inbox, live_copies
 from byzshield.server.forgery import OmniscientAttack, digest_lie
 from byzshield.server.metrics import Outcome, step_metrics
-from byzshield.server.rule import StepRule
+from byzshield.server.rule import StepRule, rule_threads
+from byzshield.server.sharded import LeadUpdate, Peers, ShardedUpdate, ShardServer
 from byzshield.server.vote import (
     Rows,
     copy_classes,
@@ -48,7 +53,79 @@ from byzshield.server.vote import (
     vote_positions,
 )
 
-__all__ = ["RobustUpdate"]
+__all__ = ["RobustUpdate", "UpdateSpec", "build_update"]
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """What a run's robust update is built from (:func:`build_update`).
+
+    Attributes:
+        placement: who holds which file.
+        attack: the run's attack; only attacks with ``needs_honest`` (omniscient: ALIE,
+            IPM) are simulated in the update (:mod:`byzshield.server.forgery`), the
+            others are already in the copies.
+        build_rule: a fresh rule object (``rule(stack, f=, generator=)``, keeping its own
+            state across steps: centered clipping's centre); each server of a sharded
+            server builds its own, whose state is that server's columns.
+        rule_f: the f the rule assumes.
+        seed: the run's seed; per-step generators are derived from (seed, step).
+        threads: the run's ``threads`` (None: every core); the rule's column threads
+            follow from it and d (:func:`byzshield.server.rule.rule_threads`).
+        outside_guarantee: the run was started outside the rule's guarantee on purpose.
+        verify: vote=digest: how many copies of a winning digest are checked, ``first``
+            or ``majority`` (:func:`byzshield.server.vote.digest_vote`).
+        lie: ``adversary.digest_lie`` (:func:`byzshield.server.forgery.digest_lie`).
+        num_servers: S, the servers of a sharded parameter server (``ps_shards``).
+    """
+
+    placement: Placement
+    attack: Attack
+    build_rule: Callable[[], Aggregator]
+    rule_f: int
+    seed: int
+    threads: int | None = None
+    outside_guarantee: bool = False
+    verify: str = "first"
+    lie: str = "none"
+    num_servers: int = 1
+
+
+def build_update(
+    spec: UpdateSpec, d: int, *, peers: Peers | None = None
+) -> RobustUpdate | ShardedUpdate | LeadUpdate | ShardServer:
+    """The robust update of a run of d parameters, the one builder every engine uses.
+
+    One server (``spec.num_servers == 1``): a :class:`RobustUpdate`. S servers
+    (:mod:`byzshield.server.sharded`), each with its own rule object: without ``peers``
+    all S as threads of this process (:class:`~byzshield.server.sharded.ShardedUpdate`);
+    with ``peers``, this process's server of S, server 0's
+    (:class:`~byzshield.server.sharded.LeadUpdate`) or another's
+    (:class:`~byzshield.server.sharded.ShardServer`).
+    """
+    threads = rule_threads(d, spec.threads)
+
+    def build(shard: ColumnShard | None = None) -> RobustUpdate:
+        return RobustUpdate(
+            spec.placement,
+            spec.attack,
+            spec.build_rule(),
+            aggregator_f=spec.rule_f,
+            seed=spec.seed,
+            threads=threads,
+            outside_guarantee=spec.outside_guarantee,
+            verify=spec.verify,
+            lie=spec.lie,
+            shard=shard,
+        )
+
+    if spec.num_servers == 1:
+        return build()
+    if peers is None:
+        return ShardedUpdate(spec.placement, d, spec.num_servers, build)
+    if peers.server == 0:
+        return LeadUpdate(peers, spec.placement, d, build)
+    return ShardServer(peers, d, build)
 
 
 @dataclass

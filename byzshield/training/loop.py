@@ -3,15 +3,15 @@ checkpoints, evaluation and the progress display.
 
 One step, whichever engine gathers the copies::
 
-    byzantine = selection.workers(step)                  # adversary.Selection
+    byzantine = selection.workers(step)                     # design.search.Selection
     copies, times = engine.gather(step, params, byzantine)  # torchrun or simulate
-    outcome = robust_update(copies, byzantine, step)    # server.update: attack, vote, rule
-    apply(outcome.gradient)                              # SGD with momentum, step LR
+    outcome = update(copies, byzantine, step)              # server.update: attack, vote, rule
+    apply(outcome.gradient)                                 # SGD with momentum, step LR
 
-The per-step record in ``metrics.jsonl`` (:func:`byzshield.server.metrics.step_record`)
-has the same keys for both engines; its time
-split (compute, communication, attack simulation, vote, aggregation, update) adds up to
-``step_s``.
+The update is :func:`byzshield.server.update.build_update`'s, built once. The per-step
+record in ``metrics.jsonl`` (:func:`byzshield.server.metrics.step_record`) has the same
+keys for every engine; its time split (compute, communication, attack simulation, vote,
+aggregation, update) adds up to ``step_s``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ from byzshield.config import Run
 from byzshield.server.copies import Copies
 from byzshield.server.erasures import drop_line, erase, erasures, unvoteable
 from byzshield.server.metrics import step_record
-from byzshield.server.rule import rule_threads
-from byzshield.server.sharded import ShardedUpdate
-from byzshield.server.update import RobustUpdate
+from byzshield.server.sharded import Peers
+from byzshield.server.update import build_update
 from byzshield.training.runfolder import (
     PROGRESS,
     Resume,
@@ -69,11 +68,15 @@ class Engine(Protocol):
 
     ``dropped``: the workers dropped for the rest of the run, each with why (the torchrun
     engine drops a worker whose message is malformed, that fails or that is late; the
-    simulate engine drops none), in the order they were dropped.
+    simulate engine drops none), in the order they were dropped. ``peers``: the channels
+    between the servers of a sharded parameter server when they are processes (the
+    torchrun engine's, :mod:`byzshield.server.sharded`); None when there is one server,
+    or its servers are threads of this process.
     """
 
     name: str
     dropped: dict[int, str]
+    peers: Peers | None
 
     def gather(
         self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]
@@ -302,38 +305,6 @@ def interrupted_line() -> str:
     )
 
 
-def robust_update(run: Run, model: nn.Module, *, lead=None):
-    """The run's robust update: one server's, or with ``ps_shards=S`` the S servers' of
-    a sharded parameter server (:mod:`byzshield.server.sharded`), each with its own rule object:
-    as threads of this process, or (``lead``, the torchrun engine's
-    :class:`~byzshield.engines.torchrun.LeadUpdate`) server 0's part of S processes."""
-    cfg = run.config
-    threads = rule_threads(num_params(model), cfg.threads)
-
-    def build(aggregator, shard=None) -> RobustUpdate:
-        return RobustUpdate(
-            run.placement,
-            run.attack,
-            aggregator,
-            aggregator_f=run.aggregator_f,
-            seed=cfg.seed,
-            threads=threads,
-            outside_guarantee=run.outside_guarantee,
-            verify=cfg.digest_verify,
-            lie=cfg.adversary.digest_lie,
-            shard=shard,
-        )
-
-    if cfg.ps_shards == 1:
-        return build(run.aggregator)
-    d = sum(t.numel() for t in model.parameters())
-    if lead is not None:
-        return lead(run, d, lambda shard: build(run.aggregator, shard))
-    return ShardedUpdate(
-        run.placement, d, cfg.ps_shards, lambda shard: build(run.mode_option.build(), shard)
-    )
-
-
 class Trainer:
     """The parameter server's side of a run: model, optimizer, schedule and the loop.
 
@@ -350,7 +321,6 @@ class Trainer:
         device: str = "cpu",
         resume: Resume | None = None,
         tensorboard: bool = True,
-        lead=None,
     ):
         self.run, self.engine, self.folder = run, engine, folder
         cfg = run.config
@@ -359,7 +329,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=cfg.lr_step, gamma=cfg.gamma
         )
-        self.update = robust_update(run, self.model, lead=lead)
+        peers = None if engine is None else engine.peers
+        self.update = build_update(run.update_spec(), num_params(self.model), peers=peers)
         self.metrics = MetricsLog(folder, tensorboard=tensorboard)
         self.checkpoints = folder / "checkpoints"
         self.start = 0

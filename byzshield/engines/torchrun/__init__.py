@@ -20,19 +20,15 @@ With ``ps_shards=S`` ranks 0..S-1 are the servers of a sharded parameter server 
 S..S+K-1 the workers (docs/shards.md). Rank 0 sends control and parameters, as before;
 each worker sends every server a header and that server's columns of its payload;
 servers 1..S-1 (:func:`run_shard_server`) run the robust update of their columns,
-exchanging vote classes and partial sums with the others (:class:`TorchrunPeers`), and
-send rank 0 their gradient slice (:class:`LeadUpdate` puts the step together).
+exchanging vote classes and partial sums with the others over gloo
+(:class:`TorchrunPeers`), and send rank 0 their gradient slice, which rank 0 puts
+together (:class:`byzshield.server.sharded.LeadUpdate`).
 
 :mod:`~byzshield.engines.torchrun.server` is the server ranks' side,
 :mod:`~byzshield.engines.torchrun.worker` the workers'.
 """
 
-from byzshield.engines.torchrun.server import (
-    LeadUpdate,
-    TorchrunEngine,
-    TorchrunPeers,
-    run_shard_server,
-)
+from byzshield.engines.torchrun.server import TorchrunEngine, TorchrunPeers, run_shard_server
 from byzshield.engines.torchrun.worker import run_worker
 
-__all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server", "run_worker"]
+__all__ = ["TorchrunEngine", "TorchrunPeers", "run_shard_server", "run_worker"]
