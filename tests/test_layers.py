@@ -53,7 +53,6 @@ PENDING_LONG = {
     "aggregators/rules.py",
     "attacks.py",
     "compute/datasets.py",
-    "design/search.py",
     "engines/lockstep.py",
     "server/update.py",
     "training/loop.py",
