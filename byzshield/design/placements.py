@@ -252,10 +252,11 @@ def detox(K: int, r: int, *, approach: str = "draco_lite") -> Placement:
 def mols(l: int, r: int) -> Placement:  # noqa: E741 - l is the paper's name
     """ByzShield's MOLS placement: r mutually orthogonal Latin squares of order l.
 
-    Over GF(l), L_k(i, j) = a_k * i + j with a_k the nonzero field elements (a_k = k for
-    prime l, giving the paper's (k*i + j) mod l). File (i, j) has id i*l + j. Worker
-    (c, s), id c*l + s, holds every cell where L_{c+1}(i, j) = s. Workers of one square
-    share no file; workers of different squares share exactly one.
+    Over GF(l) (:mod:`byzshield.design.fields`), L_k(i, j) = a_k * i + j with a_k the
+    nonzero field elements (a_k = k for prime l, giving the paper's (k*i + j) mod l).
+    File (i, j) has id i*l + j. Worker (c, s), id c*l + s, holds every cell where
+    L_{c+1}(i, j) = s. Workers of one square share no file; workers of different squares
+    share exactly one.
     K = r*l, f = l^2, load l, replication r. Requires l a prime power and 1 <= r <= l-1.
     """
     l = _check_int("l", l, 2, "mols")  # noqa: E741
