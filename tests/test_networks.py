@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from byzshield.compute.datasets import eval_batches, file_batch, load_dataset
+from byzshield.compute.datasets import load_dataset
 from byzshield.compute.networks import NETWORKS, CNN1d, build_network
+from byzshield.compute.sampling import eval_batches, file_batch
 
 # (in_channels, image_size): embedded digits, MNIST, CIFAR/SVHN
 INPUTS = [(1, 8), (1, 28), (3, 32)]
