@@ -413,7 +413,7 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
-        # Statistics: digits computed on its training split (tests/test_data.py checks
+        # Statistics: digits computed on its training split (tests/test_datasets.py checks
         # them); the others are the usual published training-set values. The original
         # normalised CIFAR-100 with CIFAR-10's values and SVHN with (0.4914, 0.4822,
         # 0.4465) / (0.2023, 0.1994, 0.2010); here each dataset uses its own.
