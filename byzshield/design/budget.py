@@ -1,8 +1,4 @@
-"""The budget of the worst-case search: work units, seconds, or both.
-
-A budget of work alone makes the search take the same steps on any machine, so the
-Byzantine set it picks for training does not depend on the machine's speed or load.
-"""
+"""The budget of the worst-case search (:class:`Budget`): work units, seconds, or both."""
 
 from __future__ import annotations
 

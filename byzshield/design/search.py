@@ -55,7 +55,7 @@ class WorstCase:
         naive_bound: floor(q * l / r'), from counting copies.
         spectral_bound: floor of ByzShield's gamma (None where undefined, r = 1).
         seconds: time spent on this q (shared work is split evenly over the q's).
-        method: "exhaustive-classes", "branch-and-bound" or "closed-form".
+        method: "exhaustive-classes" or "branch-and-bound" (how it was found).
     """
 
     q: int
