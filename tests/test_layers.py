@@ -37,7 +37,6 @@ MAX_LINES = 600
 # What the redesign has yet to fix while it is done in steps. Each check fails on a
 # violation not listed here, and on a listed one that is gone: the lists only shrink.
 PENDING_ABOVE = {
-    "byzshield.compute.gradients imports byzshield.attacks",
     "byzshield.server.erasures imports byzshield.config",
 }
 PENDING_PRIVATE = {
@@ -45,15 +44,12 @@ PENDING_PRIVATE = {
     "byzshield.server.update imports byzshield.aggregators._kernels.column_threads",
 }
 PENDING_CIRCLES = {
-    "byzshield.compute.batched -> byzshield.compute.gradients -> byzshield.compute.batched",
     "byzshield.server.update -> byzshield.server.forgery -> byzshield.server.update",
 }
 PENDING_LONG = {
     "aggregators/_kernels.py",
     "aggregators/rules.py",
     "attacks.py",
-    "compute/datasets.py",
-    "design/search.py",
     "engines/lockstep.py",
     "server/update.py",
     "training/loop.py",
