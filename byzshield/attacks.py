@@ -16,7 +16,7 @@ Every attack is a small frozen dataclass built from its parameters and called as
 The output always has ``own``'s shape and dtype (a gradient that changes size would
 crash the transport). ``label_flip`` is a data-side attack: its gradient transform is
 the identity and ``flips_labels = True`` tells the worker to compute its gradients on
-:func:`flip_labels` applied to the labels.
+:func:`byzshield.compute.gradients.flip_labels` applied to the labels.
 
 =========  =====================================  =====================================
 name       sends                                  reference
@@ -73,7 +73,6 @@ __all__ = [
     "SignFlip",
     "alie_z",
     "attack_generator",
-    "flip_labels",
     "forge",
     "line_search",
     "make_attack",
@@ -102,7 +101,7 @@ def attack_generator(seed: int, step: int, file: int) -> torch.Generator:
     Seeded from (seed, step, file) only, so all Byzantine copies of a file agree (they
     collude), both engines draw the same numbers, and a rerun reproduces them.
     """
-    from byzshield.compute.datasets import derive_seed
+    from byzshield.compute.sampling import derive_seed
 
     return torch.Generator().manual_seed(derive_seed("attack", seed, step, file))
 
@@ -371,7 +370,8 @@ class Gaussian:
 
 @dataclass(frozen=True)
 class LabelFlip:
-    """Data-side attack: the worker trains on labels y -> C - 1 - y (:func:`flip_labels`).
+    """Data-side attack: the worker trains on labels y -> C - 1 - y
+    (:func:`byzshield.compute.gradients.flip_labels`).
 
     The gradient transform is the identity: with ``flips_labels = True`` the worker
     computes ``own`` on flipped labels, and this call returns it unchanged.
@@ -383,24 +383,6 @@ class LabelFlip:
 
     def __call__(self, own, *, honest=None, generator=None):
         return _check_own(self.name, own)
-
-
-def flip_labels(labels: Tensor, num_classes: int) -> Tensor:
-    """y -> num_classes - 1 - y for integer class labels in [0, num_classes).
-
-    Raises:
-        ValueError: when labels are not integers or lie outside [0, num_classes).
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.is_complex():
-        raise ValueError(f"labels must be an integer torch.Tensor, got {labels!r}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got range "
-            f"[{int(labels.min())}, {int(labels.max())}]"
-        )
-    return (num_classes - 1) - labels
 
 
 @dataclass(frozen=True)

@@ -36,22 +36,16 @@ MAX_LINES = 600
 
 # What the redesign has yet to fix while it is done in steps. Each check fails on a
 # violation not listed here, and on a listed one that is gone: the lists only shrink.
-PENDING_ABOVE = {
-    "byzshield.compute.gradients imports byzshield.attacks",
-}
+PENDING_ABOVE: set[str] = set()
 PENDING_PRIVATE = {
     "byzshield.cli.launcher imports byzshield.config.overrides._groups",
     "byzshield.server.rule imports byzshield.aggregators._kernels.column_threads",
 }
-PENDING_CIRCLES = {
-    "byzshield.compute.batched -> byzshield.compute.gradients -> byzshield.compute.batched",
-}
+PENDING_CIRCLES: set[str] = set()
 PENDING_LONG = {
     "aggregators/_kernels.py",
     "aggregators/rules.py",
     "attacks.py",
-    "compute/datasets.py",
-    "design/search.py",
     "engines/lockstep.py",
 }
 

@@ -27,7 +27,7 @@ import torch
 
 from byzshield.aggregators import Aggregator
 from byzshield.design.placements import Placement
-from byzshield.design.search import random_selection
+from byzshield.design.selection import random_selection
 from byzshield.server.copies import Copies
 
 __all__ = ["drop_line", "erase", "erasures", "present_copies", "unvoteable", "voteable_files"]

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from byzshield.aggregators import AggregateResult, Aggregator
 from byzshield.aggregators._kernels import column_threads
-from byzshield.compute.datasets import derive_seed
+from byzshield.compute.sampling import derive_seed
 
 __all__ = ["StepRule", "rule_threads"]
 

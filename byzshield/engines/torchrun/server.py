@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from byzshield.compute.gradients import num_params
+from byzshield.compute.params import num_params
 from byzshield.config import Run, add_server_parts
 from byzshield.engines.torchrun.comm import Comm, RankFailure
 from byzshield.server.copies import Copies, copy_index, pushed_slots
