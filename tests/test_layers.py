@@ -42,15 +42,12 @@ PENDING_ABOVE = {
 }
 PENDING_PRIVATE = {
     "byzshield.cli.launcher imports byzshield.config.overrides._groups",
-    "byzshield.server.update imports byzshield.aggregators._kernels.column_threads",
 }
 PENDING_CIRCLES = {
     "byzshield.compute.batched -> byzshield.compute.gradients -> byzshield.compute.batched",
     "byzshield.server.update -> byzshield.server.forgery -> byzshield.server.update",
 }
 PENDING_LONG = {
-    "aggregators/_kernels.py",
-    "aggregators/rules.py",
     "attacks.py",
     "compute/datasets.py",
     "design/search.py",
