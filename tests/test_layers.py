@@ -48,7 +48,6 @@ PENDING_CIRCLES = {
     "byzshield.server.update -> byzshield.server.forgery -> byzshield.server.update",
 }
 PENDING_LONG = {
-    "attacks.py",
     "compute/datasets.py",
     "design/search.py",
     "engines/lockstep.py",
