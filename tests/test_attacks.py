@@ -16,9 +16,9 @@ from byzshield.attacks import (
     InnerProductManipulation,
     LabelFlip,
     alie_z,
-    flip_labels,
     make_attack,
 )
+from byzshield.compute.gradients import flip_labels
 
 NAMES = [
     "none",

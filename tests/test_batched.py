@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from byzshield.compute.batched import BatchedGradients
-from byzshield.compute.datasets import file_batches, load_dataset, step_files
-from byzshield.compute.gradients import file_gradients, flat_params
+from byzshield.compute.datasets import load_dataset
+from byzshield.compute.gradients import file_gradients
 from byzshield.compute.networks import build_network
+from byzshield.compute.params import flat_params
+from byzshield.compute.sampling import file_batches, step_files
 
 
 def _model(name: str, seed: int, data):

@@ -37,19 +37,15 @@ MAX_LINES = 600
 # What the redesign has yet to fix while it is done in steps. Each check fails on a
 # violation not listed here, and on a listed one that is gone: the lists only shrink.
 PENDING_ABOVE = {
-    "byzshield.compute.gradients imports byzshield.attacks",
     "byzshield.server.erasures imports byzshield.config",
 }
 PENDING_PRIVATE = {
     "byzshield.cli.launcher imports byzshield.config.overrides._groups",
 }
 PENDING_CIRCLES = {
-    "byzshield.compute.batched -> byzshield.compute.gradients -> byzshield.compute.batched",
     "byzshield.server.update -> byzshield.server.forgery -> byzshield.server.update",
 }
 PENDING_LONG = {
-    "compute/datasets.py",
-    "design/search.py",
     "engines/lockstep.py",
     "server/update.py",
     "training/loop.py",

@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from byzshield.compute.datasets import eval_batches, file_batch, load_dataset
+from byzshield.compute.datasets import load_dataset
 from byzshield.compute.networks import NETWORKS, CNN1d, build_network
+from byzshield.compute.params import num_params
+from byzshield.compute.sampling import eval_batches, file_batch
 
 # (in_channels, image_size): embedded digits, MNIST, CIFAR/SVHN
 INPUTS = [(1, 8), (1, 28), (3, 32)]
@@ -14,10 +16,6 @@ INPUTS = [(1, 8), (1, 28), (3, 32)]
 SIGNALS = [(1, 8), (1, 40), (3, 100)]
 IMAGE_NETWORKS = [n for n, info in NETWORKS.items() if info.spatial_dims == 2]
 SIGNAL_NETWORKS = [n for n, info in NETWORKS.items() if info.spatial_dims == 1]
-
-
-def _num_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 @pytest.mark.parametrize("name", IMAGE_NETWORKS)
@@ -79,7 +77,7 @@ def test_cnn1d_for_mnist1d_is_the_papers_5210_parameter_cnn():
         ((3,), (2,), (1,)),
     ]
     assert net.linear.in_features == 25 * 5
-    assert _num_params(net) == 150 + 1_900 + 1_900 + 1_260 == 5_210
+    assert num_params(net) == 150 + 1_900 + 1_900 + 1_260 == 5_210
 
 
 @pytest.mark.parametrize(("name", "spatial_dims"), [("lenet", 1), ("cnn1d", 2)])
@@ -94,13 +92,13 @@ def test_network_refuses_samples_of_the_other_dimensionality(name, spatial_dims)
 
 def test_resnet18_has_about_11m_parameters_for_10_classes():
     net = build_network("resnet18", num_classes=10, in_channels=3, image_size=32)
-    assert _num_params(net) == 11_173_962  # the usual CIFAR ResNet-18 count
+    assert num_params(net) == 11_173_962  # the usual CIFAR ResNet-18 count
 
 
 def test_lenet_for_mnist_matches_original_layout():
     net = build_network("lenet", num_classes=10, in_channels=1, image_size=28)
     # conv 1->20 5x5, conv 20->50 5x5, fc 4*4*50 -> 500, fc 500 -> 10
-    assert _num_params(net) == 520 + 25_050 + 400_500 + 5_010
+    assert num_params(net) == 520 + 25_050 + 400_500 + 5_010
     assert net.fc1.in_features == 4 * 4 * 50
 
 

@@ -6,12 +6,12 @@ import json
 import pytest
 
 from byzshield.config import APPROACHES, build_placement
+from byzshield.design.fields import galois_field
 from byzshield.design.placements import (
     Placement,
     baseline,
     detox,
     from_file,
-    galois_field,
     mols,
     rama_one,
     rama_two,

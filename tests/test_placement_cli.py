@@ -126,13 +126,3 @@ def test_a_bad_design_is_one_line_naming_it(capsys, designs, message):
     assert placement_main([designs]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-
-
-def test_a_design_too_large_to_enumerate_falls_back_to_the_bounded_search():
-    """mols l=29 has classes of 29 workers (2^29 subsets each): no 2^29 x f table is
-    built, the search is branch and bound within its budget."""
-    from byzshield.design.placements import mols
-    from byzshield.design.search import _ClassSolver
-
-    solver = _ClassSolver(mols(29, 3))
-    assert not solver.feasible() and solver.cover is None

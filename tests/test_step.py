@@ -11,8 +11,9 @@ from byzshield.attacks import make_attack
 from byzshield.compute.datasets import load_dataset
 from byzshield.compute.networks import build_network
 from byzshield.config import MeanMode, MultiKrumMode
+from byzshield.design.bounds import distorted_files
 from byzshield.design.placements import detox, mols, rama_two
-from byzshield.design.search import distorted_files, worst_case
+from byzshield.design.search import worst_case
 from byzshield.server.update import Copies, RobustUpdate, copy_index
 from byzshield.server.vote import Rows
 from byzshield.training.loop import evaluate, recompute_batchnorm, score_test_set

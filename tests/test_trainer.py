@@ -7,8 +7,8 @@ import torch
 from conftest import read_metrics
 
 from byzshield.config import ConfigError
+from byzshield.design.bounds import distorted_files
 from byzshield.design.placements import rama_two
-from byzshield.design.search import distorted_files
 from byzshield.engines.simulate import simulate
 from byzshield.evaluate import checkpoints, evaluate_checkpoint
 from byzshield.training.loop import TIME_KEYS

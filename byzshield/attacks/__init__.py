@@ -17,7 +17,7 @@ Every attack is a small frozen dataclass built from its parameters and called as
 The output always has ``own``'s shape and dtype (a gradient that changes size would
 crash the transport). ``label_flip`` is a data-side attack: its gradient transform is
 the identity and ``flips_labels = True`` tells the worker to compute its gradients on
-:func:`flip_labels` applied to the labels.
+:func:`byzshield.compute.gradients.flip_labels` applied to the labels.
 
 The attacks, each with its formula and reference in its docstring:
 :mod:`~byzshield.attacks.worker` (what a worker does to its own gradient),
@@ -79,7 +79,6 @@ from byzshield.attacks.worker import (
     NoAttack,
     ReverseGradient,
     SignFlip,
-    flip_labels,
 )
 
 __all__ = [
@@ -99,7 +98,6 @@ __all__ = [
     "SignFlip",
     "alie_z",
     "attack_generator",
-    "flip_labels",
     "forge",
     "line_search",
     "make_attack",
@@ -128,7 +126,7 @@ def attack_generator(seed: int, step: int, file: int) -> torch.Generator:
     Seeded from (seed, step, file) only, so all Byzantine copies of a file agree (they
     collude), both engines draw the same numbers, and a rerun reproduces them.
     """
-    from byzshield.compute.datasets import derive_seed
+    from byzshield.compute.sampling import derive_seed
 
     return torch.Generator().manual_seed(derive_seed("attack", seed, step, file))
 

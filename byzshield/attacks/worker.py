@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from byzshield.attacks._checks import check_own, finite
 
@@ -33,7 +32,6 @@ __all__ = [
     "NoAttack",
     "ReverseGradient",
     "SignFlip",
-    "flip_labels",
 ]
 
 
@@ -161,7 +159,8 @@ class Gaussian:
 
 @dataclass(frozen=True)
 class LabelFlip:
-    """Data-side attack: the worker trains on labels y -> C - 1 - y (:func:`flip_labels`).
+    """Data-side attack: the worker trains on labels y -> C - 1 - y
+    (:func:`byzshield.compute.gradients.flip_labels`).
 
     Label flipping as in Allen-Zhu et al., ICLR 2021, and ByzFL. The gradient transform
     is the identity, v = own: with ``flips_labels = True`` the worker computes ``own`` on
@@ -174,29 +173,6 @@ class LabelFlip:
 
     def __call__(self, own, *, honest=None, generator=None):
         return check_own(self.name, own)
-
-
-def flip_labels(labels: Tensor, num_classes: int) -> Tensor:
-    """y -> num_classes - 1 - y for integer class labels in [0, num_classes).
-
-    Example::
-
-        >>> flip_labels(torch.tensor([0, 3, 9]), 10).tolist()
-        [9, 6, 0]
-
-    Raises:
-        ValueError: when labels are not integers or lie outside [0, num_classes).
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.is_complex():
-        raise ValueError(f"labels must be an integer torch.Tensor, got {labels!r}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got range "
-            f"[{int(labels.min())}, {int(labels.max())}]"
-        )
-    return (num_classes - 1) - labels
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ each::
     grads, losses = BatchedGradients(model)(params, x, y)
     # params (N, d); x (N, f, s, *sample_shape); y (N, f, s) int64
     # grads (N, f, d): grads[n, j] is the gradient of the mean cross-entropy over file j
-    # of run n, in the order of byzshield.compute.gradients.flat_params; losses (N, f) float32
+    # of run n, in the order of byzshield.compute.params.flat_params; losses (N, f) float32
 
 This is the gradient :func:`byzshield.compute.gradients.file_gradients` computes one file at a
 time, but not its bits: the sums run in another order (measured: within 1e-7 of it for
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from byzshield.compute.networks import CNN1d
+from byzshield.compute.params import load_flat
 
 __all__ = ["BatchedGradients"]
 
@@ -128,8 +129,6 @@ class _DenseKernel:
         self.offsets = [(start[id(m.weight)], start[id(m.bias)]) for m in self.layers]
 
     def __call__(self, params: Tensor, x: Tensor, y: Tensor):
-        from byzshield.compute.gradients import load_flat
-
         n, f, s = y.shape
         out = torch.empty(n, f, params.shape[1], dtype=params.dtype)
         losses = torch.empty(n, f, dtype=params.dtype)

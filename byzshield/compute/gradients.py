@@ -3,7 +3,8 @@
 A torchrun worker calls :func:`file_gradients` for the files it holds; the simulate
 engine calls it for every file once. With the same parameters, thread count (one
 intra-op thread) and torch build, the same call gives the same bits in any process, so
-the two engines agree bit for bit (BYZSHIELD.md sections 4 and 8).
+the two engines agree bit for bit (docs/design.md sections 4 and 8). The label-flip
+attack is a change of the data, so it lives here too: :func:`flip_labels`.
 
     >>> import torch
     >>> from byzshield.compute.datasets import load_dataset
@@ -23,32 +24,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from byzshield.attacks import flip_labels
-from byzshield.compute.datasets import ImageDataset, file_batches
+from byzshield.compute.batched import BatchedGradients
+from byzshield.compute.datasets import ImageDataset
+from byzshield.compute.params import flat_params
+from byzshield.compute.sampling import file_batches
 
-__all__ = ["file_gradients", "flat_params", "load_flat", "num_params"]
-
-
-def flat_params(model: nn.Module) -> torch.Tensor:
-    """All trainable parameters as one float32 vector (d,), on the CPU."""
-    return torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()])
-
-
-def num_params(model: nn.Module) -> int:
-    """d, the number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
-    """Copy a (d,) vector into the model's parameters (inverse of :func:`flat_params`)."""
-    offset = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            n = p.numel()
-            p.copy_(flat[offset : offset + n].view_as(p))
-            offset += n
+__all__ = ["file_gradients", "flip_labels"]
 
 
 def file_gradients(
@@ -73,10 +56,10 @@ def file_gradients(
     through one batched pass instead (:class:`byzshield.compute.batched.BatchedGradients`),
     whose result for a file does not depend on the other files of the call; both engines
     make the same choice, so replicas stay bit-identical. With ``flip`` the labels are
-    flipped first (the label-flip attack). ``out``, when given, is the (len(files), d)
-    float32 CPU buffer the gradients are written to (reusing one avoids page faults
-    every step). ``on_file(i)`` is called as soon as row i is final (a worker starts
-    hashing it for the digest vote while the next file is computed).
+    flipped first (:func:`flip_labels`, the ``label_flip`` attack). ``out``, when given,
+    is the (len(files), d) float32 CPU buffer the gradients are written to (reusing one
+    avoids page faults every step). ``on_file(i)`` is called as soon as row i is final (a
+    worker starts hashing it for the digest vote while the next file is computed).
     """
     if batched:
         out, losses = _batched(model, data, files, seed, step, batch_size, num_files, flip, out)
@@ -115,8 +98,6 @@ def file_gradients(
 def _batched(model, data, files, seed, step, batch_size, num_files, flip, out):
     """file_gradients(..., batched=True): the files stacked into one batched pass, with
     the kernel built once per model (kept on it)."""
-    from byzshield.compute.batched import BatchedGradients
-
     kernel = model.__dict__.get("_batched_gradients")
     if kernel is None:
         kernel = model.__dict__["_batched_gradients"] = BatchedGradients(model)
@@ -132,3 +113,22 @@ def _batched(model, data, files, seed, step, batch_size, num_files, flip, out):
         out = torch.empty(len(files), grads.shape[2])
     out.copy_(grads[0])
     return out, [float(v) for v in losses[0]]
+
+
+def flip_labels(labels: Tensor, num_classes: int) -> Tensor:
+    """y -> num_classes - 1 - y for integer class labels in [0, num_classes): the data a
+    worker under the ``label_flip`` attack trains on (Allen-Zhu et al. 2021; ByzFL).
+
+    Raises:
+        ValueError: when labels are not integers or lie outside [0, num_classes).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.is_complex():
+        raise ValueError(f"labels must be an integer torch.Tensor, got {labels!r}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got range "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+    return (num_classes - 1) - labels

@@ -34,8 +34,8 @@ BatchNorm (``uses_batchnorm``: such a network needs >= 2 samples per file in tra
   inputs work (28 -> 14 -> 7 -> 3 -> 1); inputs above 32 pixels are average-pooled to 1x1.
 
 No network uses dropout: randomness in the forward pass would make the r replicas of a
-file compute different gradients and break the bit-exact majority vote (BYZSHIELD.md
-section 4). Initialisation draws from torch's global generator, so ``torch.manual_seed``
+file compute different gradients and break the bit-exact majority vote (docs/design.md
+section 8). Initialisation draws from torch's global generator, so ``torch.manual_seed``
 before :func:`build_network` gives identical parameters in every process.
 """
 

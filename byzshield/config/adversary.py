@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from byzshield.config.base import ConfigError, _int
-from byzshield.design.search import SELECTIONS
+from byzshield.design.selection import SELECTIONS
 
 DIGEST_LIES = ("none", "honest_digest", "honest_tensor")
 

@@ -17,7 +17,7 @@ from byzshield.config.base import ConfigError
 from byzshield.config.modes import MODES
 from byzshield.config.schema import TrainConfig
 from byzshield.design.placements import Placement
-from byzshield.design.search import Selection, build_selection
+from byzshield.design.selection import Selection, build_selection
 from byzshield.server.sharded import shard_bounds
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from byzshield.compute.datasets import SEED_MAX
+from byzshield.compute.sampling import SEED_MAX
 from byzshield.config.adversary import AdversaryOption
 from byzshield.config.approaches import APPROACHES, ApproachOption
 from byzshield.config.attacks import ATTACK_OPTIONS, AttackOption

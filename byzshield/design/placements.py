@@ -1,6 +1,6 @@
 """Redundant gradient-task placements: which worker computes which file's gradient.
 
-A placement is a bipartite graph workers x files (BYZSHIELD.md section 2). Every file is
+A placement is a bipartite graph workers x files (docs/design.md section 2). Every file is
 held by ``replication`` workers and every worker holds ``load`` files, so
 ``num_files * replication == num_workers * load``. Workers and files are numbered from 0.
 
@@ -20,7 +20,7 @@ custom              path (JSON worker->files)  any     any     any   any
 Every built-in design is *resolvable*: its workers split into ``replication`` parallel
 classes, and the workers of one class hold disjoint files that together cover every file
 once. Builders record the classes and a few *symmetries* (worker permutations that map
-the design onto itself and each class onto itself); the worst-case adversary
+the design onto itself and each class onto itself); the worst-case search
 (:mod:`byzshield.design.search`) uses both to search exactly and fast.
 
 Run ``python -m byzshield.placement approach=mols approach.l=7 approach.r=5 q_max=13``
@@ -29,20 +29,19 @@ to print the worst-case table of a design (``--help`` lists the options).
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+
+from byzshield.design.fields import galois_field, is_prime, prime_power
 
 __all__ = [
     "Placement",
     "baseline",
     "detox",
     "from_file",
-    "galois_field",
     "mols",
     "rama_one",
     "rama_two",
@@ -203,103 +202,6 @@ class Placement:
 
 
 # --------------------------------------------------------------------------------------
-# Finite fields, for MOLS of prime-power order.
-
-
-def _prime_power(n: int) -> tuple[int, int] | None:
-    """(p, k) with n = p**k for a prime p, or None."""
-    if n < 2:
-        return None
-    for p in range(2, math.isqrt(n) + 1):
-        if n % p == 0:
-            k = 0
-            while n % p == 0:
-                n //= p
-                k += 1
-            return (p, k) if n == 1 else None
-    return (n, 1)
-
-
-def _is_prime(n: int) -> bool:
-    pk = _prime_power(n)
-    return pk is not None and pk[1] == 1
-
-
-def galois_field(q: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Addition and multiplication tables of GF(q), q = p**k a prime power.
-
-    Elements are 0..q-1; element e stands for the polynomial whose coefficients are the
-    base-p digits of e, arithmetic is modulo the first monic irreducible polynomial of
-    degree k in lexicographic order. For prime q this is arithmetic mod q.
-    """
-    pk = _prime_power(q)
-    if pk is None:
-        raise ValueError(f"GF(q) needs q to be a prime power (2, 3, 4, 5, 7, 8, 9, ...), got {q}")
-    p, k = pk
-
-    def digits(e: int) -> list[int]:
-        return [(e // p**i) % p for i in range(k)]
-
-    def number(ds: Sequence[int]) -> int:
-        return sum(d * p**i for i, d in enumerate(ds))
-
-    def polymulmod(a: list[int], b: list[int], mod: list[int]) -> list[int]:
-        prod = [0] * (2 * k - 1)
-        for i, x in enumerate(a):
-            for j, y in enumerate(b):
-                prod[i + j] = (prod[i + j] + x * y) % p
-        for deg in range(len(prod) - 1, k - 1, -1):  # reduce by monic `mod` of degree k
-            c = prod[deg]
-            if c:
-                for i in range(k + 1):
-                    prod[deg - k + i] = (prod[deg - k + i] - c * mod[i]) % p
-        return prod[:k]
-
-    modulus = [1] if k == 1 else None
-    if k > 1:
-        for low in itertools.product(range(p), repeat=k):  # monic x^k + low
-            cand = list(low) + [1]
-            if low[0] == 0:
-                continue
-            # irreducible iff it has no factor of degree 1..k//2: check no root-free test
-            # suffices only for k <= 3, so test by brute-force polynomial division.
-            if _irreducible(cand, p):
-                modulus = cand
-                break
-    add = [
-        [
-            number([(x + y) % p for x, y in zip(digits(a), digits(b), strict=False)])
-            for b in range(q)
-        ]
-        for a in range(q)
-    ]
-    if k == 1:
-        mul = [[(a * b) % p for b in range(q)] for a in range(q)]
-    else:
-        mul = [
-            [number(polymulmod(digits(a), digits(b), modulus)) for b in range(q)] for a in range(q)
-        ]
-    return add, mul
-
-
-def _irreducible(poly: list[int], p: int) -> bool:
-    """Whether the monic polynomial ``poly`` (low degree first) is irreducible over GF(p)."""
-    deg = len(poly) - 1
-    for d in range(1, deg // 2 + 1):
-        for low in itertools.product(range(p), repeat=d):
-            divisor = list(low) + [1]
-            rem = list(poly)
-            for i in range(deg - d, -1, -1):
-                c = rem[i + d]
-                if c:
-                    for t in range(d + 1):
-                        rem[i + t] = (rem[i + t] - c * divisor[t]) % p
-            if not any(rem[:d]):
-                return False
-    return True
-
-
-# --------------------------------------------------------------------------------------
 # Builders.
 
 
@@ -350,15 +252,16 @@ def detox(K: int, r: int, *, approach: str = "draco_lite") -> Placement:
 def mols(l: int, r: int) -> Placement:  # noqa: E741 - l is the paper's name
     """ByzShield's MOLS placement: r mutually orthogonal Latin squares of order l.
 
-    Over GF(l), L_k(i, j) = a_k * i + j with a_k the nonzero field elements (a_k = k for
-    prime l, giving the paper's (k*i + j) mod l). File (i, j) has id i*l + j. Worker
-    (c, s), id c*l + s, holds every cell where L_{c+1}(i, j) = s. Workers of one square
-    share no file; workers of different squares share exactly one.
+    Over GF(l) (:mod:`byzshield.design.fields`), L_k(i, j) = a_k * i + j with a_k the
+    nonzero field elements (a_k = k for prime l, giving the paper's (k*i + j) mod l).
+    File (i, j) has id i*l + j. Worker (c, s), id c*l + s, holds every cell where
+    L_{c+1}(i, j) = s. Workers of one square share no file; workers of different squares
+    share exactly one.
     K = r*l, f = l^2, load l, replication r. Requires l a prime power and 1 <= r <= l-1.
     """
     l = _check_int("l", l, 2, "mols")  # noqa: E741
     r = _check_int("r", r, 1, "mols")
-    if _prime_power(l) is None:
+    if prime_power(l) is None:
         raise ValueError(f"mols: l must be a prime power (2, 3, 4, 5, 7, 8, 9, 11, ...), got {l}")
     if r > l - 1:
         raise ValueError(
@@ -374,7 +277,7 @@ def mols(l: int, r: int) -> Placement:  # noqa: E741 - l is the paper's name
     classes = tuple(tuple(c * l + s for s in range(l)) for c in range(r))
     # Translations (i, j) -> (i, j + e) and (i + e, j) shift symbol s of square c by e
     # and a_c * e respectively; e over an additive basis of GF(l) generates them all.
-    p, k = _prime_power(l)  # type: ignore[misc]
+    p, k = prime_power(l)  # type: ignore[misc]
     basis = [p**t for t in range(k)]
     syms = []
     for e in basis:
@@ -409,7 +312,7 @@ def rama_one(m: int, s: int) -> Placement:
     """
     m = _check_int("m", m, 1, "rama_one")
     s = _check_int("s", s, 2, "rama_one")
-    if not _is_prime(s):
+    if not is_prime(s):
         raise ValueError(f"rama_one: s must be a prime (2, 3, 5, 7, 11, ...), got {s}")
     if m >= s:
         raise ValueError(f"rama_one: case 1 needs m < s, got m={m}, s={s} (use rama_two)")
@@ -424,7 +327,7 @@ def rama_two(m: int, s: int) -> Placement:
     """
     m = _check_int("m", m, 1, "rama_two")
     s = _check_int("s", s, 2, "rama_two")
-    if not _is_prime(s):
+    if not is_prime(s):
         raise ValueError(f"rama_two: s must be a prime (2, 3, 5, 7, 11, ...), got {s}")
     if m < s or m % s:
         raise ValueError(f"rama_two: case 2 needs m >= s and s dividing m, got m={m}, s={s}")

@@ -15,7 +15,7 @@ config they give the same bits.
 
 def build_engine(name: str, run, comm=None):
     """The engine ``name`` (``torchrun`` on rank 0 of a process group, or ``simulate``)."""
-    from byzshield.compute.gradients import num_params
+    from byzshield.compute.params import num_params
     from byzshield.engines.simulate import SimulateEngine
     from byzshield.engines.torchrun import TorchrunEngine
 

@@ -55,8 +55,8 @@ from torch import Tensor
 from byzshield import attacks as attack_lib
 from byzshield.aggregators.pre import Bucketing
 from byzshield.compute.batched import BatchedGradients
-from byzshield.compute.datasets import derive_seed, step_files
-from byzshield.compute.gradients import flat_params, load_flat, num_params
+from byzshield.compute.params import flat_params, load_flat, num_params
+from byzshield.compute.sampling import derive_seed, step_files
 from byzshield.config import CoordMedianMode, MeanMode, Run
 from byzshield.server.update import step_metrics
 from byzshield.training.loop import TrainingError, complete_line, final_line, say, step_record

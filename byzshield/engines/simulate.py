@@ -32,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from byzshield.attacks import attack_generator
-from byzshield.compute.gradients import file_gradients, load_flat
+from byzshield.compute.gradients import file_gradients
+from byzshield.compute.params import load_flat
 from byzshield.config import Run
 from byzshield.server.digest import digest
 from byzshield.server.update import Copies
@@ -171,7 +172,7 @@ def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = Tr
     import io
     from pathlib import Path
 
-    from byzshield.compute.gradients import num_params
+    from byzshield.compute.params import num_params
     from byzshield.config import build_run
     from byzshield.config.overrides import compose_config
     from byzshield.training.loop import Trainer, announce

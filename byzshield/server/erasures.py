@@ -54,7 +54,7 @@ def erasures(run: Run, step: int) -> tuple[int, ...]:
     count = run.config.stragglers
     if not count:
         return ()
-    from byzshield.design.search import random_selection
+    from byzshield.design.selection import random_selection
 
     K = run.placement.num_workers
     return tuple(random_selection(K, count, seed=run.config.seed, step=step, stragglers=True))

@@ -60,7 +60,7 @@ from torch import Tensor
 from byzshield.aggregators import AggregateResult, Aggregator, ColumnShard, column_shard
 from byzshield.aggregators.columns import column_threads
 from byzshield.attacks import Attack
-from byzshield.compute.datasets import derive_seed
+from byzshield.compute.sampling import derive_seed
 from byzshield.design.placements import Placement
 from byzshield.server.digest import digest
 from byzshield.server.forgery import OmniscientAttack, digest_lie

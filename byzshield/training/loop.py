@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from byzshield.compute.datasets import ImageDataset, eval_batches, step_batch
-from byzshield.compute.gradients import flat_params
+from byzshield.compute.datasets import ImageDataset
+from byzshield.compute.params import flat_params
+from byzshield.compute.sampling import eval_batches, step_batch
 from byzshield.config import Run
 from byzshield.server.erasures import drop_line, erase, erasures, unvoteable
 from byzshield.server.sharded import ShardedUpdate

@@ -4,7 +4,7 @@
     python byzshield/compute/assets/make_mnist1d.py
 
 Writes :func:`byzshield.compute.datasets.write_mnist1d` next to this script and prints its SHA-256
-(the one recorded in ``README.md`` beside it). ``tests/test_data.py`` checks that the
+(the one recorded in ``README.md`` beside it). ``tests/test_datasets.py`` checks that the
 shipped arrays equal a fresh generation whenever ``mnist1d`` is installed.
 """
 

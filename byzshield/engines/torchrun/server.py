@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from byzshield.aggregators import ColumnShard
-from byzshield.compute.gradients import num_params
+from byzshield.compute.params import num_params
 from byzshield.config import Run, add_server_parts
 from byzshield.engines.torchrun.comm import Comm, RankFailure
 from byzshield.server.erasures import erase, erasures, present_copies

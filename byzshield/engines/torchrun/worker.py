@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from byzshield.attacks import attack_generator
-from byzshield.compute.gradients import file_gradients, load_flat, num_params
+from byzshield.compute.gradients import file_gradients
+from byzshield.compute.params import load_flat, num_params
 from byzshield.config import Run
 from byzshield.engines.torchrun.comm import Comm, RankFailure
 from byzshield.server.digest import digest

@@ -1,4 +1,4 @@
-"""The worst-case adversary: brute force as the oracle, bounds, DETOX's closed form."""
+"""The worst-case search: brute force as the oracle, bounds, DETOX's closed form."""
 
 import itertools
 import random
@@ -6,17 +6,12 @@ import random
 import numpy as np
 import pytest
 
+from byzshield.design.bounds import distorted_files, naive_bound, spectral_bound
+from byzshield.design.branch_and_bound import branch_and_bound, greedy, local_search
+from byzshield.design.exhaustive import ClassSolver
 from byzshield.design.placements import Placement, baseline, detox, mols, rama_one, rama_two
-from byzshield.design.search import (
-    branch_and_bound,
-    detox_selection,
-    distorted_files,
-    naive_bound,
-    random_selection,
-    spectral_bound,
-    worst_case,
-    worst_case_table,
-)
+from byzshield.design.search import worst_case, worst_case_table
+from byzshield.design.selection import detox_selection
 
 
 def brute_force(p: Placement, q: int) -> int:
@@ -169,44 +164,26 @@ def test_time_budget_must_be_positive():
         worst_case_table(mols(5, 3), 3, time_budget=0)
 
 
-def test_detox_strategies_of_the_original():
-    p = detox(15, 3)
-    assert detox_selection(p, 5, "worst") == [0, 1, 3, 4, 6]
-    assert detox_selection(p, 5, "benign") == [0, 3, 6, 9, 12]
-    assert detox_selection(p, 4, "whole_group") == [0, 1, 2, 3]
-    assert distorted_files(p, detox_selection(p, 5, "benign")) == []
-    with pytest.raises(ValueError, match="worst, benign or whole_group"):
-        detox_selection(p, 2, "bogus")
-    with pytest.raises(ValueError, match="DETOX group placement"):
-        detox_selection(mols(5, 3), 2)
-
-
-def test_random_selection_is_seeded_and_per_step():
-    a = random_selection(15, 4, seed=1)
-    assert a == random_selection(15, 4, seed=1) and len(set(a)) == 4
-    steps = {tuple(random_selection(15, 4, seed=1, step=t)) for t in range(20)}
-    assert len(steps) > 1
-    with pytest.raises(ValueError):
-        random_selection(15, 16, seed=0)
-
-
 def test_uncertified_rows_report_a_set_between_greedy_and_the_exact_value():
-    from byzshield.design.search import _greedy
-
     exact = [r.c_max for r in worst_case_table(mols(7, 5), 11)]
     bare = Placement("custom", mols(7, 5).worker_files, 49)
     rows = worst_case_table(bare, 11, time_budget=3)
     for row in rows:
-        greedy = len(distorted_files(bare, _greedy(bare, row.q)))
-        assert greedy <= row.c_max <= exact[row.q] <= row.upper_bound
+        start = len(distorted_files(bare, greedy(bare, row.q)))
+        assert start <= row.c_max <= exact[row.q] <= row.upper_bound
         assert len(distorted_files(bare, row.byzantine)) == row.c_max
 
 
 def test_local_search_finds_the_exact_worst_case_on_all_but_one_q_of_mols_7_5():
-    from byzshield.design.search import _local_search
-
     exact = [r.c_max for r in worst_case_table(mols(7, 5), 13)]
     bare = Placement("custom", mols(7, 5).worker_files, 49)
-    found = [len(distorted_files(bare, _local_search(bare, q, 60))) for q in range(14)]
+    found = [len(distorted_files(bare, local_search(bare, q, 60))) for q in range(14)]
     assert all(a <= b for a, b in zip(found, exact, strict=True))
     assert sum(a == b for a, b in zip(found, exact, strict=True)) >= 13, (found, exact)
+
+
+def test_a_design_too_large_to_enumerate_falls_back_to_the_bounded_search():
+    """mols l=29 has classes of 29 workers (2^29 subsets each): no 2^29 x f table is
+    built, the search is branch and bound within its budget."""
+    solver = ClassSolver(mols(29, 3))
+    assert not solver.feasible() and solver.cover is None
