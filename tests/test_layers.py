@@ -41,15 +41,11 @@ PENDING_ABOVE = {
 }
 PENDING_PRIVATE = {
     "byzshield.cli.launcher imports byzshield.config.overrides._groups",
-    "byzshield.server.update imports byzshield.aggregators._kernels.column_threads",
 }
 PENDING_CIRCLES = {
     "byzshield.server.update -> byzshield.server.forgery -> byzshield.server.update",
 }
 PENDING_LONG = {
-    "aggregators/_kernels.py",
-    "aggregators/rules.py",
-    "attacks.py",
     "engines/lockstep.py",
     "server/update.py",
     "training/loop.py",

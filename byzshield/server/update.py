@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from byzshield.aggregators import AggregateResult, Aggregator, ColumnShard, column_shard
-from byzshield.aggregators._kernels import column_threads
+from byzshield.aggregators.columns import column_threads
 from byzshield.attacks import Attack
 from byzshield.compute.sampling import derive_seed
 from byzshield.design.placements import Placement
