@@ -54,7 +54,6 @@ PENDING_LONG = {
     "attacks.py",
     "compute/datasets.py",
     "design/search.py",
-    "engines/lockstep.py",
     "server/update.py",
     "training/loop.py",
 }
