@@ -55,6 +55,14 @@ class Run:
         return NETWORKS[self.config.network.name].batched_files and self.config.device == "cpu"
 
     @property
+    def worker_attack(self) -> Any:
+        """What a Byzantine worker applies itself: the attack, or None for an omniscient
+        one (``needs_honest``), which the parameter server simulates (the workers then
+        send honest gradients; :mod:`byzshield.server.forgery`)."""
+        attack = self.attack
+        return None if attack is None or attack.needs_honest else attack
+
+    @property
     def world_size(self) -> int:
         """K + S processes under torchrun: the parameter server's S = ``ps_shards``
         servers and K workers."""

@@ -57,7 +57,7 @@ class SimulateEngine:
         self.replicas = [base] + [copy.deepcopy(base) for _ in range(self.threads - 1)]
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.honest = torch.empty(self.f, d)  # reused: no page faults per step
-        self.attack = run.config.attack.worker_attack()  # what the workers themselves send
+        self.attack = run.worker_attack  # what the workers themselves send
         self.batched = run.batched_files  # as the workers: one batched pass over the files
         self.digests = run.config.vote == "digest"
         layout = ReplyLayout(p.load, d, digests=self.digests)
