@@ -41,7 +41,6 @@ PENDING_ABOVE = {
     "byzshield.server.erasures imports byzshield.config",
 }
 PENDING_PRIVATE = {
-    "byzshield.cli.launcher imports byzshield.config.overrides._groups",
     "byzshield.server.update imports byzshield.aggregators._kernels.column_threads",
 }
 PENDING_CIRCLES = {

@@ -18,6 +18,7 @@ __all__ = [
     "compose_config",
     "did_you_mean",
     "group_options",
+    "groups",
 ]
 
 
@@ -71,7 +72,7 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
                 except (HydraException, OmegaConfBaseException):
                     pass
             if "." not in key:
-                guess = did_you_mean(key, [*_top_level_keys(), *_groups()])
+                guess = did_you_mean(key, [*_top_level_keys(), *groups()])
                 hint = f"; {guess}" if guess else ""
             group, _, leaf = key.partition(".")
             if group == "attack" and leaf in MOVED_TO_ADVERSARY:
@@ -107,7 +108,8 @@ def _top_level_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def _groups() -> list[str]:
+def groups() -> list[str]:
+    """The config groups: the folders of ``conf/`` (``approach``, ``mode``, ...)."""
     from pathlib import Path
 
     import byzshield.conf
