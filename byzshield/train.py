@@ -60,12 +60,19 @@ register_schema()
 
 @hydra.main(config_path="pkg://byzshield.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """A job as Hydra composed it: a single run, or one of a sweep."""
+    """A job Hydra composed: one of a sweep, or a run started with Hydra's own flags (a
+    plain single run is composed once, at start-up, and goes straight to :func:`job`)."""
     drop_empty_job_log(Path(HydraConfig.get().runtime.output_dir))  # rank<N>.log instead
     try:
         config = load_config(cfg)
     except ValueError as exc:
         return fail_job(f"error: {exc}")  # in a sweep: reported, and the next job runs
+    train(config)
+
+
+def job(config: TrainConfig) -> None:
+    """A single run, its config composed and checked at start-up."""
+    drop_empty_job_log(Path(HydraConfig.get().runtime.output_dir))  # rank<N>.log instead
     train(config)
 
 
@@ -172,7 +179,7 @@ def train_collected() -> list[str]:
 
 def cli() -> None:
     """The ``byzshield-train`` console script: ``python -m byzshield.train``."""
-    sys.exit(entry_point(main, after=train_collected))  # the sweep's exit status
+    sys.exit(entry_point(main, job=job, after=train_collected))  # the sweep's exit status
 
 
 if __name__ == "__main__":
