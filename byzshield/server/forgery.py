@@ -11,13 +11,13 @@ gradients. An optimised attack (``needs_objective``) picks its factor by the dam
 that survives the vote and the run's rule, :meth:`OmniscientAttack.damage`.
 
     >>> import torch
+    >>> from byzshield.aggregators import build_aggregator
     >>> from byzshield.attacks import make_attack
-    >>> from byzshield.config import MeanMode
     >>> from byzshield.design.placements import detox
     >>> from byzshield.server.update import StepRule, copy_index
     >>> from byzshield.server.vote import Rows
     >>> p = detox(6, 3)  # files 0 (workers 0, 1, 2) and 1 (workers 3, 4, 5)
-    >>> rule = StepRule(MeanMode().build(), f=0, seed=0)
+    >>> rule = StepRule(build_aggregator("mean"), f=0, seed=0)
     >>> adversary = OmniscientAttack(p, make_attack("ipm", eps=1.0), rule)
     >>> honest = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3)  # row w: worker w's copy
     >>> index, rows = adversary.forge(Rows(honest), copy_index(p), {0}, step=0)

@@ -408,8 +408,10 @@ def robust_update(run: Run, model: nn.Module, *, lead=None):
 class Trainer:
     """The parameter server's side of a run: model, optimizer, schedule and the loop.
 
-    With ``resume`` (:func:`byzshield.training.runfolder.prepare`) it starts after the
-    checkpoint's step, with its parameters, optimizer, schedule and rule state.
+    ``model``: the initial network when the caller built it already (it is trained in
+    place); by default the run builds one. With ``resume``
+    (:func:`byzshield.training.runfolder.prepare`) it starts after the checkpoint's step,
+    with its parameters, optimizer, schedule and rule state.
     """
 
     def __init__(
@@ -422,10 +424,11 @@ class Trainer:
         resume: Resume | None = None,
         tensorboard: bool = True,
         lead=None,
+        model: nn.Module | None = None,
     ):
         self.run, self.engine, self.folder = run, engine, folder
         cfg = run.config
-        self.model = run.build_model().to(device)
+        self.model = (run.build_model() if model is None else model).to(device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=cfg.lr_step, gamma=cfg.gamma

@@ -24,9 +24,11 @@ exchanging vote classes and partial sums with the others (:class:`TorchrunPeers`
 send rank 0 their gradient slice (:class:`LeadUpdate` puts the step together).
 
 :mod:`~byzshield.engines.torchrun.server` is the server ranks' side,
-:mod:`~byzshield.engines.torchrun.worker` the workers'.
+:mod:`~byzshield.engines.torchrun.worker` the workers', :mod:`~byzshield.engines.torchrun.rank`
+what every rank does from start to end (:func:`run_rank`).
 """
 
+from byzshield.engines.torchrun.rank import StartError, run_rank
 from byzshield.engines.torchrun.server import (
     LeadUpdate,
     TorchrunEngine,
@@ -35,4 +37,12 @@ from byzshield.engines.torchrun.server import (
 )
 from byzshield.engines.torchrun.worker import run_worker
 
-__all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server", "run_worker"]
+__all__ = [
+    "LeadUpdate",
+    "StartError",
+    "TorchrunEngine",
+    "TorchrunPeers",
+    "run_rank",
+    "run_shard_server",
+    "run_worker",
+]

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from byzshield.aggregators import ColumnShard
-from byzshield.compute.params import num_params
 from byzshield.config import Run, add_server_parts
 from byzshield.engines.torchrun.comm import Comm, RankFailure
 from byzshield.server.erasures import erase, erasures, present_copies
@@ -468,8 +467,7 @@ def run_shard_server(comm: Comm, run: Run) -> None:
     other servers), then the gradient slice and the rule's state to server 0."""
     cfg, p = run.config, run.placement
     s = comm.rank
-    model = run.build_model()
-    d = num_params(model)
+    d = run.num_params
     lo, hi = shard_bounds(d, cfg.ps_shards)[s]
     start = _text_tensor("")
     comm.receive_from_server(start, 0)
