@@ -1,4 +1,4 @@
-"""Training entry point: build the run, pick the engine, train, tear down.
+"""Training entry point: parse, build the run, train it with its engine, tear down.
 
     python -m byzshield.train                                   # one process (simulate)
     python -m byzshield.train -m mode=coord-median,bulyan adversary.q=1,3   # a sweep
@@ -39,18 +39,19 @@ from omegaconf import DictConfig
 
 from byzshield.cli.launcher import (
     drop_empty_job_log,
-    entry_point,
     fail,
     fail_job,
     launch_torchrun,
     log_to_folder,
 )
+from byzshield.cli.startup import entry_point
 from byzshield.compute.networks import use_kernels
-from byzshield.config import add_server_parts, build_run, load_config, register_schema
-from byzshield.engines import build_engine, lockstep
-from byzshield.engines.torchrun import run_shard_server, run_worker
+from byzshield.config import TrainConfig, build_run, load_config, register_schema
+from byzshield.engines import lockstep
+from byzshield.engines.simulate import train_simulated
+from byzshield.engines.torchrun import StartError, run_rank
 from byzshield.engines.torchrun.comm import RankFailure, init
-from byzshield.training.loop import Trainer, TrainingError, announce
+from byzshield.training.loop import TrainingError, announce
 from byzshield.training.runfolder import PROGRESS, FolderInUse, RunFileError, prepare, release
 
 UNDER_TORCHRUN = "WORLD_SIZE" in os.environ
@@ -59,31 +60,75 @@ register_schema()
 
 @hydra.main(config_path="pkg://byzshield.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """A job Hydra composed: one of a sweep, or a run started with Hydra's own flags (a
+    plain single run is composed once, at start-up, and goes straight to :func:`job`)."""
     drop_empty_job_log(Path(HydraConfig.get().runtime.output_dir))  # rank<N>.log instead
     try:
         config = load_config(cfg)
+    except ValueError as exc:
+        return fail_job(f"error: {exc}")  # in a sweep: reported, and the next job runs
+    train(config)
+
+
+def job(config: TrainConfig) -> None:
+    """A single run, its config composed and checked at start-up."""
+    drop_empty_job_log(Path(HydraConfig.get().runtime.output_dir))  # rank<N>.log instead
+    train(config)
+
+
+def train(config: TrainConfig) -> None:
+    """Build the run, then train it with its engine (the result is printed)."""
+    try:
         use_kernels(config.network.name)  # one thread, the same kernels in every process
-        engine = (
-            config.engine
-            if config.engine != "auto"
-            else ("torchrun" if UNDER_TORCHRUN else "simulate")
-        )
-        if engine in ("simulate", "lockstep") and UNDER_TORCHRUN:
-            raise ValueError(f"engine={engine} runs in one process: python -m byzshield.train")
+        engine = engine_of(config)
         world = int(os.environ["WORLD_SIZE"]) if UNDER_TORCHRUN else None
         run = build_run(config, server=not UNDER_TORCHRUN, world_size=world)
     except ValueError as exc:
         return fail_job(f"error: {exc}")  # in a sweep: reported, and the next job runs
-    if engine == "torchrun" and not UNDER_TORCHRUN:  # plain python: launch K+1 processes
+    if engine == "torchrun" and not UNDER_TORCHRUN:  # plain python: launch K+S processes
         sys.exit(launch_torchrun(run.world_size))
     if engine == "lockstep":
         return lockstep_job(config, run)
-    job = HydraConfig.get().job.get("num") or 0
     PROGRESS.clear()  # a Ctrl-C line about this job, not the sweep's previous one
-    comm = init(timeout=config.timeout, job=job, num_servers=config.ps_shards)
+    output = Path(HydraConfig.get().runtime.output_dir)
+    if engine == "simulate":
+        return simulate_job(run, output)
+    torchrun_job(run, output)
+
+
+def engine_of(config: TrainConfig) -> str:
+    """``engine``, with ``auto`` resolved: torchrun under torchrun, simulate otherwise."""
+    if config.engine != "auto":
+        engine = config.engine
+    else:
+        engine = "torchrun" if UNDER_TORCHRUN else "simulate"
+    if engine in ("simulate", "lockstep") and UNDER_TORCHRUN:
+        raise ValueError(f"engine={engine} runs in one process: python -m byzshield.train")
+    return engine
+
+
+def simulate_job(run, output: Path) -> None:
+    """engine=simulate: the whole run in this process, no process group."""
     try:
-        output = Path(HydraConfig.get().runtime.output_dir)
-        run_rank(comm, run, engine, output, server_parts=UNDER_TORCHRUN)  # prints the result
+        folder, resume = prepare(output, run)  # locked; resume, or refuse
+    except ValueError as exc:
+        fail(f"error: {exc}", 2)
+    try:
+        try:
+            log_to_folder(folder, 0)
+            train_simulated(run, folder, resume)
+        finally:
+            release(folder)
+    except (TrainingError, RunFileError) as exc:
+        fail(f"error: {exc}", 1)
+
+
+def torchrun_job(run, output: Path) -> None:
+    """This process's rank of a torchrun run; its failure in one line."""
+    job_num = HydraConfig.get().job.get("num") or 0
+    comm = init(timeout=run.config.timeout, job=job_num, num_servers=run.config.ps_shards)
+    try:
+        run_rank(comm, run, output, server_parts=True, on_folder=log_to_folder)
     except StartError as exc:
         fail(str(exc), 2)
     except RankFailure as exc:  # a worker also prints a hung server: no one else can
@@ -92,50 +137,6 @@ def main(cfg: DictConfig) -> None:
         fail(f"error: {exc}", 1)
     finally:
         comm.close()
-
-
-class StartError(RuntimeError):
-    """The server refused to start (its folder holds another config, ...): every rank
-    stops with this one line."""
-
-
-def run_rank(comm, run, engine: str, output: Path, *, server_parts: bool, log: bool = True):
-    """One rank of a run over ``comm``: the server (rank 0) takes and prepares the
-    folder, tells the workers its status and the folder, then trains with ``engine``,
-    gives the folder back and returns the final evaluation; a worker serves until the
-    server stops it and returns None.
-    ``server_parts``: the server builds the Byzantine selection and the rule here (under
-    torchrun, build_run left them out). Tests call it for ranks running as threads
-    (:meth:`byzshield.engines.torchrun.comm.Comm.local_group`)."""
-    config = run.config
-    status, folder, resume = "", output, None
-    if comm.is_server:
-        try:
-            if server_parts:
-                run = add_server_parts(run)  # the worst-case search: once, on rank 0 only
-            folder, resume = prepare(folder, run)  # locked; resume, or refuse
-        except ValueError as exc:
-            status = f"error: {exc}"
-    try:
-        status = comm.broadcast_text(status)  # the server's line, on every rank
-        if status:
-            raise StartError(status)
-        folder = Path(comm.broadcast_text(str(folder)))
-        if log:
-            log_to_folder(folder, comm.rank)
-        if comm.is_shard_server:  # servers 1..S-1 of a sharded parameter server
-            run_shard_server(comm, run)
-            return None
-        if not comm.is_server:
-            run_worker(comm, run)
-            return None
-        gather = build_engine(engine, run, comm)
-        announce(run, folder, engine)
-        trainer = Trainer(run, gather, folder, device=config.device, resume=resume)
-        return trainer.train()
-    finally:
-        if comm.is_server and not status:
-            release(folder)
 
 
 def lockstep_job(config, run) -> None:
@@ -178,7 +179,7 @@ def train_collected() -> list[str]:
 
 def cli() -> None:
     """The ``byzshield-train`` console script: ``python -m byzshield.train``."""
-    sys.exit(entry_point(main, after=train_collected))  # the sweep's exit status
+    sys.exit(entry_point(main, job=job, after=train_collected))  # the sweep's exit status
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from byzshield.aggregators import AGGREGATORS, RULES, AggregateResult, aggregate, build_aggregator
-from byzshield.aggregators import _kernels as kernels
+from byzshield.aggregators.columns import BLOCK_COLUMNS
+from byzshield.aggregators.order import apply_network, selection_network, sorting_network
+from byzshield.aggregators.pairwise import PairwiseDistances
 
 NAMES = [
     "coord-median",
@@ -425,7 +427,7 @@ def test_multi_krum_selection_is_exact_for_nearly_identical_large_inputs():
     for i in range(n):
         idx = gen.choice(d, size=i + 1, replace=False)  # row i differs in i + 1 places
         stack[i, idx] = torch.nextafter(stack[i, idx], torch.full((i + 1,), math.inf))
-    dist = kernels._PairwiseDistances(stack.numpy(), list(range(n)))
+    dist = PairwiseDistances(stack.numpy(), list(range(n)))
     assert (dist.err[~np.eye(n, dtype=bool)] > dist.dist[~np.eye(n, dtype=bool)]).any()
     for m in (1, 3, n - f):
         assert aggregate("multi-krum", stack, f=f, m=m).selected == _krum_oracle(
@@ -444,12 +446,12 @@ def test_sorting_network_sorts_every_zero_one_input():
     for n in range(1, 15):
         bits = ((np.arange(2**n)[None, :] >> np.arange(n)[:, None]) & 1).astype(np.float32)
         rows = [bits[i].copy() for i in range(n)]
-        kernels._apply_network(rows, np.empty(2**n, np.float32), kernels._sorting_network(n))
+        apply_network(rows, np.empty(2**n, np.float32), sorting_network(n))
         assert np.array_equal(np.stack(rows), np.sort(bits, axis=0)), n
         for outputs in [(n // 2,), ((n - 1) // 2, n // 2), tuple(range(n // 3, n - n // 3))]:
             rows = [bits[i].copy() for i in range(n)]
-            net = kernels._selection_network(n, outputs)
-            kernels._apply_network(rows, np.empty(2**n, np.float32), net)
+            net = selection_network(n, outputs)
+            apply_network(rows, np.empty(2**n, np.float32), net)
             for o in outputs:
                 assert np.array_equal(rows[o], np.sort(bits, axis=0)[o]), (n, outputs)
 
@@ -475,7 +477,7 @@ def _median_in_child(d):
 
 def test_aggregation_works_in_a_child_forked_after_the_threads_started():
     before = torch.get_num_threads()
-    d = 3 * kernels._BLOCK_COLUMNS  # several blocks: the work goes to the thread pool
+    d = 3 * BLOCK_COLUMNS  # several blocks: the work goes to the thread pool
     try:
         torch.set_num_threads(2)
         aggregate("coord-median", rand(5, d), f=1)  # the parent's pool now has threads
@@ -665,15 +667,16 @@ def test_requirement_table_is_monotone_in_f():
 
 _GRAM_CPU_SCRIPT = """
 import json, time, torch
-from byzshield.aggregators import _kernels as kernels
+from byzshield.aggregators import columns
+from byzshield.aggregators.pairwise import PairwiseDistances
 torch.set_num_threads(2)
 x = torch.randn(25, 400_000, generator=torch.Generator().manual_seed(0)).numpy()
-kernels._PairwiseDistances(x, range(25))  # warm up the pool
-limits = kernels._per_thread_blas_limits()
+PairwiseDistances(x, range(25))  # warm up the pool
+limits = columns._per_thread_blas_limits()
 before = [limit(limit(1)) for limit in limits]  # read the setting: set it back at once
 start = time.process_time()
 for _ in range(3):
-    kernels._PairwiseDistances(x, range(25))
+    PairwiseDistances(x, range(25))
 cpu = time.process_time() - start
 after = [limit(limit(1)) for limit in limits]
 print(json.dumps({"cpu": cpu, "before": before, "after": after, "found": len(limits)}))

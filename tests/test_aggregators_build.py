@@ -1,15 +1,26 @@
 """build_aggregator: the rule objects, pre-aggregations, bucketing, DETOX's hierarchy, state."""
 
+import doctest
+import importlib
 import io
 import itertools
 import math
+import pkgutil
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
-from byzshield.aggregators import PRE_AGGREGATIONS, RULES, aggregate, build_aggregator, split_rows
+import byzshield.aggregators
+from byzshield.aggregators import (
+    PRE_AGGREGATIONS,
+    RULES,
+    aggregate,
+    build_aggregator,
+    preaggregate,
+    split_rows,
+)
 
 
 def col(*values):
@@ -425,8 +436,6 @@ def test_caf_and_smea_exact_eigenvalues_match_a_dense_covariance_oracle(seed):
 
 
 def test_preaggregate_returns_the_stack_a_rule_would_read():
-    from byzshield.aggregators import preaggregate
-
     rows = torch.tensor([[0.0], [1.0], [10.0]])
     assert preaggregate("nnm", rows, f=1).tolist() == [[0.5], [0.5], [5.5]]
     g = torch.Generator().manual_seed(3)
@@ -447,3 +456,19 @@ def test_preaggregate_returns_the_stack_a_rule_would_read():
         preaggregate("nnm", rows, f=2)
     with pytest.raises(ValueError, match="unknown pre-aggregation 'mixing'"):
         preaggregate("mixing", rows, f=0)
+
+
+# ------------------------------------------------------------------------- the docstrings
+
+AGGREGATOR_MODULES = sorted(
+    m.name for m in pkgutil.iter_modules(byzshield.aggregators.__path__) if m.name != "_checks"
+)
+
+
+@pytest.mark.parametrize("name", AGGREGATOR_MODULES)
+def test_the_examples_in_the_docstrings_hold(name):
+    """Each rule's and pre-aggregation's docstring example is what the code returns."""
+    module = importlib.import_module(f"byzshield.aggregators.{name}")
+    names = {"torch": torch, "np": np, "aggregate": aggregate, "preaggregate": preaggregate}
+    result = doctest.testmod(module, extraglobs={**names, "build_aggregator": build_aggregator})
+    assert result.failed == 0

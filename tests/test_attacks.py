@@ -1,11 +1,15 @@
 """Attacks: shapes and dtypes preserved, deterministic given a generator, paper formulas."""
 
+import doctest
+import importlib
 import math
+import pkgutil
 from statistics import NormalDist
 
 import pytest
 import torch
 
+import byzshield.attacks
 from byzshield.attacks import (
     ATTACKS,
     ALittleIsEnough,
@@ -279,3 +283,17 @@ def test_mimic_and_infinity_agree_with_byzfl():
     ours = make_attack("mimic", target=2)(honest[0], honest=honest)
     assert torch.equal(ours, byzfl.Mimic(epsilon=2)(honest))
     assert torch.equal(make_attack("infinity")(honest[0]).double(), byzfl.Inf()(honest).double())
+
+
+ATTACK_MODULES = ["byzshield.attacks"] + [
+    f"byzshield.attacks.{m.name}"
+    for m in pkgutil.iter_modules(byzshield.attacks.__path__)
+    if not m.name.startswith("_")
+]
+
+
+@pytest.mark.parametrize("name", ATTACK_MODULES)
+def test_the_examples_in_the_docstrings_hold(name):
+    """Each attack's docstring example is what the code returns."""
+    module = importlib.import_module(name)
+    assert doctest.testmod(module, extraglobs={"torch": torch}).failed == 0

@@ -118,7 +118,7 @@ def test_a_pair_listens_on_loopback_and_names_each_message_of_the_wrong_length(t
 # Rank 0 receives one message from each of 3 workers in arrival order; worker w sends
 # after DELAYS[w] seconds, or exits without sending when its delay is negative.
 ARRIVALS = r"""
-import sys, time, torch
+import os, sys, time, torch
 from byzshield.engines.torchrun.comm import init
 
 delays = [float(x) for x in sys.argv[1:]]
@@ -129,7 +129,9 @@ if comm.rank == 0:
     for w, failure in comm.receive_as_completed(dict(enumerate(buffers))):
         if failure is not None:
             print("failure", failure.rank, failure, flush=True)
-            sys.exit(1)
+            # leave at once: rank 3's message may land while gloo tears the group down,
+            # which aborts the process (SIGABRT) on a loaded machine, after the line
+            os._exit(1)
         print("arrived", w, int(buffers[w][0]), flush=True)
 else:
     delay = delays[comm.rank - 1]

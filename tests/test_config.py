@@ -80,6 +80,17 @@ def test_attack_option_defaults_are_the_attack_classes_own_defaults():
         assert option.build(num_files=5, aggregator_f=1) == attacks.make_attack(name)
 
 
+def test_every_generated_option_class_is_defined_under_its_own_name():
+    """A reader or an editor finds ``CoordMedianMode`` or ``RevGradAttack`` by name in its
+    module, the one the option class says it lives in."""
+    import importlib
+
+    for cls in [*C.MODES.values(), *C.ATTACK_OPTIONS.values()]:
+        module = importlib.import_module(cls.__module__)
+        assert getattr(module, cls.__name__) is cls, cls
+        assert getattr(C, cls.__name__) is cls, cls
+
+
 def test_mode_options_are_generated_from_each_rules_nested_config():
     """A rule's parameters and defaults are declared once, in its Config: the mode option
     has each config key with that default, and builds the rule with them."""

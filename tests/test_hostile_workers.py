@@ -25,8 +25,8 @@ from conftest import read_metrics
 from threaded import run_threaded
 
 from byzshield.engines.simulate import simulate
+from byzshield.engines.torchrun import run_rank
 from byzshield.server.wire import END
-from byzshield.train import run_rank
 
 TIMEOUT = 3  # seconds; a dropped worker's own wait for the server ends after 2 x TIMEOUT
 RUN = (
@@ -135,7 +135,7 @@ def _hostile(message: str, change):
             send(tensor, server)
 
         comm.send_to_server = send_to_server
-        run_rank(comm, run, "torchrun", Path(), server_parts=False, log=False)
+        run_rank(comm, run, Path(), server_parts=False)
 
     return worker
 

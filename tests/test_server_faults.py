@@ -15,8 +15,8 @@ from test_hostile_workers import RUN, TIMEOUT
 from threaded import run_threaded
 
 from byzshield.engines.simulate import simulate
+from byzshield.engines.torchrun import run_rank
 from byzshield.server.wire import END
-from byzshield.train import run_rank
 from byzshield.training.loop import TrainingError
 
 
@@ -49,7 +49,7 @@ def _faulty(*, at: int = 1, cut: tuple[int, ...] = (0,), mute: tuple[int, ...] =
             send(tensor, server)
 
         comm.send_to_server = send_to_server
-        run_rank(comm, run, "torchrun", Path(), server_parts=False, log=False)
+        run_rank(comm, run, Path(), server_parts=False)
 
     return worker
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from test_step import received
 
-from byzshield.aggregators import reduction_block
-from byzshield.aggregators._kernels import _PairwiseDistances, column_shard
+from byzshield.aggregators import column_shard, reduction_block
+from byzshield.aggregators.pairwise import PairwiseDistances
 from byzshield.attacks import attack_generator, make_attack
 from byzshield.config import ConfigError
 from byzshield.config.modes import MODES
@@ -93,14 +93,14 @@ def test_sharded_distances_add_the_unsharded_partials_in_the_same_order():
     """The float64 Gram distances of S servers equal one server's bit for bit: each adds
     its blocks' partials to the running total of the servers before it."""
     x = np.random.default_rng(0).standard_normal((9, 20_000)).astype(np.float32) * 1e3
-    whole = _PairwiseDistances(x, range(9)).dist
+    whole = PairwiseDistances(x, range(9)).dist
     for S in (2, 4):
         exchanges = [Exchange(peers) for peers in ThreadPeers.group(S)]
         out = [None] * S
 
         def serve(s, lo, hi, exchanges=exchanges, out=out):
             with column_shard(exchanges[s].shard(lo, x.shape[1])):
-                out[s] = _PairwiseDistances(np.ascontiguousarray(x[:, lo:hi]), range(9)).dist
+                out[s] = PairwiseDistances(np.ascontiguousarray(x[:, lo:hi]), range(9)).dist
 
         threads = [
             threading.Thread(target=serve, args=(s, lo, hi))

@@ -1,8 +1,8 @@
 """The torchrun engine with its ranks as threads of this process: the server and the
 workers run the very code of ``python -m byzshield.train`` under torchrun
-(:func:`byzshield.train.run_rank`), over gloo process groups on one in-process store
-(:meth:`byzshield.engines.torchrun.comm.Comm.local_group`), so server logic is tested without K + 1
-Python processes (each paying torch's import and a rendezvous)."""
+(:func:`byzshield.engines.torchrun.run_rank`), over gloo process groups on one in-process
+store (:meth:`byzshield.engines.torchrun.comm.Comm.local_group`), so server logic is tested
+without K + 1 Python processes (each paying torch's import and a rendezvous)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch.distributed as dist
 from byzshield.compute.networks import use_kernels
 from byzshield.config import build_run
 from byzshield.config.overrides import compose_config
+from byzshield.engines.torchrun import run_rank
 from byzshield.engines.torchrun.comm import Comm
-from byzshield.train import run_rank
 
 _JOBS = iter(range(1 << 30))  # a fresh store prefix per run
 
@@ -41,16 +41,14 @@ def run_threaded(overrides, folder: Path, *, timeout: float = 60.0, workers: dic
             comm = Comm.local_group(store, r, world, timeout=timeout, num_servers=servers)
             try:
                 if r == 0:
-                    results[0] = run_rank(
-                        comm, server_run, "torchrun", folder, server_parts=False, log=False
-                    )
+                    results[0] = run_rank(comm, server_run, folder, server_parts=False)
                 else:
                     run = build_run(config, server=False)
                     fault = (workers or {}).get(r - servers)
                     if fault is not None:
                         fault(comm, run)
                     else:
-                        run_rank(comm, run, "torchrun", folder, server_parts=False, log=False)
+                        run_rank(comm, run, folder, server_parts=False)
             finally:
                 comm.close()
         except BaseException as exc:  # noqa: BLE001 - handed to the test

@@ -17,21 +17,15 @@ import numpy as np
 import torch
 
 from byzshield.aggregators._checks import NoParams, check_count, check_positive, config_for
-from byzshield.aggregators._kernels import (
-    _mixed_rows,
-    _nearest,
-    _PairwiseDistances,
-    _row_means,
-    _row_norms,
-    _scaled_rows,
-)
+from byzshield.aggregators.pairwise import PairwiseDistances, nearest
+from byzshield.aggregators.rows import mixed_rows, row_means, row_norms, scaled_rows
 
 __all__ = ["PRE_AGGREGATIONS", "PreAggregation", "split_rows"]
 
 
 class PreAggregation:
     """A map from rows of a stack to rows of a new stack. Its parameters are its nested
-    ``Config`` dataclass, as a rule's (:class:`byzshield.aggregators.rules.Rule`).
+    ``Config`` dataclass, as a rule's (:class:`byzshield.aggregators.rule.Rule`).
 
     Attributes:
         name: the config name.
@@ -78,7 +72,7 @@ class PreAggregation:
         f: int,
         *,
         generator: torch.Generator | None,
-        dist: _PairwiseDistances | None,
+        dist: PairwiseDistances | None,
     ) -> tuple[np.ndarray, list[int], list[int] | None]:
         """Returns (new x, its rows to use, origin): origin[p] is the row of the input x
         that output row p stands for (clipping, NNM), or None when outputs mix inputs."""
@@ -104,7 +98,10 @@ def split_rows(
     (ByzFL's Bucketing). With b >= len(rows) or s = 1 every row is its own bucket, in
     order, and nothing is drawn. ``shuffle=False``: contiguous buckets, no generator.
 
-    Example: rows 0..6, num_buckets=3, shuffle=False -> (0, 1, 2) (3, 4) (5, 6).
+    Example::
+
+        >>> split_rows(range(7), None, num_buckets=3, shuffle=False)
+        [(0, 1, 2), (3, 4), (5, 6)]
     """
     rows = list(rows)
     count = len(rows)
@@ -206,7 +203,7 @@ class Bucketing(PreAggregation):
         buckets = self.split(rows, generator)
         if all(len(b) == 1 for b in buckets):
             return x, [b[0] for b in buckets], [b[0] for b in buckets]
-        return _row_means(x, buckets), list(range(len(buckets))), None
+        return row_means(x, buckets), list(range(len(buckets))), None
 
     def describe(self):
         size = f"s={self.bucket_size}" if self.bucket_size is not None else f"b={self.num_buckets}"
@@ -223,7 +220,10 @@ class NNM(PreAggregation):
     are one float64 GEMM per column chunk (ByzFL gathers an (n, n - f, d) copy). The
     rule after it runs with the same f. Needs n > 2f; outside it f is clamped to n - 1.
 
-    Example: f=1 on (0, 1, 10): (0.5, 0.5, 5.5).
+    Example::
+
+        >>> preaggregate("nnm", torch.tensor([[0.0], [1.0], [10.0]]), f=1).tolist()
+        [[0.5], [0.5], [5.5]]
     """
 
     name = "nnm"
@@ -239,12 +239,12 @@ class NNM(PreAggregation):
     def apply(self, x, rows, f, *, generator, dist):
         k = len(rows)
         if dist is None or dist.rows.tolist() != list(rows):
-            dist = _PairwiseDistances(x, rows)
+            dist = PairwiseDistances(x, rows)
         size = k - f
         weights = np.zeros((k, k))
         for i in range(k):
-            weights[i, _nearest(dist, i, range(k), size)] = 1.0 / size
-        return _mixed_rows(x, rows, weights), list(range(k)), list(rows)
+            weights[i, nearest(dist, i, range(k), size)] = 1.0 / size
+        return mixed_rows(x, rows, weights), list(range(k)), list(rows)
 
 
 class Clipping(PreAggregation):
@@ -256,7 +256,10 @@ class Clipping(PreAggregation):
     Args:
         c: the clipping threshold, >= 0 (ByzFL's default 2.0).
 
-    Example: c=1 on (3, 4) gives (0.6, 0.8).
+    Example::
+
+        >>> preaggregate("clipping", torch.tensor([[3.0, 4.0]]), f=0, c=1.0)
+        tensor([[0.6000, 0.8000]])
     """
 
     name = "clipping"
@@ -270,10 +273,10 @@ class Clipping(PreAggregation):
         self.c = check_positive(self.config.c, "clipping: c", allow_zero=True)
 
     def apply(self, x, rows, f, *, generator, dist):
-        norms = _row_norms(x, rows)
+        norms = row_norms(x, rows)
         with np.errstate(divide="ignore", invalid="ignore"):
             scales = np.where(norms > self.c, self.c / norms, 1.0)
-        return _scaled_rows(x, rows, scales.tolist()), list(range(len(rows))), list(rows)
+        return scaled_rows(x, rows, scales.tolist()), list(range(len(rows))), list(rows)
 
     def describe(self):
         return f"{self.name}(c={self.c:g})"
@@ -289,7 +292,11 @@ class ARC(PreAggregation):
     2024). k is computed in integers; ByzFL's float ``int(2 f / n * (n - f))`` is one
     lower at (n, f) = (121, 66) and (150, 105), both outside the guarantee. Needs n > 2f.
 
-    Example: f=1, n=4 (k = 1) on norms 1, 2, 3, 10: the last is scaled to norm 3.
+    Example (k = 1: the largest is scaled to the norm of the next)::
+
+        >>> stack = torch.tensor([[1.0], [2.0], [3.0], [10.0]])
+        >>> preaggregate("arc", stack, f=1).tolist()
+        [[1.0], [2.0], [3.0], [3.0]]
     """
 
     name = "arc"
@@ -306,14 +313,14 @@ class ARC(PreAggregation):
         num_clipped = (2 * f * (k - f)) // k
         if num_clipped == 0:
             return x, list(rows), list(rows)
-        norms = _row_norms(x, rows)
+        norms = row_norms(x, rows)
         order = np.lexsort((np.arange(k), norms))  # ascending norm, then row
         threshold = norms[order[k - num_clipped - 1]]
         scales = np.ones(k)
         for j in order[k - num_clipped :]:
             if norms[j] > threshold:
                 scales[j] = threshold / norms[j]
-        return _scaled_rows(x, rows, scales.tolist()), list(range(k)), list(rows)
+        return scaled_rows(x, rows, scales.tolist()), list(range(k)), list(rows)
 
 
 PRE_AGGREGATIONS: dict[str, type[PreAggregation]] = {

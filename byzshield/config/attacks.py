@@ -1,7 +1,8 @@
 """The ``attack/`` group, what the Byzantine workers send (who they are is the
-``adversary`` node, :mod:`byzshield.config.adversary`): :class:`AttackOption` and, in
-:data:`ATTACK_OPTIONS`, one option dataclass per attack of :mod:`byzshield.attacks`,
-generated from the attack's own dataclass (ALIE's default z: :data:`ALIE_DEFAULT_Z`)."""
+``adversary`` node, :mod:`byzshield.config.adversary`): :class:`AttackOption` and one
+option dataclass per attack of :mod:`byzshield.attacks` (:class:`RevGradAttack`,
+:class:`IpmAttack`, ..., all in :data:`ATTACK_OPTIONS`), generated from the attack's own
+dataclass (ALIE's default z: :data:`ALIE_DEFAULT_Z`)."""
 
 from __future__ import annotations
 
@@ -118,22 +119,46 @@ class AlieAttack(AttackOption):
         return {"name": self.name, "z": self.z, "z_used": attack.z_used, "ddof": self.ddof}
 
 
-def _attack_option(attack: type) -> type[AttackOption]:
-    """The ``attack/<name>`` option of an attack of :mod:`byzshield.attacks`: its name
-    plus the attack's own parameters, which are the init fields of its frozen dataclass,
-    with its defaults: the attack's one declaration of them."""
+def _attack_option(name: str) -> type[AttackOption]:
+    """The ``attack/<name>`` option of the attack ``attacks.ATTACKS[name]``: its name plus
+    the attack's own parameters, which are the init fields of its frozen dataclass, with
+    its defaults: the attack's one declaration of them. The class is named from the
+    option (``rev_grad`` -> ``RevGradAttack``)."""
+    attack = attacks.ATTACKS[name]
     keys = [fl for fl in dataclasses.fields(attack) if fl.init]
     return _generated_option(
         attack, attack, keys, AttackOption, suffix="Attack", keys_attr="attack_keys"
     )
 
 
-ATTACK_OPTIONS: dict[str, type[AttackOption]] = {
-    name: {"none": NoAttackOption, "alie": AlieAttack}.get(name) or _attack_option(attack)
-    for name, attack in attacks.ATTACKS.items()
-}
-"""Config name -> ``attack/`` option class (``RevGradAttack``, ``InfinityAttack``, ...:
-each also a name of this module). Generated from the attacks' dataclasses, except none
-(q = 0) and alie (z may be ``paper``), written here."""
+RevGradAttack = _attack_option("rev_grad")
+ConstantAttack = _attack_option("constant")
+IpmAttack = _attack_option("ipm")
+SignFlipAttack = _attack_option("sign_flip")
+GaussianAttack = _attack_option("gaussian")
+LabelFlipAttack = _attack_option("label_flip")
+InfinityAttack = _attack_option("infinity")
+MimicAttack = _attack_option("mimic")
+OptimalAlieAttack = _attack_option("optimal_alie")
+OptimalIpmAttack = _attack_option("optimal_ipm")
 
-globals().update({cls.__name__: cls for cls in ATTACK_OPTIONS.values()})
+ATTACK_OPTIONS: dict[str, type[AttackOption]] = {
+    cls.option: cls
+    for cls in (
+        NoAttackOption,
+        RevGradAttack,
+        ConstantAttack,
+        AlieAttack,
+        IpmAttack,
+        SignFlipAttack,
+        GaussianAttack,
+        LabelFlipAttack,
+        InfinityAttack,
+        MimicAttack,
+        OptimalAlieAttack,
+        OptimalIpmAttack,
+    )
+}
+"""Config name -> ``attack/`` option class, one per attack of :mod:`byzshield.attacks` (a
+test checks that none is missing). Generated from the attacks' dataclasses, except none
+(q = 0) and alie (z may be ``paper``), written here."""

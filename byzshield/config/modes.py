@@ -1,6 +1,7 @@
 """The ``mode/`` group, the aggregation rule: :class:`ModeOption` (pre-aggregations,
-DETOX's hierarchical form) and, in :data:`MODES`, one option dataclass per rule of
-:data:`byzshield.aggregators.RULES`, generated from the rule's nested ``Config``."""
+DETOX's hierarchical form) and one option dataclass per rule of
+:data:`byzshield.aggregators.RULES` (:class:`CoordMedianMode`, :class:`MultiKrumMode`, ...,
+all in :data:`MODES`), generated from the rule's nested ``Config``."""
 
 from __future__ import annotations
 
@@ -75,19 +76,53 @@ class _BucketedMode(ModeOption):
         return pre
 
 
-def _mode_option(rule: type) -> type[ModeOption]:
-    """The ``mode/<name>`` option of a rule: ``name``, ``pre``, ``hierarchical_buckets``
-    (and ``num_buckets`` for the median and the sign vote) plus the config keys of the
-    rule's own ``Config``, with its defaults; the rule's one declaration of them."""
+def _mode_option(name: str) -> type[ModeOption]:
+    """The ``mode/<name>`` option of the rule ``RULES[name]``: ``name``, ``pre``,
+    ``hierarchical_buckets`` (and ``num_buckets`` for the median and the sign vote) plus
+    the config keys of the rule's own ``Config``, with its defaults; the rule's one
+    declaration of them. The class is named from the option (``multi-krum`` ->
+    ``MultiKrumMode``)."""
+    rule = RULES[name]
     keys = [fl for fl in dataclasses.fields(rule.Config) if fl.metadata.get("config_key", True)]
-    base = _BucketedMode if rule.name in _BUCKETED else ModeOption
+    base = _BucketedMode if name in _BUCKETED else ModeOption
     return _generated_option(rule, rule.Config, keys, base, suffix="Mode", keys_attr="rule_keys")
 
 
 _BUCKETED = ("coord-median", "sign-majority")
 
-MODES: dict[str, type[ModeOption]] = {name: _mode_option(rule) for name, rule in RULES.items()}
-"""Config name -> ``mode/`` option class (``CoordMedianMode``, ``MultiKrumMode``, ...: each
-also a name of this module), generated from :data:`byzshield.aggregators.RULES`."""
+CoordMedianMode = _mode_option("coord-median")
+MultiKrumMode = _mode_option("multi-krum")
+BulyanMode = _mode_option("bulyan")
+MeanMode = _mode_option("mean")
+TrimmedMeanMode = _mode_option("trimmed-mean")
+GeometricMedianMode = _mode_option("geometric-median")
+CenteredClippingMode = _mode_option("centered-clipping")
+SignMajorityMode = _mode_option("sign-majority")
+KrumMode = _mode_option("krum")
+MdaMode = _mode_option("mda")
+MonnaMode = _mode_option("monna")
+MeamedMode = _mode_option("meamed")
+CafMode = _mode_option("caf")
+SmeaMode = _mode_option("smea")
 
-globals().update({cls.__name__: cls for cls in MODES.values()})
+MODES: dict[str, type[ModeOption]] = {
+    cls.option: cls
+    for cls in (
+        CoordMedianMode,
+        MultiKrumMode,
+        BulyanMode,
+        MeanMode,
+        TrimmedMeanMode,
+        GeometricMedianMode,
+        CenteredClippingMode,
+        SignMajorityMode,
+        KrumMode,
+        MdaMode,
+        MonnaMode,
+        MeamedMode,
+        CafMode,
+        SmeaMode,
+    )
+}
+"""Config name -> ``mode/`` option class, one per rule of
+:data:`byzshield.aggregators.RULES` (a test checks that none is missing)."""

@@ -18,6 +18,7 @@ __all__ = [
     "compose_config",
     "did_you_mean",
     "group_options",
+    "groups",
 ]
 
 
@@ -25,11 +26,18 @@ class UsageError(ValueError):
     """A bad command-line or config value; printed as one line."""
 
 
-def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with Hydra overrides, errors as UsageError."""
+def compose(config_name: str, overrides: Sequence[str], *, job: str | None = None) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides, errors as UsageError.
+
+    With ``job``, the config is composed as ``@hydra.main`` composes a single run of the
+    application named ``job`` (``train`` for ``python -m byzshield.train``): the ``hydra``
+    node is kept (the run folder, logging, the overrides recorded in ``.hydra/``), and
+    sweep overrides are refused as on the command line."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
+    from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
     from byzshield.config import register_schema
@@ -37,8 +45,15 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     register_schema()
 
     def run(ovs: Sequence[str]) -> DictConfig:
-        with initialize_config_module(config_module="byzshield.conf", version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(ovs))
+        if job is None:
+            with initialize_config_module(config_module="byzshield.conf", version_base="1.3"):
+                return hydra_compose(config_name=config_name, overrides=list(ovs))
+        with initialize_config_module(
+            config_module="byzshield.conf", job_name=job, version_base="1.3"
+        ):
+            hydra = GlobalHydra.instance().hydra
+            assert hydra is not None
+            return hydra.compose_config(config_name, list(ovs), run_mode=RunMode.RUN)
 
     try:
         return run(overrides)
@@ -71,7 +86,7 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
                 except (HydraException, OmegaConfBaseException):
                     pass
             if "." not in key:
-                guess = did_you_mean(key, [*_top_level_keys(), *_groups()])
+                guess = did_you_mean(key, [*_top_level_keys(), *groups()])
                 hint = f"; {guess}" if guess else ""
             group, _, leaf = key.partition(".")
             if group == "attack" and leaf in MOVED_TO_ADVERSARY:
@@ -107,7 +122,8 @@ def _top_level_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def _groups() -> list[str]:
+def groups() -> list[str]:
+    """The config groups: the folders of ``conf/`` (``approach``, ``mode``, ...)."""
     from pathlib import Path
 
     import byzshield.conf

@@ -38,6 +38,7 @@ class Run:
     train_data: Any
     test_data: Any
     max_steps: int
+    num_params: int  # d, the network's trainable parameters
     selection: Selection | None = None
     aggregator: Any = None
     aggregator_f: int = 0
@@ -54,6 +55,14 @@ class Run:
         from byzshield.compute.networks import NETWORKS
 
         return NETWORKS[self.config.network.name].batched_files and self.config.device == "cpu"
+
+    @property
+    def worker_attack(self) -> Any:
+        """What a Byzantine worker applies itself: the attack, or None for an omniscient
+        one (``needs_honest``), which the parameter server simulates (the workers then
+        send honest gradients; :mod:`byzshield.server.forgery`)."""
+        attack = self.attack
+        return None if attack is None or attack.needs_honest else attack
 
     @property
     def world_size(self) -> int:
@@ -142,9 +151,10 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
             f"dataset {cfg.dataset.name}, got {cfg.batch_size}"
         )
     model = _model_probe(cfg, train_data)
+    d = sum(t.numel() for t in model.parameters())
     if cfg.ps_shards > 1:
         try:
-            shard_bounds(sum(t.numel() for t in model.parameters()), cfg.ps_shards)
+            shard_bounds(d, cfg.ps_shards)
         except ValueError as exc:
             raise ConfigError(f"network {cfg.network.name}: {exc}") from None
     per_file = cfg.batch_size // f
@@ -182,6 +192,7 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
         train_data,
         test_data,
         max_steps,
+        d,
         notes=tuple(notes),
         mode_option=mode,
     )
@@ -247,6 +258,9 @@ def add_server_parts(run: Run, *, aggregator_f: int | None = None) -> Run:
 
 
 def _model_probe(cfg: TrainConfig, data) -> torch.nn.Module:
+    """The network built once to check it against the dataset, before anything starts
+    (its size, its BatchNorm layers); each process then builds the model it trains with
+    :meth:`Run.build_model`."""
     try:
         with _BUILD_LOCK:  # it draws from the global generator too
             return cfg.network.build(data)

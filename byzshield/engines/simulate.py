@@ -39,26 +39,38 @@ from byzshield.server.copies import Copies
 from byzshield.server.digest import digest
 from byzshield.server.vote import Rows
 from byzshield.server.wire import ReplyLayout
+from byzshield.training.loop import Trainer, announce
 
-__all__ = ["SimulateEngine"]
+__all__ = ["SimulateEngine", "simulate", "train_simulated"]
 
 
 class SimulateEngine:
-    """Computes every copy the torchrun workers would send, each distinct one once."""
+    """Computes every copy the torchrun workers would send, each distinct one once.
+
+    ``model``: the network whose copies are its replicas (the trainer's, before it is
+    trained); by default the run builds one."""
 
     name = "simulate"
 
-    def __init__(self, run: Run, d: int, *, threads: int | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        run: Run,
+        d: int,
+        *,
+        threads: int | None = None,
+        device: str = "cpu",
+        model: torch.nn.Module | None = None,
+    ):
         p = run.placement
         self.run, self.d, self.device = run, d, torch.device(device)
         self.f = p.num_files
         self.holders = [list(ws) for ws in p.file_workers]
         self.threads = max(1, min(threads or os.cpu_count() or 1, self.f))
-        base = run.build_model().to(self.device)
+        base = (run.build_model() if model is None else copy.deepcopy(model)).to(self.device)
         self.replicas = [base] + [copy.deepcopy(base) for _ in range(self.threads - 1)]
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.honest = torch.empty(self.f, d)  # reused: no page faults per step
-        self.attack = run.config.attack.worker_attack()  # what the workers themselves send
+        self.attack = run.worker_attack  # what the workers themselves send
         self.batched = run.batched_files  # as the workers: one batched pass over the files
         self.digests = run.config.vote == "digest"
         layout = ReplyLayout(p.load, d, digests=self.digests)
@@ -160,6 +172,21 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
+def train_simulated(run: Run, folder, resume=None) -> dict:
+    """Train ``run`` with this engine in ``folder``, which this process holds
+    (:func:`byzshield.training.runfolder.prepare`, which also gives ``resume``): the
+    network is built once, trained by the :class:`~byzshield.training.loop.Trainer`
+    and copied into the engine's replicas. Prints the run's lines; returns the final
+    evaluation."""
+    cfg = run.config
+    model = run.build_model()
+    engine = SimulateEngine(
+        run, run.num_params, threads=cfg.threads, device=cfg.device, model=model
+    )
+    announce(run, folder, "simulate")
+    return Trainer(run, engine, folder, device=cfg.device, resume=resume, model=model).train()
+
+
 def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = True) -> dict:
     """Run a whole training job in this process, as ``python -m byzshield.train
     engine=simulate OVERRIDES train_dir=FOLDER`` would (without Hydra's .hydra/ folder);
@@ -173,29 +200,22 @@ def simulate(overrides: list[str] | tuple[str, ...], folder, *, quiet: bool = Tr
     import io
     from pathlib import Path
 
-    from byzshield.compute.params import num_params
+    from byzshield.compute.networks import use_kernels
     from byzshield.config import build_run
     from byzshield.config.overrides import compose_config
-    from byzshield.training.loop import Trainer, announce
     from byzshield.training.runfolder import PROGRESS, prepare, release
 
     PROGRESS.clear()  # a new command: what a Ctrl-C line reports is about this run
     config = compose_config([*overrides, f"train_dir={folder}"])
-    from byzshield.compute.networks import use_kernels
-
     threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     use_kernels(config.network.name)  # as a worker: one intra-op thread per replica
     try:
         run = build_run(config)
         folder, resume = prepare(Path(folder), run)  # the folder's lock, until the end
         try:
-            engine = SimulateEngine(
-                run, num_params(run.build_model()), threads=config.threads, device=config.device
-            )
             out = io.StringIO()
             with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
-                announce(run, folder, "simulate")
-                return Trainer(run, engine, folder, device=config.device, resume=resume).train()
+                return train_simulated(run, folder, resume)
         finally:
             release(folder)
     finally:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from byzshield.aggregators import AggregateResult, Aggregator
-from byzshield.aggregators._kernels import column_threads
+from byzshield.aggregators.columns import column_threads
 from byzshield.compute.sampling import derive_seed
 
 __all__ = ["StepRule", "rule_threads"]

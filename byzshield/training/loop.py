@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from byzshield.compute.datasets import ImageDataset
-from byzshield.compute.params import flat_params, num_params
+from byzshield.compute.params import flat_params
 from byzshield.compute.sampling import eval_batches, step_batch
 from byzshield.config import Run
 from byzshield.server.copies import Copies
@@ -309,8 +309,10 @@ def interrupted_line() -> str:
 class Trainer:
     """The parameter server's side of a run: model, optimizer, schedule and the loop.
 
-    With ``resume`` (:func:`byzshield.training.runfolder.prepare`) it starts after the
-    checkpoint's step, with its parameters, optimizer, schedule and rule state.
+    ``model``: the initial network when the caller built it already (it is trained in
+    place); by default the run builds one. With ``resume``
+    (:func:`byzshield.training.runfolder.prepare`) it starts after the checkpoint's step,
+    with its parameters, optimizer, schedule and rule state.
     """
 
     def __init__(
@@ -322,16 +324,17 @@ class Trainer:
         device: str = "cpu",
         resume: Resume | None = None,
         tensorboard: bool = True,
+        model: nn.Module | None = None,
     ):
         self.run, self.engine, self.folder = run, engine, folder
         cfg = run.config
-        self.model = run.build_model().to(device)
+        self.model = (run.build_model() if model is None else model).to(device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=cfg.lr_step, gamma=cfg.gamma
         )
         peers = None if engine is None else engine.peers
-        self.update = build_update(run.update_spec(), num_params(self.model), peers=peers)
+        self.update = build_update(run.update_spec(), run.num_params, peers=peers)
         self.metrics = MetricsLog(folder, tensorboard=tensorboard)
         self.checkpoints = folder / "checkpoints"
         self.start = 0

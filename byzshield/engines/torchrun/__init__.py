@@ -25,10 +25,19 @@ exchanging vote classes and partial sums with the others over gloo
 together (:class:`byzshield.server.sharded.LeadUpdate`).
 
 :mod:`~byzshield.engines.torchrun.server` is the server ranks' side,
-:mod:`~byzshield.engines.torchrun.worker` the workers'.
+:mod:`~byzshield.engines.torchrun.worker` the workers', :mod:`~byzshield.engines.torchrun.rank`
+what every rank does from start to end (:func:`run_rank`).
 """
 
+from byzshield.engines.torchrun.rank import StartError, run_rank
 from byzshield.engines.torchrun.server import TorchrunEngine, TorchrunPeers, run_shard_server
 from byzshield.engines.torchrun.worker import run_worker
 
-__all__ = ["TorchrunEngine", "TorchrunPeers", "run_shard_server", "run_worker"]
+__all__ = [
+    "StartError",
+    "TorchrunEngine",
+    "TorchrunPeers",
+    "run_rank",
+    "run_shard_server",
+    "run_worker",
+]

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from byzshield.compute.params import num_params
 from byzshield.config import Run, add_server_parts
 from byzshield.engines.torchrun.comm import Comm, RankFailure
 from byzshield.server.copies import Copies, copy_index, pushed_slots
@@ -344,7 +343,7 @@ def run_shard_server(comm: Comm, run: Run) -> None:
     (:class:`byzshield.server.sharded.ShardServer`)."""
     cfg, p = run.config, run.placement
     s = comm.rank
-    d = num_params(run.build_model())
+    d = run.num_params
     peers = TorchrunPeers(comm, cfg.ps_shards)
     lo, hi = shard_bounds(d, cfg.ps_shards)[s]
     told = receive_start(peers, hi - lo)

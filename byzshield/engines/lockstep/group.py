@@ -1,28 +1,26 @@
-"""The lockstep engine: many runs of one shape trained together in one process.
+"""The lockstep engine's group loop: many runs of one shape trained together in one
+process, one step of all of them at a time.
 
     python -m byzshield.train engine=lockstep approach=mols attack=alie     # one run
     python -m byzshield.train -m engine=lockstep adversary.q=1,3 seed=0,1,2,3,4
     python -m byzshield.train +experiment=paper_mnist1d                    # a whole sweep
 
 In a Hydra multirun (the basic launcher, the default), every job with ``engine=lockstep``
-is composed, checked and given its folder first; then the jobs that share a placement,
-a batch size, a network and a dataset are trained together, one step of all of them at
-a time. Each keeps its own folder, ``run.json``, ``metrics.jsonl``, checkpoints and
-resume, exactly as with the other engines, so ``python -m byzshield.report`` and
-``python -m byzshield.evaluate`` read them the same way; rerunning the command resumes
-every unfinished job and leaves the finished ones alone.
+is composed, checked and given its folder first (:func:`collect`); then the jobs that
+share a placement, a batch size, a network and a dataset are trained together
+(:func:`train_collected`). Each keeps its own folder, ``run.json``, ``metrics.jsonl``,
+checkpoints and resume, exactly as with the other engines, so ``python -m
+byzshield.report`` and ``python -m byzshield.evaluate`` read them the same way; rerunning
+the command resumes every unfinished job and leaves the finished ones alone.
 
 What is batched, per step:
 
-- the file gradients of every run (:class:`byzshield.compute.batched.BatchedGradients`), chunk
-  by chunk of about :data:`CHUNK_SAMPLES` samples;
-- for the common cases (attacks none, ALIE, IPM, rev_grad, sign_flip, constant; rules
-  coord-median, its median of means ``num_buckets``, mean; the full vote, no
-  stragglers) the omniscient attack, the vote and the rule, as tensor operations over the
-  runs of a chunk (:class:`_FastUpdate`); any other configuration goes, run by run,
-  through :class:`byzshield.server.update.RobustUpdate` on the copies the simulate engine builds,
-  and so does a step of a fast run that meets a case the batched code does not handle
-  (a tied vote, a non-finite winner);
+- the file gradients of every run (:class:`byzshield.compute.batched.BatchedGradients`),
+  chunk by chunk of about :data:`CHUNK_SAMPLES` samples;
+- for the common cases, the omniscient attack, the vote and the rule
+  (:mod:`byzshield.engines.lockstep.fast`); any other configuration goes, run by run,
+  through :class:`byzshield.server.update.RobustUpdate` on the copies the simulate engine
+  builds;
 - the SGD update, with the arithmetic of ``torch.optim.SGD`` (momentum, no dampening)
   and ``StepLR``.
 
@@ -35,10 +33,6 @@ follow the simulate engine's within float32 rounding (max relative difference be
 hundreds of steps, so compare sweeps by their accuracy distributions). It is not
 bit-identical to the torchrun and simulate engines, which compute each file in its
 own pass. TensorBoard events are not written for lockstep runs (metrics.jsonl is).
-
-Length (about 700 lines): one engine. Collecting a multirun's jobs, the group's step loop
-and the batched update it chooses for the cases it reproduces (``_FastUpdate``) are
-kept together; the general step is :class:`byzshield.server.update.RobustUpdate`.
 """
 
 from __future__ import annotations
@@ -52,15 +46,25 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from byzshield import attacks as attack_lib
-from byzshield.aggregators.pre import Bucketing
 from byzshield.compute.batched import BatchedGradients
+from byzshield.compute.networks import use_kernels
 from byzshield.compute.params import flat_params, load_flat, num_params
-from byzshield.compute.sampling import derive_seed, step_files
-from byzshield.config import CoordMedianMode, MeanMode, Run
-from byzshield.server.metrics import step_metrics, step_record
-from byzshield.training.loop import TrainingError, complete_line, final_line, say
-from byzshield.training.runfolder import Resume
+from byzshield.compute.sampling import step_files
+from byzshield.config import Run, build_run
+from byzshield.config.overrides import compose_config
+from byzshield.engines.lockstep.fast import FastUpdate, fast_update, fast_updates
+from byzshield.engines.simulate import SimulateEngine
+from byzshield.server.metrics import step_record
+from byzshield.training.loop import (
+    Progress,
+    Trainer,
+    TrainingError,
+    announce,
+    complete_line,
+    final_line,
+    say,
+)
+from byzshield.training.runfolder import PROGRESS, Resume, prepare, release
 
 __all__ = ["CHUNK_SAMPLES", "LockstepGroup", "Member", "collect", "lockstep", "train_collected"]
 
@@ -81,20 +85,23 @@ class Member:
 
 
 @dataclass
-class _Slot:
+class _RunState:
+    """A run's place in the group's loop: its row of the batched parameters, its step
+    and learning rate, and its batched update (None: the general robust update)."""
+
     member: Member
-    trainer: object
+    trainer: Trainer
     row: int
     step: int
     total: int
     lr: float
-    fast: _FastUpdate | None
+    fast: FastUpdate | None
     index: int = 0  # in the group's member list
-    simulate: object = None  # the simulate engine's copy builder, for the general update
+    simulate: SimulateEngine | None = None  # copies for the general update
     has_buf: bool = False  # the momentum buffer exists (after the first step)
     lr_used: float = 0.0  # the lr of the step just taken
     failed: bool = False
-    progress: object = None  # a group of one shows the usual progress lines
+    progress: Progress | None = None  # a group of one shows the usual progress lines
 
 
 def _group_key(run: Run) -> tuple:
@@ -107,207 +114,6 @@ def _group_key(run: Run) -> tuple:
         cfg.dataset.root,
         cfg.device,
     )
-
-
-# --------------------------------------------------------------------------------------
-# The batched robust update for the common cases
-
-
-_ELEMENTWISE = (attack_lib.ReverseGradient, attack_lib.SignFlip, attack_lib.Constant)
-
-
-class _FastUpdate:
-    """Attack simulation, vote and rule of one run as tensor operations that
-    :func:`_fast_updates` applies to many runs at once; built only for the cases whose
-    semantics it reproduces (see :func:`_fast_path`)."""
-
-    def __init__(self, run: Run, robust_update, d: int, kind: str, rule: str, buckets):
-        p = run.placement
-        self.run, self.kind, self.rule, self.buckets = run, kind, rule, buckets
-        self.r, self.f, self.K = p.replication, p.num_files, p.num_workers
-        self.incidence = torch.zeros(self.K, self.f)
-        for w, files in enumerate(p.worker_files):
-            self.incidence[w, list(files)] = 1.0
-        attack = run.attack
-        self.attack = attack
-        self.omniscient = bool(attack.needs_honest)
-        self.z = float(getattr(attack, "z_used", 0.0))
-        self.ddof = int(getattr(attack, "ddof", 0))
-        self.eps = float(getattr(attack, "eps", 0.0))
-        self.over = getattr(attack, "over", "copies")
-        self.outside = robust_update.rule.outside(self.f)
-        from byzshield.server.wire import ReplyLayout
-
-        self.bytes_in = p.num_workers * ReplyLayout(p.load, d).nbytes()  # as torchrun's
-
-    def signature(self) -> tuple:
-        """Runs with equal signatures are updated in one batch."""
-        nb = None if self.buckets is None else self.buckets.num_buckets
-        return (self.kind, self.rule, nb, self.ddof, self.over, self.f, self.r)
-
-
-def _fast_path(run: Run, robust_update, d: int) -> _FastUpdate | None:
-    """The batched update for ``run``, or None when its configuration needs the general
-    robust update (other attacks and rules, the digest vote, stragglers, digest lies)."""
-    cfg = run.config
-    if cfg.vote != "full" or cfg.stragglers or cfg.adversary.digest_lie != "none":
-        return None
-    attack = run.attack
-    if isinstance(attack, attack_lib.NoAttack) or run.q == 0:
-        kind = "none"
-    elif isinstance(attack, attack_lib.ALittleIsEnough):
-        kind = "alie"
-    elif isinstance(attack, attack_lib.InnerProductManipulation):
-        kind = "ipm"
-    elif isinstance(attack, _ELEMENTWISE):
-        kind = "elementwise"
-    else:
-        return None
-    mode = run.mode_option
-    if mode.pre or mode.hierarchical_buckets is not None:
-        return None
-    if isinstance(mode, CoordMedianMode):
-        nb = mode.num_buckets
-        buckets = (
-            None
-            if nb is None or nb >= run.placement.num_files
-            else Bucketing(Bucketing.Config(num_buckets=nb))
-        )
-        return _FastUpdate(run, robust_update, d, kind, "median", buckets)
-    if isinstance(mode, MeanMode):
-        return _FastUpdate(run, robust_update, d, kind, "mean", None)
-    return None
-
-
-_MEDIAN = None
-
-
-def _median(x: Tensor) -> Tensor:
-    """Coordinate-wise median over dim 1 of (m, n, d), by the coord-median rule's own
-    comparator networks on the (n, m * d) stack (the mean of the two middle values for
-    even n); 3x torch.median here."""
-    global _MEDIAN
-    if _MEDIAN is None:
-        from byzshield.aggregators import build_aggregator
-
-        _MEDIAN = build_aggregator("coord-median")
-    m, n, d = x.shape
-    stack = x.permute(1, 0, 2).reshape(n, m * d)
-    return _MEDIAN(stack, f=0).value.view(m, d)
-
-
-def _fast_updates(fasts, honest: Tensor, losses: Tensor, byz, steps):
-    """The gradients (m, d) and per-run metrics of m runs sharing a signature, or None
-    for a run (by position) whose step needs the general robust update. ``honest`` is
-    (m, f, d) and finite, ``losses`` (m, f), ``byz`` the Byzantine sets, ``steps`` their
-    steps. ALIE's and IPM's statistics are float32 here (float64 in the robust update):
-    the forged vector agrees to float32 rounding."""
-    head = fasts[0]
-    m, f, d = honest.shape
-    r = head.r
-    t0 = time.perf_counter()
-    bad = torch.zeros(m, head.K)
-    for k, workers in enumerate(byz):
-        if workers:
-            bad[k, list(workers)] = 1.0
-    counts = bad @ head.incidence  # (m, f) Byzantine holders of each file
-    win = 2 * counts > r
-    ok = ~(2 * counts == r).any(dim=1)  # a tie drops the file: the general update does it
-    forged = None
-    if head.kind == "alie":
-        z = torch.tensor([fu.z for fu in fasts])[:, None]
-        mean = honest.sum(dim=1) / f
-        dev = honest - mean[:, None, :]
-        sigma = ((dev * dev).sum(dim=1) / (f - head.ddof)).sqrt_()
-        forged = (mean + z * sigma)[:, None, :]
-    elif head.kind == "ipm":
-        eps = torch.tensor([fu.eps for fu in fasts])[:, None]
-        mean = honest.sum(dim=1) / f
-        if head.over == "copies":
-            weights = r - counts  # honest copies of each file
-            total = weights.sum(dim=1)
-            weighted = torch.bmm(weights[:, None, :], honest)[:, 0] / total.clamp_min(1)[:, None]
-            mean = torch.where(total[:, None] > 0, weighted, mean)
-        forged = (mean * -eps)[:, None, :]
-    elif head.kind == "elementwise":
-        forged = torch.stack([fu.attack(h) for fu, h in zip(fasts, honest, strict=True)])
-    t1 = time.perf_counter()
-    if forged is None or not bool(win.any()):
-        winners = honest
-        differs = torch.zeros(m, f, dtype=torch.bool)
-        if forged is not None:
-            differs = (counts > 0) & (forged != honest).any(dim=2)
-    else:
-        ok &= torch.isfinite(forged).flatten(1).all(dim=1)
-        differs = (forged != honest).any(dim=2)
-        winners = torch.where(win[:, :, None], forged, honest)
-    every = counts == r
-    distorted = win & (differs | (every & (not head.omniscient)))
-    # copies that lost their file's vote: honest holders where the Byzantine copies won,
-    # Byzantine holders where they lost (only where the copies differ)
-    lost_honest = (win & differs & ~every).to(torch.float32) @ head.incidence.T  # (m, K)
-    lost_bad = (~win & differs & (counts > 0)).to(torch.float32) @ head.incidence.T
-    lost = lost_honest * (1 - bad) + lost_bad * bad
-    t2 = time.perf_counter()
-    if head.rule == "mean":
-        gradient = winners.sum(dim=1) / f
-    else:
-        inputs = winners
-        if head.buckets is not None:  # median of means: each run's own shuffle
-            order = []
-            for fu, step in zip(fasts, steps, strict=True):
-                g = torch.Generator().manual_seed(
-                    derive_seed("aggregate", fu.run.config.seed, step)
-                )
-                order.append(fu.buckets.split(range(f), g))
-            sizes = {len(b) for groups in order for b in groups}
-            if len(sizes) == 1:  # equal buckets: one gather
-                (size,) = sizes
-                index = torch.tensor([[j for b in groups for j in b] for groups in order])
-                picked = winners.gather(1, index[:, :, None].expand(m, f, d))
-                inputs = picked.view(m, f // size, size, d).sum(dim=2) / size
-            else:
-                inputs = torch.stack(
-                    [
-                        torch.stack([winners[k, list(b)].sum(dim=0) / len(b) for b in groups])
-                        for k, groups in enumerate(order)
-                    ]
-                )
-        gradient = _median(inputs)
-    t3 = time.perf_counter()
-    dist_rows = distorted.tolist()
-    lost_rows = lost.tolist()
-    loss_rows = losses.tolist()
-    oks = ok.tolist()
-    shares = {
-        "attack_s": (t1 - t0) / m,
-        "vote_s": (t2 - t1) / m,
-        "aggregation_s": (t3 - t2) / m,
-    }
-    out = []
-    for k, fu in enumerate(fasts):
-        if not oks[k]:
-            out.append(None)
-            continue
-        out.append(
-            step_metrics(
-                losses=loss_rows[k],
-                distorted=[j for j, x in enumerate(dist_rows[k]) if x],
-                dropped=0,  # a run with a tied file went to the general update (ok)
-                lost={str(w): int(c) for w, c in enumerate(lost_rows[k]) if c},
-                liars={},
-                nonfinite=0,
-                outside=fu.outside,
-                factor=None,
-                nbytes=fu.bytes_in,
-                times={"receive_s": 0.0, **shares, "vote_tail_s": shares["vote_s"]},
-            )
-        )
-    return gradient, out
-
-
-# --------------------------------------------------------------------------------------
-# The group
 
 
 class LockstepGroup:
@@ -349,10 +155,8 @@ class LockstepGroup:
 
     # ---------------------------------------------------------------- setting up
 
-    def _slots(self) -> list[_Slot]:
-        from byzshield.training.loop import Trainer
-
-        slots = []
+    def _states(self) -> list[_RunState]:
+        states = []
         for k, m in enumerate(self.members):
             run = m.run
             trainer = Trainer(
@@ -367,20 +171,19 @@ class LockstepGroup:
                     say(complete_line(trainer.start, run.max_steps))
                 continue
             lr = trainer.optimizer.param_groups[0]["lr"]
-            fast = _fast_path(run, trainer.update, num_params(trainer.model))
-            slot = _Slot(m, trainer, len(slots), trainer.start, run.max_steps, lr, fast, index=k)
+            fast = fast_update(run, trainer.update, num_params(trainer.model))
+            row = len(states)
+            state = _RunState(m, trainer, row, trainer.start, run.max_steps, lr, fast, index=k)
             if self.show_steps:
-                from byzshield.training.loop import Progress
+                state.progress = Progress(run.max_steps, run.config.log_every, initial=state.step)
+            states.append(state)
+        return states
 
-                slot.progress = Progress(run.max_steps, run.config.log_every, initial=slot.step)
-            slots.append(slot)
-        return slots
-
-    def _state(self, slots: list[_Slot]) -> tuple[Tensor, Tensor]:
-        d = num_params(slots[0].trainer.model)
-        params = torch.empty(len(slots), d)
-        buffers = torch.zeros(len(slots), d)
-        for s in slots:
+    def _tensors(self, states: list[_RunState]) -> tuple[Tensor, Tensor]:
+        d = num_params(states[0].trainer.model)
+        params = torch.empty(len(states), d)
+        buffers = torch.zeros(len(states), d)
+        for s in states:
             params[s.row] = flat_params(s.trainer.model)
             state = s.trainer.optimizer.state
             bufs = [state.get(p, {}).get("momentum_buffer") for p in s.trainer.model.parameters()]
@@ -405,33 +208,31 @@ class LockstepGroup:
             torch.backends.mkldnn.enabled = onednn
 
     def _train(self) -> dict[int, dict]:
-        slots = self._slots()
+        states = self._states()
         done_before = len(self.results)
-        if not slots:
+        if not states:
             self.say(f"lockstep{self.label}: all {done_before} runs are complete; nothing to do")
             self._end_lines()
             return self.results
-        for s in slots:
+        for s in states:
             if s.step:
                 self.say(f"{s.member.name or s.member.folder}: resuming after step {s.step}")
-        run0 = slots[0].member.run
+        run0 = states[0].member.run
         cfg0 = run0.config
-        grads_fn = BatchedGradients(slots[0].trainer.model)
-        params, buffers = self._state(slots)
+        grads_fn = BatchedGradients(states[0].trainer.model)
+        params, buffers = self._tensors(states)
         chunk = max(1, CHUNK_SAMPLES // cfg0.batch_size)
         f = run0.placement.num_files
-        remaining = sum(s.total - s.step for s in slots)
+        remaining = sum(s.total - s.step for s in states)
         total_steps, started, last_print = remaining, time.monotonic(), time.monotonic()
         self.say(
-            f"lockstep{self.label}: {len(slots)} runs of {run0.placement.describe()}, batch "
+            f"lockstep{self.label}: {len(states)} runs of {run0.placement.describe()}, batch "
             f"{cfg0.batch_size}, {cfg0.network.name} on {cfg0.dataset.name} ({grads_fn.kernel} "
             f"gradients, {chunk} runs per chunk"
             + (f"; {done_before} complete already" if done_before else "")
             + ")"
         )
-        active = list(slots)
-        from byzshield.training.loop import PROGRESS
-
+        active = list(states)
         while active:
             PROGRESS.update(run_steps=total_steps - remaining, total=total_steps)
             for lo in range(0, len(active), chunk):
@@ -453,7 +254,7 @@ class LockstepGroup:
                 )
         elapsed = time.monotonic() - started
         self.say(
-            f"lockstep{self.label}: {len(slots) - len(self.failures)} runs done, "
+            f"lockstep{self.label}: {len(states) - len(self.failures)} runs done, "
             f"{total_steps} run-steps in {_duration(elapsed)}"
             + (f"; {len(self.failures)} failed" if self.failures else "")
         )
@@ -475,7 +276,7 @@ class LockstepGroup:
             else:
                 self.say(f"{m.folder}: {line}")
 
-    def _advance(self, chunk: list[_Slot], grads_fn, params, buffers, f: int) -> None:
+    def _advance(self, chunk: list[_RunState], grads_fn, params, buffers, f: int) -> None:
         """One step of every run in ``chunk`` (each at its own step)."""
         t0 = time.perf_counter()
         rows = torch.tensor([s.row for s in chunk])
@@ -510,7 +311,7 @@ class LockstepGroup:
                 continue
             fasts = [chunk[k].fast for k in members]
             idx = torch.tensor(members)
-            grad, outs = _fast_updates(
+            grad, outs = fast_updates(
                 fasts,
                 honest.index_select(0, idx),
                 losses.index_select(0, idx),
@@ -551,10 +352,8 @@ class LockstepGroup:
                         f"loss {ev['test_loss']:.4f}"
                     )
 
-    def _general(self, s: _Slot, honest: Tensor, losses: Tensor, byz, params):
+    def _general(self, s: _RunState, honest: Tensor, losses: Tensor, byz, params):
         """The robust update of one run on the copies the simulate engine builds."""
-        from byzshield.engines.simulate import SimulateEngine
-
         run = s.member.run
         if s.simulate is None:
             s.simulate = SimulateEngine(run, params.shape[1], threads=1)
@@ -596,7 +395,7 @@ class LockstepGroup:
 
     # ---------------------------------------------------------------- runs' state
 
-    def _sync(self, s: _Slot, params: Tensor, buffers: Tensor) -> None:
+    def _sync(self, s: _RunState, params: Tensor, buffers: Tensor) -> None:
         """Write a run's parameters, momentum and schedule into its torch objects (for its
         evaluation and checkpoint, which the other engines read and resume from)."""
         t = s.trainer
@@ -615,7 +414,7 @@ class LockstepGroup:
         t.scheduler._step_count = s.step + 1
         t.scheduler._last_lr = [s.lr]
 
-    def _finish(self, s: _Slot, params, buffers) -> dict:
+    def _finish(self, s: _RunState, params, buffers) -> dict:
         self._sync(s, params, buffers)
         final = s.trainer.evaluate(s.total)
         self.steps[s.index] = s.total
@@ -624,7 +423,7 @@ class LockstepGroup:
             s.progress.close()
         return final
 
-    def _fail(self, s: _Slot, params) -> None:
+    def _fail(self, s: _RunState, params) -> None:
         load_flat(s.trainer.model, params[s.row])
         try:
             s.trainer.check_finite(s.step)
@@ -696,12 +495,6 @@ def lockstep(jobs, *, threads: int | None = None, quiet: bool = True) -> list[di
         >>> [r["top1"] > 0 for r in lockstep(jobs)]  # doctest: +SKIP
         [True, True, True]
     """
-    from byzshield.compute.networks import use_kernels
-    from byzshield.config import build_run
-    from byzshield.config.overrides import compose_config
-    from byzshield.training.loop import announce
-    from byzshield.training.runfolder import PROGRESS, prepare, release
-
     PROGRESS.clear()  # a new command: what a Ctrl-C line reports is about these runs
     members = []
     threads_before, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled

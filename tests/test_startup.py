@@ -1,0 +1,84 @@
+"""Start-up of `python -m byzshield.train` (byzshield/cli/startup.py), in process: a single
+run is composed once, its network built once, it trains with no process group, and its
+run folder holds what Hydra's own main writes there."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+import torch
+from hydra._internal.hydra import Hydra
+from hydra.core.global_hydra import GlobalHydra
+
+from byzshield import train
+from byzshield.cli.startup import entry_point
+from byzshield.config.data import NetworkOption
+
+RUN = ("max_steps=1", "eval_freq=0", "attack=alie")
+
+
+@pytest.fixture
+def command(monkeypatch):
+    """Run ``python -m byzshield.train ARGS`` in this process (``composed``: through the
+    one-composition start-up, else through Hydra's main); returns its exit status and
+    counts what it did."""
+    counts = {"compositions": 0, "networks": 0}
+    compose_config, build = Hydra.compose_config, NetworkOption.build
+
+    def counted_compose(self, *args, **kwargs):
+        counts["compositions"] += 1
+        return compose_config(self, *args, **kwargs)
+
+    def counted_build(self, data):
+        counts["networks"] += 1
+        return build(self, data)
+
+    def no_process_group(**kwargs):
+        raise AssertionError("a one-process run joined a process group")
+
+    monkeypatch.setattr(Hydra, "compose_config", counted_compose)
+    monkeypatch.setattr(NetworkOption, "build", counted_build)
+    monkeypatch.setattr(train, "init", no_process_group)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    loggers = {name: logging.getLogger(name) for name in ("", "byzshield")}
+    saved = {name: (lg.handlers[:], lg.level, lg.propagate) for name, lg in loggers.items()}
+
+    def run(*args: str, composed: bool = True) -> int:
+        monkeypatch.setattr(sys, "argv", ["byzshield.train", *args])
+        job = train.job if composed else None
+        return entry_point(train.main, job=job, after=train.train_collected)
+
+    yield run, counts
+    GlobalHydra.instance().clear()  # Hydra's main leaves its instance behind
+    torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = onednn
+    for name, lg in loggers.items():
+        lg.handlers[:], lg.level, lg.propagate = saved[name]
+
+
+def test_a_single_run_is_composed_once_built_once_and_trains_without_a_process_group(
+    command, tmp_path, monkeypatch
+):
+    run, counts = command
+    monkeypatch.chdir(tmp_path)
+    assert run(*RUN) == 0
+    assert counts == {"compositions": 1, "networks": 2}  # build_run's check + the model
+    (folder,) = (tmp_path / "runs").iterdir()  # the default train_dir, resolved once
+    assert (folder / "metrics.jsonl").exists() and not (folder / "train.log").exists()
+    overrides = (folder / ".hydra" / "overrides.yaml").read_text().splitlines()
+    assert overrides[-1] == f"- train_dir=runs/{folder.name}"
+
+
+def test_a_single_runs_folder_holds_what_hydras_main_writes(command, tmp_path):
+    run, counts = command
+    assert run(*RUN, f"train_dir={tmp_path / 'hydra'}", composed=False) == 0
+    assert counts["compositions"] == 3  # the check, Hydra's mode and Hydra's run
+    assert run(*RUN, f"train_dir={tmp_path / 'composed'}") == 0
+    assert counts["compositions"] == 4
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        by_hydra = (tmp_path / "hydra" / ".hydra" / name).read_text()
+        composed = (tmp_path / "composed" / ".hydra" / name).read_text()
+        assert composed == by_hydra.replace(str(tmp_path / "hydra"), str(tmp_path / "composed"))
