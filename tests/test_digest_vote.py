@@ -191,7 +191,7 @@ def test_the_digest_vote_verifying_a_majority_pulls_every_copy_of_an_undecided_f
 def _claimed_copies(placement, truth, byz=(), scale=-5.0):
     """Copies as torchrun delivers them to the digest vote: every row's digest claimed
     (Byzantine rows scaled by ``scale``), and a fetch that records each round."""
-    from byzshield.server.update import Copies, copy_index
+    from byzshield.server.copies import Copies, copy_index
     from byzshield.server.vote import Rows
 
     K, l = placement.num_workers, placement.load
@@ -216,7 +216,8 @@ def test_the_first_holders_copies_ride_with_the_digests_so_an_honest_step_pulls_
     from byzshield.attacks import make_attack
     from byzshield.config import MeanMode
     from byzshield.design.placements import mols
-    from byzshield.server.update import RobustUpdate, copy_index, pushed_slots
+    from byzshield.server.copies import copy_index, pushed_slots
+    from byzshield.server.update import RobustUpdate
 
     p = mols(5, 3)
     truth = torch.randn(p.num_files, 20, generator=torch.Generator().manual_seed(5))

@@ -14,7 +14,7 @@ import yaml
 from conftest import read_metrics, run_env, torchrun_cmd
 
 from byzshield.engines.simulate import simulate
-from byzshield.training.loop import TIME_KEYS
+from byzshield.server.metrics import TIME_KEYS
 
 COMMON = ("adversary.q=2", "max_steps=3", "eval_freq=2", "seed=5")
 REAL_SWEEP = ("attack=label_flip,alie", "adversary.selection=worst_case")

@@ -36,17 +36,10 @@ MAX_LINES = 600
 
 # What the redesign has yet to fix while it is done in steps. Each check fails on a
 # violation not listed here, and on a listed one that is gone: the lists only shrink.
-PENDING_ABOVE = {
-    "byzshield.server.erasures imports byzshield.config",
-}
+PENDING_ABOVE: set[str] = set()
 PENDING_PRIVATE: set[str] = set()
-PENDING_CIRCLES = {
-    "byzshield.server.update -> byzshield.server.forgery -> byzshield.server.update",
-}
-PENDING_LONG = {
-    "server/update.py",
-    "training/loop.py",
-}
+PENDING_CIRCLES: set[str] = set()
+PENDING_LONG: set[str] = set()
 
 
 def check(found: set[str], pending: set[str]) -> None:

@@ -17,7 +17,8 @@ from byzshield.config import build_run
 from byzshield.config.overrides import compose_config
 from byzshield.engines.lockstep import LockstepGroup, Member, lockstep
 from byzshield.engines.simulate import simulate
-from byzshield.training.loop import TIME_KEYS, TrainingError, announce
+from byzshield.server.metrics import TIME_KEYS
+from byzshield.training.loop import TrainingError, announce
 from byzshield.training.runfolder import prepare, release
 
 TIMES = {*TIME_KEYS, "step_s", "other_s", "vote_tail_s"}

@@ -1,9 +1,9 @@
 """A sharded parameter server (ps_shards=S) decides the bits one server decides.
 
 Each test runs S servers as threads of this process
-(:class:`byzshield.server.sharded.ShardedUpdate`)
-and compares them with the unsharded :class:`byzshield.server.update.RobustUpdate` on the same
-copies: gradients with ``torch.equal``, every metric but timings and traffic with ``==``.
+(:class:`byzshield.server.sharded.ShardedUpdate`) and compares them with the unsharded
+:class:`byzshield.server.update.RobustUpdate` on the same copies: gradients with
+``torch.equal``, every metric but timings and traffic with ``==``.
 """
 
 import json
@@ -23,7 +23,7 @@ from byzshield.config.modes import MODES
 from byzshield.design.placements import detox, mols
 from byzshield.design.search import worst_case
 from byzshield.engines.simulate import simulate
-from byzshield.server.sharded import ShardedUpdate, ThreadPeers, shard_bounds
+from byzshield.server.sharded import Exchange, ShardedUpdate, ThreadPeers, shard_bounds
 from byzshield.server.update import RobustUpdate
 from byzshield.server.vote import copy_classes
 
@@ -95,11 +95,11 @@ def test_sharded_distances_add_the_unsharded_partials_in_the_same_order():
     x = np.random.default_rng(0).standard_normal((9, 20_000)).astype(np.float32) * 1e3
     whole = PairwiseDistances(x, range(9)).dist
     for S in (2, 4):
-        peers = ThreadPeers(S)
+        exchanges = [Exchange(peers) for peers in ThreadPeers.group(S)]
         out = [None] * S
 
-        def serve(s, lo, hi, peers=peers, out=out):
-            with column_shard(peers.shard(s, lo, x.shape[1])):
+        def serve(s, lo, hi, exchanges=exchanges, out=out):
+            with column_shard(exchanges[s].shard(lo, x.shape[1])):
                 out[s] = PairwiseDistances(np.ascontiguousarray(x[:, lo:hi]), range(9)).dist
 
         threads = [
@@ -112,7 +112,7 @@ def test_sharded_distances_add_the_unsharded_partials_in_the_same_order():
             t.join()
         for part in out:
             assert np.array_equal(part, whole)
-        assert peers.sent[0] == 9 * 9 * 8  # the running total, once, to the next server
+        assert exchanges[0].sent == 9 * 9 * 8  # the running total, once, to the next server
 
 
 # ------------------------------------------------------------------ rules and attacks
@@ -235,20 +235,37 @@ def test_erased_copies_vote_the_same_on_a_sharded_server():
         assert torch.equal(a.gradient, b.gradient) and same_metrics(a.metrics, b.metrics)
 
 
+class LosesItsDisk:
+    """A rule that fails while ``broken`` (and is the rule it wraps otherwise)."""
+
+    def __init__(self, rule):
+        self.rule, self.broken = rule, True
+
+    def __getattr__(self, name):
+        return getattr(self.rule, name)
+
+    def __call__(self, *args, **kwargs):
+        if self.broken:
+            raise RuntimeError("server 2 lost its disk")
+        return self.rule(*args, **kwargs)
+
+
 def test_a_server_that_fails_releases_the_others_and_its_error_is_raised():
     p, d = mols(5, 3), 4_500
     truth = torch.randn(p.num_files, d, generator=torch.Generator().manual_seed(5))
-    _, sharded = updates(p, make_attack("rev_grad"), "multi-krum", {}, d=d, shards=(4,))
-    update = sharded[4]
+    disk = LosesItsDisk(MODES["multi-krum"]().build())
+    third = shard_bounds(d, 4)[2][0]
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("server 2 lost its disk")
+    def build(shard):
+        rule = disk if shard.offset == third else MODES["multi-krum"]().build()
+        return RobustUpdate(p, make_attack("rev_grad"), rule, aggregator_f=2, seed=3, shard=shard)
 
-    update.updates[2]._update = broken
+    update = ShardedUpdate(p, d, 4, build)
     with pytest.raises(RuntimeError, match="server 2 lost its disk"):
         update(received(p, truth), (), 0)
-    update.updates[2]._update = type(update.updates[2])._update.__get__(update.updates[2])
+    disk.broken = False
     assert torch.isfinite(update(received(p, truth), (), 1).gradient).all()  # usable again
+    update.close()
 
 
 # --------------------------------------------------------------- the simulate engine

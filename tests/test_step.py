@@ -14,7 +14,8 @@ from byzshield.config import MeanMode, MultiKrumMode
 from byzshield.design.bounds import distorted_files
 from byzshield.design.placements import detox, mols, rama_two
 from byzshield.design.search import worst_case
-from byzshield.server.update import Copies, RobustUpdate, copy_index
+from byzshield.server.copies import Copies, copy_index
+from byzshield.server.update import RobustUpdate
 from byzshield.server.vote import Rows
 from byzshield.training.loop import evaluate, recompute_batchnorm, score_test_set
 

@@ -11,7 +11,7 @@ from byzshield.design.bounds import distorted_files
 from byzshield.design.placements import rama_two
 from byzshield.engines.simulate import simulate
 from byzshield.evaluate import checkpoints, evaluate_checkpoint
-from byzshield.training.loop import TIME_KEYS
+from byzshield.server.metrics import TIME_KEYS
 
 RAMA = ("approach=rama_two", "approach.m=3", "approach.s=3", "batch_size=90")  # K=9, f=9
 

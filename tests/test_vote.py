@@ -4,8 +4,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from votes import VoteBatch, VoteResult, majority_vote, vote_files
 
-from byzshield.server.vote import VoteBatch, VoteResult, majority_vote, same_bits, vote_files
+from byzshield.server.vote import same_bits
 
 
 def _rows(*values):

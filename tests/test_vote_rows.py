@@ -1,9 +1,9 @@
-"""vote_rows (in-place vote on row indices) agrees with vote_files on gathered copies."""
+"""The server's vote on row indices (:func:`byzshield.server.vote.vote_positions`, through
+tests/votes.py) agrees with the vote on the gathered copies."""
 
 import pytest
 import torch
-
-from byzshield.server.vote import vote_files, vote_rows
+from votes import vote_files, vote_rows
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -19,6 +19,7 @@ from byzshield.config.schema import TrainConfig
 from byzshield.design.placements import Placement
 from byzshield.design.selection import Selection, build_selection
 from byzshield.server.sharded import shard_bounds
+from byzshield.server.update import UpdateSpec
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,28 @@ class Run:
         with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             return self.config.network.build(self.train_data)
+
+    def build_rule(self) -> Any:
+        """A fresh rule object of the run's mode (each server of a sharded parameter
+        server holds its own, whose state is that server's columns)."""
+        return self.mode_option.build()
+
+    def update_spec(self) -> UpdateSpec:
+        """What the parameter server's robust update is built from
+        (:func:`byzshield.server.update.build_update`); a server run only."""
+        cfg = self.config
+        return UpdateSpec(
+            self.placement,
+            self.attack,
+            self.build_rule,
+            rule_f=self.aggregator_f,
+            seed=cfg.seed,
+            threads=cfg.threads,
+            outside_guarantee=self.outside_guarantee,
+            verify=cfg.digest_verify,
+            lie=cfg.adversary.digest_lie,
+            num_servers=cfg.ps_shards,
+        )
 
 
 _BUILD_LOCK = threading.Lock()

@@ -10,7 +10,7 @@
   in batched matrix products.
 
 torchrun and simulate hand the trainer (:mod:`byzshield.training.loop`) a
-:class:`byzshield.server.update.Copies`, and the same robust update
+:class:`byzshield.server.copies.Copies`, and the same robust update
 (:mod:`byzshield.server.update`) decides the gradient: for the same config they give the
 same bits. An engine imports the training layer and those below it, never a front end.
 """

@@ -13,8 +13,8 @@ each file's gradient computed once. Every step this engine
    attack one copy per file with a Byzantine holder (all Byzantine copies of a file are
    equal: they are a function of the file, the step and the seed), for label flip the
    gradient on flipped labels;
-3. hands the trainer :class:`byzshield.server.update.Copies` whose honest copies of file j all
-   point at row j.
+3. hands the trainer :class:`byzshield.server.copies.Copies` whose honest copies of file j
+   all point at row j.
 
 Omniscient attacks (ALIE, IPM) are then simulated in the robust update
 (:mod:`byzshield.server.forgery`), as in the torchrun engine. Memory is the (f, d) honest
@@ -35,8 +35,8 @@ from byzshield.attacks import attack_generator
 from byzshield.compute.gradients import file_gradients
 from byzshield.compute.params import load_flat
 from byzshield.config import Run
+from byzshield.server.copies import Copies
 from byzshield.server.digest import digest
-from byzshield.server.update import Copies
 from byzshield.server.vote import Rows
 from byzshield.server.wire import ReplyLayout
 from byzshield.training.loop import Trainer, announce
@@ -76,6 +76,7 @@ class SimulateEngine:
         layout = ReplyLayout(p.load, d, digests=self.digests)
         self.bytes_in = p.num_workers * layout.nbytes()  # what the torchrun server receives
         self.dropped: dict[int, str] = {}  # no worker is ever dropped in process
+        self.peers = None  # a sharded server's servers are threads (ShardedUpdate)
 
     def _gradients(self, files: list[int], step: int, *, flip: bool, out: torch.Tensor):
         """Gradients of ``files`` into ``out`` rows, split over the replicas; losses."""

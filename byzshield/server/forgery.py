@@ -1,5 +1,5 @@
 """The omniscient adversary: the one place where Byzantine copies are computed from
-honest gradients (BYZSHIELD.md section 6).
+honest gradients (docs/design.md section 6).
 
 Attacks that read the other workers' honest gradients (ALIE, IPM and their optimised
 forms, ``attack.needs_honest``) cannot run on a worker, which sees only its own files.
@@ -14,7 +14,8 @@ that survives the vote and the run's rule, :meth:`OmniscientAttack.damage`.
     >>> from byzshield.aggregators import build_aggregator
     >>> from byzshield.attacks import make_attack
     >>> from byzshield.design.placements import detox
-    >>> from byzshield.server.update import StepRule, copy_index
+    >>> from byzshield.server.copies import copy_index
+    >>> from byzshield.server.rule import StepRule
     >>> from byzshield.server.vote import Rows
     >>> p = detox(6, 3)  # files 0 (workers 0, 1, 2) and 1 (workers 3, 4, 5)
     >>> rule = StepRule(build_aggregator("mean"), f=0, seed=0)
@@ -28,7 +29,6 @@ that survives the vote and the run's rule, :meth:`OmniscientAttack.damage`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -36,10 +36,8 @@ from torch import Tensor
 from byzshield.aggregators import norm
 from byzshield.attacks import Attack, forge
 from byzshield.design.placements import Placement
+from byzshield.server.rule import StepRule
 from byzshield.server.vote import Rows
-
-if TYPE_CHECKING:  # the rule is handed in by the robust update that owns it
-    from byzshield.server.update import StepRule
 
 __all__ = ["OmniscientAttack"]
 

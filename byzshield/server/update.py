@@ -1,54 +1,33 @@
-"""One robust update: omniscient attack simulation, majority vote, aggregation.
+"""The robust update: omniscient attack simulation, majority vote, aggregation.
 
-This is everything that decides the model's next gradient from what reached the
-parameter server, and nothing else (no processes, no optimizer). Both engines call it:
-the torchrun engine on the copies it received over gloo, the simulate engine on the
-copies it computed in process (each file once, plus the Byzantine copies). Given the
-same copies it returns the same bits, whichever engine built them.
+This is what decides the model's next gradient from what reached the parameter server,
+and nothing else (no processes, no optimizer). Every engine calls it: the torchrun engine
+on the copies it received over gloo, the simulate engine on the copies it computed in
+process (each file once, plus the Byzantine copies). Given the same copies it returns the
+same bits, whichever engine built them.
 
     received copies --(omniscient attack)--> copies --(vote)--> f winners
                     --(aggregation rule)--> gradient (d,)
 
-:class:`Copies` is what arrived: rows of one or more blocks (:class:`byzshield.server.vote.Rows`)
-and an (f, r) index whose entry (j, i) is the row of file j's copy from its i-th holder
-(``placement.file_workers[j][i]``), with the loss reported along with every copy.
-
 :class:`RobustUpdate` runs the pieces in order and keeps nothing of a step but the
-reused winners buffer: the omniscient attack and the digest lies are
-:mod:`byzshield.server.forgery` (:func:`~byzshield.server.forgery.digest_lie`), the votes
-are :func:`byzshield.server.vote.vote_positions` (the full vote, each file as its last copy
-arrives) and :func:`byzshield.server.vote.digest_vote`, the rule runs as :class:`StepRule`, and
-what the step receives inside the update (pulls, payloads still on the wire, their
-time and bytes, :func:`byzshield.server.wire.gradients_nbytes`) is a per-step inbox.
+reused winners buffer: the copies and one step's receiving are
+:mod:`byzshield.server.copies`, the omniscient attack and the digest lies
+:mod:`byzshield.server.forgery`, the votes :func:`byzshield.server.vote.vote_positions`
+(the full vote, each file as its last copy arrives), :func:`byzshield.server.vote.copy_classes`
+with :func:`~byzshield.server.vote.decide_classes` (one server's part of a sharded
+server's vote) and :func:`byzshield.server.vote.digest_vote`, the rule
+:class:`byzshield.server.rule.StepRule`, and what the step reports
+:func:`byzshield.server.metrics.step_metrics` (which defines trusted, distorted and lost).
 
-Definitions the metrics use (BYZSHIELD.md section 7):
-
-- A file is **trusted** when a strict majority of its r copies agree bit for bit; a file
-  without one (a tie between two groups, for even r) is dropped from the step's
-  aggregation and counted. So colluding Byzantine copies win a file exactly when they
-  hold r' = floor(r / 2) + 1 of its copies, the threshold the worst-case adversary
-  (:mod:`byzshield.design.search`) maximises over.
-- A file is **distorted** when its vote winner was sent by a Byzantine worker and
-  differs bit for bit from the file's honest gradient, or when no honest copy of the
-  file exists to compare with (every holder is Byzantine and the attack is not
-  omniscient).
-- The step's **loss** is the mean over trusted files of the loss reported with each
-  file's vote winner (so a worker cannot move it unless it wins a vote).
-- When dropped files leave fewer inputs than the rule's guarantee needs for its f, or
-  the run was started outside the guarantee on purpose (``outside_guarantee``), the rule
-  runs anyway (see :mod:`byzshield.aggregators`) and the step says so.
-
-    >>> from byzshield.server.update import RobustUpdate  # see tests/test_step.py for examples
-
-Length (about 700 lines): RobustUpdate (with one server's part of a sharded server's
-vote, :mod:`byzshield.server.sharded`), StepRule, the per-step inbox and the metrics; the votes,
-the omniscient attack, the digest lies and the byte counts live in
-:mod:`byzshield.server.vote`, :mod:`byzshield.server.forgery` and :mod:`byzshield.server.wire`.
+:func:`build_update` is the one builder of a run's update, from an :class:`UpdateSpec`
+(:meth:`byzshield.config.Run.update_spec` makes a run's): one server's
+:class:`RobustUpdate`, or with S servers those of :mod:`byzshield.server.sharded`, as
+threads of this process or over a transport between processes (the torchrun engine's).
+tests/test_step.py has examples.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -57,13 +36,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from byzshield.aggregators import AggregateResult, Aggregator, ColumnShard, column_shard
-from byzshield.aggregators.columns import column_threads
+from byzshield.aggregators import Aggregator, ColumnShard, column_shard
 from byzshield.attacks import Attack
-from byzshield.compute.sampling import derive_seed
 from byzshield.design.placements import Placement
-from byzshield.server.digest import digest
+from byzshield.server.copies import PUSHED, Copies, Inbox, live_copies
 from byzshield.server.forgery import OmniscientAttack, digest_lie
+from byzshield.server.metrics import Outcome, step_metrics
+from byzshield.server.rule import StepRule, rule_threads
+from byzshield.server.sharded import LeadUpdate, Peers, ShardedUpdate, ShardServer
 from byzshield.server.vote import (
     Rows,
     copy_classes,
@@ -72,200 +52,80 @@ from byzshield.server.vote import (
     same_bits,
     vote_positions,
 )
-from byzshield.server.wire import gradients_nbytes
 
-__all__ = ["Copies", "Outcome", "RobustUpdate", "StepRule", "copy_index", "pushed_slots"]
-
-PUSHED = 0
-"""vote=digest: the holder position whose copy of a file rides along with its digests
-(pushed, not pulled), so that an honest step needs no pull round at all."""
+__all__ = ["RobustUpdate", "UpdateSpec", "build_update"]
 
 
-def copy_index(placement: Placement) -> Tensor:
-    """(f, r) rows of each file's copies in a (K * l, d) stack of what workers send.
-
-    Worker w's i-th file (``placement.worker_files[w][i]``) is row ``w * l + i``; entry
-    (j, i) is the row of file j's copy from ``placement.file_workers[j][i]``.
-    """
-    pos = {(w, j): i for w, fs in enumerate(placement.worker_files) for i, j in enumerate(fs)}
-    return torch.tensor(
-        [
-            [w * placement.load + pos[(w, j)] for w in ws]
-            for j, ws in enumerate(placement.file_workers)
-        ],
-        dtype=torch.long,
-    )
-
-
-def pushed_slots(placement: Placement, w: int) -> list[int]:
-    """vote=digest: the slots (positions in ``placement.worker_files[w]``) whose gradients
-    worker w pushes right after its digests: the files it is the first holder of."""
-    return [
-        i for i, j in enumerate(placement.worker_files[w]) if placement.file_workers[j][PUSHED] == w
-    ]
-
-
-@dataclass
-class Copies:
-    """The copies of every file that reached the server in one step.
+@dataclass(frozen=True)
+class UpdateSpec:
+    """What a run's robust update is built from (:func:`build_update`).
 
     Attributes:
-        rows: the storage of every copy.
-        index: (f, r) long; ``index[j, i]`` is the row of file j's copy from its i-th
-            holder (``placement.file_workers[j][i]``).
-        losses: (f, r) float64; the training loss reported with each copy.
-        present: (f, r) bool, or None when every copy arrived: erasures (the copies of
-            a straggler or a dead worker) are False and do not vote.
-        claims: ``vote=digest`` only: ``claims[j][i]``, the digest the i-th holder of
-            file j sent (:mod:`byzshield.server.digest`); None for the full vote.
-        fetch: ``vote=digest`` with rows not yet received (torchrun): called with
-            (file, holder position, row) triples, it receives those rows into ``rows``
-            before they are read. None when every row is already there (simulate).
-        bytes_in: bytes the server received for these copies so far (reply headers,
-            and the payloads for the full vote); the digest vote adds what it pulls.
-        arrivals: the full vote over torchrun: the workers whose payloads are still on
-            the wire, yielded (worker index w) as each one's rows land, so that files
-            are voted while later copies arrive; the robust update consumes it. None
-            when every row is already there.
-    """
-
-    rows: Rows
-    index: Tensor
-    losses: Tensor
-    present: Tensor | None = None
-    claims: list[list[bytes]] | None = None
-    fetch: Callable[[list[tuple[int, int, int]]], None] | None = None
-    bytes_in: int = 0
-    arrivals: Iterator[int] | None = None
-
-
-@dataclass
-class Outcome:
-    """The gradient the robust update decided on, and what happened on the way.
-
-    Attributes:
-        gradient: (d,) the aggregate of the vote winners.
-        metrics: per-step values for metrics.jsonl (see :meth:`RobustUpdate.__call__`).
-    """
-
-    gradient: Tensor
-    metrics: dict
-
-
-@dataclass
-class _Inbox:
-    """The copies one step receives inside the robust update, and what that costs: the
-    digest vote's pulls (``copies.fetch``) and the full vote's payloads still on the wire
-    (``copies.arrivals``). Made by :meth:`RobustUpdate.__call__` for one step, so that
-    nothing of a step is left on the update.
-
-    Attributes:
-        copies: the step's copies.
-        holders: ``holders[j][i]``, file j's i-th holder (who is asked for a pull).
-        pulled: bytes of the copies pulled so far.
-        receive_s: seconds spent waiting for copies (pulls and arrivals).
-        last_copy: ``time.perf_counter()`` when the last payload landed, or None.
-        known: vote=digest: the digests of honest copies the attack simulation pulled,
-            (file, holder position) -> digest, verified by the vote without a pull.
-    """
-
-    copies: Copies
-    holders: list[list[int]]
-    pulled: int = 0
-    receive_s: float = 0.0
-    last_copy: float | None = None
-    known: dict[tuple[int, int], bytes] = field(default_factory=dict)
-    _digests: dict[int, bytes] = field(default_factory=dict)  # of rows: each hashed once
-    _fetched: set[int] = field(default_factory=set)  # rows received (never twice)
-
-    def pull(self, rows: Rows, index: Tensor, requests) -> None:
-        """Receive the requested (file, holder position) copies (one round) and count
-        their bytes: one message per worker asked, its copies and END; copies forged on
-        the server, and copies already received this step, are free."""
-        base = self.copies.rows.num_rows
-        wire = []
-        for j, i in requests:
-            row = int(index[j, i])
-            if row < base and row not in self._fetched:
-                self._fetched.add(row)
-                wire.append((j, i, row))
-        if not wire:
-            return
-        if self.copies.fetch is not None:
-            t0 = time.perf_counter()
-            self.copies.fetch(wire)
-            self.receive_s += time.perf_counter() - t0
-        per_worker: dict[int, int] = {}
-        for j, i, _ in wire:
-            w = self.holders[j][i]
-            per_worker[w] = per_worker.get(w, 0) + 1
-        d = rows.blocks[0].shape[1]
-        self.pulled += sum(gradients_nbytes(n, d) for n in per_worker.values())
-
-    def arrived(self) -> Iterator[int]:
-        """Drain ``copies.arrivals``, counting the time spent waiting on it as receiving,
-        and set it to None at the end (every row is in)."""
-        arrivals = self.copies.arrivals
-        while arrivals is not None:
-            t0 = time.perf_counter()
-            w = next(arrivals, None)
-            self.receive_s += time.perf_counter() - t0
-            if w is None:
-                self.copies.arrivals, self.last_copy = None, time.perf_counter()
-                return
-            yield w
-
-    def digest(self, rows: Rows, row: int) -> bytes:
-        """The digest of ``rows[row]`` (each row hashed once a step)."""
-        if row not in self._digests:
-            self._digests[row] = digest(rows[row])
-        return self._digests[row]
-
-
-@dataclass
-class StepRule:
-    """The run's aggregation rule as every step applies it: with the f it assumes, a
-    generator seeded from (seed, step) when it draws random numbers, on ``threads``
-    column threads (its result does not depend on them; None: torch's intra-op thread
-    count), outside its guarantee when told so. The robust update and the omniscient
-    attack's objective (:mod:`byzshield.server.forgery`) both call it.
-
-    Attributes:
-        aggregator: the rule object (``aggregator(stack, f=, generator=,
-            outside_guarantee=)``), which keeps its own state across steps (centered
-            clipping's centre).
-        f: the f the rule assumes.
-        seed: the run's seed.
-        threads: column threads of the rule.
+        placement: who holds which file.
+        attack: the run's attack; only attacks with ``needs_honest`` (omniscient: ALIE,
+            IPM) are simulated in the update (:mod:`byzshield.server.forgery`), the
+            others are already in the copies.
+        build_rule: a fresh rule object (``rule(stack, f=, generator=)``, keeping its own
+            state across steps: centered clipping's centre); each server of a sharded
+            server builds its own, whose state is that server's columns.
+        rule_f: the f the rule assumes.
+        seed: the run's seed; per-step generators are derived from (seed, step).
+        threads: the run's ``threads`` (None: every core); the rule's column threads
+            follow from it and d (:func:`byzshield.server.rule.rule_threads`).
         outside_guarantee: the run was started outside the rule's guarantee on purpose.
+        verify: vote=digest: how many copies of a winning digest are checked, ``first``
+            or ``majority`` (:func:`byzshield.server.vote.digest_vote`).
+        lie: ``adversary.digest_lie`` (:func:`byzshield.server.forgery.digest_lie`).
+        num_servers: S, the servers of a sharded parameter server (``ps_shards``).
     """
 
-    aggregator: Aggregator
-    f: int
+    placement: Placement
+    attack: Attack
+    build_rule: Callable[[], Aggregator]
+    rule_f: int
     seed: int
     threads: int | None = None
     outside_guarantee: bool = False
+    verify: str = "first"
+    lie: str = "none"
+    num_servers: int = 1
 
-    def beyond(self, n: int) -> bool:
-        """Whether n inputs are too few for the rule's guarantee at its f."""
-        try:
-            self.aggregator.check(n, self.f)
-        except ValueError:
-            return True
-        return False
 
-    def outside(self, n: int) -> bool:
-        """Whether the rule runs outside its guarantee on n inputs: on purpose, or
-        because n is too few (see :mod:`byzshield.aggregators`)."""
-        return self.outside_guarantee or self.beyond(n)
+def build_update(
+    spec: UpdateSpec, d: int, *, peers: Peers | None = None
+) -> RobustUpdate | ShardedUpdate | LeadUpdate | ShardServer:
+    """The robust update of a run of d parameters, the one builder every engine uses.
 
-    def __call__(self, stack: Tensor, step: int, *, outside: bool) -> AggregateResult:
-        """The rule's result on the (n, d) ``stack`` of ``step``."""
-        generator = None
-        if getattr(self.aggregator, "needs_generator", False):
-            generator = torch.Generator().manual_seed(derive_seed("aggregate", self.seed, step))
-        with column_threads(self.threads):
-            return self.aggregator(stack, f=self.f, generator=generator, outside_guarantee=outside)
+    One server (``spec.num_servers == 1``): a :class:`RobustUpdate`. S servers
+    (:mod:`byzshield.server.sharded`), each with its own rule object: without ``peers``
+    all S as threads of this process (:class:`~byzshield.server.sharded.ShardedUpdate`);
+    with ``peers``, this process's server of S, server 0's
+    (:class:`~byzshield.server.sharded.LeadUpdate`) or another's
+    (:class:`~byzshield.server.sharded.ShardServer`).
+    """
+    threads = rule_threads(d, spec.threads)
+
+    def build(shard: ColumnShard | None = None) -> RobustUpdate:
+        return RobustUpdate(
+            spec.placement,
+            spec.attack,
+            spec.build_rule(),
+            aggregator_f=spec.rule_f,
+            seed=spec.seed,
+            threads=threads,
+            outside_guarantee=spec.outside_guarantee,
+            verify=spec.verify,
+            lie=spec.lie,
+            shard=shard,
+        )
+
+    if spec.num_servers == 1:
+        return build()
+    if peers is None:
+        return ShardedUpdate(spec.placement, d, spec.num_servers, build)
+    if peers.server == 0:
+        return LeadUpdate(peers, spec.placement, d, build)
+    return ShardServer(peers, d, build)
 
 
 @dataclass
@@ -339,7 +199,7 @@ class RobustUpdate:
         self.position = {(w, j): i for j, ws in enumerate(self.holders) for i, w in enumerate(ws)}
 
     def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
-        """The step's gradient and metrics (:func:`_metrics` lists them).
+        """The step's gradient and metrics (:func:`~byzshield.server.metrics.step_metrics`).
 
         Times: ``attack_s``, ``vote_s`` and ``aggregation_s``; the first two without the
         waits for copies, which are ``receive_s`` (torchrun: the full vote's copies still
@@ -366,10 +226,10 @@ class RobustUpdate:
 
     def _update(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
         bad = set(byzantine)
-        inbox = _Inbox(copies, self.holders)
+        inbox = Inbox(copies, self.holders)
         t0 = time.perf_counter()
         if copies.claims is not None:  # the pushed copies: already in when this starts
-            inbox.pull(copies.rows, copies.index, self._pushed(_live(copies)))
+            inbox.pull(copies.rows, copies.index, self._pushed(live_copies(copies)))
         index, rows = self._attack(inbox, bad, step)
         claims = self._claims(inbox, rows, index, bad)
         if self.lie != "none" and bad:  # a lie copies another holder's copy: all in first
@@ -377,7 +237,7 @@ class RobustUpdate:
                 pass
         index = digest_lie(
             self.lie, self.placement, copies.index, copies.claims, index, claims, bad,
-            omniscient=self.attack.needs_honest, live=_live(copies),
+            omniscient=self.attack.needs_honest, live=live_copies(copies),
         )  # fmt: skip
         t1, attack_receive = time.perf_counter(), inbox.receive_s
         if claims is None and self.shard is not None:
@@ -436,7 +296,7 @@ class RobustUpdate:
 
     # ------------------------------------------------------------ the omniscient attack
 
-    def _attack(self, inbox: _Inbox, bad: set[int], step: int) -> tuple[Tensor, Rows]:
+    def _attack(self, inbox: Inbox, bad: set[int], step: int) -> tuple[Tensor, Rows]:
         """The omniscient attack (:mod:`byzshield.server.forgery`) on every honest copy it
         reads, received first. Returns the (possibly re-pointed) index and the rows."""
         copies = inbox.copies
@@ -446,21 +306,21 @@ class RobustUpdate:
         for _ in inbox.arrived():  # the attack reads every honest copy: all of them in
             pass
         if copies.claims is not None:  # vote=digest: pull the honest copies the attack needs
-            picks = self.omniscient.honest_copies(bad, _live(copies))
+            picks = self.omniscient.honest_copies(bad, live_copies(copies))
             while True:
                 inbox.pull(rows, index, picks)
-                again = self.omniscient.honest_copies(bad, _live(copies))
+                again = self.omniscient.honest_copies(bad, live_copies(copies))
                 if again == picks:
                     break
                 picks = again  # a worker asked was dropped: read another copy
             for j, i in picks:
                 if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
                     inbox.known[(j, i)] = inbox.digest(rows, int(index[j, i]))
-        return self.omniscient.forge(rows, index, bad, step, live=_live(copies))
+        return self.omniscient.forge(rows, index, bad, step, live=live_copies(copies))
 
     # ------------------------------------------------------------------ the full vote
 
-    def _full_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
+    def _full_vote(self, inbox: Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
         """Vote every file bit for bit, each as soon as all its present copies are in
         (torchrun: ``copies.arrivals``), writing winners into the reused buffer."""
         f, r = index.shape
@@ -480,7 +340,7 @@ class RobustUpdate:
 
         for files in self._complete_files(inbox):
             present = inbox.copies.present  # as it is now: a worker may be dropped on the way
-            live = _live(inbox.copies)
+            live = live_copies(inbox.copies)
             mask = None if present is None else present[files]
             picks, counts = vote_positions(rows, index[files], present=mask)
             for j, i, c in zip(files, picks, counts, strict=True):
@@ -490,7 +350,7 @@ class RobustUpdate:
             self._lost_votes(files, positions, trusted, _voters(agree, live, r), agrees, lost)
         return _Votes(positions, trusted, winners, sorted(distorted), _by_worker(lost))
 
-    def _sharded_full_vote(self, inbox: _Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
+    def _sharded_full_vote(self, inbox: Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
         """The full vote of one server of a sharded parameter server: each file's copies
         are put in classes of bit-equal copies on this server's columns, the servers
         exchange the classes (an (f, r) int16 table each), and copies agree when they
@@ -532,7 +392,7 @@ class RobustUpdate:
         lost = self._lost_votes(files, positions, trusted, voters, agrees, {})
         return _Votes(positions, trusted, winners, distorted, _by_worker(lost))
 
-    def _complete_files(self, inbox: _Inbox) -> Iterator[list[int]]:
+    def _complete_files(self, inbox: Inbox) -> Iterator[list[int]]:
         """Lists of files whose present copies are all in: every file at once when
         nothing is on the wire, else each file as its last holder's payload lands (a
         file with no present copy first)."""
@@ -564,7 +424,7 @@ class RobustUpdate:
 
     # ---------------------------------------------------------------- the digest vote
 
-    def _claims(self, inbox: _Inbox, rows: Rows, index: Tensor, bad: set[int]):
+    def _claims(self, inbox: Inbox, rows: Rows, index: Tensor, bad: set[int]):
         """Each copy's digest as its sender claims it, after the attack: a Byzantine copy
         the server forged (omniscient attacks) claims its forged row's digest."""
         copies = inbox.copies
@@ -581,7 +441,7 @@ class RobustUpdate:
         return claims
 
     def _digest_vote(
-        self, inbox: _Inbox, rows: Rows, index: Tensor, claims: list[list[bytes]], bad: set[int]
+        self, inbox: Inbox, rows: Rows, index: Tensor, claims: list[list[bytes]], bad: set[int]
     ) -> _Votes:
         """The digest vote (:func:`byzshield.server.vote.digest_vote`) on ``claims``, each pull
         a round of ``inbox``'s. The pushed copies (as the attack and a digest lie left
@@ -590,7 +450,7 @@ class RobustUpdate:
         winners = self._buffer(rows)
         known = dict(inbox.known)  # the copies the attack simulation already pulled
         f, r = index.shape
-        live = _live(inbox.copies) or [[True] * r for _ in range(f)]
+        live = live_copies(inbox.copies) or [[True] * r for _ in range(f)]
         pushed = self._pushed(live)
         inbox.pull(rows, index, pushed)
         for j, i in pushed:
@@ -598,7 +458,7 @@ class RobustUpdate:
 
         def pull(requests: list[tuple[int, int]]) -> list[bytes]:
             inbox.pull(rows, index, requests)
-            now = _live(inbox.copies)
+            now = live_copies(inbox.copies)
             for row, arrived in zip(live, now or live, strict=True):
                 row[:] = arrived  # a worker dropped during the pull: its copies are erasures
             # an erased copy's digest is never read: the vote skips it from now on
@@ -673,54 +533,6 @@ class RobustUpdate:
         return out
 
 
-def step_metrics(
-    *,
-    losses: list[float],
-    distorted: list[int],
-    dropped: int,
-    lost: dict[str, int],
-    liars: dict[str, int],
-    nonfinite: int,
-    outside: bool,
-    factor: float | None,
-    nbytes: int,
-    times: dict[str, float],
-) -> dict:
-    """A step's metrics (BYZSHIELD.md section 7), the one definition both RobustUpdate
-    and the lockstep engine's batched path report:
-
-    ``loss`` (the mean loss reported with the trusted winners), ``distorted`` (count)
-    and ``distorted_files``, ``all_strict`` and ``non_strict_files`` (files without a
-    strict majority, dropped), ``nonfinite_winners`` (winners the rule dropped),
-    ``lost_votes`` (copies that lost their file's vote, per worker, flagged or not),
-    ``outside_guarantee`` (the rule ran with f above what its guarantee allows for the
-    inputs it got), ``attack_factor`` (the factor an optimised attack chose this step, z
-    or eps, else None), ``bytes_received`` (this step's reply headers, payloads or the
-    copies the digest vote pulled; copies forged on the server cost none),
-    ``digest_liars`` (vote=digest: copies whose bytes did not match the digest their
-    sender sent, per worker; always {} for the full vote), then the ``times``.
-    """
-    return {
-        "loss": _mean(losses),
-        "distorted": len(distorted),
-        "distorted_files": distorted,
-        "all_strict": dropped == 0,
-        "non_strict_files": dropped,
-        "nonfinite_winners": nonfinite,
-        "lost_votes": lost,
-        "outside_guarantee": outside,
-        "attack_factor": factor,
-        "bytes_received": nbytes,
-        "digest_liars": liars,
-        **times,
-    }
-
-
-def _live(copies: Copies) -> list[list[bool]] | None:
-    """``copies.present`` as lists (which copies arrived), None when every copy did."""
-    return None if copies.present is None else copies.present.tolist()
-
-
 def _voters(agree: list[int], live: list[list[bool]] | None, r: int):
     """The full vote's ``voters(j)``: the positions of file j's copies that voted, none
     when they were unanimous (no copy lost its vote)."""
@@ -735,7 +547,3 @@ def _voters(agree: list[int], live: list[list[bool]] | None, r: int):
 def _by_worker(counts: dict) -> dict[str, int]:
     """A per-worker count in worker order, keyed by worker id as a string (for JSON)."""
     return {str(w): c for w, c in sorted(counts.items(), key=lambda kv: int(kv[0]))}
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan

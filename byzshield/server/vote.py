@@ -16,27 +16,31 @@ tolerance:
   most different copies without a full read. With r copies and g distinct groups this is
   at most r * g comparisons; honest files (g = 1) cost r - 1 full comparisons.
 
-Policy when no copy has a strict majority (``count <= r / 2``): the largest group of
-agreeing copies wins; among equally large groups the one whose first member has the
-lowest copy index wins. The result reports ``strict=False`` so the server can count it.
-The rule is deterministic and depends only on the copies and their order (the order the
-placement lists the file's workers in). It replaces the original research code's
-Boyer-Moore pass, which returned whichever candidate survived last. The trainer's robust
-update (:mod:`byzshield.server.update`) trusts only strict winners and drops the other files.
+The policy (docs/design.md section 3): the largest group of agreeing copies wins; among
+equally large groups the one whose first member has the lowest copy index wins. The
+winner is trusted only when its group is a strict majority of all r copies
+(``count > r / 2``); the robust update (:mod:`byzshield.server.update`) drops the other
+files from the step and counts them. The rule is deterministic and depends only on the
+copies and their order (the order the placement lists the file's workers in). It
+replaces the original research code's Boyer-Moore pass, which returned whichever
+candidate survived last.
 
-The digest-first vote (``vote=digest``, :func:`digest_vote`) votes on the digests the
-workers send instead (:mod:`byzshield.server.digest`), and reads only as many full copies as
-it takes to check the winning digest; the same policy decides it, and a copy whose
-bytes do not match its sender's digest votes with the digest of what was sent.
+The server's votes, each on copies given as row indices (nothing is gathered):
+:func:`vote_positions` (the full vote, on the files whose copies are in),
+:func:`copy_classes` and :func:`decide_classes` (the full vote of a sharded server: each
+server's classes on its columns, decided together), and :func:`digest_vote`
+(``vote=digest``: it votes on the digests the workers send,
+:mod:`byzshield.server.digest`, and reads only as many full copies as it takes to check
+the winning digest; the same policy decides it, and a copy whose bytes do not match its
+sender's digest votes with the digest of what was sent).
 
-Example::
+Example: file 0's copies are rows 0, 1, 2 and file 1's rows 3, 1, 4::
 
     >>> import torch
-    >>> from byzshield.server.vote import majority_vote
     >>> honest = torch.tensor([1.0, 2.0])
-    >>> result = majority_vote(torch.stack([honest, -100 * honest, honest]))
-    >>> result.winner.tolist(), result.index, result.count, result.strict
-    ([1.0, 2.0], 0, 2, True)
+    >>> rows = torch.stack([honest, -100 * honest, honest, honest, -honest])
+    >>> vote_positions(rows, torch.tensor([[0, 1, 2], [3, 1, 4]]))  # (positions, counts)
+    ([0, 0], [2, 1])
 
 Run the tests: ``OMP_NUM_THREADS=1 python -m pytest tests/test_vote.py``.
 """
@@ -52,16 +56,11 @@ from torch import Tensor
 __all__ = [
     "DigestVote",
     "Rows",
-    "VoteBatch",
-    "VoteResult",
     "copy_classes",
     "decide_classes",
     "digest_vote",
-    "majority_vote",
     "same_bits",
-    "vote_files",
     "vote_positions",
-    "vote_rows",
 ]
 
 # Integer dtypes with the same element size as a tensor's dtype: comparing through
@@ -70,51 +69,6 @@ _BIT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 # Elements sampled by the cheap pre-check before a full comparison.
 _PRECHECK_SAMPLES = 4096
-
-
-@dataclass(frozen=True)
-class VoteResult:
-    """Outcome of the vote over one file's r copies.
-
-    Attributes:
-        winner: the winning copy, shape (d,) (a view of ``copies[index]``, not a copy).
-        index: which copy won: the lowest index in the winning group of agreeing copies.
-        count: how many copies are bit-identical to the winner (1 <= count <= r).
-        strict: ``count > r / 2``: an honest majority of replicas decided the file.
-        num_copies: r.
-    """
-
-    winner: Tensor
-    index: int
-    count: int
-    strict: bool
-    num_copies: int
-
-
-@dataclass(frozen=True)
-class VoteBatch:
-    """Outcome of the vote over f files.
-
-    Attributes:
-        winners: (f, d) tensor, row j is file j's winner.
-        counts: LongTensor (f,), copies agreeing with each winner.
-        strict: BoolTensor (f,), whether each file had a strict majority.
-        indices: LongTensor (f,), which copy of each file won.
-    """
-
-    winners: Tensor
-    counts: Tensor
-    strict: Tensor
-    indices: Tensor
-
-    @property
-    def all_strict(self) -> bool:
-        """True when every file was decided by a strict majority."""
-        return bool(self.strict.all())
-
-    @property
-    def num_files(self) -> int:
-        return int(self.counts.numel())
 
 
 def _bits(x: Tensor) -> Tensor:
@@ -142,38 +96,6 @@ def same_bits(a: Tensor, b: Tensor) -> bool:
     return torch.equal(ab, bb)
 
 
-def majority_vote(copies: Tensor) -> VoteResult:
-    """Exact majority vote over one file's copies.
-
-    Groups the r copies into classes of bit-identical tensors and returns a member of
-    the largest class: ``winner = copies[index]`` where ``index`` is the first member of
-    the largest class (ties between classes: the class whose first member has the lowest
-    index). ``strict = count > r / 2``.
-
-    Args:
-        copies: (r, d) tensor, row i is the copy sent by the file's i-th worker
-            (any dtype; rows of any trailing shape are compared whole).
-
-    Returns:
-        A :class:`VoteResult`.
-
-    Raises:
-        ValueError: when ``copies`` has fewer than 1 dimension or no row.
-
-    Reference: the vote of DETOX (Rajput et al., NeurIPS 2019) and ByzShield
-    (Konstantinidis & Ramamoorthy, MLSys 2021), section 3.
-    """
-    if not isinstance(copies, Tensor):
-        raise ValueError(f"copies must be a torch.Tensor of shape (r, d), got {type(copies)}")
-    if copies.dim() < 1 or copies.shape[0] == 0:
-        raise ValueError(f"copies must have shape (r, d) with r >= 1, got {tuple(copies.shape)}")
-    r = copies.shape[0]
-    index, count = _largest_class(lambda i: copies[i], r)
-    return VoteResult(
-        winner=copies[index], index=index, count=count, strict=2 * count > r, num_copies=r
-    )
-
-
 def _largest_class(row, r: int, key=None) -> tuple[int, int]:
     """(index, count) of the winning class among copies ``row(0) .. row(r-1)``.
 
@@ -194,43 +116,6 @@ def _largest_class(row, r: int, key=None) -> tuple[int, int]:
     # class with the lowest first index among the largest ones.
     best = max(range(len(sizes)), key=lambda g: (sizes[g], -firsts[g]))
     return firsts[best], sizes[best]
-
-
-def vote_files(copies: Sequence[Tensor]) -> VoteBatch:
-    """Majority vote (see :func:`majority_vote`) for each of f files.
-
-    Args:
-        copies: f tensors, element j of shape (r_j, d): the copies of file j. The
-            replication r_j may differ between files; d and the dtype may not. A single
-            (f, r, d) tensor works too.
-
-    Returns:
-        A :class:`VoteBatch` with ``winners`` (f, d) (a new tensor), ``counts``,
-        ``strict`` and ``indices`` of shape (f,).
-
-    Raises:
-        ValueError: when there is no file, or files disagree on the row shape or dtype.
-    """
-    if len(copies) == 0:
-        raise ValueError("vote_files needs at least one file, got an empty sequence")
-    first = copies[0]
-    results = []
-    for j, file_copies in enumerate(copies):
-        if not isinstance(file_copies, Tensor):
-            raise ValueError(f"file {j}: copies must be a torch.Tensor, got {type(file_copies)}")
-        if file_copies.shape[1:] != first.shape[1:] or file_copies.dtype != first.dtype:
-            raise ValueError(
-                f"file {j} has copies of shape {tuple(file_copies.shape)} and dtype "
-                f"{file_copies.dtype}; every file needs rows of shape {tuple(first.shape[1:])} "
-                f"and dtype {first.dtype}"
-            )
-        results.append(majority_vote(file_copies))
-    return VoteBatch(
-        winners=torch.stack([res.winner for res in results]),
-        counts=torch.tensor([res.count for res in results], dtype=torch.long),
-        strict=torch.tensor([res.strict for res in results], dtype=torch.bool),
-        indices=torch.tensor([res.index for res in results], dtype=torch.long),
-    )
 
 
 class Rows:
@@ -296,52 +181,30 @@ class Rows:
         return out
 
 
-def vote_rows(
-    rows: Tensor | Rows,
-    groups: Tensor,
-    *,
-    out: Tensor | None = None,
-    present: Tensor | None = None,
-) -> VoteBatch:
-    """Majority vote per file over copies given as row indices, without gathering them.
-
-    The same vote as :func:`vote_files` on ``rows[groups]``, but the (f, r, d) stack of
-    copies is never built: copies are compared in place, and only the f winners are
-    copied out. Copies that name the same row agree without a comparison (the
-    simulator's honest copies are one row per file). This is what the robust update
-    (:mod:`byzshield.server.update`) calls on what the server received, where row
-    ``groups[j, i]`` is file j's i-th copy.
-
-    Args:
-        rows: (N, d) tensor of every received copy, or :class:`Rows` over several blocks.
-        groups: (f, r) integer tensor of row indices, one row of copies per file.
-        out: optional (f, d) buffer for the winners (reused by the server every step).
-        present: optional (f, r) bool: which copies arrived (erasures: a straggler's or a
-            dead worker's copies are missing). Only present copies vote, but a strict
-            majority is still more than half of all r copies. A file with no copy at all
-            gets its first copy's row as a placeholder winner, count 0, not strict.
-
-    Returns:
-        A :class:`VoteBatch`; ``indices[j]`` is the position in ``groups[j]`` that won.
-    """
-    rows = _as_rows(rows)
-    positions, agree = vote_positions(rows, groups, present=present)
-    winner_rows = [g[i] for g, i in zip(groups.tolist(), positions, strict=True)]
-    counts = torch.tensor(agree, dtype=torch.long)
-    return VoteBatch(
-        winners=rows.gather(winner_rows, out=out),
-        counts=counts,
-        strict=2 * counts > groups.shape[1],
-        indices=torch.tensor(positions, dtype=torch.long),
-    )
-
-
 def vote_positions(
     rows: Tensor | Rows, groups: Tensor, *, present: Tensor | None = None
 ) -> tuple[list[int], list[int]]:
-    """:func:`vote_rows` without copying the winners out: (the position in ``groups[j]``
-    that won, the copies agreeing with it) per file. The server calls it on the files
-    whose copies have arrived while other copies are still on the wire."""
+    """The majority vote of each file over copies given as row indices, compared in place
+    (copies naming the same row agree without a comparison: the simulate engine's honest
+    copies are one row per file). The robust update calls it on the files whose copies
+    have arrived while other copies are still on the wire.
+
+    Args:
+        rows: (N, d) tensor of every received copy, or :class:`Rows` over several blocks.
+        groups: (f, r) integer tensor; ``groups[j, i]`` is the row of file j's i-th copy.
+        present: optional (f, r) bool: which copies arrived (erasures: a straggler's or a
+            dropped worker's copies are missing). Only present copies vote, but a strict
+            majority is still more than half of all r copies. A file with no copy at all
+            gets position 0 and count 0.
+
+    Returns:
+        Per file, the position in ``groups[j]`` that won and the number of copies that
+        agree with it (strict when ``2 * count > r``).
+
+    Raises:
+        ValueError: ``groups`` is not (f, r) with f, r >= 1, indexes a row out of range,
+            or ``present`` has another shape.
+    """
     rows = _as_rows(rows)
     if not isinstance(groups, Tensor) or groups.dim() != 2 or 0 in groups.shape:
         raise ValueError("groups must be an (f, r) integer tensor with f >= 1 and r >= 1")
@@ -471,7 +334,7 @@ def digest_vote(
     majority of digests. A verified copy that does not match its sender's digest is
     recorded against the sender and votes with the digest of its bytes from then on.
 
-    The digests play the copies' part in :func:`majority_vote`'s policy: the largest
+    The digests play the copies' part in :func:`vote_positions`'s policy: the largest
     group wins, ties go to the group whose first member has the lowest position, and
     only a strict majority of all r copies (``count > r / 2``) is trusted.
 

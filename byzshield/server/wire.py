@@ -20,7 +20,7 @@ with the requested gradients only::
 
     header   float32[2 + load + 8 * load + 1]   as above, then the digests, END
     pushed   float32[n * d + 1]                 the n files it is first holder of
-                                                (:func:`byzshield.server.update.pushed_slots`),
+                                                (:func:`byzshield.server.copies.pushed_slots`),
                                                 in order, END; none when n = 0
     pull     int64[1 + load]                    more (1: a pull, 0: the step is over),
                                                 then 1 for every held file to send

@@ -3,14 +3,15 @@ checkpoints, evaluation and the progress display.
 
 One step, whichever engine gathers the copies::
 
-    byzantine = selection.workers(step)                  # adversary.Selection
+    byzantine = selection.workers(step)                     # design.search.Selection
     copies, times = engine.gather(step, params, byzantine)  # torchrun or simulate
-    outcome = robust_update(copies, byzantine, step)    # step.py: attack, vote, rule
-    apply(outcome.gradient)                              # SGD with momentum, step LR
+    outcome = update(copies, byzantine, step)              # server.update: attack, vote, rule
+    apply(outcome.gradient)                                 # SGD with momentum, step LR
 
-The per-step record in ``metrics.jsonl`` has the same keys for both engines; its time
-split (compute, communication, attack simulation, vote, aggregation, update) adds up to
-``step_s``.
+The update is :func:`byzshield.server.update.build_update`'s, built once. The per-step
+record in ``metrics.jsonl`` (:func:`byzshield.server.metrics.step_record`) has the same
+keys for every engine; its time split (compute, communication, attack simulation, vote,
+aggregation, update) adds up to ``step_s``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable
@@ -33,9 +33,11 @@ from byzshield.compute.datasets import ImageDataset
 from byzshield.compute.params import flat_params
 from byzshield.compute.sampling import eval_batches, step_batch
 from byzshield.config import Run
+from byzshield.server.copies import Copies
 from byzshield.server.erasures import drop_line, erase, erasures, unvoteable
-from byzshield.server.sharded import ShardedUpdate
-from byzshield.server.update import Copies, RobustUpdate
+from byzshield.server.metrics import step_record
+from byzshield.server.sharded import Peers
+from byzshield.server.update import build_update
 from byzshield.training.runfolder import (
     PROGRESS,
     Resume,
@@ -46,7 +48,6 @@ from byzshield.training.runfolder import (
 )
 
 __all__ = [
-    "TIME_KEYS",
     "Engine",
     "MetricsLog",
     "Progress",
@@ -58,20 +59,9 @@ __all__ = [
     "recompute_batchnorm",
     "say",
     "score_test_set",
-    "step_record",
 ]
 
 log = logging.getLogger("byzshield.training.loop")
-
-TIME_KEYS = (
-    "compute_s",
-    "communication_s",
-    "attack_s",
-    "vote_s",
-    "aggregation_s",
-    "update_s",
-)
-"""The columns of the time split; they add up to ``step_s``."""
 
 
 class Engine(Protocol):
@@ -79,11 +69,15 @@ class Engine(Protocol):
 
     ``dropped``: the workers dropped for the rest of the run, each with why (the torchrun
     engine drops a worker whose message is malformed, that fails or that is late; the
-    simulate engine drops none), in the order they were dropped.
+    simulate engine drops none), in the order they were dropped. ``peers``: the channels
+    between the servers of a sharded parameter server when they are processes (the
+    torchrun engine's, :mod:`byzshield.server.sharded`); None when there is one server,
+    or its servers are threads of this process.
     """
 
     name: str
     dropped: dict[int, str]
+    peers: Peers | None
 
     def gather(
         self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]
@@ -286,15 +280,6 @@ class Progress:
 # The loop
 
 
-def _aggregation_threads(model: nn.Module, threads: int | None) -> int | None:
-    """Column threads for the rule: every core for large models (workers idle while the
-    server aggregates; the rule's result does not depend on the count), one below a
-    million parameters, where thread hand-offs cost more than they save (measured:
-    coord-median of 25 x 131k, 8 ms on one thread, 13 ms on two)."""
-    d = sum(p.numel() for p in model.parameters())
-    return (threads or os.cpu_count() or 1) if d >= 1 << 20 else None
-
-
 class TrainingError(RuntimeError):
     """Training cannot go on (the model became non-finite); the message is one line."""
 
@@ -321,90 +306,6 @@ def interrupted_line() -> str:
     )
 
 
-SHARD_KEYS = ("bytes_per_server", "control_bytes", "slice_bytes")
-"""ps_shards > 1: what each server received from the workers, what the servers sent
-each other, and the slices servers 1..S-1 sent server 0
-(:class:`byzshield.server.sharded.ShardedUpdate`)."""
-
-
-def step_record(
-    step: int,
-    m: dict,
-    lr: float,
-    byzantine: tuple[int, ...],
-    missing: tuple[int, ...],
-    times: dict,
-    update_s: float,
-    step_s: float,
-    dropped: Iterable[int] = (),
-) -> dict:
-    """A step's line of metrics.jsonl from the robust update's metrics ``m``, the lr it
-    was applied with, the gather's times (``compute_s``, ``communication_s``), this
-    step's stragglers (``missing``) and the workers dropped so far (``dropped``)."""
-    record = {
-        "step": step,
-        "loss": m["loss"],
-        "lr": lr,
-        "byzantine": list(byzantine),
-        "missing_workers": list(missing),
-        "dropped_workers": sorted(dropped),
-        "distorted": m["distorted"],
-        "distorted_files": m["distorted_files"],
-        "all_strict": m["all_strict"],
-        "non_strict_files": m["non_strict_files"],
-        "nonfinite_winners": m["nonfinite_winners"],
-        "lost_votes": m["lost_votes"],
-        "outside_guarantee": m["outside_guarantee"],
-        "attack_factor": m["attack_factor"],
-        "bytes_received": m["bytes_received"],
-        "digest_liars": m["digest_liars"],
-        **{k: m[k] for k in SHARD_KEYS if k in m},
-        "compute_s": times["compute_s"],
-        "communication_s": times["communication_s"] + m["receive_s"],
-        "attack_s": m["attack_s"],
-        "vote_s": m["vote_s"],
-        "aggregation_s": m["aggregation_s"],
-        "update_s": update_s,
-        "step_s": step_s,
-    }
-    # what the gather and the update do not account for (copies, bookkeeping)
-    record["other_s"] = max(0.0, step_s - sum(record[k] for k in TIME_KEYS))
-    record["vote_tail_s"] = m["vote_tail_s"]  # not in the split: part of vote_s
-    return record
-
-
-def robust_update(run: Run, model: nn.Module, *, lead=None):
-    """The run's robust update: one server's, or with ``ps_shards=S`` the S servers' of
-    a sharded parameter server (:mod:`byzshield.server.sharded`), each with its own rule object:
-    as threads of this process, or (``lead``, the torchrun engine's
-    :class:`~byzshield.engines.torchrun.LeadUpdate`) server 0's part of S processes."""
-    cfg = run.config
-    threads = _aggregation_threads(model, cfg.threads)
-
-    def build(aggregator, shard=None) -> RobustUpdate:
-        return RobustUpdate(
-            run.placement,
-            run.attack,
-            aggregator,
-            aggregator_f=run.aggregator_f,
-            seed=cfg.seed,
-            threads=threads,
-            outside_guarantee=run.outside_guarantee,
-            verify=cfg.digest_verify,
-            lie=cfg.adversary.digest_lie,
-            shard=shard,
-        )
-
-    if cfg.ps_shards == 1:
-        return build(run.aggregator)
-    d = sum(t.numel() for t in model.parameters())
-    if lead is not None:
-        return lead(run, d, lambda shard: build(run.aggregator, shard))
-    return ShardedUpdate(
-        run.placement, d, cfg.ps_shards, lambda shard: build(run.mode_option.build(), shard)
-    )
-
-
 class Trainer:
     """The parameter server's side of a run: model, optimizer, schedule and the loop.
 
@@ -423,7 +324,6 @@ class Trainer:
         device: str = "cpu",
         resume: Resume | None = None,
         tensorboard: bool = True,
-        lead=None,
         model: nn.Module | None = None,
     ):
         self.run, self.engine, self.folder = run, engine, folder
@@ -433,7 +333,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=cfg.lr_step, gamma=cfg.gamma
         )
-        self.update = robust_update(run, self.model, lead=lead)
+        peers = None if engine is None else engine.peers
+        self.update = build_update(run.update_spec(), run.num_params, peers=peers)
         self.metrics = MetricsLog(folder, tensorboard=tensorboard)
         self.checkpoints = folder / "checkpoints"
         self.start = 0
@@ -450,7 +351,8 @@ class Trainer:
             self.last_eval = dict(state.get("eval") or {})
 
     def erasures(self, step: int) -> tuple[int, ...]:
-        return erasures(self.run, step)
+        cfg = self.run.config
+        return erasures(self.run.placement, cfg.stragglers, seed=cfg.seed, step=step)
 
     def apply(self, gradient: torch.Tensor) -> float:
         """One SGD step with ``gradient`` (d,) as every parameter's gradient; returns the lr."""
@@ -482,7 +384,7 @@ class Trainer:
         packed = time.perf_counter() - t0
         copies, times = self.engine.gather(step, params, byzantine)
         missing = self.erasures(step)
-        erase(copies, self.run, missing)
+        erase(copies, self.run.placement, missing)
         outcome = self.update(copies, byzantine, step)
         self.check_voteable(step)
         t1 = time.perf_counter()
@@ -505,7 +407,7 @@ class Trainer:
     def check_voteable(self, step: int) -> None:
         """Stop, in one line, when the dropped workers leave no file that can still have
         a strict majority of its holders (no vote could be trusted again)."""
-        why = unvoteable(self.run, step, self.engine.dropped)
+        why = unvoteable(self.run.placement, step, self.engine.dropped)
         if why is not None:
             kept = self.last_checkpoint or "none written yet"
             raise TrainingError(f"{why}. The last good checkpoint is {kept}")
@@ -514,7 +416,11 @@ class Trainer:
         """One line for each worker dropped since the last call (:func:`drop_line`)."""
         new = {w: why for w, why in self.engine.dropped.items() if w not in self.told}
         self.told.update(new)
-        return [drop_line(self.run, step, w, why, self.engine.dropped) for w, why in new.items()]
+        run, dropped = self.run, self.engine.dropped
+        return [
+            drop_line(run.placement, run.aggregator, run.aggregator_f, step, w, why, dropped)
+            for w, why in new.items()
+        ]
 
     def evaluate(self, step: int) -> dict:
         result = evaluate(self.model, self.run)

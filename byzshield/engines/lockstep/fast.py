@@ -24,7 +24,7 @@ from byzshield.aggregators import RULES, Aggregator, build_aggregator
 from byzshield.aggregators.pre import Bucketing
 from byzshield.compute.sampling import derive_seed
 from byzshield.config import Run
-from byzshield.server.update import step_metrics
+from byzshield.server.metrics import step_metrics
 from byzshield.server.wire import ReplyLayout
 
 __all__ = ["FastUpdate", "fast_update", "fast_updates"]

@@ -54,6 +54,7 @@ from byzshield.config import Run, build_run
 from byzshield.config.overrides import compose_config
 from byzshield.engines.lockstep.fast import FastUpdate, fast_update, fast_updates
 from byzshield.engines.simulate import SimulateEngine
+from byzshield.server.metrics import step_record
 from byzshield.training.loop import (
     Progress,
     Trainer,
@@ -62,7 +63,6 @@ from byzshield.training.loop import (
     complete_line,
     final_line,
     say,
-    step_record,
 )
 from byzshield.training.runfolder import PROGRESS, Resume, prepare, release
 

@@ -9,13 +9,12 @@ it for ranks running as threads of one process
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 
 from byzshield.config import Run, add_server_parts
 from byzshield.engines.torchrun.comm import Comm
-from byzshield.engines.torchrun.server import LeadUpdate, TorchrunEngine, run_shard_server
+from byzshield.engines.torchrun.server import TorchrunEngine, run_shard_server
 from byzshield.engines.torchrun.worker import run_worker
 from byzshield.training.loop import Trainer, announce
 from byzshield.training.runfolder import prepare, release
@@ -67,8 +66,7 @@ def run_rank(
             return None
         engine = TorchrunEngine(comm, run, run.num_params)
         announce(run, folder, "torchrun")
-        lead = functools.partial(LeadUpdate, comm)
-        trainer = Trainer(run, engine, folder, device=run.config.device, resume=resume, lead=lead)
+        trainer = Trainer(run, engine, folder, device=run.config.device, resume=resume)
         return trainer.train()
     finally:
         if comm.is_server and not status:

@@ -1,30 +1,32 @@
 """The server ranks of the torchrun engine: :class:`TorchrunEngine` (what every server
 receives from the workers, and the workers it drops), and with ``ps_shards=S`` the
-exchanges between the S servers (:class:`TorchrunPeers`), server 0's
-:class:`LeadUpdate` and servers 1..S-1's loop (:func:`run_shard_server`)."""
+channels between the S servers over gloo (:class:`TorchrunPeers`, the transport of
+:mod:`byzshield.server.sharded`'s exchanges) and servers 1..S-1's loop
+(:func:`run_shard_server`)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from byzshield.aggregators import ColumnShard
 from byzshield.config import Run, add_server_parts
 from byzshield.engines.torchrun.comm import Comm, RankFailure
+from byzshield.server.copies import Copies, copy_index, pushed_slots
 from byzshield.server.erasures import erase, erasures, present_copies
-from byzshield.server.sharded import bytes_per_server, shard_bounds
-from byzshield.server.update import Copies, Outcome, RobustUpdate, copy_index, pushed_slots
+from byzshield.server.sharded import Exchange, receive_start, shard_bounds
+from byzshield.server.update import build_update
 from byzshield.server.vote import Rows
 from byzshield.server.wire import Control, Pull, ReplyLayout, Slot, control_size, gradients_size
 
-__all__ = ["LeadUpdate", "TorchrunEngine", "TorchrunPeers", "run_shard_server"]
+__all__ = ["TorchrunEngine", "TorchrunPeers", "run_shard_server"]
 
 log = logging.getLogger("byzshield.engines.torchrun")
 
@@ -37,7 +39,8 @@ class TorchrunEngine:
     from within ``timeout`` is **dropped** for the rest of the run (:attr:`dropped`):
     never sent to or received from again, its copies erasures (``Copies.present``), so
     its files vote among their other holders. With a sharded server every server ends
-    each step with the same dropped workers (:meth:`_agree`), so all decide the same bits.
+    each step with the same dropped workers (:meth:`_agree`), so all decide the same bits;
+    :attr:`peers` are then the channels between the servers (None with one server).
     """
 
     name = "torchrun"
@@ -51,8 +54,8 @@ class TorchrunEngine:
         self.lo, hi = shard_bounds(d, run.config.ps_shards)[server]
         self.d = d = hi - self.lo
         self.servers = run.config.ps_shards
-        self.peers = range(1, self.servers) if server == 0 else range(0)
-        self.agreement = TorchrunPeers(comm, self.servers) if self.servers > 1 else None
+        self.others = range(1, self.servers) if server == 0 else range(0)  # told each step
+        self.peers = TorchrunPeers(comm, self.servers) if self.servers > 1 else None
         self.layout = ReplyLayout(p.load, d, digests=self.digests)
         self.pulling = False  # vote=digest: workers wait for Pull messages of this step
         n = self.layout.payload_size
@@ -85,7 +88,7 @@ class TorchrunEngine:
         self._end_pulls()
         self.idle = False
         control = Control.for_step(step, self.K, byzantine).pack()
-        for server in self.peers:  # servers 1..S-1 of a sharded server: the step starts
+        for server in self.others:  # servers 1..S-1 of a sharded server: the step starts
             self.comm.send_to_server(control, server)
         self._drop_failed(self.comm.send_to_workers(control, self.live))
         self._drop_failed(self.comm.send_to_workers(params, self.live))
@@ -127,14 +130,14 @@ class TorchrunEngine:
             Rows(self.rows),
             self.index,
             losses[self.loss_index],
-            present=present_copies(self.run, tuple(self.dropped)) if self.dropped else None,
+            present=present_copies(self.run.placement, self.dropped) if self.dropped else None,
             claims=claims,
             fetch=self._fetch if self.digests else None,
             bytes_in=len(headers) * self.layout.nbytes(),
         )
         if not self.digests:
             copies.arrivals = self._arrivals()
-        if self.agreement is not None:  # every server's copies in, then the same drops
+        if self.peers is not None:  # every server's copies in, then the same drops
             for _ in copies.arrivals or ():
                 pass
             copies.arrivals = None
@@ -150,7 +153,7 @@ class TorchrunEngine:
         log.warning("dropped worker %d for the rest of the run: %s", w, why)
         self.comm.tell_dropped(w, why)
         if self.copies is not None:
-            gone = present_copies(self.run, (w,))
+            gone = present_copies(self.run.placement, (w,))
             present = self.copies.present
             self.copies.present = gone if present is None else present & gone
 
@@ -161,15 +164,17 @@ class TorchrunEngine:
     def _agree(self) -> None:
         """ps_shards > 1: every server ends the step with the union of the workers the
         servers dropped, so that every server votes on the same copies. The servers
-        exchange a mask of K bytes each step and, when they differ, why."""
+        exchange a mask of K bytes each step and, when they differ, why (an exchange of its
+        own: not counted in the update's ``control_bytes``)."""
+        agreement = Exchange(self.peers)
         mine = np.array([w in self.dropped for w in range(self.K)], dtype=bool)
-        masks = self.agreement.gather([mine])
+        masks = agreement.gather([mine])
         union = np.logical_or.reduce(masks)
         if all(np.array_equal(m, union) for m in masks):
             return
         news = {w: why for w, why in self.dropped.items() if not all(m[w] for m in masks)}
         text = json.dumps({"server": self.comm.rank, "dropped": news})
-        notes = self.agreement.gather([np.frombuffer(_padded(text, self.K), dtype=np.uint8).copy()])
+        notes = agreement.gather([np.frombuffer(_padded(text, self.K), dtype=np.uint8).copy()])
         for note in notes:
             told = json.loads(bytes(note).rstrip(b"\0").decode())
             for w, why in told["dropped"].items():
@@ -283,7 +288,7 @@ class TorchrunEngine:
             with contextlib.suppress(Exception):
                 self._end_pulls()
                 stop = Control.stop_message(step, self.K).pack()
-                for server in self.peers:
+                for server in self.others:
                     self.comm.send_to_server(stop, server)
                 self.comm.send_to_workers(stop, self.live)
 
@@ -304,61 +309,20 @@ def _padded(text: str, K: int) -> bytes:
 
 
 class TorchrunPeers:
-    """The exchanges between the S servers of a sharded parameter server over gloo
-    (:class:`byzshield.server.sharded.ThreadPeers` runs the same ones between threads).
-
-    ``reduce`` is a chain in server order: server s receives the running total from
-    server s - 1, adds its per-block partials in column order and sends it on; the last
-    server sends the total to every other. ``gather`` sends every server this server's
-    arrays and receives theirs. Arrays travel as tensors of their own shape (every
-    server's match: the same code on the same decisions); bools as uint8, int16 as
-    int32. ``sent`` counts the bytes of the arrays sent, as ThreadPeers counts them.
-    """
+    """The channels between the S servers of a sharded parameter server over gloo, the
+    :class:`byzshield.server.sharded.Peers` of a server rank (rank s is server s).
+    Arrays travel as tensors of their own shape; bools as uint8, int16 as int32."""
 
     def __init__(self, comm: Comm, servers: int):
-        self.comm, self.servers, self.sent = comm, servers, 0
+        self.comm, self.server, self.num_servers = comm, comm.rank, servers
 
-    def shard(self, offset: int, total: int) -> ColumnShard:
-        return ColumnShard(offset, total, self.reduce, self.gather)
+    def send(self, array: np.ndarray, to: int) -> None:
+        self.comm.send_to_server(_wire(array), to)
 
-    def _send(self, array: np.ndarray, server: int) -> None:
-        self.sent += array.nbytes
-        self.comm.send_to_server(_wire(array), server)
-
-    def _receive(self, like: np.ndarray, server: int) -> np.ndarray:
+    def receive(self, like: np.ndarray, source: int) -> np.ndarray:
         buffer = _wire(np.empty_like(like))
-        self.comm.receive_from_server(buffer, server)
+        self.comm.receive_from_server(buffer, source)
         return buffer.numpy().astype(like.dtype, copy=False)
-
-    def reduce(self, partials: list, combine) -> np.ndarray:
-        s, last = self.comm.rank, self.servers - 1
-        if s == 0:
-            acc, rest = np.array(partials[0], copy=True), partials[1:]
-        else:
-            acc, rest = self._receive(np.asarray(partials[0]), s - 1), partials
-        for part in rest:
-            combine(acc, part, out=acc)
-        if s < last:
-            self._send(acc, s + 1)
-            return self._receive(acc, last)
-        for t in range(last):
-            self._send(acc, t)
-        return acc
-
-    def gather(self, items: list) -> list:
-        s = self.comm.rank
-        arrays = [np.ascontiguousarray(a) for a in items]
-        out: list[list[np.ndarray]] = [[] for _ in range(self.servers)]
-        out[s] = arrays
-        for t in range(self.servers):  # in server order: t sends, then everyone else
-            if t == s:
-                for other in range(self.servers):
-                    if other != s:
-                        for a in arrays:
-                            self._send(a, other)
-            else:
-                out[t] = [self._receive(a, t) for a in arrays]
-        return [a for part in out for a in part]
 
 
 def _wire(array: np.ndarray) -> torch.Tensor:
@@ -370,126 +334,23 @@ def _wire(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-class LeadUpdate:
-    """Server 0's robust update of a sharded parameter server: its own columns
-    (a :class:`RobustUpdate` whose exchanges go to servers 1..S-1), then every other
-    server's gradient slice and rule state (:func:`run_shard_server`), put together.
-
-    :meth:`start` tells the other servers what server 0 decided at start-up: the f the
-    rule assumes, whether it runs outside its guarantee, and the rule's state (a resumed
-    run's), cut to their columns. Metrics are server 0's, with the traffic of every
-    server (:class:`byzshield.server.sharded.ShardedUpdate` reports the same).
-    """
-
-    def __init__(self, comm: Comm, run: Run, d: int, build: Callable[[ColumnShard], RobustUpdate]):
-        self.comm, self.run, self.d = comm, run, d
-        self.bounds = shard_bounds(d, run.config.ps_shards)
-        self.peers = TorchrunPeers(comm, len(self.bounds))
-        self.update = build(self.peers.shard(0, d))
-        self.state: dict[str, torch.Tensor] = {}  # the whole vector's, from every server
-        self.per_server = bytes_per_server(run.placement, self.bounds)
-
-    def start(self) -> None:
-        text = json.dumps(
-            {
-                "aggregator_f": self.run.aggregator_f,
-                "outside_guarantee": self.run.outside_guarantee,
-                "state": {k: list(v.shape) for k, v in self.state.items()},
-            }
-        )
-        for server, (lo, hi) in enumerate(self.bounds[1:], start=1):
-            self.comm.send_to_server(_text_tensor(text), server)
-            for key in sorted(self.state):
-                self.comm.send_to_server(self.state[key][lo:hi].contiguous(), server)
-
-    def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
-        sent = self.peers.sent
-        outcome = self.update(copies, byzantine, step)
-        own = self.update.state_dict()
-        parts, states, control = [outcome.gradient], [own], self.peers.sent - sent
-        slices = 0
-        for server, (lo, hi) in enumerate(self.bounds[1:], start=1):
-            counts = torch.zeros(2, dtype=torch.int64)  # control bytes sent, state values
-            self.comm.receive_from_server(counts, server)
-            message = torch.empty(hi - lo + int(counts[1]))
-            self.comm.receive_from_server(message, server)
-            slices += counts.nbytes + message.nbytes
-            parts.append(message[: hi - lo])
-            states.append(_split_state(own, message[hi - lo :], hi - lo))
-            control += int(counts[0])
-        self.state = {k: torch.cat([st[k] for st in states]) for k in own}
-        metrics = dict(outcome.metrics)
-        metrics["bytes_received"] = sum(self.per_server)
-        metrics["bytes_per_server"] = list(self.per_server)
-        metrics["control_bytes"] = control
-        metrics["slice_bytes"] = slices
-        return Outcome(gradient=torch.cat(parts), metrics=metrics)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self.state.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.state = {k: v.clone() for k, v in state.items()}
-        lo, hi = self.bounds[0]
-        self.update.load_state_dict({k: v[lo:hi].clone() for k, v in state.items()})
-
-    def close(self) -> None:
-        """Nothing to release (the other servers stop with the engine's stop message)."""
-
-
-def _split_state(like: dict[str, torch.Tensor], flat: torch.Tensor, width: int) -> dict:
-    """A server's rule state from its flat message: ``like``'s keys in sorted order,
-    each a vector of ``width`` columns (the only state a rule keeps: a centre)."""
-    out, offset = {}, 0
-    for key in sorted(like):
-        out[key] = flat[offset : offset + width].clone()
-        offset += width
-    return out
-
-
-def _text_tensor(text: str) -> torch.Tensor:
-    raw = text.encode()
-    if len(raw) > _TEXT_BYTES:
-        raise ValueError(f"start-up message of {len(raw)} bytes (max {_TEXT_BYTES})")
-    out = torch.zeros(_TEXT_BYTES, dtype=torch.uint8)
-    if raw:
-        out[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    return out
-
-
-_TEXT_BYTES = 4096
-
-
 def run_shard_server(comm: Comm, run: Run) -> None:
     """Server s of a sharded parameter server (rank s, 0 < s < S): serve steps until
-    server 0 says stop. Each step: server 0's control message, every worker's header and
-    columns s of its payload, the robust update of those columns (exchanging with the
-    other servers), then the gradient slice and the rule's state to server 0."""
+    server 0 says stop. First what server 0 decided at start-up (the f the rule assumes,
+    the rule's state: :func:`byzshield.server.sharded.receive_start`); then each step
+    server 0's control message, every worker's header and columns s of its payload, and
+    the robust update of those columns
+    (:class:`byzshield.server.sharded.ShardServer`)."""
     cfg, p = run.config, run.placement
     s = comm.rank
     d = run.num_params
-    lo, hi = shard_bounds(d, cfg.ps_shards)[s]
-    start = _text_tensor("")
-    comm.receive_from_server(start, 0)
-    told = json.loads(bytes(start.tolist()).rstrip(b"\0").decode())
-    run = add_server_parts(run, aggregator_f=told["aggregator_f"])
     peers = TorchrunPeers(comm, cfg.ps_shards)
-    update = RobustUpdate(
-        p,
-        run.attack,
-        run.aggregator,
-        aggregator_f=run.aggregator_f,
-        seed=cfg.seed,
-        threads=cfg.threads,
-        outside_guarantee=bool(told["outside_guarantee"]),
-        shard=peers.shard(lo, d),
-    )
-    if told["state"]:
-        state = {}
-        for key in sorted(told["state"]):
-            state[key] = torch.empty(hi - lo)
-            comm.receive_from_server(state[key], 0)
-        update.load_state_dict(state)
+    lo, hi = shard_bounds(d, cfg.ps_shards)[s]
+    told = receive_start(peers, hi - lo)
+    run = add_server_parts(run, aggregator_f=told.rule_f)
+    spec = dataclasses.replace(run.update_spec(), outside_guarantee=told.outside_guarantee)
+    server = build_update(spec, d, peers=peers)
+    server.load_state_dict(told.state)
     engine = TorchrunEngine(comm, run, d, server=s)
     control = torch.zeros(control_size(p.num_workers), dtype=torch.int64)
     while True:
@@ -501,11 +362,5 @@ def run_shard_server(comm: Comm, run: Run) -> None:
         step = message.step
         byzantine = tuple(w for w, bad in enumerate(message.byzantine) if bad)
         copies, _ = engine.collect(time.perf_counter())
-        erase(copies, run, erasures(run, step))
-        sent = peers.sent
-        outcome = update(copies, byzantine, step)
-        state = update.state_dict()
-        flat = [state[k].reshape(-1) for k in sorted(state)]
-        counts = torch.tensor([peers.sent - sent, sum(t.numel() for t in flat)])
-        comm.send_to_server(counts, 0)
-        comm.send_to_server(torch.cat([outcome.gradient, *flat]), 0)
+        erase(copies, p, erasures(p, cfg.stragglers, seed=cfg.seed, step=step))
+        server(copies, byzantine, step)

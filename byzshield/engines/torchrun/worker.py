@@ -16,9 +16,9 @@ from byzshield.compute.gradients import file_gradients
 from byzshield.compute.params import load_flat, num_params
 from byzshield.config import Run
 from byzshield.engines.torchrun.comm import Comm, RankFailure
+from byzshield.server.copies import pushed_slots
 from byzshield.server.digest import digest
 from byzshield.server.sharded import shard_bounds
-from byzshield.server.update import pushed_slots
 from byzshield.server.wire import (
     Control,
     Pull,
