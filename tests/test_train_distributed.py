@@ -46,7 +46,8 @@ def test_wrong_process_count_stops_with_one_line_naming_nproc_per_node(torchrun)
     # is stopped by torchrun and listed with SIGTERM, which is torchrun's doing, not a failure.
     others = proc.stderr.split("Root Cause")[0]
     codes = re.findall(r"exitcode\s*:\s*(-?\d+)", others)
-    assert "<NO_OTHER_FAILURES>" in others or set(codes) == {"-15"}, proc.stderr[-4000:]
+    # (a rank that reached the same refusal before rank 0's note exits 2 with the same line)
+    assert "<NO_OTHER_FAILURES>" in others or set(codes) <= {"-15", "2"}, proc.stderr[-4000:]
     assert not (proc.stdout + proc.stderr).count("Traceback") > 1  # torchrun's own only
 
 
