@@ -18,7 +18,7 @@ import torch
 
 from byzshield.compute.datasets import DatasetNotFound, load_dataset
 from byzshield.compute.networks import build_network
-from byzshield.training.loop import score_test_set
+from byzshield.training.evaluation import score_test_set
 from byzshield.training.runfolder import checkpoint_problem
 
 

@@ -51,7 +51,8 @@ from byzshield.engines import lockstep
 from byzshield.engines.simulate import train_simulated
 from byzshield.engines.torchrun import StartError, run_rank
 from byzshield.engines.torchrun.comm import RankFailure, init
-from byzshield.training.loop import TrainingError, announce
+from byzshield.training.loop import TrainingError
+from byzshield.training.records import announce
 from byzshield.training.runfolder import PROGRESS, FolderInUse, RunFileError, prepare, release
 
 UNDER_TORCHRUN = "WORLD_SIZE" in os.environ

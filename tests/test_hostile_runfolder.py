@@ -23,7 +23,7 @@ from byzshield.engines import lockstep as lockstep_engine
 from byzshield.engines.simulate import SimulateEngine, simulate
 from byzshield.evaluate import evaluate_checkpoint
 from byzshield.evaluate import main as evaluate_main
-from byzshield.training.loop import interrupted_line
+from byzshield.training.records import interrupted_line
 from byzshield.training.runfolder import (
     LOCK,
     PROGRESS,

@@ -18,7 +18,8 @@ from byzshield.config.overrides import compose_config
 from byzshield.engines.lockstep import LockstepGroup, Member, lockstep
 from byzshield.engines.simulate import simulate
 from byzshield.server.metrics import TIME_KEYS
-from byzshield.training.loop import TrainingError, announce
+from byzshield.training.loop import TrainingError
+from byzshield.training.records import announce
 from byzshield.training.runfolder import prepare, release
 
 TIMES = {*TIME_KEYS, "step_s", "other_s", "vote_tail_s"}

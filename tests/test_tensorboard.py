@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from byzshield.training.loop import MetricsLog
+from byzshield.training.records import MetricsLog
 
 
 def _scalars(folder) -> dict[str, list[tuple[int, float]]]:

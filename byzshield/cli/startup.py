@@ -58,7 +58,7 @@ def entry_point(main: Callable[[], None], *, job=None, after=None) -> int:
     extra = list(WORKER_OVERRIDES) if int(os.environ.get("RANK", "0")) != 0 else []
     single = check_train_overrides(sys.argv[1:], extra if job is not None else None)
     sys.argv += extra
-    from byzshield.training.loop import interrupted_line
+    from byzshield.training.records import interrupted_line
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here: KeyboardInterrupt
     try:

@@ -39,7 +39,8 @@ from byzshield.server.copies import Copies
 from byzshield.server.digest import digest
 from byzshield.server.vote import Rows
 from byzshield.server.wire import ReplyLayout
-from byzshield.training.loop import Trainer, announce
+from byzshield.training.loop import Trainer
+from byzshield.training.records import announce
 
 __all__ = ["SimulateEngine", "simulate", "train_simulated"]
 

@@ -55,15 +55,8 @@ from byzshield.config.overrides import compose_config
 from byzshield.engines.lockstep.fast import FastUpdate, fast_update, fast_updates
 from byzshield.engines.simulate import SimulateEngine
 from byzshield.server.metrics import step_record
-from byzshield.training.loop import (
-    Progress,
-    Trainer,
-    TrainingError,
-    announce,
-    complete_line,
-    final_line,
-    say,
-)
+from byzshield.training.loop import Trainer, TrainingError
+from byzshield.training.records import Progress, announce, complete_line, final_line, say
 from byzshield.training.runfolder import PROGRESS, Resume, prepare, release
 
 __all__ = ["CHUNK_SAMPLES", "LockstepGroup", "Member", "collect", "lockstep", "train_collected"]
@@ -164,7 +157,7 @@ class LockstepGroup:
             )
             if trainer.start >= run.max_steps:  # complete (never trained backwards)
                 if not trainer.last_eval:
-                    trainer.evaluate(trainer.start)
+                    trainer.evaluate_and_save(trainer.start)
                 trainer.metrics.close()
                 self.results[k], self.steps[k] = trainer.last_eval, trainer.start
                 if self.show_steps:
@@ -345,7 +338,7 @@ class LockstepGroup:
             cfg = s.member.run.config
             if cfg.eval_freq and s.step % cfg.eval_freq == 0 and s.step < s.total:
                 self._sync(s, params, buffers)
-                ev = s.trainer.evaluate(s.step)
+                ev = s.trainer.evaluate_and_save(s.step)
                 if s.progress is not None:
                     s.progress.say(
                         f"step {s.step}: test top-1 {ev['top1']:.4f} top-5 {ev['top5']:.4f} "
@@ -416,7 +409,7 @@ class LockstepGroup:
 
     def _finish(self, s: _RunState, params, buffers) -> dict:
         self._sync(s, params, buffers)
-        final = s.trainer.evaluate(s.total)
+        final = s.trainer.evaluate_and_save(s.total)
         self.steps[s.index] = s.total
         s.trainer.metrics.close()
         if s.progress is not None:

@@ -16,7 +16,8 @@ from byzshield.config import Run, add_server_parts
 from byzshield.engines.torchrun.comm import Comm
 from byzshield.engines.torchrun.server import TorchrunEngine, run_shard_server
 from byzshield.engines.torchrun.worker import run_worker
-from byzshield.training.loop import Trainer, announce
+from byzshield.training.loop import Trainer
+from byzshield.training.records import announce
 from byzshield.training.runfolder import prepare, release
 
 __all__ = ["StartError", "run_rank"]
