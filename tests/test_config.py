@@ -77,7 +77,7 @@ def test_attack_option_defaults_are_the_attack_classes_own_defaults():
         for fld in dataclasses.fields(attacks.ATTACKS[name]):
             if fld.init:
                 assert getattr(option, fld.name) == fld.default, (cls, fld.name)
-        assert option.build(num_files=5, aggregator_f=1) == attacks.make_attack(name)
+        assert option.build(num_files=5, rule_f=1) == attacks.make_attack(name)
 
 
 def test_every_generated_option_class_is_defined_under_its_own_name():
@@ -167,10 +167,10 @@ def test_network_dataset_combinations_build(network, dataset):
 
 
 def test_aggregator_f_defaults_to_c_max_of_the_placement():
-    assert build_run(make(["adversary.q=5"])).aggregator_f == 8  # mols l=5 r=3: c_max(5) = 8
-    assert build_run(make(["approach=draco_lite", "adversary.q=5"])).aggregator_f == 2  # q // r'
-    assert build_run(make(["approach=baseline", "adversary.q=5", "mode=mean"])).aggregator_f == 5
-    assert build_run(make(["adversary.q=5", "aggregator_f=1"])).aggregator_f == 1
+    assert build_run(make(["adversary.q=5"])).rule_f == 8  # mols l=5 r=3: c_max(5) = 8
+    assert build_run(make(["approach=draco_lite", "adversary.q=5"])).rule_f == 2  # q // r'
+    assert build_run(make(["approach=baseline", "adversary.q=5", "mode=mean"])).rule_f == 5
+    assert build_run(make(["adversary.q=5", "aggregator_f=1"])).rule_f == 1
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_none_attack_has_no_byzantine_workers_whatever_q_says():
 
 def test_workers_never_run_the_worst_case_search():
     run = build_run(make(["adversary.q=3"]), server=False)
-    assert run.selection is None and run.aggregator is None
+    assert run.selection is None and run.rule is None
 
 
 def test_worst_case_set_and_certification_are_in_the_run_info():
@@ -346,10 +346,10 @@ def test_a_run_is_frozen_and_building_its_model_leaves_the_global_generator_alon
     config = make(["approach=mols", "adversary.q=2"])
     worker = build_run(config, server=False)
     server = C.add_server_parts(worker)
-    assert worker.selection is None and worker.aggregator is None
-    assert server.selection is not None and server.aggregator_f == 1
+    assert worker.selection is None and worker.rule is None
+    assert server.selection is not None and server.rule_f == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
-        server.aggregator_f = 0
+        server.rule_f = 0
     torch.manual_seed(1234)
     expected = torch.rand(3)
     torch.manual_seed(1234)

@@ -73,7 +73,7 @@ def _builds_or_fails_with_one_line(ovs):
         assert "Traceback" not in message
         return
     assert run.placement.num_workers >= 1 and run.max_steps >= 1
-    assert run.aggregator_f >= 0 and len(run.selection.workers(0)) == run.q
+    assert run.rule_f >= 0 and len(run.selection.workers(0)) == run.q
 
 
 _SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}

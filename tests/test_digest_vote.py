@@ -226,7 +226,7 @@ def test_the_first_holders_copies_ride_with_the_digests_so_an_honest_step_pulls_
     assert first == pushed  # what the workers push is what the vote takes as pushed
 
     def vote(byz):
-        ru = RobustUpdate(p, make_attack("rev_grad"), MeanMode().build(), aggregator_f=0, seed=0)
+        ru = RobustUpdate(p, make_attack("rev_grad"), MeanMode().build(), rule_f=0, seed=0)
         copies, rounds = _claimed_copies(p, truth, byz)
         return ru(copies, byz, step=0), rounds
 

@@ -90,8 +90,9 @@ MODULES = {module_name(p): p for p in SOURCES}
 
 
 def targets(module: str, name: str | None) -> str:
-    """The module an import reaches: ``from byzshield.x import y`` reaches byzshield.x.y
-    when that is a module, else byzshield.x."""
+    """The module an import reaches: ``from byzshield.server import update`` reaches
+    byzshield.server.update (a module); ``from byzshield.server.update import Copies``
+    reaches byzshield.server.update."""
     if name is not None and f"{module}.{name}" in MODULES:
         return f"{module}.{name}"
     return module

@@ -49,7 +49,7 @@ def test_each_paper_mnist1d_arm_builds_the_documented_run(arm):
         assert getattr(config.mode, "num_buckets", None) == buckets
     run = build_run(config)
     assert run.placement.describe().startswith(placement)
-    assert run.outside_guarantee or run.aggregator_f <= run.placement.num_files // 2
+    assert run.outside_guarantee or run.rule_f <= run.placement.num_files // 2
 
 
 def test_each_half_sweeps_q_up_to_the_largest_byzantine_minority():

@@ -44,9 +44,7 @@ def same_metrics(a: dict, b: dict) -> bool:
 
 def updates(p, attack, mode, kw, f=2, shards=(2, 4), d=None):
     def build(shard=None):
-        return RobustUpdate(
-            p, attack, MODES[mode](**kw).build(), aggregator_f=f, seed=3, shard=shard
-        )
+        return RobustUpdate(p, attack, MODES[mode](**kw).build(), rule_f=f, seed=3, shard=shard)
 
     return build(), {S: ShardedUpdate(p, d, S, build) for S in shards}
 
@@ -258,7 +256,7 @@ def test_a_server_that_fails_releases_the_others_and_its_error_is_raised():
 
     def build(shard):
         rule = disk if shard.offset == third else MODES["multi-krum"]().build()
-        return RobustUpdate(p, make_attack("rev_grad"), rule, aggregator_f=2, seed=3, shard=shard)
+        return RobustUpdate(p, make_attack("rev_grad"), rule, rule_f=2, seed=3, shard=shard)
 
     update = ShardedUpdate(p, d, 4, build)
     with pytest.raises(RuntimeError, match="server 2 lost its disk"):

@@ -34,7 +34,7 @@ def received(placement, truth, losses=None):
 
 def update(placement, attack=None, mode=None, f=0):
     attack = attack or make_attack("rev_grad")
-    return RobustUpdate(placement, attack, (mode or MeanMode()).build(), aggregator_f=f, seed=0)
+    return RobustUpdate(placement, attack, (mode or MeanMode()).build(), rule_f=f, seed=0)
 
 
 def test_vote_removes_every_file_the_byzantine_set_does_not_control():
@@ -331,7 +331,7 @@ def test_an_erased_workers_rows_are_never_read(attack, vote, lie):
             p,
             make_attack(attack, n=p.num_files, q=1) if attack == "alie" else make_attack(attack),
             MeanMode().build(),
-            aggregator_f=0,
+            rule_f=0,
             seed=0,
             lie=lie,
         )

@@ -22,7 +22,7 @@ vs file size, process count vs K) happen there, before any process group starts.
     >>> from byzshield.config import build_run
     >>> from byzshield.config.overrides import compose_config
     >>> run = build_run(compose_config(["approach=mols", "adversary.q=2"]))
-    >>> run.placement.num_workers, run.aggregator_f
+    >>> run.placement.num_workers, run.rule_f
     (15, 1)
 
 The package, one concern a module: :mod:`~byzshield.config.base` (:class:`ConfigError`

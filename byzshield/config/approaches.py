@@ -24,7 +24,7 @@ from byzshield.design.placements import Placement
 
 @dataclass
 class ApproachOption(_Option):
-    """A placement design (BYZSHIELD.md section 2). ``build()`` returns the Placement."""
+    """A placement design (docs/design.md, section 2). ``build()`` returns the Placement."""
 
     name: str = MISSING
     group: ClassVar[str] = "approach"

@@ -18,7 +18,7 @@ from byzshield.config.base import ConfigError, _float32, _generated_option, _Opt
 
 @dataclass
 class AttackOption(_Option):
-    """An attack (BYZSHIELD.md section 6): what the Byzantine workers send. How many
+    """An attack (docs/design.md, sections 4 and 6): what the Byzantine workers send. How many
     there are and who is the ``adversary`` node (:mod:`byzshield.config.adversary`)."""
 
     name: str = MISSING
@@ -40,10 +40,10 @@ class AttackOption(_Option):
         return {k: getattr(self, k) for k in self.attack_keys}
 
     def _validate(self) -> None:
-        self.build(num_files=1, aggregator_f=0)
+        self.build(num_files=1, rule_f=0)
 
-    def build(self, *, num_files: int, aggregator_f: int):
-        """The attack object; ``num_files`` and ``aggregator_f`` describe what the
+    def build(self, *, num_files: int, rule_f: int):
+        """The attack object; ``num_files`` and ``rule_f`` describe what the
         defence compares (ALIE's default z depends on them)."""
         return attacks.make_attack(self.option, **self.params())
 
@@ -51,7 +51,7 @@ class AttackOption(_Option):
         """What a worker process applies itself: the attack, or None for an omniscient
         attack, which the parameter server simulates (workers then send honest
         gradients; see :mod:`byzshield.server.forgery`)."""
-        attack = self.build(num_files=1, aggregator_f=0)
+        attack = self.build(num_files=1, rule_f=0)
         return None if attack.needs_honest else attack
 
     def info(self, attack) -> dict:
@@ -105,10 +105,10 @@ class AlieAttack(AttackOption):
                 "attack.allow_nonpositive_z=true"
             )
 
-    def build(self, *, num_files: int, aggregator_f: int):
+    def build(self, *, num_files: int, rule_f: int):
         if self.z == "paper":
-            attack = attacks.make_attack("alie", n=num_files, q=aggregator_f, ddof=self.ddof)
-            self._check_z(attack.z_used, f"the paper's z for n={num_files} files, q={aggregator_f}")
+            attack = attacks.make_attack("alie", n=num_files, q=rule_f, ddof=self.ddof)
+            self._check_z(attack.z_used, f"the paper's z for n={num_files} files, q={rule_f}")
             return attack
         return attacks.make_attack("alie", z=float(self.z), ddof=self.ddof)
 

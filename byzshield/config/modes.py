@@ -18,7 +18,7 @@ from byzshield.config.base import ConfigError, _generated_option, _Option
 
 @dataclass
 class ModeOption(_Option):
-    """A robust aggregation rule on the f vote winners (BYZSHIELD.md section 5), built
+    """A robust aggregation rule on the f vote winners (docs/design.md, section 5), built
     with :func:`byzshield.aggregators.build_aggregator`.
 
     ``pre``: pre-aggregations applied first, in order, each a name (``nnm``, ``arc``) or

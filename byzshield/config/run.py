@@ -27,7 +27,8 @@ class Run:
     """The objects one run needs, built once from a :class:`TrainConfig` and not changed
     after (frozen: :func:`add_server_parts` returns a new one).
 
-    ``selection``, ``aggregator`` and ``aggregator_f`` exist on the parameter server only
+    ``selection``, ``rule`` (the built ``mode``: an :class:`~byzshield.aggregators.Aggregator`)
+    and ``rule_f`` (the f it assumes) exist on the parameter server only
     (``build_run(..., server=True)``): workers never run the worst-case search.
     """
 
@@ -40,8 +41,8 @@ class Run:
     max_steps: int
     num_params: int  # d, the network's trainable parameters
     selection: Selection | None = None
-    aggregator: Any = None
-    aggregator_f: int = 0
+    rule: Any = None
+    rule_f: int = 0
     notes: tuple[str, ...] = ()
     info: dict = field(default_factory=dict)
     outside_guarantee: bool = False  # the rule runs although its requirement fails
@@ -92,7 +93,7 @@ class Run:
             self.placement,
             self.attack,
             self.build_rule,
-            rule_f=self.aggregator_f,
+            rule_f=self.rule_f,
             seed=cfg.seed,
             threads=cfg.threads,
             outside_guarantee=self.outside_guarantee,
@@ -199,37 +200,37 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
     return add_server_parts(run) if server else run
 
 
-def add_server_parts(run: Run, *, aggregator_f: int | None = None) -> Run:
+def add_server_parts(run: Run, *, rule_f: int | None = None) -> Run:
     """The run with what only the parameter server needs: the Byzantine selection
     (running the worst-case search, once), the f the rule assumes, the rule, the full
     attack. ``run`` itself is not changed. Servers 1..S-1 of a sharded server are given
-    the ``aggregator_f`` server 0 found: they build no selection (server 0 says who is
+    the ``rule_f`` server 0 found: they build no selection (server 0 says who is
     Byzantine each step)."""
     cfg, p, q, mode = run.config, run.placement, run.q, run.mode_option
     f = p.num_files
     selection = None
-    if aggregator_f is None:
+    if rule_f is None:
         try:
-            rule = cfg.adversary.selection
-            if rule == "auto":
-                rule = cfg.approach.default_selection
-            selection = build_selection(p, q, rule, seed=cfg.seed, work=cfg.adversary.search_work)
+            which = cfg.adversary.selection
+            if which == "auto":
+                which = cfg.approach.default_selection
+            selection = build_selection(p, q, which, seed=cfg.seed, work=cfg.adversary.search_work)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         c_max = selection.search.upper_bound if selection.search else 0
-        aggregator_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
-    aggregator = mode.build()
+        rule_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
+    rule = mode.build()
     outside, notes = False, run.notes
     try:
-        aggregator.check(f, aggregator_f)
+        rule.check(f, rule_f)
     except ValueError as exc:
-        what = f"mode {mode.name} with {f} files and f={aggregator_f} (c_max for q={q}): {exc}"
+        what = f"mode {mode.name} with {f} files and f={rule_f} (c_max for q={q}): {exc}"
         if not cfg.outside_guarantee:
             raise ConfigError(f"{what}; outside_guarantee=true runs it anyway") from None
         outside = True
         notes = (*notes, f"warning: {what}; running outside the rule's guarantee")
     try:
-        attack = cfg.attack.build(num_files=f, aggregator_f=aggregator_f)
+        attack = cfg.attack.build(num_files=f, rule_f=rule_f)
     except ValueError as exc:
         raise ConfigError(f"attack {cfg.attack.name}: {exc}") from None
     info = {
@@ -238,8 +239,8 @@ def add_server_parts(run: Run, *, aggregator_f: int | None = None) -> Run:
         "f": f,
         "r": p.replication,
         "load": p.load,
-        "mode": aggregator.describe(),
-        "aggregator_f": aggregator_f,
+        "mode": rule.describe(),
+        "aggregator_f": rule_f,
         "outside_guarantee": outside,
         "attack": cfg.attack.info(attack),
         "selection": None if selection is None else selection.info(),
@@ -248,8 +249,8 @@ def add_server_parts(run: Run, *, aggregator_f: int | None = None) -> Run:
     return dataclasses.replace(
         run,
         selection=selection,
-        aggregator=aggregator,
-        aggregator_f=aggregator_f,
+        rule=rule,
+        rule_f=rule_f,
         attack=attack,
         outside_guarantee=outside,
         notes=notes,

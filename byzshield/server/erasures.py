@@ -5,7 +5,7 @@ for an erasure):
 
 - stragglers (``stragglers=N``): workers whose replies miss the step's deadline,
   simulated, drawn from (seed, step), so the same in every engine and on every server
-  (:func:`erasures`);
+  (:func:`stragglers`);
 - the workers the torchrun engine dropped for the rest of the run: a malformed or late
   message, a closed connection (:class:`byzshield.engines.torchrun.TorchrunEngine`,
   docs/faults.md).
@@ -30,24 +30,24 @@ from byzshield.design.placements import Placement
 from byzshield.design.selection import random_selection
 from byzshield.server.copies import Copies
 
-__all__ = ["drop_line", "erase", "erasures", "present_copies", "unvoteable", "voteable_files"]
+__all__ = ["drop_line", "erase", "present_copies", "stragglers", "unvoteable", "voteable_files"]
 
 
-def present_copies(placement: Placement, missing: Iterable[int]) -> torch.Tensor:
-    """(f, r) bool: which copies arrive when the workers ``missing`` do not."""
-    gone = set(missing)
+def present_copies(placement: Placement, gone_workers: Iterable[int]) -> torch.Tensor:
+    """(f, r) bool: which copies arrive when the workers ``gone_workers`` do not."""
+    gone = set(gone_workers)
     return torch.tensor([[w not in gone for w in ws] for ws in placement.file_workers])
 
 
-def erase(copies: Copies, placement: Placement, missing: tuple[int, ...]) -> None:
-    """Mark the copies of the workers ``missing`` absent, on top of those the engine has
+def erase(copies: Copies, placement: Placement, gone_workers: tuple[int, ...]) -> None:
+    """Mark the copies of the workers ``gone_workers`` absent, on top of those the engine has
     marked (a dropped worker's)."""
-    if missing:
-        present = present_copies(placement, missing)
+    if gone_workers:
+        present = present_copies(placement, gone_workers)
         copies.present = present if copies.present is None else copies.present & present
 
 
-def erasures(placement: Placement, count: int, *, seed: int, step: int) -> tuple[int, ...]:
+def stragglers(placement: Placement, count: int, *, seed: int, step: int) -> tuple[int, ...]:
     """The ``count`` workers whose replies miss this step's deadline (``stragglers``),
     drawn from (seed, step): the same in every engine and on every server."""
     if not count:

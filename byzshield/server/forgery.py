@@ -1,5 +1,6 @@
-"""The omniscient adversary: the one place where Byzantine copies are computed from
-honest gradients (docs/design.md section 6).
+"""The step-time attack simulation: the one place where Byzantine copies are computed
+from honest gradients (docs/design.md, section 6). Which workers are Byzantine is the
+worst-case search's (:mod:`byzshield.design.search`); what they send is decided here.
 
 Attacks that read the other workers' honest gradients (ALIE, IPM and their optimised
 forms, ``attack.needs_honest``) cannot run on a worker, which sees only its own files.

@@ -110,7 +110,7 @@ def build_update(
             spec.placement,
             spec.attack,
             spec.build_rule(),
-            aggregator_f=spec.rule_f,
+            rule_f=spec.rule_f,
             seed=spec.seed,
             threads=threads,
             outside_guarantee=spec.outside_guarantee,
@@ -157,9 +157,10 @@ class RobustUpdate:
         attack: the attack; only attacks with ``needs_honest`` (omniscient: ALIE, IPM)
             are simulated here (:mod:`byzshield.server.forgery`), the others are already in
             the copies.
-        aggregator: the rule object (``aggregator(stack, f=, generator=)``), which keeps
-            its own state across steps (centered clipping's centre).
-        aggregator_f: the f the rule assumes.
+        rule: the rule object (an :class:`~byzshield.aggregators.Aggregator`, called as
+            ``rule(stack, f=, generator=)``), which keeps its own state across steps
+            (centered clipping's centre).
+        rule_f: the f the rule assumes.
         seed: the run's seed; per-step generators are derived from (seed, step).
         threads: column threads of the rule (its result does not depend on them);
             None: torch's intra-op thread count.
@@ -177,9 +178,9 @@ class RobustUpdate:
         self,
         placement: Placement,
         attack: Attack,
-        aggregator,
+        rule,
         *,
-        aggregator_f: int,
+        rule_f: int,
         seed: int,
         threads: int | None = None,
         outside_guarantee: bool = False,
@@ -190,7 +191,7 @@ class RobustUpdate:
         self.placement, self.shard = placement, shard
         self.verify, self.lie = verify, lie
         self.attack = attack
-        self.rule = StepRule(aggregator, aggregator_f, seed, threads, outside_guarantee)
+        self.rule = StepRule(rule, rule_f, seed, threads, outside_guarantee)
         self.omniscient = (
             OmniscientAttack(placement, attack, self.rule) if attack.needs_honest else None
         )

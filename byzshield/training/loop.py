@@ -27,7 +27,7 @@ from torch import nn
 from byzshield.compute.params import flat_params
 from byzshield.config import Run
 from byzshield.server.copies import Copies
-from byzshield.server.erasures import drop_line, erase, erasures, unvoteable
+from byzshield.server.erasures import drop_line, erase, stragglers, unvoteable
 from byzshield.server.metrics import step_record
 from byzshield.server.sharded import Peers
 from byzshield.server.update import build_update
@@ -120,9 +120,9 @@ class Trainer:
             self.start, self.last_checkpoint = int(state["step"]), resume.path
             self.last_eval = dict(state.get("eval") or {})
 
-    def erasures(self, step: int) -> tuple[int, ...]:
+    def stragglers(self, step: int) -> tuple[int, ...]:
         cfg = self.run.config
-        return erasures(self.run.placement, cfg.stragglers, seed=cfg.seed, step=step)
+        return stragglers(self.run.placement, cfg.stragglers, seed=cfg.seed, step=step)
 
     def apply(self, gradient: torch.Tensor) -> float:
         """One SGD step with ``gradient`` (d,) as every parameter's gradient; returns the lr."""
@@ -153,7 +153,7 @@ class Trainer:
         params = flat_params(self.model)  # what is broadcast: counted as communication
         packed = time.perf_counter() - t0
         copies, times = self.engine.gather(step, params, byzantine)
-        missing = self.erasures(step)
+        missing = self.stragglers(step)
         erase(copies, self.run.placement, missing)
         outcome = self.update(copies, byzantine, step)
         self.check_voteable(step)
@@ -188,7 +188,7 @@ class Trainer:
         self.told.update(new)
         run, dropped = self.run, self.engine.dropped
         return [
-            drop_line(run.placement, run.aggregator, run.aggregator_f, step, w, why, dropped)
+            drop_line(run.placement, run.rule, run.rule_f, step, w, why, dropped)
             for w, why in new.items()
         ]
 

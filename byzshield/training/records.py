@@ -199,7 +199,7 @@ def announce(run: Run, folder: Path, engine: str, *, quiet: bool = False) -> Non
     attack = run.info["attack"]
     z = f" z={attack['z_used']:.4g}" if "z_used" in attack else ""
     say(
-        f"{run.placement.describe()}; mode={run.info['mode']} (f={run.aggregator_f}); "
+        f"{run.placement.describe()}; mode={run.info['mode']} (f={run.rule_f}); "
         f"attack={cfg.attack.name}{z} q={run.q}; {cfg.network.name} on {cfg.dataset.name}; "
         f"engine={engine}{_servers(cfg.ps_shards, engine)}; output {folder}"
     )

@@ -81,7 +81,7 @@ def fast_update(run: Run, robust_update, d: int) -> FastUpdate | None:
         kind = "elementwise"
     else:
         return None
-    aggregator: Aggregator = run.aggregator
+    aggregator: Aggregator = run.rule
     rule = _RULES.get(type(aggregator.rule))
     if rule is None or aggregator.hierarchical is not None:
         return None

@@ -20,7 +20,7 @@ import torch
 from byzshield.config import Run, add_server_parts
 from byzshield.engines.torchrun.comm import Comm, RankFailure
 from byzshield.server.copies import Copies, copy_index, pushed_slots
-from byzshield.server.erasures import erase, erasures, present_copies
+from byzshield.server.erasures import erase, present_copies, stragglers
 from byzshield.server.sharded import Exchange, receive_start, shard_bounds
 from byzshield.server.update import build_update
 from byzshield.server.vote import Rows
@@ -347,7 +347,7 @@ def run_shard_server(comm: Comm, run: Run) -> None:
     peers = TorchrunPeers(comm, cfg.ps_shards)
     lo, hi = shard_bounds(d, cfg.ps_shards)[s]
     told = receive_start(peers, hi - lo)
-    run = add_server_parts(run, aggregator_f=told.rule_f)
+    run = add_server_parts(run, rule_f=told.rule_f)
     spec = dataclasses.replace(run.update_spec(), outside_guarantee=told.outside_guarantee)
     server = build_update(spec, d, peers=peers)
     server.load_state_dict(told.state)
@@ -362,5 +362,5 @@ def run_shard_server(comm: Comm, run: Run) -> None:
         step = message.step
         byzantine = tuple(w for w, bad in enumerate(message.byzantine) if bad)
         copies, _ = engine.collect(time.perf_counter())
-        erase(copies, p, erasures(p, cfg.stragglers, seed=cfg.seed, step=step))
+        erase(copies, p, stragglers(p, cfg.stragglers, seed=cfg.seed, step=step))
         server(copies, byzantine, step)
