@@ -16,7 +16,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "byzshield"
 
 LAYERS = [
-    {"design", "detection"},  # placements, the worst-case search; the certificate of liars
+    {"design"},  # placements, the worst-case search
     {"compute"},  # seeds and sampling, datasets, networks, parameter vectors, gradients
     {"attacks"},  # what Byzantine workers send
     {"aggregators"},  # robust rules on an (n, d) stack
