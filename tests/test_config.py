@@ -241,7 +241,7 @@ def test_alie_z_used_is_stored_with_the_run():
 
 
 def test_option_classes_document_themselves():
-    for cls in C._OPTIONS:
+    for cls in C.OPTIONS:
         assert inspect.getdoc(cls), cls
 
 

@@ -26,7 +26,7 @@ from byzshield import slurm
 from byzshield.compute import datasets as data_module
 from byzshield.compute.datasets import DatasetNotFound, load_dataset
 from byzshield.config import ConfigError, build_run
-from byzshield.config.data import _load_dataset
+from byzshield.config.data import cached_dataset
 from byzshield.config.overrides import compose_config
 from byzshield.placement import placement_main
 
@@ -97,9 +97,9 @@ def test_a_bad_config_value_is_one_line_naming_it(tmp_path, overrides, message):
 def fresh_datasets():
     """Datasets are cached per process: read them from disk in this test, and forget
     what it read (a damaged copy) afterwards."""
-    _load_dataset.cache_clear()
+    cached_dataset.cache_clear()
     yield
-    _load_dataset.cache_clear()
+    cached_dataset.cache_clear()
 
 
 def _damaged(tmp_path: Path, name: str, keep: int) -> Path:

@@ -194,7 +194,7 @@ def test_seeds_are_one_row_with_mean_sample_std_and_95_interval(tmp_path):
     finals = [0.8, 0.9, 0.95]
     runs = [read_run(complete(tmp_path / str(s), f, seed=s)) for s, f in enumerate(finals)]
     (g,) = group_runs(runs).groups
-    stats = report._group_stats(g)
+    stats = report.group_stats(g)
     s = stats["final_top1"]
     assert s.n == 3
     assert s.mean == pytest.approx(statistics.mean(finals))

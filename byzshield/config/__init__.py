@@ -78,12 +78,8 @@ from byzshield.config.attacks import (  # noqa: F401
 from byzshield.config.base import (  # noqa: F401
     F32_MAX,
     ConfigError,
-    _float32,
-    _int,
-    _Option,
-    _positive,
 )
-from byzshield.config.data import DatasetOption, NetworkOption, _load_dataset  # noqa: F401
+from byzshield.config.data import DatasetOption, NetworkOption  # noqa: F401
 from byzshield.config.modes import (  # noqa: F401
     MODES,
     BulyanMode,
@@ -101,24 +97,20 @@ from byzshield.config.modes import (  # noqa: F401
     SignMajorityMode,
     SmeaMode,
     TrimmedMeanMode,
-    _BucketedMode,
 )
 from byzshield.config.run import (  # noqa: F401
-    _BUILD_LOCK,
     Run,
-    _model_probe,
     add_server_parts,
     build_run,
 )
 from byzshield.config.schema import (  # noqa: F401
-    _OPTIONS,
     DEVICES,
     DIGEST_VERIFY,
     ENGINES,
     KEY_HELP,
+    OPTIONS,
     VOTES,
     TrainConfig,
-    _refuse_added_keys,
     load_config,
     register_schema,
 )

@@ -1,5 +1,5 @@
 """The ``network/`` and ``dataset/`` groups: :class:`NetworkOption` and
-:class:`DatasetOption`, and the per-process cache of loaded datasets (``_load_dataset``)."""
+:class:`DatasetOption`, and the per-process cache of loaded datasets (``cached_dataset``)."""
 
 from __future__ import annotations
 
@@ -56,11 +56,11 @@ class DatasetOption(_Option):
             raise ConfigError(f"unknown dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
 
     def build(self, *, train: bool):
-        return _load_dataset(self.name, self.root, self.download, train)
+        return cached_dataset(self.name, self.root, self.download, train)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_dataset(name: str, root: str, download: bool, train: bool):
+def cached_dataset(name: str, root: str, download: bool, train: bool):
     """Datasets are read once per process (a sweep composes hundreds of runs); the
     tensors are never written to."""
     from byzshield.compute.datasets import load_dataset

@@ -1,5 +1,5 @@
 """The top level: :class:`TrainConfig` (the top-level keys and their checks),
-:data:`KEY_HELP` (their ``--help`` lines), ``_OPTIONS`` (every group option),
+:data:`KEY_HELP` (their ``--help`` lines), ``OPTIONS`` (every group option),
 :func:`register_schema` (Hydra's ConfigStore) and :func:`load_config` (a composition as
 typed dataclasses, refusing keys no option has)."""
 
@@ -166,7 +166,7 @@ KEY_HELP: dict[str, str] = {
 """One line per top-level key for ``python -m byzshield.train --help`` (a test checks that
 every key of :class:`TrainConfig` has one and that docs/configuration.md's table names it)."""
 
-_OPTIONS: tuple[type[_Option], ...] = (
+OPTIONS: tuple[type[_Option], ...] = (
     *APPROACHES.values(),
     *MODES.values(),
     *ATTACK_OPTIONS.values(),
@@ -181,7 +181,7 @@ def register_schema() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    for cls in _OPTIONS:
+    for cls in OPTIONS:
         cs.store(group=cls.group, name=f"{cls.option}_schema", node=cls)
     cs.store(group="network", name="network_schema", node=NetworkOption)
     cs.store(group="dataset", name="dataset_schema", node=DatasetOption)

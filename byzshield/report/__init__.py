@@ -65,7 +65,7 @@ their statistics), :mod:`~byzshield.report.names` (approaches' names and colours
 figures draw), :mod:`~byzshield.report.plots` (the figures),
 :mod:`~byzshield.report.write` (:func:`write_report`), :mod:`~byzshield.report.redraw`
 (``--redraw``) and :mod:`~byzshield.report.cli` (the command line). The public names of
-all of them, and ``_group_stats`` (the tests read it), are imported here, so ``from
+all of them, and ``group_stats``, are imported here, so ``from
 byzshield.report import X`` works as it did when the report was one module.
 """
 
@@ -80,8 +80,8 @@ from byzshield.report.groups import (  # noqa: F401
     Group,
     Grouping,
     Summary,
-    _group_stats,
     group_runs,
+    group_stats,
     summarize,
 )
 from byzshield.report.load import (  # noqa: F401

@@ -227,7 +227,7 @@ def summarize(values: Iterable[float | None]) -> Summary:
     return Summary.of(mean, statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
 
 
-def _group_stats(g: Group, last: int = 1) -> dict:
+def group_stats(g: Group, last: int = 1) -> dict:
     from byzshield.report.paired import tail_accuracy
 
     done = g.complete

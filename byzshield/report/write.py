@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from byzshield.report.eps import eps_curves
-from byzshield.report.groups import Grouping, _group_stats, _value_str, group_runs
+from byzshield.report.groups import Grouping, _value_str, group_runs, group_stats
 from byzshield.report.load import (
     DEFAULT_IGNORE,
     PendingJob,
@@ -143,7 +143,7 @@ def write_report(
     if where:
         check_where(group_rows(grouping), where)
     tables = [paired_cells(grouping, spec, last=last_evals) for spec in paired]
-    stats = [_group_stats(g, last_evals) for g in grouping.groups]
+    stats = [group_stats(g, last_evals) for g in grouping.groups]
     pending: list[PendingJob] = []
     sweep_sizes: dict[Path, int | None] = {}
     for sweep in sweeps:
