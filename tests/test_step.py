@@ -1,15 +1,9 @@
 """The robust update and the shared evaluation in one process (no process group)."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import run_env
 
 from byzshield.attacks import make_attack
-from byzshield.compute.datasets import load_dataset
-from byzshield.compute.networks import build_network
 from byzshield.config import MeanMode, MultiKrumMode
 from byzshield.design.bounds import distorted_files
 from byzshield.design.placements import detox, mols, rama_two
@@ -17,7 +11,6 @@ from byzshield.design.search import worst_case
 from byzshield.server.copies import Copies, copy_index
 from byzshield.server.update import RobustUpdate
 from byzshield.server.vote import Rows
-from byzshield.training.evaluation import recompute_batchnorm, score_test_set
 
 
 def received(placement, truth, losses=None):
@@ -102,46 +95,6 @@ def test_non_omniscient_attack_with_no_honest_holder_counts_as_distorted():
     copies.rows.blocks[0][:3] *= -100  # group 0 entirely Byzantine
     out = update(p)(copies, (0, 1, 2), step=0)
     assert out.metrics["distorted_files"] == [0]
-
-
-def test_evaluation_recomputes_batchnorm_statistics_instead_of_trusting_buffers():
-    torch.manual_seed(0)
-    train = load_dataset("digits", root="data", download=False, train=True)
-    test = load_dataset("digits", root="data", download=False, train=False)
-    model = build_network("resnet18", num_classes=10, in_channels=1, image_size=8)
-    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    bn.running_mean.fill_(1e6)  # garbage a worker could have sent
-    recompute_batchnorm(model, train, seed=0, batches=2, batch_size=60, num_files=6)
-    out = score_test_set(model, test, 200)
-    assert abs(float(bn.running_mean.abs().max())) < 1e3
-    assert set(out) == {"top1", "top5", "test_loss"} and 0 <= out["top1"] <= 1
-
-
-def test_missing_dataset_stops_before_anything_starts_with_one_line(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "byzshield.train",
-            "dataset=mnist",
-            f"dataset.root={tmp_path}",
-            f"train_dir={tmp_path}/run",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=run_env(),
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and str(tmp_path) in lines[0]
-
-
-@pytest.mark.parametrize("rows", [torch.zeros(3, 2), Rows(torch.zeros(2, 2), torch.ones(1, 2))])
-def test_rows_gather_reads_across_blocks(rows):
-    rows = rows if isinstance(rows, Rows) else Rows(rows)
-    assert rows.gather([rows.num_rows - 1, 0]).shape == (2, 2)
 
 
 def test_bucketed_median_reshuffles_every_step_from_seed_and_step():

@@ -133,3 +133,12 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     proc = _interrupt([f"train_dir={tmp_path / 'run'}"], when=None, tmp_path=tmp_path)
     assert proc.returncode == 130
     assert proc.stderr.strip() == "interrupted during start-up; nothing was trained"
+
+
+def test_missing_dataset_stops_before_anything_starts_with_one_line(tmp_path):
+    proc = train(
+        "dataset=mnist", f"dataset.root={tmp_path}", f"train_dir={tmp_path}/run", cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(tmp_path) in lines[0]

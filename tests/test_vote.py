@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from votes import VoteBatch, VoteResult, majority_vote, vote_files
 
-from byzshield.server.vote import same_bits
+from byzshield.server.vote import Rows, same_bits
 
 
 def _rows(*values):
@@ -137,3 +137,9 @@ def test_vote_rejects_empty_or_mismatched_input():
         vote_files([torch.zeros(3, 4), torch.zeros(3, 5)])
     with pytest.raises(ValueError, match="dtype"):
         vote_files([torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("rows", [torch.zeros(3, 2), Rows(torch.zeros(2, 2), torch.ones(1, 2))])
+def test_rows_gather_reads_across_blocks(rows):
+    rows = rows if isinstance(rows, Rows) else Rows(rows)
+    assert rows.gather([rows.num_rows - 1, 0]).shape == (2, 2)
