@@ -186,6 +186,7 @@ def test_connection_refuses_a_host_whose_key_differs_from_the_recorded_one(clust
         )
 
 
+@pytest.mark.slow  # fab setup installs this checkout on every host
 def test_fab_setup_installs_this_checkout_on_every_host(cluster, installed):
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert "setup done on 2 hosts" in installed.stdout
@@ -207,6 +208,7 @@ def test_fab_setup_installs_this_checkout_on_every_host(cluster, installed):
         assert where.stdout.strip() == str(project / "launch" / "__init__.py")
 
 
+@pytest.mark.slow  # fab setup installs this checkout on every host
 def test_fab_train_runs_two_node_torchrun_and_fetch_brings_outputs_back(cluster, installed, probe):
     assert installed.returncode == 0, installed.stderr
     train = fab(
@@ -233,6 +235,7 @@ def test_fab_train_runs_two_node_torchrun_and_fetch_brings_outputs_back(cluster,
     assert "world_size=4" in copied.read_text()
 
 
+@pytest.mark.slow  # fab setup installs this checkout on every host
 def test_fab_train_fails_in_one_line_and_stops_every_node_when_one_fails(cluster, installed, probe):
     assert installed.returncode == 0, installed.stderr
     train = fab(cluster.cwd, "train", "--module", probe, "--", "fail_rank=1")
@@ -253,6 +256,7 @@ def test_fab_train_fails_in_one_line_and_stops_every_node_when_one_fails(cluster
     importlib.util.find_spec("byzshield.train") is None,
     reason="byzshield.train (the training entry point) is not written yet",
 )
+@pytest.mark.slow  # fab setup installs this checkout on every host
 def test_fab_train_runs_byzshield_train_on_two_loopback_nodes(cluster, installed, tmp_path):
     assert installed.returncode == 0, installed.stderr
     train = fab(

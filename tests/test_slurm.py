@@ -111,6 +111,7 @@ def test_bad_slurm_options_are_one_line(tmp_path):
 # ------------------------------------------------------------------ a real cluster
 
 
+@pytest.mark.slow
 def test_a_run_across_slurm_tasks_equals_the_local_torchrun_run(slurm, tmp_path):
     """7 ranks (MOLS l=3 r=2) as 4 + 3 over two tasks placed by Slurm, gloo on loopback."""
     common = (*MOLS6, "max_steps=3", "eval_freq=3")

@@ -23,15 +23,28 @@ def train(*args: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
+SLOW = pytest.mark.slow  # each is a process; their checks run in process in test_config.py
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["lr=nan"], "error: lr must be a finite number > 0, got nan"),
         (["+foo=1"], "error: unknown key foo; the top level takes"),
-        (["attack=constant", "attack.value=1e39"], "error: attack.value must be a finite"),
-        (["train_dir="], "error: train_dir is empty"),
-        (["train_dir='runs/a,b'"], "error: train_dir must not contain a comma"),
-        (["seed=99999999999999999999"], "error: seed must be an integer in 0..9223372036854775807"),
+        pytest.param(
+            ["attack=constant", "attack.value=1e39"],
+            "error: attack.value must be a finite",
+            marks=SLOW,
+        ),
+        pytest.param(["train_dir="], "error: train_dir is empty", marks=SLOW),
+        pytest.param(
+            ["train_dir='runs/a,b'"], "error: train_dir must not contain a comma", marks=SLOW
+        ),
+        pytest.param(
+            ["seed=99999999999999999999"],
+            "error: seed must be an integer in 0..9223372036854775807",
+            marks=SLOW,
+        ),
         # refused once the data is read, after Hydra made the folder: it is removed
         (["batch_size=100000000"], "error: batch_size must be at most the 1438 training"),
     ],

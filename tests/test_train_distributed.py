@@ -23,6 +23,7 @@ from test_comm import descendants, listening, only_loopback
 RAMA = ("approach=rama_two", "approach.m=3", "approach.s=3", "batch_size=90")  # K=9, f=9
 
 
+@pytest.mark.slow  # in process: test_startup.py, test_train_cli.py
 def test_bad_override_is_one_line_from_rank_0_only(torchrun):
     proc, _ = torchrun(10, *RAMA, "lr=abc", check=False, timeout=120)
     assert proc.returncode != 0
@@ -33,6 +34,7 @@ def test_bad_override_is_one_line_from_rank_0_only(torchrun):
     ]
 
 
+@pytest.mark.slow
 def test_wrong_process_count_stops_with_one_line_naming_nproc_per_node(torchrun):
     proc, _ = torchrun(3, *RAMA, check=False, timeout=120)
     assert proc.returncode != 0
@@ -371,6 +373,7 @@ def test_the_launcher_run_listens_on_loopback_only(launched):
     assert len(addresses) == 2 + 4 and only_loopback(addresses), addresses  # stores + gloo
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_ends_torchrun_and_every_rank_keeping_the_checkpoint(launched):
     everything = descendants(launched.proc.pid)
     launched.proc.send_signal(signal.SIGTERM)

@@ -40,6 +40,7 @@ from byzshield.training.records import (
     say,
 )
 from byzshield.training.runfolder import PROGRESS, Resume, save_checkpoint
+from byzshield.training.sgd import build_optimizer
 
 __all__ = ["Engine", "Trainer", "TrainingError"]
 
@@ -99,9 +100,8 @@ class Trainer:
         self.run, self.engine, self.folder = run, engine, folder
         cfg = run.config
         self.model = (run.build_model() if model is None else model).to(device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=cfg.lr_step, gamma=cfg.gamma
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model, lr=cfg.lr, momentum=cfg.momentum, step_size=cfg.lr_step, gamma=cfg.gamma
         )
         peers = None if engine is None else engine.peers
         self.update = build_update(run.update_spec(), run.num_params, peers=peers)
