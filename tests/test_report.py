@@ -665,6 +665,10 @@ def layout_problems(fig) -> list[str]:
 @pytest.fixture
 def saved_figures(monkeypatch):
     """{file name: figure facts} of every figure saved while the test runs."""
+    return _capture_figures(monkeypatch)
+
+
+def _capture_figures(monkeypatch) -> dict[str, dict]:
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -749,13 +753,23 @@ def figure_sweep(tmp_path) -> Path:
     return tmp_path / "sweep"
 
 
-def test_every_figure_keeps_its_text_inside_the_image_and_titles_apart(
-    figure_sweep, tmp_path, saved_figures
-):
+@pytest.fixture(scope="module")
+def figure_report(tmp_path_factory):
+    """(the report, {file name: figure facts}) of the figure sweep, every figure drawn:
+    drawn once for the tests that read the figures."""
+    tmp = tmp_path_factory.mktemp("figures")
+    _figure_sweep(tmp / "sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        saved = _capture_figures(mp)
+        rep = write_report([tmp / "sweep"], tmp / "out", paired=PAIRS, eps_q_max=4)
+    return rep, saved
+
+
+def test_every_figure_keeps_its_text_inside_the_image_and_titles_apart(figure_report):
     """Legends, titles, axis and tick labels of every figure lie inside the canvas and no
     two titles overlap (they used to be cut at the edges, and drop_vs_bias's long panel
     titles ran into each other)."""
-    rep = write_report([figure_sweep], tmp_path / "out", paired=PAIRS, eps_q_max=4)
+    rep, saved_figures = figure_report
     kinds = {"accuracy_vs_step_", "accuracy_vs_q", "eps_vs_q", "drop_vs_bias", "paired_vs_q"}
     assert {k for k in kinds for name in saved_figures if name.startswith(k)} == kinds
     assert sorted(f for f in rep.files if f.endswith(".png")) == sorted(saved_figures)
@@ -778,10 +792,10 @@ def test_a_single_q_and_long_names_still_fit(tmp_path, saved_figures):
     assert xticks == ["1", "2", "3"]  # not 1.900, 1.925, ... around the one q that ran
 
 
-def test_one_colour_per_approach_in_every_figure(figure_sweep, tmp_path, saved_figures):
+def test_one_colour_per_approach_in_every_figure(figure_report):
     """An approach has the same colour in every figure of the report, and no two
     approaches share one (eps_vs_q used to draw each panel's own placement in blue)."""
-    write_report([figure_sweep], tmp_path / "out", paired=PAIRS[:1], eps_q_max=4)
+    _, saved_figures = figure_report
     seen: dict[str, set] = {}
     for facts in saved_figures.values():
         for name, colors in facts["colors"].items():
@@ -796,18 +810,17 @@ def test_one_colour_per_approach_in_every_figure(figure_sweep, tmp_path, saved_f
 
 
 def test_q_and_step_ticks_are_integers_and_bands_and_bars_are_named(
-    figure_sweep, tmp_path, saved_figures
+    figure_report, figure_sweep, tmp_path, saved_figures
 ):
-    write_report([figure_sweep], tmp_path / "out", paired=PAIRS[:1], eps=False)
-    for name, facts in saved_figures.items():
+    for name, facts in figure_report[1].items():
         assert facts["xticks"] or name == "drop_vs_bias.png"
         assert all(t.lstrip("−-").isdigit() for t in facts["xticks"]), (name, facts["xticks"])
-    step = next(f for n, f in saved_figures.items() if n.startswith("accuracy_vs_step_"))
+    drawn = figure_report[1]
+    step = next(f for n, f in drawn.items() if n.startswith("accuracy_vs_step_"))
     assert "shaded: 95 % interval over seeds" in step["legend"]
-    assert "bars: 95 % interval over seeds" in saved_figures["accuracy_vs_q.png"]["legend"]
-    assert "dotted: no attack (q = 0)" in saved_figures["accuracy_vs_q.png"]["legend"]
-    assert "bars (paired): 95 % interval over seeds" in saved_figures["paired_vs_q.png"]["legend"]
-    saved_figures.clear()
+    assert "bars: 95 % interval over seeds" in drawn["accuracy_vs_q.png"]["legend"]
+    assert "dotted: no attack (q = 0)" in drawn["accuracy_vs_q.png"]["legend"]
+    assert "bars (paired): 95 % interval over seeds" in drawn["paired_vs_q.png"]["legend"]
     write_report([figure_sweep], tmp_path / "std", eps=False, spread="std", figures=["q"])
     assert "bars: ± std over seeds" in saved_figures["accuracy_vs_q.png"]["legend"]
 
