@@ -282,6 +282,7 @@ class LockstepGroup:
                 step=s.step,
                 batch_size=cfg.batch_size,
                 num_files=f,
+                partition=s.member.run.partition,
             )
             xs.append(x)
             ys.append(y)
@@ -329,7 +330,15 @@ class LockstepGroup:
                 self._fail(s, params)
                 continue
             record = step_record(
-                s.step, metrics[k], s.lr_used, byz[k], (), times, (t3 - t2) / n, (t3 - t0) / n
+                s.step,
+                metrics[k],
+                s.lr_used,
+                byz[k],
+                (),
+                times,
+                (t3 - t2) / n,
+                (t3 - t0) / n,
+                label_tv=s.member.run.label_tv(s.step),
             )
             s.trainer.metrics.write(record)
             if s.progress is not None:
