@@ -8,7 +8,8 @@ process, one step of all of them at a time.
 In a Hydra multirun (the basic launcher, the default), every job with ``engine=lockstep``
 is composed, checked and given its folder first (:func:`collect`); then the jobs that
 share a placement, a batch size, a network and a dataset are trained together
-(:func:`train_collected`). Each keeps its own folder, ``run.json``, ``metrics.jsonl``,
+(:func:`train_collected`); their ``dataset.partition`` may differ (each run's files are
+its own partition's, of the shared shape). Each keeps its own folder, ``run.json``, ``metrics.jsonl``,
 checkpoints and resume, exactly as with the other engines, so ``python -m
 byzshield.report`` and ``python -m byzshield.evaluate`` read them the same way; rerunning
 the command resumes every unfinished job and leaves the finished ones alone.
