@@ -68,8 +68,8 @@ __all__ = [
 ]
 
 STEP_CACHE_SIZE = 16
-"""How many steps' index tables are kept (the engine, the server's ``label_tv`` and a
-lockstep chunk ask for the same steps)."""
+"""How many steps' index tables are kept: the simulate engine's threads and the
+server's ``label_tv`` ask for the same step."""
 
 
 def _largest_remainder(raw: torch.Tensor, total: int) -> torch.Tensor:
@@ -77,12 +77,11 @@ def _largest_remainder(raw: torch.Tensor, total: int) -> torch.Tensor:
     the ``total - sum floor`` entries with the largest fractional parts (stable: ties to
     the lower index)."""
     base = raw.floor()
-    frac = raw - base
     counts = base.long()
     missing = total - counts.sum(dim=1, keepdim=True)
-    order = torch.argsort(frac, dim=1, descending=True, stable=True)
-    rank = torch.argsort(order, dim=1, stable=True)  # rank of each class by fraction
-    counts += (rank < missing).long()
+    order = torch.argsort(raw - base, dim=1, descending=True, stable=True)
+    extra = (torch.arange(raw.shape[1]) < missing).long()  # to the first `missing` in order
+    counts.scatter_add_(1, order, extra)
     assert bool((counts.sum(dim=1) == total).all()), "largest remainder lost samples"
     return counts
 
@@ -292,6 +291,8 @@ def _class_stream(size: int, seed: int, cls: int, start: int, count: int) -> tor
         take = min(end - position, size - offset)
         chunks.append(_class_permutation(size, seed, cls, epoch)[offset : offset + take])
         position += take
+    if len(chunks) == 1:
+        return chunks[0]
     return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.int64)
 
 

@@ -9,8 +9,8 @@ In a Hydra multirun (the basic launcher, the default), every job with ``engine=l
 is composed, checked and given its folder first (:func:`collect`); then the jobs that
 share a placement, a batch size, a network and a dataset are trained together
 (:func:`train_collected`); their ``dataset.partition`` may differ (each run's files are
-its own partition's, of the shared shape). Each keeps its own folder, ``run.json``, ``metrics.jsonl``,
-checkpoints and resume, exactly as with the other engines, so ``python -m
+its own partition's, of the shared shape). Each keeps its own folder, ``run.json``,
+``metrics.jsonl``, checkpoints and resume, exactly as with the other engines, so ``python -m
 byzshield.report`` and ``python -m byzshield.evaluate`` read them the same way; rerunning
 the command resumes every unfinished job and leaves the finished ones alone.
 
@@ -50,6 +50,7 @@ from torch import Tensor
 from byzshield.compute.batched import BatchedGradients
 from byzshield.compute.networks import use_kernels
 from byzshield.compute.params import flat_params, load_flat, num_params
+from byzshield.compute.partition import label_tv
 from byzshield.compute.sampling import step_files
 from byzshield.config import Run, build_run
 from byzshield.config.overrides import compose_config
@@ -339,7 +340,7 @@ class LockstepGroup:
                 times,
                 (t3 - t2) / n,
                 (t3 - t0) / n,
-                label_tv=s.member.run.label_tv(s.step),
+                label_tv=label_tv(ys[k], s.member.run.train_data.num_classes),
             )
             s.trainer.metrics.write(record)
             if s.progress is not None:
