@@ -192,6 +192,17 @@ def test_aggregator_f_defaults_to_c_max_of_the_placement():
         (["attack=gaussian", "attack.std=-1"], "attack gaussian: gaussian: std must be >= 0"),
         (["engine=mpi"], "engine must be one of auto, torchrun, simulate"),
         (["approach.name=rama_two"], "approach.name is 'rama_two' but the chosen option is"),
+        (["dataset.partition=noniid"], "unknown dataset.partition 'noniid'; choose one of iid, "),
+        (["dataset.alpha=0"], "dataset.alpha must be a finite number > 0, got 0.0"),
+        (["dataset.alpha=-inf"], "dataset.alpha must be a finite number > 0, got -inf"),
+        (["dataset.alpha=nan"], "dataset.alpha must be a finite number > 0, got nan"),
+        (["dataset.classes_per_file=11"], "classes_per_file must be an integer in 1..10, got 11"),
+        (["dataset.classes_per_file=0"], "classes_per_file must be an integer in 1..10, got 0"),
+        (
+            ["dataset.partition=classes", "dataset.classes_per_file=9", "batch_size=200"],
+            "dataset.partition=classes with batch_size=200 and f=25 files: classes_per_file=9 "
+            "needs files of at least 9 samples (one of each class), but the files hold 8",
+        ),
     ],
 )
 def test_bad_values_raise_one_line_config_errors(overrides, message):

@@ -30,6 +30,15 @@ DESIGNS = {  # small instances of the four families; K + 1 processes each
     ),
     "draco_lite": (10, "approach=draco_lite", "approach.K=9", "approach.r=3", "mode=mean"),
     "baseline": (7, "approach=baseline", "approach.K=6", "batch_size=60", "mode=mean"),
+    "mols_dirichlet": (  # heterogeneous files: every copy of a file is still the same samples
+        13,
+        "approach=mols",
+        "approach.l=4",
+        "approach.r=3",
+        "batch_size=96",
+        "dataset.partition=dirichlet",
+        "dataset.alpha=0.3",
+    ),
 }
 TIMES = {*TIME_KEYS, "step_s", "other_s", "vote_tail_s"}
 
@@ -95,6 +104,7 @@ def test_the_torchrun_engine_in_threads_and_simulate_give_the_same_bits(
         pytest.param("rama_two", marks=pytest.mark.slow),
         pytest.param("draco_lite", marks=pytest.mark.slow),
         pytest.param("baseline", marks=pytest.mark.slow),
+        pytest.param("mols_dirichlet", marks=pytest.mark.slow),
     ],
 )
 def test_torchrun_and_simulate_give_the_same_bits(tmp_path, design):
@@ -142,6 +152,28 @@ def test_stragglers_and_the_1d_network_give_the_same_bits_in_both_engines(tmp_pa
     assert_same_run(tmp_path / "tr", tmp_path / "sim")
     steps, _ = read_metrics(tmp_path / "sim")
     assert all(len(s["missing_workers"]) == 2 for s in steps)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("dataset.partition=dirichlet", "dataset.alpha=0.3", "attack=alie"),
+        # label flip: the Byzantine workers recompute their files on flipped labels
+        ("dataset.partition=classes", "dataset.classes_per_file=2", "attack=label_flip"),
+    ],
+    ids=["dirichlet-alie", "classes-label_flip"],
+)
+def test_partitioned_files_give_the_same_bits_in_both_engines(tmp_path, overrides):
+    from threaded import run_threaded
+
+    _, *design = DESIGNS["mols"]
+    ovs = (*design, *COMMON, *overrides, "dataset=mnist1d", "network=cnn1d")
+    result, errors = run_threaded(ovs, tmp_path / "tr")
+    assert not errors and isinstance(result, dict), (result, errors)
+    simulate(ovs, tmp_path / "sim")
+    assert_same_run(tmp_path / "tr", tmp_path / "sim")
+    steps, _ = read_metrics(tmp_path / "sim")
+    assert all(0 < s["label_tv"] < 1 for s in steps)
 
 
 @pytest.mark.slow

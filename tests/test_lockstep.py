@@ -40,6 +40,20 @@ CONFIGS = {
     "rama-revgrad-mean": ("approach=rama_two", "attack=rev_grad", "adversary.q=5", "mode=mean"),
     "baseline-constant": ("approach=baseline", "attack=constant", "adversary.q=2"),
     "mols-none": ("approach=mols", "attack=none"),
+    "mols-alie-dirichlet": (
+        "approach=mols",
+        "attack=alie",
+        "adversary.q=3",
+        "dataset.partition=dirichlet",
+        "dataset.alpha=0.3",
+    ),
+    "general-labelflip-classes": (  # flipped labels recomputed on the partitioned files
+        "approach=mols",
+        "attack=label_flip",
+        "adversary.q=3",
+        "dataset.partition=classes",
+        "dataset.classes_per_file=1",
+    ),
     "general-multikrum-labelflip": (
         "approach=mols",
         "attack=label_flip",
@@ -66,6 +80,7 @@ DISCRETE = (
     "outside_guarantee",
     "bytes_received",
     "lr",
+    "label_tv",
 )
 
 
@@ -123,6 +138,7 @@ def test_a_lockstep_run_is_the_same_alone_beside_others_and_resumed(tmp_path):
     others = [
         (*BASE, "approach=mols", "attack=ipm", "adversary.q=2", "seed=1", "max_steps=6"),
         (*BASE, "approach=mols", "attack=none", "seed=9", "max_steps=4", "mode.num_buckets=5"),
+        (*BASE, "approach=mols", "attack=alie", "dataset.partition=dirichlet", "max_steps=5"),
     ]
     lockstep([([*run_a, "max_steps=6"], tmp_path / "alone")])
     lockstep(
@@ -130,6 +146,7 @@ def test_a_lockstep_run_is_the_same_alone_beside_others_and_resumed(tmp_path):
             (others[0], tmp_path / "o0"),
             ([*run_a, "max_steps=6"], tmp_path / "beside"),
             (others[1], tmp_path / "o1"),
+            (others[2], tmp_path / "o2"),  # another partition in the same batched group
         ],
         threads=2,
     )

@@ -201,11 +201,15 @@ def test_file_batch_leaves_global_generator_alone():
 
 
 def test_file_batch_is_identical_in_another_process():
-    """What the vote relies on: a fresh interpreter computes the same bytes."""
+    """What the vote relies on: a fresh interpreter computes the same bytes, for every
+    partition (heterogeneous files too: nothing cached or drawn before counts)."""
+    from byzshield.compute.partition import ClassesPerFile, Dirichlet
+
     code = textwrap.dedent(
         """
         import hashlib, torch
         from byzshield.compute.datasets import ImageDataset
+        from byzshield.compute.partition import ClassesPerFile, Dirichlet
         from byzshield.compute.sampling import file_batch
         gen = torch.Generator().manual_seed(0)
         data = ImageDataset(
@@ -213,15 +217,22 @@ def test_file_batch_is_identical_in_another_process():
             images=torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=gen),
             labels=torch.arange(40) % 10, num_classes=10,
             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=True)
-        x, y = file_batch(data, seed=4, step=9, batch_size=8, num_files=2, file=1)
-        print(hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest())
+        for part in (None, Dirichlet(0.5), ClassesPerFile(2)):
+            x, y = file_batch(data, seed=4, step=9, batch_size=8, num_files=2, file=1,
+                              partition=part)
+            print(hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest())
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    ).stdout.strip()
-    x, y = file_batch(_cifar_like(), seed=4, step=9, batch_size=8, num_files=2, file=1)
-    assert out == hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+    ).stdout.split()
+    here = []
+    for part in (None, Dirichlet(0.5), ClassesPerFile(2)):
+        x, y = file_batch(
+            _cifar_like(), seed=4, step=9, batch_size=8, num_files=2, file=1, partition=part
+        )
+        here.append(hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest())
+    assert out == here and len(set(here)) == 3
 
 
 def test_augmentation_is_seeded_per_file_not_shared_across_files():

@@ -4,6 +4,8 @@ Above the designs, below everything else: it imports no other layer of byzshield
 
 - :mod:`~byzshield.compute.sampling`: the seeds (``derive_seed``) and the
   (seed, step, file) -> samples contract every replica of a file shares.
+- :mod:`~byzshield.compute.partition`: heterogeneous files (Dirichlet class mixes, k
+  classes per file) under the same contract, and ``label_tv``.
 - :mod:`~byzshield.compute.datasets`: the datasets in memory (``load_dataset``,
   ``DATASETS``), with the shipped ones in ``assets/``.
 - :mod:`~byzshield.compute.networks`: the networks (``build_network``, ``NETWORKS``).

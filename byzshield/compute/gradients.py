@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from byzshield.compute.batched import BatchedGradients
 from byzshield.compute.datasets import ImageDataset
 from byzshield.compute.params import flat_params
-from byzshield.compute.sampling import file_batches
+from byzshield.compute.sampling import Partition, file_batches
 
 __all__ = ["file_gradients", "flip_labels"]
 
@@ -47,6 +47,7 @@ def file_gradients(
     out: torch.Tensor | None = None,
     batched: bool = False,
     on_file: Callable[[int], None] | None = None,
+    partition: Partition | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """(len(files), d) gradients of the mean cross-entropy over each file, and each loss.
 
@@ -60,9 +61,13 @@ def file_gradients(
     is the (len(files), d) float32 CPU buffer the gradients are written to (reusing one
     avoids page faults every step). ``on_file(i)`` is called as soon as row i is final (a
     worker starts hashing it for the digest vote while the next file is computed).
+    ``partition`` is how the step's batch is cut into files (the run's
+    ``dataset.partition``; None: iid, :mod:`byzshield.compute.sampling`).
     """
     if batched:
-        out, losses = _batched(model, data, files, seed, step, batch_size, num_files, flip, out)
+        out, losses = _batched(
+            model, data, files, seed, step, batch_size, num_files, flip, out, partition
+        )
         if on_file is not None:
             for i in range(len(files)):
                 on_file(i)
@@ -75,7 +80,13 @@ def file_gradients(
     device = params[0].device
     losses = []
     batches = file_batches(
-        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, files=files
+        data,
+        seed=seed,
+        step=step,
+        batch_size=batch_size,
+        num_files=num_files,
+        files=files,
+        partition=partition,
     )  # the step's sample order is drawn once for all the files
     for i, (x, y) in enumerate(batches):
         if flip:
@@ -95,14 +106,20 @@ def file_gradients(
     return out, losses
 
 
-def _batched(model, data, files, seed, step, batch_size, num_files, flip, out):
+def _batched(model, data, files, seed, step, batch_size, num_files, flip, out, partition):
     """file_gradients(..., batched=True): the files stacked into one batched pass, with
     the kernel built once per model (kept on it)."""
     kernel = model.__dict__.get("_batched_gradients")
     if kernel is None:
         kernel = model.__dict__["_batched_gradients"] = BatchedGradients(model)
     batches = file_batches(
-        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, files=files
+        data,
+        seed=seed,
+        step=step,
+        batch_size=batch_size,
+        num_files=num_files,
+        files=files,
+        partition=partition,
     )
     x = torch.stack([b[0] for b in batches])
     y = torch.stack([b[1] for b in batches])

@@ -34,6 +34,8 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,9 @@ from byzshield.compute.datasets import ImageDataset
 
 __all__ = [
     "AUGMENT_PADDING",
+    "IID",
     "SEED_MAX",
+    "Partition",
     "augment_crop_flip",
     "batch_indices",
     "derive_seed",
@@ -51,8 +55,10 @@ __all__ = [
     "file_batch",
     "file_batches",
     "file_slice",
+    "seeded_generator",
     "step_batch",
     "step_files",
+    "step_labels",
 ]
 
 SEED_MAX = 2**63 - 1
@@ -83,7 +89,8 @@ def derive_seed(purpose: str, *values: int) -> int:
     return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
 
 
-def _generator(purpose: str, *values: int) -> torch.Generator:
+def seeded_generator(purpose: str, *values: int) -> torch.Generator:
+    """A fresh CPU ``torch.Generator`` seeded with ``derive_seed(purpose, *values)``."""
     return torch.Generator().manual_seed(derive_seed(purpose, *values))
 
 
@@ -99,7 +106,7 @@ def _shared_epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.
     it or hand it out. ``randperm`` from a freshly seeded generator is a pure function of
     its arguments, so a cached permutation is bit-identical to a recomputed one.
     """
-    return torch.randperm(num_samples, generator=_generator("epoch", seed, epoch))
+    return torch.randperm(num_samples, generator=seeded_generator("epoch", seed, epoch))
 
 
 def epoch_permutation(num_samples: int, *, seed: int, epoch: int) -> torch.Tensor:
@@ -178,18 +185,79 @@ def augment_crop_flip(
     ]
 
 
+class Partition(Protocol):
+    """How a step's batch is cut into files: the samples of every file of step ``step``.
+
+    ``step_indices`` returns the (num_files, batch_size // num_files) int64 indices into
+    ``data``, row j being file j's samples in order; it must be a pure function of its
+    arguments (never of the rank, the process or the global generators), so that every
+    copy of a file is the same samples. :class:`IID` is the default;
+    :mod:`byzshield.compute.partition` has the heterogeneous ones. Callers only read the
+    returned tensor (it may be cached and shared)."""
+
+    name: ClassVar[str]
+
+    def step_indices(
+        self, data: ImageDataset, *, seed: int, step: int, batch_size: int, num_files: int
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class IID:
+    """``dataset.partition=iid``: file j is the j-th of ``num_files`` equal contiguous
+    slices of :func:`batch_indices` (the module docstring), so every file is an iid draw
+    of the dataset's samples."""
+
+    name: ClassVar[str] = "iid"
+
+    def step_indices(
+        self, data: ImageDataset, *, seed: int, step: int, batch_size: int, num_files: int
+    ) -> torch.Tensor:
+        file_slice(batch_size, num_files, 0)  # validates
+        indices = batch_indices(data.num_samples, batch_size, seed=seed, step=step)
+        return indices.view(num_files, batch_size // num_files)
+
+
+def _indices(
+    data: ImageDataset,
+    partition: Partition | None,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_files: int,
+) -> torch.Tensor:
+    return (partition or IID()).step_indices(
+        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files
+    )
+
+
 def file_batch(
-    data: ImageDataset, *, seed: int, step: int, batch_size: int, num_files: int, file: int
+    data: ImageDataset,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_files: int,
+    file: int,
+    partition: Partition | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """File ``file`` of step ``step``: x float32 (batch_size / num_files, *sample_shape),
     y int64.
 
-    The samples are ``batch_indices(...)[file_slice(...)]``, normalised; with
+    The samples are row ``file`` of the partition's ``step_indices`` (by default
+    :class:`IID`: ``batch_indices(...)[file_slice(...)]``), normalised; with
     ``data.augment`` they are augmented from ``derive_seed("augment", seed, step, file)``.
     Every call with the same arguments returns bit-identical tensors, in any process.
     """
     (batch,) = file_batches(
-        data, seed=seed, step=step, batch_size=batch_size, num_files=num_files, files=[file]
+        data,
+        seed=seed,
+        step=step,
+        batch_size=batch_size,
+        num_files=num_files,
+        files=[file],
+        partition=partition,
     )
     return batch
 
@@ -202,47 +270,96 @@ def file_batches(
     batch_size: int,
     num_files: int,
     files: Sequence[int] | None = None,
+    partition: Partition | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``[file_batch(..., file=j) for j in files]`` (all ``num_files`` files by default),
     bit-identical to it, with the step's sample indices computed once for all of them: for
     a worker holding several files and for an engine that computes every file of a step.
     """
     files = list(range(num_files) if files is None else files)
-    rows = [file_slice(batch_size, num_files, j) for j in files]  # validates before sampling
-    indices = batch_indices(data.num_samples, batch_size, seed=seed, step=step)
+    for j in files:  # validates before sampling
+        file_slice(batch_size, num_files, j)
+    table = _indices(
+        data, partition, seed=seed, step=step, batch_size=batch_size, num_files=num_files
+    )
     out = []
-    for j, part in zip(files, rows, strict=True):
-        idx = indices[part]
+    for j in files:
+        idx = table[j]
         x = data.normalize(data.images[idx])
         if data.augment:
-            x = augment_crop_flip(x, generator=_generator("augment", seed, step, j))
+            x = augment_crop_flip(x, generator=seeded_generator("augment", seed, step, j))
         out.append((x, data.labels[idx]))
     return out
 
 
 def step_files(
-    data: ImageDataset, *, seed: int, step: int, batch_size: int, num_files: int
+    data: ImageDataset,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_files: int,
+    partition: Partition | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every file of step ``step`` stacked: x (num_files, batch_size / num_files,
     *sample_shape), y (num_files, batch_size / num_files); bit-identical to stacking
     :func:`file_batches`, with one gather and one normalisation for the whole batch when
     there is no augmentation (the lockstep engine's input)."""
     if data.augment:
-        parts = file_batches(data, seed=seed, step=step, batch_size=batch_size, num_files=num_files)
+        parts = file_batches(
+            data,
+            seed=seed,
+            step=step,
+            batch_size=batch_size,
+            num_files=num_files,
+            partition=partition,
+        )
         return torch.stack([x for x, _ in parts]), torch.stack([y for _, y in parts])
-    file_slice(batch_size, num_files, 0)  # validates
-    idx = batch_indices(data.num_samples, batch_size, seed=seed, step=step)
-    size = batch_size // num_files
+    table = _indices(
+        data, partition, seed=seed, step=step, batch_size=batch_size, num_files=num_files
+    )
+    idx = table.reshape(-1)
     x = data.normalize(data.images[idx])
-    return x.view(num_files, size, *x.shape[1:]), data.labels[idx].view(num_files, size)
+    return x.view(*table.shape, *x.shape[1:]), data.labels[idx].view(table.shape)
+
+
+def step_labels(
+    data: ImageDataset,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_files: int,
+    partition: Partition | None = None,
+) -> torch.Tensor:
+    """The (num_files, batch_size / num_files) labels of step ``step``'s files, without
+    touching the samples (what the server needs to measure how heterogeneous the files
+    were: :func:`byzshield.compute.partition.label_tv`)."""
+    table = _indices(
+        data, partition, seed=seed, step=step, batch_size=batch_size, num_files=num_files
+    )
+    return data.labels[table]
 
 
 def step_batch(
-    data: ImageDataset, *, seed: int, step: int, batch_size: int, num_files: int
+    data: ImageDataset,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    num_files: int,
+    partition: Partition | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole batch of step ``step``: the ``num_files`` file batches concatenated in order
     (for single-process references and BatchNorm re-estimation)."""
-    parts = file_batches(data, seed=seed, step=step, batch_size=batch_size, num_files=num_files)
+    parts = file_batches(
+        data,
+        seed=seed,
+        step=step,
+        batch_size=batch_size,
+        num_files=num_files,
+        partition=partition,
+    )
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 

@@ -30,6 +30,8 @@ class Run:
     ``selection``, ``rule`` (the built ``mode``: an :class:`~byzshield.aggregators.Aggregator`)
     and ``rule_f`` (the f it assumes) exist on the parameter server only
     (``build_run(..., server=True)``): workers never run the worst-case search.
+    ``partition`` is how every step's batch is cut into files (``dataset.partition``;
+    None: iid), the same object for every engine and process.
     """
 
     config: TrainConfig
@@ -47,6 +49,7 @@ class Run:
     info: dict = field(default_factory=dict)
     outside_guarantee: bool = False  # the rule runs although its requirement fails
     mode_option: Any = field(default=None, repr=False)  # the rule actually used
+    partition: Any = None  # a byzshield.compute.sampling.Partition; None: iid
 
     @property
     def batched_files(self) -> bool:
@@ -64,6 +67,24 @@ class Run:
         send honest gradients; :mod:`byzshield.server.forgery`)."""
         attack = self.attack
         return None if attack is None or attack.needs_honest else attack
+
+    def label_tv(self, step: int) -> float:
+        """How heterogeneous step ``step``'s files are (:func:`byzshield.compute.partition.label_tv`
+        of their labels): the files are a pure function of (seed, step), so the server
+        knows their labels without receiving them."""
+        from byzshield.compute.partition import label_tv
+        from byzshield.compute.sampling import step_labels
+
+        cfg, data = self.config, self.train_data
+        labels = step_labels(
+            data,
+            seed=cfg.seed,
+            step=step,
+            batch_size=cfg.batch_size,
+            num_files=self.placement.num_files,
+            partition=self.partition,
+        )
+        return label_tv(labels, data.num_classes)
 
     @property
     def world_size(self) -> int:
@@ -121,6 +142,7 @@ def check_world_size(placement: Placement, ps_shards: int, world_size: int) -> N
 def build_run(config: TrainConfig, *, server: bool = True, world_size: int | None = None) -> Run:
     """Build and cross-check everything a run needs (raises one-line ConfigErrors)."""
     from byzshield.compute.datasets import DatasetNotFound
+    from byzshield.compute.partition import check_partition
 
     cfg = config
     p = cfg.approach.build()
@@ -151,6 +173,16 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
             f"batch_size must be at most the {train_data.num_samples} training samples of "
             f"dataset {cfg.dataset.name}, got {cfg.batch_size}"
         )
+    partition = cfg.dataset.build_partition()
+    try:
+        check_partition(
+            partition, num_classes=train_data.num_classes, file_size=cfg.batch_size // f
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"dataset.partition={cfg.dataset.partition} with batch_size={cfg.batch_size} and "
+            f"f={f} files: {exc}"
+        ) from None
     model = _model_probe(cfg, train_data)
     d = sum(t.numel() for t in model.parameters())
     if cfg.ps_shards > 1:
@@ -196,6 +228,7 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
         d,
         notes=tuple(notes),
         mode_option=mode,
+        partition=partition,
     )
     return add_server_parts(run) if server else run
 

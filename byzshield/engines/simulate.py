@@ -96,6 +96,7 @@ class SimulateEngine:
                 flip=flip,
                 out=out[lo:hi],
                 batched=self.batched,
+                partition=self.run.partition,
             )[1]
 
         if self.pool is None or len(chunks) == 1:

@@ -21,6 +21,12 @@ The definitions (docs/design.md section 4):
   runs anyway (see :mod:`byzshield.aggregators`) and the step says so.
 
 The time split (:data:`TIME_KEYS`) adds up to ``step_s`` with ``other_s``.
+
+- ``label_tv``: how heterogeneous the step's files were, the mean over files of the
+  total-variation distance between a file's label distribution and the batch's
+  (:func:`byzshield.compute.partition.label_tv`; 0 when every file has the batch's mix).
+  The server computes it from the labels alone (:meth:`byzshield.config.Run.label_tv`):
+  the files are a pure function of (seed, step), whatever ``dataset.partition`` is.
 """
 
 from __future__ import annotations
@@ -118,14 +124,18 @@ def step_record(
     update_s: float,
     step_s: float,
     dropped: Iterable[int] = (),
+    *,
+    label_tv: float,
 ) -> dict:
     """A step's line of metrics.jsonl from the robust update's metrics ``m``, the lr it
     was applied with, the gather's times (``compute_s``, ``communication_s``), this
-    step's stragglers (``missing``) and the workers dropped so far (``dropped``)."""
+    step's stragglers (``missing``), the workers dropped so far (``dropped``) and how
+    heterogeneous its files were (``label_tv``, the module docstring)."""
     record = {
         "step": step,
         "loss": m["loss"],
         "lr": lr,
+        "label_tv": label_tv,
         "byzantine": list(byzantine),
         "missing_workers": list(missing),
         "dropped_workers": sorted(dropped),

@@ -172,6 +172,7 @@ class Trainer:
             t2 - t1,
             t2 - t0,
             dropped=self.engine.dropped,
+            label_tv=self.run.label_tv(step),
         )
 
     def check_voteable(self, step: int) -> None:

@@ -8,8 +8,9 @@ process, one step of all of them at a time.
 In a Hydra multirun (the basic launcher, the default), every job with ``engine=lockstep``
 is composed, checked and given its folder first (:func:`collect`); then the jobs that
 share a placement, a batch size, a network and a dataset are trained together
-(:func:`train_collected`). Each keeps its own folder, ``run.json``, ``metrics.jsonl``,
-checkpoints and resume, exactly as with the other engines, so ``python -m
+(:func:`train_collected`); their ``dataset.partition`` may differ (each run's files are
+its own partition's, of the shared shape). Each keeps its own folder, ``run.json``,
+``metrics.jsonl``, checkpoints and resume, exactly as with the other engines, so ``python -m
 byzshield.report`` and ``python -m byzshield.evaluate`` read them the same way; rerunning
 the command resumes every unfinished job and leaves the finished ones alone.
 
@@ -49,6 +50,7 @@ from torch import Tensor
 from byzshield.compute.batched import BatchedGradients
 from byzshield.compute.networks import use_kernels
 from byzshield.compute.params import flat_params, load_flat, num_params
+from byzshield.compute.partition import label_tv
 from byzshield.compute.sampling import step_files
 from byzshield.config import Run, build_run
 from byzshield.config.overrides import compose_config
@@ -282,6 +284,7 @@ class LockstepGroup:
                 step=s.step,
                 batch_size=cfg.batch_size,
                 num_files=f,
+                partition=s.member.run.partition,
             )
             xs.append(x)
             ys.append(y)
@@ -329,7 +332,15 @@ class LockstepGroup:
                 self._fail(s, params)
                 continue
             record = step_record(
-                s.step, metrics[k], s.lr_used, byz[k], (), times, (t3 - t2) / n, (t3 - t0) / n
+                s.step,
+                metrics[k],
+                s.lr_used,
+                byz[k],
+                (),
+                times,
+                (t3 - t2) / n,
+                (t3 - t0) / n,
+                label_tv=label_tv(ys[k], s.member.run.train_data.num_classes),
             )
             s.trainer.metrics.write(record)
             if s.progress is not None:

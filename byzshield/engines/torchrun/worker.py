@@ -93,6 +93,7 @@ def _serve_steps(comm: Comm, run: Run) -> None:
             out=payload,
             batched=run.batched_files,
             on_file=on_file,
+            partition=run.partition,
         )
         if forged:
             for i, j in enumerate(files):

@@ -38,6 +38,14 @@ RESUMABLE = frozenset(
     }  # fmt: skip
 )
 
+# Keys added after runs were written, with the value every run before them had: a folder
+# whose config.json lacks one holds a run with that value, so the same run resumes.
+ADDED_KEYS = {
+    "dataset.partition": "iid",
+    "dataset.alpha": 1.0,
+    "dataset.classes_per_file": 2,
+}
+
 PROGRESS: dict = {}
 """Where this process's training stands, for the one line printed when it is
 interrupted: ``folders`` (prepared), ``step``/``total``/``checkpoint`` (the loop), or
@@ -55,11 +63,13 @@ def config_record(config) -> dict:
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     diffs = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        name = f"{prefix}{key}"
+        a = old.get(key, ADDED_KEYS.get(name, "<unset>"))
+        b = new.get(key, "<unset>")
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, f"{prefix}{key}.")
+            diffs += _differences(a, b, f"{name}.")
         elif a != b:
-            diffs.append(f"{prefix}{key}: {a} -> {b}")
+            diffs.append(f"{name}: {a} -> {b}")
     return diffs
 
 
