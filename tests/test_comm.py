@@ -126,9 +126,11 @@ comm = init(timeout=20)
 comm.broadcast(torch.zeros(1))
 if comm.rank == 0:
     buffers = [torch.zeros(1000) for _ in delays]
+    t0 = time.monotonic()
     for w, failure in comm.receive_as_completed(dict(enumerate(buffers))):
         if failure is not None:
             print("failure", failure.rank, failure, flush=True)
+            print("after", round(time.monotonic() - t0, 1), flush=True)
             # leave at once: rank 3's message may land while gloo tears the group down,
             # which aborts the process (SIGABRT) on a loaded machine, after the line
             os._exit(1)
@@ -199,9 +201,7 @@ def test_receiving_as_completed_names_a_dead_worker(delays, expected):
         for rank in range(4)
     ]
     try:
-        t0 = time.monotonic()
         out, err = procs[0].communicate(timeout=120)
-        took = time.monotonic() - t0
         for p in procs[1:]:
             p.communicate(timeout=60)
     finally:
@@ -209,13 +209,18 @@ def test_receiving_as_completed_names_a_dead_worker(delays, expected):
             if p.poll() is None:
                 p.kill()
     lines = out.splitlines()
+    took = None
+    if lines and lines[-1].startswith("after "):  # seconds from the receive to the failure
+        took = float(lines.pop().split()[1])
     assert len(lines) == len(expected), err[-2000:]
     assert all(
         line.startswith(e + " ") or line == e for line, e in zip(lines, expected, strict=True)
     ), lines
     if expected[-1].startswith("failure"):
         assert "rank 2 (worker 1)" in lines[-1] and procs[0].returncode == 1
-        assert took < 15, took  # named when it closed, not at the 20 s deadline; no hang
+        # named when it closed, not at the 20 s deadline (measured inside the server,
+        # from its receive: process start-up under load does not count); no hang
+        assert took is not None and took < 15, took
 
 
 def descendants(root: int) -> set[int]:
