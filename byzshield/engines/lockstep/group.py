@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from byzshield.attacks import data_poison
 from byzshield.compute.batched import BatchedGradients
 from byzshield.compute.networks import use_kernels
 from byzshield.compute.params import flat_params, load_flat, num_params
@@ -350,8 +351,9 @@ class LockstepGroup:
         run = s.member.run
         if s.simulate is None:
             s.simulate = SimulateEngine(run, params.shape[1], threads=1)
-        if s.simulate.attack is not None and s.simulate.attack.flips_labels and byz:
-            load_flat(s.simulate.replicas[0], params[s.row])  # flipped-label gradients
+        attack = s.simulate.attack
+        if attack is not None and (attack.flips_labels or data_poison(attack)) and byz:
+            load_flat(s.simulate.replicas[0], params[s.row])  # data-side attacks' gradients
         copies = s.simulate.copies(s.step, honest, losses.tolist(), byz)
         outcome = s.trainer.update(copies, byz, s.step)
         return outcome.gradient, outcome.metrics
