@@ -253,9 +253,10 @@ class MinSum(MinMax):
     gamma: ClassVar[Callable] = staticmethod(min_sum_gamma)
 
 
-def fang_bounds(honest: Tensor, b: float) -> tuple[Tensor, Tensor]:
+def fang_bounds(honest: Tensor, b: float | Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
     """The interval [lo_j, hi_j] each of Fang's crafted coordinates is drawn from, for an
-    (n, d) float64 honest stack and b > 1.
+    (n, d) float64 honest stack and b > 1 (or stacks along ``dim``, with b broadcast to
+    the result: the lockstep engine's runs).
 
     s_j = sign(mean_j) is the sign of the honest gradient; the model moves by -lr g, so
     parameter j changes in direction -s_j and the attack pushes it the other way. With
@@ -269,8 +270,8 @@ def fang_bounds(honest: Tensor, b: float) -> tuple[Tensor, Tensor]:
     This is Fang et al.'s case split for local models (their s_j is the parameter's
     direction of change, -s_j here; a model above w_max is a gradient below g_min).
     """
-    mean = honest.mean(dim=0)
-    top, bottom = honest.max(dim=0).values, honest.min(dim=0).values
+    mean = honest.mean(dim=dim)
+    top, bottom = honest.amax(dim=dim), honest.amin(dim=dim)
     low_side = mean >= 0
     lo = torch.where(
         low_side,

@@ -17,10 +17,11 @@ What is batched, per step:
 
 - the file gradients of every run (:class:`byzshield.compute.batched.BatchedGradients`),
   chunk by chunk of about :data:`CHUNK_SAMPLES` samples;
-- for the common cases, the omniscient attack, the vote and the rule
-  (:mod:`byzshield.engines.lockstep.fast`); any other configuration goes, run by run,
+- for the common cases, the omniscient attack (ALIE, IPM, Min-Max, Min-Sum, Fang), the
+  vote and the rule (coord-median, median of means, trimmed mean, mean;
+  :mod:`byzshield.engines.lockstep.fast`); any other configuration goes, run by run,
   through :class:`byzshield.server.update.RobustUpdate` on the copies the simulate engine
-  builds;
+  builds (label flip and the backdoor too: their copies are gradients on other data);
 - the SGD update, with the arithmetic of ``torch.optim.SGD`` (momentum, no dampening)
   and ``StepLR``.
 
