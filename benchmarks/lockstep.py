@@ -4,9 +4,12 @@ launcher, one thread each).
 
     python benchmarks/lockstep.py                    # 40 runs x 100 steps, 1 round
     python benchmarks/lockstep.py --rounds 2 --steps 300 --batch-size 750
+    python benchmarks/lockstep.py --attacks min_max,min_sum,fang --modes coord-median,trimmed-mean
+    python benchmarks/lockstep.py --set dataset.partition=iid,dirichlet   # more overrides
 
 The same Hydra multirun, ``approach=mols,draco_lite_attack attack=alie adversary.q=1..4
-seed=0..4`` (40 runs; cnn1d on MNIST-1D, coord-median, evaluation every 25 steps), once
+seed=0..4`` (40 runs; cnn1d on MNIST-1D, coord-median, evaluation every 25 steps; the
+attacks, rules and any other override are options), once
 with ``hydra/launcher=joblib hydra.launcher.n_jobs=2 engine=simulate threads=1`` (the
 reference: what +experiment=attack_sweep did) and once with ``engine=lockstep``
 (both CPUs), in alternating rounds, each whole command timed from outside; runs per hour
@@ -45,10 +48,12 @@ def _sweep(engine: str, folder: Path, args) -> list[str]:
         "outside_guarantee=true",
         "log_every=100000",
         "approach=mols,draco_lite_attack",
-        "attack=alie",
+        f"attack={args.attacks}",
+        f"mode={args.modes}",
         f"adversary.q={','.join(str(q) for q in range(1, args.qs + 1))}",
         f"seed={','.join(str(s) for s in range(args.seeds))}",
         f"train_dir={folder}",
+        *args.set,
     ]
     if engine == "simulate":
         cmd += ["engine=simulate", "threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
@@ -65,7 +70,10 @@ def _finals(folder: Path) -> dict[str, list[float]]:
         info = json.loads((job / "run.json").read_text())
         evals = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines()]
         evals = [e for e in evals if e.get("event") == "eval"]
-        key = f"{info['placement']} q={info['selection']['q']}"
+        key = (
+            f"{info['placement']} {info['mode']} {info['attack']['name']} "
+            f"q={info['selection']['q']}"
+        )
         out.setdefault(key, []).append(evals[-1]["top1"])
     return out
 
@@ -77,14 +85,23 @@ def main() -> None:
     p.add_argument("--qs", type=int, default=4, help="adversary.q = 1..QS")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--attacks", default="alie", help="attack= of the sweep (comma list)")
+    p.add_argument("--modes", default="coord-median", help="mode= of the sweep (comma list)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=V[,V]", help="another override"
+    )
     args = p.parse_args()
+    sweep = [args.attacks, args.modes, *(s.split("=", 1)[1] for s in args.set if "=" in s)]
     runs = 2 * args.qs * args.seeds
+    for values in sweep:
+        runs *= len(values.split(","))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
     times: dict[str, list[float]] = {"simulate": [], "lockstep": []}
     finals: dict[str, dict] = {}
     print(
-        f"{runs} runs of {args.steps} steps, batch {args.batch_size}, cnn1d on MNIST-1D; "
+        f"{runs} runs of {args.steps} steps, batch {args.batch_size}, cnn1d on MNIST-1D, "
+        f"attack={args.attacks} mode={args.modes} {' '.join(args.set)}; "
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )

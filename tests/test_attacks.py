@@ -31,6 +31,10 @@ NAMES = [
     "label_flip",
     "infinity",
     "mimic",
+    "min_max",
+    "min_sum",
+    "fang",
+    "backdoor",
 ]
 OPTIMISED = ["optimal_alie", "optimal_ipm"]  # need the vote and the rule (test_step.py)
 PARAMS = {"alie": {"n": 15, "q": 3}}
@@ -55,7 +59,8 @@ def test_registry_holds_exactly_the_config_names():
         attack = make_attack(name, **PARAMS.get(name, {}))
         assert attack.name == name
         assert attack.needs_honest == (
-            name in ("alie", "ipm", "mimic", "optimal_alie", "optimal_ipm")
+            name
+            in ("alie", "ipm", "mimic", "optimal_alie", "optimal_ipm", "min_max", "min_sum", "fang")
         )
         assert attack.flips_labels == (name == "label_flip")
 

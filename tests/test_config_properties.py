@@ -34,6 +34,12 @@ ATTACKS = {
     "label_flip": {},
     "none": {},
     "mimic": {"target": st.sampled_from(["null", -1, 0, 3, 500])},
+    "min_max": {"direction": st.sampled_from(["unit_vec", "sign", "std", "up"])},
+    "fang": {"b": st.sampled_from([2.0, 1.0, 0.5, "inf"])},
+    "backdoor": {
+        "target": st.sampled_from([0, 9, 10, -1]),
+        "fraction": st.sampled_from([0.5, 1.0, 0.0, 1.5]),
+    },
 }
 SELECTIONS = ["auto", "worst_case", "random", "random_fixed", "detox_worst", "best", "[0,1,2]"]
 

@@ -75,6 +75,7 @@ SELECTIONS = ("worst_case", "random")
     [
         *((d, a, s) for d in ("mols", "rama_two") for a in ATTACKS for s in SELECTIONS),
         *((d, a, "worst_case") for d in ("draco_lite", "baseline") for a in ("alie", "label_flip")),
+        ("mols", "backdoor", "worst_case"),  # a worker's poisoned samples, and the ASR
     ],
 )
 def test_the_torchrun_engine_in_threads_and_simulate_give_the_same_bits(

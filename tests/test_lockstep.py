@@ -54,6 +54,23 @@ CONFIGS = {
         "dataset.partition=classes",
         "dataset.classes_per_file=1",
     ),
+    "mols-minmax-median": ("approach=mols", "attack=min_max", "adversary.q=3"),
+    "mols-minsum-trimmed": (
+        "approach=mols",
+        "attack=min_sum",
+        "attack.direction=std",
+        "adversary.q=3",
+        "mode=trimmed-mean",
+    ),
+    "detox-fang-trimmed": ("approach=draco_lite_attack", "attack=fang", "mode=trimmed-mean"),
+    "baseline-minmax-sign-mean": (
+        "approach=baseline",
+        "attack=min_max",
+        "attack.direction=sign",
+        "adversary.q=2",
+        "mode=mean",
+    ),
+    "general-backdoor": ("approach=mols", "attack=backdoor", "adversary.q=3"),
     "general-multikrum-labelflip": (
         "approach=mols",
         "attack=label_flip",
@@ -115,11 +132,36 @@ def test_lockstep_votes_as_the_simulate_engine_and_follows_its_parameters(name, 
     for ra, rb in zip(a, b, strict=True):
         assert {k: ra[k] for k in DISCRETE} == {k: rb[k] for k in DISCRETE}
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+        assert (ra["attack_factor"] is None) == (rb["attack_factor"] is None)
+        if ra["attack_factor"] is not None:  # Min-Max's and Min-Sum's gamma
+            assert rb["attack_factor"] == pytest.approx(ra["attack_factor"], rel=1e-4)
     pa, pb = _last_params(sim), _last_params(ls)
     for key in pa:
         assert (pa[key] - pb[key]).abs().max() <= 1e-4 * pa[key].abs().max(), key
     info = json.loads((ls / "run.json").read_text())
     assert info["engine"] == "lockstep"
+
+
+FAST = {  # the configs of CONFIGS the batched update takes, and its attack form
+    "mols-alie-median": "alie",
+    "detox-ipm": "ipm",
+    "mols-minmax-median": "min_max",
+    "mols-minsum-trimmed": "min_sum",
+    "detox-fang-trimmed": "fang",
+    "baseline-minmax-sign-mean": "min_max",
+    "rama-revgrad-mean": "elementwise",
+}
+
+
+@pytest.mark.parametrize("name", ["general-backdoor", "general-multikrum-labelflip", *FAST])
+def test_the_batched_update_covers_the_strongest_attacks_and_trimmed_mean(name):
+    from byzshield.engines.lockstep.fast import fast_update
+    from byzshield.server.update import build_update
+
+    run = build_run(compose_config([*BASE, *CONFIGS[name], "engine=lockstep"]))
+    d = run.num_params
+    fast = fast_update(run, build_update(run.update_spec(), d), d)
+    assert (fast.kind if fast is not None else None) == FAST.get(name)
 
 
 def _members(jobs) -> list[Member]:

@@ -853,3 +853,139 @@ def test_redraw_from_the_tables_gives_the_figures_drawn_from_the_runs(figure_swe
     assert main([str(out), "--redraw", "--out", str(tmp_path / "again"), "-q"]) == 0
     for name in ("accuracy_vs_q.png", "drop_vs_bias.png", "paired_vs_q.png"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------------------
+# Each rule's worst attack (--worst-over attack), and the backdoor's success rate
+
+WORST_ATTACKS = ("alie", "min_max", "fang")
+HETEROGENEITY = (("iid", 1.0), ("dirichlet", 1.0), ("dirichlet", 0.1))
+
+
+def _accuracy(mode: str, attack: str, q: int, partition: tuple, seed: int) -> float:
+    """A made-up final accuracy: each setting has its own worst attack."""
+    base = 0.9 - 0.1 * q - (0.2 if partition == ("dirichlet", 0.1) else 0.0)
+    hurt = {"alie": 0.02, "min_max": 0.05, "fang": 0.03}.get(attack, 0.0)
+    if mode == "trimmed-mean" and attack == "fang":
+        hurt = 0.08  # Fang's attack is made for trimmed mean
+    if partition[0] != "iid" and attack == "alie":
+        hurt += 0.05 * (1 + q)
+    return base - hurt + seed / 100
+
+
+def _worst_sweep(root: Path) -> None:
+    k = 0
+    for mode in ("coord-median", "trimmed-mean"):
+        for partition in HETEROGENEITY:
+            for attack, qs in (("none", (0,)), *((a, (1, 2)) for a in WORST_ATTACKS)):
+                for q in qs:
+                    for seed in (0, 1):
+                        acc = _accuracy(mode, attack, q, partition, seed)
+                        complete(
+                            root / str(k),
+                            acc,
+                            seed=seed,
+                            **{"mode.name": mode, "attack.name": attack, "adversary.q": q},
+                            **{"dataset.partition": partition[0], "dataset.alpha": partition[1]},
+                        )
+                        k += 1
+
+
+def test_worst_over_attack_finds_each_cells_lowest_mean_and_its_attack(tmp_path):
+    _worst_sweep(tmp_path / "sweep")
+    out = tmp_path / "out"
+    code = main([str(tmp_path / "sweep"), "--out", str(out), "--no-eps", "--no-plots", "-q"])
+    assert code == 0 and not (out / "worst.md").exists()  # only when asked for
+    args = ["--worst-over", "attack", "--no-eps", "--no-plots", "-q"]
+    assert main([str(tmp_path / "sweep"), "--out", str(out), *args]) == 0
+    with open(out / "worst.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 3 * 2  # rule x heterogeneity x q; attack=none is no cell
+    for row in rows:
+        partition = (row["dataset.partition"], float(row["dataset.alpha"]))
+        q = int(row["q"])
+        means = {
+            a: statistics.mean(_accuracy(row["mode"], a, q, partition, s) for s in (0, 1))
+            for a in WORST_ATTACKS
+        }
+        worst = min(means, key=means.get)
+        assert row["worst_attack"] == worst, row
+        assert float(row["worst_top1_mean"]) == pytest.approx(means[worst])
+        assert sorted(row["attacks"].split()) == sorted(WORST_ATTACKS)
+        assert row["worst_top1_n"] == "2"
+        reference = statistics.mean(_accuracy(row["mode"], "none", 0, partition, s) for s in (0, 1))
+        assert float(row["no_attack_top1_mean"]) == pytest.approx(reference)
+    text = (out / "worst.md").read_text()
+    assert "| rule | placement | q | dataset.alpha | dataset.partition | worst attack |" in text
+    assert "![" not in text  # --no-plots: no heatmap
+
+
+def test_worst_attack_heatmaps_show_every_cell_on_one_scale_with_nothing_cut(tmp_path):
+    pytest.importorskip("matplotlib")
+    from byzshield.report.worst import worst_cells, worst_figures
+
+    _worst_sweep(tmp_path / "sweep")
+    cells = worst_cells(group_runs([read_run(p) for p in (tmp_path / "sweep").iterdir()]))
+    figures = dict(worst_figures(cells))
+    assert set(figures) == {"worst_rule_vs_q.png", "worst_rule_vs_heterogeneity.png"}
+    for name, fig in figures.items():
+        assert layout_problems(fig) == [], name
+        images = [im for ax in fig.axes for im in ax.get_images()]
+        assert {im.get_clim() for im in images} == {(0, 100)}  # one colour scale
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+        assert len(texts) == len(cells)  # a cell for each (rule, placement, q, partition)
+        for c in cells:
+            assert f"{100 * c.mean:.1f}\n{c.attack}" in texts
+        heat = fig.axes[0]
+        assert heat.get_ylabel() == "rule"
+        assert [t.get_text() for t in heat.get_yticklabels()] == ["coord-median", "trimmed-mean"]
+    ticks = [
+        t.get_text() for t in figures["worst_rule_vs_heterogeneity.png"].axes[0].get_xticklabels()
+    ]
+    assert ticks == ["iid", "Dirichlet alpha 1", "Dirichlet alpha 0.1"]  # least skewed first
+    titles = [ax.get_title() for ax in figures["worst_rule_vs_q.png"].axes if ax.get_visible()]
+    assert "MOLS K=15, iid" in titles
+    from byzshield.report.plots import pyplot
+
+    for fig in figures.values():
+        pyplot().close(fig)
+
+
+def test_worst_over_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys):
+    complete(tmp_path / "s" / "a", 0.8, **{"attack.name": "none", "adversary.q": 0})
+    assert main([str(tmp_path / "s"), "--worst-over", "attack", "--no-eps", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --worst-over attack needs runs under attack") and "\n" not in err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "s"), "--worst-over", "mode"])
+
+
+def test_the_backdoor_success_rate_is_a_column_when_a_run_has_it(tmp_path):
+    for seed, asr in ((0, 0.25), (1, 0.35)):
+        final = json.dumps(
+            {"step": 30, "event": "eval", "top1": 0.8, "top5": 1.0, "backdoor_asr": asr}
+        )
+        make_run(
+            tmp_path / "s" / f"b{seed}",
+            steps=30,
+            top1={10: 0.5, 20: 0.7},
+            extra_lines=(final + "\n",),
+            seed=seed,
+            **{"attack.name": "backdoor"},
+        )
+    complete(tmp_path / "s" / "plain", 0.85, **{"attack.name": "alie"})
+    rep = write_report([tmp_path / "s"], tmp_path / "out", eps=False, plots=False)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| backdoor ASR % |" in text and "30.00 [" in text
+    with open(tmp_path / "out" / "report.csv", newline="") as fh:
+        rows = {r["attack"]: r for r in csv.DictReader(fh)}
+    assert float(rows["backdoor"]["final_backdoor_asr_mean"]) == pytest.approx(0.30)
+    assert rows["alie"]["final_backdoor_asr_mean"] == ""
+    assert {r.path.name: (r.final or {}).get("backdoor_asr") for r in rep.runs} == {
+        "b0": 0.25,
+        "b1": 0.35,
+        "plain": None,
+    }
+    complete(tmp_path / "t" / "plain", 0.85)
+    write_report([tmp_path / "t"], tmp_path / "out2", eps=False, plots=False)
+    assert "backdoor ASR" not in (tmp_path / "out2" / "report.md").read_text()

@@ -135,11 +135,19 @@ FAMILIES = [
 ]
 
 
-CASES = [(m, kw, "rev_grad") for m, kw in FAMILIES] + [
-    (m, {}, a)  # omniscient attacks: per-slice statistics, a reduced objective
-    for m in ("coord-median", "multi-krum", "centered-clipping", "geometric-median")
-    for a in ("alie", "optimal_ipm")
-]
+CASES = (
+    [(m, kw, "rev_grad") for m, kw in FAMILIES]
+    + [
+        (m, {}, a)  # omniscient attacks: per-slice statistics, a reduced objective
+        for m in ("coord-median", "multi-krum", "centered-clipping", "geometric-median")
+        for a in ("alie", "optimal_ipm")
+    ]
+    + [  # whole-vector sums (gamma) and whole-vector draws (Fang), cut to each server
+        ("coord-median", {}, "min_max"),
+        ("multi-krum", {}, "min_sum"),
+        ("trimmed-mean", {}, "fang"),
+    ]
+)
 
 
 @pytest.mark.parametrize(

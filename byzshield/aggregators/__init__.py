@@ -41,7 +41,14 @@ from byzshield.aggregators.aggregator import (
 )
 from byzshield.aggregators.columns import column_threads
 from byzshield.aggregators.pre import PRE_AGGREGATIONS, PreAggregation, split_rows
-from byzshield.aggregators.reductions import ColumnShard, column_shard, reduction_block
+from byzshield.aggregators.reductions import (
+    ColumnShard,
+    column_shard,
+    local_columns,
+    reduce_columns,
+    reduction_block,
+    total_columns,
+)
 from byzshield.aggregators.rule import Rule
 
 __all__ = [
@@ -57,8 +64,11 @@ __all__ = [
     "build_aggregator",
     "column_shard",
     "column_threads",
+    "local_columns",
     "norm",
     "preaggregate",
+    "reduce_columns",
     "reduction_block",
     "split_rows",
+    "total_columns",
 ]

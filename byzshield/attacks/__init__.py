@@ -6,25 +6,31 @@ Every attack is a small frozen dataclass built from its parameters and called as
 
 - ``own``: the gradient the Byzantine worker computed honestly for one file.
 - ``honest``: (m, *own.shape) stack of honest gradients, only for attacks with
-  ``needs_honest = True`` (ALIE, IPM, mimic, the optimised forms). Those model an
+  ``needs_honest = True`` (ALIE, IPM, mimic, the optimised forms, Min-Max, Min-Sum,
+  Fang). Those model an
   **omniscient** adversary that sees what honest workers send; the parameter server
   simulates it in one explicit place (after gathering and before the vote) through
   :func:`forge`.
 - ``generator``: an explicit ``torch.Generator`` (seeded from (seed, step, file) by
-  :func:`attack_generator`). Attacks are deterministic given it; only ``gaussian`` draws
-  from it and it refuses to run without one. No attack touches global random state.
+  :func:`attack_generator`). Attacks are deterministic given it; only ``gaussian`` and
+  ``fang`` draw from it and they refuse to run without one. No attack touches global
+  random state.
 
 The output always has ``own``'s shape and dtype (a gradient that changes size would
 crash the transport). ``label_flip`` is a data-side attack: its gradient transform is
 the identity and ``flips_labels = True`` tells the worker to compute its gradients on
-:func:`byzshield.compute.gradients.flip_labels` applied to the labels.
+:func:`byzshield.compute.gradients.flip_labels` applied to the labels. ``backdoor`` is
+another: its ``poison`` (a :class:`byzshield.compute.poison.Poison`) tells the worker to
+compute its gradients on triggered, relabelled samples.
 
 The attacks, each with its formula and reference in its docstring:
 :mod:`~byzshield.attacks.worker` (what a worker does to its own gradient),
 :mod:`~byzshield.attacks.omniscient` (from the honest gradients: ALIE, IPM, mimic),
-:mod:`~byzshield.attacks.optimal` (ALIE and IPM with the factor searched every step).
-This package holds the protocol, the registry :data:`ATTACKS`, :func:`make_attack`,
-:func:`attack_generator` and :func:`forge`. Attacks know nothing of ranks or the
+:mod:`~byzshield.attacks.optimal` (ALIE and IPM with the factor searched every step),
+:mod:`~byzshield.attacks.strongest` (Min-Max, Min-Sum, Fang),
+:mod:`~byzshield.attacks.backdoor` (the backdoor: a data-side attack).
+This package holds the protocol, the registry :data:`ATTACKS`, :func:`make_attack`
+and :func:`forge` (and re-exports :func:`attack_generator`). Attacks know nothing of ranks or the
 server; the layer imports only torch and the layers below it (design, compute).
 
 ============  ===================================  =====================================
@@ -42,6 +48,10 @@ infinity      +inf everywhere                      ByzFL's Inf
 mimic         the honest gradient of one file      Karimireddy et al. 2022
 optimal_alie  mu + z* sigma, z* searched           ByzFL's Optimal_ALittleIsEnough
 optimal_ipm   -eps* mu, eps* searched              ByzFL's Optimal_InnerProductManipulation
+min_max       mu + gamma p, max distance bounded   Shejwalkar & Houmansadr 2021 (NDSS)
+min_sum       mu + gamma p, summed sq. distance    Shejwalkar & Houmansadr 2021 (NDSS)
+fang          beyond the honest min/max, factor b  Fang et al. 2020 (USENIX Security)
+backdoor      own, on triggered relabelled data    Bagdasaryan et al. 2020; Gu et al. 2017
 ============  ===================================  =====================================
 
 Example::
@@ -64,6 +74,7 @@ from typing import ClassVar, Protocol
 import torch
 from torch import Tensor
 
+from byzshield.attacks.backdoor import Backdoor
 from byzshield.attacks.omniscient import (
     ALittleIsEnough,
     InnerProductManipulation,
@@ -71,6 +82,7 @@ from byzshield.attacks.omniscient import (
     alie_z,
 )
 from byzshield.attacks.optimal import OptimalALIE, OptimalIPM, line_search
+from byzshield.attacks.strongest import WHOLE, Columns, Fang, MinMax, MinSum
 from byzshield.attacks.worker import (
     Constant,
     Gaussian,
@@ -79,18 +91,25 @@ from byzshield.attacks.worker import (
     NoAttack,
     ReverseGradient,
     SignFlip,
+    attack_generator,
 )
+from byzshield.compute.poison import Poison
 
 __all__ = [
     "ATTACKS",
     "ALittleIsEnough",
     "Attack",
+    "Backdoor",
+    "Columns",
     "Constant",
+    "Fang",
     "Gaussian",
     "Inf",
     "InnerProductManipulation",
     "LabelFlip",
     "Mimic",
+    "MinMax",
+    "MinSum",
     "NoAttack",
     "OptimalALIE",
     "OptimalIPM",
@@ -98,6 +117,7 @@ __all__ = [
     "SignFlip",
     "alie_z",
     "attack_generator",
+    "data_poison",
     "forge",
     "line_search",
     "make_attack",
@@ -120,15 +140,11 @@ class Attack(Protocol):
     ) -> Tensor: ...
 
 
-def attack_generator(seed: int, step: int, file: int) -> torch.Generator:
-    """The generator a Byzantine copy of ``file`` at ``step`` draws from.
-
-    Seeded from (seed, step, file) only, so all Byzantine copies of a file agree (they
-    collude), both engines draw the same numbers, and a rerun reproduces them.
-    """
-    from byzshield.compute.sampling import derive_seed
-
-    return torch.Generator().manual_seed(derive_seed("attack", seed, step, file))
+def data_poison(attack: Attack | None) -> Poison | None:
+    """The data change a Byzantine worker applies before computing its gradients (the
+    backdoor's :class:`~byzshield.compute.poison.Poison`), or None: every other attack
+    sends a function of the gradient (label flip is ``flips_labels``)."""
+    return getattr(attack, "poison", None)
 
 
 Objective = Callable[[Tensor], float]
@@ -144,6 +160,7 @@ def forge(
     step: int,
     weights: Tensor | None = None,
     objective: Objective | None = None,
+    columns: Columns = WHOLE,
 ) -> Tensor:
     """The omniscient adversary's copies of ``files``, from the (f, d) honest stack.
 
@@ -153,13 +170,23 @@ def forge(
     ``weights`` (f,) counts the honest copies of each file (IPM averages over honest
     copies, as the original code). ``objective`` scores a candidate vector by the damage
     that survives the vote and the configured rule (the optimised attacks maximise it).
-    An attack may define ``forge(honest, files, seed=, step=, weights=, objective=)``
-    itself; otherwise each file's copy is ``attack(honest[j], honest=honest,
+    ``columns`` says which columns of the whole vector ``honest`` holds and how to sum
+    over all of them (a sharded server's; :class:`~byzshield.attacks.strongest.Columns`).
+    An attack may define ``forge(honest, files, seed=, step=, weights=, objective=,
+    columns=)`` itself; otherwise each file's copy is ``attack(honest[j], honest=honest,
     generator=(seed, step, j))``.
     """
     own = getattr(attack, "forge", None)
     if own is not None:
-        return own(honest, files, seed=seed, step=step, weights=weights, objective=objective)
+        return own(
+            honest,
+            files,
+            seed=seed,
+            step=step,
+            weights=weights,
+            objective=objective,
+            columns=columns,
+        )
     return torch.stack(
         [attack(honest[j], honest=honest, generator=attack_generator(seed, step, j)) for j in files]
     )
@@ -180,6 +207,10 @@ ATTACKS: dict[str, type] = {
         Mimic,
         OptimalALIE,
         OptimalIPM,
+        MinMax,
+        MinSum,
+        Fang,
+        Backdoor,
     )
 }
 """Config name -> attack class; build instances with :func:`make_attack`."""

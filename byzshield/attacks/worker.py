@@ -23,6 +23,7 @@ from typing import ClassVar
 import torch
 
 from byzshield.attacks._checks import check_own, finite
+from byzshield.compute.sampling import derive_seed
 
 __all__ = [
     "Constant",
@@ -32,7 +33,17 @@ __all__ = [
     "NoAttack",
     "ReverseGradient",
     "SignFlip",
+    "attack_generator",
 ]
+
+
+def attack_generator(seed: int, step: int, file: int) -> torch.Generator:
+    """The generator a Byzantine copy of ``file`` at ``step`` draws from.
+
+    Seeded from (seed, step, file) only, so all Byzantine copies of a file agree (they
+    collude), both engines draw the same numbers, and a rerun reproduces them.
+    """
+    return torch.Generator().manual_seed(derive_seed("attack", seed, step, file))
 
 
 @dataclass(frozen=True)

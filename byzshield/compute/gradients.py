@@ -4,7 +4,8 @@ A torchrun worker calls :func:`file_gradients` for the files it holds; the simul
 engine calls it for every file once. With the same parameters, thread count (one
 intra-op thread) and torch build, the same call gives the same bits in any process, so
 the two engines agree bit for bit (docs/design.md sections 4 and 8). The label-flip
-attack is a change of the data, so it lives here too: :func:`flip_labels`.
+attack is a change of the data, so it lives here too: :func:`flip_labels`; so does the
+backdoor's (``poison``, a :class:`byzshield.compute.poison.Poison`).
 
     >>> import torch
     >>> from byzshield.compute.datasets import load_dataset
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from byzshield.compute.batched import BatchedGradients
 from byzshield.compute.datasets import ImageDataset
 from byzshield.compute.params import flat_params
+from byzshield.compute.poison import Poison
 from byzshield.compute.sampling import Partition, file_batches
 
 __all__ = ["file_gradients", "flip_labels"]
@@ -44,6 +46,7 @@ def file_gradients(
     batch_size: int,
     num_files: int,
     flip: bool = False,
+    poison: Poison | None = None,
     out: torch.Tensor | None = None,
     batched: bool = False,
     on_file: Callable[[int], None] | None = None,
@@ -57,7 +60,8 @@ def file_gradients(
     through one batched pass instead (:class:`byzshield.compute.batched.BatchedGradients`),
     whose result for a file does not depend on the other files of the call; both engines
     make the same choice, so replicas stay bit-identical. With ``flip`` the labels are
-    flipped first (:func:`flip_labels`, the ``label_flip`` attack). ``out``, when given,
+    flipped first (:func:`flip_labels`, the ``label_flip`` attack); with ``poison`` each
+    file's samples are poisoned first (the ``backdoor`` attack). ``out``, when given,
     is the (len(files), d) float32 CPU buffer the gradients are written to (reusing one
     avoids page faults every step). ``on_file(i)`` is called as soon as row i is final (a
     worker starts hashing it for the digest vote while the next file is computed).
@@ -66,7 +70,7 @@ def file_gradients(
     """
     if batched:
         out, losses = _batched(
-            model, data, files, seed, step, batch_size, num_files, flip, out, partition
+            model, data, files, seed, step, batch_size, num_files, flip, poison, out, partition
         )
         if on_file is not None:
             for i in range(len(files)):
@@ -91,6 +95,8 @@ def file_gradients(
     for i, (x, y) in enumerate(batches):
         if flip:
             y = flip_labels(y, data.num_classes)
+        if poison is not None:
+            x, y = poison(x, y, data)
         if device.type != "cpu":
             x, y = x.to(device), y.to(device)
         model.zero_grad(set_to_none=True)
@@ -106,7 +112,9 @@ def file_gradients(
     return out, losses
 
 
-def _batched(model, data, files, seed, step, batch_size, num_files, flip, out, partition):
+def _batched(
+    model, data, files, seed, step, batch_size, num_files, flip, poison, out, partition
+):
     """file_gradients(..., batched=True): the files stacked into one batched pass, with
     the kernel built once per model (kept on it)."""
     kernel = model.__dict__.get("_batched_gradients")
@@ -125,6 +133,8 @@ def _batched(model, data, files, seed, step, batch_size, num_files, flip, out, p
     y = torch.stack([b[1] for b in batches])
     if flip:
         y = flip_labels(y, data.num_classes)
+    if poison is not None:
+        x, y = poison(x, y, data)
     grads, losses = kernel(flat_params(model)[None], x[None], y[None])
     if out is None:
         out = torch.empty(len(files), grads.shape[2])

@@ -57,6 +57,16 @@ class AttackOption(_Option):
     def info(self, attack) -> dict:
         return {"name": self.name, **self.params()}
 
+    def check_dataset(self, dataset: str, num_classes: int) -> None:
+        """Refuse an attack that does not fit the dataset: a backdoor whose target is not
+        one of its classes."""
+        poison = attacks.data_poison(self.worker_attack())
+        if poison is not None and not 0 <= poison.target < num_classes:
+            raise ConfigError(
+                f"attack.target={poison.target} is not a class of dataset {dataset} "
+                f"(0..{num_classes - 1})"
+            )
+
 
 @dataclass
 class NoAttackOption(AttackOption):
@@ -141,6 +151,10 @@ InfinityAttack = _attack_option("infinity")
 MimicAttack = _attack_option("mimic")
 OptimalAlieAttack = _attack_option("optimal_alie")
 OptimalIpmAttack = _attack_option("optimal_ipm")
+MinMaxAttack = _attack_option("min_max")
+MinSumAttack = _attack_option("min_sum")
+FangAttack = _attack_option("fang")
+BackdoorAttack = _attack_option("backdoor")
 
 ATTACK_OPTIONS: dict[str, type[AttackOption]] = {
     cls.option: cls
@@ -157,6 +171,10 @@ ATTACK_OPTIONS: dict[str, type[AttackOption]] = {
         MimicAttack,
         OptimalAlieAttack,
         OptimalIpmAttack,
+        MinMaxAttack,
+        MinSumAttack,
+        FangAttack,
+        BackdoorAttack,
     )
 }
 """Config name -> ``attack/`` option class, one per attack of :mod:`byzshield.attacks` (a

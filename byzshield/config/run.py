@@ -168,6 +168,7 @@ def build_run(config: TrainConfig, *, server: bool = True, world_size: int | Non
         train_data, test_data = cfg.dataset.build(train=True), cfg.dataset.build(train=False)
     except DatasetNotFound as exc:
         raise ConfigError(str(exc)) from None
+    cfg.attack.check_dataset(cfg.dataset.name, train_data.num_classes)
     if cfg.batch_size > train_data.num_samples:  # a larger batch repeats samples in a step
         raise ConfigError(
             f"batch_size must be at most the {train_data.num_samples} training samples of "

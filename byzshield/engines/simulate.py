@@ -11,8 +11,8 @@ each file's gradient computed once. Every step this engine
 2. makes the Byzantine copies a torchrun worker would send, with the same attack code
    and generators (:func:`byzshield.attacks.attack_generator`): for a non-omniscient
    attack one copy per file with a Byzantine holder (all Byzantine copies of a file are
-   equal: they are a function of the file, the step and the seed), for label flip the
-   gradient on flipped labels;
+   equal: they are a function of the file, the step and the seed), for label flip and
+   the backdoor the gradient on flipped labels or poisoned samples;
 3. hands the trainer :class:`byzshield.server.copies.Copies` whose honest copies of file j
    all point at row j.
 
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from byzshield.attacks import attack_generator
+from byzshield.attacks import attack_generator, data_poison
 from byzshield.compute.gradients import file_gradients
 from byzshield.compute.params import load_flat
 from byzshield.config import Run
@@ -79,8 +79,11 @@ class SimulateEngine:
         self.dropped: dict[int, str] = {}  # no worker is ever dropped in process
         self.peers = None  # a sharded server's servers are threads (ShardedUpdate)
 
-    def _gradients(self, files: list[int], step: int, *, flip: bool, out: torch.Tensor):
-        """Gradients of ``files`` into ``out`` rows, split over the replicas; losses."""
+    def _gradients(
+        self, files: list[int], step: int, *, flip: bool, out: torch.Tensor, poison=None
+    ):
+        """Gradients of ``files`` into ``out`` rows, split over the replicas; losses
+        (``flip``, ``poison``: a data-side attack's, as in :func:`file_gradients`)."""
         cfg = self.run.config
         chunks = [c for c in _split(len(files), self.threads) if c[0] < c[1]]
 
@@ -94,6 +97,7 @@ class SimulateEngine:
                 batch_size=cfg.batch_size,
                 num_files=self.f,
                 flip=flip,
+                poison=poison,
                 out=out[lo:hi],
                 batched=self.batched,
                 partition=self.run.partition,
@@ -120,9 +124,9 @@ class SimulateEngine:
     ) -> Copies:
         """What the torchrun server would receive, given the (f, d) honest gradients and
         losses of the step: the Byzantine copies a worker would send (the attack applied,
-        or the gradients on flipped labels; omniscient attacks are left to the robust
-        update), and with the digest vote every copy's digest. The replicas must hold
-        the step's parameters when the attack flips labels."""
+        or the gradients on flipped labels or poisoned samples; omniscient attacks are
+        left to the robust update), and with the digest vote every copy's digest. The
+        replicas must hold the step's parameters when the attack changes the data."""
         bad = set(byzantine)
         attack = self.attack if bad else None
         attacked = sorted({j for w in bad for j in self.run.placement.worker_files[w]})
@@ -131,8 +135,11 @@ class SimulateEngine:
         bad_losses: dict[int, float] = {}
         if attack is not None and attacked:
             forged = torch.empty(len(attacked), self.d)
-            if attack.flips_labels:
-                flipped = self._gradients(attacked, step, flip=True, out=forged)
+            poison = data_poison(attack)
+            if attack.flips_labels or poison is not None:
+                flipped = self._gradients(
+                    attacked, step, flip=attack.flips_labels, poison=poison, out=forged
+                )
                 bad_losses = dict(zip(attacked, flipped, strict=True))
             else:
                 forged.copy_(honest[attacked])

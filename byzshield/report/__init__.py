@@ -6,6 +6,7 @@
     python -m byzshield.report SWEEP --no-plots                       # tables only
     python -m byzshield.report SWEEP --pivot attack --where approach=mols,draco_lite_attack
     python -m byzshield.report REPORT_DIR --redraw                    # figures from its CSVs
+    python -m byzshield.report SWEEP --worst-over attack              # each rule's worst attack
     python -m byzshield.report --help
 
 Every folder under each DIR holding ``metrics.jsonl``, ``run.json`` or ``.hydra/`` is a
@@ -55,6 +56,12 @@ DETOX and the baseline at the same K, from :func:`byzshield.design.search.worst_
 with a work budget); with ``--paired``, ``drop_vs_bias.png`` and ``paired_vs_q.png``.
 Each approach has one colour in all of them; ``--redraw`` draws them again from a
 report's report.csv and paired.csv (all but accuracy against step, which needs the runs).
+With ``--worst-over attack``, ``worst.md`` and ``worst.csv``: per rule, placement, q and
+setting (the data partition and its alpha among them), the lowest mean accuracy over the
+attacks swept and the attack that achieved it (ByzFL's protocol), and the heatmaps
+``worst_rule_vs_q.png`` and, when the partition varies, ``worst_rule_vs_heterogeneity.png``
+(:mod:`~byzshield.report.worst`). Under ``attack=backdoor`` the tables also show the
+final attack success rate (``backdoor_asr``).
 
 The package, one concern a module: :mod:`~byzshield.report.load` (run folders,
 statuses, sweeps and their pending jobs), :mod:`~byzshield.report.groups` (rows and
@@ -63,6 +70,7 @@ their statistics), :mod:`~byzshield.report.names` (approaches' names and colours
 (report.md, the CSVs, pivot.md), :mod:`~byzshield.report.where` (``--where``),
 :mod:`~byzshield.report.pairs` (``--paired``), :mod:`~byzshield.report.points` (what the
 figures draw), :mod:`~byzshield.report.plots` (the figures),
+:mod:`~byzshield.report.worst` (``--worst-over``),
 :mod:`~byzshield.report.write` (:func:`write_report`), :mod:`~byzshield.report.redraw`
 (``--redraw``) and :mod:`~byzshield.report.cli` (the command line). The public names of
 all of them, and ``group_stats``, are imported here, so ``from

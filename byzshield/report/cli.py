@@ -12,6 +12,7 @@ from byzshield.report.load import STATUSES, ReportError, plural
 from byzshield.report.plots import FIGURES
 from byzshield.report.tables import PIVOT_KEYS, SPREADS
 from byzshield.report.where import parse_where
+from byzshield.report.worst import WORST_OVER
 from byzshield.report.write import write_report
 
 
@@ -141,6 +142,16 @@ def _parser() -> argparse.ArgumentParser:
         "paired.csv's comparisons to draw (default: all)",
     )
     p.add_argument(
+        "--worst-over",
+        choices=WORST_OVER,
+        metavar="attack",
+        help="also write worst.md, worst.csv and heatmaps (worst_rule_vs_q.png, and "
+        "worst_rule_vs_heterogeneity.png when the data partition varies): per rule, "
+        "placement, q and setting, the lowest mean top-1 over the attacks swept and the "
+        "attack that achieved it (ByzFL's protocol; attack=none and q = 0 are the "
+        "no-attack reference, not attacks)",
+    )
+    p.add_argument(
         "--last-evals",
         type=int,
         default=1,
@@ -189,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pivot=args.pivot,
             where=parse_where(args.where),
             spread=args.spread,
+            worst_over=args.worst_over,
         )
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -216,8 +228,10 @@ def _redraw(args, figures: list[str], say) -> int:
 
     if len(args.dirs) != 1:
         raise ReportError(f"--redraw takes one report folder, got {len(args.dirs)}")
-    if args.pivot or args.where or args.no_plots:
-        raise ReportError("--redraw draws figures only: no --pivot, --where or --no-plots")
+    if args.pivot or args.where or args.no_plots or args.worst_over:
+        raise ReportError(
+            "--redraw draws figures only: no --pivot, --where, --no-plots or --worst-over"
+        )
     chosen = [k for k in figures if k in REDRAWN] if args.figures == ",".join(FIGURES) else figures
     if args.no_eps:
         chosen = [k for k in chosen if k != "eps"]

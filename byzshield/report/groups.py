@@ -238,6 +238,7 @@ def group_stats(g: Group, last: int = 1) -> dict:
         ("best_top1", [r.best_top1 for r in done]),
         ("final_top5", [r.final.get("top5") for r in done]),
         ("final_test_loss", [r.final.get("test_loss") for r in done]),
+        ("final_backdoor_asr", [r.final.get("backdoor_asr") for r in done]),
         ("train_s", [r.train_s for r in done]),
         ("wall_s", [r.wall_s for r in done]),
         ("distorted_frac", [r.distorted_frac for r in done]),

@@ -53,9 +53,17 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
-EVAL_RANGES = {"top1": (0.0, 1.0), "top5": (0.0, 1.0), "test_loss": (0.0, math.inf)}
+EVAL_RANGES = {
+    "top1": (0.0, 1.0),
+    "top5": (0.0, 1.0),
+    "test_loss": (0.0, math.inf),
+    "backdoor_asr": (0.0, 1.0),
+}
 """What an evaluation's values can be (accuracies are fractions): a value outside its range,
 or not a finite number, is left out of every statistic and flagged."""
+OPTIONAL_EVALS = ("backdoor_asr",)
+"""Evaluation values only some runs have (the backdoor's attack success rate): absent
+from an evaluation that does not record them."""
 
 
 def _impossible(key: str, value) -> str | None:
@@ -83,7 +91,8 @@ class RunFolder:
     ``config`` is the flattened composed config (``{"approach.name": "mols", ...}``)
     from ``.hydra/config.yaml``, or what ``run.json`` tells when there is no Hydra
     folder (``config_source`` says which). ``evals`` are the evaluation records of the
-    last run written to the folder (``{"step", "top1", "top5", "test_loss"}``).
+    last run written to the folder (``{"step", "top1", "top5", "test_loss"}``, and
+    ``backdoor_asr`` under the backdoor).
     """
 
     path: Path
@@ -239,6 +248,8 @@ class _Metrics:
         if record.get("event") == "eval":
             evaluation = {"step": step}
             for k in EVAL_RANGES:
+                if k in OPTIONAL_EVALS and k not in record:
+                    continue
                 why = _impossible(k, record.get(k))
                 evaluation[k] = None if why else record.get(k)
                 if why:

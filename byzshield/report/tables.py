@@ -77,8 +77,15 @@ def _ago(seconds: float) -> str:
 # Writing
 
 
+def has_backdoor(runs: Iterable[RunFolder]) -> bool:
+    """Whether any run's final evaluation has a backdoor's attack success rate (the
+    tables then show it)."""
+    return any(_number((r.final or {}).get("backdoor_asr")) for r in runs)
+
+
 def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
     group_of = {id(r): g for g in grouping.groups for r in g.runs}
+    asr = has_backdoor(runs)
     header = [
         "path",
         "status",
@@ -92,6 +99,7 @@ def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
         "steps_done",
         "max_steps",
         "final_top1",
+        *(["final_backdoor_asr"] if asr else []),
         "best_top1",
         "last_eval_step",
         "last_eval_top1",
@@ -126,6 +134,7 @@ def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
                             r.steps_done,
                             r.max_steps,
                             (r.final or {}).get("top1"),
+                            *([(r.final or {}).get("backdoor_asr")] if asr else []),
                             r.best_top1,
                             last.get("step"),
                             last.get("top1"),
@@ -178,6 +187,8 @@ def _report_csv(grouping: Grouping, stats: list[dict], out: Path) -> None:
         "wall_s",
         "distorted_frac",
     ]
+    if any(st["final_backdoor_asr"].n for st in stats):
+        measures.insert(5, "final_backdoor_asr")
     for m in measures:
         header += [f"{m}_{part}" for part in ("mean", "std", "n", "low", "high")]
     header += [f"{k}_mean" for k in TIME_COLUMNS]
@@ -255,8 +266,9 @@ def _markdown(
     out.write("## Accuracy\n\n")
     header = ["approach", "mode", "attack", "q", *grouping.extra_keys]
     tail = [f"last-{last} top-1 %"] if last > 1 else []
-    header += ["n", "final top-1 %", *tail, "best top-1 %", "steps", "train s", "distorted"]
-    header.append("runs")
+    asr = ["backdoor ASR %"] if any(st["final_backdoor_asr"].n for st in stats) else []
+    header += ["n", "final top-1 %", *tail, *asr, "best top-1 %", "steps", "train s"]
+    header += ["distorted", "runs"]
     rows = []
     for g, s in zip(grouping.groups, stats, strict=True):
         q = f"{g.q}*" if any(r.outside_guarantee for r in g.runs) else g.q
@@ -270,6 +282,7 @@ def _markdown(
                 s["final_top1"].n,
                 _fmt(s["final_top1"], 100, spread=spread),
                 *([_fmt(s["tail_top1"], 100, spread=spread)] if last > 1 else []),
+                *([_fmt(s["final_backdoor_asr"], 100, spread=spread)] if asr else []),
                 _fmt(s["best_top1"], 100, spread=spread),
                 _max_steps(g),
                 _fmt(s["train_s"], 1, 1, spread),
@@ -281,6 +294,12 @@ def _markdown(
     out.write(
         "\nfinal: the evaluation at max_steps; "
         + (f"last-{last}: the mean of the run's last {last} evaluations; " if last > 1 else "")
+        + (
+            "backdoor ASR: the final share of triggered test samples of other classes "
+            "classified as the backdoor's target; "
+            if asr
+            else ""
+        )
         + "best: the highest of the run's evaluations; "
         "train s: sum of the per-step step_s; distorted: mean fraction of the f files "
         "whose vote a Byzantine value won.\n"

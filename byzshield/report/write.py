@@ -33,6 +33,7 @@ from byzshield.report.tables import (
     pivot_table,
 )
 from byzshield.report.where import check_where, group_rows
+from byzshield.report.worst import WORST_OVER, write_worst
 
 
 @dataclass
@@ -101,10 +102,13 @@ def write_report(
     pivot: str | None = None,
     where: dict[str, set[str]] | None = None,
     spread: str = "ci",
+    worst_over: str | None = None,
 ) -> Report:
     """Read every run under ``dirs`` and write the report into ``out`` (see the module
     docstring); ``say`` receives progress lines. ``pivot`` also writes pivot.md over the
-    groups ``where`` selects (see :func:`~byzshield.report.where.parse_where`). Raises
+    groups ``where`` selects (see :func:`~byzshield.report.where.parse_where`).
+    ``worst_over="attack"`` also writes each rule's worst attack (worst.md, worst.csv and
+    heatmaps: :mod:`~byzshield.report.worst`). Raises
     :class:`ReportError` on bad input, checked before the long parts (reading the runs,
     the eps search): ``figures``, ``spread``, ``pivot``, ``dirs``, ``out``, then ``where``."""
     say = say or (lambda message: None)
@@ -120,6 +124,8 @@ def write_report(
         raise ReportError(f"--pivot takes {', '.join(PIVOT_KEYS)}; got {pivot!r}")
     if where and pivot is None:
         raise ReportError("--where selects the groups of --pivot's table: give --pivot too")
+    if worst_over is not None and worst_over not in WORST_OVER:
+        raise ReportError(f"--worst-over takes {', '.join(WORST_OVER)}; got {worst_over!r}")
     paths, sweeps = discover(dirs)
     out = Path(out) if out is not None else dirs[0] / "report"
     check_writable(out)
@@ -177,6 +183,10 @@ def write_report(
         table = pivot_table(out / "report.csv", pivot, where or {}, spread, common)
         (out / "pivot.md").write_text(table, encoding="utf-8")
         names.append("pivot.md")
+    if worst_over is not None:
+        names += write_worst(
+            grouping, out, over=worst_over, last=last_evals, spread=spread, plots=plots
+        )
     if paired:
         (out / "paired.md").write_text(_paired_markdown(paired, tables, last_evals))
         _paired_csv(paired, tables, out / "paired.csv")

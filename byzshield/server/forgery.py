@@ -34,13 +34,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from byzshield.aggregators import norm
-from byzshield.attacks import Attack, forge
+from byzshield.aggregators import local_columns, norm, reduce_columns, total_columns
+from byzshield.attacks import Attack, Columns, forge
 from byzshield.design.placements import Placement
 from byzshield.server.rule import StepRule
 from byzshield.server.vote import Rows
 
-__all__ = ["OmniscientAttack"]
+__all__ = ["SERVER_COLUMNS", "OmniscientAttack"]
+
+SERVER_COLUMNS = Columns(reduce=reduce_columns, total=total_columns, cut=local_columns)
+"""How an attack sees the server's columns: its sums over the whole vector are the
+rules' reductions (per-block partials in column order, across a sharded server's
+shards), and a whole-vector draw is cut to this server's columns."""
 
 
 class OmniscientAttack:
@@ -100,6 +105,7 @@ class OmniscientAttack:
             step=step,
             weights=weights.to(torch.float64),
             objective=objective,
+            columns=SERVER_COLUMNS,
         )
         rows = Rows(*rows.blocks)
         start = rows.append(forged)

@@ -1,5 +1,7 @@
 """Evaluation on the server: BatchNorm statistics recomputed from training batches
-(they never travel from workers), then top-1/top-5 accuracy and loss on the test set.
+(they never travel from workers), then top-1/top-5 accuracy and loss on the test set,
+and under ``attack=backdoor`` the attack success rate ``backdoor_asr`` on the triggered
+test set (one more pass over it).
 
     >>> from byzshield.training.evaluation import evaluate_model
     >>> evaluate_model(model, run)  # doctest: +SKIP
@@ -12,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from byzshield.attacks import data_poison
 from byzshield.compute.datasets import ImageDataset
+from byzshield.compute.poison import attack_success
 from byzshield.compute.sampling import eval_batches, step_batch
 from byzshield.config import Run
 
@@ -66,7 +70,10 @@ def recompute_batchnorm(
 
 
 def evaluate_model(model: nn.Module, run: Run) -> dict:
-    """BatchNorm statistics recomputed, then :func:`score_test_set` on the run's test set."""
+    """BatchNorm statistics recomputed, then :func:`score_test_set` on the run's test set;
+    with a backdoor attack also ``backdoor_asr``
+    (:func:`byzshield.compute.poison.attack_success`: the share of triggered test samples
+    of the other classes classified as the target)."""
     cfg = run.config
     recompute_batchnorm(
         model,
@@ -76,4 +83,10 @@ def evaluate_model(model: nn.Module, run: Run) -> dict:
         batch_size=cfg.batch_size,
         num_files=run.placement.num_files,
     )
-    return score_test_set(model, run.test_data, cfg.eval_batch_size)
+    result = score_test_set(model, run.test_data, cfg.eval_batch_size)
+    poison = data_poison(run.attack)
+    if poison is not None:
+        result["backdoor_asr"] = attack_success(
+            model, run.test_data, poison.target, cfg.eval_batch_size
+        )
+    return result

@@ -96,10 +96,14 @@ def say(message: str) -> None:
 
 
 def final_line(result: dict, steps: int) -> str:
-    """The run's last line: its final evaluation and how many steps its model has."""
+    """The run's last line: its final evaluation (with a backdoor's attack success rate)
+    and how many steps its model has."""
+    asr = result.get("backdoor_asr")
     return (
         f"test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
-        f"loss {result['test_loss']:.4f} after {steps_text(steps)}"
+        f"loss {result['test_loss']:.4f}"
+        + (f", backdoor ASR {asr:.4f}" if asr is not None else "")
+        + f" after {steps_text(steps)}"
     )
 
 

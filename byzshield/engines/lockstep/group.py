@@ -18,10 +18,11 @@ What is batched, per step:
 
 - the file gradients of every run (:class:`byzshield.compute.batched.BatchedGradients`),
   chunk by chunk of about :data:`CHUNK_SAMPLES` samples;
-- for the common cases, the omniscient attack, the vote and the rule
-  (:mod:`byzshield.engines.lockstep.fast`); any other configuration goes, run by run,
+- for the common cases, the omniscient attack (ALIE, IPM, Min-Max, Min-Sum, Fang), the
+  vote and the rule (coord-median, median of means, trimmed mean, mean;
+  :mod:`byzshield.engines.lockstep.fast`); any other configuration goes, run by run,
   through :class:`byzshield.server.update.RobustUpdate` on the copies the simulate engine
-  builds;
+  builds (label flip and the backdoor too: their copies are gradients on other data);
 - the SGD update, with the arithmetic of ``torch.optim.SGD`` (momentum, no dampening)
   and ``StepLR``.
 
@@ -47,6 +48,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from byzshield.attacks import data_poison
 from byzshield.compute.batched import BatchedGradients
 from byzshield.compute.networks import use_kernels
 from byzshield.compute.params import flat_params, load_flat, num_params
@@ -361,8 +363,9 @@ class LockstepGroup:
         run = s.member.run
         if s.simulate is None:
             s.simulate = SimulateEngine(run, params.shape[1], threads=1)
-        if s.simulate.attack is not None and s.simulate.attack.flips_labels and byz:
-            load_flat(s.simulate.replicas[0], params[s.row])  # flipped-label gradients
+        attack = s.simulate.attack
+        if attack is not None and (attack.flips_labels or data_poison(attack)) and byz:
+            load_flat(s.simulate.replicas[0], params[s.row])  # data-side attacks' gradients
         copies = s.simulate.copies(s.step, honest, losses.tolist(), byz)
         outcome = s.trainer.update(copies, byz, s.step)
         return outcome.gradient, outcome.metrics

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from byzshield.attacks import attack_generator
+from byzshield.attacks import attack_generator, data_poison
 from byzshield.compute.gradients import file_gradients
 from byzshield.compute.params import load_flat, num_params
 from byzshield.config import Run
@@ -90,6 +90,7 @@ def _serve_steps(comm: Comm, run: Run) -> None:
             batch_size=cfg.batch_size,
             num_files=p.num_files,
             flip=byzantine and attack is not None and attack.flips_labels,
+            poison=data_poison(attack) if byzantine else None,
             out=payload,
             batched=run.batched_files,
             on_file=on_file,
