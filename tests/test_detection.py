@@ -245,7 +245,15 @@ def test_exclusion_drops_the_caught_and_lowers_f(tmp_path, capsys):
             + ("placement.relabel=step", "detect=exclude"),
             marks=pytest.mark.slow,
         ),
-        pytest.param(("attack=constant", "detect=exclude", "vote=digest"), marks=pytest.mark.slow),
+        pytest.param(
+            ("attack=constant", "detect=exclude", "vote=digest", "placement.relabel=step"),
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ("attack=alie", "adversary.lie_on=won", "placement.relabel=step", "detect=exclude")
+            + ("ps_shards=2", "mode=multi-krum"),
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_torchrun_and_simulate_agree_on_suspects_at_every_step(tmp_path, extra):
@@ -298,7 +306,8 @@ def test_detection_options_are_checked_in_one_line():
         ("detect=maybe", "detect must be one of off, flag, exclude"),
         ("placement.relabel=often", "placement.relabel must be one of none, step"),
         ("adversary.lie_on=some", "adversary.lie_on must be one of all, won"),
+        ("detect=flag adversary.selection=random", "needs Byzantine workers fixed for the run"),
     ]:
         with pytest.raises(ConfigError, match=match) as info:
-            build_run(compose_config([override]))
+            build_run(compose_config(override.split()))
         assert "\n" not in str(info.value)

@@ -239,6 +239,13 @@ def add_server_parts(run: Run, *, rule_f: int | None = None) -> Run:
             selection = build_selection(p, q, which, seed=cfg.seed, work=cfg.adversary.search_work)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if cfg.detect != "off" and selection.fixed is None:
+            raise ConfigError(
+                f"detect={cfg.detect} needs Byzantine workers fixed for the run, but "
+                f"adversary.selection={selection.kind} draws a new set every step (over a run "
+                "more than q workers lie, and the certificate's bound fails): use worst_case, "
+                "random_fixed, a detox_* strategy or a list"
+            )
         c_max = selection.search.upper_bound if selection.search else 0
         rule_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
     rule = mode.build()
