@@ -17,8 +17,8 @@
   other holder of it, as the vote's classes would show: all Byzantine copies of a file
   are equal) certify no worker the graph has not certified already; the others send
   honest copies. The prediction covers every disagreement the step can show, so an
-  evading adversary is never caught; what it can still do is measured
-  (docs/detection.md).
+  evading adversary is never caught; what it can still do is measured in
+  docs/results/detection/.
 
     >>> from byzshield.design.placements import detox
     >>> lied_files(detox(6, 3), [0], "all"), lied_files(detox(6, 3), [0], "won")
