@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "byzshield"
 LAYERS = [
     {"design"},  # placements, the worst-case search
     {"compute"},  # seeds and sampling, datasets, networks, parameter vectors, gradients
+    {"detection"},  # the disagreement graph and its certificate, relabelling, evasion
     {"attacks"},  # what Byzantine workers send
     {"aggregators"},  # robust rules on an (n, d) stack
     {"server"},  # everything that decides the next gradient from what arrived

@@ -32,9 +32,14 @@ def _message(values: int) -> torch.Tensor:
 
 def test_control_message_round_trips():
     message = Control.for_step(12, 4, byzantine=[1, 3]).pack()
-    assert message.dtype == torch.int64 and message.tolist() == [12, 0, 0, 1, 0, 1]
+    assert message.dtype == torch.int64
+    assert message.tolist() == [12, 0, 0, 1, 0, 1, 0, 1, 2, 3, 0, 0, 0, 0]
     assert Control.unpack(message) == Control(12, False, (False, True, False, True))
     assert Control.unpack(Control.stop_message(5, 2).pack()).stop
+    moved = Control.for_step(3, 3, byzantine=[0], roles=[2, 0, 1], excluded=[1])
+    back = Control.unpack(moved.pack())
+    assert back == moved and back.roles == (2, 0, 1) and back.excluded == (False, True, False)
+    assert back.byzantine_roles() == (2,) and back.excluded_roles() == (0,)
 
 
 def test_header_announces_the_payload_length_and_ends_with_the_marker():

@@ -130,17 +130,22 @@ def test_start_over_writes_a_new_sub_folder(tmp_path):
 
 def test_a_folder_written_before_a_key_existed_resumes_with_its_old_value_only(tmp_path):
     """config.json of runs written before dataset.partition existed lacks it (and alpha,
-    classes_per_file): the run had today's default, iid, so rerunning it resumes."""
+    classes_per_file), and before detection, the detect, placement and adversary.lie_on /
+    evade keys: the run had today's defaults, so rerunning it resumes."""
     simulate((*RAMA, "max_steps=2", "eval_freq=2"), tmp_path / "whole")
     saved = tmp_path / "whole" / "config.json"
     record = json.loads(saved.read_text())
     for key in ("partition", "alpha", "classes_per_file"):
         del record["dataset"][key]
+    del record["detect"], record["placement"]
+    del record["adversary"]["lie_on"], record["adversary"]["evade"]
     saved.write_text(json.dumps(record))
     simulate((*RAMA, "max_steps=4", "eval_freq=2"), tmp_path / "whole")
     assert [s["step"] for s in read_metrics(tmp_path / "whole")[0]] == [0, 1, 2, 3]
     with pytest.raises(RunFolderError, match=r"dataset\.partition: iid -> dirichlet"):
         simulate((*RAMA, "max_steps=6", "dataset.partition=dirichlet"), tmp_path / "whole")
+    with pytest.raises(RunFolderError, match=r"placement\.relabel: none -> step"):
+        simulate((*RAMA, "max_steps=6", "placement.relabel=step"), tmp_path / "whole")
 
 
 def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, capsys):

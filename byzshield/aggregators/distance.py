@@ -20,6 +20,7 @@ from byzshield.aggregators.order import closest_to_median_reduce, order_statisti
 from byzshield.aggregators.pairwise import distances_for, krum_select
 from byzshield.aggregators.rows import mean_rows, squared_distances_to
 from byzshield.aggregators.rule import Rule
+from byzshield.design.covers import cover_exists
 
 __all__ = ["MDA", "Bulyan", "Krum", "MoNNA", "MultiKrum"]
 
@@ -239,34 +240,6 @@ class MoNNA(Rule):
         return f"{self.name}(idx={self.idx})"
 
 
-def _cover_exists(adj: list[int], alive: int, keep: int, budget: int) -> bool:
-    """Can removing <= budget vertices of ``alive`` outside ``keep`` cover every edge?
-
-    Vertex cover by the classic bounded search (Downey & Fellows): take a vertex v of
-    largest degree; either v goes, or all its neighbours go. O(2^budget n^2) at worst.
-    Graphs are bitmasks: adj[v] has bit u set when (u, v) is an edge.
-    """
-    best, best_deg, rest = -1, 0, alive
-    while rest:
-        low = rest & -rest
-        v = low.bit_length() - 1
-        rest ^= low
-        deg = (adj[v] & alive).bit_count()
-        if deg > best_deg:
-            best, best_deg = v, deg
-    if best_deg == 0:
-        return True
-    if budget == 0:
-        return False
-    nb = adj[best] & alive
-    keep_v = (keep >> best) & 1
-    if not keep_v and _cover_exists(adj, alive & ~(1 << best), keep, budget - 1):
-        return True
-    if nb & keep or best_deg > budget:
-        return False
-    return _cover_exists(adj, alive & ~nb, keep | (1 << best), budget - best_deg)
-
-
 def _min_diameter_subset(sq: np.ndarray, size: int) -> tuple[list[int], float]:
     """The lexicographically first subset of ``size`` rows whose diameter is minimal.
 
@@ -288,7 +261,7 @@ def _min_diameter_subset(sq: np.ndarray, size: int) -> tuple[list[int], float]:
     lo, hi = 0, len(values) - 1  # the largest value is always feasible
     while lo < hi:
         mid = (lo + hi) // 2
-        if _cover_exists(graph(values[mid]), everyone, 0, budget):
+        if cover_exists(graph(values[mid]), everyone, 0, budget):
             hi = mid
         else:
             lo = mid + 1
@@ -298,7 +271,7 @@ def _min_diameter_subset(sq: np.ndarray, size: int) -> tuple[list[int], float]:
     for i in range(k):
         if kept == size:
             break
-        if _cover_exists(adj, alive, keep | (1 << i), budget):
+        if cover_exists(adj, alive, keep | (1 << i), budget):
             keep |= 1 << i
             kept += 1
         else:

@@ -112,9 +112,7 @@ def file_gradients(
     return out, losses
 
 
-def _batched(
-    model, data, files, seed, step, batch_size, num_files, flip, poison, out, partition
-):
+def _batched(model, data, files, seed, step, batch_size, num_files, flip, poison, out, partition):
     """file_gradients(..., batched=True): the files stacked into one batched pass, with
     the kernel built once per model (kept on it)."""
     kernel = model.__dict__.get("_batched_gradients")

@@ -17,7 +17,9 @@ from byzshield.config.base import ConfigError
 from byzshield.config.modes import MODES
 from byzshield.config.schema import TrainConfig
 from byzshield.design.placements import Placement
+from byzshield.design.search import worst_case_table
 from byzshield.design.selection import Selection, build_selection
+from byzshield.server.evidence import Detector
 from byzshield.server.sharded import shard_bounds
 from byzshield.server.update import UpdateSpec
 
@@ -28,10 +30,11 @@ class Run:
     after (frozen: :func:`add_server_parts` returns a new one).
 
     ``selection``, ``rule`` (the built ``mode``: an :class:`~byzshield.aggregators.Aggregator`)
-    and ``rule_f`` (the f it assumes) exist on the parameter server only
-    (``build_run(..., server=True)``): workers never run the worst-case search.
-    ``partition`` is how every step's batch is cut into files (``dataset.partition``;
-    None: iid), the same object for every engine and process.
+    and ``rule_f`` (the f it assumes; ``f_after[e]`` with e workers excluded, under
+    ``detect=exclude``) exist on the parameter server only (``build_run(..., server=True)``):
+    workers never run the worst-case search. ``partition`` is how every step's batch is
+    cut into files (``dataset.partition``; None: iid), the same object for every engine and
+    process.
     """
 
     config: TrainConfig
@@ -50,6 +53,7 @@ class Run:
     outside_guarantee: bool = False  # the rule runs although its requirement fails
     mode_option: Any = field(default=None, repr=False)  # the rule actually used
     partition: Any = None  # a byzshield.compute.sampling.Partition; None: iid
+    f_after: tuple[int, ...] = ()
 
     @property
     def batched_files(self) -> bool:
@@ -121,6 +125,24 @@ class Run:
             verify=cfg.digest_verify,
             lie=cfg.adversary.digest_lie,
             num_servers=cfg.ps_shards,
+            evidence=cfg.detect != "off",
+            f_after=self.f_after,
+            lie_on=cfg.adversary.lie_on,
+        )
+
+    def detector(self) -> Detector:
+        """The run's detection, relabelling and evasion
+        (:class:`byzshield.server.evidence.Detector`); a server run only."""
+        cfg = self.config
+        return Detector(
+            self.placement,
+            self.q,
+            cfg.detect,
+            seed=cfg.seed,
+            relabel=cfg.placement.relabel,
+            lie_on=cfg.adversary.lie_on,
+            evade=cfg.adversary.evade,
+            f_after=self.f_after,
         )
 
 
@@ -251,6 +273,13 @@ def add_server_parts(run: Run, *, rule_f: int | None = None) -> Run:
             selection = build_selection(p, q, which, seed=cfg.seed, work=cfg.adversary.search_work)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if cfg.detect != "off" and selection.fixed is None:
+            raise ConfigError(
+                f"detect={cfg.detect} needs Byzantine workers fixed for the run, but "
+                f"adversary.selection={selection.kind} draws a new set every step (over a run "
+                "more than q workers lie, and the certificate's bound fails): use worst_case, "
+                "random_fixed, a detox_* strategy or a list"
+            )
         c_max = selection.search.upper_bound if selection.search else 0
         rule_f = c_max if cfg.aggregator_f is None else cfg.aggregator_f
     rule = mode.build()
@@ -263,6 +292,15 @@ def add_server_parts(run: Run, *, rule_f: int | None = None) -> Run:
             raise ConfigError(f"{what}; outside_guarantee=true runs it anyway") from None
         outside = True
         notes = (*notes, f"warning: {what}; running outside the rule's guarantee")
+    f_after = ()
+    if cfg.detect == "exclude" and cfg.aggregator_f is None and selection is not None and q:
+        f_after = _f_after(p, q, rule_f, cfg.adversary.search_work)
+    if cfg.detect != "off" and p.replication == 1:
+        notes = (
+            *notes,
+            f"detect={cfg.detect} with r = 1: no two workers compute the same "
+            "file, so the vote sees no disagreement and nobody can be certified",
+        )
     try:
         attack = cfg.attack.build(num_files=f, rule_f=rule_f)
     except ValueError as exc:
@@ -280,6 +318,15 @@ def add_server_parts(run: Run, *, rule_f: int | None = None) -> Run:
         "selection": None if selection is None else selection.info(),
         "max_steps": run.max_steps,
     }
+    adv = cfg.adversary
+    if (cfg.detect, cfg.placement.relabel, adv.lie_on, adv.evade) != ("off", "none", "all", False):
+        info["detection"] = {
+            "detect": cfg.detect,
+            "relabel": cfg.placement.relabel,
+            "lie_on": adv.lie_on,
+            "evade": adv.evade,
+            "f_after": list(f_after),
+        }
     return dataclasses.replace(
         run,
         selection=selection,
@@ -289,7 +336,18 @@ def add_server_parts(run: Run, *, rule_f: int | None = None) -> Run:
         outside_guarantee=outside,
         notes=notes,
         info=info,
+        f_after=f_after,
     )
+
+
+def _f_after(placement: Placement, q: int, rule_f: int, work: int) -> tuple[int, ...]:
+    """The f the rule assumes with e = 0..q workers excluded: c_max(q - e) (its proven
+    upper bound), never above the f before (:mod:`byzshield.server.evidence`)."""
+    table = worst_case_table(placement, q, work=work)
+    out = [rule_f]
+    for e in range(1, q + 1):
+        out.append(min(out[-1], table[q - e].upper_bound))
+    return tuple(out)
 
 
 def _model_probe(cfg: TrainConfig, data) -> torch.nn.Module:

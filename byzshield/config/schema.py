@@ -16,6 +16,8 @@ from byzshield.config.attacks import ATTACK_OPTIONS, AttackOption
 from byzshield.config.base import ConfigError, _float32, _int, _Option, _positive
 from byzshield.config.data import DatasetOption, NetworkOption
 from byzshield.config.modes import MODES, ModeOption
+from byzshield.detection import RELABELS
+from byzshield.server.evidence import DETECT
 
 ENGINES = ("auto", "torchrun", "simulate", "lockstep")
 DEVICES = ("cpu", "cuda")
@@ -27,6 +29,21 @@ DIGEST_VERIFY = ("first", "majority")
 
 
 @dataclass
+class PlacementOption:
+    """The ``placement`` node: how the placement's roles meet the workers.
+    ``relabel``: none (worker k plays role k all run) or step (a fresh secret
+    permutation of the roles every step, :mod:`byzshield.detection.relabel`)."""
+
+    relabel: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.relabel not in RELABELS:
+            raise ConfigError(
+                f"placement.relabel must be one of {', '.join(RELABELS)}, got {self.relabel!r}"
+            )
+
+
+@dataclass
 class TrainConfig:
     """Top-level keys (``python -m byzshield.train --cfg job`` prints them all)."""
 
@@ -34,6 +51,7 @@ class TrainConfig:
     mode: ModeOption = MISSING
     attack: AttackOption = MISSING
     adversary: AdversaryOption = field(default_factory=AdversaryOption)  # q, who
+    placement: PlacementOption = field(default_factory=PlacementOption)  # relabel
     network: NetworkOption = MISSING
     dataset: DatasetOption = MISSING
     # engine: torchrun (rank 0 server + K worker processes over gloo), simulate (one
@@ -81,6 +99,9 @@ class TrainConfig:
     bn_batches: int = 8  # training batches to recompute BatchNorm statistics on the PS
     eval_batch_size: int = 500
     log_every: int = 10  # steps between progress lines when stdout is not a terminal
+    # certified detection from the vote's disagreements: off, flag (record the workers
+    # certainly Byzantine), exclude (and drop their copies from every later vote)
+    detect: str = "off"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -127,6 +148,8 @@ class TrainConfig:
                 f"ps_shards={self.ps_shards} runs in the simulate and torchrun engines, "
                 "not engine=lockstep"
             )
+        if self.detect not in DETECT:
+            raise ConfigError(f"detect must be one of {', '.join(DETECT)}, got {self.detect!r}")
         if self.digest_verify not in DIGEST_VERIFY:
             raise ConfigError(
                 f"digest_verify must be one of {', '.join(DIGEST_VERIFY)}, "
@@ -136,7 +159,9 @@ class TrainConfig:
 
 KEY_HELP: dict[str, str] = {
     "adversary": "adversary.q Byzantine workers, adversary.selection (auto, worst_case, "
-    "random, random_fixed, detox_*, [ids]), adversary.search_work, adversary.digest_lie",
+    "random, random_fixed, detox_*, [ids]), adversary.search_work, adversary.digest_lie, "
+    "adversary.lie_on (all, won), adversary.evade",
+    "placement": "placement.relabel: none, or step (a secret permutation of roles every step)",
     "engine": "auto (torchrun under torchrun, else simulate), torchrun, simulate, lockstep",
     "device": "cpu, or cuda (simulate engine)",
     "threads": "simulate: gradient threads; lockstep: intra-op threads (null: one per CPU)",
@@ -162,6 +187,7 @@ KEY_HELP: dict[str, str] = {
     "bn_batches": "training batches BatchNorm statistics are recomputed on before evaluating",
     "eval_batch_size": "test samples per forward pass when evaluating",
     "log_every": "steps between progress lines when stdout is not a terminal",
+    "detect": "off, flag (record workers certainly Byzantine) or exclude (drop them from votes)",
 }
 """One line per top-level key for ``python -m byzshield.train --help`` (a test checks that
 every key of :class:`TrainConfig` has one and that docs/configuration.md's table names it)."""

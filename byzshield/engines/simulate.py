@@ -7,7 +7,9 @@ each file's gradient computed once. Every step this engine
 
 1. loads the parameters into its model replicas (one per thread) and computes the
    gradient of every file with :func:`byzshield.compute.gradients.file_gradients`, the very
-   function a torchrun worker calls, one intra-op thread per replica;
+   function a torchrun worker calls, one intra-op thread per replica (a file's gradient
+   does not depend on who computes it, so relabelling the roles changes only which
+   copies are Byzantine: the copies are indexed by roles);
 2. makes the Byzantine copies a torchrun worker would send, with the same attack code
    and generators (:func:`byzshield.attacks.attack_generator`): for a non-omniscient
    attack one copy per file with a Byzantine holder (all Byzantine copies of a file are
@@ -37,6 +39,7 @@ from byzshield.compute.params import load_flat
 from byzshield.config import Run
 from byzshield.server.copies import Copies
 from byzshield.server.digest import digest
+from byzshield.server.evidence import StepPlan
 from byzshield.server.vote import Rows
 from byzshield.server.wire import ReplyLayout
 from byzshield.training.loop import Trainer
@@ -109,27 +112,36 @@ class SimulateEngine:
             parts = list(self.pool.map(lambda a: work(*a), [(k, *c) for k, c in enumerate(chunks)]))
         return [x for part in parts for x in part]
 
-    def gather(self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]):
+    def gather(self, step: int, params: torch.Tensor, plan: StepPlan):
         t0 = time.perf_counter()
         flat = params.to(self.device)
         for model in self.replicas:
             load_flat(model, flat)
         t1 = time.perf_counter()
         losses = self._gradients(list(range(self.f)), step, flip=False, out=self.honest)
-        copies = self.copies(step, self.honest, losses, byzantine)
+        liars = plan.as_roles(plan.liars)
+        copies = self.copies(step, self.honest, losses, liars, plan.lied(self.run.placement))
         return copies, {"compute_s": time.perf_counter() - t1, "communication_s": t1 - t0}
 
     def copies(
-        self, step: int, honest: torch.Tensor, losses: list[float], byzantine: tuple[int, ...]
+        self,
+        step: int,
+        honest: torch.Tensor,
+        losses: list[float],
+        byzantine: tuple[int, ...],
+        lied: list[int] | None = None,
     ) -> Copies:
         """What the torchrun server would receive, given the (f, d) honest gradients and
-        losses of the step: the Byzantine copies a worker would send (the attack applied,
-        or the gradients on flipped labels or poisoned samples; omniscient attacks are
-        left to the robust update), and with the digest vote every copy's digest. The
-        replicas must hold the step's parameters when the attack changes the data."""
+        losses of the step: the copies the ``byzantine`` roles' workers send (the attack
+        applied, or the gradients on flipped labels or poisoned samples, on the files
+        ``lied``, None: every file they hold; omniscient attacks are left to the robust
+        update), and with the digest vote every copy's digest. The replicas must hold the
+        step's parameters when the attack changes the data."""
         bad = set(byzantine)
         attack = self.attack if bad else None
         attacked = sorted({j for w in bad for j in self.run.placement.worker_files[w]})
+        if lied is not None:
+            attacked = [j for j in attacked if j in set(lied)]
         rows = Rows(honest)
         row_of: dict[int, int] = {}
         bad_losses: dict[int, float] = {}

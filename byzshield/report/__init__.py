@@ -48,7 +48,8 @@ copied without their times. The time split is the mean per step of each ``*_s`` 
 
 Outputs, in ``--out`` (default ``report/`` inside the first DIR; checked before any
 work): ``report.md``, ``report.csv`` (one row per group: mean, std, n and the interval
-of every measure), ``runs.csv`` (one row per run), and with matplotlib (``pip install
+of every measure), ``runs.csv`` (one row per run; with ``detect``, ``caught``: when
+each worker became certainly Byzantine, ``worker@step``), and with matplotlib (``pip install
 'byzshield[report]'``) ``accuracy_vs_step_<mode>_q<q>.png`` (one panel per attack, one
 line per approach), ``accuracy_vs_q.png`` (final accuracy against q: where each defence
 breaks) and ``eps_vs_q.png`` (eps(q) = c_max(q) / f of each placement found, against

@@ -112,6 +112,7 @@ class RunFolder:
     age_s: float = 0.0
     reason: str = ""  # why a refused job was refused
     left_out: int = 0  # evaluation values left out as impossible (see EVAL_RANGES)
+    caught: dict[int, int] = field(default_factory=dict)  # detect: worker -> step caught
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -242,6 +243,7 @@ class _Metrics:
         self.counts: dict[str, int] = defaultdict(int)
         self.evals: list[dict] = []
         self.impossible: list[str] = []  # "line 31: top1=7.5 is outside [0, 1]"
+        self.caught: dict[int, int] = {}  # detect: the step each worker first was a suspect
 
     def add(self, record: dict, line: int = 0) -> None:
         step = record["step"]
@@ -265,6 +267,9 @@ class _Metrics:
             if _number(v):
                 self.sums[k] += v
                 self.counts[k] += 1
+        for w in record.get("suspects") or ():
+            if isinstance(w, int) and not isinstance(w, bool):
+                self.caught.setdefault(w, step)
 
     def mean(self, key: str) -> float | None:
         return self.sums[key] / self.counts[key] if self.counts.get(key) else None
@@ -343,6 +348,7 @@ def read_run(folder: Path, *, now: float | None = None, stale_after: float = 600
             run.warnings.append(f"{metrics_path}: unreadable ({exc.strerror}); ignored")
             m = _Metrics()
         run.evals = m.evals
+        run.caught = m.caught
         run.left_out = len(m.impossible)
         run.steps_done = (m.last_step + 1) if m.last_step is not None else 0
         if m.num_steps:

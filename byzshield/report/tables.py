@@ -106,6 +106,7 @@ def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
         "train_s",
         "wall_s",
         "distorted_frac",
+        "caught",
         *TIME_COLUMNS,
         "outside_guarantee",
         "left_out",
@@ -141,6 +142,7 @@ def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
                             r.train_s,
                             r.wall_s,
                             r.distorted_frac,
+                            caught_text(r.caught),
                             *(r.time_split.get(k) for k in TIME_COLUMNS),
                             r.outside_guarantee,
                             r.left_out,
@@ -149,6 +151,12 @@ def _runs_csv(runs: Sequence[RunFolder], grouping: Grouping, out: Path) -> None:
                         ]
                     )
                 )
+
+
+def caught_text(caught: dict[int, int]) -> str:
+    """When each worker was caught (``detect``): "worker@step" in the order caught, e.g.
+    "0@0 11@3"; empty when nobody was (or detection was off)."""
+    return " ".join(f"{w}@{s}" for w, s in sorted(caught.items(), key=lambda kv: (kv[1], kv[0])))
 
 
 def _utc(timestamp: float) -> str:

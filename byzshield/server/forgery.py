@@ -79,19 +79,25 @@ class OmniscientAttack:
         return [(j, i) for j, i in picks if i is not None]
 
     def forge(
-        self, rows: Rows, index: Tensor, bad: set[int], step: int, live=None
+        self, rows: Rows, index: Tensor, bad: set[int], step: int, live=None, lied=None
     ) -> tuple[Tensor, Rows]:
         """Every Byzantine copy re-pointed at its forged row. Returns the new (f, r)
         index and the rows with the forged block appended (``rows`` is left as it was);
         every honest copy the attack reads (:meth:`honest_copies`) must be in ``rows``.
         ``live[j][i]``: whether file j's i-th copy arrived (None: every copy did); a file
         none of whose copies arrived is left out of the attack's honest gradients (the
-        server never had it), and its Byzantine copies, erasures too, are not forged."""
+        server never had it), and its Byzantine copies, erasures too, are not forged.
+        ``lied``: the only files whose Byzantine copies are forged (``adversary.lie_on``;
+        None: every file a Byzantine worker holds); the others stay honest."""
         picks = self.honest_copies(bad, live)
         readable = [j for j, _ in picks]
         at = {j: k for k, j in enumerate(readable)}  # file -> its row of the honest stack
         honest = self.honest_stack(rows, index, bad, picks)
         files = sorted({j for w in bad for j in self.placement.worker_files[w] if j in at})
+        if lied is not None:
+            files = [j for j in files if j in set(lied)]
+            if not files:
+                return index, rows  # nothing won: every copy stays honest
         counts = [sum(w in bad for w in self.holders[j]) for j in readable]
         weights = torch.tensor([len(self.holders[j]) - counts[k] for k, j in enumerate(readable)])
         objective = None

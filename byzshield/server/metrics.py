@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -47,10 +47,13 @@ class Outcome:
     Attributes:
         gradient: (d,) the aggregate of the vote winners.
         metrics: the step's values for metrics.jsonl (:func:`step_metrics`).
+        disagreements: worker pairs whose copies of a file differed (asked for by
+            ``detect``: :mod:`byzshield.server.evidence`), else empty.
     """
 
     gradient: Tensor
     metrics: dict
+    disagreements: list[tuple[int, int]] = field(default_factory=list)
 
 
 TIME_KEYS = (

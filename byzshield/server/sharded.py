@@ -253,7 +253,9 @@ class ServerUpdate(Protocol):
 
     rule: StepRule
 
-    def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome: ...
+    def __call__(
+        self, copies: Copies, byzantine: tuple[int, ...], step: int, excluded: tuple = ()
+    ) -> Outcome: ...
 
     def state_dict(self) -> dict[str, Tensor]: ...
 
@@ -264,11 +266,13 @@ class ServerUpdate(Protocol):
 class StartUp:
     """What server 0 tells the other servers before the first step: the f the rule
     assumes (server 0 ran the worst-case search), whether the rule runs outside its
-    guarantee, and the rule's state (a resumed run's) cut to the receiver's columns."""
+    guarantee, the rule's state (a resumed run's) cut to the receiver's columns, and the
+    f it assumes with e workers excluded (``f_after[e]``, ``detect=exclude``)."""
 
     rule_f: int
     outside_guarantee: bool
     state: dict[str, Tensor]
+    f_after: tuple[int, ...] = ()
 
 
 _TEXT_BYTES = 4096
@@ -282,7 +286,8 @@ def receive_start(peers: Peers, width: int) -> StartUp:
     state = {}
     for key in sorted(told["state"]):
         state[key] = torch.from_numpy(peers.receive(np.empty(width, dtype=np.float32), 0))
-    return StartUp(told["aggregator_f"], bool(told["outside_guarantee"]), state)
+    f_after = tuple(told.get("f_after", ()))
+    return StartUp(told["aggregator_f"], bool(told["outside_guarantee"]), state, f_after)
 
 
 def _text(text: str) -> np.ndarray:
@@ -327,6 +332,7 @@ class LeadUpdate:
             {
                 "aggregator_f": rule.f,
                 "outside_guarantee": rule.outside_guarantee,
+                "f_after": list(self.update.f_after),
                 "state": {k: list(v.shape) for k, v in self.state.items()},
             }
         )
@@ -335,9 +341,11 @@ class LeadUpdate:
             for key in sorted(self.state):
                 self.peers.send(self.state[key][lo:hi].contiguous().numpy(), server)
 
-    def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
+    def __call__(
+        self, copies: Copies, byzantine: tuple[int, ...], step: int, excluded: tuple = ()
+    ) -> Outcome:
         sent = self.exchange.sent
-        outcome = self.update(copies, byzantine, step)
+        outcome = self.update(copies, byzantine, step, excluded)
         own = self.update.state_dict()
         parts, states, control = [outcome.gradient], [own], self.exchange.sent - sent
         slices = 0
@@ -355,7 +363,7 @@ class LeadUpdate:
         metrics["bytes_per_server"] = list(self.per_server)
         metrics["control_bytes"] = control
         metrics["slice_bytes"] = slices
-        return Outcome(gradient=torch.cat(parts), metrics=metrics)
+        return Outcome(torch.cat(parts), metrics, outcome.disagreements)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The rule's state of the whole vector: every server's columns, put together."""
@@ -383,9 +391,11 @@ class ShardServer:
         self.lo, self.hi = shard_bounds(d, peers.num_servers)[peers.server]
         self.update = build(self.exchange.shard(self.lo, d))
 
-    def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
+    def __call__(
+        self, copies: Copies, byzantine: tuple[int, ...], step: int, excluded: tuple = ()
+    ) -> Outcome:
         sent = self.exchange.sent
-        outcome = self.update(copies, byzantine, step)
+        outcome = self.update(copies, byzantine, step, excluded)
         state = self.update.state_dict()
         flat = [state[k].reshape(-1) for k in sorted(state)]
         counts = np.array([self.exchange.sent - sent, sum(t.numel() for t in flat)], np.int64)
@@ -450,7 +460,9 @@ class ShardedUpdate:
             server.load_state_dict(told.state)
         self.started = True
 
-    def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
+    def __call__(
+        self, copies: Copies, byzantine: tuple[int, ...], step: int, excluded: tuple = ()
+    ) -> Outcome:
         if not self.started:
             self.start()
         parts = [slice_copies(copies, lo, hi) for lo, hi in self.bounds]
@@ -458,7 +470,7 @@ class ShardedUpdate:
 
         def serve(s: int) -> Outcome:
             try:
-                return serves[s](parts[s], byzantine, step)
+                return serves[s](parts[s], byzantine, step, excluded)
             except BaseException:
                 self.peers[s].abort()  # the others would wait for this server forever
                 raise

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,16 +39,20 @@ from torch import Tensor
 from byzshield.aggregators import Aggregator, ColumnShard, column_shard
 from byzshield.attacks import Attack
 from byzshield.design.placements import Placement
+from byzshield.detection import lied_files
 from byzshield.server.copies import PUSHED, Copies, Inbox, live_copies
+from byzshield.server.erasures import erase
 from byzshield.server.forgery import OmniscientAttack, digest_lie
 from byzshield.server.metrics import Outcome, step_metrics
 from byzshield.server.rule import StepRule, rule_threads
 from byzshield.server.sharded import LeadUpdate, Peers, ShardedUpdate, ShardServer
 from byzshield.server.vote import (
     Rows,
+    VoteResult,
     copy_classes,
     decide_classes,
     digest_vote,
+    file_pairs,
     same_bits,
     vote_positions,
 )
@@ -77,6 +81,9 @@ class UpdateSpec:
             or ``majority`` (:func:`byzshield.server.vote.digest_vote`).
         lie: ``adversary.digest_lie`` (:func:`byzshield.server.forgery.digest_lie`).
         num_servers: S, the servers of a sharded parameter server (``ps_shards``).
+        evidence: report each step's disagreement pairs (``detect``).
+        f_after: the rule's f with e workers excluded, index e (:mod:`~byzshield.server.evidence`).
+        lie_on: ``adversary.lie_on`` (:func:`byzshield.detection.lied_files`).
     """
 
     placement: Placement
@@ -89,6 +96,9 @@ class UpdateSpec:
     verify: str = "first"
     lie: str = "none"
     num_servers: int = 1
+    evidence: bool = False
+    f_after: tuple[int, ...] = ()
+    lie_on: str = "all"
 
 
 def build_update(
@@ -117,6 +127,9 @@ def build_update(
             verify=spec.verify,
             lie=spec.lie,
             shard=shard,
+            evidence=spec.evidence,
+            f_after=spec.f_after,
+            lie_on=spec.lie_on,
         )
 
     if spec.num_servers == 1:
@@ -126,27 +139,6 @@ def build_update(
     if peers.server == 0:
         return LeadUpdate(peers, spec.placement, d, build)
     return ShardServer(peers, d, build)
-
-
-@dataclass
-class _Votes:
-    """What the vote decided in one step, and what it saw.
-
-    Attributes:
-        positions: per file, the holder position whose copy won.
-        trusted: per file, whether a strict majority decided it (else it is dropped).
-        winners: (f, d) each file's winning copy (the update's reused buffer).
-        distorted: the distorted files, in file order.
-        lost: {worker: copies of it that lost their file's vote}, in worker order.
-        liars: vote=digest: {worker: copies whose bytes did not match its digest}.
-    """
-
-    positions: list[int]
-    trusted: list[bool]
-    winners: Tensor
-    distorted: list[int]
-    lost: dict[str, int]
-    liars: dict[str, int] = field(default_factory=dict)
 
 
 class RobustUpdate:
@@ -172,6 +164,7 @@ class RobustUpdate:
             copies hold its columns only, the rule's reductions and the vote's classes
             are exchanged with the other servers, and every server decides the same
             files, selections and metrics (the full vote only). None: unsharded.
+        evidence, f_after, lie_on: as :class:`UpdateSpec`'s.
     """
 
     def __init__(
@@ -187,8 +180,12 @@ class RobustUpdate:
         verify: str = "first",
         lie: str = "none",
         shard: ColumnShard | None = None,
+        evidence: bool = False,
+        f_after: tuple[int, ...] = (),
+        lie_on: str = "all",
     ):
         self.placement, self.shard = placement, shard
+        self.evidence, self.f_after, self.lie_on = evidence, f_after, lie_on
         self.verify, self.lie = verify, lie
         self.attack = attack
         self.rule = StepRule(rule, rule_f, seed, threads, outside_guarantee)
@@ -199,8 +196,12 @@ class RobustUpdate:
         self._winners: Tensor | None = None  # reused (f, d) buffer: no page faults per step
         self.position = {(w, j): i for j, ws in enumerate(self.holders) for i, w in enumerate(ws)}
 
-    def __call__(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
-        """The step's gradient and metrics (:func:`~byzshield.server.metrics.step_metrics`).
+    def __call__(
+        self, copies: Copies, byzantine: tuple[int, ...], step: int, excluded: tuple = ()
+    ) -> Outcome:
+        """The step's gradient and metrics (:func:`~byzshield.server.metrics.step_metrics`);
+        the workers ``excluded`` (``detect=exclude``) do not vote, and the rule assumes
+        ``f_after[len(excluded)]`` when given. Worker ids here are roles.
 
         Times: ``attack_s``, ``vote_s`` and ``aggregation_s``; the first two without the
         waits for copies, which are ``receive_s`` (torchrun: the full vote's copies still
@@ -208,8 +209,11 @@ class RobustUpdate:
         is the part of the vote after the last payload landed (the full vote over
         torchrun votes files while later copies arrive), else the whole vote.
         """
+        erase(copies, self.placement, tuple(excluded))
+        if self.f_after:
+            self.rule.f = self.f_after[len(excluded)]
         with column_shard(self.shard):
-            return self._update(copies, byzantine, step)
+            return self._update(copies, byzantine, step, tuple(excluded))
 
     def state_dict(self) -> dict[str, Tensor]:
         """The rule's state (this server's columns of it, when sharded)."""
@@ -225,13 +229,16 @@ class RobustUpdate:
     def close(self) -> None:
         """Nothing to release (a sharded update's threads are; same interface)."""
 
-    def _update(self, copies: Copies, byzantine: tuple[int, ...], step: int) -> Outcome:
+    def _update(self, copies: Copies, byzantine: tuple[int, ...], step: int, excluded) -> Outcome:
         bad = set(byzantine)
+        lied = None
+        if self.lie_on != "all":
+            lied = lied_files(self.placement, bad, self.lie_on, excluded)
         inbox = Inbox(copies, self.holders)
         t0 = time.perf_counter()
         if copies.claims is not None:  # the pushed copies: already in when this starts
             inbox.pull(copies.rows, copies.index, self._pushed(live_copies(copies)))
-        index, rows = self._attack(inbox, bad, step)
+        index, rows = self._attack(inbox, bad, step, lied)
         claims = self._claims(inbox, rows, index, bad)
         if self.lie != "none" and bad:  # a lie copies another holder's copy: all in first
             for _ in inbox.arrived():
@@ -276,7 +283,7 @@ class RobustUpdate:
             nbytes=nbytes,
             times=times,
         )
-        return Outcome(gradient=gradient, metrics=metrics)
+        return Outcome(gradient=gradient, metrics=metrics, disagreements=vote.pairs)
 
     def _aggregate(self, winners: Tensor, step: int) -> tuple[Tensor, int, bool]:
         """The rule on the (n, d) trusted winners: (gradient, winners it dropped as
@@ -297,7 +304,7 @@ class RobustUpdate:
 
     # ------------------------------------------------------------ the omniscient attack
 
-    def _attack(self, inbox: Inbox, bad: set[int], step: int) -> tuple[Tensor, Rows]:
+    def _attack(self, inbox: Inbox, bad: set[int], step: int, lied) -> tuple[Tensor, Rows]:
         """The omniscient attack (:mod:`byzshield.server.forgery`) on every honest copy it
         reads, received first. Returns the (possibly re-pointed) index and the rows."""
         copies = inbox.copies
@@ -317,11 +324,11 @@ class RobustUpdate:
             for j, i in picks:
                 if self.holders[j][i] not in bad:  # verified in the vote, never pulled twice
                     inbox.known[(j, i)] = inbox.digest(rows, int(index[j, i]))
-        return self.omniscient.forge(rows, index, bad, step, live=live_copies(copies))
+        return self.omniscient.forge(rows, index, bad, step, live=live_copies(copies), lied=lied)
 
     # ------------------------------------------------------------------ the full vote
 
-    def _full_vote(self, inbox: Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
+    def _full_vote(self, inbox: Inbox, rows: Rows, index: Tensor, bad: set[int]) -> VoteResult:
         """Vote every file bit for bit, each as soon as all its present copies are in
         (torchrun: ``copies.arrivals``), writing winners into the reused buffer."""
         f, r = index.shape
@@ -349,9 +356,26 @@ class RobustUpdate:
                 winners[j].copy_(rows[int(index[j, i])])
             distorted += self._distorted(files, positions, trusted, bad, same_as_honest, live)
             self._lost_votes(files, positions, trusted, _voters(agree, live, r), agrees, lost)
-        return _Votes(positions, trusted, winners, sorted(distorted), _by_worker(lost))
+        pairs = self._full_pairs(rows, index, agree, inbox.copies.present) if self.evidence else []
+        lost = _by_worker(lost)
+        return VoteResult(positions, trusted, winners, sorted(distorted), lost, {}, pairs)
 
-    def _sharded_full_vote(self, inbox: Inbox, rows: Rows, index: Tensor, bad: set[int]) -> _Votes:
+    def _full_pairs(self, rows: Rows, index: Tensor, agree: list[int], present) -> list:
+        """The full vote's disagreement pairs: the classes of the files whose voting
+        copies were not unanimous (:func:`byzshield.server.vote.file_pairs`)."""
+        live = None if present is None else present.tolist()
+        voters = _voters(agree, live, index.shape[1])
+        split = [j for j in range(index.shape[0]) if voters(j)]
+        if not split:
+            return []
+        mask = None if present is None else present[split]
+        labels = copy_classes(rows, index[split], present=mask)
+        labels = [[x if x >= 0 else None for x in ls] for ls in labels]
+        return file_pairs(self.holders, split, labels)
+
+    def _sharded_full_vote(
+        self, inbox: Inbox, rows: Rows, index: Tensor, bad: set[int]
+    ) -> VoteResult:
         """The full vote of one server of a sharded parameter server: each file's copies
         are put in classes of bit-equal copies on this server's columns, the servers
         exchange the classes (an (f, r) int16 table each), and copies agree when they
@@ -391,7 +415,9 @@ class RobustUpdate:
 
         voters = _voters(agree, live, r)
         lost = self._lost_votes(files, positions, trusted, voters, agrees, {})
-        return _Votes(positions, trusted, winners, distorted, _by_worker(lost))
+        labels = [[k if k[0] >= 0 else None for k in keys[j]] for j in files]
+        pairs = file_pairs(self.holders, files, labels) if self.evidence else []
+        return VoteResult(positions, trusted, winners, distorted, _by_worker(lost), {}, pairs)
 
     def _complete_files(self, inbox: Inbox) -> Iterator[list[int]]:
         """Lists of files whose present copies are all in: every file at once when
@@ -443,7 +469,7 @@ class RobustUpdate:
 
     def _digest_vote(
         self, inbox: Inbox, rows: Rows, index: Tensor, claims: list[list[bytes]], bad: set[int]
-    ) -> _Votes:
+    ) -> VoteResult:
         """The digest vote (:func:`byzshield.server.vote.digest_vote`) on ``claims``, each pull
         a round of ``inbox``'s. The pushed copies (as the attack and a digest lie left
         them: free when pushed) and those the attack simulation pulled are verified
@@ -482,9 +508,10 @@ class RobustUpdate:
         files = range(len(positions))
         distorted = self._distorted(files, positions, trusted, bad, same_as_honest, live)
         lost = self._lost_votes(files, positions, trusted, lambda j: votes[j], agrees, {})
-        return _Votes(
-            positions, trusted, winners, distorted, _by_worker(lost), _by_worker(vote.liars)
-        )
+        labels = [[votes[j].get(i) for i in range(r)] for j in files]
+        pairs = file_pairs(self.holders, files, labels) if self.evidence else []
+        liars = _by_worker(vote.liars)
+        return VoteResult(positions, trusted, winners, distorted, _by_worker(lost), liars, pairs)
 
     def _pushed(self, live=None) -> list[tuple[int, int]]:
         """The pushed copies that arrived (``live``; None: every copy did)."""

@@ -48,7 +48,7 @@ Run the tests: ``OMP_NUM_THREADS=1 python -m pytest tests/test_vote.py``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -56,9 +56,12 @@ from torch import Tensor
 __all__ = [
     "DigestVote",
     "Rows",
+    "VoteResult",
+    "class_pairs",
     "copy_classes",
     "decide_classes",
     "digest_vote",
+    "file_pairs",
     "same_bits",
     "vote_positions",
 ]
@@ -287,6 +290,54 @@ def decide_classes(labels: Sequence[Sequence[Sequence[int]]]) -> tuple[list[int]
         positions.append(first)
         counts.append(size)
     return positions, counts
+
+
+def class_pairs(holders: Sequence[int], labels: Sequence) -> list[tuple[int, int]]:
+    """The disagreement pairs of one file: (holders[a], holders[b]) for every two copies
+    whose class ``labels`` differ (a class is any comparable label: a first member, a
+    tuple of them, a digest; None for a copy that did not vote), a < b by position. At
+    least one worker of each pair is Byzantine: honest copies are bit-identical.
+
+        >>> class_pairs([4, 7, 9], [0, 1, 0])
+        [(4, 7), (7, 9)]
+    """
+    out = []
+    for a in range(len(holders)):
+        if labels[a] is None:
+            continue
+        for b in range(a + 1, len(holders)):
+            if labels[b] is not None and labels[b] != labels[a]:
+                out.append((holders[a], holders[b]))
+    return out
+
+
+def file_pairs(holders: Sequence[Sequence[int]], files, labels) -> list[tuple[int, int]]:
+    """:func:`class_pairs` of each of ``files`` (``labels[k]``: the classes of
+    ``files[k]``'s copies), in file order; ``holders[j]``: file j's holders."""
+    return [p for j, ls in zip(files, labels, strict=True) for p in class_pairs(holders[j], ls)]
+
+
+@dataclass
+class VoteResult:
+    """What a vote decided in one step, and what it saw (the robust update's).
+
+    Attributes:
+        positions: per file, the holder position whose copy won.
+        trusted: per file, whether a strict majority decided it (else it is dropped).
+        winners: (f, d) each file's winning copy (the update's reused buffer).
+        distorted: the distorted files, in file order.
+        lost: {worker: copies of it that lost their file's vote}, in worker order.
+        liars: vote=digest: {worker: copies whose bytes did not match its digest}.
+        pairs: the disagreement pairs (:func:`file_pairs`), when asked for.
+    """
+
+    positions: list[int]
+    trusted: list[bool]
+    winners: Tensor
+    distorted: list[int]
+    lost: dict[str, int]
+    liars: dict[str, int] = field(default_factory=dict)
+    pairs: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _as_rows(rows) -> Rows:

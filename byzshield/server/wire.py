@@ -6,7 +6,9 @@ reply: a small float32 *header* message, then its gradients as a second
 message, file by file in the order of ``placement.worker_files[w]``. Both worker
 messages end with the :data:`END` marker::
 
-    control  int64[2 + K]            step, stop, is_byzantine[worker 0 .. K-1]
+    control  int64[2 + 3K]           step, stop, is_byzantine[worker 0 .. K-1] (lies this
+                                     step), role[0 .. K-1] (whose files each computes:
+                                     placement.relabel), is_excluded[0 .. K-1] (detect)
     header   float32[2 + load + 1]   payload length (load * d, its int32 bits: exact
                                      beyond float32's 2^24), compute seconds,
                                      loss per file, END
@@ -48,7 +50,7 @@ server, inside gloo, where no Python code can name the sender.
     >>> import torch
     >>> from byzshield.server.wire import Control, ReplyLayout, Slot
     >>> Control(step=7, stop=False, byzantine=(False, True)).pack().tolist()
-    [7, 0, 0, 1]
+    [7, 0, 0, 1, 0, 1, 0, 0]
     >>> layout = ReplyLayout(load=2, d=3)
     >>> header = layout.pack_header(compute_s=0.5, losses=[1.0, 2.0])
     >>> layout.unpack_header(header).losses
@@ -105,7 +107,7 @@ VALUE_BYTES = 4
 
 def control_size(num_workers: int) -> int:
     """Length of the int64 control message for K = ``num_workers`` workers."""
-    return _CONTROL_FIELDS + num_workers
+    return _CONTROL_FIELDS + 3 * num_workers
 
 
 def message_nbytes(size: int) -> int:
@@ -144,34 +146,76 @@ class Control:
     Attributes:
         step: the step number (0-based); selects the batch (seed, step).
         stop: True when the worker should return instead of computing.
-        byzantine: one flag per worker (0-based ids): who is Byzantine this step.
+        byzantine: one flag per worker (0-based ids): who is Byzantine (lies) this step.
+        roles: per worker, the role it plays this step (it computes the files of
+            ``placement.worker_files[role]``); default: its own id.
+        excluded: per worker, whether its copies leave this step's vote (detect=exclude);
+            default: none.
     """
 
     step: int
     stop: bool
     byzantine: tuple[bool, ...]
+    roles: tuple[int, ...] = ()
+    excluded: tuple[bool, ...] = ()
+
+    def __post_init__(self) -> None:
+        K = len(self.byzantine)
+        if not self.roles:
+            object.__setattr__(self, "roles", tuple(range(K)))
+        if not self.excluded:
+            object.__setattr__(self, "excluded", (False,) * K)
 
     def pack(self) -> torch.Tensor:
-        """The (2 + K,) int64 message."""
-        out = torch.zeros(control_size(len(self.byzantine)), dtype=torch.int64)
+        """The (2 + 3K,) int64 message."""
+        K = len(self.byzantine)
+        out = torch.zeros(control_size(K), dtype=torch.int64)
         out[0], out[1] = self.step, int(self.stop)
-        out[_CONTROL_FIELDS:] = torch.tensor(self.byzantine, dtype=torch.int64)
+        out[_CONTROL_FIELDS:] = torch.tensor(
+            [*self.byzantine, *self.roles, *self.excluded], dtype=torch.int64
+        )
         return out
 
     @staticmethod
     def unpack(message: torch.Tensor) -> Control:
         values = message.tolist()
+        K = (len(values) - _CONTROL_FIELDS) // 3
+        flags = values[_CONTROL_FIELDS:]
         return Control(
             step=int(values[0]),
             stop=bool(values[1]),
-            byzantine=tuple(bool(v) for v in values[_CONTROL_FIELDS:]),
+            byzantine=tuple(bool(v) for v in flags[:K]),
+            roles=tuple(int(v) for v in flags[K : 2 * K]),
+            excluded=tuple(bool(v) for v in flags[2 * K :]),
         )
 
     @staticmethod
-    def for_step(step: int, num_workers: int, byzantine: Sequence[int]) -> Control:
-        """The control message of ``step`` with workers ``byzantine`` (0-based) flagged."""
-        bad = set(byzantine)
-        return Control(step, False, tuple(w in bad for w in range(num_workers)))
+    def for_step(
+        step: int,
+        num_workers: int,
+        byzantine: Sequence[int],
+        roles: Sequence[int] | None = None,
+        excluded: Sequence[int] = (),
+    ) -> Control:
+        """The control message of ``step`` with workers ``byzantine`` (0-based) flagged,
+        worker w playing ``roles[w]`` (None: its own), workers ``excluded`` flagged."""
+        bad, gone = set(byzantine), set(excluded)
+        K = range(num_workers)
+        return Control(
+            step,
+            False,
+            tuple(w in bad for w in K),
+            tuple(roles) if roles is not None else (),
+            tuple(w in gone for w in K),
+        )
+
+    def byzantine_roles(self) -> tuple[int, ...]:
+        """The roles of the workers flagged Byzantine, sorted."""
+        return tuple(sorted(self.roles[w] for w, b in enumerate(self.byzantine) if b))
+
+    def excluded_roles(self) -> tuple[int, ...]:
+        """The roles of the workers flagged excluded, sorted."""
+        return tuple(sorted(self.roles[w] for w, x in enumerate(self.excluded) if x))
 
     @staticmethod
     def stop_message(step: int, num_workers: int) -> Control:

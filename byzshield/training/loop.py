@@ -3,10 +3,11 @@ apply (optimizer and schedule), the checkpoints, and evaluation at ``eval_freq``
 
 One step, whichever engine gathers the copies::
 
-    byzantine = selection.workers(step)                     # design.search.Selection
-    copies, times = engine.gather(step, params, byzantine)  # torchrun or simulate
-    outcome = update(copies, byzantine, step)              # server.update: attack, vote, rule
-    apply(outcome.gradient)                                 # SGD with momentum, step LR
+    plan = detector.plan(step, selection.workers(step))  # who lies, roles, who is excluded
+    copies, times = engine.gather(step, params, plan)    # torchrun or simulate
+    outcome = update(copies, liars, step, excluded)      # server.update: attack, vote, rule
+    detector.observe(plan, outcome.disagreements)        # detect: the certificate
+    apply(outcome.gradient)                              # SGD with momentum, step LR
 
 The update is :func:`byzshield.server.update.build_update`'s, built once. The per-step
 record in ``metrics.jsonl`` (:func:`byzshield.server.metrics.step_record`) has the same
@@ -28,6 +29,7 @@ from byzshield.compute.params import flat_params
 from byzshield.config import Run
 from byzshield.server.copies import Copies
 from byzshield.server.erasures import drop_line, erase, stragglers, unvoteable
+from byzshield.server.evidence import StepPlan
 from byzshield.server.metrics import step_record
 from byzshield.server.sharded import Peers
 from byzshield.server.update import build_update
@@ -53,16 +55,16 @@ class Engine(Protocol):
     simulate engine drops none), in the order they were dropped. ``peers``: the channels
     between the servers of a sharded parameter server when they are processes (the
     torchrun engine's, :mod:`byzshield.server.sharded`); None when there is one server,
-    or its servers are threads of this process.
+    or its servers are threads of this process. ``gather`` is told the step's
+    :class:`~byzshield.server.evidence.StepPlan`: who lies, and where (each worker's
+    role; the copies are indexed by roles, the placement's worker ids).
     """
 
     name: str
     dropped: dict[int, str]
     peers: Peers | None
 
-    def gather(
-        self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]
-    ) -> tuple[Copies, dict]:
+    def gather(self, step: int, params: torch.Tensor, plan: StepPlan) -> tuple[Copies, dict]:
         """The step's copies and the times ``compute_s`` and ``communication_s``."""
         ...
 
@@ -105,6 +107,8 @@ class Trainer:
         )
         peers = None if engine is None else engine.peers
         self.update = build_update(run.update_spec(), run.num_params, peers=peers)
+        self.detector = run.detector()
+        self.lines: list[str] = []  # the detector's, to say after the step
         self.metrics = MetricsLog(folder, tensorboard=tensorboard)
         self.checkpoints = folder / "checkpoints"
         self.start = 0
@@ -117,6 +121,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.update.load_state_dict(state["aggregator"])
+            self.detector.load_state_dict(state.get("detection"))
             self.start, self.last_checkpoint = int(state["step"]), resume.path
             self.last_eval = dict(state.get("eval") or {})
 
@@ -146,27 +151,41 @@ class Trainer:
                     f"the update; stopping. The last good checkpoint is {kept}"
                 )
 
+    def plan(self, step: int) -> StepPlan:
+        """The step's plan: the selection's Byzantine workers, who of them lies, each
+        worker's role, who is excluded (:class:`byzshield.server.evidence.Detector`)."""
+        return self.detector.plan(step, self.run.selection.workers(step))
+
+    def decide(self, copies: Copies, plan: StepPlan, missing: tuple[int, ...]):
+        """The robust update of the step's ``copies`` (indexed by roles) with the workers
+        ``missing`` (stragglers) erased and those excluded left out (the rule's f then
+        follows ``Run.f_after``), then its evidence to the detector."""
+        erase(copies, self.run.placement, plan.as_roles(missing))
+        excluded = plan.as_roles(plan.excluded)
+        outcome = self.update(copies, plan.as_roles(plan.liars), plan.step, excluded)
+        self.lines += self.detector.observe(plan, outcome.disagreements)
+        return outcome
+
     def step(self, step: int) -> dict:
         """Gather, robust update, apply; the step's metrics record."""
-        byzantine = self.run.selection.workers(step)
+        plan = self.plan(step)
         t0 = time.perf_counter()
         params = flat_params(self.model)  # what is broadcast: counted as communication
         packed = time.perf_counter() - t0
-        copies, times = self.engine.gather(step, params, byzantine)
+        copies, times = self.engine.gather(step, params, plan)
         missing = self.stragglers(step)
-        erase(copies, self.run.placement, missing)
-        outcome = self.update(copies, byzantine, step)
+        outcome = self.decide(copies, plan, missing)
         self.check_voteable(step)
         t1 = time.perf_counter()
         lr = self.apply(outcome.gradient)
         self.check_finite(step)
         t2 = time.perf_counter()
         times = {**times, "communication_s": times["communication_s"] + packed}
-        return step_record(
+        record = step_record(
             step,
             outcome.metrics,
             lr,
-            byzantine,
+            plan.byzantine,
             missing,
             times,
             t2 - t1,
@@ -174,6 +193,7 @@ class Trainer:
             dropped=self.engine.dropped,
             label_tv=self.run.label_tv(step),
         )
+        return self.detector.annotate(record, plan)
 
     def check_voteable(self, step: int) -> None:
         """Stop, in one line, when the dropped workers leave no file that can still have
@@ -216,7 +236,7 @@ class Trainer:
             "dataset_root": cfg.dataset.root,
             "num_classes": self.run.train_data.num_classes,
             "eval": self.last_eval,
-        }
+        } | ({"detection": self.detector.state_dict()} if self.detector.on else {})
 
     def train(self, steps: Iterable[int] | None = None) -> dict:
         """Run every step, evaluating every ``eval_freq`` steps and at the end; prints
@@ -233,6 +253,8 @@ class Trainer:
             return self.last_eval
         if self.start:
             say(f"resuming after step {self.start} from {self.last_checkpoint}")
+        for line in self.detector.describe():
+            say(line)
         end = max(total, self.start)  # a checkpoint beyond max_steps: evaluate it as is
         progress = Progress(total, cfg.log_every, initial=min(self.start, total))
         try:
@@ -240,8 +262,9 @@ class Trainer:
                 PROGRESS.update(step=step, total=total, checkpoint=self.last_checkpoint)
                 record = self.step(step)
                 self.metrics.write(record)
-                for line in self.drops_to_tell(step):  # on the console and in rank0.log
+                for line in [*self.drops_to_tell(step), *self.lines]:  # console, rank0.log
                     progress.say(line)
+                self.lines.clear()
                 progress.step(step, record)
                 done = step + 1
                 if cfg.eval_freq and done % cfg.eval_freq == 0 and done < total:

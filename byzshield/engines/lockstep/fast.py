@@ -1,10 +1,10 @@
 """The lockstep engine's batched robust update, for the cases whose semantics it
 reproduces: attacks none, ALIE, IPM, Min-Max, Min-Sum, Fang, rev_grad, sign_flip and
 constant; the rules coord-median (also its median of means, bucketing by
-``num_buckets``), trimmed mean and mean; the full vote and no stragglers. The
-omniscient attack, the vote of every file and the rule run as tensor operations over the
-runs of a chunk (:func:`fast_updates`). Any other configuration takes the general robust
-update
+``num_buckets``), trimmed mean and mean; the full vote, no stragglers and no detection.
+The omniscient attack, the vote of every file and the rule run as tensor operations over
+the runs of a chunk (:func:`fast_updates`). Any other configuration takes the general
+robust update
 (:class:`byzshield.server.update.RobustUpdate`), and so does a step of a fast run that
 meets a case the batched code does not handle (a tied vote, a non-finite winner).
 
@@ -97,11 +97,15 @@ class FastUpdate:
 def fast_update(run: Run, robust_update, d: int) -> FastUpdate | None:
     """The batched update for ``run``, or None when it needs the general robust update
     (other attacks and rules, pre-aggregations but the median's bucketing by count, the
-    hierarchical form, the digest vote, stragglers, digest lies; the data-side attacks,
-    label flip and the backdoor, whose Byzantine copies are gradients on other data)."""
+    hierarchical form, the digest vote, stragglers, digest lies, detection and relabelling,
+    an adversary that lies only where it wins or evades; the data-side attacks, label flip
+    and the backdoor, whose Byzantine copies are gradients on other data)."""
     cfg = run.config
     if cfg.vote != "full" or cfg.stragglers or cfg.adversary.digest_lie != "none":
         return None
+    adv = cfg.adversary
+    if (cfg.detect, cfg.placement.relabel, adv.lie_on, adv.evade) != ("off", "none", "all", False):
+        return None  # the general update reports the evidence the detector needs
     attack = run.attack
     if isinstance(attack, attack_lib.NoAttack) or run.q == 0:
         kind = "none"

@@ -293,7 +293,8 @@ class LockstepGroup:
         current = params.index_select(0, rows)
         honest, losses = grads_fn(current, torch.stack(xs), torch.stack(ys))
         t1 = time.perf_counter()
-        byz = [s.member.run.selection.workers(s.step) for s in chunk]
+        plans = [s.trainer.plan(s.step) for s in chunk]
+        byz = [plan.byzantine for plan in plans]  # the batched update's: no detection
         gradients = torch.empty(len(chunk), params.shape[1])
         metrics: list[dict | None] = [None] * len(chunk)
         cohorts: dict[tuple, list[int]] = defaultdict(list)
@@ -320,9 +321,13 @@ class LockstepGroup:
                 if outs[pos] is not None:
                     gradients[k] = grad[pos]
                     metrics[k] = outs[pos]
+        missing: list[tuple[int, ...]] = [()] * len(chunk)
         for k, s in enumerate(chunk):
             if metrics[k] is None:  # the general robust update, as the simulate engine
-                gradients[k], metrics[k] = self._general(s, honest[k], losses[k], byz[k], params)
+                missing[k] = s.trainer.stragglers(s.step)
+                gradients[k], metrics[k] = self._general(
+                    s, honest[k], losses[k], plans[k], missing[k], params
+                )
         t2 = time.perf_counter()
         self._sgd(chunk, rows, gradients, params, buffers)
         t3 = time.perf_counter()
@@ -338,13 +343,17 @@ class LockstepGroup:
                 metrics[k],
                 s.lr_used,
                 byz[k],
-                (),
+                missing[k],
                 times,
                 (t3 - t2) / n,
                 (t3 - t0) / n,
                 label_tv=label_tv(ys[k], s.member.run.train_data.num_classes),
             )
-            s.trainer.metrics.write(record)
+            s.trainer.metrics.write(s.trainer.detector.annotate(record, plans[k]))
+            if s.progress is not None:
+                for line in s.trainer.lines:
+                    s.progress.say(line)
+            s.trainer.lines.clear()
             if s.progress is not None:
                 s.progress.step(s.step, record)
             s.step += 1
@@ -358,16 +367,19 @@ class LockstepGroup:
                         f"loss {ev['test_loss']:.4f}"
                     )
 
-    def _general(self, s: _RunState, honest: Tensor, losses: Tensor, byz, params):
-        """The robust update of one run on the copies the simulate engine builds."""
+    def _general(self, s: _RunState, honest: Tensor, losses: Tensor, plan, missing, params):
+        """The robust update of one run on the copies the simulate engine builds, its
+        stragglers erased, its evidence to its detector (the trainer's step)."""
         run = s.member.run
         if s.simulate is None:
             s.simulate = SimulateEngine(run, params.shape[1], threads=1)
+        liars = plan.as_roles(plan.liars)
         attack = s.simulate.attack
-        if attack is not None and (attack.flips_labels or data_poison(attack)) and byz:
+        if attack is not None and (attack.flips_labels or data_poison(attack)) and liars:
             load_flat(s.simulate.replicas[0], params[s.row])  # data-side attacks' gradients
-        copies = s.simulate.copies(s.step, honest, losses.tolist(), byz)
-        outcome = s.trainer.update(copies, byz, s.step)
+        lied = plan.lied(run.placement)
+        copies = s.simulate.copies(s.step, honest, losses.tolist(), liars, lied)
+        outcome = s.trainer.decide(copies, plan, missing)
         return outcome.gradient, outcome.metrics
 
     def _sgd(self, chunk, rows, gradients, params, buffers) -> None:

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from byzshield.config import Run, add_server_parts
+from byzshield.detection import inverse
 from byzshield.engines.torchrun.comm import Comm, RankFailure
 from byzshield.server.copies import Copies, copy_index, pushed_slots
 from byzshield.server.erasures import erase, present_copies, stragglers
+from byzshield.server.evidence import StepPlan
 from byzshield.server.sharded import Exchange, receive_start, shard_bounds
 from byzshield.server.update import build_update
 from byzshield.server.vote import Rows
@@ -41,6 +43,10 @@ class TorchrunEngine:
     its files vote among their other holders. With a sharded server every server ends
     each step with the same dropped workers (:meth:`_agree`), so all decide the same bits;
     :attr:`peers` are then the channels between the servers (None with one server).
+
+    With ``placement.relabel=step`` worker w plays role ``roles[w]`` (the control message
+    says which): its reply lands in its own slot, and the step's copies are indexed by
+    roles, as the robust update reads them (:meth:`_relabel`).
     """
 
     name = "torchrun"
@@ -61,44 +67,66 @@ class TorchrunEngine:
         n = self.layout.payload_size
         spare = math.ceil((Slot.capacity(n) - n) / d)  # whole rows for END and the slack
         self.stride = p.load + spare  # rows per worker in the receive buffer
-        self.loss_index = copy_index(p)  # w * l + i: worker w's i-th file
-        self.index = self.loss_index // p.load * self.stride + self.loss_index % p.load
+        self.role_index = copy_index(p)  # k * l + i: role k's i-th file
+        self.roles: tuple[int, ...] | None = None  # roles[w]: whose files worker w computes
+        self._relabel(tuple(range(self.K)))
         self.rows = torch.empty(self.K * self.stride, d)  # reused: no page faults per step
         region = self.rows.view(self.K, self.stride * d)
         self.payloads = [Slot(region[w], self.layout.payload_size) for w in range(self.K)]
         headers = torch.empty(self.K, Slot.capacity(self.layout.header_size))
         self.headers = [Slot(headers[w], self.layout.header_size) for w in range(self.K)]
-        # vote=digest: what each worker pushes after its digests (its first-holder files),
-        # received into slots kept across steps
-        pushers = range(self.K) if self.digests else ()
-        self.pushed = {w: slots for w in pushers if (slots := pushed_slots(p, w))}
-        self.push_slots = {w: self._slot(len(slots)) for w, slots in self.pushed.items()}
-        self.pushed_rows = {w * self.stride + s for w, ss in self.pushed.items() for s in ss}
         self.idle = True  # every worker waits for a control message (none is mid-send)
         self.dropped: dict[int, str] = {}  # worker -> why, in the order they were dropped
         self.copies: Copies | None = None  # this step's, once made (a drop erases copies)
+
+    def _relabel(self, roles: tuple[int, ...]) -> None:
+        """Worker w plays role ``roles[w]``: the (f, r) index of the step's copies (row
+        ``w * stride + i``: worker w's i-th file, as received), its losses, and with the
+        digest vote what each worker pushes after its digests (the files its role is
+        first holder of), received into staging slots kept across steps."""
+        if roles == self.roles:
+            return
+        self.roles, l = roles, self.load
+        who = torch.tensor(inverse(roles))[self.role_index // l]  # the worker of each copy
+        self.loss_index = who * l + self.role_index % l
+        self.index = who * self.stride + self.role_index % l
+        pushers = range(self.K) if self.digests else ()
+        self.pushed = {w: ss for w in pushers if (ss := pushed_slots(self.run.placement, roles[w]))}
+        slots = getattr(self, "push_slots", {})
+        self.push_slots = {
+            w: slots[w] if w in slots and slots[w].size == gradients_size(len(ss), self.d)
+            else self._slot(len(ss))
+            for w, ss in self.pushed.items()
+        }  # fmt: skip
+        self.pushed_rows = {w * self.stride + s for w, ss in self.pushed.items() for s in ss}
+
+    def _erased(self, workers) -> torch.Tensor:
+        """(f, r) bool: the copies that arrive when ``workers`` (physical) send none."""
+        return present_copies(self.run.placement, [self.roles[w] for w in workers])
 
     @property
     def live(self) -> list[int]:
         """The workers not dropped."""
         return [w for w in range(self.K) if w not in self.dropped]
 
-    def gather(self, step: int, params: torch.Tensor, byzantine: tuple[int, ...]):
+    def gather(self, step: int, params: torch.Tensor, plan: StepPlan):
         t0 = time.perf_counter()
         self._end_pulls()
         self.idle = False
-        control = Control.for_step(step, self.K, byzantine).pack()
+        control = Control.for_step(step, self.K, plan.liars, plan.roles, plan.excluded).pack()
         for server in self.others:  # servers 1..S-1 of a sharded server: the step starts
             self.comm.send_to_server(control, server)
         self._drop_failed(self.comm.send_to_workers(control, self.live))
         self._drop_failed(self.comm.send_to_workers(params, self.live))
-        return self.collect(t0)
+        return self.collect(t0, plan.roles)
 
-    def collect(self, t0: float):
+    def collect(self, t0: float, roles: tuple[int, ...] | None = None):
         """The step's replies (this server's columns of them) from the workers not
         dropped: headers now, payloads as they land (the copies' ``arrivals``); with the
-        control and parameters sent at ``t0`` (``time.perf_counter()``)."""
+        control and parameters sent at ``t0`` (``time.perf_counter()``), worker w playing
+        ``roles[w]`` (None: its own)."""
         self.copies = None
+        self._relabel(tuple(range(self.K)) if roles is None else tuple(roles))
         self._receive(self.headers, "reply header")
         headers = {}
         for w in self.live:
@@ -130,7 +158,7 @@ class TorchrunEngine:
             Rows(self.rows),
             self.index,
             losses[self.loss_index],
-            present=present_copies(self.run.placement, self.dropped) if self.dropped else None,
+            present=self._erased(self.dropped) if self.dropped else None,
             claims=claims,
             fetch=self._fetch if self.digests else None,
             bytes_in=len(headers) * self.layout.nbytes(),
@@ -153,7 +181,7 @@ class TorchrunEngine:
         log.warning("dropped worker %d for the rest of the run: %s", w, why)
         self.comm.tell_dropped(w, why)
         if self.copies is not None:
-            gone = present_copies(self.run.placement, (w,))
+            gone = self._erased((w,))
             present = self.copies.present
             self.copies.present = gone if present is None else present & gone
 
@@ -259,7 +287,7 @@ class TorchrunEngine:
             slot.arm()
         for w, failure in self.comm.receive_as_completed({w: s.buffer for w, s in slots.items()}):
             if self._check(w, slots[w], "payload", failure):
-                yield w
+                yield self.roles[w]  # the update reads copies by role
         self.idle = True  # after a step's last message every worker waits for the next
 
     def _end_pulls(self) -> None:
@@ -338,8 +366,8 @@ def run_shard_server(comm: Comm, run: Run) -> None:
     """Server s of a sharded parameter server (rank s, 0 < s < S): serve steps until
     server 0 says stop. First what server 0 decided at start-up (the f the rule assumes,
     the rule's state: :func:`byzshield.server.sharded.receive_start`); then each step
-    server 0's control message, every worker's header and columns s of its payload, and
-    the robust update of those columns
+    server 0's control message (who lies, the roles, who is excluded), every worker's
+    header and columns s of its payload, and the robust update of those columns
     (:class:`byzshield.server.sharded.ShardServer`)."""
     cfg, p = run.config, run.placement
     s = comm.rank
@@ -348,7 +376,9 @@ def run_shard_server(comm: Comm, run: Run) -> None:
     lo, hi = shard_bounds(d, cfg.ps_shards)[s]
     told = receive_start(peers, hi - lo)
     run = add_server_parts(run, rule_f=told.rule_f)
-    spec = dataclasses.replace(run.update_spec(), outside_guarantee=told.outside_guarantee)
+    spec = dataclasses.replace(
+        run.update_spec(), outside_guarantee=told.outside_guarantee, f_after=told.f_after
+    )
     server = build_update(spec, d, peers=peers)
     server.load_state_dict(told.state)
     engine = TorchrunEngine(comm, run, d, server=s)
@@ -359,8 +389,8 @@ def run_shard_server(comm: Comm, run: Run) -> None:
         if message.stop:
             log.info("server %d: stop after %d steps", s, message.step)
             return
-        step = message.step
-        byzantine = tuple(w for w, bad in enumerate(message.byzantine) if bad)
-        copies, _ = engine.collect(time.perf_counter())
-        erase(copies, p, stragglers(p, cfg.stragglers, seed=cfg.seed, step=step))
-        server(copies, byzantine, step)
+        step, roles = message.step, message.roles
+        copies, _ = engine.collect(time.perf_counter(), roles)
+        missing = stragglers(p, cfg.stragglers, seed=cfg.seed, step=step)
+        erase(copies, p, tuple(sorted(roles[w] for w in missing)))
+        server(copies, message.byzantine_roles(), step, message.excluded_roles())

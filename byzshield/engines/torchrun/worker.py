@@ -1,6 +1,9 @@
 """The worker ranks of the torchrun engine: serve steps until the server says stop
 (:func:`run_worker`): compute the held files' gradients, attack them when Byzantine, and
-send the reply (to every server of a sharded server, :class:`_ShardReplies`)."""
+send the reply (to every server of a sharded server, :class:`_ShardReplies`). The files
+are those of the role the control message names (``placement.relabel``: a new one every
+step); a Byzantine worker lies on the files ``adversary.lie_on`` says
+(:func:`byzshield.detection.lied_files`)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from byzshield.attacks import attack_generator, data_poison
 from byzshield.compute.gradients import file_gradients
 from byzshield.compute.params import load_flat, num_params
 from byzshield.config import Run
+from byzshield.detection import lied_files
 from byzshield.engines.torchrun.comm import Comm, RankFailure
 from byzshield.server.copies import pushed_slots
 from byzshield.server.digest import digest
@@ -48,7 +52,6 @@ def run_worker(comm: Comm, run: Run) -> None:
 def _serve_steps(comm: Comm, run: Run) -> None:
     cfg, p = run.config, run.placement
     w = comm.worker
-    files = p.worker_files[w]
     model = run.build_model()
     d = num_params(model)
     digests = cfg.vote == "digest"
@@ -61,9 +64,9 @@ def _serve_steps(comm: Comm, run: Run) -> None:
     payload = layout.payload(reply)  # the gradients, written in place
     header = torch.empty(layout.header_size + 1)  # + END
     attack = run.attack  # None for omniscient attacks: the server simulates them
-    pushed = pushed_slots(p, w) if digests else []
+    lie_on = cfg.adversary.lie_on
     hasher = ThreadPoolExecutor(1, thread_name_prefix="digest") if digests else None
-    push = torch.empty(gradients_size(len(pushed), d) + 1)  # the pushed gradients, END; reused
+    push = torch.empty(gradients_size(p.load, d) + 1)  # the pushed gradients, END; reused
     while True:
         comm.receive_from_server(control)
         message = Control.unpack(control)
@@ -74,10 +77,16 @@ def _serve_steps(comm: Comm, run: Run) -> None:
             return
         comm.receive_from_server(params)
         load_flat(model, params)
-        step, byzantine = message.step, message.byzantine[w]
+        step, byzantine, role = message.step, message.byzantine[w], message.roles[w]
+        files = p.worker_files[role]
+        pushed = pushed_slots(p, role) if digests else []
+        lies = [True] * len(files)  # which of its files a Byzantine worker lies on
+        if byzantine and lie_on != "all":
+            won = set(lied_files(p, message.byzantine_roles(), lie_on, message.excluded_roles()))
+            lies = [j in won for j in files]
         t0 = time.perf_counter()
         hashing: list = []  # vote=digest: each file hashed on a thread once it is final
-        forged = byzantine and attack is not None
+        forged = byzantine and attack is not None and any(lies)
         on_file = None
         if digests and not forged:
             on_file = functools.partial(_hash_row, hasher, payload, hashing)
@@ -89,16 +98,34 @@ def _serve_steps(comm: Comm, run: Run) -> None:
             step=step,
             batch_size=cfg.batch_size,
             num_files=p.num_files,
-            flip=byzantine and attack is not None and attack.flips_labels,
-            poison=data_poison(attack) if byzantine else None,
+            flip=forged and attack.flips_labels and all(lies),
+            poison=data_poison(attack) if forged and all(lies) else None,
             out=payload,
             batched=run.batched_files,
             on_file=on_file,
             partition=run.partition,
         )
-        if forged:
-            for i, j in enumerate(files):
-                payload[i] = attack(payload[i], generator=attack_generator(cfg.seed, step, j))
+        lied = [i for i, lie in enumerate(lies) if lie] if forged else []
+        poison = data_poison(attack) if forged else None
+        if forged and (attack.flips_labels or poison is not None) and len(lied) < len(files):
+            # a data-side attack that lies on some of its files only: those recomputed
+            flipped, flipped_losses = file_gradients(
+                model,
+                run.train_data,
+                [files[i] for i in lied],
+                seed=cfg.seed,
+                step=step,
+                batch_size=cfg.batch_size,
+                num_files=p.num_files,
+                flip=attack.flips_labels,
+                poison=poison,
+                batched=run.batched_files,
+                partition=run.partition,
+            )
+            for k, i in enumerate(lied):
+                payload[i], losses[i] = flipped[k], flipped_losses[k]
+        for i in lied:
+            payload[i] = attack(payload[i], generator=attack_generator(cfg.seed, step, files[i]))
         if not digests:
             sums = ()
         elif hashing:
@@ -114,7 +141,8 @@ def _serve_steps(comm: Comm, run: Run) -> None:
             if not digests:
                 comm.send_to_server(reply)
             elif pushed:
-                comm.send_to_server(pack_gradients(payload, pushed, push))
+                size = gradients_size(len(pushed), d) + 1  # its part of the reused buffer
+                comm.send_to_server(pack_gradients(payload, pushed, push[:size]))
         while digests:  # the server pulls some of the gradients, then ends the step
             comm.receive_from_server(pull)
             request = Pull.unpack(pull)

@@ -44,6 +44,10 @@ ADDED_KEYS = {
     "dataset.partition": "iid",
     "dataset.alpha": 1.0,
     "dataset.classes_per_file": 2,
+    "detect": "off",
+    "placement.relabel": "none",
+    "adversary.lie_on": "all",
+    "adversary.evade": False,
 }
 
 PROGRESS: dict = {}
@@ -64,8 +68,8 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     diffs = []
     for key in sorted(set(old) | set(new)):
         name = f"{prefix}{key}"
-        a = old.get(key, ADDED_KEYS.get(name, "<unset>"))
         b = new.get(key, "<unset>")
+        a = old.get(key, {} if isinstance(b, dict) else ADDED_KEYS.get(name, "<unset>"))
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += _differences(a, b, f"{name}.")
         elif a != b:
