@@ -6,6 +6,7 @@ launcher, one thread each).
     python benchmarks/lockstep.py --rounds 2 --steps 300 --batch-size 750
     python benchmarks/lockstep.py --attacks min_max,min_sum,fang --modes coord-median,trimmed-mean
     python benchmarks/lockstep.py --set dataset.partition=iid,dirichlet   # more overrides
+    python benchmarks/lockstep.py --lockstep-threads 1   # one core against simulate's two
 
 The same Hydra multirun, ``approach=mols,draco_lite_attack attack=alie adversary.q=1..4
 seed=0..4`` (40 runs; cnn1d on MNIST-1D, coord-median, evaluation every 25 steps; the
@@ -59,6 +60,8 @@ def _sweep(engine: str, folder: Path, args) -> list[str]:
         cmd += ["engine=simulate", "threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     else:
         cmd += ["engine=lockstep"]
+        if args.lockstep_threads:
+            cmd += [f"threads={args.lockstep_threads}"]
     return cmd
 
 
@@ -90,6 +93,13 @@ def main() -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=V[,V]", help="another override"
     )
+    p.add_argument(
+        "--lockstep-threads",
+        type=int,
+        metavar="N",
+        help="the lockstep engine's threads (default: one per CPU); 1 on a machine other "
+        "work shares, where two threads wait on each other",
+    )
     args = p.parse_args()
     sweep = [args.attacks, args.modes, *(s.split("=", 1)[1] for s in args.set if "=" in s)]
     runs = 2 * args.qs * args.seeds
@@ -101,7 +111,8 @@ def main() -> None:
     finals: dict[str, dict] = {}
     print(
         f"{runs} runs of {args.steps} steps, batch {args.batch_size}, cnn1d on MNIST-1D, "
-        f"attack={args.attacks} mode={args.modes} {' '.join(args.set)}; "
+        f"attack={args.attacks} mode={args.modes} {' '.join(args.set)}; lockstep threads "
+        f"{args.lockstep_threads or 'one per CPU'}; "
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )

@@ -74,8 +74,8 @@ WHOLE = Columns(
 """Every column is here (an attack called outside a server)."""
 
 
-def deviation(honest: Tensor, direction: str, columns: Columns = WHOLE) -> tuple[Tensor, float]:
-    """Shejwalkar & Houmansadr's deviation p of an (n, d) float64 stack, and ||mu||.
+def deviation(honest: Tensor, direction: str, columns: Columns = WHOLE) -> Tensor:
+    """Shejwalkar & Houmansadr's deviation p of an (n, d) float64 stack.
 
     ``unit_vec``: p = -mu / ||mu||; ``sign``: p = -sign(mu); ``std``: p = -sigma, the
     coordinate-wise standard deviation with ddof 1 (their code's ``torch.std``), 0 for a
@@ -84,8 +84,10 @@ def deviation(honest: Tensor, direction: str, columns: Columns = WHOLE) -> tuple
     mu = honest.mean(dim=0)
     d = honest.shape[1]
     mu_np = mu.numpy()
-    mu_norm = math.sqrt(float(columns.reduce(d, lambda lo, hi: np.dot(mu_np[lo:hi], mu_np[lo:hi]))))
-    if direction == "unit_vec":
+    if direction == "unit_vec":  # ||mu|| is a sum over the whole vector
+        mu_norm = math.sqrt(
+            float(columns.reduce(d, lambda lo, hi: np.dot(mu_np[lo:hi], mu_np[lo:hi])))
+        )
         p = -mu / mu_norm if mu_norm > 0 else torch.zeros_like(mu)
     elif direction == "sign":
         p = -torch.sign(mu)
@@ -94,7 +96,7 @@ def deviation(honest: Tensor, direction: str, columns: Columns = WHOLE) -> tuple
         p = -honest.std(dim=0, correction=1) if n > 1 else torch.zeros_like(mu)
     else:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
-    return p, mu_norm
+    return p
 
 
 def largest_root(a: float, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -211,7 +213,7 @@ class MinMax:
     def vector(self, honest: Tensor, columns: Columns = WHOLE) -> Tensor:
         """v = mu + gamma p of the (n, d) honest stack, float64."""
         stats = honest.to(torch.float64)
-        p, _ = deviation(stats, self.direction, columns)
+        p = deviation(stats, self.direction, columns)
         gamma = type(self).gamma(stats, p, columns)
         object.__setattr__(self, "last_factor", gamma)
         return stats.mean(dim=0) + gamma * p

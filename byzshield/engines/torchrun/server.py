@@ -350,7 +350,8 @@ class TorchrunPeers:
     def receive(self, like: np.ndarray, source: int) -> np.ndarray:
         buffer = _wire(np.empty_like(like))
         self.comm.receive_from_server(buffer, source)
-        return buffer.numpy().astype(like.dtype, copy=False)
+        # like's own shape: a 0-d array (a scalar partial sum) travels as shape (1,)
+        return buffer.numpy().astype(like.dtype, copy=False).reshape(like.shape)
 
 
 def _wire(array: np.ndarray) -> torch.Tensor:
