@@ -3,6 +3,8 @@
     python benchmarks/peers.py                  # 2 alternating rounds, 200 steps
     python benchmarks/peers.py --quick          # 1 round (a few minutes)
     python benchmarks/peers.py --byzfl-default  # also ByzFL at torch's default threads
+    python benchmarks/peers.py --mode coord-median   # the median (ByzFL's Median) instead
+    python benchmarks/peers.py --byzfl-freeze   # also ByzFL with gc.freeze() after imports
 
 The job (issue 31): MNIST-1D (byzshield's embedded copy, 4,000 training and 1,000 test
 signals), the 1-D CNN (``byzshield.compute.networks.CNN1d``, 5,210 parameters, the same
@@ -31,7 +33,12 @@ ByzFL's honest clients each compute one batch and it writes nothing. Both sides 
 one intra-op thread (``torch.set_num_threads(1)`` for ByzFL, its faster setting on this
 machine; ``--byzfl-default`` adds a labelled run at torch's default); byzshield's
 simulate engine computes its files on ``threads`` threads (default: one per CPU) of one
-intra-op thread each. Each whole command is timed from outside (wall and CPU, start-up
+intra-op thread each. byzshield's command freezes what its imports built out of Python's
+cyclic garbage collector (``byzshield.train.cli``); ByzFL's loop, which allocates many
+Python objects a step, pays full collections over torch's ~230,000 objects, most in its
+first run in a process (2x its later runs): ``--byzfl-freeze`` adds a labelled ByzFL run
+with ``gc.freeze()`` after its imports, to show how much of a ratio that is. Each whole
+command is timed from outside (wall and CPU, start-up
 included), the two sides alternating; the ratio is ByzFL / byzshield. Both must learn:
 final top-1 above chance (10 %) by a margin, checked.
 """
@@ -43,8 +50,12 @@ import os
 import sys
 import time
 
-JOB = ["dataset=mnist1d", "network=cnn1d", "attack=alie", "mode=trimmed-mean", "lr=0.1"]
-"""byzshield's side: on its defaults (MOLS l=5 r=3, q=3 worst case, batch 300)."""
+JOB = ["dataset=mnist1d", "network=cnn1d", "attack=alie", "lr=0.1"]
+"""byzshield's side, with ``mode=``: on its defaults (MOLS l=5 r=3, q=3 worst case,
+batch 300)."""
+
+BYZFL_RULES = {"trimmed-mean": "TrMean", "coord-median": "Median", "mean": "Average"}
+"""byzshield's ``mode`` -> ByzFL's aggregator (given f = 3 where it takes one)."""
 
 CHANCE = 0.10
 LEARNED = 0.20
@@ -54,7 +65,9 @@ LEARNED = 0.20
 # --------------------------------------------------------------------- ByzFL's side
 
 
-def byzfl_runs(seeds: list[int], steps: int, threads: int | None, out: str) -> None:
+def byzfl_runs(
+    seeds: list[int], steps: int, threads: int | None, rule: str, out: str, freeze: bool
+) -> None:
     """Train ``seeds`` with ByzFL's classes, one after the other; write their accuracies."""
     import numpy as np
     import torch
@@ -64,6 +77,11 @@ def byzfl_runs(seeds: list[int], steps: int, threads: int | None, out: str) -> N
         torch.set_num_threads(threads)
     from byzfl import ByzantineClient, Client, Server
     from byzfl.fed_framework import models
+
+    if freeze:
+        import gc
+
+        gc.freeze()
 
     from byzshield.compute.datasets import load_dataset
     from byzshield.compute.networks import CNN1d
@@ -90,7 +108,7 @@ def byzfl_runs(seeds: list[int], steps: int, threads: int | None, out: str) -> N
                 "weight_decay": 0.0,
                 "milestones": [steps + 1],
                 "learning_rate_decay": 1.0,
-                "aggregator_info": {"name": "TrMean", "parameters": {"f": f}},
+                "aggregator_info": {"name": rule, "parameters": {"f": f}},
                 "pre_agg_list": [],
             }
         )
@@ -175,7 +193,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5, help="runs of the sweep comparison")
     p.add_argument("--quick", action="store_true", help="1 round")
     p.add_argument("--byzfl-default", action="store_true", help="ByzFL at torch's default")
+    p.add_argument("--byzfl-freeze", action="store_true", help="ByzFL with gc.freeze()")
     p.add_argument("--only", choices=("simulate", "lockstep"), help="one comparison")
+    p.add_argument("--mode", default="trimmed-mean", choices=sorted(BYZFL_RULES))
     args = p.parse_args()
     rounds = 1 if args.quick else args.rounds
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -183,9 +203,11 @@ def main() -> None:
     plain = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}  # torch's default
     me = [sys.executable, __file__]
     seeds = ",".join(str(s) for s in range(args.seeds))
-    base = [*JOB, f"max_steps={args.steps}", "log_every=100000"]
+    base = [*JOB, f"mode={args.mode}", f"max_steps={args.steps}", "log_every=100000"]
+    rule = BYZFL_RULES[args.mode]
     print(
-        f"{args.steps} steps, MNIST-1D, cnn1d, K=15 q=3 ALIE, trimmed mean; {rounds} "
+        f"{args.steps} steps, MNIST-1D, cnn1d, K=15 q=3 ALIE, {args.mode} (ByzFL: {rule}); "
+        f"{rounds} "
         f"alternating round(s); load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs",
         flush=True,
     )
@@ -196,7 +218,7 @@ def main() -> None:
                 "simulate, 1 run",
                 1,
                 lambda d: [sys.executable, "-m", "byzshield.train", *base, f"train_dir={d}"],
-                lambda o, t="1": [*me, "--byzfl-child", o, "0", str(args.steps), t],
+                lambda o, t="1": [*me, "--byzfl-child", o, "0", str(args.steps), t, rule],
             )
         )
     if args.only != "simulate":
@@ -214,7 +236,7 @@ def main() -> None:
                     f"seed={seeds}",
                     f"train_dir={d}",
                 ],  # fmt: skip
-                lambda o, t="1": [*me, "--byzfl-child", o, seeds, str(args.steps), t],
+                lambda o, t="1": [*me, "--byzfl-child", o, seeds, str(args.steps), t, rule],
             )
         )
     results = []
@@ -223,6 +245,8 @@ def main() -> None:
             times: dict[str, list[tuple[float, float]]] = {"ByzFL": [], "byzshield": []}
             if args.byzfl_default:
                 times["ByzFL (torch default threads)"] = []
+            if args.byzfl_freeze:
+                times["ByzFL (gc.freeze() after imports)"] = []
             acc: dict[str, list[float]] = {}
             for r in range(rounds):
                 for side in times:
@@ -232,6 +256,7 @@ def main() -> None:
                     else:
                         out = str(folder) + ".json"
                         cmd = theirs(out, "default" if "default" in side else "1")
+                        cmd[-2] += "+freeze" if "freeze" in side else ""
                     wall, cpu = _timed(cmd, plain if "default" in side else env)
                     times[side].append((wall, cpu))
                     if side == "byzshield":
@@ -271,13 +296,16 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--byzfl-child":
-        _, _, out, seeds, steps, threads = sys.argv
+    if len(sys.argv) == 7 and sys.argv[1] == "--byzfl-child":
+        _, _, out, seeds, steps, threads, rule = sys.argv
+        threads, _, freeze = threads.partition("+")
         byzfl_runs(
             [int(s) for s in seeds.split(",")],
             int(steps),
             None if threads == "default" else int(threads),
+            rule,
             out,
+            freeze == "freeze",
         )
     else:
         main()
