@@ -7,7 +7,8 @@ the starting points of the geometric median and centered clipping (ours the coor
 median, ByzFL zeros), and CAF/SMEA's top eigenvalue (ours exact; ByzFL takes one power
 step from a random unit v0 of torch's global generator and reports |Sigma v0|, which is
 off by the random factor |u . v0| even when the spread is rank one, so it can pick another
-subset or weight: ``power_iterations=1`` with a generator seeded alike reproduces it).
+subset or weight: for CAF ``power_iterations=1`` with a generator seeded alike reproduces
+it; SMEA's draws its starts with the same law from the Gram matrix, checked in law).
 """
 
 import pytest
@@ -103,11 +104,38 @@ def test_caf_agrees_given_the_same_random_start(n, f):
     close(got, with_global_seed(11, lambda: byzfl_agg.CAF(f=f)(x.clone())))
 
 
+def test_smea_power_starts_have_byzfls_law():
+    """SMEA's power path draws the projections of the centred inputs on a uniform random
+    unit vector of R^d from their n x n Gram matrix; ByzFL draws the vector (randn(d) /
+    its norm) and projects. Same law: every projection and the projections' norm pass a
+    two-sample Kolmogorov-Smirnov test against ByzFL's way (d = 40: far from Gaussian)."""
+    from scipy.stats import ks_2samp
+
+    from byzshield.aggregators.spectral import span_projections
+
+    x = stack_for(6, 2, d=40).double()
+    centred = x - x.median(dim=0).values
+    gram = (centred @ centred.T).numpy()
+    draws = 4000
+    ours = span_projections(gram, 40, draws, torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(8)
+    v = torch.randn(draws, 40, generator=gen, dtype=torch.float64)
+    theirs = (v / v.norm(dim=1, keepdim=True) @ centred.T).numpy()
+    assert ours.shape == theirs.shape == (draws, 6)
+    for i in range(6):
+        assert ks_2samp(ours[:, i], theirs[:, i]).pvalue > 1e-3, i
+    norms = ks_2samp((ours**2).sum(axis=1), (theirs**2).sum(axis=1))
+    assert norms.pvalue > 1e-3
+
+
 @pytest.mark.parametrize(("n", "f"), [(7, 2), (9, 2), (10, 3)])
-def test_smea_agrees_given_the_same_random_starts(n, f):
+def test_smea_power_iterations_converge_to_the_exact_subset(n, f):
     x = stack_for(n, f, d=40)
-    got = ours("smea", x, f, torch.Generator().manual_seed(5), power_iterations=1)
-    close(got, with_global_seed(5, lambda: byzfl_agg.SMEA(f=f)(x.clone())))
+    exact = build_aggregator("smea")(x, f=f)
+    power = build_aggregator("smea", power_iterations=200)
+    got = power(x, f=f, generator=torch.Generator().manual_seed(5))
+    assert sorted(got.selected) == sorted(exact.selected)
+    close(got.value, exact.value)
 
 
 # ------------------------------------------------------------------ pre-aggregations
@@ -121,6 +149,43 @@ def pre(name, x, f, generator=None, **params):
 def test_nnm_agrees(n, f):
     x = stack_for(n, f)
     close(pre("nnm", x, f), byzfl_pre.NNM(f=f)(x.clone()))
+
+
+@pytest.mark.slow  # d = 10^6: ByzFL's NNM gathers a 2 GB (n, n - f, d) copy
+def test_nnm_differs_from_byzfl_only_where_its_float32_distances_cannot_order_neighbours():
+    """Not a bug: near ties. At d = 10^6 (benchmarks/aggregators.py's stack) an outlier's
+    20 nearest inputs are 5 outliers and 15 of the 20 honest inputs, whose distances to it
+    lie within 1e-4 of each other, a few 1e-6 apart; ByzFL's float32 ``torch.cdist`` sums
+    10^6 squares in float32, about 2e-4 off, so its k-th nearest is not the nearest by the
+    exact distances, and mixing one other honest row moves that output by 2.8e-2 of the
+    largest entry. Ours are the exact nearest: the mean of the k nearest by float64
+    distances (an independent reference here), and every row where ByzFL's differs has a
+    neighbour swap at a gap below ByzFL's own distance error for that row."""
+    n, f, d = 25, 5, 1_000_000
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=gen)
+    x += torch.randn(1, d, generator=gen) * 2.0
+    x[:f] *= -10.0
+    k = n - f
+    ours = pre("nnm", x, f)
+    xd = x.double()
+    sq = (xd * xd).sum(dim=1)
+    exact = (sq[:, None] + sq[None, :] - 2 * xd @ xd.T).clamp_min(0).sqrt()
+    order = torch.sort(exact, dim=1, stable=True).indices[:, :k]  # ties: the lower row
+    cols = slice(0, 20_000)  # the neighbour sets decide every column: check a slice
+    reference = torch.stack([xd[order[i], cols].mean(dim=0) for i in range(n)])
+    close(ours[:, cols], reference, rtol=1e-6)
+    theirs = byzfl_pre.NNM(f=f)(x.clone())[:, cols]
+    theirs_dist = torch.cdist(x, x).double()  # what ByzFL's NNM ranks by
+    for i in range(n):
+        if torch.allclose(theirs[i].double(), reference[i], rtol=0, atol=1e-5 * 20):
+            continue
+        picked = set(torch.topk(theirs_dist[i], k, largest=False).indices.tolist())
+        mine = set(order[i].tolist())
+        swapped = sorted(picked ^ mine)
+        gap = exact[i, swapped].max() - exact[i, swapped].min()
+        error = (theirs_dist[i] - exact[i]).abs().max()
+        assert gap < 2 * error, (i, swapped, float(gap), float(error))
 
 
 @pytest.mark.parametrize("s", [1, 2, 3, 4])
@@ -137,6 +202,39 @@ def test_bucketing_agrees_given_the_same_permutation(s):
 def test_static_clipping_agrees(c):
     x = stack_for(9, 2)
     close(pre("clipping", x, 2, c=c), byzfl_pre.Clipping(c=c)(x.clone()))
+
+
+def _float32_norm_error(vectors: torch.Tensor) -> float:
+    """Largest relative error of torch's float32 norms of these rows (ByzFL's)."""
+    exact = vectors.double().norm(dim=1)
+    return float(((torch.linalg.norm(vectors, dim=1).double() - exact) / exact).abs().max())
+
+
+def test_clipping_differs_from_byzfl_by_byzfls_float32_norms_only():
+    """The 1.2e-5 of benchmarks/aggregators.py at d = 10^6: both scale x_i by c / |x_i|;
+    ours takes |x_i| in float64 and rounds the product once, ByzFL's
+    ``torch.linalg.norm`` sums 10^6 float32 squares in float32 (here 1.4e-5 off the
+    exact norm, 7e-7 at d = 10^5). The gap between the two outputs is that norm error."""
+    x = torch.randn(4, 1_000_000, generator=torch.Generator().manual_seed(3)) + 0.5
+    ours = pre("clipping", x, 0, c=2.0)
+    exact = (x.double() * (2.0 / x.double().norm(dim=1, keepdim=True))).float()
+    close(ours, exact, rtol=2**-24)  # the float64 product rounded once (the float64 norms
+    # may differ in their last bit by summation order: at most one float32 ulp apart)
+    theirs = byzfl_pre.Clipping(c=2.0)(x.clone())
+    # tolerance: ByzFL's own norm error, measured on these rows, plus 2 float32 ulps
+    close(ours, theirs, rtol=_float32_norm_error(x) + 2 * 2**-24)
+    assert _float32_norm_error(x) > 1e-6  # the rows are long enough to show it
+
+
+def test_centered_clipping_differs_from_byzfl_by_byzfls_float32_norms_only():
+    """The same 1.2e-5 for centered clipping: ByzFL clips x_i - v by tau over its float32
+    norm; ours over the float64 distance |x_i - v|. One iteration from zeros, every
+    input clipped (tau below every norm): the outputs differ by ByzFL's norm error."""
+    x = torch.randn(5, 1_000_000, generator=torch.Generator().manual_seed(4)) + 0.5
+    mine = build_aggregator("centered-clipping", tau=2.0, num_iterations=1, center=None)
+    mine.load_state_dict({"rule.center": torch.zeros(x.shape[1])})
+    theirs = byzfl_agg.CenteredClipping(L=1, tau=2.0)(x.clone())
+    close(mine(x, f=2).value, theirs, rtol=_float32_norm_error(x) + 4 * 2**-24)
 
 
 @pytest.mark.parametrize(("n", "f"), [*SIZES, (9, 0), (7, 3)])

@@ -121,6 +121,31 @@ def test_alie_sends_mean_plus_z_std_of_honest():
     )
 
 
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_alie_two_pass_statistics_match_numpy_and_leave_the_input_alone(ddof):
+    import numpy as np
+
+    from byzshield.attacks.omniscient import mean_std
+
+    gen = torch.Generator().manual_seed(ddof)
+    # a large mean next to a small spread: where a one-pass sum of squares would cancel
+    honest = torch.randn(12, 3000, generator=gen) * 1e-3 + 100.0
+    before = honest.clone()
+    mu, sigma = mean_std(honest, ddof)
+    x = honest.numpy().astype(np.float64)
+    assert mu.dtype == sigma.dtype == torch.float64
+    np.testing.assert_allclose(mu.numpy(), x.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(sigma.numpy(), x.std(axis=0, ddof=ddof), rtol=1e-9)
+    assert torch.equal(honest, before)
+    doubled = honest.double()  # a float64 stack is not changed in place either
+    mean_std(doubled, ddof)
+    assert torch.equal(doubled, before.double())
+    # the forged float32 vector: numpy's float64 statistics, rounded once
+    forged = ALittleIsEnough(z=1.5, ddof=ddof)(honest[0], honest=honest)
+    expected = (x.mean(axis=0) + 1.5 * x.std(axis=0, ddof=ddof)).astype(np.float32)
+    assert np.array_equal(forged.numpy(), expected)
+
+
 def test_alie_default_z_follows_baruch_et_al():
     # n = 25, q = 5: s = floor(13.5) - 5 = 8, z = Phi^-1((25 - 5 - 8) / 20) = Phi^-1(0.6)
     assert alie_z(25, 5) == pytest.approx(NormalDist().inv_cdf(0.6))

@@ -7,6 +7,7 @@ Each test runs S servers as threads of this process
 """
 
 import json
+import math
 import threading
 from pathlib import Path
 
@@ -171,6 +172,23 @@ def test_sharded_server_gives_the_unsharded_bits_for_every_rule_family(mode, kw,
         state = update.state_dict()
         assert state.keys() == whole.state_dict().keys()
         assert all(torch.equal(v, whole.state_dict()[k]) for k, v in state.items())
+        update.close()
+
+
+def test_the_means_finite_shortcut_is_decided_on_every_shards_columns():
+    """The mean skips its non-finite scan when its value is finite; sharded, a row that is
+    Inf only in the last server's columns must be dropped on every server, as unsharded."""
+    p, d = mols(5, 3), 4_500
+    truth = torch.randn(p.num_files, d, generator=torch.Generator().manual_seed(4))
+    truth[6, d - 1] = math.inf  # file 6: non-finite on the last shard only
+    whole, sharded = updates(p, make_attack("rev_grad"), "mean", {}, f=2, d=d)
+    a = whole(received(p, truth), (), 0)
+    assert a.metrics["nonfinite_winners"] == 1
+    assert torch.isfinite(a.gradient).all()
+    for S, update in sharded.items():
+        b = update(received(p, truth), (), 0)
+        assert torch.equal(a.gradient, b.gradient), S
+        assert same_metrics(a.metrics, b.metrics), S
         update.close()
 
 

@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from byzshield import train
 from byzshield.cli.startup import entry_point
 from byzshield.config.data import NetworkOption
+from byzshield.engines.torchrun import comm
 
 RUN = ("max_steps=1", "eval_freq=0", "attack=alie")
 
@@ -40,7 +41,7 @@ def command(monkeypatch):
 
     monkeypatch.setattr(Hydra, "compose_config", counted_compose)
     monkeypatch.setattr(NetworkOption, "build", counted_build)
-    monkeypatch.setattr(train, "init", no_process_group)
+    monkeypatch.setattr(comm, "init", no_process_group)  # what torchrun_job imports
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     loggers = {name: logging.getLogger(name) for name in ("", "byzshield")}

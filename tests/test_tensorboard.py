@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from byzshield.training.events import EventWriter, crc32c
 from byzshield.training.records import MetricsLog
 
 
@@ -49,7 +50,7 @@ def test_simulate_run_writes_train_and_eval_scalars_matching_metrics_jsonl(tmp_p
 
 
 def test_without_tensorboard_only_metrics_jsonl_is_written(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # not installed: find_spec is None
     log = MetricsLog(tmp_path)
     assert log.tb is None
     log.write({"step": 0, "loss": float("nan"), "distorted": 1})
@@ -60,3 +61,24 @@ def test_without_tensorboard_only_metrics_jsonl_is_written(tmp_path, monkeypatch
         "distorted": 1,
     }
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_crc32c_matches_the_published_check_values():
+    assert crc32c(b"123456789") == 0xE3069283  # RFC 3720, B.4
+    assert crc32c(b"") == 0
+    assert crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720, B.4: 32 bytes of zeros
+    assert crc32c(bytes([0xFF] * 32)) == 0x62A8AB43
+
+
+def test_event_writer_files_read_back_as_tensorboard_scalars(tmp_path):
+    writer = EventWriter(tmp_path / "tb")
+    writer.add_scalars(0, {"train/loss": 2.5, "train/big": 1e39, "train/n": 7})
+    writer.add_scalars(2**40, {"train/loss": -0.125})
+    writer.close()
+    second = EventWriter(tmp_path / "tb2")  # a second file of the process: its own name
+    second.close()
+    assert writer.path.name != second.path.name
+    scalars = _scalars(tmp_path / "tb")
+    assert scalars["train/loss"] == [(0, 2.5), (2**40, -0.125)]
+    assert scalars["train/big"] == [(0, float("inf"))]  # beyond float32: inf, as torch's
+    assert scalars["train/n"] == [(0, 7.0)]

@@ -101,7 +101,7 @@ from byzshield.aggregators.distance import MDA, Bulyan, Krum, MoNNA, MultiKrum
 from byzshield.aggregators.iterative import CenteredClipping, GeometricMedian
 from byzshield.aggregators.pairwise import PairwiseDistances
 from byzshield.aggregators.pre import PRE_AGGREGATIONS, Bucketing, PreAggregation
-from byzshield.aggregators.reductions import dot
+from byzshield.aggregators.reductions import across_shards, dot
 from byzshield.aggregators.rows import mean_rows, nonfinite_rows, sign_rows
 from byzshield.aggregators.rule import Rule
 from byzshield.aggregators.spectral import CAF, SMEA
@@ -324,6 +324,15 @@ class Aggregator:
         signs = self.rule.takes_signs and (self.pre or self.hierarchical is not None)
         first = self.pre[0] if self.pre else (self.rule if self.hierarchical is None else None)
         dist = None
+        if self.rule.propagates_nonfinite and first is self.rule:  # no pre, no buckets
+            value, selected, f_used, fallback = self._run_rule(
+                x, list(range(n)), f, None, generator
+            )
+            finite = across_shards(np.array(np.isfinite(value).all()), np.logical_and)
+            if finite:  # every row finite (on every shard's columns): the scan drops none
+                out = torch.from_numpy(value)
+                self.rule.observe(out)
+                return AggregateResult(out, [], selected, f_used, beyond, fallback)
         if first is not None and first.uses_distances and f > 0 and not signs:
             dist = PairwiseDistances(x, range(n))  # its Gram diagonal finds NaN/Inf rows
             bad = dist.nonfinite

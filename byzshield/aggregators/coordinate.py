@@ -122,6 +122,7 @@ class Mean(Rule):
     name = "mean"
     requirement = "n >= 1"
     reference = "f is not used"
+    propagates_nonfinite = True  # a NaN or Inf row makes the float64 sum non-finite
 
     def max_f(self, n):
         return n

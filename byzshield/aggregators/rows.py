@@ -51,7 +51,9 @@ def weighted_row_sum(
         for a, b in chunks(lo, hi, width):
             acc = out[a:b]
             for pos, (i, w) in enumerate(zip(rows, scale, strict=True)):
-                if pos == 0:
+                if pos == 0 and w == 1.0:
+                    acc[:] = x[i, a:b]  # exact: float32 -> float64, as a product by 1.0
+                elif pos == 0:
                     np.multiply(x[i, a:b], w, out=acc, dtype=np.float64)
                 elif w == 1.0:
                     np.add(acc, x[i, a:b], out=acc)

@@ -43,6 +43,9 @@ class Rule:
             the non-finite scan when it sees the raw stack).
         takes_signs: the rule works on the signs of its inputs; pre-aggregations then
             see signs too (sign-majority: the original's workers sent signs).
+        propagates_nonfinite: a NaN or Inf in any row makes its value non-finite (the
+            mean), so a finite value on every row proves every row finite: the
+            aggregator then skips its separate non-finite scan (one pass over the stack).
     """
 
     name: ClassVar[str]
@@ -50,6 +53,7 @@ class Rule:
     reference: ClassVar[str] = "an honest majority"
     uses_distances: ClassVar[bool] = False
     takes_signs: ClassVar[bool] = False
+    propagates_nonfinite: ClassVar[bool] = False
     Config: ClassVar[type] = NoParams
 
     def __init__(self, config: object | None = None):

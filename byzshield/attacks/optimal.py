@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from byzshield.attacks._checks import finite
-from byzshield.attacks.omniscient import InnerProductManipulation
+from byzshield.attacks.omniscient import InnerProductManipulation, mean_std
 
 __all__ = ["OptimalALIE", "OptimalIPM", "line_search"]
 
@@ -114,8 +114,7 @@ class OptimalALIE:
     def forge(self, honest: Tensor, files: list[int], *, objective=None, **_) -> Tensor:
         if objective is None:
             raise ValueError(f"{self.name} needs an objective (the damage through the vote)")
-        stats = honest.to(torch.float64)
-        mu, sigma = stats.mean(dim=0), stats.std(dim=0, correction=self.ddof)
+        mu, sigma = mean_std(honest, self.ddof)
 
         def vector(z: float) -> Tensor:
             return (mu + z * sigma).to(honest.dtype)

@@ -60,7 +60,7 @@ class TrainConfig:
     # (torchrun under torchrun, else simulate)
     engine: str = "auto"
     device: str = "cpu"  # simulate only: cuda where a GPU exists
-    threads: int | None = None  # simulate: threads computing file gradients (null: CPUs)
+    threads: int | None = None  # simulate: gradient threads (null: CPUs); lockstep: 1
     lr: float = 0.05  # SGD learning rate lr0; lr = lr0 * gamma^(step // lr_step)
     momentum: float = 0.9  # SGD momentum (PyTorch form, no dampening)
     gamma: float = 0.1  # LR decay factor
@@ -164,7 +164,8 @@ KEY_HELP: dict[str, str] = {
     "placement": "placement.relabel: none, or step (a secret permutation of roles every step)",
     "engine": "auto (torchrun under torchrun, else simulate), torchrun, simulate, lockstep",
     "device": "cpu, or cuda (simulate engine)",
-    "threads": "simulate: gradient threads; lockstep: intra-op threads (null: one per CPU)",
+    "threads": "simulate: gradient threads (null: one per CPU); lockstep: intra-op threads "
+    "(null: 1)",
     "lr": "SGD learning rate lr0; lr = lr0 * gamma^(step // lr_step)",
     "momentum": "SGD momentum (PyTorch form, no dampening)",
     "gamma": "learning-rate decay factor",

@@ -160,13 +160,17 @@ class SimulateEngine:
                 forged[k] = attack(forged[k], generator=attack_generator(seed, step, j))
             start = rows.append(forged)
             row_of = {j: start + k for k, j in enumerate(attacked)}
-        index = torch.empty(self.f, len(self.holders[0]), dtype=torch.long)
-        copy_losses = torch.empty(index.shape, dtype=torch.float64)
-        for j, ws in enumerate(self.holders):
-            for i, w in enumerate(ws):
-                forged_copy = w in bad and j in row_of
-                index[j, i] = row_of[j] if forged_copy else j
-                copy_losses[j, i] = bad_losses.get(j, losses[j]) if forged_copy else losses[j]
+        sent = [  # (row, loss) of each copy, as lists: one tensor each, not f * r writes
+            [
+                (row_of[j], bad_losses.get(j, losses[j]))
+                if w in bad and j in row_of
+                else (j, losses[j])
+                for w in ws
+            ]
+            for j, ws in enumerate(self.holders)
+        ]
+        index = torch.tensor([[row for row, _ in file] for file in sent], dtype=torch.long)
+        copy_losses = torch.tensor([[x for _, x in file] for file in sent], dtype=torch.float64)
         claims = None
         if self.digests:  # each worker's digest of what it sends (each row hashed once)
             of_row: dict[int, bytes] = {}

@@ -12,12 +12,12 @@ same bits, whichever engine built them.
 :class:`RobustUpdate` runs the pieces in order and keeps nothing of a step but the
 reused winners buffer: the copies and one step's receiving are
 :mod:`byzshield.server.copies`, the omniscient attack and the digest lies
-:mod:`byzshield.server.forgery`, the votes :func:`byzshield.server.vote.vote_positions`
-(the full vote, each file as its last copy arrives), :func:`byzshield.server.vote.copy_classes`
-with :func:`~byzshield.server.vote.decide_classes` (one server's part of a sharded
-server's vote) and :func:`byzshield.server.vote.digest_vote`, the rule
-:class:`byzshield.server.rule.StepRule`, and what the step reports
-:func:`byzshield.server.metrics.step_metrics` (which defines trusted, distorted and lost).
+:mod:`byzshield.server.forgery`, the votes :func:`byzshield.server.vote.copy_classes`
+with :func:`~byzshield.server.vote.decide_classes` (the full vote, each file as its last
+copy arrives; one server's part of a sharded server's vote) and
+:func:`byzshield.server.vote.digest_vote`, the rule :class:`byzshield.server.rule.StepRule`,
+and what the step reports :func:`byzshield.server.metrics.step_metrics` (which defines
+trusted, distorted and lost).
 
 :func:`build_update` is the one builder of a run's update, from an :class:`UpdateSpec`
 (:meth:`byzshield.config.Run.update_spec` makes a run's): one server's
@@ -54,7 +54,6 @@ from byzshield.server.vote import (
     digest_vote,
     file_pairs,
     same_bits,
-    vote_positions,
 )
 
 __all__ = ["RobustUpdate", "UpdateSpec", "build_update"]
@@ -330,30 +329,33 @@ class RobustUpdate:
 
     def _full_vote(self, inbox: Inbox, rows: Rows, index: Tensor, bad: set[int]) -> VoteResult:
         """Vote every file bit for bit, each as soon as all its present copies are in
-        (torchrun: ``copies.arrivals``), writing winners into the reused buffer."""
+        (torchrun: ``copies.arrivals``), writing winners into the reused buffer. Each copy
+        is compared once, with the first member of each class of its file
+        (:func:`~byzshield.server.vote.copy_classes`); the lost votes read the classes."""
         f, r = index.shape
-        original = inbox.copies.index
+        table, sent = index.tolist(), inbox.copies.index.tolist()  # rows: after, before the attack
         winners = self._buffer(rows)
         positions, agree, trusted = [0] * f, [0] * f, [False] * f
+        classes: list[list[int]] = [[]] * f
         distorted: list[int] = []
         lost: dict[int, int] = {}
 
         def same_as_honest(j: int, k: int) -> bool:  # the winner vs copy k as received
-            ref = int(original[j, k])
-            return ref == int(index[j, positions[j]]) or same_bits(winners[j], rows[ref])
+            ref = sent[j][k]
+            return ref == table[j][positions[j]] or same_bits(winners[j], rows[ref])
 
         def agrees(j: int, k: int) -> bool:
-            row = int(index[j, k])
-            return row == int(index[j, positions[j]]) or same_bits(rows[row], winners[j])
+            return classes[j][k] == classes[j][positions[j]]
 
         for files in self._complete_files(inbox):
             present = inbox.copies.present  # as it is now: a worker may be dropped on the way
             live = live_copies(inbox.copies)
             mask = None if present is None else present[files]
-            picks, counts = vote_positions(rows, index[files], present=mask)
-            for j, i, c in zip(files, picks, counts, strict=True):
-                positions[j], agree[j], trusted[j] = i, c, 2 * c > r
-                winners[j].copy_(rows[int(index[j, i])])
+            labels = copy_classes(rows, index[files], present=mask)
+            picks, counts = decide_classes([labels])
+            for j, i, c, lab in zip(files, picks, counts, labels, strict=True):
+                positions[j], agree[j], trusted[j], classes[j] = i, c, 2 * c > r, lab
+                winners[j].copy_(rows[table[j][i]])
             distorted += self._distorted(files, positions, trusted, bad, same_as_honest, live)
             self._lost_votes(files, positions, trusted, _voters(agree, live, r), agrees, lost)
         pairs = self._full_pairs(rows, index, agree, inbox.copies.present) if self.evidence else []

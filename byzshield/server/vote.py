@@ -26,9 +26,10 @@ replaces the original research code's Boyer-Moore pass, which returned whichever
 candidate survived last.
 
 The server's votes, each on copies given as row indices (nothing is gathered):
-:func:`vote_positions` (the full vote, on the files whose copies are in),
-:func:`copy_classes` and :func:`decide_classes` (the full vote of a sharded server: each
-server's classes on its columns, decided together), and :func:`digest_vote`
+:func:`copy_classes` and :func:`decide_classes` (the full vote, on the files whose copies
+are in: each copy's class, which the robust update also reads for the copies that lost
+their vote; a sharded server's servers classify their columns and decide together),
+:func:`vote_positions` (the same decision, without the classes), and :func:`digest_vote`
 (``vote=digest``: it votes on the digests the workers send,
 :mod:`byzshield.server.digest`, and reads only as many full copies as it takes to check
 the winning digest; the same policy decides it, and a copy whose bytes do not match its

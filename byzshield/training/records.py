@@ -8,9 +8,11 @@ import json
 import logging
 import math
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 from byzshield.config import Run
+from byzshield.training.events import EventWriter
 from byzshield.training.runfolder import (
     PROGRESS,
     RunFileError,
@@ -40,25 +42,25 @@ def _finite_or_none(value):
 
 class MetricsLog:
     """metrics.jsonl (one JSON object per line, non-finite numbers as null), plus
-    TensorBoard events under tensorboard/ when the tensorboard package is installed and
-    ``tensorboard`` is true (the lockstep engine turns them off: a writer per run and a
-    scalar per key and step would cost more than the step itself)."""
+    TensorBoard events under tensorboard/ (:class:`~byzshield.training.events.EventWriter`,
+    one event per record) when the tensorboard package, their reader, is installed and
+    ``tensorboard`` is true (the lockstep engine turns them off: a file per run and a
+    write per step and run would cost more than the step itself)."""
 
     def __init__(self, folder: Path, *, tensorboard: bool = True, buffering: int = 1):
         self.file = open(folder / "metrics.jsonl", "a", buffering=buffering)  # noqa: SIM115
         self.folder, self.tb, self._tb_tried = folder, None, not tensorboard
 
-    def _tensorboard(self):
-        """The events writer, opened at the first record: a run with nothing left to do
-        adds no events file."""
+    def _tensorboard(self) -> EventWriter | None:
+        """The events file, opened at the first record: a run with nothing left to do
+        adds none. Only looked up, not imported: TensorBoard reads the files."""
         if not self._tb_tried:
             self._tb_tried = True
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.folder / "tensorboard"))
-            except ImportError:
-                self.tb = None
+            if find_spec("tensorboard") is not None:
+                try:
+                    self.tb = EventWriter(self.folder / "tensorboard")
+                except OSError as exc:
+                    raise _unwritable(str(self.folder / "tensorboard"), exc) from None
         return self.tb
 
     def write(self, record: dict) -> None:
@@ -70,9 +72,15 @@ class MetricsLog:
             raise _unwritable(self.file.name, exc) from None
         if self._tensorboard() is not None:
             prefix = "eval/" if record.get("event") == "eval" else "train/"
-            for k, v in clean.items():
-                if isinstance(v, int | float) and not isinstance(v, bool) and k != "step":
-                    self.tb.add_scalar(prefix + k, v, record["step"])
+            scalars = {
+                prefix + k: v
+                for k, v in clean.items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"
+            }
+            try:
+                self.tb.add_scalars(record["step"], scalars)
+            except OSError as exc:
+                raise _unwritable(str(self.tb.path), exc) from None
 
     def close(self) -> None:
         try:

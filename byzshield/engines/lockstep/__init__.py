@@ -10,6 +10,7 @@ training layer and those below it (server, config, compute, aggregators, attacks
 
 from byzshield.engines.lockstep.group import (
     CHUNK_SAMPLES,
+    THREADS,
     LockstepGroup,
     Member,
     collect,
@@ -17,4 +18,12 @@ from byzshield.engines.lockstep.group import (
     train_collected,
 )
 
-__all__ = ["CHUNK_SAMPLES", "LockstepGroup", "Member", "collect", "lockstep", "train_collected"]
+__all__ = [
+    "CHUNK_SAMPLES",
+    "THREADS",
+    "LockstepGroup",
+    "Member",
+    "collect",
+    "lockstep",
+    "train_collected",
+]

@@ -39,7 +39,6 @@ own pass. TensorBoard events are not written for lockstep runs (metrics.jsonl is
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -63,7 +62,24 @@ from byzshield.training.loop import Trainer, TrainingError
 from byzshield.training.records import Progress, announce, complete_line, final_line, say
 from byzshield.training.runfolder import PROGRESS, Resume, prepare, release
 
-__all__ = ["CHUNK_SAMPLES", "LockstepGroup", "Member", "collect", "lockstep", "train_collected"]
+__all__ = [
+    "CHUNK_SAMPLES",
+    "THREADS",
+    "LockstepGroup",
+    "Member",
+    "collect",
+    "lockstep",
+    "train_collected",
+]
+
+THREADS = 1
+"""Intra-op threads of a lockstep process when ``threads`` is not given. One, because a
+process cannot know what else runs beside it: with one thread per CPU, two sweeps side by
+side on 2 cores ran 2.4x slower per run-step than with one thread each, and up to 16x
+once other work loaded the machine (OpenMP's threads wait for each other while the other
+process holds the cores; ``python benchmarks/lockstep.py --threads-table``), while one
+sweep alone gains at most 1.5x from a second thread. A sweep of many runs is better
+served by two sweeps of one thread each; give ``threads=N`` on a machine of one's own."""
 
 CHUNK_SAMPLES = 3000
 """Samples per batched gradient call (runs per chunk = CHUNK_SAMPLES // batch_size, at
@@ -119,7 +135,7 @@ class LockstepGroup:
 
     Args:
         members: the runs; finished ones are skipped (their folders say so).
-        threads: intra-op threads of the batched computation (None: one per CPU).
+        threads: intra-op threads of the batched computation (None: :data:`THREADS`).
         say: where progress and per-run messages go (one line each).
         progress_every: seconds between progress lines.
         show_steps: a group of one run from the command line: the usual per-step
@@ -195,7 +211,7 @@ class LockstepGroup:
         """Train every unfinished run to its max_steps; returns {member index: final
         evaluation}. Runs that fail (a non-finite model) are named in ``failures``."""
         threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-        torch.set_num_threads(self.threads or os.cpu_count() or 1)
+        torch.set_num_threads(self.threads or THREADS)
         # the gradients are matrix products; oneDNN is for the evaluations' convolutions
         torch.backends.mkldnn.enabled = True
         try:
