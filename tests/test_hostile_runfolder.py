@@ -538,3 +538,32 @@ def test_ctrl_c_while_python_loads_names_the_step_a_resumed_folder_stays_at(base
         f"interrupted during start-up; nothing new was trained ({folder} stays at step 6, "
         f"{folder}/checkpoints/step_000006.pt); rerun the same command to resume"
     )
+
+
+def test_a_sweep_job_refused_by_the_lock_puts_back_the_holders_hydra_folder(tmp_path, monkeypatch):
+    """A job of a sweep started into a folder another run holds: Hydra rewrote .hydra/
+    before the lock was checked; the refusal puts back the holder's (a report reads the
+    run's config from there)."""
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("- adversary.q=2\n")
+    started, go = threading.Event(), threading.Event()
+    gather = SimulateEngine.gather
+
+    def held_gather(self, step, params, byzantine):
+        started.set()
+        assert go.wait(120)
+        return gather(self, step, params, byzantine)
+
+    monkeypatch.setattr(SimulateEngine, "gather", held_gather)
+    thread = threading.Thread(target=lambda: simulate(RUN, folder))
+    thread.start()
+    assert started.wait(120)
+    try:
+        (folder / ".hydra" / "overrides.yaml").write_text("- adversary.q=4\n")  # Hydra's
+        with pytest.raises(FolderInUse, match="in use by another run of this process"):
+            simulate(RUN, folder)
+        assert (folder / ".hydra" / "overrides.yaml").read_text() == "- adversary.q=2\n"
+    finally:
+        go.set()
+        thread.join(120)

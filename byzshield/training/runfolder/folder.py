@@ -12,6 +12,7 @@ from pathlib import Path
 
 from byzshield.training.runfolder.checkpoints import Resume, _checkpoints, newest_checkpoint
 from byzshield.training.runfolder.files import (
+    FolderInUse,
     RunFileError,
     RunFolderError,
     _why,
@@ -94,6 +95,10 @@ def prepare(folder: Path, run) -> tuple[Path, Resume | None]:
         folder.mkdir(parents=True, exist_ok=True)
         lock = RunLock(folder)
         note = lock.acquire()  # FolderInUse: the holder's files are left as they are
+    except FolderInUse:
+        # a sweep's job: Hydra rewrote the holder's .hydra/ before this check could run
+        _restore_hydra(folder, ".hydra-held")
+        raise
     except OSError as exc:
         raise RunFolderError(f"train_dir {folder} cannot be used: {_why(exc)}") from None
     try:
@@ -106,6 +111,7 @@ def prepare(folder: Path, run) -> tuple[Path, Resume | None]:
     if isinstance(resume, Path):  # start_over: the run goes to a new sub-folder
         lock.release()
         return prepare(resume, run)
+    _hold_hydra(folder)
     keep(folder, lock)
     PROGRESS.setdefault("folders", []).append(folder)
     return folder, resume
@@ -151,9 +157,19 @@ def _take(folder: Path, run) -> Resume | Path | None:
         raise RunFolderError(f"train_dir {folder} cannot be used: {why}") from None
 
 
-def _restore_hydra(folder: Path) -> None:
-    """Put back the .hydra/ of the first start (Hydra rewrote it before the check ran)."""
-    first = folder / ".hydra-first"
+def _hold_hydra(folder: Path) -> None:
+    """Keep the lock holder's .hydra/ in .hydra-held/: a sweep's job started into the same
+    folder meanwhile has Hydra rewrite .hydra/ before its own start is refused, and puts
+    it back from there."""
+    if (folder / ".hydra").is_dir():
+        shutil.rmtree(folder / ".hydra-held", ignore_errors=True)
+        shutil.copytree(folder / ".hydra", folder / ".hydra-held")
+
+
+def _restore_hydra(folder: Path, source: str = ".hydra-first") -> None:
+    """Put back the .hydra/ of the first start, or of the lock's holder (Hydra rewrote it
+    before the check ran)."""
+    first = folder / source
     if first.is_dir():
         shutil.rmtree(folder / ".hydra", ignore_errors=True)
         shutil.copytree(first, folder / ".hydra")

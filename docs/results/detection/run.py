@@ -17,14 +17,13 @@ placement's worst case, ``outside_guarantee=true``):
   the median (its worst-case strategy, groups filled first), and the baseline K=15
   with the median (r = 1: no evidence, so detect=exclude changes no bit of it);
 - adversaries (:data:`ADVERSARIES`): the worker-side attacks that lie on every file
-  they hold (reversed gradient, constant, label flip), the omniscient ALIE and IPM
-  lying only on the files they win (``adversary.lie_on=won``), and ALIE that also
-  evades detection (``adversary.evade=true``; with detect=off there is nothing to
-  evade, so its off column is ALIE's own runs);
+  they hold (reversed gradient, constant, label flip, the backdoor), the omniscient
+  ALIE, IPM and Min-Max lying only on the files they win (``adversary.lie_on=won``),
+  and ALIE that also evades detection (``adversary.evade=true``; with detect=off there
+  is nothing to evade, so its off column is ALIE's own runs);
 - ``placement.relabel`` none and step.
 
-To add an attack (the backdoor, the heterogeneity issue's), add a line to
-:data:`ADVERSARIES` and rerun: only its runs train.
+To add an attack, add a line to :data:`ADVERSARIES` and rerun: only its runs train.
 """
 
 from __future__ import annotations
@@ -45,6 +44,8 @@ ADVERSARIES: dict[str, tuple[str, ...]] = {
     "alie (won)": ("attack=alie", "adversary.lie_on=won"),
     "ipm (won)": ("attack=ipm", "adversary.lie_on=won"),
     "evade (alie, won)": ("attack=alie", "adversary.lie_on=won", "adversary.evade=true"),
+    "backdoor": ("attack=backdoor",),
+    "min_max (won)": ("attack=min_max", "adversary.lie_on=won"),
 }
 """Adversary name -> its overrides. A name's runs are ``<root>/<slug>/...``."""
 
