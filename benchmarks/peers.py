@@ -5,6 +5,7 @@
     python benchmarks/peers.py --byzfl-default  # also ByzFL at torch's default threads
     python benchmarks/peers.py --mode coord-median   # the median (ByzFL's Median) instead
     python benchmarks/peers.py --byzfl-freeze   # also ByzFL with gc.freeze() after imports
+    python benchmarks/peers.py --baseline /tmp/old  # also byzshield from another checkout
 
 The job (issue 31): MNIST-1D (byzshield's embedded copy, 4,000 training and 1,000 test
 signals), the 1-D CNN (``byzshield.compute.networks.CNN1d``, 5,210 parameters, the same
@@ -156,14 +157,15 @@ def byzfl_runs(
 # ----------------------------------------------------------------------- the parent
 
 
-def _timed(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``cmd`` run to its end (it must succeed)."""
+def _timed(cmd: list[str], env: dict, cwd: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``cmd`` run to its end in ``cwd`` (not the checkout: ``python
+    -m`` puts its working directory first on sys.path); it must succeed."""
     import resource
     import subprocess
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"{' '.join(cmd[:6])} ... failed:\n{proc.stderr.decode()[-2000:]}")
@@ -194,6 +196,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="1 round")
     p.add_argument("--byzfl-default", action="store_true", help="ByzFL at torch's default")
     p.add_argument("--byzfl-freeze", action="store_true", help="ByzFL with gc.freeze()")
+    p.add_argument("--baseline", help="a byzshield checkout to time as well (PYTHONPATH)")
     p.add_argument("--only", choices=("simulate", "lockstep"), help="one comparison")
     p.add_argument("--mode", default="trimmed-mean", choices=sorted(BYZFL_RULES))
     args = p.parse_args()
@@ -201,7 +204,7 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
     plain = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}  # torch's default
-    me = [sys.executable, __file__]
+    me = [sys.executable, os.path.abspath(__file__)]
     seeds = ",".join(str(s) for s in range(args.seeds))
     base = [*JOB, f"mode={args.mode}", f"max_steps={args.steps}", "log_every=100000"]
     rule = BYZFL_RULES[args.mode]
@@ -243,6 +246,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, runs, ours, theirs in cases:
             times: dict[str, list[tuple[float, float]]] = {"ByzFL": [], "byzshield": []}
+            if args.baseline:
+                times["byzshield (baseline)"] = []
             if args.byzfl_default:
                 times["ByzFL (torch default threads)"] = []
             if args.byzfl_freeze:
@@ -250,16 +255,20 @@ def main() -> None:
             acc: dict[str, list[float]] = {}
             for r in range(rounds):
                 for side in times:
-                    folder = Path(tmp) / f"{name.split(',')[0]}-{side[:6]}-{r}"
-                    if side == "byzshield":
+                    tag = "".join(c if c.isalnum() else "-" for c in side)
+                    folder = Path(tmp) / f"{name.split(',')[0]}-{tag}-{r}"
+                    run_env = plain if "default" in side else env
+                    if side.startswith("byzshield"):
                         cmd = ours(folder)
+                        if "baseline" in side:
+                            run_env = dict(env, PYTHONPATH=str(Path(args.baseline).resolve()))
                     else:
                         out = str(folder) + ".json"
                         cmd = theirs(out, "default" if "default" in side else "1")
                         cmd[-2] += "+freeze" if "freeze" in side else ""
-                    wall, cpu = _timed(cmd, plain if "default" in side else env)
+                    wall, cpu = _timed(cmd, run_env, tmp)
                     times[side].append((wall, cpu))
-                    if side == "byzshield":
+                    if side.startswith("byzshield"):
                         acc[side] = _byzshield_top1(folder)
                     else:
                         acc[side] = json.loads(Path(out).read_text())["top1"]
@@ -272,25 +281,29 @@ def main() -> None:
             for side, values in acc.items():
                 if len(values) != runs or min(values) <= LEARNED:
                     sys.exit(f"{name}: {side} did not learn: final top-1 {values}")
-            ours_wall = statistics.median(w for w, _ in times["byzshield"])
-            ours_cpu = statistics.median(c for _, c in times["byzshield"])
-            for side in times:
-                if side == "byzshield":
-                    continue
-                wall = statistics.median(w for w, _ in times[side])
-                cpu = statistics.median(c for _, c in times[side])
-                results.append((name, side, wall, ours_wall, cpu, ours_cpu))
+            for mine in [side for side in times if side.startswith("byzshield")]:
+                ours_wall = statistics.median(w for w, _ in times[mine])
+                ours_cpu = statistics.median(c for _, c in times[mine])
+                for side in times:
+                    if side.startswith("byzshield"):
+                        continue
+                    wall = statistics.median(w for w, _ in times[side])
+                    cpu = statistics.median(c for _, c in times[side])
+                    results.append((name, side, mine, wall, ours_wall, cpu, ours_cpu))
     goal = {"simulate": 3.0, "lockstep": 5.0}
     print(
-        f"\n{'comparison':20s} {'peer':32s} {'peer s':>7s} {'ours s':>7s} {'wall ratio':>10s} "
-        f"{'CPU ratio':>9s}  goal"
+        f"\n{'comparison':20s} {'peer':34s} {'byzshield':21s} {'peer s':>7s} {'ours s':>7s} "
+        f"{'wall ratio':>10s} {'CPU ratio':>9s}  goal"
     )
-    for name, side, wall, ours_wall, cpu, ours_cpu in results:
+    for name, side, mine, wall, ours_wall, cpu, ours_cpu in results:
         target = goal[name.split(",")[0]]
-        verdict = "" if side != "ByzFL" else (" ok" if wall / ours_wall >= target else " MISSED")
+        verdict = ""
+        if side == "ByzFL" and mine == "byzshield":
+            verdict = " ok" if wall / ours_wall >= target else " MISSED"
         print(
-            f"{name:20s} {side:32s} {wall:7.1f} {ours_wall:7.1f} {wall / ours_wall:9.2f}x "
-            f"{cpu / ours_cpu:8.2f}x  >= {target:.0f}x{verdict}"
+            f"{name:20s} {side:34s} {mine.removeprefix('byzshield').strip() or 'this tree':21s} "
+            f"{wall:7.1f} {ours_wall:7.1f} {wall / ours_wall:9.2f}x {cpu / ours_cpu:8.2f}x  "
+            f">= {target:.0f}x{verdict}"
         )
     print(f"(medians over {rounds} round(s); load average {os.getloadavg()[0]:.2f})")
 

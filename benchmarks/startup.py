@@ -3,6 +3,7 @@
     python benchmarks/startup.py              # 5 alternating repetitions, 200 steps
     python benchmarks/startup.py --quick      # 2 repetitions (about a minute)
     python benchmarks/startup.py --steps 100 --reps 3
+    python benchmarks/startup.py --baseline /tmp/old  # and another checkout, alternating
 
 The job is the one of ``benchmarks/peers.py``: MNIST-1D, the 1-D CNN, MOLS K=15,
 q=3 worst-case ALIE, trimmed mean, lr 0.1, 200 steps (evaluation and a checkpoint every
@@ -127,14 +128,17 @@ def _child(out: str, argv: list[str]) -> None:
 # -------------------------------------------------------------------------- the parent
 
 
-def _cpu(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of ``cmd`` run to its end; it must succeed."""
+def _cpu(cmd: list[str], env: dict, cwd: str) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of ``cmd`` run to its end in ``cwd`` (not the checkout:
+    ``python -m`` puts its working directory first on sys.path); it must succeed."""
     import resource
     import subprocess
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        cmd, check=True, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
@@ -151,11 +155,15 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5, help="alternating repetitions")
     p.add_argument("--quick", action="store_true", help="2 repetitions")
     p.add_argument("--threads", help="the run's threads= (default: the command's)")
+    p.add_argument("--baseline", help="a byzshield checkout to measure alongside (PYTHONPATH)")
     p.add_argument("--json", help="also write the medians here")
     args = p.parse_args()
     reps = 2 if args.quick else args.reps
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
+    trees = {"this tree": env}
+    if args.baseline:
+        trees["baseline"] = dict(env, PYTHONPATH=str(Path(args.baseline).resolve()))
     job = [*JOB, f"max_steps={args.steps}", "log_every=100000"]
     if args.threads:
         job.append(f"threads={args.threads}")
@@ -164,55 +172,71 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs",
         flush=True,
     )
-    floor, whole, walls, splits = [], [], [], []
+    floor: list[float] = []
+    whole: dict[str, list[float]] = {t: [] for t in trees}
+    walls: dict[str, list[float]] = {t: [] for t in trees}
+    splits: dict[str, list[dict]] = {t: [] for t in trees}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(reps):
-            floor.append(_cpu([sys.executable, "-c", "import torch"], env)[0])
-            cpu, wall = _cpu(
-                [sys.executable, "-m", "byzshield.train", *job, f"train_dir={tmp}/plain{r}"], env
-            )
-            whole.append(cpu)
-            walls.append(wall)
-            out = f"{tmp}/split{r}.json"
-            cmd = [sys.executable, __file__, "--child", out, *job, f"train_dir={tmp}/timed{r}"]
-            timed_cpu, _ = _cpu(cmd, env)
-            split = json.loads(Path(out).read_text())
-            split["rest"] = timed_cpu - sum(
-                split.get(k, 0.0) for k in PHASES if k != "rest"
-            )  # Hydra's job set-up, interpreter start and exit
-            splits.append(split)
-            steps = split.get("first step", 0.0) + split.get("steps", 0.0)
-            print(
-                f"  rep {r + 1}: import torch {floor[-1]:.2f} CPU-s, whole run {cpu:.2f} "
-                f"CPU-s ({wall:.1f} s wall), its steps {steps:.2f}: ratio "
-                f"{cpu / (steps + floor[-1]):.2f} (load {os.getloadavg()[0]:.2f})",
-                flush=True,
-            )
-    med = {k: statistics.median(s.get(k, 0.0) for s in splits) for k in PHASES}
-    steps = statistics.median(s.get("first step", 0) + s.get("steps", 0) for s in splits)
-    torch_floor, run_cpu = statistics.median(floor), statistics.median(whole)
-    ratio = statistics.median(
-        w / (s.get("first step", 0) + s.get("steps", 0) + f)
-        for w, s, f in zip(whole, splits, floor, strict=True)
-    )
-    print(f"\nsplit of the timed run (median CPU-s over {reps}):")
-    for k in PHASES:
-        print(f"  {k:14s} {med[k]:6.2f}")
-    print(f"  {'total':14s} {sum(med.values()):6.2f}")
-    print(
-        f"\npython -c 'import torch': {torch_floor:.2f} CPU-s; the whole run: {run_cpu:.2f} "
-        f"CPU-s ({statistics.median(walls):.1f} s wall); its steps: {steps:.2f} CPU-s "
-        f"({steps / args.steps * 1e3:.1f} ms a step)"
-    )
-    verdict = "ok" if ratio <= 1.3 else "MISSED"
-    print(
-        f"whole run / (steps + import torch) = {ratio:.2f} (median of the repetitions' "
-        f"ratios; goal <= 1.3: {verdict}); load average {os.getloadavg()[0]:.2f}"
-    )
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"split": med, "torch": torch_floor, "whole": run_cpu, "ratio": ratio})
+            floor.append(_cpu([sys.executable, "-c", "import torch"], env, tmp)[0])
+            for k, (tree, tree_env) in enumerate(trees.items()):
+                train = [sys.executable, "-m", "byzshield.train", *job]
+                cpu, wall = _cpu([*train, f"train_dir={tmp}/plain{r}-{k}"], tree_env, tmp)
+                whole[tree].append(cpu)
+                walls[tree].append(wall)
+                out = f"{tmp}/split{r}-{k}.json"
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", out, *job]
+                timed_cpu, _ = _cpu([*cmd, f"train_dir={tmp}/timed{r}-{k}"], tree_env, tmp)
+                split = json.loads(Path(out).read_text())
+                split["rest"] = timed_cpu - sum(
+                    split.get(k, 0.0) for k in PHASES if k != "rest"
+                )  # Hydra's job set-up, interpreter start and exit
+                splits[tree].append(split)
+                steps = split.get("first step", 0.0) + split.get("steps", 0.0)
+                print(
+                    f"  rep {r + 1}, {tree}: import torch {floor[-1]:.2f} CPU-s, whole run "
+                    f"{cpu:.2f} CPU-s ({wall:.1f} s wall), its steps {steps:.2f}: ratio "
+                    f"{cpu / (steps + floor[-1]):.2f} (load {os.getloadavg()[0]:.2f})",
+                    flush=True,
+                )
+    torch_floor = statistics.median(floor)
+    summary = {}
+    for tree in trees:
+        med = {k: statistics.median(s.get(k, 0.0) for s in splits[tree]) for k in PHASES}
+        steps = statistics.median(s.get("first step", 0) + s.get("steps", 0) for s in splits[tree])
+        ratio = statistics.median(
+            w / (s.get("first step", 0) + s.get("steps", 0) + f)
+            for w, s, f in zip(whole[tree], splits[tree], floor, strict=True)
         )
+        summary[tree] = {
+            "split": med,
+            "steps": steps,
+            "whole": statistics.median(whole[tree]),
+            "wall": statistics.median(walls[tree]),
+            "ratio": ratio,
+        }
+    names = list(trees)
+    print(f"\nsplit of the timed run (median CPU-s over {reps}):")
+    print(f"  {'phase':14s} " + " ".join(f"{t:>10s}" for t in names))
+    for k in [*PHASES, "total"]:
+        cells = [
+            sum(summary[t]["split"].values()) if k == "total" else summary[t]["split"][k]
+            for t in names
+        ]
+        print(f"  {k:14s} " + " ".join(f"{c:10.2f}" for c in cells))
+    print(f"\npython -c 'import torch': {torch_floor:.2f} CPU-s")
+    for tree in names:
+        got = summary[tree]
+        verdict = "ok" if got["ratio"] <= 1.3 else "MISSED"
+        print(
+            f"{tree}: the whole run {got['whole']:.2f} CPU-s ({got['wall']:.1f} s wall), its "
+            f"steps {got['steps']:.2f} CPU-s ({got['steps'] / args.steps * 1e3:.1f} ms a step); "
+            f"whole / (steps + import torch) = {got['ratio']:.2f} (median of the repetitions' "
+            f"ratios; goal <= 1.3: {verdict})"
+        )
+    print(f"(load average {os.getloadavg()[0]:.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"torch": torch_floor, **summary}))
 
 
 if __name__ == "__main__":

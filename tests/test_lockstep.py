@@ -265,3 +265,23 @@ def test_a_lockstep_multirun_trains_by_shape_and_a_rerun_does_nothing(tmp_path):
     )
     assert report.returncode == 0, report.stderr
     assert "4 runs in 4 groups (4 complete)" in report.stdout
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(None, 1), (2, 2)])
+def test_a_lockstep_group_trains_on_one_intra_op_thread_unless_told(
+    threads, expected, monkeypatch, tmp_path
+):
+    """The default is one thread whatever the CPU count (two sweeps side by side would
+    otherwise wait on each other's threads: docs/engines.md); the caller's count is
+    restored afterwards."""
+    seen = []
+    monkeypatch.setattr(LockstepGroup, "_train", lambda self: seen.append(torch.get_num_threads()))
+    folder = tmp_path / "run"
+    (member,) = _members([((*BASE, "max_steps=1", "eval_freq=0"), folder)])
+    before = torch.get_num_threads()
+    try:
+        LockstepGroup([member], threads=threads).train()
+    finally:
+        release(member.folder)
+    assert seen == [expected]
+    assert torch.get_num_threads() == before

@@ -83,3 +83,19 @@ def test_a_single_runs_folder_holds_what_hydras_main_writes(command, tmp_path):
         by_hydra = (tmp_path / "hydra" / ".hydra" / name).read_text()
         composed = (tmp_path / "composed" / ".hydra" / name).read_text()
         assert composed == by_hydra.replace(str(tmp_path / "hydra"), str(tmp_path / "composed"))
+
+
+def test_the_command_freezes_what_its_imports_built_out_of_the_garbage_collector(monkeypatch):
+    """byzshield.train.cli: the start-up's objects live as long as the process, so the
+    collector's full collections and the one at exit skip them (benchmarks/startup.py)."""
+    import gc
+
+    monkeypatch.setattr(train, "entry_point", lambda *args, **kwargs: 0)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            train.cli()
+        assert stop.value.code == 0
+        assert gc.get_freeze_count() > 10_000  # torch's, Hydra's and ours
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()  # the test process collects as before

@@ -74,12 +74,12 @@ __all__ = [
 
 THREADS = 1
 """Intra-op threads of a lockstep process when ``threads`` is not given. One, because a
-process cannot know what else runs beside it: with one thread per CPU, two sweeps side by
-side on 2 cores ran 2.4x slower per run-step than with one thread each, and up to 16x
-once other work loaded the machine (OpenMP's threads wait for each other while the other
-process holds the cores; ``python benchmarks/lockstep.py --threads-table``), while one
-sweep alone gains at most 1.5x from a second thread. A sweep of many runs is better
-served by two sweeps of one thread each; give ``threads=N`` on a machine of one's own."""
+process cannot know what else runs beside it: two sweeps of two threads each, side by
+side on 2 cores with other work on the machine, ran 2.4x to 24x slower per run-step than
+two sweeps of one thread each (OpenMP's threads wait for each other while another
+process holds the cores), and one sweep alone was not faster with two threads there
+(``python benchmarks/lockstep.py --threads-table``, docs/benchmarks.md). Give
+``threads=N`` on a machine of one's own."""
 
 CHUNK_SAMPLES = 3000
 """Samples per batched gradient call (runs per chunk = CHUNK_SAMPLES // batch_size, at
