@@ -280,7 +280,9 @@ def _heatmaps(panels, rules: list[str], xlabel: str):
     nrow = -(-len(panels) // ncol)
     widest = max(len(p[1]) for p in panels)
     cell_w, cell_h = 1.15, 0.62
-    panel_w = max(3.2, 1.6 + cell_w * widest)
+    label_w = 0.4 + 0.06 * max(len(rule) for rule in rules)  # the rule names at 7 pt
+    cells_w = max(1.6, cell_w * widest)
+    panel_w = label_w + cells_w
     panel_h = max(2.6, 1.3 + cell_h * len(rules))
     fig, axes = plt.subplots(
         nrow,
@@ -323,12 +325,12 @@ def _heatmaps(panels, rules: list[str], xlabel: str):
                     fontsize=6.5,
                     color="black" if dark else "white",
                 )
-        width = (panel_w - 1.6) / max(1, len(labels))  # inches per column
-        ax.set_xticks(range(len(labels)), [_wrap(x, width, 7) for x in labels], fontsize=7)
+        width = cells_w / max(1, len(labels))  # inches per column
+        ax.set_xticks(range(len(labels)), [_wrap(x, 0.85 * width, 7) for x in labels], fontsize=7)
         ax.set_yticks(range(len(rules)), rules, fontsize=7)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("rule", fontsize=8)
-        ax.set_title(_wrap(title, panel_w - 0.4, 8.5), fontsize=8.5)
+        ax.set_title(_wrap(title, cells_w + 0.4, 8.5), fontsize=8.5)
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9)
     bar.set_label("worst attack's mean top-1 %", fontsize=8)
     return fig
