@@ -420,6 +420,7 @@ def test_cli_writes_tables_and_plots_and_says_where(tmp_path, capsys):
         "report.csv",
         "report.md",
         "runs.csv",
+        "runs.jsonl.gz",
     ]
     for name in names:
         if name.endswith(".png"):

@@ -72,7 +72,9 @@ their statistics), :mod:`~byzshield.report.names` (approaches' names and colours
 :mod:`~byzshield.report.pairs` (``--paired``), :mod:`~byzshield.report.points` (what the
 figures draw), :mod:`~byzshield.report.plots` (the figures),
 :mod:`~byzshield.report.worst` (``--worst-over``),
-:mod:`~byzshield.report.write` (:func:`write_report`), :mod:`~byzshield.report.redraw`
+:mod:`~byzshield.report.archive` (``runs.jsonl.gz``: the runs a report read, to
+rewrite it from), :mod:`~byzshield.report.write` (:func:`write_report`),
+:mod:`~byzshield.report.redraw`
 (``--redraw``) and :mod:`~byzshield.report.cli` (the command line). The public names of
 all of them, and ``group_stats``, are imported here, so ``from
 byzshield.report import X`` works as it did when the report was one module.
@@ -82,6 +84,7 @@ from __future__ import annotations
 
 # Re-exports: the names of __all__, and (noqa) the other names byzshield.report had as one
 # module that tests and other modules import (EpsCurve, eps_figure, pivot_table, ...).
+from byzshield.report.archive import ARCHIVE, read_archive, write_archive
 from byzshield.report.cli import cli, main  # noqa: F401
 from byzshield.report.eps import EpsCurve, eps_curves  # noqa: F401
 from byzshield.report.groups import (  # noqa: F401
@@ -119,6 +122,7 @@ from byzshield.report.where import parse_where  # noqa: F401
 from byzshield.report.write import Report, write_report  # noqa: F401
 
 __all__ = [
+    "ARCHIVE",
     "STATUSES",
     "Group",
     "RunFolder",
@@ -126,6 +130,8 @@ __all__ = [
     "group_runs",
     "main",
     "pending_jobs",
+    "read_archive",
     "read_run",
+    "write_archive",
     "write_report",
 ]

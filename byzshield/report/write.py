@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from byzshield.report.archive import ARCHIVE, is_archive, read_archive, write_archive
 from byzshield.report.eps import eps_curves
 from byzshield.report.groups import Grouping, _value_str, group_runs, group_stats
 from byzshield.report.load import (
@@ -126,15 +127,18 @@ def write_report(
         raise ReportError("--where selects the groups of --pivot's table: give --pivot too")
     if worst_over is not None and worst_over not in WORST_OVER:
         raise ReportError(f"--worst-over takes {', '.join(WORST_OVER)}; got {worst_over!r}")
-    paths, sweeps = discover(dirs)
-    out = Path(out) if out is not None else dirs[0] / "report"
+    archives = [d for d in dirs if is_archive(d)]
+    folders = [d for d in dirs if not is_archive(d)]
+    paths, sweeps = discover(folders) if folders else ([], [])
+    first = dirs[0].parent if is_archive(dirs[0]) else dirs[0]
+    out = Path(out) if out is not None else first / "report"
     check_writable(out)
     large = len(paths) > progress_every
     if large:
         say(f"report: reading {len(paths)} runs")
     start = time.monotonic()
     now = time.time() if now is None else now
-    runs = []
+    runs = [run for a in archives for run in read_archive(a)]
     warnings: list[str] = []
     for k, path in enumerate(paths, 1):
         run = read_run(path, now=now, stale_after=stale_after)
@@ -163,7 +167,7 @@ def write_report(
         notes.append(note)
     curves = eps_curves(runs, q_max=eps_q_max, work=eps_work, say=say, notes=notes) if eps else []
     out.mkdir(parents=True, exist_ok=True)
-    names = ["report.md", "report.csv", "runs.csv"]
+    names = ["report.md", "report.csv", "runs.csv", ARCHIVE]
     drawn = (
         _plots(grouping, curves, out, notes, figures, spread=spread, paired=paired, tables=tables)
         if plots
@@ -173,6 +177,7 @@ def write_report(
         say(PLOTS_SKIPPED)
     _report_csv(grouping, stats, out / "report.csv")
     _runs_csv(runs, grouping, out / "runs.csv")
+    write_archive(runs, out / ARCHIVE)
     text = _markdown(
         dirs, runs, grouping, stats, pending, sweep_sizes, curves, drawn, notes, stale_after,
         last_evals, spread,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -106,27 +105,37 @@ def train(root: Path, steps: int) -> None:
         lockstep(group, threads=1, quiet=False)
 
 
-def read(folder: Path) -> dict | None:
+def load(root: Path) -> dict[str, object]:
+    """Every run under ``root`` (run folders, read by the report's reader) or in the runs
+    archive ``root`` (``runs.jsonl.gz``, what this script commits), by its folder
+    relative to the grid's root: ``<adversary>/<placement>/<relabel>/<detect>/<seed>``."""
+    from byzshield.report import discover, read_archive, read_run
+
+    if root.name.endswith(".jsonl.gz"):
+        runs = read_archive(root)
+    else:
+        runs = [read_run(path) for path in discover([root])[0]]
+        write_archive_here(runs)
+    return {"/".join(Path(r.path).parts[-5:]): r for r in runs if r.status == "complete"}
+
+
+def write_archive_here(runs) -> None:
+    from byzshield.report import ARCHIVE, write_archive
+
+    write_archive(runs, HERE / ARCHIVE)
+
+
+def read(runs: dict, key: str) -> dict | None:
     """A finished run's numbers: final top-1, the selection's workers, the mean
     distorted files per step, and the step each worker was first certain."""
-    metrics = folder / "metrics.jsonl"
-    if not metrics.exists():
+    run = runs.get(key)
+    if run is None:
         return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    steps = [r for r in rows if r.get("event") != "eval"]
-    evals = [r for r in rows if r.get("event") == "eval"]
-    info = json.loads((folder / "run.json").read_text())
-    if not evals or evals[-1]["step"] != info["max_steps"]:
-        return None
-    caught: dict[int, int] = {}
-    for r in steps:
-        for w in r.get("suspects") or ():
-            caught.setdefault(w, r["step"])
     return {
-        "top1": evals[-1]["top1"],
-        "byzantine": set(info["selection"]["workers"]),
-        "distorted": statistics.fmean(r["distorted"] for r in steps),
-        "caught": caught,
+        "top1": run.final["top1"],
+        "byzantine": set(run.info["selection"]["workers"]),
+        "distorted": run.distorted_frac * run.info["f"],
+        "caught": run.caught,
     }
 
 
@@ -151,6 +160,7 @@ def median_or(values: list[int], n: int) -> str:
 
 def tables(root: Path, steps: int) -> int:
     rows, missing = [], 0
+    everything = load(root)
     for adversary, attack in ADVERSARIES.items():
         evades = "adversary.evade=true" in attack
         for placement in PLACEMENTS:
@@ -159,7 +169,7 @@ def tables(root: Path, steps: int) -> int:
                 runs = {}
                 for detect in ("off", "exclude"):
                     source = "alie_won" if evades and detect == "off" else slug(adversary)
-                    found = [read(root / source / placement / relabel / detect / str(s))
+                    found = [read(everything, f"{source}/{placement}/{relabel}/{detect}/{s}")
                              for s in SEEDS]  # fmt: skip
                     missing += sum(r is None for r in found)
                     runs[detect] = [r for r in found if r is not None]

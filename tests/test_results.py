@@ -1,0 +1,92 @@
+"""The committed results recompute from what is committed: the runs archive a report
+writes (``runs.jsonl.gz``) reads back to the same tables, and every results folder's
+tables and the documents quoting them are what docs/results/regenerate.py recomputes
+from the folder's archive."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from byzshield.report import ARCHIVE, ReportError, read_archive, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results"
+
+
+def _run(folder: Path, seed: int, top1s: list[float], attack: str = "alie") -> None:
+    """A finished run folder as the trainer writes it (config, run.json, metrics)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(
+        f"approach:\n  name: mols\n  l: 5\n  r: 3\nmode:\n  name: coord-median\n"
+        f"attack:\n  name: {attack}\nadversary:\n  q: 3\nseed: {seed}\nmax_steps: 20\n"
+    )
+    (folder / "run.json").write_text(json.dumps({"max_steps": 20, "f": 25, "seed": seed}))
+    lines = [{"step": s, "distorted": 3, "step_s": 0.01} for s in range(20)]
+    lines += [
+        {"event": "eval", "step": 5 * (k + 1), "top1": t, "top5": 0.9, "test_loss": 1.0}
+        for k, t in enumerate(top1s)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_a_report_rewritten_from_its_archive_is_the_same(tmp_path):
+    for seed in range(3):
+        _run(tmp_path / "runs" / str(seed), seed, [0.1, 0.2 + seed / 7, 0.3, 0.1 + seed / 3])
+        _run(tmp_path / "runs" / f"n{seed}", seed, [0.1, 0.2, 0.25 + seed / 9, 0.4], "none")
+    first = write_report([tmp_path / "runs"], tmp_path / "a", plots=False, eps=False, last_evals=2)
+    again = write_report(
+        [tmp_path / "a" / ARCHIVE], tmp_path / "b", plots=False, eps=False, last_evals=2
+    )
+    assert ARCHIVE in first.files and len(again.runs) == 6
+    for name in ("report.csv", "runs.csv", ARCHIVE):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    runs = read_archive(tmp_path / "a" / ARCHIVE)
+    assert [r.evals for r in runs] == [r.evals for r in first.runs]
+
+
+def test_a_damaged_archive_is_one_line(tmp_path):
+    bad = tmp_path / "runs.jsonl.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(ReportError, match="not a readable gzip file"):
+        read_archive(bad)
+    with gzip.open(bad, "wt") as fh:
+        fh.write('{"format": 99}\n')
+    with pytest.raises(ReportError, match="line 1 is not a runs archive line"):
+        read_archive(bad)
+
+
+def _regenerate():
+    spec = importlib.util.spec_from_file_location("regenerate", RESULTS / "regenerate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_results_folder_with_tables_has_an_archive_or_says_why():
+    folders = _regenerate().FOLDERS
+    for name in folders:
+        assert (RESULTS / name / ARCHIVE).is_file(), f"docs/results/{name} has no {ARCHIVE}"
+
+
+@pytest.mark.parametrize("name", ["detection", "strongest_attacks"])
+def test_small_results_recompute_from_their_archives(name):
+    assert _regenerate().check([name]) == []
+
+
+@pytest.mark.slow
+def test_every_committed_table_recomputes_from_its_archive():
+    out = subprocess.run(
+        [sys.executable, str(RESULTS / "regenerate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
