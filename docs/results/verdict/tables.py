@@ -1,0 +1,372 @@
+"""The verdict of +experiment=verdict: does redundancy keep its advantage when honest
+gradients disagree, when the attack optimises against the rule, and when the server can
+catch liars? Tables and heatmaps from the runs, or from the committed runs archive:
+
+    python docs/results/verdict/tables.py runs/verdict                     # the run folders
+    python docs/results/verdict/tables.py docs/results/verdict/runs.jsonl.gz   # the archive
+
+From run folders it first writes the archive (``runs.jsonl.gz``: every run's config and
+evaluations, what the tables are computed from) and ``tails.csv`` (one row per run: its
+setting, the last 5 evaluations' top-1 and their mean); then, from either source:
+
+- ``worst.csv``: per arm, files, rule and q, each attack's mean over the seeds of the
+  run's accuracy (the mean top-1 of its last 5 evaluations), the worst attack (the
+  lowest mean: ByzFL's protocol) and its per-seed accuracies;
+- ``paired.csv`` and ``verdict.md``: paired differences of the worst-case accuracies,
+  seed by seed (the same seed is the same initial model and the same batches in every
+  arm), with their 95 % t intervals: MOLS against DETOX and against the baseline, DETOX
+  against the baseline, and what detection changes for MOLS and for DETOX. A comparison
+  whose two sides are, seed for seed, the same numbers as an earlier one's is counted
+  once (distinct comparisons only); ``*`` marks an interval that excludes 0, ``(m)`` one
+  that ends within 1 point of 0 (marginal). No correction for the number of comparisons.
+- ``summary.md``: the README's verdict table, the comparisons counted by sign;
+- ``worst_vs_q.png`` (each arm's worst-case accuracy, a panel per rule and files) and
+  ``paired_vs_q.png`` (the paired differences against q).
+
+Runs still training, or missing, are left out and counted; a cell needs all 5 seeds of
+every attack.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LAST = 5
+SEEDS = (0, 1, 2, 3, 4)
+ATTACKS = ("alie", "ipm", "min_max", "min_sum", "fang", "rev_grad", "constant")
+ARMS = ("baseline", "DETOX", "MOLS", "DETOX + detection", "MOLS + detection")
+SKEWS = ("iid", "Dir(1)", "Dir(0.1)")
+RULES = ("median of means", "multi-Krum")
+COMPARISONS = (
+    ("MOLS", "DETOX"),
+    ("MOLS", "baseline"),
+    ("DETOX", "baseline"),
+    ("MOLS + detection", "MOLS"),
+    ("DETOX + detection", "DETOX"),
+    ("MOLS + detection", "DETOX + detection"),
+)
+COLOURS = {
+    "baseline": "#7f7f7f",
+    "DETOX": "#ff7f0e",
+    "MOLS": "#1f77b4",
+    "DETOX + detection": "#b35806",
+    "MOLS + detection": "#08306b",
+}
+MARGIN = 0.01  # an interval ending within 1 point of 0 is marginal
+
+
+def arm(config: dict) -> str:
+    name = {"baseline": "baseline", "draco_lite_attack": "DETOX", "mols": "MOLS"}[
+        config["approach.name"]
+    ]
+    return name + (" + detection" if config.get("detect", "off") != "off" else "")
+
+
+def skew(config: dict) -> str:
+    if config.get("dataset.partition", "iid") == "iid":
+        return "iid"
+    return f"Dir({config['dataset.alpha']:g})"
+
+
+def rule(config: dict) -> str:
+    if config["mode.name"] == "multi-krum":
+        return "multi-Krum"
+    return "median of means" if config.get("mode.num_buckets") == 5 else config["mode.name"]
+
+
+def accuracy(run) -> float | None:
+    tops = [e["top1"] for e in run.evals if isinstance(e.get("top1"), int | float)]
+    if run.status != "complete" or len(tops) < LAST:
+        return None
+    return statistics.fmean(tops[-LAST:])
+
+
+def load(source: Path):
+    """The runs, from run folders (writing the archive and tails.csv) or the archive."""
+    from byzshield.report import ARCHIVE, discover, read_archive, read_run, write_archive
+
+    if source.name.endswith(".jsonl.gz"):
+        return read_archive(source)
+    runs = [read_run(path) for path in discover([source])[0]]
+    runs = [r for r in runs if r.status == "complete"]
+    write_archive(runs, HERE / ARCHIVE)
+    return runs
+
+
+def tails(runs, out: Path) -> None:
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "arm", "files", "rule", "attack", "q", "seed", "final_top1"]
+                   + [f"top1_{k}" for k in range(LAST, 0, -1)] + ["tail_mean"])  # fmt: skip
+        for r in runs:
+            tops = [e["top1"] for e in r.evals][-LAST:]
+            c = r.config
+            w.writerow([r.path, arm(c), skew(c), rule(c), c["attack.name"], c["adversary.q"],
+                        c["seed"], r.final["top1"], *tops, repr(accuracy(r))])  # fmt: skip
+
+
+def interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """The mean of a[i] - b[i] and its 95 % t interval (the report's own function)."""
+    from byzshield.report.paired import paired_interval
+
+    s = paired_interval(a, b)
+    return s.mean, s.low, s.high
+
+
+def cells(runs):
+    """(arm, files, rule, q) -> attack -> seed -> accuracy, and the no-attack reference."""
+    grid: dict = defaultdict(lambda: defaultdict(dict))
+    clean: dict = defaultdict(dict)
+    for r in runs:
+        a = accuracy(r)
+        if a is None:
+            continue
+        c = r.config
+        key = (arm(c), skew(c), rule(c), c["adversary.q"])
+        if c["attack.name"] == "none":
+            clean[(arm(c), skew(c), rule(c))][c["seed"]] = a
+        else:
+            grid[key][c["attack.name"]][c["seed"]] = a
+    return grid, clean
+
+
+def worst(grid) -> dict:
+    """(arm, files, rule, q) -> (worst attack, its per-seed accuracies, every attack's mean)."""
+    out = {}
+    for key, by_attack in grid.items():
+        if set(by_attack) != set(ATTACKS) or any(set(v) != set(SEEDS) for v in by_attack.values()):
+            continue  # incomplete: left out
+        means = {a: statistics.fmean(by_attack[a][s] for s in SEEDS) for a in ATTACKS}
+        w = min(ATTACKS, key=lambda a: (means[a], ATTACKS.index(a)))
+        out[key] = (w, [by_attack[w][s] for s in SEEDS], means)
+    return out
+
+
+def fmt(mean: float, low: float, high: float) -> str:
+    star = " *" if low > 0 or high < 0 else ""
+    marginal = " (m)" if star and min(abs(low), abs(high)) < MARGIN else ""
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{star}{marginal}"
+
+
+def compare(worsts: dict):
+    """Every paired comparison that both sides have; duplicates (the same numbers on
+    both sides, seed for seed, as an earlier comparison) marked."""
+    rows, seen = [], {}
+    qs = sorted({k[3] for k in worsts})
+    for files in SKEWS:
+        for r in RULES:
+            for q in qs:
+                for a, b in COMPARISONS:
+                    ka, kb = (a, files, r, q), (b, files, r, q)
+                    if ka not in worsts or kb not in worsts:
+                        continue
+                    xa, xb = worsts[ka][1], worsts[kb][1]
+                    mean, low, high = interval(xa, xb)
+                    sig = (tuple(xa), tuple(xb))
+                    rows.append({
+                        "files": files, "rule": r, "q": q, "a": a, "b": b,
+                        "attack_a": worsts[ka][0], "attack_b": worsts[kb][0],
+                        "acc_a": statistics.fmean(xa), "acc_b": statistics.fmean(xb),
+                        "diff": mean, "low": low, "high": high,
+                        "distinguishable": low > 0 or high < 0,
+                        "marginal": (low > 0 or high < 0) and min(abs(low), abs(high)) < MARGIN,
+                        "duplicate_of": seen.get(sig, ""),
+                    })  # fmt: skip
+                    seen.setdefault(sig, f"{a} vs {b}, {files}, {r}, q={q}")
+    return rows
+
+
+def verdict_md(worsts: dict, rows: list[dict], clean: dict) -> str:
+    qs = sorted({k[3] for k in worsts})
+    lines = [
+        "Worst-case top-1 % (the lowest mean over the 7 attacks; its attack in brackets) "
+        "and paired differences in points (95 % interval over 5 seeds; `*` excludes 0, "
+        "`(m)` ends within 1 point of 0; no correction for the number of comparisons).",
+        "",
+    ]
+    for files in SKEWS:
+        for r in RULES:
+            present = [q for q in qs if all((a, files, r, q) in worsts for a in ARMS)]
+            if not present:
+                continue
+            ref = ", ".join(
+                f"{a} {100 * statistics.fmean(clean[(a, files, r)].values()):.1f}"
+                for a in ("baseline", "DETOX", "MOLS")
+                if len(clean.get((a, files, r), {})) == len(SEEDS)
+            )
+            lines += [f"**{files}, {r}** (no attack: {ref or 'not run'})", ""]
+            head = ["q", *ARMS, *(f"{a} - {b}" for a, b in COMPARISONS)]
+            lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+            for q in present:
+                accs = [
+                    f"{100 * statistics.fmean(worsts[(a, files, r, q)][1]):.1f} "
+                    f"({worsts[(a, files, r, q)][0]})"
+                    for a in ARMS
+                ]
+                diffs = []
+                for a, b in COMPARISONS:
+                    row = next(
+                        x for x in rows
+                        if (x["files"], x["rule"], x["q"], x["a"], x["b"]) == (files, r, q, a, b)
+                    )  # fmt: skip
+                    text = fmt(row["diff"], row["low"], row["high"])
+                    diffs.append(text + (" (dup)" if row["duplicate_of"] else ""))
+                lines.append("| " + " | ".join([str(q), *accs, *diffs]) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def summary_md(rows: list[dict]) -> str:
+    """Per comparison: distinct comparisons, how many favour each side distinguishably,
+    and the range of the distinguishable differences."""
+    head = ["comparison", "distinct", "A ahead (*)", "B ahead (*)", "not distinguishable",
+            "marginal", "A ahead by", "B ahead by"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for a, b in COMPARISONS:
+        mine = [x for x in rows if (x["a"], x["b"]) == (a, b) and not x["duplicate_of"]]
+        if not mine:
+            continue
+        up = [x for x in mine if x["distinguishable"] and x["diff"] > 0]
+        down = [x for x in mine if x["distinguishable"] and x["diff"] < 0]
+
+        def span(xs):
+            if not xs:
+                return "—"
+            lo, hi = sorted((abs(100 * min(x["diff"] for x in xs)),
+                             abs(100 * max(x["diff"] for x in xs))))  # fmt: skip
+            where = sorted({f"{x['files']} q={x['q']}" for x in xs})
+            more = f"; {', '.join(where[:4])}{', ...' if len(where) > 4 else ''}"
+            return f"{lo:.1f} to {hi:.1f}{more}"
+
+        lines.append(
+            f"| {a} - {b} | {len(mine)} | {len(up)} | {len(down)} | "
+            f"{len(mine) - len(up) - len(down)} | {sum(x['marginal'] for x in mine)} | "
+            f"{span(up)} | {span(down)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def heatmaps(worsts: dict, rows: list[dict], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    qs = sorted({k[3] for k in worsts})
+    fig, axes = plt.subplots(
+        len(RULES), len(SKEWS), figsize=(4.2 * len(SKEWS), 3.4 * len(RULES)), squeeze=False
+    )
+    for i, r in enumerate(RULES):
+        for j, files in enumerate(SKEWS):
+            ax = axes[i][j]
+            grid = [
+                [100 * statistics.fmean(worsts[(a, files, r, q)][1])
+                 if (a, files, r, q) in worsts else math.nan for q in qs]
+                for a in ARMS
+            ]  # fmt: skip
+            image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+            for y, line in enumerate(grid):
+                for x, v in enumerate(line):
+                    if not math.isnan(v):
+                        ax.text(x, y, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                                color="white" if v < 55 else "black")  # fmt: skip
+            ax.set_xticks(range(len(qs)), [str(q) for q in qs])
+            ax.set_yticks(range(len(ARMS)), ARMS if j == 0 else [""] * len(ARMS))
+            ax.set_xlabel("Byzantine workers q")
+            ax.set_title(f"{r}, files {files}", fontsize=10)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="worst-case top-1 %")
+    fig.suptitle("Each arm's worst attack (MNIST-1D, K = 15, 5 seeds)")
+    fig.savefig(out / "worst_vs_q.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(
+        len(RULES), len(SKEWS), figsize=(4.2 * len(SKEWS), 3.2 * len(RULES)),
+        squeeze=False, sharey=True,
+    )  # fmt: skip
+    shown = COMPARISONS[:2] + COMPARISONS[3:5]
+    colours = ["#1f77b4", "#9467bd", "#08306b", "#b35806"]
+    for i, r in enumerate(RULES):
+        for j, files in enumerate(SKEWS):
+            ax = axes[i][j]
+            ax.axhline(0, color="black", linewidth=0.8)
+            for k, ((a, b), colour) in enumerate(zip(shown, colours, strict=True)):
+                pts = [
+                    x for x in rows if (x["files"], x["rule"], x["a"], x["b"]) == (files, r, a, b)
+                ]
+                if not pts:
+                    continue
+                xs = [x["q"] + 0.08 * (k - 1.5) for x in pts]
+                ys = [100 * x["diff"] for x in pts]
+                err = [[100 * (x["diff"] - x["low"]) for x in pts],
+                       [100 * (x["high"] - x["diff"]) for x in pts]]  # fmt: skip
+                ax.errorbar(xs, ys, yerr=err, marker="o", markersize=4, capsize=2,
+                            color=colour, label=f"{a} minus {b}")  # fmt: skip
+            ax.set_xticks(qs)
+            ax.set_xlabel("Byzantine workers q")
+            if j == 0:
+                ax.set_ylabel(f"{r}\npaired difference, points")
+            ax.set_title(f"files {files}", fontsize=10)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.06))
+    fig.suptitle("Worst-case accuracy differences with 95 % paired intervals")
+    fig.savefig(out / "paired_vs_q.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return ["worst_vs_q.png", "paired_vs_q.png"]
+
+
+def write(source: Path, out: Path, figures: bool = True) -> list[str]:
+    """Everything from ``source`` (run folders or the archive) into ``out``."""
+    runs = load(source)
+    written = []
+    if not source.name.endswith(".jsonl.gz"):
+        tails([r for r in runs if accuracy(r) is not None], out / "tails.csv")
+        written.append("tails.csv")
+    grid, clean = cells(runs)
+    worsts = worst(grid)
+    with open(out / "worst.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["arm", "files", "rule", "q", "worst_attack", "worst_mean",
+                    *(f"seed_{s}" for s in SEEDS), *(f"mean_{a}" for a in ATTACKS)])  # fmt: skip
+        for key in sorted(worsts, key=lambda k: (ARMS.index(k[0]), SKEWS.index(k[1]),
+                                                 RULES.index(k[2]), k[3])):  # fmt: skip
+            attack, seeds, means = worsts[key]
+            w.writerow([*key, attack, repr(statistics.fmean(seeds)), *map(repr, seeds),
+                        *(repr(means[a]) for a in ATTACKS)])  # fmt: skip
+    rows = compare(worsts)
+    with open(out / "paired.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["files"])
+        w.writeheader()
+        w.writerows({k: repr(v) if isinstance(v, float) else v for k, v in x.items()}
+                    for x in rows)  # fmt: skip
+    (out / "verdict.md").write_text(verdict_md(worsts, rows, clean))
+    (out / "summary.md").write_text(summary_md(rows))
+    written += ["worst.csv", "paired.csv", "verdict.md", "summary.md"]
+    if figures:
+        written += heatmaps(worsts, rows, out)
+    missing = sum(1 for v in grid.values() for a in v.values() for s in SEEDS if s not in a)
+    print(f"{len(runs)} runs; {len(worsts)} complete cells; {len(rows)} comparisons, "
+          f"{sum(not x['duplicate_of'] for x in rows)} distinct; wrote {', '.join(written)}"
+          + (f"; {missing} runs of started cells missing" if missing else ""))  # fmt: skip
+    return written
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (1, 2):
+        print("usage: python docs/results/verdict/tables.py RUNS_DIR_OR_ARCHIVE [OUT]")
+        return 2
+    out = Path(argv[1]) if len(argv) == 2 else HERE
+    out.mkdir(parents=True, exist_ok=True)
+    write(Path(argv[0]), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
