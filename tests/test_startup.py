@@ -99,3 +99,18 @@ def test_the_command_freezes_what_its_imports_built_out_of_the_garbage_collector
         assert gc.isenabled()
     finally:
         gc.unfreeze()  # the test process collects as before
+
+
+def test_a_sweep_is_validated_on_jobs_covering_every_value():
+    import itertools
+
+    from byzshield.cli.sweep import covering
+
+    grid = [
+        [f"attack={a}", f"seed={s}", f"adversary.q={q}"]
+        for a, s, q in itertools.product(["alie", "ipm", "fang"], range(5), [2, 4])
+    ]
+    chosen = covering(grid)
+    assert len(chosen) == 5  # the key with most values decides
+    assert {o for k in chosen for o in grid[k]} == {o for job in grid for o in job}
+    assert covering([["seed=0"]]) == [0] and covering([]) == []

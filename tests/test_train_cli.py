@@ -79,6 +79,18 @@ def test_a_multirun_job_that_cannot_start_is_reported_and_the_sweep_goes_on(tmp_
     ]
 
 
+@SLOW
+def test_a_sweep_value_that_does_not_compose_stops_it_before_any_job(tmp_path):
+    """Hydra's validation, on jobs covering every value (byzshield/cli/sweep.py), still
+    finds a bad value in the sweep's last job before the first job runs."""
+    sweep = tmp_path / "sweep"
+    proc = train("-m", "seed=0,1,2", "attack=alie,nonesuch", "max_steps=1", f"train_dir={sweep}",
+                 cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0
+    assert "Could not find 'attack/nonesuch'" in proc.stderr
+    assert not (sweep / "0").exists()
+
+
 def test_a_run_refused_after_hydra_made_its_folder_leaves_no_folder(tmp_path):
     """A cross-option error (found when the run is built, after Hydra wrote .hydra/)."""
     proc = train("batch_size=301", "max_steps=1", cwd=tmp_path)

@@ -66,6 +66,9 @@ def entry_point(main: Callable[[], None], *, job=None, after=None) -> int:
             cfg, config = single
             run_composed(cfg, lambda: job(config))
         else:
+            from byzshield.cli.sweep import install
+
+            install()  # a sweep's jobs composed once each, not twice
             main()
         if after is not None:
             FAILED_JOBS.extend(after())

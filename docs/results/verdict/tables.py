@@ -18,7 +18,8 @@ setting, the last 5 evaluations' top-1 and their mean); then, from either source
   against the baseline, and what detection changes for MOLS and for DETOX. A comparison
   whose two sides are, seed for seed, the same numbers as an earlier one's is counted
   once (distinct comparisons only); ``*`` marks an interval that excludes 0, ``(m)`` one
-  that ends within 1 point of 0 (marginal). No correction for the number of comparisons.
+  with an end within 1 point of 0 (marginal: a shift of under a point would change
+  whether it excludes 0). No correction for the number of comparisons.
 - ``summary.md``: the README's verdict table, the comparisons counted by sign;
 - ``worst_vs_q.png`` (each arm's worst-case accuracy, a panel per rule and files) and
   ``paired_vs_q.png`` (the paired differences against q).
@@ -148,10 +149,16 @@ def worst(grid) -> dict:
     return out
 
 
+def marginal(low: float, high: float) -> bool:
+    """An end of the interval within 1 point of 0: a shift of under a point would change
+    whether it excludes 0 (as docs/results/paper_tables.py marks the paper sweep's)."""
+    return min(abs(low), abs(high)) <= MARGIN
+
+
 def fmt(mean: float, low: float, high: float) -> str:
     star = " *" if low > 0 or high < 0 else ""
-    marginal = " (m)" if star and min(abs(low), abs(high)) < MARGIN else ""
-    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{star}{marginal}"
+    mark = " (m)" if marginal(low, high) else ""
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{star}{mark}"
 
 
 def compare(worsts: dict):
@@ -175,7 +182,7 @@ def compare(worsts: dict):
                         "acc_a": statistics.fmean(xa), "acc_b": statistics.fmean(xb),
                         "diff": mean, "low": low, "high": high,
                         "distinguishable": low > 0 or high < 0,
-                        "marginal": (low > 0 or high < 0) and min(abs(low), abs(high)) < MARGIN,
+                        "marginal": marginal(low, high),
                         "duplicate_of": seen.get(sig, ""),
                     })  # fmt: skip
                     seen.setdefault(sig, f"{a} vs {b}, {files}, {r}, q={q}")
@@ -187,7 +194,7 @@ def verdict_md(worsts: dict, rows: list[dict], clean: dict) -> str:
     lines = [
         "Worst-case top-1 % (the lowest mean over the 7 attacks; its attack in brackets) "
         "and paired differences in points (95 % interval over 5 seeds; `*` excludes 0, "
-        "`(m)` ends within 1 point of 0; no correction for the number of comparisons).",
+        "`(m)` has an end within 1 point of 0; no correction for the number of comparisons).",
         "",
     ]
     for files in SKEWS:
