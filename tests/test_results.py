@@ -90,3 +90,64 @@ def test_every_committed_table_recomputes_from_its_archive():
         timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _tables():
+    spec = importlib.util.spec_from_file_location(
+        "verdict_tables", RESULTS / "verdict" / "tables.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _verdict_run(approach, detect, attack, q, seed, top1, steps=300):
+    from byzshield.report import RunFolder
+
+    config = {
+        "approach.name": approach,
+        "detect": detect,
+        "dataset.partition": "iid",
+        "dataset.alpha": 1.0,
+        "mode.name": "coord-median",
+        "mode.num_buckets": 5,
+        "attack.name": attack,
+        "adversary.q": q,
+        "seed": seed,
+    }
+    evals = [{"step": 20 * k, "top1": top1} for k in range(1, 16)]
+    return RunFolder(Path(f"r/{approach}{detect}{attack}{q}{seed}{steps}"), config=config,
+                     status="complete", max_steps=steps, evals=evals, final=evals[-1])  # fmt: skip
+
+
+def test_the_verdict_takes_each_arms_worst_attack_and_pairs_it_seed_by_seed():
+    tables = _tables()
+    runs = []
+    for approach, detect in [("baseline", "off"), ("draco_lite_attack", "off"), ("mols", "off"),
+                             ("draco_lite_attack", "exclude"), ("mols", "exclude")]:  # fmt: skip
+        for k, attack in enumerate(tables.ATTACKS):
+            for seed in tables.SEEDS:
+                top1 = 0.5 + 0.01 * k + 0.002 * seed  # ALIE the worst for every arm
+                if approach == "mols":
+                    top1 += 0.1 if detect == "off" else 0.2
+                if approach == "draco_lite_attack" and detect == "exclude":
+                    top1 += 0.2 + 0.001 * seed * seed  # seed-dependent: not MOLS's twin
+                runs.append(_verdict_run(approach, detect, attack, 2, seed, top1))
+    runs.append(_verdict_run("mols", "off", "alie", 2, 0, 0.9, steps=600))  # a plateau twin
+    grid, clean = tables.cells(runs)
+    worsts = tables.worst(grid)
+    assert len(worsts) == 5 and all(w[0] == "alie" for w in worsts.values())
+    rows = {(x["a"], x["b"]): x for x in tables.compare(worsts)}
+    mols_detox = rows[("MOLS", "DETOX")]
+    assert abs(mols_detox["diff"] - 0.1) < 1e-9 and mols_detox["distinguishable"]
+    assert abs(mols_detox["high"] - mols_detox["low"]) < 1e-9  # the same gap every seed
+    # baseline and DETOX are the same numbers seed for seed: DETOX - baseline is 0, and
+    # MOLS - baseline repeats MOLS - DETOX, so it is counted once
+    assert rows[("MOLS", "baseline")]["duplicate_of"].startswith("MOLS vs DETOX")
+    assert not rows[("MOLS + detection", "DETOX + detection")]["duplicate_of"]
+    assert "| MOLS - DETOX | 1 | 1 | 0 |" in tables.summary_md(list(rows.values()))
+    plateau = tables.plateau_md(runs)
+    assert (
+        "| MOLS | iid | median of means | 2 | alie | 1 | 60.0 | 90.0 | +30.0 | +30.0 | 0/1 |"
+        in plateau
+    )

@@ -38,7 +38,11 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ARCHIVE = "runs.jsonl.gz"
 LAST = 5
+STEPS = 300  # the sweep's runs; runs of PLATEAU_STEPS are the plateau check's
+PLATEAU_STEPS = 600
+TOLERANCE = 0.02  # a run is on its plateau when within 2 points of its 600-step twin
 SEEDS = (0, 1, 2, 3, 4)
 ATTACKS = ("alie", "ipm", "min_max", "min_sum", "fang", "rev_grad", "constant")
 ARMS = ("baseline", "DETOX", "MOLS", "DETOX + detection", "MOLS + detection")
@@ -88,15 +92,15 @@ def accuracy(run) -> float | None:
     return statistics.fmean(tops[-LAST:])
 
 
-def load(source: Path):
-    """The runs, from run folders (writing the archive and tails.csv) or the archive."""
-    from byzshield.report import ARCHIVE, discover, read_archive, read_run, write_archive
+def load(source: Path, out: Path):
+    """The runs, from run folders (writing their archive into ``out``) or the archive."""
+    from byzshield.report import discover, read_archive, read_run, write_archive
 
     if source.name.endswith(".jsonl.gz"):
         return read_archive(source)
     runs = [read_run(path) for path in discover([source])[0]]
     runs = [r for r in runs if r.status == "complete"]
-    write_archive(runs, HERE / ARCHIVE)
+    write_archive(runs, out / ARCHIVE)
     return runs
 
 
@@ -126,7 +130,7 @@ def cells(runs):
     clean: dict = defaultdict(dict)
     for r in runs:
         a = accuracy(r)
-        if a is None:
+        if a is None or r.max_steps != STEPS:
             continue
         c = r.config
         key = (arm(c), skew(c), rule(c), c["adversary.q"])
@@ -187,6 +191,51 @@ def compare(worsts: dict):
                     })  # fmt: skip
                     seen.setdefault(sig, f"{a} vs {b}, {files}, {r}, q={q}")
     return rows
+
+
+def plateau_md(runs) -> str:
+    """Each plateau-check run (600 steps) against its 300-step twin (same arm, files,
+    rule, q, attack and seed): the mean gap per arm, files and q, and the largest."""
+    by_key: dict = {}
+    for r in runs:
+        a = accuracy(r)
+        if a is None:
+            continue
+        c = r.config
+        key = (arm(c), skew(c), rule(c), c["adversary.q"], c["attack.name"], c["seed"])
+        by_key.setdefault(key, {})[r.max_steps] = a
+    pairs: dict = defaultdict(list)
+    for key, acc in by_key.items():
+        if STEPS in acc and PLATEAU_STEPS in acc:
+            pairs[key[:4]].append((key[4], acc[STEPS], acc[PLATEAU_STEPS]))
+    if not pairs:
+        return "No plateau-check run has its 300-step twin yet.\n"
+    lines = [
+        f"Plateau check: the mean top-1 % of the last {LAST} evaluations of each run of "
+        f"{STEPS} steps against the same run (arm, files, rule, q, attack, seed) trained "
+        f"{PLATEAU_STEPS} steps with the same final learning rate; on its plateau when "
+        f"within {100 * TOLERANCE:.0f} points.",
+        "",
+        "| arm | files | rule | q | attacks | runs | top-1 %, 300 steps | top-1 %, 600 steps "
+        "| gap (mean) | largest gap | on plateau |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    worst_gap, total = 0.0, 0
+    for key in sorted(pairs, key=lambda k: (ARMS.index(k[0]), SKEWS.index(k[1]), k[2], k[3])):
+        xs = pairs[key]
+        gaps = [b - a for _, a, b in xs]
+        largest = max(gaps, key=abs)
+        worst_gap, total = max(worst_gap, abs(largest), key=abs), total + len(xs)
+        attacks = " ".join(sorted({x[0] for x in xs}))
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {attacks} | {len(xs)} | "
+            f"{100 * statistics.fmean(a for _, a, _ in xs):.1f} | "
+            f"{100 * statistics.fmean(b for _, _, b in xs):.1f} | "
+            f"{100 * statistics.fmean(gaps):+.1f} | {100 * largest:+.1f} | "
+            f"{sum(abs(g) <= TOLERANCE for g in gaps)}/{len(xs)} |"
+        )
+    lines += ["", f"{total} pairs; the largest gap of any run is {100 * worst_gap:.1f} points."]
+    return "\n".join(lines) + "\n"
 
 
 def verdict_md(worsts: dict, rows: list[dict], clean: dict) -> str:
@@ -331,9 +380,10 @@ def heatmaps(worsts: dict, rows: list[dict], out: Path) -> list[str]:
 
 def write(source: Path, out: Path, figures: bool = True) -> list[str]:
     """Everything from ``source`` (run folders or the archive) into ``out``."""
-    runs = load(source)
+    runs = load(source, out)
     written = []
     if not source.name.endswith(".jsonl.gz"):
+        written.append(ARCHIVE)
         tails([r for r in runs if accuracy(r) is not None], out / "tails.csv")
         written.append("tails.csv")
     grid, clean = cells(runs)
@@ -355,8 +405,9 @@ def write(source: Path, out: Path, figures: bool = True) -> list[str]:
                     for x in rows)  # fmt: skip
     (out / "verdict.md").write_text(verdict_md(worsts, rows, clean))
     (out / "summary.md").write_text(summary_md(rows))
-    written += ["worst.csv", "paired.csv", "verdict.md", "summary.md"]
-    if figures:
+    (out / "plateau.md").write_text(plateau_md(runs))
+    written += ["worst.csv", "paired.csv", "verdict.md", "summary.md", "plateau.md"]
+    if figures and worsts:
         written += heatmaps(worsts, rows, out)
     missing = sum(1 for v in grid.values() for a in v.values() for s in SEEDS if s not in a)
     print(f"{len(runs)} runs; {len(worsts)} complete cells; {len(rows)} comparisons, "
