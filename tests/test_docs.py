@@ -66,6 +66,7 @@ PATH = re.compile(r"(?<![\w/.-])((?:byzshield|docs|tests|benchmarks|conf|launch)
 BARE_MD = re.compile(r"(?<![\w/.-])([A-Za-z][\w-]*\.md)\b")
 DOTTED = re.compile(r"(?<![\w.])(byzshield(?:\.[A-Za-z_]\w*)+)")
 REPO_FILES = {p.name for p in ROOT.rglob("*") if ".git" not in p.parts and "venv" not in p.parts}
+REPO_FILES |= {"pivot.md"}  # written by the report (--pivot) into its output folder, none committed
 
 
 def _prose(path: Path, *, comments: bool) -> str:
