@@ -145,7 +145,9 @@ def test_the_verdict_takes_each_arms_worst_attack_and_pairs_it_seed_by_seed():
     # MOLS - baseline repeats MOLS - DETOX, so it is counted once
     assert rows[("MOLS", "baseline")]["duplicate_of"].startswith("MOLS vs DETOX")
     assert not rows[("MOLS + detection", "DETOX + detection")]["duplicate_of"]
-    assert "| MOLS - DETOX | 1 | 1 | 0 |" in tables.summary_md(list(rows.values()))
+    summary = tables.summary_md(list(rows.values()))
+    assert "| MOLS - DETOX | iid | 1 | 1 | 0 | 0 | +10.0 [+10.0, +10.0] * (MoM, q=2) | — |" in summary
+    assert "6 comparisons, 5 distinct" in summary
     plateau = tables.plateau_md(runs)
     assert (
         "| MOLS | iid | median of means | 2 | alie | 1 | 60.0 | 90.0 | +30.0 | +30.0 | 0/1 |"
