@@ -186,6 +186,23 @@ def test_run_without_hydra_folder_takes_its_settings_from_run_json(tmp_path):
     assert run.q == 2 and run.status == "complete"
 
 
+def test_run_without_hydra_folder_takes_its_whole_config_from_config_json(tmp_path):
+    """In-process runs (byzshield.run, the lockstep API) have config.json but no .hydra/:
+    two differing only in the data partition must not share a row."""
+    folders = []
+    for name, partition in (("a", "iid"), ("b", "dirichlet")):
+        folder = complete(tmp_path / name, 0.9, hydra=False)
+        config = {"approach": {"name": "mols", "l": 5, "r": 3}, "mode": {"name": "coord-median"},
+                  "attack": {"name": "alie"}, "adversary": {"q": 2}, "seed": 0,
+                  "dataset": {"name": "mnist1d", "partition": partition}}  # fmt: skip
+        (folder / "config.json").write_text(json.dumps(config))
+        folders.append(folder)
+    runs = [read_run(f) for f in folders]
+    assert {r.config_source for r in runs} == {"config.json"}
+    assert runs[1].config["dataset.partition"] == "dirichlet"
+    assert len(group_runs(runs).groups) == 2
+
+
 # --------------------------------------------------------------------------------------
 # Grouping and statistics
 

@@ -89,8 +89,9 @@ class RunFolder:
     """What the report knows about one run folder.
 
     ``config`` is the flattened composed config (``{"approach.name": "mols", ...}``)
-    from ``.hydra/config.yaml``, or what ``run.json`` tells when there is no Hydra
-    folder (``config_source`` says which). ``evals`` are the evaluation records of the
+    from ``.hydra/config.yaml``, else the trainer's ``config.json`` (a run started in
+    process has no Hydra folder), else what ``run.json`` tells (``config_source`` says
+    which). ``evals`` are the evaluation records of the
     last run written to the folder (``{"step", "top1", "top5", "test_loss"}``, and
     ``backdoor_asr`` under the backdoor).
     """
@@ -317,6 +318,19 @@ def _load_yaml(path: Path, warnings: list[str]):
         return None
 
 
+def _saved_config(folder: Path, warnings: list[str]) -> dict | None:
+    """The config the trainer saved (``config.json``), or None."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        warnings.append(f"{path}: not valid JSON; ignored")
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def read_run(folder: Path, *, now: float | None = None, stale_after: float = 600.0) -> RunFolder:
     """Read one run folder; ``stale_after`` seconds without a change means it is not
     running any more (see the module docstring for the status rule)."""
@@ -331,8 +345,13 @@ def read_run(folder: Path, *, now: float | None = None, stale_after: float = 600
         except (OSError, ValueError):
             run.warnings.append(f"{info_path}: not valid JSON; ignored")
     config = _load_yaml(folder / ".hydra" / "config.yaml", run.warnings)
+    saved = None if isinstance(config, dict) else _saved_config(folder, run.warnings)
     if isinstance(config, dict):
         run.config, run.config_source = _moved_keys(_flatten(config)), ".hydra/config.yaml"
+    elif saved is not None:  # the run's config as the trainer saved it (in-process runs),
+        # with what only run.json records (the engine: it changes no bit of the run)
+        run.config = {**_config_from_info(run.info), **_moved_keys(_flatten(saved))}
+        run.config_source = "config.json"
     elif run.info:
         run.config, run.config_source = _config_from_info(run.info), "run.json"
     max_steps = run.info.get("max_steps")
