@@ -114,3 +114,16 @@ def test_a_sweep_is_validated_on_jobs_covering_every_value():
     assert len(chosen) == 5  # the key with most values decides
     assert {o for k in chosen for o in grid[k]} == {o for job in grid for o in job}
     assert covering([["seed=0"]]) == [0] and covering([]) == []
+
+
+def test_a_sweep_whose_train_dir_interpolates_a_swept_key_is_refused():
+    from byzshield.cli.startup import _check_not_swept
+    from byzshield.config.overrides import UsageError, compose
+
+    cfg = compose("config", ["+experiment=verdict", "train_dir=runs/s${seed}"], job="train")
+    with pytest.raises(UsageError, match=r"train_dir=runs/s\$\{seed\} interpolates seed, which"):
+        _check_not_swept(cfg, set())
+    cfg = compose("config", ["+experiment=verdict", "train_dir=runs/q${adversary.q}"], job="train")
+    _check_not_swept(cfg, set())  # q is one value for the whole sweep: fine
+    with pytest.raises(UsageError, match="interpolates adversary.q"):
+        _check_not_swept(cfg, {"adversary.q"})

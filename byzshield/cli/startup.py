@@ -88,13 +88,14 @@ def check_train_overrides(argv: Sequence[str], hydra_overrides: Sequence[str] | 
     compose the job itself (a sweep, Hydra's own flags, ``hydra.verbose``)."""
     if any(a.startswith("-") for a in argv):  # multirun sweeps and Hydra's own flags
         return None
-    whole = True
+    whole, swept = True, set()
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         parsed = OverridesParser.create().parse_overrides(list(argv))
         # a sweep without -m (an experiment with hydra.mode: MULTIRUN): check the rest here
         kept = [a for a, o in zip(argv, parsed, strict=True) if not o.is_sweep_override()]
+        swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
         whole, argv = len(kept) == len(argv), kept
     except Exception:  # noqa: BLE001  (unparsable: compose below says why in one line)
         pass
@@ -119,6 +120,7 @@ def check_train_overrides(argv: Sequence[str], hydra_overrides: Sequence[str] | 
         given = any(a.startswith(("train_dir=", "+train_dir=")) for a in argv)
         if hydra_overrides is None or cfg.hydra.mode is not None or cfg.hydra.verbose:
             if not given:  # Hydra composes again: it must use this value, not a later time
+                _check_not_swept(cfg, swept)
                 sys.argv.append(f"train_dir={train_dir}")
             return None
         if not given:  # recorded as the Hydra path records it (.hydra/overrides.yaml)
@@ -126,6 +128,24 @@ def check_train_overrides(argv: Sequence[str], hydra_overrides: Sequence[str] | 
         return cfg, config
     except (UsageError, ValueError) as exc:
         refuse_start(f"error: {exc}")
+
+
+def _check_not_swept(cfg: DictConfig, swept: set[str]) -> None:
+    """A sweep writes its jobs into one folder, ``train_dir`` resolved once before the
+    first job: refuse a ``train_dir`` that interpolates a key the sweep varies (it would
+    take the key's default, not each job's value)."""
+    import re
+
+    raw = str(cfg._get_node("train_dir")._value())
+    params = cfg.hydra.sweeper.get("params") or {}  # not applied yet: even one value
+    varied = swept | {str(k) for k in params}
+    used = sorted(set(re.findall(r"\$\{([\w.]+)\}", raw)) & varied)
+    if used:
+        raise UsageError(
+            f"train_dir={raw} interpolates {used[0]}, which this sweep varies; a sweep writes "
+            "into one folder, resolved once: give train_dir on the command line or sweep "
+            f"{used[0]} in separate commands"
+        )
 
 
 def _task(cfg: DictConfig) -> DictConfig:
