@@ -134,7 +134,7 @@ def test_the_verdict_takes_each_arms_worst_attack_and_pairs_it_seed_by_seed():
                     top1 += 0.2 + 0.001 * seed * seed  # seed-dependent: not MOLS's twin
                 runs.append(_verdict_run(approach, detect, attack, 2, seed, top1))
     runs.append(_verdict_run("mols", "off", "alie", 2, 0, 0.9, steps=600))  # a plateau twin
-    grid, clean = tables.cells(runs)
+    grid, clean = tables.cells(runs, 300)
     worsts = tables.worst(grid)
     assert len(worsts) == 5 and all(w[0] == "alie" for w in worsts.values())
     rows = {(x["a"], x["b"]): x for x in tables.compare(worsts)}
@@ -148,7 +148,7 @@ def test_the_verdict_takes_each_arms_worst_attack_and_pairs_it_seed_by_seed():
     summary = tables.summary_md(list(rows.values()))
     assert "| MOLS - DETOX | iid | 1 | 1 | 0 | 0 | +10.0 [+10.0, +10.0] * (MoM, q=2) | — |" in summary
     assert "6 comparisons, 5 distinct" in summary
-    plateau = tables.plateau_md(runs)
+    plateau = tables.plateau_md(runs, 300)
     assert (
         "| MOLS | iid | median of means | 2 | alie | 1 | 60.0 | 90.0 | +30.0 | +30.0 | 0/1 |"
         in plateau

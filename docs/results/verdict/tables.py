@@ -3,7 +3,8 @@ gradients disagree, when the attack optimises against the rule, and when the ser
 catch liars? Tables and heatmaps from the runs, or from the committed runs archive:
 
     python docs/results/verdict/tables.py runs/verdict                     # the run folders
-    python docs/results/verdict/tables.py docs/results/verdict/runs.jsonl.gz   # the archive
+    python docs/results/verdict/tables.py docs/results/verdict/runs.jsonl.gz /tmp/again
+    python docs/results/verdict/tables.py runs/verdict300 --steps 300      # the first pass
 
 From run folders it first writes the archive (``runs.jsonl.gz``: every run's config and
 evaluations, what the tables are computed from) and ``tails.csv`` (one row per run: its
@@ -40,8 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ARCHIVE = "runs.jsonl.gz"
 LAST = 5
-STEPS = 300  # the sweep's runs; runs of PLATEAU_STEPS are the plateau check's
-PLATEAU_STEPS = 600
+STEPS = 600  # the sweep's runs (--steps); runs of twice as many are the plateau check's
 TOLERANCE = 0.02  # a run is on its plateau when within 2 points of its 600-step twin
 SEEDS = (0, 1, 2, 3, 4)
 ATTACKS = ("alie", "ipm", "min_max", "min_sum", "fang", "rev_grad", "constant")
@@ -124,13 +124,13 @@ def interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return s.mean, s.low, s.high
 
 
-def cells(runs):
+def cells(runs, steps: int = STEPS):
     """(arm, files, rule, q) -> attack -> seed -> accuracy, and the no-attack reference."""
     grid: dict = defaultdict(lambda: defaultdict(dict))
     clean: dict = defaultdict(dict)
     for r in runs:
         a = accuracy(r)
-        if a is None or r.max_steps != STEPS:
+        if a is None or r.max_steps != steps:  # a plateau-check run
             continue
         c = r.config
         key = (arm(c), skew(c), rule(c), c["adversary.q"])
@@ -193,8 +193,8 @@ def compare(worsts: dict):
     return rows
 
 
-def plateau_md(runs) -> str:
-    """Each plateau-check run (600 steps) against its 300-step twin (same arm, files,
+def plateau_md(runs, steps: int = STEPS) -> str:
+    """Each plateau-check run (2 x ``steps``) against its twin of ``steps`` (same arm, files,
     rule, q, attack and seed): the mean gap per arm, files and q, and the largest."""
     by_key: dict = {}
     for r in runs:
@@ -206,17 +206,18 @@ def plateau_md(runs) -> str:
         by_key.setdefault(key, {})[r.max_steps] = a
     pairs: dict = defaultdict(list)
     for key, acc in by_key.items():
-        if STEPS in acc and PLATEAU_STEPS in acc:
-            pairs[key[:4]].append((key[4], acc[STEPS], acc[PLATEAU_STEPS]))
+        if steps in acc and 2 * steps in acc:
+            pairs[key[:4]].append((key[4], acc[steps], acc[2 * steps]))
     if not pairs:
-        return "No plateau-check run has its 300-step twin yet.\n"
+        return f"No plateau-check run has its {steps}-step twin yet.\n"
     lines = [
         f"Plateau check: the mean top-1 % of the last {LAST} evaluations of each run of "
-        f"{STEPS} steps against the same run (arm, files, rule, q, attack, seed) trained "
-        f"{PLATEAU_STEPS} steps with the same final learning rate; on its plateau when "
+        f"{steps} steps against the same run (arm, files, rule, q, attack, seed) trained "
+        f"{2 * steps} steps with the same final learning rate; on its plateau when "
         f"within {100 * TOLERANCE:.0f} points.",
         "",
-        "| arm | files | rule | q | attacks | runs | top-1 %, 300 steps | top-1 %, 600 steps "
+        f"| arm | files | rule | q | attacks | runs | top-1 %, {steps} steps | "
+        f"top-1 %, {2 * steps} steps "
         "| gap (mean) | largest gap | on plateau |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -387,7 +388,7 @@ def heatmaps(worsts: dict, rows: list[dict], out: Path) -> list[str]:
     return ["worst_vs_q.png", "paired_vs_q.png"]
 
 
-def write(source: Path, out: Path, figures: bool = True) -> list[str]:
+def write(source: Path, out: Path, figures: bool = True, steps: int = STEPS) -> list[str]:
     """Everything from ``source`` (run folders or the archive) into ``out``."""
     runs = load(source, out)
     written = []
@@ -395,7 +396,7 @@ def write(source: Path, out: Path, figures: bool = True) -> list[str]:
         written.append(ARCHIVE)
         tails([r for r in runs if accuracy(r) is not None], out / "tails.csv")
         written.append("tails.csv")
-    grid, clean = cells(runs)
+    grid, clean = cells(runs, steps)
     worsts = worst(grid)
     with open(out / "worst.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -414,7 +415,7 @@ def write(source: Path, out: Path, figures: bool = True) -> list[str]:
                     for x in rows)  # fmt: skip
     (out / "verdict.md").write_text(verdict_md(worsts, rows, clean))
     (out / "summary.md").write_text(summary_md(rows))
-    (out / "plateau.md").write_text(plateau_md(runs))
+    (out / "plateau.md").write_text(plateau_md(runs, steps))
     written += ["worst.csv", "paired.csv", "verdict.md", "summary.md", "plateau.md"]
     if figures and worsts:
         written += heatmaps(worsts, rows, out)
@@ -426,12 +427,18 @@ def write(source: Path, out: Path, figures: bool = True) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (1, 2):
-        print("usage: python docs/results/verdict/tables.py RUNS_DIR_OR_ARCHIVE [OUT]")
-        return 2
-    out = Path(argv[1]) if len(argv) == 2 else HERE
-    out.mkdir(parents=True, exist_ok=True)
-    write(Path(argv[0]), out)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="runs/verdict, or a runs.jsonl.gz archive")
+    parser.add_argument("out", type=Path, nargs="?", default=HERE, help="default: here")
+    parser.add_argument(
+        "--steps", type=int, default=STEPS,
+        help=f"the sweep's run length (default {STEPS}; twice it: the plateau check)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write(args.source, args.out, steps=args.steps)
     return 0
 
 
