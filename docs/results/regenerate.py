@@ -67,7 +67,7 @@ def detection(out: Path) -> list[str]:
 def verdict(out: Path) -> list[str]:
     tables = _module(HERE / "verdict" / "tables.py")
     with redirect_stdout(io.StringIO()):
-        written = tables.write(HERE / "verdict" / ARCHIVE, out, figures=False)
+        written = tables.write(HERE / "verdict" / ARCHIVE, out, figures=False, steps=300)
     return written
 
 
@@ -75,12 +75,13 @@ FOLDERS = {
     "heterogeneity": heterogeneity,
     "strongest_attacks": strongest_attacks,
     "detection": detection,
+    "verdict": verdict,
 }
 """Results folder -> how its tables are recomputed (into a folder; returns the files)."""
 
 QUOTES = {
-    "verdict": [("summary.md", ROOT / "README.md"), ("summary.md", HERE / "verdict" / "README.md"),
-                ("verdict.md", HERE / "verdict" / "README.md")],
+    "verdict": [(name, HERE / "verdict" / "README.md")
+                for name in ("summary.md", "verdict.md", "plateau.md")],
     "detection": [("results.md", HERE / "detection" / "README.md")],
 }  # fmt: skip
 """Results folder -> (a table it writes, a document that quotes it whole, minus its

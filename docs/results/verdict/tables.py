@@ -7,8 +7,9 @@ catch liars? Tables and heatmaps from the runs, or from the committed runs archi
     python docs/results/verdict/tables.py runs/verdict300 --steps 300      # the first pass
 
 From run folders it first writes the archive (``runs.jsonl.gz``: every run's config and
-evaluations, what the tables are computed from) and ``tails.csv`` (one row per run: its
-setting, the last 5 evaluations' top-1 and their mean); then, from either source:
+evaluations, what the tables are computed from); then, from either source,
+``tails.csv`` (one row per run: its setting, the last 5 evaluations' top-1 and their
+mean) and:
 
 - ``worst.csv``: per arm, files, rule and q, each attack's mean over the seeds of the
   run's accuracy (the mean top-1 of its last 5 evaluations), the worst attack (the
@@ -318,7 +319,7 @@ def summary_md(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def heatmaps(worsts: dict, rows: list[dict], out: Path) -> list[str]:
+def heatmaps(worsts: dict, rows: list[dict], out: Path, steps: int = STEPS) -> list[str]:
     try:
         import matplotlib
 
@@ -328,8 +329,9 @@ def heatmaps(worsts: dict, rows: list[dict], out: Path) -> list[str]:
         return []
     qs = sorted({k[3] for k in worsts})
     fig, axes = plt.subplots(
-        len(RULES), len(SKEWS), figsize=(4.2 * len(SKEWS), 3.4 * len(RULES)), squeeze=False
-    )
+        len(RULES), len(SKEWS), figsize=(4.2 * len(SKEWS), 3.6 * len(RULES)), squeeze=False,
+        gridspec_kw={"hspace": 0.45},
+    )  # fmt: skip
     for i, r in enumerate(RULES):
         for j, files in enumerate(SKEWS):
             ax = axes[i][j]
@@ -349,13 +351,13 @@ def heatmaps(worsts: dict, rows: list[dict], out: Path) -> list[str]:
             ax.set_xlabel("Byzantine workers q")
             ax.set_title(f"{r}, files {files}", fontsize=10)
     fig.colorbar(image, ax=axes, shrink=0.8, label="worst-case top-1 %")
-    fig.suptitle("Each arm's worst attack (MNIST-1D, K = 15, 5 seeds)")
+    fig.suptitle(f"Each arm's worst attack (MNIST-1D, K = 15, 5 seeds, {steps} steps)")
     fig.savefig(out / "worst_vs_q.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
     fig, axes = plt.subplots(
-        len(RULES), len(SKEWS), figsize=(4.2 * len(SKEWS), 3.2 * len(RULES)),
-        squeeze=False, sharey=True,
+        len(RULES), len(SKEWS), figsize=(4.2 * len(SKEWS), 3.6 * len(RULES)),
+        squeeze=False, sharey=True, gridspec_kw={"hspace": 0.45},
     )  # fmt: skip
     shown = COMPARISONS[:2] + COMPARISONS[3:5]
     colours = ["#1f77b4", "#9467bd", "#08306b", "#b35806"]
@@ -382,7 +384,7 @@ def heatmaps(worsts: dict, rows: list[dict], out: Path) -> list[str]:
             ax.set_title(f"files {files}", fontsize=10)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.06))
-    fig.suptitle("Worst-case accuracy differences with 95 % paired intervals")
+    fig.suptitle(f"Worst-case accuracy differences with 95 % paired intervals ({steps} steps)")
     fig.savefig(out / "paired_vs_q.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return ["worst_vs_q.png", "paired_vs_q.png"]
@@ -394,8 +396,8 @@ def write(source: Path, out: Path, figures: bool = True, steps: int = STEPS) -> 
     written = []
     if not source.name.endswith(".jsonl.gz"):
         written.append(ARCHIVE)
-        tails([r for r in runs if accuracy(r) is not None], out / "tails.csv")
-        written.append("tails.csv")
+    tails([r for r in runs if accuracy(r) is not None], out / "tails.csv")
+    written.append("tails.csv")
     grid, clean = cells(runs, steps)
     worsts = worst(grid)
     with open(out / "worst.csv", "w", newline="") as fh:
@@ -418,7 +420,7 @@ def write(source: Path, out: Path, figures: bool = True, steps: int = STEPS) -> 
     (out / "plateau.md").write_text(plateau_md(runs, steps))
     written += ["worst.csv", "paired.csv", "verdict.md", "summary.md", "plateau.md"]
     if figures and worsts:
-        written += heatmaps(worsts, rows, out)
+        written += heatmaps(worsts, rows, out, steps)
     missing = sum(1 for v in grid.values() for a in v.values() for s in SEEDS if s not in a)
     print(f"{len(runs)} runs; {len(worsts)} complete cells; {len(rows)} comparisons, "
           f"{sum(not x['duplicate_of'] for x in rows)} distinct; wrote {', '.join(written)}"
