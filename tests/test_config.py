@@ -152,6 +152,7 @@ def test_every_pair_of_approach_mode_attack_options_composes_and_builds_or_says_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 1,785 compositions: past the default 300 s on a loaded machine
 def test_every_approach_mode_attack_combination_composes_and_builds_or_says_why():
     ok, refused = _check_combinations(itertools.product(*_groups()))
     assert ok > 300 and refused > 0
