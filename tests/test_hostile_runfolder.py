@@ -3,6 +3,7 @@ wrong, a full disk, torn metrics lines, and what a run says about itself."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -158,8 +159,10 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_note(base, tmp_path, h
     assert not (folder / "train.log").exists()
 
 
-def test_two_runs_started_at_once_into_one_folder_train_once(tmp_path, monkeypatch):
-    folder = tmp_path / "run"
+@contextlib.contextmanager
+def _held_run(monkeypatch, folder):
+    """A run of RUN into ``folder`` on a thread, held inside its first step while the
+    block runs (it holds the folder's lock); yields what it returns once released."""
     started, go = threading.Event(), threading.Event()
     gather = SimulateEngine.gather
 
@@ -174,11 +177,17 @@ def test_two_runs_started_at_once_into_one_folder_train_once(tmp_path, monkeypat
     thread.start()
     assert started.wait(120)
     try:
-        with pytest.raises(FolderInUse, match="in use by another run of this process"):
-            simulate(RUN, folder)
+        yield first
     finally:
         go.set()
         thread.join(120)
+
+
+def test_two_runs_started_at_once_into_one_folder_train_once(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    refused = pytest.raises(FolderInUse, match="in use by another run of this process")
+    with _held_run(monkeypatch, folder) as first, refused:
+        simulate(RUN, folder)
     assert "result" in first
     steps, evals = read_metrics(folder)
     assert [s["step"] for s in steps] == list(range(6))  # each step once, in order
@@ -547,23 +556,8 @@ def test_a_sweep_job_refused_by_the_lock_puts_back_the_holders_hydra_folder(tmp_
     folder = tmp_path / "run"
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("- adversary.q=2\n")
-    started, go = threading.Event(), threading.Event()
-    gather = SimulateEngine.gather
-
-    def held_gather(self, step, params, byzantine):
-        started.set()
-        assert go.wait(120)
-        return gather(self, step, params, byzantine)
-
-    monkeypatch.setattr(SimulateEngine, "gather", held_gather)
-    thread = threading.Thread(target=lambda: simulate(RUN, folder))
-    thread.start()
-    assert started.wait(120)
-    try:
+    with _held_run(monkeypatch, folder):
         (folder / ".hydra" / "overrides.yaml").write_text("- adversary.q=4\n")  # Hydra's
         with pytest.raises(FolderInUse, match="in use by another run of this process"):
             simulate(RUN, folder)
         assert (folder / ".hydra" / "overrides.yaml").read_text() == "- adversary.q=2\n"
-    finally:
-        go.set()
-        thread.join(120)
