@@ -162,6 +162,13 @@ def _count(tables: list[tuple], rule: str, fractions: dict) -> list[dict]:
     return list(counts.values())
 
 
+def _count_rows(per_rule: dict):
+    """(rule, comparison, counts) for every comparison of each rule, then the rule's total."""
+    for rule, counts in per_rule.items():
+        for c in [*counts, _total(counts)]:
+            yield rule, (f"{c['a']} vs {c['b']}" if c["b"] else "all"), c
+
+
 def _total(counts: list[dict]) -> dict:
     total: dict = defaultdict(int, a="all", b="")
     for c in counts:
@@ -191,14 +198,12 @@ def _print_distinct(tables: list[tuple], fractions: dict) -> None:
         "distinguishable | ByzShield ahead | DETOX ahead | marginal (m) |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for rule, counts in per_rule.items():
-        for c in [*counts, _total(counts)]:
-            what = f"{c['a']} vs {c['b']}" if c["b"] else "all"
-            print(
-                f"| {RULES[rule]} | {what} | {c['cells']} | {c['distinct']} | "
-                f"{c['no attack']} | {c['under attack']} | {c['distinguishable']} | "
-                f"{c['ahead']} | {c['behind']} | {c['marginal']} |"
-            )
+    for rule, what, c in _count_rows(per_rule):
+        print(
+            f"| {RULES[rule]} | {what} | {c['cells']} | {c['distinct']} | "
+            f"{c['no attack']} | {c['under attack']} | {c['distinguishable']} | "
+            f"{c['ahead']} | {c['behind']} | {c['marginal']} |"
+        )
     print()
     if not fractions:
         print("(no report.csv beside paired.csv: the drop ordering is left out)\n")
@@ -210,13 +215,10 @@ def _print_distinct(tables: list[tuple], fractions: dict) -> None:
     )
     print("| rule | comparison | drops differ | larger c/√f loses more | larger c/f loses more |")
     print("| --- | --- | --- | --- | --- |")
-    for rule, counts in per_rule.items():
-        for c in [*counts, _total(counts)]:
-            what = f"{c['a']} vs {c['b']}" if c["b"] else "all"
-            print(
-                f"| {RULES[rule]} | {what} | {c['drops differ']} | {_of(c, 'c/√f')} | "
-                f"{_of(c, 'c/f')} |"
-            )
+    for rule, what, c in _count_rows(per_rule):
+        print(
+            f"| {RULES[rule]} | {what} | {c['drops differ']} | {_of(c, 'c/√f')} | {_of(c, 'c/f')} |"
+        )
     print()
 
 
