@@ -116,14 +116,31 @@ def test_a_sweep_is_validated_on_jobs_covering_every_value():
     assert covering([["seed=0"]]) == [0] and covering([]) == []
 
 
-def test_a_sweep_whose_train_dir_interpolates_a_swept_key_is_refused():
-    from byzshield.cli.startup import _check_not_swept
-    from byzshield.config.overrides import UsageError, compose
+def test_a_sweep_whose_train_dir_interpolates_a_swept_key_is_refused(monkeypatch, capsys, tmp_path):
+    """+experiment=verdict's train_dir names q; with q among its sweeper's parameters the
+    folder would be resolved once, with q's default: refused in one line."""
+    from omegaconf import open_dict
 
-    cfg = compose("config", ["+experiment=verdict", "train_dir=runs/s${seed}"], job="train")
-    with pytest.raises(UsageError, match=r"train_dir=runs/s\$\{seed\} interpolates seed, which"):
-        _check_not_swept(cfg, set())
-    cfg = compose("config", ["+experiment=verdict", "train_dir=runs/q${adversary.q}"], job="train")
-    _check_not_swept(cfg, set())  # q is one value for the whole sweep: fine
-    with pytest.raises(UsageError, match="interpolates adversary.q"):
-        _check_not_swept(cfg, {"adversary.q"})
+    from byzshield.cli import startup
+    from byzshield.config.overrides import compose
+
+    def sweeping_q(name, overrides, **kwargs):
+        cfg = compose(name, overrides, **kwargs)
+        if "hydra" in cfg:
+            with open_dict(cfg):
+                cfg.hydra.sweeper.params["adversary.q"] = "2,4"
+        return cfg
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train"])
+    monkeypatch.setattr(startup, "compose", sweeping_q)
+    with pytest.raises(SystemExit):
+        startup.check_train_overrides(["+experiment=verdict"], [])
+    assert capsys.readouterr().err.strip() == (
+        "error: train_dir=runs/verdict/q${adversary.q} interpolates adversary.q, which this "
+        "sweep varies; a sweep writes into one folder, resolved once: give train_dir on the "
+        "command line or sweep adversary.q in separate commands"
+    )
+    monkeypatch.setattr(startup, "compose", compose)  # q not swept: the folder is pinned
+    assert startup.check_train_overrides(["+experiment=verdict"], []) is None
+    assert sys.argv[-1] == "train_dir=runs/verdict/q3"

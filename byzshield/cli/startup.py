@@ -110,6 +110,7 @@ def check_train_overrides(argv: Sequence[str], hydra_overrides: Sequence[str] | 
         from byzshield.config.run import check_world_size
 
         config = load_config(_task(cfg))
+        raw_dir = str(cfg._get_node("train_dir")._value())  # before it is resolved here
         train_dir = config.train_dir  # the default holds the time: resolved once, here
         cfg.train_dir = train_dir
         if "WORLD_SIZE" in os.environ:  # under torchrun: the process count, before data
@@ -120,7 +121,7 @@ def check_train_overrides(argv: Sequence[str], hydra_overrides: Sequence[str] | 
         given = any(a.startswith(("train_dir=", "+train_dir=")) for a in argv)
         if hydra_overrides is None or cfg.hydra.mode is not None or cfg.hydra.verbose:
             if not given:  # Hydra composes again: it must use this value, not a later time
-                _check_not_swept(cfg, swept)
+                _check_not_swept(raw_dir, cfg, swept)
                 sys.argv.append(f"train_dir={train_dir}")
             return None
         if not given:  # recorded as the Hydra path records it (.hydra/overrides.yaml)
@@ -130,13 +131,12 @@ def check_train_overrides(argv: Sequence[str], hydra_overrides: Sequence[str] | 
         refuse_start(f"error: {exc}")
 
 
-def _check_not_swept(cfg: DictConfig, swept: set[str]) -> None:
+def _check_not_swept(raw: str, cfg: DictConfig, swept: set[str]) -> None:
     """A sweep writes its jobs into one folder, ``train_dir`` resolved once before the
-    first job: refuse a ``train_dir`` that interpolates a key the sweep varies (it would
-    take the key's default, not each job's value)."""
+    first job: refuse a ``train_dir`` (``raw``: as written, unresolved) that interpolates a
+    key the sweep varies (it would take the key's default, not each job's value)."""
     import re
 
-    raw = str(cfg._get_node("train_dir")._value())
     params = cfg.hydra.sweeper.get("params") or {}  # not applied yet: even one value
     varied = swept | {str(k) for k in params}
     used = sorted(set(re.findall(r"\$\{([\w.]+)\}", raw)) & varied)
