@@ -345,11 +345,11 @@ def read_run(folder: Path, *, now: float | None = None, stale_after: float = 600
         except (OSError, ValueError):
             run.warnings.append(f"{info_path}: not valid JSON; ignored")
     config = _load_yaml(folder / ".hydra" / "config.yaml", run.warnings)
-    saved = None if isinstance(config, dict) else _saved_config(folder, run.warnings)
     if isinstance(config, dict):
         run.config, run.config_source = _moved_keys(_flatten(config)), ".hydra/config.yaml"
-    elif saved is not None:  # the run's config as the trainer saved it (in-process runs),
-        # with what only run.json records (the engine: it changes no bit of the run)
+    elif (saved := _saved_config(folder, run.warnings)) is not None:
+        # the run's config as the trainer saved it (in-process runs), with what only
+        # run.json records (the engine: it changes no bit of the run)
         run.config = {**_config_from_info(run.info), **_moved_keys(_flatten(saved))}
         run.config_source = "config.json"
     elif run.info:
