@@ -84,7 +84,7 @@ from __future__ import annotations
 
 # Re-exports: the names of __all__, and (noqa) the other names byzshield.report had as one
 # module that tests and other modules import (EpsCurve, eps_figure, pivot_table, ...).
-from byzshield.report.archive import ARCHIVE, read_archive, write_archive
+from byzshield.report.archive import ARCHIVE, is_archive, read_archive, read_runs, write_archive
 from byzshield.report.cli import cli, main  # noqa: F401
 from byzshield.report.eps import EpsCurve, eps_curves  # noqa: F401
 from byzshield.report.groups import (  # noqa: F401
@@ -123,6 +123,7 @@ from byzshield.report.write import Report, write_report  # noqa: F401
 
 __all__ = [
     "ARCHIVE",
+    "is_archive",
     "STATUSES",
     "Group",
     "RunFolder",
@@ -132,6 +133,7 @@ __all__ = [
     "pending_jobs",
     "read_archive",
     "read_run",
+    "read_runs",
     "write_archive",
     "write_report",
 ]

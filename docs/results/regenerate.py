@@ -25,9 +25,10 @@ import tempfile
 from contextlib import redirect_stdout
 from pathlib import Path
 
+from byzshield.report import ARCHIVE
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-ARCHIVE = "runs.jsonl.gz"
 
 
 def _module(path: Path):

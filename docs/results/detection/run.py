@@ -106,23 +106,16 @@ def train(root: Path, steps: int) -> None:
 
 
 def load(root: Path) -> dict[str, object]:
-    """Every run under ``root`` (run folders, read by the report's reader) or in the runs
-    archive ``root`` (``runs.jsonl.gz``, what this script commits), by its folder
-    relative to the grid's root: ``<adversary>/<placement>/<relabel>/<detect>/<seed>``."""
-    from byzshield.report import discover, read_archive, read_run
+    """Every run under ``root`` (run folders, read by the report's reader; their archive
+    is then written here) or in the runs archive ``root`` (``runs.jsonl.gz``, what this
+    script commits), by its folder relative to the grid's root:
+    ``<adversary>/<placement>/<relabel>/<detect>/<seed>``."""
+    from byzshield.report import ARCHIVE, is_archive, read_runs, write_archive
 
-    if root.name.endswith(".jsonl.gz"):
-        runs = read_archive(root)
-    else:
-        runs = [read_run(path) for path in discover([root])[0]]
-        write_archive_here(runs)
+    runs = read_runs(root)
+    if not is_archive(root):
+        write_archive(runs, HERE / ARCHIVE)
     return {"/".join(Path(r.path).parts[-5:]): r for r in runs if r.status == "complete"}
-
-
-def write_archive_here(runs) -> None:
-    from byzshield.report import ARCHIVE, write_archive
-
-    write_archive(runs, HERE / ARCHIVE)
 
 
 def read(runs: dict, key: str) -> dict | None:

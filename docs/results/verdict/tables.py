@@ -40,7 +40,6 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ARCHIVE = "runs.jsonl.gz"
 LAST = 5
 STEPS = 600  # the sweep's runs (--steps); runs of twice as many are the plateau check's
 TOLERANCE = 0.02  # a run is on its plateau when within 2 points of its 600-step twin
@@ -57,13 +56,6 @@ COMPARISONS = (
     ("DETOX + detection", "DETOX"),
     ("MOLS + detection", "DETOX + detection"),
 )
-COLOURS = {
-    "baseline": "#7f7f7f",
-    "DETOX": "#ff7f0e",
-    "MOLS": "#1f77b4",
-    "DETOX + detection": "#b35806",
-    "MOLS + detection": "#08306b",
-}
 MARGIN = 0.01  # an interval ending within 1 point of 0 is marginal
 
 
@@ -94,14 +86,14 @@ def accuracy(run) -> float | None:
 
 
 def load(source: Path, out: Path):
-    """The runs, from run folders (writing their archive into ``out``) or the archive."""
-    from byzshield.report import discover, read_archive, read_run, write_archive
+    """The runs, from the archive or from run folders (their complete runs, whose
+    archive is then written into ``out``)."""
+    from byzshield.report import ARCHIVE, is_archive, read_runs, write_archive
 
-    if source.name.endswith(".jsonl.gz"):
-        return read_archive(source)
-    runs = [read_run(path) for path in discover([source])[0]]
-    runs = [r for r in runs if r.status == "complete"]
-    write_archive(runs, out / ARCHIVE)
+    runs = read_runs(source)
+    if not is_archive(source):
+        runs = [r for r in runs if r.status == "complete"]
+        write_archive(runs, out / ARCHIVE)
     return runs
 
 
@@ -395,7 +387,7 @@ def write(source: Path, out: Path, figures: bool = True, steps: int = STEPS) -> 
     runs = load(source, out)
     written = []
     if not source.name.endswith(".jsonl.gz"):
-        written.append(ARCHIVE)
+        written.append("runs.jsonl.gz")
     tails([r for r in runs if accuracy(r) is not None], out / "tails.csv")
     written.append("tails.csv")
     grid, clean = cells(runs, steps)
