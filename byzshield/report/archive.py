@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from byzshield.report.load import ReportError, RunFolder
+from byzshield.report.load import ReportError, RunFolder, discover, read_run
 
-__all__ = ["ARCHIVE", "is_archive", "read_archive", "write_archive"]
+__all__ = ["ARCHIVE", "is_archive", "read_archive", "read_runs", "write_archive"]
 
 ARCHIVE = "runs.jsonl.gz"
 """The file name every report writes its runs to."""
@@ -33,7 +33,9 @@ ARCHIVE = "runs.jsonl.gz"
 FORMAT = 1
 """The line format's version (``"format"`` in every line)."""
 
-_SKIP = {"path", "warnings"}  # the path is written as text; warnings were said already
+_SKIP = {"path", "warnings", "age_s"}
+"""Not written: the path is written as text, warnings were said already, and a run's
+age is the reading's clock (its status, which the age decided, is written)."""
 
 
 def is_archive(path: Path | str) -> bool:
@@ -87,3 +89,11 @@ def read_archive(path: Path) -> list[RunFolder]:
     if not runs:
         raise ReportError(f"{path}: holds no runs")
     return runs
+
+
+def read_runs(source: Path | str) -> list[RunFolder]:
+    """The runs of ``source``: a runs archive, or every run folder under a folder (as
+    the report reads them)."""
+    if is_archive(source):
+        return read_archive(Path(source))
+    return [read_run(path) for path in discover([source])[0]]
