@@ -112,7 +112,7 @@ def _interrupt(args, *, when: str | None, tmp_path) -> subprocess.CompletedProce
     import signal
     import time
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     env.pop("WORLD_SIZE", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "byzshield.train", *args],
@@ -131,7 +131,12 @@ def _interrupt(args, *, when: str | None, tmp_path) -> subprocess.CompletedProce
             if when in line:
                 break
     proc.send_signal(signal.SIGINT)
-    rest, err = proc.communicate(timeout=120)
+    try:
+        rest, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # say where it hangs: faulthandler prints every thread
+        proc.send_signal(signal.SIGABRT)
+        rest, err = proc.communicate(timeout=60)
+        pytest.fail(f"still running 120 s after Ctrl-C; its threads:\n{err[-6000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(out) + rest, err)
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from byzshield.compute.threads import started_pool
+
 __all__ = [
     "BLOCK_COLUMNS",
     "blas_single_threaded",
@@ -122,7 +124,7 @@ def _executor(num_threads: int) -> ThreadPoolExecutor:
             if _pool is not None and _pool_key[0] == key[0]:
                 _pool.shutdown(wait=False)
             # A pool inherited through fork() has no threads left: never reuse it.
-            _pool = ThreadPoolExecutor(num_threads, thread_name_prefix="byzshield-agg")
+            _pool = started_pool(num_threads, "byzshield-agg")
             _pool_key = key
         return _pool
 

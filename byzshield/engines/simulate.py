@@ -29,13 +29,13 @@ from __future__ import annotations
 import copy
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from byzshield.attacks import attack_generator, data_poison
 from byzshield.compute.gradients import file_gradients
 from byzshield.compute.params import load_flat
+from byzshield.compute.threads import started_pool
 from byzshield.config import Run
 from byzshield.server.copies import Copies
 from byzshield.server.digest import digest
@@ -72,7 +72,7 @@ class SimulateEngine:
         self.threads = max(1, min(threads or os.cpu_count() or 1, self.f))
         base = (run.build_model() if model is None else copy.deepcopy(model)).to(self.device)
         self.replicas = [base] + [copy.deepcopy(base) for _ in range(self.threads - 1)]
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.pool = started_pool(self.threads, "simulate") if self.threads > 1 else None
         self.honest = torch.empty(self.f, d)  # reused: no page faults per step
         self.attack = run.worker_attack  # what the workers themselves send
         self.batched = run.batched_files  # as the workers: one batched pass over the files

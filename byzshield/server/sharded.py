@@ -43,7 +43,6 @@ import json
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,6 +51,7 @@ import torch
 from torch import Tensor
 
 from byzshield.aggregators import ColumnShard, reduction_block
+from byzshield.compute.threads import started_pool
 from byzshield.design.placements import Placement
 from byzshield.server.copies import Copies
 from byzshield.server.metrics import Outcome
@@ -449,7 +449,7 @@ class ShardedUpdate:
         self.peers = ThreadPeers.group(num_shards)
         self.lead = LeadUpdate(self.peers[0], placement, d, build)
         self.servers = [ShardServer(peers, d, build) for peers in self.peers[1:]]
-        self.pool = ThreadPoolExecutor(num_shards, thread_name_prefix="byzshield-shard")
+        self.pool = started_pool(num_shards, "byzshield-shard")
         self.started = False
 
     def start(self) -> None:

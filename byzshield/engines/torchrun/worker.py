@@ -17,6 +17,7 @@ import torch
 from byzshield.attacks import attack_generator, data_poison
 from byzshield.compute.gradients import file_gradients
 from byzshield.compute.params import load_flat, num_params
+from byzshield.compute.threads import started_pool
 from byzshield.config import Run
 from byzshield.detection import lied_files
 from byzshield.engines.torchrun.comm import Comm, RankFailure
@@ -65,7 +66,7 @@ def _serve_steps(comm: Comm, run: Run) -> None:
     header = torch.empty(layout.header_size + 1)  # + END
     attack = run.attack  # None for omniscient attacks: the server simulates them
     lie_on = cfg.adversary.lie_on
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="digest") if digests else None
+    hasher = started_pool(1, "digest") if digests else None
     push = torch.empty(gradients_size(p.load, d) + 1)  # the pushed gradients, END; reused
     while True:
         comm.receive_from_server(control)
