@@ -154,3 +154,43 @@ def test_the_verdict_takes_each_arms_worst_attack_and_pairs_it_seed_by_seed():
         "| MOLS | iid | median of means | 2 | alie | 1 | 60.0 | 90.0 | +30.0 | +30.0 | 0/1 |"
         in plateau
     )
+
+
+def _sweep():
+    spec = importlib.util.spec_from_file_location("verdict_sweep", RESULTS / "verdict" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_verdict_sweeps_pieces_cover_the_sweep_once():
+    sweep = _sweep()
+    pieces = sweep.pieces((2, 4))
+    assert len({p.name for p in pieces}) == len(pieces) == 3 + 2 * 6
+    # the attacked pieces: 5 arms x 7 attacks x 5 seeds each; with the no-attack
+    # reference (90) and the two plateau checks (60 + 12), 2,262 runs in all
+    assert sum(p.runs for p in pieces) == 2262
+    run = _verdict_run("mols", "off", "ipm", 4, 3, 0.5, steps=600)
+    assert [p.name for p in pieces if p.holds(run.config, run.max_steps)] == ["q4/mom/iid"]
+    clean = _verdict_run("mols", "off", "none", 0, 3, 0.8, steps=600)
+    assert [p.name for p in pieces if p.holds(clean.config, 600)] == ["clean"]
+    assert [p.name for p in pieces if p.holds(run.config, 1200)] == ["plateau/q4"]
+    assert pieces[3].command(Path("runs/v"))[-1] == f"train_dir={Path('runs/v') / pieces[3].name}"
+
+
+def test_a_piece_merged_twice_is_in_the_archive_once_and_in_a_fixed_order(tmp_path):
+    sweep = _sweep()
+    runs = [_verdict_run("mols", "off", a, 2, s, 0.5 + s / 100, steps=600)
+            for a in ("alie", "ipm") for s in (0, 1, 2)]  # fmt: skip
+    one, two = tmp_path / "one.jsonl.gz", tmp_path / "two.jsonl.gz"
+    assert sweep.merge(runs[:4], one)[1] == 4
+    held, added = sweep.merge(runs, one)  # the first four again, two new
+    assert added == 2 and len(held) == 6
+    assert sweep.merge(runs, one)[1] == 0
+    sweep.merge(list(reversed(runs)), two)
+    assert one.read_bytes() == two.read_bytes()  # the same runs, the same bytes
+    piece = next(p for p in sweep.pieces((2,)) if p.name == "q2/mom/iid")
+    assert sweep.done(piece, held) == 6
+    unfinished = _verdict_run("mols", "off", "fang", 2, 0, 0.5, steps=600)
+    unfinished.status = "running"
+    assert sweep.merge([unfinished], one)[1] == 0
