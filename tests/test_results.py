@@ -179,18 +179,39 @@ def test_the_verdict_sweeps_pieces_cover_the_sweep_once():
 
 
 def test_a_piece_merged_twice_is_in_the_archive_once_and_in_a_fixed_order(tmp_path):
-    sweep = _sweep()
+    from byzshield.report.pieces import done, merge
+
     runs = [_verdict_run("mols", "off", a, 2, s, 0.5 + s / 100, steps=600)
             for a in ("alie", "ipm") for s in (0, 1, 2)]  # fmt: skip
     one, two = tmp_path / "one.jsonl.gz", tmp_path / "two.jsonl.gz"
-    assert sweep.merge(runs[:4], one)[1] == 4
-    held, added = sweep.merge(runs, one)  # the first four again, two new
+    assert merge(runs[:4], one)[1] == 4
+    held, added = merge(runs, one)  # the first four again, two new
     assert added == 2 and len(held) == 6
-    assert sweep.merge(runs, one)[1] == 0
-    sweep.merge(list(reversed(runs)), two)
+    assert merge(runs, one)[1] == 0
+    merge(list(reversed(runs)), two)
     assert one.read_bytes() == two.read_bytes()  # the same runs, the same bytes
-    piece = next(p for p in sweep.pieces((2,)) if p.name == "q2/mom/iid")
-    assert sweep.done(piece, held) == 6
+    piece = next(p for p in _sweep().pieces((2,)) if p.name == "q2/mom/iid")
+    assert done(piece, held) == 6
+    elsewhere = _verdict_run("mols", "off", "alie", 2, 0, 0.7, steps=600)
+    elsewhere.config["train_dir"] = "another/folder"  # the same run, trained elsewhere
     unfinished = _verdict_run("mols", "off", "fang", 2, 0, 0.5, steps=600)
     unfinished.status = "running"
-    assert sweep.merge([unfinished], one)[1] == 0
+    assert merge([elsewhere, unfinished], one)[1] == 0
+    longer = _verdict_run("mols", "off", "alie", 2, 0, 0.7, steps=1200)  # not the same run
+    assert merge([longer], one)[1] == 1
+
+
+def test_the_paper_sweeps_pieces_cover_its_three_experiments_once():
+    spec = importlib.util.spec_from_file_location(
+        "paper_sweep", RESULTS / "paper_mnist1d" / "sweep.py"
+    )
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    pieces = sweep.pieces()
+    # K=15: 3 arms x 8 q x 3 sizes x 5 seeds; K=25: 3 x 13 x 3 x 5; plateau: 6 x 3 x 2
+    assert sum(p.runs for p in pieces) == 360 + 585 + 36
+    mols = {"approach.name": "mols", "batch_size": 750}
+    detox25 = {"approach.name": "draco_lite_attack", "approach.K": 25, "batch_size": 150}
+    assert [p.name for p in pieces if p.holds(mols, 600)] == ["k15/batch750"]
+    assert [p.name for p in pieces if p.holds(mols, 1200)] == ["plateau"]
+    assert [p.name for p in pieces if p.holds(detox25, 1500)] == ["k25/batch150"]
