@@ -114,6 +114,7 @@ def _verdict_run(approach, detect, attack, q, seed, top1, steps=300):
         "attack.name": attack,
         "adversary.q": q,
         "seed": seed,
+        "lr_step": 10,
     }
     evals = [{"step": 20 * k, "top1": top1} for k in range(1, 16)]
     return RunFolder(Path(f"r/{approach}{detect}{attack}{q}{seed}{steps}"), config=config,
@@ -154,6 +155,8 @@ def test_the_verdict_takes_each_arms_worst_attack_and_pairs_it_seed_by_seed():
         "| MOLS | iid | median of means | 2 | alie | 1 | 60.0 | 90.0 | +30.0 | +30.0 | 0/1 |"
         in plateau
     )
+    # the twin continues the same schedule (equal lr_step) but its evaluations differ
+    assert "on the same schedule continued" in plateau and "In 0 of the 1 pairs" in plateau
 
 
 def _sweep():

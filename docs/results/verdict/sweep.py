@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 QS = (4, 2)  # the committed verdict's q (the crossover lies between them and above)
 RULES = {"mom": "median of means", "multi_krum": "multi-Krum"}
 SKEWS = {"iid": "iid", "alpha1": "Dir(1)", "alpha01": "Dir(0.1)"}
+LR_STEP = 10  # +experiment=verdict's; the plateau check continues the same schedule
 
 
 def _tables():
@@ -52,7 +53,10 @@ def _attacked(q: int, rule: str, skew: str) -> Piece:
 
 def pieces(qs=QS) -> list[Piece]:
     """Every piece of the sweep: the references first, then q by q."""
-    plateau = 2 * T.STEPS
+
+    def longer(c: dict, steps: int) -> bool:  # a plateau-check run
+        return steps == 2 * T.STEPS and c["lr_step"] == LR_STEP
+
     out = [
         Piece(
             "clean",
@@ -64,7 +68,7 @@ def pieces(qs=QS) -> list[Piece]:
             "plateau/q4",
             ("+experiment=verdict_plateau",),
             len(T.ARMS) * 2 * 3 * 2,
-            lambda c, steps: steps == plateau and c["attack.name"] != "none",
+            lambda c, steps: longer(c, steps) and c["attack.name"] != "none",
         ),  # fmt: skip
         Piece(
             "plateau/q0",
@@ -75,7 +79,7 @@ def pieces(qs=QS) -> list[Piece]:
                 "verdict/arm=baseline,detox,mols",
             ),
             3 * 2 * 2,
-            lambda c, steps: steps == plateau and c["attack.name"] == "none",
+            lambda c, steps: longer(c, steps) and c["attack.name"] == "none",
         ),  # fmt: skip
     ]
     for q in qs:

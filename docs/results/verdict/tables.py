@@ -188,25 +188,41 @@ def compare(worsts: dict):
 
 def plateau_md(runs, steps: int = STEPS) -> str:
     """Each plateau-check run (2 x ``steps``) against its twin of ``steps`` (same arm, files,
-    rule, q, attack and seed): the mean gap per arm, files and q, and the largest."""
+    rule, q, attack and seed): the mean gap per arm, files and q, and the largest. When
+    the longer run continues the same schedule, its first ``steps`` steps are its twin's:
+    their evaluations are compared too."""
     by_key: dict = {}
     for r in runs:
-        a = accuracy(r)
-        if a is None:
+        if accuracy(r) is None:
             continue
         c = r.config
         key = (arm(c), skew(c), rule(c), c["adversary.q"], c["attack.name"], c["seed"])
-        by_key.setdefault(key, {})[r.max_steps] = a
+        by_key.setdefault(key, {})[r.max_steps] = r
     pairs: dict = defaultdict(list)
-    for key, acc in by_key.items():
-        if steps in acc and 2 * steps in acc:
-            pairs[key[:4]].append((key[4], acc[steps], acc[2 * steps]))
+    continued = same_start = 0
+    for key, twins in by_key.items():
+        if steps in twins and 2 * steps in twins:
+            short, long = twins[steps], twins[2 * steps]
+            pairs[key[:4]].append((key[4], accuracy(short), accuracy(long)))
+            lr_step = long.config.get("lr_step")
+            if short.config.get("lr_step") == lr_step:
+                continued += 1
+                start = [(e["step"], e["top1"]) for e in long.evals if e["step"] <= steps]
+                same_start += start == [(e["step"], e["top1"]) for e in short.evals]
     if not pairs:
         return f"No plateau-check run has its {steps}-step twin yet.\n"
+    total = sum(len(xs) for xs in pairs.values())
+    if continued == total:
+        how = (
+            f"on the same schedule continued (the learning rate decayed every "
+            f"{lr_step} steps throughout)"
+        )
+    else:
+        how = "with the same final learning rate"
     lines = [
         f"Plateau check: the mean top-1 % of the last {LAST} evaluations of each run of "
         f"{steps} steps against the same run (arm, files, rule, q, attack, seed) trained "
-        f"{2 * steps} steps with the same final learning rate; on its plateau when "
+        f"{2 * steps} steps {how}; on its plateau when "
         f"within {100 * TOLERANCE:.0f} points.",
         "",
         f"| arm | files | rule | q | attacks | runs | top-1 %, {steps} steps | "
@@ -214,12 +230,12 @@ def plateau_md(runs, steps: int = STEPS) -> str:
         "| gap (mean) | largest gap | on plateau |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    worst_gap, total = 0.0, 0
+    worst_gap = 0.0
     for key in sorted(pairs, key=lambda k: (ARMS.index(k[0]), SKEWS.index(k[1]), k[2], k[3])):
         xs = pairs[key]
         gaps = [b - a for _, a, b in xs]
         largest = max(gaps, key=abs)
-        worst_gap, total = max(worst_gap, abs(largest), key=abs), total + len(xs)
+        worst_gap = max(worst_gap, abs(largest), key=abs)
         attacks = " ".join(sorted({x[0] for x in xs}))
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {attacks} | {len(xs)} | "
@@ -229,6 +245,11 @@ def plateau_md(runs, steps: int = STEPS) -> str:
             f"{sum(abs(g) <= TOLERANCE for g in gaps)}/{len(xs)} |"
         )
     lines += ["", f"{total} pairs; the largest gap of any run is {100 * worst_gap:.1f} points."]
+    if continued == total:
+        lines[-1] += (
+            f" In {same_start} of the {total} pairs the longer run's evaluations up to step "
+            f"{steps} are its twin's, bit for bit (the same steps)."
+        )
     return "\n".join(lines) + "\n"
 
 
