@@ -3,7 +3,7 @@
     python docs/results/regenerate.py            # rewrite the tables in docs/results/
     python docs/results/regenerate.py --check    # recompute into a temporary folder and
                                                  # compare with what is committed
-    python docs/results/regenerate.py --check verdict/first_pass detection  # some only
+    python docs/results/regenerate.py --check verdict detection   # some folders only
 
 Each results folder holds ``runs.jsonl.gz``, the runs its tables were computed from
 (every run's config, status and evaluations: ``byzshield.report.archive``), written when
@@ -65,6 +65,12 @@ def detection(out: Path) -> list[str]:
     return ["results.csv", "results.md"]
 
 
+def verdict(out: Path) -> list[str]:
+    tables = _module(HERE / "verdict" / "tables.py")
+    with redirect_stdout(io.StringIO()):
+        return tables.write(HERE / "verdict" / ARCHIVE, out, figures=False)
+
+
 def verdict_first_pass(out: Path) -> list[str]:
     tables = _module(HERE / "verdict" / "tables.py")
     with redirect_stdout(io.StringIO()):
@@ -75,13 +81,15 @@ FOLDERS = {
     "heterogeneity": heterogeneity,
     "strongest_attacks": strongest_attacks,
     "detection": detection,
+    "verdict": verdict,
     "verdict/first_pass": verdict_first_pass,
 }
 """Results folder -> how its tables are recomputed (into a folder; returns the files)."""
 
 QUOTES = {
-    "verdict/first_pass": [(name, HERE / "verdict" / "README.md")
-                           for name in ("summary.md", "verdict.md", "plateau.md")],
+    "verdict": [*((name, HERE / "verdict" / "README.md")
+                  for name in ("summary.md", "verdict.md", "plateau.md")),
+                ("summary.md", ROOT / "README.md")],
     "detection": [("results.md", HERE / "detection" / "README.md")],
 }  # fmt: skip
 """Results folder -> (a table it writes, a document that quotes it whole, minus its

@@ -2,12 +2,14 @@
 gradients disagree, when the attack optimises against the rule, and when the server can
 catch liars? Tables and heatmaps from the runs, or from the committed runs archive:
 
-    python docs/results/verdict/tables.py runs/verdict                     # the run folders
+    python docs/results/verdict/tables.py docs/results/verdict/runs.jsonl.gz   # here
     python docs/results/verdict/tables.py docs/results/verdict/runs.jsonl.gz /tmp/again
-    python docs/results/verdict/tables.py runs/verdict300 --steps 300      # the first pass
+    python docs/results/verdict/tables.py runs/verdict300 docs/results/verdict/first_pass \
+        --steps 300                                                    # the first pass
 
-From run folders it first writes the archive (``runs.jsonl.gz``: every run's config and
-evaluations, what the tables are computed from); then, from either source,
+From run folders it first merges their complete runs into the output folder's archive
+(``runs.jsonl.gz``: every run's config and evaluations; ``sweep.py`` merges each piece
+of the sweep as it ends) and computes from that; then, from either source,
 ``tails.csv`` (one row per run: its setting, the last 5 evaluations' top-1 and their
 mean) and:
 
@@ -86,15 +88,15 @@ def accuracy(run) -> float | None:
 
 
 def load(source: Path, out: Path):
-    """The runs, from the archive or from run folders (their complete runs, whose
-    archive is then written into ``out``)."""
-    from byzshield.report import ARCHIVE, is_archive, read_runs, write_archive
+    """The runs, from the archive or from run folders (their complete runs are first
+    merged into ``out``'s archive, which is then what the tables are computed from: a
+    run already there is kept, none is dropped)."""
+    from byzshield.report import ARCHIVE, is_archive, read_runs
+    from byzshield.report.pieces import merge
 
-    runs = read_runs(source)
-    if not is_archive(source):
-        runs = [r for r in runs if r.status == "complete"]
-        write_archive(runs, out / ARCHIVE)
-    return runs
+    if is_archive(source):
+        return read_runs(source)
+    return merge(read_runs(source), out / ARCHIVE)[0]
 
 
 def tails(runs, out: Path) -> None:
@@ -356,7 +358,10 @@ def heatmaps(worsts: dict, rows: list[dict], out: Path, steps: int = STEPS) -> l
             image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
             for y, line in enumerate(grid):
                 for x, v in enumerate(line):
-                    if not math.isnan(v):
+                    if math.isnan(v):  # a cell whose runs are not all in yet
+                        ax.text(x, y, "not run yet", ha="center", va="center", fontsize=7,
+                                color="grey")  # fmt: skip
+                    else:
                         ax.text(x, y, f"{v:.0f}", ha="center", va="center", fontsize=8,
                                 color="white" if v < 55 else "black")  # fmt: skip
             ax.set_xticks(range(len(qs)), [str(q) for q in qs])
