@@ -23,10 +23,9 @@ def test_every_thread_of_a_started_pool_runs_before_its_first_task():
 
 def test_a_ctrl_c_while_held_is_raised_when_the_block_ends():
     reached = []
-    with pytest.raises(KeyboardInterrupt):
-        with sigint_held():
-            signal.raise_signal(signal.SIGINT)
-            reached.append("the rest of the block ran")
+    with pytest.raises(KeyboardInterrupt), sigint_held():
+        signal.raise_signal(signal.SIGINT)
+        reached.append("the rest of the block ran")
     assert reached == ["the rest of the block ran"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
