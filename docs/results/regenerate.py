@@ -89,7 +89,7 @@ FOLDERS = {
 QUOTES = {
     "verdict": [*((name, HERE / "verdict" / "README.md")
                   for name in ("summary.md", "verdict.md", "plateau.md")),
-                ("summary.md", ROOT / "README.md")],
+                ("summary_short.md", ROOT / "README.md")],
     "detection": [("results.md", HERE / "detection" / "README.md")],
 }  # fmt: skip
 """Results folder -> (a table it writes, a document that quotes it whole, minus its

@@ -24,7 +24,8 @@ mean) and:
   once (distinct comparisons only); ``*`` marks an interval that excludes 0, ``(m)`` one
   with an end within 1 point of 0 (marginal: a shift of under a point would change
   whether it excludes 0). No correction for the number of comparisons.
-- ``summary.md``: the README's verdict table, the comparisons counted by sign;
+- ``summary.md``: the verdict table, the comparisons counted by sign per files, and
+  ``summary_short.md``, its short form over all files (the README's);
 - ``worst_vs_q.png`` (each arm's worst-case accuracy, a panel per rule and files) and
   ``paired_vs_q.png`` (the paired differences against q).
 
@@ -295,33 +296,39 @@ def verdict_md(worsts: dict, rows: list[dict], clean: dict) -> str:
     return "\n".join(lines)
 
 
-def summary_md(rows: list[dict]) -> str:
-    """The README's verdict table: per comparison and files, the distinct comparisons,
-    how many favour each side with an interval clear of 0, and the largest difference
-    each way, with its interval, rule and q."""
-    head = ["comparison (A - B)", "files", "distinct cells", "A ahead (*)", "B ahead (*)",
-            "marginal (m)", "largest for A", "largest for B"]  # fmt: skip
+def summary_md(rows: list[dict], by_files: bool = True) -> str:
+    """The verdict table: per comparison (and files, ``by_files``), the distinct
+    comparisons, how many favour each side with an interval clear of 0, and the largest
+    difference each way, with its interval, rule (files) and q. ``by_files=False`` is the
+    README's short form."""
+    head = ["comparison (A - B)", *(["files"] if by_files else []), "distinct cells",
+            "A ahead (*)", "B ahead (*)", "marginal (m)", "largest for A",
+            "largest for B"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
     def best(xs, sign):
         if not xs:
             return "—"
         x = max(xs, key=lambda x: sign * x["diff"])
-        where = f"{'MoM' if x['rule'] == 'median of means' else 'multi-Krum'}, q={x['q']}"
-        return f"{fmt(x['diff'], x['low'], x['high'])} ({where})"
+        where = f"{'MoM' if x['rule'] == 'median of means' else 'multi-Krum'}, "
+        where += "" if by_files else f"{x['files']}, "
+        return f"{fmt(x['diff'], x['low'], x['high'])} ({where}q={x['q']})"
 
     for a, b in COMPARISONS:
-        for files in SKEWS:
+        for files in SKEWS if by_files else [None]:
             mine = [
                 x for x in rows
-                if (x["a"], x["b"], x["files"]) == (a, b, files) and not x["duplicate_of"]
+                if (x["a"], x["b"]) == (a, b) and files in (None, x["files"])
+                and not x["duplicate_of"]
             ]  # fmt: skip
             if not mine:
                 continue
             up = [x for x in mine if x["distinguishable"] and x["diff"] > 0]
             down = [x for x in mine if x["distinguishable"] and x["diff"] < 0]
             lines.append(
-                f"| {a} - {b} | {files} | {len(mine)} | {len(up)} | {len(down)} | "
+                f"| {a} - {b} | "
+                + (f"{files} | " if by_files else "")
+                + f"{len(mine)} | {len(up)} | {len(down)} | "
                 f"{sum(x['marginal'] for x in mine)} | {best(up, 1)} | {best(down, -1)} |"
             )
     dup = sum(bool(x["duplicate_of"]) for x in rows)
@@ -435,8 +442,16 @@ def write(source: Path, out: Path, figures: bool = True, steps: int = STEPS) -> 
                     for x in rows)  # fmt: skip
     (out / "verdict.md").write_text(verdict_md(worsts, rows, clean))
     (out / "summary.md").write_text(summary_md(rows))
+    (out / "summary_short.md").write_text(summary_md(rows, by_files=False))
     (out / "plateau.md").write_text(plateau_md(runs, steps))
-    written += ["worst.csv", "paired.csv", "verdict.md", "summary.md", "plateau.md"]
+    written += [
+        "worst.csv",
+        "paired.csv",
+        "verdict.md",
+        "summary.md",
+        "summary_short.md",
+        "plateau.md",
+    ]
     if figures and worsts:
         written += heatmaps(worsts, rows, out, steps)
     missing = sum(1 for v in grid.values() for a in v.values() for s in SEEDS if s not in a)
