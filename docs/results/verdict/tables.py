@@ -403,6 +403,7 @@ def heatmaps(worsts: dict, rows: list[dict], out: Path, steps: int = STEPS) -> l
                 ax.errorbar(xs, ys, yerr=err, marker="o", markersize=4, capsize=2,
                             color=colour, label=f"{a} minus {b}")  # fmt: skip
             ax.set_xticks(qs)
+            ax.set_xlim(min(qs) - 0.5, max(qs) + 0.5)  # the offset points stay inside
             ax.set_xlabel("Byzantine workers q")
             if j == 0:
                 ax.set_ylabel(f"{r}\npaired difference, points")
