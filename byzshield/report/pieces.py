@@ -71,8 +71,8 @@ def _finished(run: RunFolder) -> bool:
 def merge(found: Sequence[RunFolder], archive: Path) -> tuple[list[RunFolder], int]:
     """The archive's runs with the complete runs of ``found`` added (a run already there
     is kept as it is), in a fixed order (the same runs, the same bytes); written back when
-    anything was added. Returns (the runs, how many were added). Two sweeps side by side
-    add in turn (a lock file beside the archive)."""
+    anything was added or the order was not that one. Returns (the runs, how many were
+    added). Two sweeps side by side add in turn (a lock file beside the archive)."""
     archive = Path(archive)
     with open(archive.with_name(archive.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -100,9 +100,10 @@ def done(piece: Piece, runs: Sequence[RunFolder]) -> int:
 
 
 def main(argv: Sequence[str], pieces: Callable[[], list[Piece]], archive: Path,
-         runs: Path, about: str) -> int:  # fmt: skip
-    """The command line of a sweep in pieces (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=about)
+         runs: Path, doc: str) -> int:  # fmt: skip
+    """The command line of a sweep in pieces (see the module docstring); ``doc``, the
+    sweep script's docstring, whose first paragraph is its ``--help`` description."""
+    parser = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
     parser.add_argument(
         "--runs", type=Path, default=runs, help=f"where the pieces' run folders go (default {runs})"
     )

@@ -58,5 +58,5 @@ def pieces() -> list[Piece]:
 
 
 if __name__ == "__main__":
-    about = " ".join(__doc__.split("\n\n")[0].split())
-    sys.exit(main(sys.argv[1:], pieces, HERE / "runs.jsonl.gz", Path("runs/paper_mnist1d"), about))
+    runs = Path("runs/paper_mnist1d")
+    sys.exit(main(sys.argv[1:], pieces, HERE / "runs.jsonl.gz", runs, __doc__))

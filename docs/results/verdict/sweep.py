@@ -24,7 +24,7 @@ from pathlib import Path
 from byzshield.report.pieces import Piece, main
 
 HERE = Path(__file__).resolve().parent
-QS = (4, 2)  # the committed verdict's q (the crossover lies between them and above)
+QS = (4, 2)  # the verdict's q, in the order its pieces run
 RULES = {"mom": "median of means", "multi_krum": "multi-Krum"}
 SKEWS = {"iid": "iid", "alpha1": "Dir(1)", "alpha01": "Dir(0.1)"}
 LR_STEP = 10  # +experiment=verdict's; the plateau check continues the same schedule
@@ -88,5 +88,4 @@ def pieces(qs=QS) -> list[Piece]:
 
 
 if __name__ == "__main__":
-    about = " ".join(__doc__.split("\n\n")[0].split())
-    sys.exit(main(sys.argv[1:], pieces, HERE / "runs.jsonl.gz", Path("runs/verdict"), about))
+    sys.exit(main(sys.argv[1:], pieces, HERE / "runs.jsonl.gz", Path("runs/verdict"), __doc__))
