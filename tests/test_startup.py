@@ -144,3 +144,45 @@ def test_a_sweep_whose_train_dir_interpolates_a_swept_key_is_refused(monkeypatch
     monkeypatch.setattr(startup, "compose", compose)  # q not swept: the folder is pinned
     assert startup.check_train_overrides(["+experiment=verdict"], []) is None
     assert sys.argv[-1] == "train_dir=runs/verdict/q3"
+
+
+@pytest.mark.parametrize(
+    "jobs",
+    [
+        [["seed=0"], ["seed=3"], ["seed=4"]],
+        [["attack=alie", "lr=0.05"], ["attack=ipm", "lr=0.05"], ["attack=alie", "lr=0.2"]],
+        [["dataset=mnist1d", "dataset.partition=dirichlet", "network=cnn1d", "seed=1"],
+         ["network=cnn1d", "dataset=mnist1d", "seed=2", "dataset.partition=iid"]],
+        [["+experiment=verdict", "adversary.q=2", "seed=1"],
+         ["+experiment=verdict", "seed=2", "adversary.q=4", "verdict/arm=baseline"],
+         ["+experiment=verdict", "verdict/arm=baseline", "attack=constant", "seed=0"]],
+    ],
+)  # fmt: skip
+def test_a_sweep_job_composed_from_its_template_is_hydras_composition(jobs, tmp_path):
+    """Every job of a sweep, composed from the template of its config groups with its plain
+    values applied (byzshield/cli/sweep.py), is what Hydra's own ``load_sweep_config``
+    composes, ``hydra`` node included; the second job sharing a template is a copy."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from byzshield.cli import sweep
+    from byzshield.config import register_schema
+
+    register_schema()
+    sweep.install()
+    with initialize_config_module(config_module="byzshield.conf", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        master = hydra.compose_config(
+            "config", [f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN
+        )
+        loader = hydra.config_loader
+        for job in jobs:
+            ours = loader.load_sweep_config(master, job)
+            hydras = sweep._HYDRA_LOAD_SWEEP_CONFIG(loader, master, job)
+            assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras)
+            assert list(ours.hydra.overrides.task) == job
+    plain = ("seed", "lr", "dataset.partition", "adversary.q")
+    groups = {tuple(o for o in job if o.split("=")[0] not in plain) for job in jobs}
+    assert sum(key[0] == id(master) for key in sweep._TEMPLATES) == len(groups)

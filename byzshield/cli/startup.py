@@ -55,6 +55,9 @@ def entry_point(main: Callable[[], None], *, job=None, after=None) -> int:
     ``main``."""
     if {"--help", "-h"} & set(sys.argv[1:]):
         return quiet_when_stdout_closes(lambda: print(train_help()) or 0)
+    from byzshield.compute.memory import keep_freed_memory
+
+    keep_freed_memory()  # a step's buffers reused, not faulted in again every step
     extra = list(WORKER_OVERRIDES) if int(os.environ.get("RANK", "0")) != 0 else []
     single = check_train_overrides(sys.argv[1:], extra if job is not None else None)
     sys.argv += extra
