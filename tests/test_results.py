@@ -8,8 +8,12 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +222,45 @@ def test_the_paper_sweeps_pieces_cover_its_three_experiments_once():
     assert [p.name for p in pieces if p.holds(mols, 600)] == ["k15/batch750"]
     assert [p.name for p in pieces if p.holds(mols, 1200)] == ["plateau"]
     assert [p.name for p in pieces if p.holds(detox25, 1500)] == ["k25/batch150"]
+
+
+def test_a_sweep_in_pieces_stops_its_pieces_with_a_ctrl_c_when_killed(tmp_path):
+    """SIGTERM (or SIGINT, which a shell's background job ignores until the driver takes
+    it) reaches each running piece as a Ctrl-C; the driver returns 130 and leaves no
+    piece running."""
+    from byzshield.report import pieces
+
+    script = tmp_path / "piece.py"
+    script.write_text(
+        "import pathlib, sys, time\n"
+        "out = pathlib.Path(sys.argv[1])\n"
+        "out.write_text('started')\n"
+        "try:\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    out.write_text('ctrl-c')\n"
+        "    sys.exit(130)\n"
+    )
+
+    class Sleeper(pieces.Piece):
+        def command(self, root):
+            return [sys.executable, str(script), str(root / f"{self.name}.txt")]
+
+    todo = [Sleeper(f"p{k}", (), 1, lambda config, steps: False) for k in range(2)]
+    marks = [tmp_path / f"p{k}.txt" for k in range(2)]
+
+    def kill_when_started():
+        deadline = time.monotonic() + 60
+        while not all(m.exists() for m in marks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=kill_when_started, daemon=True).start()
+    started = time.monotonic()
+    status = pieces.run_pieces(todo, tmp_path, 2, tmp_path / "runs.jsonl.gz")
+    assert status == 130
+    assert [m.read_text() for m in marks] == ["ctrl-c", "ctrl-c"]
+    assert time.monotonic() - started < 50  # not the pieces' 60 s
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert subprocess.run(["pgrep", "-f", str(script)], capture_output=True).returncode == 1

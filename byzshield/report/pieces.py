@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -144,13 +145,26 @@ def main(argv: Sequence[str], pieces: Callable[[], list[Piece]], archive: Path,
     return run_pieces(todo, args.runs, args.jobs, args.archive)
 
 
+STOP_WAIT_S = 120.0
+"""How long a stopped piece may take to save and exit after its Ctrl-C before it is
+terminated."""
+
+
 def run_pieces(todo: Sequence[Piece], root: Path, jobs: int, archive: Path) -> int:
     """Run the pieces, ``jobs`` at a time (each logs to ``root/logs/``); merge each into
-    the archive when it ends. Ctrl-C stops them (their runs keep their checkpoints)."""
+    the archive when it ends. Ctrl-C or ``kill`` (SIGINT or SIGTERM, also when the
+    driver was started in the background, where a shell ignores SIGINT) stops them: each
+    running piece gets a Ctrl-C, its runs keep their checkpoints, and its complete runs
+    are merged; rerunning continues."""
     running: dict[str, tuple[subprocess.Popen, float, Piece, Path]] = {}
     failed: list[str] = []
     queue = list(todo)
     (root / "logs").mkdir(parents=True, exist_ok=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -176,12 +190,34 @@ def run_pieces(todo: Sequence[Piece], root: Path, jobs: int, archive: Path) -> i
                 if proc.returncode != 0 or have < piece.runs:
                     failed.append(f"{name} did not finish: see {log}")
     except KeyboardInterrupt:
-        for proc, *_ in running.values():
-            proc.terminate()  # each run keeps its checkpoints: rerunning continues
-        for proc, *_ in running.values():
-            proc.wait()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: let them finish
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop(running.values(), root, archive)
         print("\ninterrupted; rerun the same command to continue", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     for line in failed:
         print(f"error: {line}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _stop(running, root: Path, archive: Path) -> None:
+    """Ctrl-C each running piece (a sweep saves its checkpoints and exits with one line),
+    terminate one that has not exited within :data:`STOP_WAIT_S`, then merge the runs
+    that completed."""
+    for proc, *_ in running:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_WAIT_S
+    for proc, *_ in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait()
+    for _proc, _started, piece, _log in running:
+        _, added = harvest(root / piece.name, archive)
+        if added:
+            print(f"{piece.name}: {added} complete runs merged into {archive}", flush=True)
