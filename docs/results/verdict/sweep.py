@@ -24,7 +24,7 @@ from pathlib import Path
 from byzshield.report.pieces import Piece, main
 
 HERE = Path(__file__).resolve().parent
-QS = (4, 2)  # the verdict's q, in the order its pieces run
+QS = (4, 2, 5)  # the verdict's q, in the order its pieces run (5: past the crossover)
 RULES = {"mom": "median of means", "multi_krum": "multi-Krum"}
 SKEWS = {"iid": "iid", "alpha1": "Dir(1)", "alpha01": "Dir(0.1)"}
 LR_STEP = 10  # +experiment=verdict's; the plateau check continues the same schedule
