@@ -80,8 +80,10 @@ def load_sweep_config(self, master_config, sweep_overrides: Sequence[str]):
     lines = [*master_config.hydra.overrides.hydra, *sweep_overrides]
     if any("searchpath" in line for line in lines):  # groups then depend on the job
         return compose(self, master_config, list(sweep_overrides))
-    plain = [o for o in parsed if _plain(o, self.repository)]
-    key = (id(master_config), tuple(o.input_line for o in parsed if not _plain(o, self.repository)))
+    plain, groups = [], []  # applied to the copy; composed into the template
+    for o in parsed:
+        (plain if _plain(o, self.repository) else groups).append(o)
+    key = (id(master_config), tuple(o.input_line for o in groups))
     template = _TEMPLATES.get(key)
     if template is None:
         template = compose(self, master_config, list(key[1]))
